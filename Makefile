@@ -1,0 +1,41 @@
+# Two commands set everything up on a fresh machine: `make run` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+
+.PHONY: run test install install-test check lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(TEST_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP) $@
+
+install: $(STAMP)
+install-test: $(TEST_STAMP)
+
+## Start the gate on http://127.0.0.1:$${API_PORT:-8000} with embedded PostgreSQL and ./data
+run: $(STAMP)
+	$(BIN)/docgate server
+
+## Run the whole test suite against real PostgreSQL (embedded unless TEST_DATABASE_URL is set)
+test: $(TEST_STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(TEST_STAMP)
+	$(BIN)/pip install --quiet ruff mypy
+	$(BIN)/ruff check .
+	$(BIN)/mypy protocol server docgate
+
+check: lint test
+
+clean:
+	rm -rf $(VENV) data .pytest_cache

@@ -1,0 +1,160 @@
+"""The `docgate` command: server, db migrate, admin-key reset."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+
+from server.config import Settings
+from server.errors import DocgateError
+from server.logs import setup_logging, stop_logging
+
+DSN_ENV = "DOCGATE_RESOLVED_DSN"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except DocgateError as exc:
+        print(f"docgate: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        stop_logging()
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="docgate", description=__doc__)
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    server = sub.add_parser("server", help="run the gate server")
+    server.add_argument("--host", help="bind address (API_HOST)")
+    server.add_argument("--port", type=int, help="port (API_PORT)")
+    server.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    server.set_defaults(run=run_server)
+
+    db = sub.add_parser("db", help="database maintenance").add_subparsers(required=True)
+    migrate = db.add_parser("migrate", help="apply pending migrations and exit")
+    migrate.set_defaults(run=run_migrate)
+
+    key = sub.add_parser("admin-key", help="admin key maintenance").add_subparsers(required=True)
+    reset = key.add_parser("reset", help="replace every stored admin key with a new one")
+    reset.set_defaults(run=run_admin_key_reset)
+    return parser
+
+
+@contextlib.contextmanager
+def database(settings: Settings) -> Iterator[str]:
+    """Yield a DSN: the configured server, or embedded PostgreSQL for the duration."""
+    external = settings.external_dsn()
+    if external is not None:
+        yield external
+        return
+    from server.embedded import start_embedded
+
+    handle, dsn = start_embedded(settings.data_dir)
+    try:
+        yield dsn
+    finally:
+        handle.cleanup()
+
+
+def run_server(args: argparse.Namespace) -> int:
+    overrides = {k: v for k, v in (("api_host", args.host), ("api_port", args.port)) if v}
+    settings = Settings.load(**overrides)
+    if args.workers < 1:
+        raise DocgateError("--workers must be at least 1")
+    setup_logging(settings.log_level, settings.log_format)
+    import uvicorn
+
+    # uvicorn re-raises the signal that stopped it once it has shut down; make
+    # SIGTERM an exception then, so the embedded PostgreSQL below is stopped too.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    with database(settings) as dsn:
+        _check_database(dsn)
+        print(banner(settings), flush=True)
+        os.environ[DSN_ENV] = dsn
+        uvicorn.run(
+            "server.asgi:app_from_env", factory=True, host=settings.api_host,
+            port=settings.api_port, workers=args.workers, log_config=None, access_log=False,
+            proxy_headers=True, timeout_keep_alive=75, timeout_graceful_shutdown=10,
+        )
+    return 0
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def _check_database(dsn: str) -> None:
+    from server.db.migrate import migrate_dsn
+
+    try:
+        asyncio.run(migrate_dsn(dsn))
+    except (OSError, TimeoutError) as exc:
+        raise DocgateError(f"cannot reach PostgreSQL (DATABASE_URL / DB_*): {exc}") from None
+
+
+def run_migrate(args: argparse.Namespace) -> int:
+    settings = Settings.load()
+    setup_logging(settings.log_level, settings.log_format)
+    from server.db.migrate import migrate_dsn
+
+    with database(settings) as dsn:
+        applied = asyncio.run(migrate_dsn(dsn))
+    print("applied: " + ", ".join(applied) if applied else "database is up to date")
+    return 0
+
+
+def run_admin_key_reset(args: argparse.Namespace) -> int:
+    settings = Settings.load()
+    from server.auth import hash_key, new_key
+    from server.bootstrap import announce_admin_key
+    from server.db.clients import replace_admin_keys
+    from server.db.pool import create_pool
+
+    async def reset(dsn: str) -> str:
+        pool = await create_pool(dsn, 1, 1)
+        try:
+            key = new_key()
+            await replace_admin_keys(pool, hash_key(key))
+            return key
+        finally:
+            await pool.close()
+
+    with database(settings) as dsn:
+        _check_database(dsn)
+        print(announce_admin_key(asyncio.run(reset(dsn))))
+    return 0
+
+
+def banner(settings: Settings) -> str:
+    url = f"http://{settings.api_host}:{settings.api_port}"
+    store = "embedded PostgreSQL in " + str(settings.data_dir / "pg") if settings.embedded else (
+        "external PostgreSQL")
+    return f"""
+  docgate gate starting on {url}  ({store})
+  API docs: {url}/docs    health: {url}/health    metrics: {url}/metrics
+
+  Next, with ADMIN set to the admin key:
+    curl -s {url}/health
+    curl -s -X POST {url}/api/v1/clients/register -H "X-API-Key: $ADMIN" \\
+         -H 'Content-Type: application/json' -d '{{"client_name": "client-1"}}'
+    curl -s -X POST {url}/api/v1/tasks/create -H "X-API-Key: $ADMIN" \\
+         -H 'Content-Type: application/json' \\
+         -d '{{"search_params": {{"CourtRegion": "11"}}, "start_page": 1, "max_documents": 100}}'
+    curl -s {url}/api/v1/tasks/status -H "X-API-Key: $ADMIN"
+"""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

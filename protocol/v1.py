@@ -1,0 +1,399 @@
+"""The wire contract of API v1, defined once: requests, replies, statuses and bounds.
+
+Imports only the standard library and pydantic. Request models are strict
+(no silent coercion of ``false`` to ``0``) and forbid unknown fields, so a
+create request can never set a server-owned field such as ``status``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+# ---- bounds (documented in the README; every one shows up in its 422 message)
+MAX_BODY_BYTES = 1_048_576  # default; the gate's MAX_BODY_BYTES setting overrides
+MAX_JSON_DEPTH = 16
+MAX_JSON_BYTES = 65_536
+MAX_TEXT = 4_000
+MAX_BATCH_TASKS = 1_000
+MAX_LEASE_TASKS = 100
+MAX_LIST_LIMIT = 1_000
+MAX_WAIT_SECONDS = 30
+MAX_JOB_COUNT = 10_000_000
+MAX_CHUNK_SIZE = 100_000
+MAX_DOCUMENTS_PER_REPORT = 1_000
+MAX_ATTEMPTS_BOUND = 100
+MAX_PAGE = 1_000_000
+MAX_DOCUMENTS_PER_TASK = 1_000_000
+MAX_PRIORITY = 1_000_000
+
+DOC_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+SOURCE_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+EXT_PATTERN = r"^(\.[A-Za-z0-9]{1,16}){0,2}$"
+
+
+class TaskStatus(StrEnum):
+    PENDING = "pending"
+    ASSIGNED = "assigned"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+
+class DocumentStatus(StrEnum):
+    STORED = "stored"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+class ClientStatus(StrEnum):
+    ACTIVE = "active"
+    STALE = "stale"
+
+
+# ---- validated scalar types
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL text and jsonb cannot hold U+0000; refuse it here as a 422
+    # instead of letting the database turn it into a 500.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL (\\u0000) characters")
+    return value
+
+
+def _json_depth(value: Any, depth: int = 0) -> int:
+    if isinstance(value, dict):
+        return max([_json_depth(v, depth + 1) for v in value.values()] + [depth + 1])
+    if isinstance(value, list):
+        return max([_json_depth(v, depth + 1) for v in value] + [depth + 1])
+    return depth
+
+
+def _check_json(value: dict[str, Any]) -> dict[str, Any]:
+    if _json_depth(value) > MAX_JSON_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    text = json.dumps(value, ensure_ascii=False)
+    if "\\u0000" in text:
+        raise ValueError("must not contain NUL (\\u0000) characters")
+    if len(text.encode()) > MAX_JSON_BYTES:
+        raise ValueError(f"larger than {MAX_JSON_BYTES} bytes")
+    return value
+
+
+Text = Annotated[str, StringConstraints(max_length=MAX_TEXT), AfterValidator(_no_nul)]
+Name = Annotated[
+    str, StringConstraints(min_length=1, max_length=100, strip_whitespace=True),
+    AfterValidator(_no_nul),
+]
+JsonObject = Annotated[dict[str, Any], AfterValidator(_check_json)]
+SourceName = Annotated[str, StringConstraints(pattern=SOURCE_PATTERN)]
+IdempotencyKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=200), AfterValidator(_no_nul)
+]
+Count = Annotated[int, Field(ge=0, le=MAX_DOCUMENTS_PER_TASK)]
+Priority = Annotated[int, Field(ge=-MAX_PRIORITY, le=MAX_PRIORITY)]
+Attempts = Annotated[int, Field(ge=1, le=MAX_ATTEMPTS_BOUND)]
+Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+def _doc_id(value: int | str) -> str:
+    text = str(value)
+    if not re.fullmatch(DOC_ID_PATTERN, text):
+        raise ValueError("doc_id must be a non-negative integer or match [A-Za-z0-9._-]{1,128}")
+    if text in {".", ".."}:
+        raise ValueError("doc_id must not be '.' or '..'")
+    return text
+
+
+DocId = Annotated[int | str, AfterValidator(_doc_id)]
+# FastAPI validates bodies as Python objects, where strict mode would refuse
+# the JSON string form of a UUID or a timestamp; these two parse from strings.
+WireUUID = Annotated[UUID, Field(strict=False)]
+WireTime = Annotated[datetime, Field(strict=False)]
+
+
+class Request(BaseModel):
+    """Base of every request body: strict types, unknown fields refused."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class Reply(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise ValueError("must include a timezone, e.g. 2026-01-01T00:00:00Z")
+    return value
+
+
+# ---- tasks
+
+
+class TaskCreate(Request):
+    """One task: the seed's shape, or any source with its params."""
+
+    search_params: JsonObject = Field(default_factory=dict)
+    start_page: Annotated[int, Field(ge=1, le=MAX_PAGE)] = 1
+    max_documents: Annotated[int, Field(ge=1, le=MAX_DOCUMENTS_PER_TASK)] = 100
+    source: SourceName = "search"
+    params: JsonObject = Field(default_factory=dict)
+    priority: Priority = 0
+    max_attempts: Attempts | None = None
+    idempotency_key: IdempotencyKey | None = None
+    run_after: WireTime | None = None
+
+    _check_run_after = field_validator("run_after")(_aware)
+
+
+class TaskBatchCreate(Request):
+    tasks: Annotated[list[TaskCreate], Field(min_length=1, max_length=MAX_BATCH_TASKS)]
+
+
+class Task(Reply):
+    task_id: UUID
+    job_id: UUID | None = None
+    source: str
+    search_params: dict[str, Any]
+    start_page: int
+    max_documents: int
+    params: dict[str, Any]
+    priority: int
+    max_attempts: int
+    attempts: int
+    run_after: datetime
+    idempotency_key: str | None
+    status: TaskStatus
+    assigned_to: UUID | None = None
+    lease_expires_at: datetime | None
+    documents_downloaded: int
+    documents_failed: int
+    documents_skipped: int
+    result_summary: dict[str, Any] | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    assigned_at: datetime | None
+    completed_at: datetime | None
+
+
+class TaskCreated(Task):
+    created: bool = True
+
+
+class TaskBatchCreated(Reply):
+    task_ids: list[UUID]
+    tasks_created: int
+    tasks_existing: int
+
+
+class LeasedTask(Reply):
+    """What a client receives for one leased task."""
+
+    task_id: UUID
+    job_id: UUID | None = None
+    source: str
+    search_params: dict[str, Any]
+    start_page: int
+    max_documents: int
+    params: dict[str, Any]
+    status: TaskStatus
+    attempts: int
+    max_attempts: int
+    lease_token: UUID
+    lease_expires_at: datetime
+
+
+class LeaseBatch(Reply):
+    tasks: list[LeasedTask]
+
+
+class DocumentReport(Request):
+    doc_id: DocId
+    storage_key: Annotated[str, StringConstraints(max_length=300)] | None = None
+    sha256: Sha256Hex | None = None
+    size: Annotated[int, Field(ge=0)] | None = None
+    content_type: Annotated[str, StringConstraints(max_length=200)] | None = None
+    compressed: bool = False
+    status: Annotated[DocumentStatus, Field(strict=False)] = DocumentStatus.STORED
+    error: Text | None = None
+
+    @model_validator(mode="after")
+    def _stored_has_proof(self) -> DocumentReport:
+        if self.status is DocumentStatus.STORED and (
+            self.storage_key is None or self.sha256 is None or self.size is None
+        ):
+            raise ValueError("a stored document needs storage_key, sha256 and size")
+        return self
+
+
+Documents = Annotated[list[DocumentReport], Field(max_length=MAX_DOCUMENTS_PER_REPORT)]
+
+
+class TaskProgress(Request):
+    lease_token: WireUUID
+    documents_downloaded: Count | None = None
+    documents_failed: Count | None = None
+    documents_skipped: Count | None = None
+    documents: Documents = Field(default_factory=list)
+
+
+class TaskComplete(Request):
+    """The seed's completion plus the lease token that fences it."""
+
+    task_id: WireUUID
+    lease_token: WireUUID
+    documents_downloaded: Count = 0
+    documents_failed: Count = 0
+    documents_skipped: Count = 0
+    result_summary: JsonObject | None = None
+    documents: Documents = Field(default_factory=list)
+
+
+class TaskFail(Request):
+    lease_token: WireUUID
+    error: Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT)]
+    retryable: bool = True
+
+    _check_error = field_validator("error")(_no_nul)
+
+
+class TaskList(Reply):
+    tasks: list[Task]
+    next_cursor: str | None
+
+
+class Throughput(Reply):
+    window_minutes: int
+    tasks_completed: int
+    tasks_per_minute: float
+    documents_downloaded: int
+    documents_per_minute: float
+
+
+class StatusReport(Reply):
+    counts: dict[TaskStatus, int]
+    total: int
+    throughput: list[Throughput]
+
+
+# ---- clients
+
+
+class ClientRegister(Request):
+    client_name: Name
+    client_host: Annotated[str, StringConstraints(max_length=255), AfterValidator(_no_nul)] | None = None
+    api_key: Annotated[str, StringConstraints(min_length=32, max_length=256)] | None = None
+
+    _check_key = field_validator("api_key")(lambda v: v if v is None else _no_nul(v))
+
+
+class ClientRegistered(Reply):
+    client_id: UUID
+    client_name: str
+    client_host: str | None
+    api_key: str = Field(description="Shown once; only its hash is stored.")
+
+
+class Heartbeat(Request):
+    session_id: Name | None = None
+    docs_per_minute: Annotated[float, Field(ge=0, le=1e9)] | None = None
+
+
+class HeartbeatReply(Reply):
+    status: Literal["ok"] = "ok"
+    leases_extended: int
+    lease_expires_at: datetime | None
+    cancelled_task_ids: list[UUID]
+
+
+class ClientInfo(Reply):
+    client_id: UUID
+    client_name: str
+    client_host: str | None
+    created_at: datetime
+    last_heartbeat_at: datetime | None
+    status: ClientStatus
+    tasks_held: int
+    docs_per_minute: float | None
+
+
+class ClientList(Reply):
+    clients: list[ClientInfo]
+
+
+# ---- jobs
+
+
+class IdRangeParams(Request):
+    url_template: Annotated[str, StringConstraints(min_length=1, max_length=2_000)]
+    start_id: Annotated[int, Field(ge=0, le=2**62)]
+    count: Annotated[int, Field(ge=1, le=MAX_JOB_COUNT)]
+    ext: Annotated[str, StringConstraints(pattern=EXT_PATTERN)] = ""
+
+    @field_validator("url_template")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        _no_nul(value)
+        if "{id}" not in value:
+            raise ValueError("url_template must contain {id}")
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("url_template must be an http:// or https:// URL")
+        return value
+
+
+class JobCreate(Request):
+    source: Literal["id_range"]
+    params: IdRangeParams
+    chunk_size: Annotated[int, Field(ge=1, le=MAX_CHUNK_SIZE)] = 100
+    priority: Priority = 0
+    max_attempts: Attempts | None = None
+    idempotency_key: IdempotencyKey | None = None
+
+
+class JobCreated(Reply):
+    job_id: UUID
+    tasks_created: int
+
+
+class Job(Reply):
+    job_id: UUID
+    source: str
+    params: dict[str, Any]
+    chunk_size: int
+    priority: int
+    tasks_total: int
+    counts: dict[TaskStatus, int]
+    documents_downloaded: int
+    documents_failed: int
+    documents_skipped: int
+    progress: float
+    created_at: datetime
+
+
+# ---- health
+
+
+class Health(Reply):
+    status: Literal["ok", "unavailable"]
+    database: Literal["ok", "unavailable"]
+    version: str

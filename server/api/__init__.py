@@ -1,0 +1,11 @@
+"""All routers of API v1."""
+
+from fastapi import APIRouter
+
+from server.api import clients, health, jobs, tasks
+
+api_router = APIRouter()
+api_router.include_router(tasks.router, prefix="/api/v1", tags=["tasks"])
+api_router.include_router(jobs.router, prefix="/api/v1", tags=["jobs"])
+api_router.include_router(clients.router, prefix="/api/v1", tags=["clients"])
+api_router.include_router(health.router, tags=["health"])

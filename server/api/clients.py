@@ -1,0 +1,46 @@
+"""Client endpoints: registration (admin), heartbeat (client), listing (admin)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Query
+
+from protocol import v1
+from server.auth import hash_key, new_key
+from server.db import clients as db
+from server.deps import AdminDep, PrincipalDep, SessionHeader, StateDep
+
+router = APIRouter()
+
+
+@router.post("/clients/register", response_model=v1.ClientRegistered, status_code=201)
+async def register_client(
+    body: v1.ClientRegister, state: StateDep, _: AdminDep
+) -> v1.ClientRegistered:
+    key = body.api_key or new_key()
+    client_id, name, host = await db.register_client(
+        state.pool, body.client_name, body.client_host, hash_key(key)
+    )
+    return v1.ClientRegistered(client_id=client_id, client_name=name, client_host=host, api_key=key)
+
+
+@router.post("/clients/heartbeat", response_model=v1.HeartbeatReply)
+async def heartbeat(
+    state: StateDep, principal: PrincipalDep, session_id: SessionHeader = None,
+    body: Annotated[v1.Heartbeat | None, Body()] = None,
+) -> v1.HeartbeatReply:
+    body = body or v1.Heartbeat()
+    if body.session_id is None and session_id is not None:
+        body = body.model_copy(update={"session_id": session_id})
+    if principal.client_id is None:  # the admin holds no leases
+        return v1.HeartbeatReply(leases_extended=0, lease_expires_at=None, cancelled_task_ids=[])
+    return await db.heartbeat(state.pool, principal.client_id, body, state.settings.lease_seconds)
+
+
+@router.get("/clients", response_model=v1.ClientList)
+async def list_clients(
+    state: StateDep, _: AdminDep,
+    limit: Annotated[int, Query(ge=1, le=v1.MAX_LIST_LIMIT)] = 1000,
+) -> v1.ClientList:
+    return await db.list_clients(state.pool, state.settings.client_stale_seconds, limit)

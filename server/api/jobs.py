@@ -1,0 +1,26 @@
+"""Jobs: one request that the gate splits into tasks."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from protocol import v1
+from server.db import jobs as db
+from server.deps import AdminDep, StateDep
+
+router = APIRouter()
+
+
+@router.post("/jobs", response_model=v1.JobCreated, status_code=201,
+             responses={200: {"model": v1.JobCreated, "description": "idempotent repeat"}})
+async def create_job(body: v1.JobCreate, state: StateDep, _: AdminDep) -> JSONResponse:
+    created, is_new = await db.create_job(state.pool, body, state.settings.max_attempts)
+    return JSONResponse(created.model_dump(mode="json"), status_code=201 if is_new else 200)
+
+
+@router.get("/jobs/{job_id}", response_model=v1.Job)
+async def get_job(job_id: UUID, state: StateDep, _: AdminDep) -> v1.Job:
+    return await db.get_job(state.pool, job_id)

@@ -1,0 +1,141 @@
+"""Task endpoints: create (admin), lease and report (clients), inspect and steer (admin)."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.responses import JSONResponse
+
+from protocol import v1
+from server.db import stats
+from server.db import tasks as db
+from server.deps import AdminDep, PrincipalDep, SessionHeader, StateDep
+from server.errors import BadRequest, LeaseLost
+from server.state import GateState
+
+router = APIRouter()
+
+LEASED = {200: {"description": "One task (or {tasks: […]} with max_tasks)"},
+          204: {"description": "No task available within `wait` seconds"}}
+
+
+@router.post("/tasks/create", response_model=v1.TaskCreated, status_code=201,
+             responses={200: {"model": v1.TaskCreated, "description": "idempotent repeat"}})
+async def create_task(body: v1.TaskCreate, state: StateDep, _: AdminDep) -> JSONResponse:
+    task = await db.create_task(state.pool, body, state.settings.max_attempts)
+    return JSONResponse(task.model_dump(mode="json"), status_code=201 if task.created else 200)
+
+
+@router.post("/tasks/batch", response_model=v1.TaskBatchCreated, status_code=201)
+async def create_tasks(body: v1.TaskBatchCreate, state: StateDep, _: AdminDep) -> v1.TaskBatchCreated:
+    return await db.create_tasks(state.pool, body.tasks, state.settings.max_attempts)
+
+
+async def _lease(
+    state: GateState, request: Request, principal: PrincipalDep, session_id: str | None,
+    max_tasks: int, wait: float,
+) -> list[v1.LeasedTask]:
+    """Lease now, or wait (woken by NOTIFY, polling as a fallback) until `wait` runs out."""
+    deadline = time.monotonic() + wait
+    while True:
+        wake = state.wakeup.current()
+        started = time.perf_counter()
+        leased = await db.lease_tasks(
+            state.pool, owner=principal.client_id, session_id=session_id, max_tasks=max_tasks,
+            lease_seconds=state.settings.lease_seconds,
+        )
+        state.metrics.lease_latency.observe(time.perf_counter() - started)
+        remaining = deadline - time.monotonic()
+        if leased or remaining <= 0 or await request.is_disconnected():
+            state.metrics.leases.inc(len(leased))
+            return leased
+        await state.wakeup.wait(wake, min(remaining, state.settings.poll_fallback_seconds))
+
+
+@router.api_route("/tasks/request", methods=["GET", "POST"], responses=LEASED,
+                  response_model=v1.LeasedTask | v1.LeaseBatch)
+async def request_task(
+    request: Request, state: StateDep, principal: PrincipalDep, session_id: SessionHeader = None,
+    max_tasks: Annotated[int | None, Query(ge=1, le=v1.MAX_LEASE_TASKS)] = None,
+    wait: Annotated[float, Query(ge=0, le=v1.MAX_WAIT_SECONDS)] = 0,
+) -> Response:
+    leased = await _lease(state, request, principal, session_id, max_tasks or 1, wait)
+    if not leased:
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+    if max_tasks is None:
+        return JSONResponse(leased[0].model_dump(mode="json"))
+    return JSONResponse(v1.LeaseBatch(tasks=leased).model_dump(mode="json"))
+
+
+@router.post("/tasks/complete", response_model=v1.Task)
+async def complete_task(body: v1.TaskComplete, state: StateDep, principal: PrincipalDep) -> v1.Task:
+    try:
+        task = await db.complete_task(state.pool, body, principal.owner)
+    except LeaseLost:
+        state.metrics.stale_refusals.inc()
+        raise
+    state.metrics.completions.inc()
+    return task
+
+
+@router.post("/tasks/{task_id}/progress", response_model=v1.Task)
+async def report_progress(
+    task_id: UUID, body: v1.TaskProgress, state: StateDep, principal: PrincipalDep
+) -> v1.Task:
+    try:
+        return await db.report_progress(
+            state.pool, task_id, body, principal.owner, state.settings.lease_seconds
+        )
+    except LeaseLost:
+        state.metrics.stale_refusals.inc()
+        raise
+
+
+@router.post("/tasks/{task_id}/fail", response_model=v1.Task)
+async def fail_task(
+    task_id: UUID, body: v1.TaskFail, state: StateDep, principal: PrincipalDep
+) -> v1.Task:
+    try:
+        task = await db.fail_task(state.pool, task_id, body, principal.owner, state.backoff)
+    except LeaseLost:
+        state.metrics.stale_refusals.inc()
+        raise
+    state.metrics.failures.labels(str(task.status is v1.TaskStatus.FAILED).lower()).inc()
+    return task
+
+
+@router.post("/tasks/{task_id}/cancel", response_model=v1.Task)
+async def cancel_task(task_id: UUID, state: StateDep, _: AdminDep) -> v1.Task:
+    return await db.cancel_task(state.pool, task_id)
+
+
+@router.post("/tasks/{task_id}/retry", response_model=v1.Task)
+async def retry_task(task_id: UUID, state: StateDep, _: AdminDep) -> v1.Task:
+    return await db.retry_task(state.pool, task_id)
+
+
+@router.get("/tasks/status", response_model=v1.StatusReport)
+async def task_status(state: StateDep, _: AdminDep) -> v1.StatusReport:
+    return await stats.status_report(state.pool)
+
+
+@router.get("/tasks", response_model=v1.TaskList)
+async def list_tasks(
+    state: StateDep, _: AdminDep,
+    status_filter: v1.TaskStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=v1.MAX_LIST_LIMIT)] = 100,
+    cursor: Annotated[str | None, Query(max_length=20)] = None,
+) -> v1.TaskList:
+    try:
+        before = db.decode_cursor(cursor)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    return await db.list_tasks(state.pool, status_filter, limit, before)
+
+
+@router.get("/tasks/{task_id}", response_model=v1.Task)
+async def get_task(task_id: UUID, state: StateDep, principal: PrincipalDep) -> v1.Task:
+    return await db.get_task(state.pool, task_id, principal.owner)

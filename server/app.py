@@ -1,0 +1,151 @@
+"""The gate's FastAPI application: create_app(settings) and the lifespan that owns the pool."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server import bootstrap
+from server.api import api_router
+from server.auth import Authenticator
+from server.config import Settings
+from server.db import stats
+from server.db import tasks as db_tasks
+from server.db.pool import create_pool
+from server.errors import DatabaseUnavailable, DocgateError
+from server.metrics import Metrics
+from server.state import GateState
+from server.version import VERSION
+from server.wakeup import TaskWakeup
+
+log = logging.getLogger("docgate.gate")
+
+
+def create_app(settings: Settings, dsn: str) -> FastAPI:
+    """Build the app for one PostgreSQL; the lifespan migrates, then serves."""
+    app = FastAPI(title="docgate", version=VERSION, lifespan=_lifespan(settings, dsn))
+    app.include_router(api_router)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_exception_handler(DocgateError, _docgate_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    return app
+
+
+def _lifespan(settings: Settings, dsn: str):  # type: ignore[no-untyped-def]
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = await create_pool(dsn, settings.db_pool_min, settings.db_pool_max)
+        try:
+            await bootstrap.prepare_database(pool, settings)
+            admin_key = settings.admin_api_key.get_secret_value() if settings.admin_api_key else None
+            state = GateState(
+                settings=settings, pool=pool, wakeup=TaskWakeup(dsn), metrics=Metrics(),
+                auth=Authenticator(pool, admin_key, settings.enable_auth),
+            )
+            app.state.gate = state
+            state.wakeup.start()
+            housekeeping = asyncio.create_task(_housekeeping(state), name="docgate-housekeeping")
+            try:
+                yield
+            finally:
+                housekeeping.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await housekeeping
+                await state.wakeup.stop()
+        finally:
+            await pool.close()
+
+    return lifespan
+
+
+async def _housekeeping(state: GateState) -> None:
+    """Expire dead leases and fold status counts, on every gate (SKIP LOCKED keeps them apart)."""
+    while True:
+        try:
+            expired = await db_tasks.reap_expired(state.pool, state.backoff)
+            state.metrics.expirations.inc(expired)
+            if expired:
+                log.info("expired %d leases", expired)
+            await stats.fold_counts(state.pool)
+        except DatabaseUnavailable:
+            log.warning("database unavailable; housekeeping will retry")
+        except Exception:  # keep the loop alive whatever one round hits
+            log.exception("housekeeping round failed")
+        await asyncio.sleep(state.settings.reap_interval_seconds)
+
+
+async def _docgate_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DocgateError)
+    if exc.status_code >= 500:
+        log.warning("%s %s: %s", request.method, request.url.path, exc.message)
+    return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """422 listing what was wrong; never echo the input (it may hold a key)."""
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg", "invalid"), "type": e.get("type")}
+        for e in exc.errors()
+    ]
+    return JSONResponse({"detail": errors}, status_code=422)
+
+
+class BodyLimit:
+    """Refuse bodies over the limit with 413, whether or not Content-Length is sent."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await self._refuse(send)
+            return
+        body = bytearray()
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                await self._refuse(send)
+                return
+        await self.app(scope, _replay(bytes(body), receive), send)
+
+    async def _refuse(self, send: Send) -> None:
+        response = JSONResponse(
+            {"detail": f"request body larger than {self.max_bytes} bytes"}, status_code=413
+        )
+        await response({"type": "http"}, _no_body, send)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def _no_body() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}

@@ -1,0 +1,20 @@
+"""Entry for uvicorn workers: build the app from the environment the CLI prepared."""
+
+from __future__ import annotations
+
+import os
+
+from fastapi import FastAPI
+
+from server.app import create_app
+from server.config import Settings
+from server.logs import setup_logging
+
+
+def app_from_env() -> FastAPI:
+    settings = Settings.load()
+    setup_logging(settings.log_level, settings.log_format)
+    dsn = os.environ.get("DOCGATE_RESOLVED_DSN") or settings.external_dsn()
+    if not dsn:
+        raise RuntimeError("no database: run through `docgate server`")
+    return create_app(settings, dsn)

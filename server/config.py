@@ -1,0 +1,97 @@
+"""Gate settings: read once at start from the environment, then `.env`, then defaults."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from protocol import v1
+from server.errors import SettingError
+
+
+class LogFormat(StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+class Settings(BaseSettings):
+    """Every gate setting; `.env.example` lists them with their defaults."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True,
+        case_sensitive=False,
+    )
+
+    database_url: SecretStr | None = None
+    db_host: str | None = None
+    db_port: Annotated[int, Field(ge=1, le=65535)] = 5432
+    db_name: str | None = None
+    db_user: str | None = None
+    db_password: SecretStr | None = None
+    db_pool_min: Annotated[int, Field(ge=1, le=1000)] = 2
+    db_pool_max: Annotated[int, Field(ge=1, le=1000)] = 10
+    data_dir: Path = Path("./data")
+
+    api_host: str = "127.0.0.1"
+    api_port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    enable_auth: bool = True
+    admin_api_key: Annotated[SecretStr, Field(min_length=16)] | None = None
+    max_body_bytes: Annotated[int, Field(ge=1024, le=1 << 30)] = v1.MAX_BODY_BYTES
+
+    lease_seconds: Annotated[float, Field(ge=1, le=86_400)] = 300
+    max_attempts: Annotated[int, Field(ge=1, le=v1.MAX_ATTEMPTS_BOUND)] = 5
+    retry_backoff_seconds: Annotated[float, Field(ge=0, le=86_400)] = 30
+    retry_backoff_max_seconds: Annotated[float, Field(ge=0, le=7 * 86_400)] = 3_600
+    reap_interval_seconds: Annotated[float, Field(gt=0, le=3_600)] = 1.0
+    poll_fallback_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
+    client_stale_seconds: Annotated[float, Field(gt=0)] = 180
+
+    storage_url: str | None = None
+    shard_size: Annotated[int, Field(ge=1, le=1 << 40)] = 50_000
+
+    log_level: str = "INFO"
+    log_format: LogFormat = LogFormat.TEXT
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.db_pool_min > self.db_pool_max:
+            raise ValueError("DB_POOL_MIN must not exceed DB_POOL_MAX")
+        if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        """True when no external PostgreSQL is configured."""
+        return self.database_url is None and self.db_host is None and self.db_name is None
+
+    def external_dsn(self) -> str | None:
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        if self.embedded:
+            return None
+        user = quote(self.db_user or "postgres")
+        password = quote(self.db_password.get_secret_value()) if self.db_password else ""
+        auth = f"{user}:{password}@" if password else f"{user}@"
+        return f"postgresql://{auth}{self.db_host or '127.0.0.1'}:{self.db_port}/{self.db_name or 'docgate'}"
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Settings:
+        """Parse settings once; a bad value raises SettingError naming the variable."""
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            raise SettingError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line naming the first bad setting, never its secret value."""
+    error = exc.errors()[0]
+    name = "_".join(str(part) for part in error["loc"]).upper()
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"setting {name} is invalid: {message}" if name else message

@@ -1,0 +1,131 @@
+"""Clients and their API keys (stored as sha256 hashes), admin keys, heartbeats."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+import asyncpg
+
+from protocol import v1
+from server.db.pool import Pool, connection, transaction
+from server.errors import Conflict
+
+REGISTER = """
+INSERT INTO clients (client_name, client_host, api_key_hash)
+VALUES ($1, $2, $3)
+RETURNING client_id, client_name, client_host
+"""
+
+FIND_BY_KEY = """
+SELECT 'admin' AS role, NULL::uuid AS client_id, NULL AS client_name
+FROM admin_keys WHERE key_hash = $1
+UNION ALL
+SELECT 'client', client_id, client_name FROM clients WHERE api_key_hash = $1
+LIMIT 1
+"""
+
+TOUCH = """
+UPDATE clients c
+SET last_heartbeat_at = now(), docs_per_minute = coalesce($2, c.docs_per_minute)
+FROM (SELECT client_id, last_heartbeat_at FROM clients WHERE client_id = $1 FOR UPDATE) previous
+WHERE c.client_id = previous.client_id
+RETURNING previous.last_heartbeat_at AS previous_heartbeat_at
+"""
+
+# A heartbeat extends only the leases of the calling process (session), so a
+# client restarted under the same key never keeps its dead predecessor's
+# leases alive.
+EXTEND = """
+UPDATE tasks
+SET lease_expires_at = now() + make_interval(secs => $3::float8), updated_at = now()
+WHERE assigned_to = $1 AND status = 'assigned' AND lease_expires_at > now()
+  AND session_id IS NOT DISTINCT FROM $2
+RETURNING lease_expires_at
+"""
+
+CANCELLED_SINCE = """
+SELECT DISTINCT task_id FROM task_events
+WHERE event = 'cancelled' AND client_id = $1 AND at >= $2
+"""
+
+LIST = """
+SELECT c.client_id, c.client_name, c.client_host, c.created_at, c.last_heartbeat_at,
+       c.docs_per_minute,
+       CASE WHEN c.last_heartbeat_at > now() - make_interval(secs => $1::float8)
+            THEN 'active' ELSE 'stale' END AS status,
+       (SELECT count(*) FROM tasks t
+        WHERE t.assigned_to = c.client_id AND t.status = 'assigned') AS tasks_held
+FROM clients c
+ORDER BY c.created_at
+LIMIT $2
+"""
+
+ADMIN_KEY_LOCK = 0x61646D696E  # "admin"
+
+
+@dataclass(frozen=True)
+class KeyOwner:
+    role: str
+    client_id: UUID | None
+    client_name: str | None
+
+
+async def register_client(
+    pool: Pool, name: str, host: str | None, key_hash: bytes
+) -> tuple[UUID, str, str | None]:
+    try:
+        async with connection(pool) as conn:
+            record = await conn.fetchrow(REGISTER, name, host, key_hash)
+    except asyncpg.UniqueViolationError:
+        raise Conflict("api_key is already in use; omit it to get a generated one") from None
+    return record["client_id"], record["client_name"], record["client_host"]
+
+
+async def find_key(pool: Pool, key_hash: bytes) -> KeyOwner | None:
+    async with connection(pool) as conn:
+        record = await conn.fetchrow(FIND_BY_KEY, key_hash)
+    if record is None:
+        return None
+    return KeyOwner(record["role"], record["client_id"], record["client_name"])
+
+
+async def heartbeat(
+    pool: Pool, client_id: UUID, body: v1.Heartbeat, lease_seconds: float
+) -> v1.HeartbeatReply:
+    async with transaction(pool) as conn:
+        previous = await conn.fetchval(TOUCH, client_id, body.docs_per_minute)
+        expiries = [r["lease_expires_at"] for r in
+                    await conn.fetch(EXTEND, client_id, body.session_id, lease_seconds)]
+        since = previous or datetime.fromtimestamp(0).astimezone()
+        cancelled = [r["task_id"] for r in await conn.fetch(CANCELLED_SINCE, client_id, since)]
+    return v1.HeartbeatReply(
+        leases_extended=len(expiries),
+        lease_expires_at=min(expiries) if expiries else None,
+        cancelled_task_ids=cancelled,
+    )
+
+
+async def list_clients(pool: Pool, stale_seconds: float, limit: int) -> v1.ClientList:
+    async with connection(pool) as conn:
+        records = await conn.fetch(LIST, stale_seconds, limit)
+    return v1.ClientList(clients=[v1.ClientInfo.model_validate(dict(r)) for r in records])
+
+
+async def add_admin_key(pool: Pool, key_hash: bytes, *, only_if_none: bool) -> bool:
+    """Store an admin key hash; with only_if_none, only when no admin key exists yet."""
+    async with transaction(pool) as conn:
+        # Several gates may start together: one of them generates the key.
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", ADMIN_KEY_LOCK)
+        if only_if_none and await conn.fetchval("SELECT EXISTS (SELECT 1 FROM admin_keys)"):
+            return False
+        await conn.execute("INSERT INTO admin_keys (key_hash) VALUES ($1) ON CONFLICT DO NOTHING",
+                           key_hash)
+    return True
+
+
+async def replace_admin_keys(pool: Pool, key_hash: bytes) -> None:
+    async with transaction(pool) as conn:
+        await conn.execute("DELETE FROM admin_keys")
+        await conn.execute("INSERT INTO admin_keys (key_hash) VALUES ($1)", key_hash)

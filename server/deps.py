@@ -1,0 +1,39 @@
+"""FastAPI dependencies: the gate's state and the caller's role."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from server.auth import Principal
+from server.errors import Forbidden
+from server.state import GateState
+
+
+def get_state(request: Request) -> GateState:
+    state: GateState = request.app.state.gate
+    return state
+
+
+StateDep = Annotated[GateState, Depends(get_state)]
+
+
+async def get_principal(
+    state: StateDep,
+    x_api_key: Annotated[str | None, Header(alias="X-API-Key", max_length=256)] = None,
+) -> Principal:
+    return await state.auth.authenticate(x_api_key)
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+async def require_admin(principal: PrincipalDep) -> Principal:
+    if not principal.is_admin:
+        raise Forbidden()
+    return principal
+
+
+AdminDep = Annotated[Principal, Depends(require_admin)]
+SessionHeader = Annotated[str | None, Header(alias="X-Session-Id", max_length=100)]

@@ -1,0 +1,151 @@
+"""Real PostgreSQL for every test: embedded (pgserver) or TEST_DATABASE_URL.
+
+A template database is migrated once per session; each test gets a fresh
+copy (CREATE DATABASE … TEMPLATE), so tests never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import socket
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+import pytest
+
+from server.app import create_app
+from server.config import Settings
+from server.db.migrate import migrate_dsn
+
+ADMIN_KEY = "admin-key-for-tests-0123456789abcdef"
+TEMPLATE = "docgate_template"
+REPO = Path(__file__).resolve().parent.parent
+_counter = itertools.count()
+
+
+def dsn_for(base: str, database: str) -> str:
+    parts = urlsplit(base)
+    return urlunsplit(parts._replace(path="/" + database))
+
+
+@pytest.fixture(scope="session")
+def pg_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """DSN of a maintenance database on a real PostgreSQL server."""
+    external = os.environ.get("TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver
+
+        server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="delete")
+    yield server.get_uri("postgres")
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def template_dsn(pg_base: str) -> str:
+    async def build() -> None:
+        conn = await asyncpg.connect(pg_base)
+        try:
+            await conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE}")
+            await conn.execute(f"CREATE DATABASE {TEMPLATE}")
+        finally:
+            await conn.close()
+        await migrate_dsn(dsn_for(pg_base, TEMPLATE))
+
+    asyncio.run(build())
+    return dsn_for(pg_base, TEMPLATE)
+
+
+@pytest.fixture
+async def db_dsn(pg_base: str, template_dsn: str) -> AsyncIterator[str]:
+    """A fresh, migrated database for this test."""
+    name = f"test_{os.getpid()}_{next(_counter)}"
+    conn = await asyncpg.connect(pg_base)
+    try:
+        await conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+    finally:
+        await conn.close()
+    yield dsn_for(pg_base, name)
+    conn = await asyncpg.connect(pg_base)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await conn.close()
+
+
+def test_settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "admin_api_key": ADMIN_KEY,
+        "lease_seconds": 30,
+        "retry_backoff_seconds": 0.05,
+        "retry_backoff_max_seconds": 0.2,
+        "reap_interval_seconds": 0.1,
+        "poll_fallback_seconds": 0.5,
+        "db_pool_max": 20,
+        "_env_file": None,
+    }
+    values.update(overrides)
+    return Settings.load(**values)
+
+
+class Gate:
+    """A running gate app (in-process ASGI, real PostgreSQL) with helpers for tests."""
+
+    def __init__(self, http: httpx.AsyncClient, dsn: str, settings: Settings) -> None:
+        self.http = http
+        self.dsn = dsn
+        self.settings = settings
+        self.admin = {"X-API-Key": ADMIN_KEY}
+
+    async def register(self, name: str = "client-1") -> dict[str, str]:
+        r = await self.http.post("/api/v1/clients/register", headers=self.admin,
+                                 json={"client_name": name, "client_host": "test-host"})
+        assert r.status_code == 201, r.text
+        return {"X-API-Key": r.json()["api_key"]}
+
+    async def create(self, **fields: Any) -> dict[str, Any]:
+        body = {"search_params": {"q": "x"}, "start_page": 1, "max_documents": 10} | fields
+        r = await self.http.post("/api/v1/tasks/create", headers=self.admin, json=body)
+        assert r.status_code == 201, r.text
+        return r.json()  # type: ignore[no-any-return]
+
+    async def lease(self, headers: dict[str, str], **params: Any) -> httpx.Response:
+        return await self.http.post("/api/v1/tasks/request", headers=headers, params=params)
+
+    async def sql(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            return await conn.fetch(query, *args)
+        finally:
+            await conn.close()
+
+
+async def start_gate(dsn: str, settings: Settings) -> AsyncIterator[Gate]:
+    app = create_app(settings, dsn)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gate",
+                                     timeout=60) as http:
+            yield Gate(http, dsn, settings)
+
+
+@pytest.fixture
+async def gate(db_dsn: str) -> AsyncIterator[Gate]:
+    async for g in start_gate(db_dsn, test_settings()):
+        yield g
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
