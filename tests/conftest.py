@@ -83,7 +83,7 @@ async def db_dsn(pg_base: str, template_dsn: str) -> AsyncIterator[str]:
         await conn.close()
 
 
-def test_settings(**overrides: Any) -> Settings:
+def gate_settings(**overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "admin_api_key": ADMIN_KEY,
         "lease_seconds": 30,
@@ -141,7 +141,7 @@ async def start_gate(dsn: str, settings: Settings) -> AsyncIterator[Gate]:
 
 @pytest.fixture
 async def gate(db_dsn: str) -> AsyncIterator[Gate]:
-    async for g in start_gate(db_dsn, test_settings()):
+    async for g in start_gate(db_dsn, gate_settings()):
         yield g
 
 

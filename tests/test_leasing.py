@@ -1,0 +1,308 @@
+"""Leasing under concurrency, fencing by lease_token, retries and backoff, long-poll, jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any
+
+import asyncpg
+
+from conftest import Gate, start_gate, gate_settings
+
+
+async def expire_lease(gate: Gate, task_id: str) -> None:
+    """Move the lease's expiry into the past; the gate's reaper does the rest."""
+    await gate.sql("UPDATE tasks SET lease_expires_at = now() - interval '1 second' "
+                   "WHERE task_id = $1", task_id)
+
+
+async def wait_for_status(gate: Gate, task_id: str, status: str, timeout: float = 10) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        task = (await gate.http.get(f"/api/v1/tasks/{task_id}", headers=gate.admin)).json()
+        if task["status"] == status or time.monotonic() > deadline:
+            assert task["status"] == status, task
+            return task  # type: ignore[no-any-return]
+        await asyncio.sleep(0.05)
+
+
+async def lease_until(gate: Gate, headers: dict[str, str], timeout: float = 10) -> dict[str, Any]:
+    r = await gate.lease(headers, wait=timeout)
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+async def test_sixteen_clients_never_share_a_task(gate: Gate) -> None:
+    for _ in range(2):
+        r = await gate.http.post("/api/v1/tasks/batch", headers=gate.admin, json={
+            "tasks": [{"search_params": {"n": i}} for i in range(1000)]})
+        assert r.status_code == 201 and r.json()["tasks_created"] == 1000
+    keys = [await gate.register(f"c{i}") for i in range(16)]
+    rng = random.Random(7)
+
+    async def drain(headers: dict[str, str]) -> list[str]:
+        got: list[str] = []
+        while True:
+            n = rng.randint(1, 5)
+            r = await gate.lease(headers, max_tasks=n)
+            if r.status_code == 204:
+                return got
+            assert r.status_code == 200, r.text
+            got += [t["task_id"] for t in r.json()["tasks"]]
+
+    leased = [tid for batch in await asyncio.gather(*(drain(k) for k in keys)) for tid in batch]
+    assert len(leased) == 2000
+    assert len(set(leased)) == 2000
+    (row,) = await gate.sql("SELECT count(*) AS assigned, max(attempts) AS most FROM tasks "
+                            "WHERE status = 'assigned'")
+    assert row["assigned"] == 2000 and row["most"] == 1
+    (events,) = await gate.sql("SELECT count(*) FROM task_events WHERE event = 'leased'")
+    assert events[0] == 2000
+
+
+async def test_stale_token_is_refused_and_changes_nothing(gate: Gate) -> None:
+    old_holder, new_holder = await gate.register("old"), await gate.register("new")
+    task_id = (await gate.create())["task_id"]
+    old = (await gate.lease(old_holder)).json()
+    await expire_lease(gate, task_id)
+    new = await lease_until(gate, new_holder)
+    assert new["task_id"] == task_id and new["lease_token"] != old["lease_token"]
+
+    before = await gate.sql("SELECT * FROM tasks")
+    stale_writes = [
+        ("/api/v1/tasks/complete", {"task_id": task_id, "lease_token": old["lease_token"],
+                                    "documents_downloaded": 666}),
+        (f"/api/v1/tasks/{task_id}/progress", {"lease_token": old["lease_token"],
+                                               "documents_downloaded": 666}),
+        (f"/api/v1/tasks/{task_id}/fail", {"lease_token": old["lease_token"], "error": "zombie"}),
+    ]
+    for path, body in stale_writes:
+        r = await gate.http.post(path, headers=old_holder, json=body)
+        assert r.status_code == 409, (path, r.text)
+        assert "lease" in r.json()["detail"]
+    assert await gate.sql("SELECT * FROM tasks") == before
+
+    r = await gate.http.post("/api/v1/tasks/complete", headers=new_holder, json={
+        "task_id": task_id, "lease_token": new["lease_token"], "documents_downloaded": 10})
+    assert r.status_code == 200, r.text
+    task = r.json()
+    assert task["status"] == "completed" and task["documents_downloaded"] == 10
+    assert task["attempts"] == 2
+
+    # After completion the old token is still refused, and the result stands.
+    r = await gate.http.post("/api/v1/tasks/complete", headers=old_holder, json=stale_writes[0][1])
+    assert r.status_code == 409
+    (row,) = await gate.sql("SELECT documents_downloaded FROM tasks WHERE task_id = $1", task_id)
+    assert row[0] == 10
+
+
+async def test_progress_and_heartbeat_extend_the_lease(gate: Gate) -> None:
+    client = await gate.register()
+    task_id = (await gate.create())["task_id"]
+    leased = (await gate.lease(client)).json()
+    await gate.sql("UPDATE tasks SET lease_expires_at = now() + interval '5 seconds'")
+    r = await gate.http.post(f"/api/v1/tasks/{task_id}/progress", headers=client,
+                             json={"lease_token": leased["lease_token"], "documents_downloaded": 3})
+    assert r.status_code == 200 and r.json()["documents_downloaded"] == 3
+    (row,) = await gate.sql("SELECT lease_expires_at - now() AS left FROM tasks")
+    assert row["left"].total_seconds() > 25
+    await gate.sql("UPDATE tasks SET lease_expires_at = now() + interval '5 seconds'")
+    r = await gate.http.post("/api/v1/clients/heartbeat", headers=client, json={})
+    assert r.json()["leases_extended"] == 1
+    (row,) = await gate.sql("SELECT lease_expires_at - now() AS left FROM tasks")
+    assert row["left"].total_seconds() > 25
+
+
+async def test_heartbeat_of_a_new_session_does_not_keep_old_leases(gate: Gate) -> None:
+    client = await gate.register()
+    await gate.create()
+    r = await gate.lease(client | {"X-Session-Id": "process-1"})
+    assert r.status_code == 200
+    r = await gate.http.post("/api/v1/clients/heartbeat", headers=client,
+                             json={"session_id": "process-2"})
+    assert r.json()["leases_extended"] == 0
+    r = await gate.http.post("/api/v1/clients/heartbeat", headers=client,
+                             json={"session_id": "process-1"})
+    assert r.json()["leases_extended"] == 1
+
+
+async def test_retryable_failure_backs_off_then_fails_when_spent(gate: Gate) -> None:
+    client = await gate.register()
+    task_id = (await gate.create(max_attempts=2))["task_id"]
+    first = (await gate.lease(client)).json()
+    r = await gate.http.post(f"/api/v1/tasks/{task_id}/fail", headers=client,
+                             json={"lease_token": first["lease_token"], "error": "HTTP 503"})
+    assert r.status_code == 200
+    task = r.json()
+    assert task["status"] == "pending" and task["attempts"] == 1
+    (row,) = await gate.sql("SELECT run_after > now() FROM tasks")
+    assert row[0], "run_after must be pushed out"
+    second = await lease_until(gate, client)
+    r = await gate.http.post(f"/api/v1/tasks/{task_id}/fail", headers=client,
+                             json={"lease_token": second["lease_token"], "error": "HTTP 503 again"})
+    task = r.json()
+    assert task["status"] == "failed" and task["attempts"] == 2
+    assert task["last_error"] == "HTTP 503 again"
+
+
+async def test_non_retryable_failure_ends_at_once(gate: Gate) -> None:
+    client = await gate.register()
+    task_id = (await gate.create(max_attempts=5))["task_id"]
+    leased = (await gate.lease(client)).json()
+    r = await gate.http.post(f"/api/v1/tasks/{task_id}/fail", headers=client, json={
+        "lease_token": leased["lease_token"], "error": "bad params", "retryable": False})
+    assert r.json()["status"] == "failed" and r.json()["attempts"] == 1
+
+
+async def test_lease_expiry_counts_as_an_attempt(gate: Gate) -> None:
+    client = await gate.register()
+    task_id = (await gate.create(max_attempts=2))["task_id"]
+    await gate.lease(client)
+    await expire_lease(gate, task_id)
+    task = await wait_for_status(gate, task_id, "pending")
+    assert task["attempts"] == 1 and task["last_error"].startswith("lease expired")
+    await lease_until(gate, client)
+    await expire_lease(gate, task_id)
+    task = await wait_for_status(gate, task_id, "failed")
+    assert task["attempts"] == 2
+    events = await gate.sql("SELECT event FROM task_events WHERE task_id = $1 ORDER BY event_id",
+                            task_id)
+    assert [e[0] for e in events] == ["leased", "expired", "leased", "expired"]
+
+
+async def test_backoff_grows_exponentially_within_its_cap(db_dsn: str) -> None:
+    settings = gate_settings(retry_backoff_seconds=100, retry_backoff_max_seconds=1000)
+    async for gate in start_gate(db_dsn, settings):
+        client = await gate.register()
+        task_id = (await gate.create(max_attempts=10))["task_id"]
+        delays = []
+        for attempt in range(1, 6):
+            await gate.sql("UPDATE tasks SET run_after = now()")
+            leased = await lease_until(gate, client)
+            await gate.http.post(f"/api/v1/tasks/{task_id}/fail", headers=client,
+                                 json={"lease_token": leased["lease_token"], "error": "x"})
+            (row,) = await gate.sql(
+                "SELECT extract(epoch FROM run_after - now()) FROM tasks WHERE task_id = $1", task_id)
+            delays.append((attempt, float(row[0])))
+        for attempt, delay in delays:
+            full = min(100 * 2 ** (attempt - 1), 1000)
+            assert full / 2 - 1 <= delay <= full, (attempt, delay)
+
+
+async def test_long_poll_wakes_on_a_task_created_elsewhere(db_dsn: str) -> None:
+    # A fallback poll of 30 s proves the wake-up comes from NOTIFY, not polling.
+    async for gate in start_gate(db_dsn, gate_settings(poll_fallback_seconds=30)):
+        client = await gate.register()
+        waiting = asyncio.create_task(gate.lease(client, wait=20))
+        await asyncio.sleep(0.5)
+        assert not waiting.done()
+        conn = await asyncpg.connect(db_dsn)
+        try:
+            await conn.execute("INSERT INTO tasks (max_attempts) VALUES (3)")
+        finally:
+            await conn.close()
+        created = time.monotonic()
+        r = await waiting
+        assert r.status_code == 200, r.text
+        assert time.monotonic() - created < 1.0
+
+
+async def test_long_poll_answers_204_when_nothing_comes(gate: Gate) -> None:
+    client = await gate.register()
+    r = await gate.lease(client, wait=0.3)
+    assert r.status_code == 204
+
+
+async def test_job_of_a_million_ids_makes_ten_thousand_tasks(gate: Gate) -> None:
+    r = await gate.http.post("/api/v1/jobs", headers=gate.admin, json={
+        "source": "id_range",
+        "params": {"url_template": "https://host/battle/{id}.tzb", "start_id": 3770000,
+                   "count": 1_000_000, "ext": ".tzb"},
+        "chunk_size": 100, "priority": 0})
+    assert r.status_code == 201, r.text
+    job = r.json()
+    assert job["tasks_created"] == 10_000
+    rows = await gate.sql("SELECT params, max_documents FROM tasks WHERE job_id = $1 "
+                          "ORDER BY task_seq", job["job_id"])
+    assert len(rows) == 10_000
+    first, last = rows[0]["params"], rows[-1]["params"]
+    assert '"start_id": 3770000' in first and '"count": 100' in first
+    assert '"start_id": 4769900' in last
+    client = await gate.register()
+    leased = (await gate.lease(client)).json()
+    assert leased["source"] == "id_range"
+    assert leased["params"] == {"url_template": "https://host/battle/{id}.tzb",
+                                "start_id": 3770000, "count": 100, "ext": ".tzb"}
+    r = await gate.http.get(f"/api/v1/jobs/{job['job_id']}", headers=gate.admin)
+    progress = r.json()
+    assert progress["tasks_total"] == 10_000
+    assert progress["counts"]["pending"] == 9_999 and progress["counts"]["assigned"] == 1
+
+
+async def test_uneven_job_last_chunk_is_short(gate: Gate) -> None:
+    r = await gate.http.post("/api/v1/jobs", headers=gate.admin, json={
+        "source": "id_range", "chunk_size": 100,
+        "params": {"url_template": "http://h/{id}", "start_id": 0, "count": 250}})
+    assert r.json()["tasks_created"] == 3
+    rows = await gate.sql("SELECT max_documents FROM tasks ORDER BY task_seq")
+    assert [r[0] for r in rows] == [100, 100, 50]
+
+
+async def test_idempotency_key_returns_the_first_task(gate: Gate) -> None:
+    body = {"search_params": {}, "idempotency_key": "region-11-page-1"}
+    first = await gate.http.post("/api/v1/tasks/create", headers=gate.admin, json=body)
+    again = await gate.http.post("/api/v1/tasks/create", headers=gate.admin, json=body)
+    assert first.status_code == 201 and again.status_code == 200
+    assert first.json()["task_id"] == again.json()["task_id"]
+    r = await gate.http.post("/api/v1/tasks/batch", headers=gate.admin, json={
+        "tasks": [body, {"idempotency_key": "new-one"}]})
+    assert r.json()["tasks_created"] == 1 and r.json()["tasks_existing"] == 1
+    assert r.json()["task_ids"][0] == first.json()["task_id"]
+    assert len(await gate.sql("SELECT 1 FROM tasks")) == 2
+
+
+async def test_priority_then_age(gate: Gate) -> None:
+    low = (await gate.create(priority=0))["task_id"]
+    high = (await gate.create(priority=5))["task_id"]
+    low2 = (await gate.create(priority=0))["task_id"]
+    client = await gate.register()
+    r = await gate.lease(client, max_tasks=3)
+    assert [t["task_id"] for t in r.json()["tasks"]] == [high, low, low2]
+
+
+async def test_cancel_and_retry(gate: Gate) -> None:
+    client = await gate.register()
+    task_id = (await gate.create())["task_id"]
+    leased = (await gate.lease(client)).json()
+    r = await gate.http.post(f"/api/v1/tasks/{task_id}/cancel", headers=gate.admin)
+    assert r.json()["status"] == "cancelled"
+    r = await gate.http.post("/api/v1/clients/heartbeat", headers=client, json={})
+    assert r.json()["cancelled_task_ids"] == [task_id]
+    r = await gate.http.post("/api/v1/tasks/complete", headers=client,
+                             json={"task_id": task_id, "lease_token": leased["lease_token"]})
+    assert r.status_code == 409
+    r = await gate.http.post(f"/api/v1/tasks/{task_id}/retry", headers=gate.admin)
+    assert r.json()["status"] == "pending" and r.json()["attempts"] == 0
+    again = (await gate.lease(client)).json()
+    await gate.http.post("/api/v1/tasks/complete", headers=client,
+                         json={"task_id": task_id, "lease_token": again["lease_token"]})
+    r = await gate.http.post(f"/api/v1/tasks/{task_id}/cancel", headers=gate.admin)
+    assert r.status_code == 409 and "completed" in r.json()["detail"]
+    r = await gate.http.post(f"/api/v1/tasks/{task_id}/retry", headers=gate.admin)
+    assert r.status_code == 409
+
+
+async def test_task_list_is_keyset_paginated_newest_first(gate: Gate) -> None:
+    ids = [(await gate.create(start_page=i))["task_id"] for i in range(1, 8)]
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params = {"limit": 3} | ({"cursor": cursor} if cursor else {})
+        page = (await gate.http.get("/api/v1/tasks", headers=gate.admin, params=params)).json()
+        seen += [t["task_id"] for t in page["tasks"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ids[::-1]
