@@ -100,7 +100,11 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 class BodyLimit:
-    """Refuse bodies over the limit with 413, whether or not Content-Length is sent."""
+    """Refuse bodies over the limit (413, with or without Content-Length) and non-UTF-8 bodies (400).
+
+    The gate's bodies are JSON, which is UTF-8 by definition; binary uploads
+    will get their own streaming route outside this guard.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -125,13 +129,25 @@ class BodyLimit:
             if len(body) > self.max_bytes:
                 await self._refuse(send)
                 return
+        if body and not _is_utf8(body):
+            await _answer(send, 400, "request body is not valid UTF-8")
+            return
         await self.app(scope, _replay(bytes(body), receive), send)
 
     async def _refuse(self, send: Send) -> None:
-        response = JSONResponse(
-            {"detail": f"request body larger than {self.max_bytes} bytes"}, status_code=413
-        )
-        await response({"type": "http"}, _no_body, send)
+        await _answer(send, 413, f"request body larger than {self.max_bytes} bytes")
+
+
+def _is_utf8(body: bytearray) -> bool:
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+async def _answer(send: Send, status: int, detail: str) -> None:
+    await JSONResponse({"detail": detail}, status_code=status)({"type": "http"}, _no_body, send)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
