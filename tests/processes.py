@@ -1,0 +1,68 @@
+"""Real gate processes for tests: start, wait for /health, stop by PID (whole process group)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+CLEAN_ENV = {k: v for k, v in os.environ.items()
+             if not k.startswith(("DB_", "DATABASE_URL", "ADMIN_API_KEY", "API_", "DATA_DIR",
+                                  "LEASE_", "STORAGE_", "ENABLE_AUTH"))}
+
+
+class GateProcess:
+    def __init__(self, argv: list[str], env: dict[str, str], port: int, cwd: Path) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = cwd / f"gate-{port}-{time.monotonic_ns()}.log"
+        self._out = self.log.open("wb")
+        self.proc = subprocess.Popen(argv, env=CLEAN_ENV | env, cwd=REPO, stdout=self._out,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_healthy(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"gate exited {self.proc.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"gate not healthy in {timeout}s:\n{self.output()}")
+
+    def output(self) -> str:
+        self._out.flush()
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self._out.close()
+        return self.proc.returncode
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.request(method, self.url + path, timeout=30, **kwargs)
+
+
+def docgate(*args: str) -> list[str]:
+    return [sys.executable, "-m", "docgate.cli", *args]
+
+
+def postgres_running(pgdata: Path) -> bool:
+    out = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    return any(f"postgres -D {pgdata} " in line + " " for line in out.splitlines())

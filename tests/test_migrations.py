@@ -1,0 +1,83 @@
+"""Migrations: in order, once, under a lock; the files also apply with plain psql."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import warnings
+from pathlib import Path
+
+import asyncpg
+
+from conftest import dsn_for
+from server.db.migrate import load_migrations, migrate_dsn
+
+SCHEMA = """
+SELECT 'column' AS kind, table_name || '.' || column_name || ' ' || data_type || ' ' ||
+       is_nullable || ' ' || coalesce(column_default, '') AS what
+FROM information_schema.columns WHERE table_schema = 'public'
+UNION ALL SELECT 'index', indexdef FROM pg_indexes WHERE schemaname = 'public'
+UNION ALL SELECT 'trigger', tgname || ' ' || tgrelid::regclass::text FROM pg_trigger
+          WHERE NOT tgisinternal
+UNION ALL SELECT 'constraint', conname || ' ' || pg_get_constraintdef(oid) FROM pg_constraint
+          WHERE connamespace = 'public'::regnamespace
+UNION ALL SELECT 'migration', version::text || ' ' || name FROM schema_migrations
+ORDER BY 1, 2
+"""
+
+
+async def fresh_database(pg_base: str, name: str) -> str:
+    conn = await asyncpg.connect(pg_base)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await conn.execute(f"CREATE DATABASE {name}")
+    finally:
+        await conn.close()
+    return dsn_for(pg_base, name)
+
+
+async def schema_of(dsn: str) -> list[tuple[str, str]]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return [(r["kind"], r["what"]) for r in await conn.fetch(SCHEMA)]
+    finally:
+        await conn.close()
+
+
+def test_migrations_are_numbered_without_gaps() -> None:
+    versions = [m.version for m in load_migrations()]
+    assert versions == list(range(1, len(versions) + 1))
+
+
+async def test_applying_twice_changes_nothing(pg_base: str) -> None:
+    dsn = await fresh_database(pg_base, "mig_twice")
+    assert await migrate_dsn(dsn) == [m.name for m in load_migrations()]
+    schema = await schema_of(dsn)
+    assert await migrate_dsn(dsn) == []
+    assert await schema_of(dsn) == schema
+
+
+async def test_gates_starting_together_apply_each_migration_once(pg_base: str) -> None:
+    dsn = await fresh_database(pg_base, "mig_race")
+    results = await asyncio.gather(*(migrate_dsn(dsn) for _ in range(6)))
+    applied = [name for result in results for name in result]
+    assert sorted(applied) == sorted(m.name for m in load_migrations())
+
+
+async def test_psql_f_gives_the_same_schema(pg_base: str) -> None:
+    """The seed applies migrations with `psql -f`; that must match the runner exactly."""
+    by_runner = await fresh_database(pg_base, "mig_runner")
+    await migrate_dsn(by_runner)
+    by_psql = await fresh_database(pg_base, "mig_psql")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pgserver._commands import POSTGRES_BIN_PATH
+    folder = Path(__file__).resolve().parent.parent / "database" / "migrations"
+    for migration in load_migrations():
+        subprocess.run(
+            [str(POSTGRES_BIN_PATH / "psql"), by_psql, "-v", "ON_ERROR_STOP=1", "-q", "-1",
+             "-f", str(folder / f"{migration.name}.sql")],
+            check=True, capture_output=True, timeout=60,
+        )
+    assert await schema_of(by_psql) == await schema_of(by_runner)
+    assert await migrate_dsn(by_psql) == []
