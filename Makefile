@@ -31,7 +31,7 @@ test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(TEST_STAMP)
-	$(BIN)/pip install --quiet ruff mypy
+	$(BIN)/pip install --quiet -e '.[test,dev]'
 	$(BIN)/ruff check .
 	$(BIN)/mypy protocol server docgate
 

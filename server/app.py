@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -39,7 +39,7 @@ def create_app(settings: Settings, dsn: str) -> FastAPI:
     return app
 
 
-def _lifespan(settings: Settings, dsn: str):  # type: ignore[no-untyped-def]
+def _lifespan(settings: Settings, dsn: str) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await create_pool(dsn, settings.db_pool_min, settings.db_pool_max)

@@ -28,7 +28,7 @@ def start_embedded(data_dir: Path) -> tuple[Any, str]:
         warnings.simplefilter("ignore")  # pgserver warns about XDG_RUNTIME_DIR; harmless
         import pgserver
 
-        server = pgserver.get_server(pgdata, cleanup_mode="stop")
+        server = pgserver.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
     exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}';")
     if "(1 row)" not in exists:
         server.psql(f"CREATE DATABASE {DATABASE};")

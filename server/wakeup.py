@@ -27,9 +27,9 @@ class TaskWakeup:
         """Take this before trying to lease, so a notification in between is not missed."""
         return self._event
 
-    async def wait(self, event: asyncio.Event, timeout: float) -> None:
+    async def wait(self, event: asyncio.Event, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
+            await asyncio.wait_for(event.wait(), seconds)
 
     def fire(self) -> None:
         event, self._event = self._event, asyncio.Event()

@@ -100,7 +100,7 @@ async def test_generated_admin_key_is_printed_once_and_stored_hashed(
         assert r.status_code == 200
         (row,) = await gate.sql("SELECT key_hash FROM admin_keys")
         assert bytes(row[0]) == hashlib.sha256(key.encode()).digest()
-    async for gate in start_gate(db_dsn, settings):
+    async for _gate in start_gate(db_dsn, settings):
         assert "dg_" not in capsys.readouterr().out
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 
-from conftest import Gate, start_gate, gate_settings
+from conftest import Gate, gate_settings, start_gate
 
 
 async def expire_lease(gate: Gate, task_id: str) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Query, Request, Response, status
@@ -18,7 +18,7 @@ from server.state import GateState
 
 router = APIRouter()
 
-LEASED = {200: {"description": "One task (or {tasks: […]} with max_tasks)"},
+LEASED: dict[int | str, dict[str, Any]] = {200: {"description": "One task (or {tasks: […]} with max_tasks)"},
           204: {"description": "No task available within `wait` seconds"}}
 
 
@@ -55,8 +55,10 @@ async def _lease(
         await state.wakeup.wait(wake, min(remaining, state.settings.poll_fallback_seconds))
 
 
-@router.api_route("/tasks/request", methods=["GET", "POST"], responses=LEASED,
-                  response_model=v1.LeasedTask | v1.LeaseBatch)
+@router.get("/tasks/request", responses=LEASED, response_model=v1.LeasedTask | v1.LeaseBatch,
+            operation_id="request_task_get", summary="Request Task (GET, as in the seed)")
+@router.post("/tasks/request", responses=LEASED, response_model=v1.LeasedTask | v1.LeaseBatch,
+             operation_id="request_task")
 async def request_task(
     request: Request, state: StateDep, principal: PrincipalDep, session_id: SessionHeader = None,
     max_tasks: Annotated[int | None, Query(ge=1, le=v1.MAX_LEASE_TASKS)] = None,

@@ -80,6 +80,7 @@ async def register_client(
             record = await conn.fetchrow(REGISTER, name, host, key_hash)
     except asyncpg.UniqueViolationError:
         raise Conflict("api_key is already in use; omit it to get a generated one") from None
+    assert record is not None  # INSERT … RETURNING always returns the row
     return record["client_id"], record["client_name"], record["client_host"]
 
 

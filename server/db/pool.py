@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import cast
 
 import asyncpg
+from asyncpg import Connection, Pool
 
 from server.errors import DatabaseUnavailable
 
-Pool = asyncpg.Pool
-Connection = asyncpg.Connection
+__all__ = ["Connection", "Pool", "connection", "create_pool", "transaction"]
 
 # Errors that mean "the database is not there right now", not "your input is bad".
 UNAVAILABLE = (
@@ -24,6 +24,7 @@ UNAVAILABLE = (
     asyncpg.InterfaceError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
+    asyncpg.exceptions.InternalClientError,
 )
 
 
@@ -46,19 +47,23 @@ async def create_pool(dsn: str, min_size: int, max_size: int) -> Pool:
 
 @asynccontextmanager
 async def connection(pool: Pool) -> AsyncIterator[Connection]:
-    """A pooled connection; connection-level failures become DatabaseUnavailable."""
+    """A pooled connection; failures to reach the database become DatabaseUnavailable."""
     try:
-        async with pool.acquire(timeout=10) as conn:
-            yield conn
+        conn = await pool.acquire(timeout=10)
+    except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
+        # Any refusal while connecting (shutting down, not accepting
+        # connections, too many clients) means "not available", not bad input.
+        raise DatabaseUnavailable() from exc
+    try:
+        # The pool hands out a proxy that forwards every Connection method.
+        yield cast(Connection, conn)
     except UNAVAILABLE as exc:
         raise DatabaseUnavailable() from exc
+    finally:
+        await pool.release(conn, timeout=10)
 
 
 @asynccontextmanager
 async def transaction(pool: Pool) -> AsyncIterator[Connection]:
     async with connection(pool) as conn, conn.transaction():
         yield conn
-
-
-def row(record: Any) -> dict[str, Any]:
-    return dict(record)

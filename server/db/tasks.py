@@ -243,6 +243,8 @@ async def create_task(pool: Pool, body: v1.TaskCreate, max_attempts: int) -> v1.
         existing = await conn.fetchrow(
             f"SELECT {TASK_COLUMNS} FROM tasks WHERE idempotency_key = $1", body.idempotency_key
         )
+    # ON CONFLICT waited for the other insert to commit, so the row is visible now.
+    assert existing is not None
     return v1.TaskCreated(**dict(existing), created=False)
 
 
