@@ -1,0 +1,193 @@
+"""The storage interface every backend implements, and what they share.
+
+A document is written once, whole, under its final key: each backend makes
+the object appear atomically (rename, a single PUT, a completed multipart
+upload) and, unless ``overwrite`` is asked for, only if the key is still
+empty. That write-once publication is the storage fence: a client whose lease
+went stale cannot replace what the current holder stored.
+
+Every blocking call runs in the backend's own bounded thread pool under an
+overall deadline of ``timeout + size / min_rate`` seconds (15 s plus one
+second per MiB by default), never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import zlib
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from storage.errors import ChecksumMismatch, StorageTimeout, TooLarge
+
+T = TypeVar("T")
+Chunks = AsyncIterable[bytes]
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """What a put reports, and what the gate records."""
+
+    storage_key: str
+    storage_url: str
+    sha256: str
+    size: int
+    content_type: str | None = None
+    compressed: bool = False
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    sha256: str | None = None  # known when the backend kept it (S3 metadata, xattr)
+
+
+@dataclass(frozen=True)
+class Fence:
+    """The lease a write belongs to; the gate backend sends it so the gate can refuse stale writers."""
+
+    task_id: str
+    lease_token: str
+
+
+@dataclass(frozen=True)
+class PutOptions:
+    content_type: str | None = None
+    compress: bool = False  # gzip the stored bytes; sha256 and size stay those of the original
+    overwrite: bool = False  # False = write-once (the fence); True only for migrate/repair
+    max_size: int | None = None
+    expected_sha256: str | None = None
+    fence: Fence | None = None
+    doc_id: str | None = None  # the gate backend addresses documents by id and extension
+    ext: str | None = None
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """Overall time allowed for one storage call of `size` bytes."""
+
+    timeout: float = 15.0
+    min_rate: float = float(1 << 20)  # bytes per second
+
+    def for_size(self, size: int = 0) -> float:
+        return self.timeout + size / self.min_rate
+
+
+@dataclass
+class Digest:
+    """sha256 and size of the original bytes, with the size limit enforced as they pass."""
+
+    max_size: int | None = None
+    size: int = 0
+    _hash: hashlib._Hash = field(default_factory=hashlib.sha256)
+
+    def update(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.max_size is not None and self.size > self.max_size:
+            raise TooLarge(f"document is larger than the limit of {self.max_size} bytes")
+        self._hash.update(chunk)
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+    def check(self, expected: str | None) -> None:
+        if expected is not None and expected != self.hexdigest():
+            raise ChecksumMismatch(f"sha256 is {self.hexdigest()}, expected {expected}")
+
+
+class Encoder:
+    """Turns original chunks into stored chunks (gzip or as-is) while digesting the original."""
+
+    def __init__(self, options: PutOptions) -> None:
+        self.digest = Digest(options.max_size)
+        self._gzip = zlib.compressobj(6, zlib.DEFLATED, 31) if options.compress else None
+
+    def feed(self, chunk: bytes) -> bytes:
+        self.digest.update(chunk)
+        return self._gzip.compress(chunk) if self._gzip else chunk
+
+    def finish(self) -> bytes:
+        return self._gzip.flush() if self._gzip else b""
+
+
+async def encoded(chunks: Chunks, encoder: Encoder) -> AsyncIterator[bytes]:
+    async for chunk in chunks:
+        out = encoder.feed(chunk)
+        if out:
+            yield out
+    tail = encoder.finish()
+    if tail:
+        yield tail
+
+
+async def rechunk(chunks: Chunks, size: int) -> AsyncIterator[bytes]:
+    """Regroup a stream into pieces of exactly `size` bytes (the last may be shorter)."""
+    buffer = bytearray()
+    async for chunk in chunks:
+        buffer += chunk
+        while len(buffer) >= size:
+            yield bytes(buffer[:size])
+            del buffer[:size]
+    if buffer:
+        yield bytes(buffer)
+
+
+async def from_bytes(data: bytes, size: int = CHUNK) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start:start + size]
+
+
+class Storage(ABC):
+    """A store of documents under relative keys."""
+
+    #: the store's URL, e.g. file:///srv/btl/raw or s3://bucket/prefix
+    url: str
+
+    def __init__(self, deadline: Deadline | None = None, threads: int = 8) -> None:
+        self.deadline = deadline or Deadline()
+        self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="storage")
+
+    async def _blocking(self, fn: Callable[[], T], size: int = 0, what: str = "storage call") -> T:
+        """Run a blocking call in this store's threads, bounded by the deadline for `size`."""
+        limit = self.deadline.for_size(size)
+        future = asyncio.get_running_loop().run_in_executor(self._threads, fn)
+        try:
+            return await asyncio.wait_for(future, limit)
+        except TimeoutError:
+            raise StorageTimeout(f"{what} on {self.url} took longer than {limit:.0f} s") from None
+
+    def url_for(self, key: str) -> str:
+        return f"{self.url.rstrip('/')}/{key}"
+
+    @abstractmethod
+    async def put(self, key: str, chunks: Chunks, options: PutOptions | None = None) -> StoredObject:
+        """Store the stream under key, atomically; AlreadyStored if the key is taken (write-once)."""
+
+    @abstractmethod
+    def open(self, key: str) -> AsyncIterator[bytes]:
+        """The stored bytes as they are (still gzipped for compressed documents)."""
+
+    @abstractmethod
+    async def stat(self, key: str) -> ObjectInfo | None:
+        """Size (and sha256 when known) of the object, or None."""
+
+    @abstractmethod
+    async def delete(self, key: str) -> None:
+        """Remove the object; removing a missing one is not an error."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        """Every stored document under prefix (no temporary or staging objects)."""
+
+    async def sweep(self, older_than: float = 3600) -> int:
+        """Remove leftovers of interrupted writes older than `older_than` seconds; return how many."""
+        return 0
+
+    async def close(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)

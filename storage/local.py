@@ -1,0 +1,200 @@
+"""Local disk: temp file in the destination folder, fsync, publish, fsync the folder.
+
+Publication is write-once with ``link(2)``: linking the finished temp file to
+the final name fails if the name exists, so a stale writer can never replace
+a stored document, and a reader never sees a partial one. The sha256 is kept
+in the ``user.docgate.sha256`` extended attribute where the filesystem has them.
+
+Leftovers: a write killed midway leaves a ``.docgate-tmp-*`` file next to its
+destination, never a partial document under a final name. ``sweep()`` (run by
+``docgate storage sweep`` and by clients at start) removes those older than an hour.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import BinaryIO
+
+from storage.base import (
+    CHUNK, Chunks, Deadline, Encoder, ObjectInfo, PutOptions, Storage, StoredObject,
+)
+from storage.errors import AlreadyStored, KeyRefused, ObjectMissing, StorageError, StorageUnavailable
+from storage.keys import check_key
+
+TMP_PREFIX = ".docgate-tmp-"
+SHA_XATTR = "user.docgate.sha256"
+
+
+class LocalStorage(Storage):
+    def __init__(self, root: str | Path, deadline: Deadline | None = None, threads: int = 8) -> None:
+        super().__init__(deadline, threads)
+        self.root = Path(root).expanduser().resolve()
+        self.url = self.root.as_uri()
+
+    def _path(self, key: str) -> Path:
+        path = self.root / check_key(key)
+        # A symlink inside the store must not lead reads or writes outside it.
+        if not os.path.realpath(path).startswith(str(self.root) + os.sep):
+            raise KeyRefused(f"storage key {key!r} leads outside the store")
+        return path
+
+    async def put(self, key: str, chunks: Chunks, options: PutOptions | None = None) -> StoredObject:
+        options = options or PutOptions()
+        final = self._path(key)
+        tmp = final.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+        encoder = Encoder(options)
+        handle = await self._blocking(lambda: _create(tmp), what="create")
+        try:
+            async for chunk in chunks:
+                await self._blocking(lambda c=chunk: handle.write(encoder.feed(c)), len(chunk), "write")
+            await self._blocking(lambda: _seal(handle, encoder.finish()), what="fsync")
+            digest = encoder.digest
+            digest.check(options.expected_sha256)
+            await self._blocking(
+                lambda: _publish(tmp, final, digest.hexdigest(), options.overwrite), what="publish"
+            )
+        except BaseException:
+            # Clean up in the background: an unlink must not block the loop either.
+            self._threads.submit(_discard, handle, tmp)
+            raise
+        return StoredObject(key, self.url_for(key), digest.hexdigest(), digest.size,
+                            options.content_type, options.compress)
+
+    async def open(self, key: str) -> AsyncIterator[bytes]:
+        path = self._path(key)
+        try:
+            handle = await self._blocking(lambda: path.open("rb"), what="open")
+        except FileNotFoundError:
+            raise ObjectMissing(f"no object at {key}") from None
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot open {key}: {exc.strerror}") from None
+        try:
+            while chunk := await self._blocking(lambda: handle.read(CHUNK), CHUNK, "read"):
+                yield chunk
+        finally:
+            self._threads.submit(handle.close)
+
+    async def stat(self, key: str) -> ObjectInfo | None:
+        path = self._path(key)
+        return await self._blocking(lambda: _stat(key, path), what="stat")
+
+    async def delete(self, key: str) -> None:
+        path = self._path(key)
+        await self._blocking(lambda: path.unlink(missing_ok=True), what="delete")
+
+    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        folders = await self._blocking(lambda: sorted(_folders(self.root)), what="list")
+        for folder in folders:
+            infos = await self._blocking(lambda f=folder: _list_folder(self.root, f), what="list")
+            for info in infos:
+                if info.key.startswith(prefix):
+                    yield info
+
+    async def sweep(self, older_than: float = 3600) -> int:
+        return await self._blocking(lambda: _sweep(self.root, older_than), what="sweep")
+
+
+def _create(tmp: Path) -> BinaryIO:
+    try:
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        return tmp.open("xb")
+    except OSError as exc:
+        raise StorageUnavailable(f"cannot write in {tmp.parent}: {exc.strerror}") from None
+
+
+def _seal(handle: BinaryIO, tail: bytes) -> None:
+    handle.write(tail)
+    handle.flush()
+    # fsync before publishing: after a crash the final name must never point
+    # at a file whose data had not reached the disk.
+    os.fsync(handle.fileno())
+    handle.close()
+
+
+def _publish(tmp: Path, final: Path, sha256: str, overwrite: bool) -> None:
+    with contextlib.suppress(OSError):
+        os.setxattr(tmp, SHA_XATTR, sha256.encode())
+    try:
+        if overwrite:
+            os.replace(tmp, final)
+        else:
+            os.link(tmp, final)  # fails if final exists: the write-once fence
+            os.unlink(tmp)
+    except FileExistsError:
+        raise AlreadyStored(f"{final.name} is already stored") from None
+    except OSError as exc:
+        raise StorageUnavailable(f"cannot publish {final.name}: {exc.strerror}") from None
+    _fsync_dir(final.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # The rename/link lives in the folder's entries; sync them so it survives a crash.
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _discard(handle: BinaryIO, tmp: Path) -> None:
+    with contextlib.suppress(OSError):
+        handle.close()
+    with contextlib.suppress(OSError):
+        tmp.unlink(missing_ok=True)
+
+
+def _stat(key: str, path: Path) -> ObjectInfo | None:
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StorageUnavailable(f"cannot stat {key}: {exc.strerror}") from None
+    return ObjectInfo(key, size, _sha_of(path))
+
+
+def _sha_of(path: Path) -> str | None:
+    try:
+        return os.getxattr(path, SHA_XATTR).decode()
+    except OSError:
+        return None
+
+
+def _folders(root: Path) -> list[str]:
+    out = [""]
+    for dirpath, dirnames, _ in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        out += [d if rel == "." else f"{rel}/{d}" for d in dirnames]
+    return out
+
+
+def _list_folder(root: Path, folder: str) -> list[ObjectInfo]:
+    base = root / folder if folder else root
+    infos = []
+    try:
+        entries = sorted(os.scandir(base), key=lambda e: e.name)
+    except OSError as exc:
+        raise StorageError(f"cannot list {folder or '/'}: {exc.strerror}") from None
+    for entry in entries:
+        if entry.is_file(follow_symlinks=False) and not entry.name.startswith(TMP_PREFIX):
+            key = f"{folder}/{entry.name}" if folder else entry.name
+            infos.append(ObjectInfo(key, entry.stat().st_size, _sha_of(Path(entry.path))))
+    return infos
+
+
+def _sweep(root: Path, older_than: float) -> int:
+    cutoff = time.time() - older_than
+    removed = 0
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            path = Path(dirpath) / name
+            with contextlib.suppress(OSError):
+                if name.startswith(TMP_PREFIX) and path.stat().st_mtime <= cutoff:
+                    path.unlink()
+                    removed += 1
+    return removed
