@@ -230,6 +230,8 @@ class LeaseBatch(Reply):
 class DocumentReport(Request):
     doc_id: DocId
     storage_key: Annotated[str, StringConstraints(max_length=300)] | None = None
+    storage_url: Annotated[str, StringConstraints(max_length=1_200)] | None = None
+    url: Annotated[str, StringConstraints(max_length=2_000)] | None = None
     sha256: Sha256Hex | None = None
     size: Annotated[int, Field(ge=0)] | None = None
     content_type: Annotated[str, StringConstraints(max_length=200)] | None = None
@@ -388,6 +390,54 @@ class Job(Reply):
     documents_skipped: int
     progress: float
     created_at: datetime
+
+
+# ---- documents
+
+
+class Document(Reply):
+    doc_id: str
+    source: str
+    storage_key: str
+    storage_url: str
+    sha256: str
+    size: int
+    content_type: str | None
+    compressed: bool
+    task_id: UUID | None
+    job_id: UUID | None
+    client: str | None
+    stored_at: datetime
+
+
+class StoredDocument(Reply):
+    """What the gate stored for an upload through it."""
+
+    storage_key: str
+    storage_url: str
+    sha256: str
+    size: int
+    content_type: str | None
+    compressed: bool
+
+
+class KnownDocuments(Request):
+    doc_ids: Annotated[list[DocId], Field(min_length=1, max_length=MAX_DOCUMENTS_PER_REPORT)]
+
+
+class KnownDocumentsReply(Reply):
+    known: list[str]
+
+
+class StorageObject(Reply):
+    key: str
+    size: int
+    sha256: str | None
+
+
+class StorageObjectList(Reply):
+    objects: list[StorageObject]
+    next_cursor: str | None
 
 
 # ---- health

@@ -21,6 +21,8 @@ from server.db import stats
 from server.db import tasks as db_tasks
 from server.db.pool import create_pool
 from server.errors import DatabaseUnavailable, DocgateError
+from storage import Deadline, StorageError, open_storage
+from storage import errors as storage_errors
 from server.metrics import Metrics
 from server.state import GateState
 from server.version import VERSION
@@ -35,6 +37,7 @@ def create_app(settings: Settings, dsn: str) -> FastAPI:
     app.include_router(api_router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_exception_handler(DocgateError, _docgate_error)
+    app.add_exception_handler(StorageError, _storage_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     return app
 
@@ -46,9 +49,11 @@ def _lifespan(settings: Settings, dsn: str) -> Callable[[FastAPI], AbstractAsync
         try:
             await bootstrap.prepare_database(pool, settings)
             admin_key = settings.admin_api_key.get_secret_value() if settings.admin_api_key else None
+            store = open_storage(settings.store_url, deadline=Deadline(
+                settings.storage_timeout_seconds, settings.storage_min_rate))
             state = GateState(
                 settings=settings, pool=pool, wakeup=TaskWakeup(dsn), metrics=Metrics(),
-                auth=Authenticator(pool, admin_key, settings.enable_auth),
+                auth=Authenticator(pool, admin_key, settings.enable_auth), store=store,
             )
             app.state.gate = state
             state.wakeup.start()
@@ -60,6 +65,7 @@ def _lifespan(settings: Settings, dsn: str) -> Callable[[FastAPI], AbstractAsync
                 with contextlib.suppress(asyncio.CancelledError):
                     await housekeeping
                 await state.wakeup.stop()
+                await store.close()
         finally:
             await pool.close()
 
@@ -89,6 +95,25 @@ async def _docgate_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
 
 
+STORAGE_STATUS: dict[type[StorageError], int] = {
+    storage_errors.KeyRefused: 422,
+    storage_errors.ObjectMissing: 404,
+    storage_errors.AlreadyStored: 409,
+    storage_errors.ChecksumMismatch: 422,
+    storage_errors.TooLarge: 413,
+    storage_errors.StorageTimeout: 504,
+    storage_errors.StorageUnavailable: 503,
+}
+
+
+async def _storage_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StorageError)
+    status = STORAGE_STATUS.get(type(exc), 503)
+    if status >= 500:
+        log.warning("%s %s: storage: %s", request.method, request.url.path, exc.message)
+    return JSONResponse({"detail": exc.message}, status_code=status)
+
+
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     """422 listing what was wrong; never echo the input (it may hold a key)."""
     assert isinstance(exc, RequestValidationError)
@@ -111,7 +136,7 @@ class BodyLimit:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or _is_upload(scope):
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")
@@ -136,6 +161,12 @@ class BodyLimit:
 
     async def _refuse(self, send: Send) -> None:
         await _answer(send, 413, f"request body larger than {self.max_bytes} bytes")
+
+
+def _is_upload(scope: Scope) -> bool:
+    """Document uploads stream to storage under their own limit (MAX_UPLOAD_BYTES)."""
+    path: str = scope["path"]
+    return scope["method"] == "PUT" and path.startswith("/api/v1/documents/") and path.endswith("/raw")
 
 
 def _is_utf8(body: bytearray) -> bool:

@@ -19,6 +19,11 @@ class LogFormat(StrEnum):
     JSON = "json"
 
 
+class UploadGzip(StrEnum):
+    KEEP = "keep"  # store gzip uploads as sent (key ends in .gz, compressed=true)
+    DECOMPRESS = "decompress"  # inflate them and store the plain document
+
+
 class Settings(BaseSettings):
     """Every gate setting; `.env.example` lists them with their defaults."""
 
@@ -51,8 +56,12 @@ class Settings(BaseSettings):
     poll_fallback_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
     client_stale_seconds: Annotated[float, Field(gt=0)] = 180
 
-    storage_url: str | None = None
+    storage_url: str | None = None  # default: DATA_DIR/documents
     shard_size: Annotated[int, Field(ge=1, le=1 << 40)] = 50_000
+    storage_timeout_seconds: Annotated[float, Field(gt=0, le=3_600)] = 15
+    storage_min_rate: Annotated[float, Field(gt=0)] = float(1 << 20)
+    max_upload_bytes: Annotated[int, Field(ge=1)] = 1 << 30
+    upload_gzip: UploadGzip = UploadGzip.KEEP
 
     log_level: str = "INFO"
     log_format: LogFormat = LogFormat.TEXT
@@ -69,6 +78,10 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         """True when no external PostgreSQL is configured."""
         return self.database_url is None and self.db_host is None and self.db_name is None
+
+    @property
+    def store_url(self) -> str:
+        return self.storage_url or str((self.data_dir / "documents").resolve())
 
     def external_dsn(self) -> str | None:
         if self.database_url is not None:

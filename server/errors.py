@@ -9,6 +9,7 @@
     ├── Conflict                409
     │   └── LeaseLost           409
     ├── PayloadTooLarge         413
+    ├── Unprocessable           422
     └── BadRequest              400
 """
 
@@ -67,6 +68,12 @@ class PayloadTooLarge(DocgateError):
     """Request body too large."""
 
     status_code = 413
+
+
+class Unprocessable(DocgateError):
+    """The request is well-formed but its content is not acceptable."""
+
+    status_code = 422
 
 
 class BadRequest(DocgateError):

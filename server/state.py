@@ -10,6 +10,7 @@ from server.db.pool import Pool
 from server.db.tasks import Backoff
 from server.metrics import Metrics
 from server.wakeup import TaskWakeup
+from storage import Storage
 
 
 @dataclass
@@ -19,6 +20,7 @@ class GateState:
     auth: Authenticator
     wakeup: TaskWakeup
     metrics: Metrics
+    store: Storage
 
     @property
     def backoff(self) -> Backoff:

@@ -59,7 +59,8 @@ class Fence:
 @dataclass(frozen=True)
 class PutOptions:
     content_type: str | None = None
-    compress: bool = False  # gzip the stored bytes; sha256 and size stay those of the original
+    compress: bool = False  # store gzipped; sha256 and size stay those of the original bytes
+    input_gzipped: bool = False  # the stream is already gzip: hash what it decompresses to
     overwrite: bool = False  # False = write-once (the fence); True only for migrate/repair
     max_size: int | None = None
     expected_sha256: str | None = None
@@ -102,17 +103,51 @@ class Digest:
 
 
 class Encoder:
-    """Turns original chunks into stored chunks (gzip or as-is) while digesting the original."""
+    """Turns incoming chunks into stored chunks while digesting the original document.
+
+    input plain, compress off:  store as is
+    input plain, compress on:   gzip on the way
+    input gzip,  compress on:   store as is (gate uploads, copies of compressed objects)
+    input gzip,  compress off:  gunzip on the way
+    The digest (sha256, size, size limit) is always of the original bytes, so
+    a gzip bomb meets the size limit as it inflates.
+    """
 
     def __init__(self, options: PutOptions) -> None:
         self.digest = Digest(options.max_size)
-        self._gzip = zlib.compressobj(6, zlib.DEFLATED, 31) if options.compress else None
+        self._gunzip = zlib.decompressobj(31) if options.input_gzipped else None
+        self._gzip = (zlib.compressobj(6, zlib.DEFLATED, 31)
+                      if options.compress and not options.input_gzipped else None)
+        self._keep_input = options.input_gzipped and options.compress
 
     def feed(self, chunk: bytes) -> bytes:
-        self.digest.update(chunk)
-        return self._gzip.compress(chunk) if self._gzip else chunk
+        original = self._inflate(chunk) if self._gunzip else chunk
+        self.digest.update(original)
+        if self._keep_input:
+            return chunk
+        return self._gzip.compress(original) if self._gzip else original
+
+    def _inflate(self, chunk: bytes) -> bytes:
+        assert self._gunzip is not None
+        limit = self.digest.max_size
+        # Inflate at most one byte past the limit per call, so a bomb never balloons memory.
+        cap = 0 if limit is None else max(limit - self.digest.size + 1, 1)
+        try:
+            out = self._gunzip.decompress(chunk, cap)
+        except zlib.error as exc:
+            raise ChecksumMismatch(f"gzip body is corrupt: {exc}") from None
+        if self._gunzip.unconsumed_tail and limit is not None:
+            raise TooLarge(f"document is larger than the limit of {limit} bytes")
+        return out
 
     def finish(self) -> bytes:
+        if self._gunzip is not None:
+            tail = self._gunzip.flush()
+            self.digest.update(tail)
+            if not self._gunzip.eof:
+                raise ChecksumMismatch("gzip body is truncated")
+            return b"" if self._keep_input else (
+                self._gzip.compress(tail) + self._gzip.flush() if self._gzip else tail)
         return self._gzip.flush() if self._gzip else b""
 
 

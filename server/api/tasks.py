@@ -13,6 +13,7 @@ from protocol import v1
 from server.db import stats
 from server.db import tasks as db
 from server.deps import AdminDep, PrincipalDep, SessionHeader, StateDep
+from server.documents import split_reports
 from server.errors import BadRequest, LeaseLost
 from server.state import GateState
 
@@ -74,8 +75,9 @@ async def request_task(
 
 @router.post("/tasks/complete", response_model=v1.Task)
 async def complete_task(body: v1.TaskComplete, state: StateDep, principal: PrincipalDep) -> v1.Task:
+    reports = split_reports(body.documents, state.settings.shard_size, state.store.url)
     try:
-        task = await db.complete_task(state.pool, body, principal.owner)
+        task = await db.complete_task(state.pool, body, principal.owner, reports)
     except LeaseLost:
         state.metrics.stale_refusals.inc()
         raise
@@ -87,9 +89,10 @@ async def complete_task(body: v1.TaskComplete, state: StateDep, principal: Princ
 async def report_progress(
     task_id: UUID, body: v1.TaskProgress, state: StateDep, principal: PrincipalDep
 ) -> v1.Task:
+    reports = split_reports(body.documents, state.settings.shard_size, state.store.url)
     try:
         return await db.report_progress(
-            state.pool, task_id, body, principal.owner, state.settings.lease_seconds
+            state.pool, task_id, body, principal.owner, state.settings.lease_seconds, reports
         )
     except LeaseLost:
         state.metrics.stale_refusals.inc()

@@ -15,7 +15,9 @@ from typing import Any
 from uuid import UUID
 
 from protocol import v1
+from server.db import documents
 from server.db.pool import Connection, Pool, connection, transaction
+from server.documents import Failed, Recorded
 from server.errors import Conflict, LeaseLost, NotFound
 
 TASK_COLUMNS = """
@@ -214,6 +216,8 @@ WHERE status = $3 AND task_seq < $1 ORDER BY task_seq DESC LIMIT $2
 NOTIFY = "SELECT pg_notify('docgate_tasks', '')"
 
 END_OF_LIST = 2**63 - 1
+Reports = tuple[list[Recorded], list[Failed]]
+NO_REPORTS: Reports = ([], [])
 
 
 @dataclass(frozen=True)
@@ -306,7 +310,10 @@ async def classify_refusal(
     )
 
 
-async def complete_task(pool: Pool, body: v1.TaskComplete, owner: UUID | None) -> v1.Task:
+async def complete_task(
+    pool: Pool, body: v1.TaskComplete, owner: UUID | None, reports: Reports = NO_REPORTS
+) -> v1.Task:
+    """Complete a leased task and record its documents, in one fenced transaction."""
     args = (
         body.task_id, body.lease_token, owner, body.documents_downloaded,
         body.documents_failed, body.documents_skipped, body.result_summary,
@@ -314,14 +321,17 @@ async def complete_task(pool: Pool, body: v1.TaskComplete, owner: UUID | None) -
     async with transaction(pool) as conn:
         record = await conn.fetchrow(COMPLETE, *args)
         if record is not None:
+            await documents.record(conn, record, *reports)
             return to_task(record)
         repeat = await classify_refusal(conn, body.task_id, body.lease_token, owner)
     return repeat
 
 
 async def report_progress(
-    pool: Pool, task_id: UUID, body: v1.TaskProgress, owner: UUID | None, lease_seconds: float
+    pool: Pool, task_id: UUID, body: v1.TaskProgress, owner: UUID | None, lease_seconds: float,
+    reports: Reports = NO_REPORTS,
 ) -> v1.Task:
+    """Extend the lease and record documents stored so far, in one fenced transaction."""
     args = (
         task_id, body.lease_token, owner, lease_seconds,
         body.documents_downloaded, body.documents_failed, body.documents_skipped,
@@ -329,6 +339,7 @@ async def report_progress(
     async with transaction(pool) as conn:
         record = await conn.fetchrow(PROGRESS, *args)
         if record is not None:
+            await documents.record(conn, record, *reports)
             return to_task(record)
         await classify_refusal(conn, task_id, body.lease_token, owner)
     raise LeaseLost(f"task {task_id} is completed; progress is no longer accepted")

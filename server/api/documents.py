@@ -1,0 +1,102 @@
+"""Documents: look-ups, the stored bytes, and uploads through the gate."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from protocol import v1
+from server.config import UploadGzip
+from server.db import documents as db
+from server.deps import AdminDep, PrincipalDep, StateDep
+from server.errors import LeaseLost, NotFound, PayloadTooLarge, Unprocessable
+from storage import PutOptions
+from storage.base import Fence
+from storage.keys import document_key
+
+router = APIRouter()
+DocIdPath = Annotated[str, Path(pattern=v1.DOC_ID_PATTERN)]
+
+
+@router.get("/documents/{doc_id}", response_model=v1.Document)
+async def get_document(doc_id: DocIdPath, state: StateDep, _: AdminDep) -> v1.Document:
+    return await db.get_document(state.pool, doc_id)
+
+
+@router.get("/documents/{doc_id}/raw", response_class=StreamingResponse,
+            responses={200: {"content": {"application/octet-stream": {}}}})
+async def read_document(doc_id: DocIdPath, state: StateDep, _: AdminDep) -> StreamingResponse:
+    """The stored bytes; a compressed document is sent with Content-Encoding: gzip."""
+    doc = await db.get_document(state.pool, doc_id)
+    info = await state.store.stat(doc.storage_key)
+    if info is None:
+        raise NotFound(f"document {doc_id} is recorded at {doc.storage_key} but missing from storage")
+    headers = {"Content-Length": str(info.size), "X-Content-SHA256": doc.sha256}
+    if doc.compressed:
+        headers["Content-Encoding"] = "gzip"
+    return StreamingResponse(await started(state.store.open(doc.storage_key)), headers=headers,
+                             media_type=doc.content_type or "application/octet-stream")
+
+
+async def started(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Pull the first chunk now, so a missing object is an error status, not a cut-off body."""
+    first = await anext(stream, b"")
+
+    async def rest() -> AsyncIterator[bytes]:
+        if first:
+            yield first
+        async for chunk in stream:
+            yield chunk
+
+    return rest()
+
+
+@router.put("/documents/{doc_id}/raw", response_model=v1.StoredDocument, status_code=201)
+async def upload_document(
+    doc_id: DocIdPath, request: Request, state: StateDep, principal: PrincipalDep,
+    ext: Annotated[str, Query(pattern=v1.EXT_PATTERN)] = "",
+    key: Annotated[str | None, Query(max_length=300, description="ignored; the gate derives it")] = None,
+    task_id: UUID | None = None,
+    x_lease_token: Annotated[UUID | None, Header()] = None,
+    content_type: Annotated[str | None, Header(max_length=200)] = None,
+    content_encoding: Annotated[str | None, Header(max_length=20)] = None,
+    content_length: Annotated[int | None, Header(ge=0)] = None,
+    x_content_sha256: Annotated[str | None, Header(pattern=r"^[0-9a-f]{64}$")] = None,
+) -> JSONResponse:
+    """Store a document in the gate's store, write-once; a client must hold the task's lease."""
+    settings = state.settings
+    if not principal.is_admin:
+        if task_id is None or x_lease_token is None:
+            raise Unprocessable("a client upload needs ?task_id= and the X-Lease-Token header")
+        if not await db.lease_is_current(state.pool, task_id, x_lease_token, principal.owner):
+            raise LeaseLost(f"lease on task {task_id} is not current; the upload was refused")
+    gzipped = (content_encoding or "identity").lower() == "gzip"
+    if not gzipped and (content_encoding or "identity").lower() != "identity":
+        raise Unprocessable("Content-Encoding must be gzip or identity")
+    if content_length is not None and not gzipped and content_length > settings.max_upload_bytes:
+        raise PayloadTooLarge(f"document larger than MAX_UPLOAD_BYTES ({settings.max_upload_bytes} bytes)")
+    keep = gzipped and settings.upload_gzip is UploadGzip.KEEP
+    storage_key = document_key(doc_id, ext, shard_size=settings.shard_size, compressed=keep)
+    options = PutOptions(
+        content_type=content_type, compress=keep, input_gzipped=gzipped,
+        max_size=settings.max_upload_bytes, expected_sha256=x_content_sha256,
+        fence=Fence(str(task_id), str(x_lease_token)) if task_id and x_lease_token else None,
+    )
+    stored = await state.store.put(storage_key, request.stream(), options)
+    reply = v1.StoredDocument(storage_key=stored.storage_key, storage_url=stored.storage_url,
+                              sha256=stored.sha256, size=stored.size,
+                              content_type=stored.content_type, compressed=stored.compressed)
+    return JSONResponse(reply.model_dump(), status_code=201)
+
+
+@router.post("/documents/known", response_model=v1.KnownDocumentsReply)
+async def known_documents(
+    body: v1.KnownDocuments, state: StateDep, _: PrincipalDep
+) -> v1.KnownDocumentsReply:
+    """Which of these doc_ids are already recorded (clients skip them)."""
+    known = await db.known_documents(state.pool, [str(d) for d in body.doc_ids])
+    return v1.KnownDocumentsReply(known=known)

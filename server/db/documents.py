@@ -1,0 +1,79 @@
+"""Documents: recorded inside the fenced task write that reports them; looked up by id."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from protocol import v1
+from server.db.pool import Connection, Pool, connection
+from server.documents import Failed, Recorded
+from server.errors import NotFound
+
+# First record wins: documents are written once, so a later report of the same
+# doc_id describes the same stored object.
+RECORD = """
+INSERT INTO documents (doc_id, source, storage_key, storage_url, sha256, size, content_type,
+                       compressed, task_id, job_id, client_id)
+SELECT d.doc_id, $1, d.storage_key, d.storage_url, d.sha256, d.size, d.content_type,
+       d.compressed, $2, $3, $4
+FROM unnest($5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[], $11::bool[])
+     AS d(doc_id, storage_key, storage_url, sha256, size, content_type, compressed)
+ON CONFLICT (doc_id) DO NOTHING
+"""
+
+RECORD_FAILURES = """
+INSERT INTO document_failures (doc_id, job_id, task_id, url, error)
+SELECT d.doc_id, $1, $2, d.url, d.error
+FROM unnest($3::text[], $4::text[], $5::text[]) AS d(doc_id, url, error)
+ON CONFLICT (doc_id, task_id) DO UPDATE SET url = excluded.url, error = excluded.error,
+                                            failed_at = now()
+"""
+
+GET = """
+SELECT d.*, c.client_name AS client FROM documents d
+LEFT JOIN clients c ON c.client_id = d.client_id
+WHERE d.doc_id = $1
+"""
+
+KNOWN = "SELECT doc_id FROM documents WHERE doc_id = ANY($1::text[])"
+
+
+async def record(
+    conn: Connection, task: Any, recorded: list[Recorded], failed: list[Failed]
+) -> None:
+    """Record what a fenced write reported; `task` is the row that write returned."""
+    if recorded:
+        await conn.execute(
+            RECORD, task["source"], task["task_id"], task["job_id"], task["assigned_to"],
+            [d.doc_id for d in recorded], [d.storage_key for d in recorded],
+            [d.storage_url for d in recorded], [d.sha256 for d in recorded],
+            [d.size for d in recorded], [d.content_type for d in recorded],
+            [d.compressed for d in recorded],
+        )
+    if failed:
+        await conn.execute(
+            RECORD_FAILURES, task["job_id"], task["task_id"], [d.doc_id for d in failed],
+            [d.url for d in failed], [d.error for d in failed],
+        )
+
+
+async def get_document(pool: Pool, doc_id: str) -> v1.Document:
+    async with connection(pool) as conn:
+        row = await conn.fetchrow(GET, doc_id)
+    if row is None:
+        raise NotFound(f"document {doc_id} not found")
+    return v1.Document.model_validate(dict(row))
+
+
+async def known_documents(pool: Pool, doc_ids: list[str]) -> list[str]:
+    async with connection(pool) as conn:
+        return [r["doc_id"] for r in await conn.fetch(KNOWN, doc_ids)]
+
+
+async def lease_is_current(pool: Pool, task_id: UUID, lease_token: UUID, owner: UUID | None) -> bool:
+    async with connection(pool) as conn:
+        return bool(await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM tasks WHERE task_id = $1 AND lease_token = $2 "
+            "AND status = 'assigned' AND lease_expires_at > now() "
+            "AND ($3::uuid IS NULL OR assigned_to = $3))", task_id, lease_token, owner))

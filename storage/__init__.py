@@ -1,0 +1,85 @@
+"""Document storage: one interface, backends chosen by URL.
+
+    file:///srv/btl/raw or /srv/btl/raw     LocalStorage
+    s3://bucket/prefix                      S3Storage (endpoint and keys from the usual AWS_* variables)
+    b2://bucket/prefix                      S3Storage on Backblaze B2 (B2_* variables)
+    gate                                    GateStorage (upload through the gate)
+    mirror:<primary>,<secondary>            MirrorStorage (e.g. mirror:file:///srv/raw,b2://bucket/raw)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from urllib.parse import unquote, urlsplit
+
+from storage.base import Deadline, ObjectInfo, PutOptions, Storage, StoredObject
+from storage.errors import StorageError
+
+__all__ = ["Deadline", "ObjectInfo", "PutOptions", "Storage", "StorageError", "StoredObject",
+           "open_storage"]
+
+
+class StorageSettingError(StorageError):
+    """A storage URL or variable is wrong."""
+
+
+def open_storage(
+    url: str, *, deadline: Deadline | None = None, api_url: str | None = None,
+    api_key: str | None = None, env: Mapping[str, str] | None = None,
+) -> Storage:
+    """Build the store a URL names; a bad URL raises StorageSettingError naming what is wrong."""
+    env = os.environ if env is None else env
+    url = url.strip()
+    if url.startswith("mirror:"):
+        primary, sep, secondary = url[len("mirror:"):].partition(",")
+        if not sep or not primary or not secondary:
+            raise StorageSettingError("mirror storage is mirror:<primary URL>,<secondary URL>")
+        from storage.mirror import MirrorStorage
+
+        kwargs = {"deadline": deadline, "api_url": api_url, "api_key": api_key, "env": env}
+        return MirrorStorage(open_storage(primary, **kwargs), open_storage(secondary, **kwargs))
+    if url == "gate":
+        if not api_url:
+            raise StorageSettingError("storage 'gate' needs the gate's URL (--api-url)")
+        from storage.gate import GateStorage
+
+        return GateStorage(api_url, api_key, deadline)
+    parts = urlsplit(url)
+    if parts.scheme in {"s3", "b2"}:
+        return _s3(parts.scheme, parts.netloc, parts.path, deadline, env)
+    if parts.scheme == "file":
+        return _local(unquote(parts.path), deadline)
+    if parts.scheme == "" and url:
+        return _local(url, deadline)
+    raise StorageSettingError(f"storage URL {url!r} is not file://, s3://, b2://, gate or mirror:")
+
+
+def _local(path: str, deadline: Deadline | None) -> Storage:
+    from storage.local import LocalStorage
+
+    return LocalStorage(path, deadline)
+
+
+def _s3(scheme: str, bucket: str, prefix: str, deadline: Deadline | None, env: Mapping[str, str]) -> Storage:
+    from storage.s3 import S3Storage
+
+    if scheme == "s3":
+        if not bucket:
+            raise StorageSettingError("storage URL s3:// needs a bucket: s3://bucket/prefix")
+        # Endpoint, region and keys come from boto3's usual chain (AWS_ENDPOINT_URL, AWS_* …).
+        return S3Storage(bucket, prefix, deadline=deadline)
+    bucket = bucket or env.get("B2_BUCKET_NAME", "")
+    missing = [name for name, value in (("B2_BUCKET_NAME", bucket),
+               ("B2_ENDPOINT", env.get("B2_ENDPOINT")),
+               ("B2_APPLICATION_KEY_ID", env.get("B2_APPLICATION_KEY_ID")),
+               ("B2_APPLICATION_KEY", env.get("B2_APPLICATION_KEY"))) if not value]
+    if missing:
+        raise StorageSettingError(f"b2:// storage needs {', '.join(missing)}")
+    endpoint = env["B2_ENDPOINT"]
+    if not endpoint.startswith(("http://", "https://")):
+        endpoint = "https://" + endpoint
+    region = endpoint.split("//", 1)[1].split(".")[1] if endpoint.count(".") >= 2 else None
+    return S3Storage(bucket, prefix, endpoint_url=endpoint, region=region, scheme="b2",
+                     access_key=env["B2_APPLICATION_KEY_ID"], secret_key=env["B2_APPLICATION_KEY"],
+                     deadline=deadline)

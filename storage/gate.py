@@ -1,0 +1,129 @@
+"""Upload through the gate (`--storage gate`): for clients that must not hold bucket credentials.
+
+The client streams each document to ``PUT /api/v1/documents/{doc_id}/raw``
+with its lease; the gate checks the lease, writes to its own store (write-once)
+and answers with what it stored. Reads and listing go through the gate's
+``/api/v1/storage/objects`` endpoints.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from storage.base import Chunks, Deadline, ObjectInfo, PutOptions, Storage, StoredObject
+from storage.errors import (
+    AlreadyStored, ChecksumMismatch, KeyRefused, ObjectMissing, StorageError, StorageUnavailable, TooLarge,
+)
+from storage.keys import check_key
+
+ERRORS: dict[int, type[StorageError]] = {
+    404: ObjectMissing, 409: AlreadyStored, 413: TooLarge, 422: KeyRefused, 400: ChecksumMismatch,
+}
+
+
+class GateStorage(Storage):
+    def __init__(self, api_url: str, api_key: str | None, deadline: Deadline | None = None,
+                 http: httpx.AsyncClient | None = None) -> None:
+        super().__init__(deadline, threads=1)
+        self.url = "gate"
+        self.api = api_url.rstrip("/")
+        headers = {"X-API-Key": api_key} if api_key else {}
+        timeout = httpx.Timeout(self.deadline.timeout, connect=5)
+        self.http = http or httpx.AsyncClient(base_url=self.api, headers=headers, timeout=timeout)
+        self._headers = headers
+
+    def url_for(self, key: str) -> str:
+        return f"gate:{key}"
+
+    async def put(self, key: str, chunks: Chunks, options: PutOptions | None = None) -> StoredObject:
+        options = options or PutOptions()
+        if options.doc_id is None:
+            raise KeyRefused("the gate stores documents by doc_id: PutOptions.doc_id is required")
+        params: dict[str, str] = {"ext": options.ext or "", "key": check_key(key)}
+        headers = dict(self._headers)
+        if options.fence:
+            params["task_id"] = options.fence.task_id
+            headers["X-Lease-Token"] = options.fence.lease_token
+        if options.content_type:
+            headers["Content-Type"] = options.content_type
+        if options.expected_sha256:
+            headers["X-Content-SHA256"] = options.expected_sha256
+        body = chunks
+        if options.compress and not options.input_gzipped:
+            body = _gzip(chunks)
+        if options.compress or options.input_gzipped:
+            headers["Content-Encoding"] = "gzip"
+        reply = await self._send("PUT", f"/api/v1/documents/{quote(options.doc_id)}/raw",
+                                 params=params, headers=headers, content=body)
+        return StoredObject(**reply.json())
+
+    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            reply = await self.http.request(method, self.api + path, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise StorageUnavailable(f"gate did not answer in time: {type(exc).__name__}") from None
+        except httpx.HTTPError as exc:
+            raise StorageUnavailable(f"gate unreachable: {exc}") from None
+        if reply.status_code >= 400:
+            raise _error(reply)
+        return reply
+
+    async def open(self, key: str) -> AsyncIterator[bytes]:
+        url = f"{self.api}/api/v1/storage/objects/{check_key(key)}"
+        try:
+            async with self.http.stream("GET", url) as reply:
+                if reply.status_code >= 400:
+                    await reply.aread()
+                    raise _error(reply)
+                async for chunk in reply.aiter_raw():
+                    yield chunk
+        except httpx.HTTPError as exc:
+            raise StorageUnavailable(f"gate read failed: {exc}") from None
+
+    async def stat(self, key: str) -> ObjectInfo | None:
+        try:
+            reply = await self._send("HEAD", f"/api/v1/storage/objects/{check_key(key)}")
+        except ObjectMissing:
+            return None
+        return ObjectInfo(key, int(reply.headers["Content-Length"]), reply.headers.get("X-Content-SHA256"))
+
+    async def delete(self, key: str) -> None:
+        await self._send("DELETE", f"/api/v1/storage/objects/{check_key(key)}")
+
+    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        cursor: str | None = None
+        while True:
+            params = {"prefix": prefix} | ({"cursor": cursor} if cursor else {})
+            page = (await self._send("GET", "/api/v1/storage/objects", params=params)).json()
+            for item in page["objects"]:
+                yield ObjectInfo(item["key"], item["size"], item.get("sha256"))
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    async def close(self) -> None:
+        await self.http.aclose()
+        await super().close()
+
+
+def _error(reply: httpx.Response) -> StorageError:
+    try:
+        detail = reply.json().get("detail", reply.text)
+    except ValueError:
+        detail = reply.text or reply.reason_phrase
+    kind = ERRORS.get(reply.status_code, StorageUnavailable)
+    return kind(f"gate answered {reply.status_code}: {detail}")
+
+
+async def _gzip(chunks: Chunks) -> AsyncIterator[bytes]:
+    packer = zlib.compressobj(6, zlib.DEFLATED, 31)
+    async for chunk in chunks:
+        out = packer.compress(chunk)
+        if out:
+            yield out
+    yield packer.flush()

@@ -1,0 +1,235 @@
+"""S3 and any S3-compatible endpoint (Backblaze B2 included) through boto3.
+
+Writes are write-once (``If-None-Match: *``) and atomic:
+
+- up to ``part_size`` (8 MiB) stored bytes: one PUT with the sha256 in the
+  object's metadata;
+- larger: the stream is uploaded as a multipart upload to a staging key under
+  ``<prefix>.docgate-staging/``, whose sha256 is known only at the end; it is
+  then published with a server-side multipart copy to the final key, created
+  with the sha256 in its metadata and completed with ``If-None-Match: *``.
+  Memory never holds more than one part.
+
+botocore's default CRC32 checksum headers are turned off
+(``request_checksum_calculation="when_required"``): Backblaze B2 rejects them.
+Interrupted uploads leave staging objects or open multipart uploads, which
+``sweep()`` removes (a bucket lifecycle rule on the staging prefix works too).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from storage.base import CHUNK, Chunks, Deadline, Encoder, ObjectInfo, PutOptions, Storage, StoredObject
+from storage.errors import AlreadyStored, ObjectMissing, StorageError, StorageUnavailable
+from storage.keys import check_key
+
+STAGING = ".docgate-staging/"
+PART_SIZE = 8 << 20
+COPY_PART = 512 << 20
+SHA_META = "sha256"
+
+
+class S3Storage(Storage):
+    def __init__(
+        self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
+        region: str | None = None, access_key: str | None = None, secret_key: str | None = None,
+        scheme: str = "s3", deadline: Deadline | None = None, threads: int = 16,
+        part_size: int = PART_SIZE,
+    ) -> None:
+        super().__init__(deadline, threads)
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.url = f"{scheme}://{bucket}/{self.prefix}".rstrip("/")
+        self.part_size = max(part_size, 5 << 20)
+        config = botocore.config.Config(
+            connect_timeout=5, read_timeout=self.deadline.timeout,
+            retries={"max_attempts": 3, "mode": "standard"},
+            # B2 refuses the CRC32 checksum headers botocore sends by default.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            max_pool_connections=threads,
+            s3={"addressing_style": "path"} if endpoint_url else {},
+        )
+        session = boto3.session.Session(
+            aws_access_key_id=access_key, aws_secret_access_key=secret_key, region_name=region
+        )
+        self.client: Any = session.client("s3", endpoint_url=endpoint_url, config=config)
+
+    def _key(self, key: str) -> str:
+        return self.prefix + check_key(key)
+
+    async def _call(self, what: str, size: int = 0, **kwargs: Any) -> Any:
+        method = getattr(self.client, what)
+        try:
+            return await self._blocking(lambda: method(Bucket=self.bucket, **kwargs), size, what)
+        except botocore.exceptions.ClientError as exc:
+            raise _wrap(exc, kwargs.get("Key", "")) from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise StorageUnavailable(f"{what} on {self.url} failed: {exc}") from None
+
+    async def put(self, key: str, chunks: Chunks, options: PutOptions | None = None) -> StoredObject:
+        options = options or PutOptions()
+        final = self._key(key)
+        encoder = Encoder(options)
+        buffer = bytearray()
+        stream = aiter(chunks)
+        async for chunk in stream:
+            buffer += await self._blocking(lambda c=chunk: encoder.feed(c), len(chunk), "hash")
+            if len(buffer) >= self.part_size:
+                await self._put_large(final, buffer, stream, encoder, options)
+                break
+        else:
+            buffer += encoder.finish()
+            encoder.digest.check(options.expected_sha256)
+            await self._call("put_object", len(buffer), Key=final, Body=bytes(buffer),
+                             **self._meta(encoder, options), **_once(options))
+        digest = encoder.digest
+        return StoredObject(key, self.url_for(key), digest.hexdigest(), digest.size,
+                            options.content_type, options.compress)
+
+    def _meta(self, encoder: Encoder, options: PutOptions) -> dict[str, Any]:
+        meta: dict[str, Any] = {"Metadata": {SHA_META: encoder.digest.hexdigest(),
+                                             "size": str(encoder.digest.size)}}
+        if options.content_type:
+            meta["ContentType"] = options.content_type
+        if options.compress:
+            meta["ContentEncoding"] = "gzip"
+        return meta
+
+    async def _put_large(
+        self, final: str, buffer: bytearray, rest: AsyncIterator[bytes], encoder: Encoder,
+        options: PutOptions,
+    ) -> None:
+        staging = f"{self.prefix}{STAGING}{uuid.uuid4().hex}"
+        try:
+            total = await self._upload_staging(staging, buffer, rest, encoder)
+            encoder.digest.check(options.expected_sha256)
+            await self._copy_to_final(staging, final, total, encoder, options)
+        finally:
+            await self._call("delete_object", Key=staging)
+
+    async def _upload_staging(
+        self, staging: str, buffer: bytearray, rest: AsyncIterator[bytes], encoder: Encoder
+    ) -> int:
+        upload = (await self._call("create_multipart_upload", Key=staging))["UploadId"]
+        parts: list[dict[str, Any]] = []
+        total = 0
+        try:
+            async for chunk in rest:
+                buffer += await self._blocking(lambda c=chunk: encoder.feed(c), len(chunk), "hash")
+                while len(buffer) >= self.part_size:
+                    piece, buffer[:] = bytes(buffer[:self.part_size]), buffer[self.part_size:]
+                    parts.append(await self._part(staging, upload, len(parts) + 1, piece))
+                    total += len(piece)
+            buffer += encoder.finish()
+            if buffer:
+                parts.append(await self._part(staging, upload, len(parts) + 1, bytes(buffer)))
+                total += len(buffer)
+            await self._call("complete_multipart_upload", Key=staging, UploadId=upload,
+                             MultipartUpload={"Parts": parts})
+        except BaseException:
+            await self._abort(staging, upload)
+            raise
+        return total
+
+    async def _part(self, key: str, upload: str, number: int, body: bytes) -> dict[str, Any]:
+        reply = await self._call("upload_part", len(body), Key=key, UploadId=upload,
+                                 PartNumber=number, Body=body)
+        return {"PartNumber": number, "ETag": reply["ETag"]}
+
+    async def _copy_to_final(
+        self, staging: str, final: str, total: int, encoder: Encoder, options: PutOptions
+    ) -> None:
+        upload = (await self._call("create_multipart_upload", Key=final,
+                                   **self._meta(encoder, options)))["UploadId"]
+        parts = []
+        try:
+            for number, start in enumerate(range(0, total, COPY_PART), 1):
+                end = min(start + COPY_PART, total) - 1
+                reply = await self._call(
+                    "upload_part_copy", end - start, Key=final, UploadId=upload, PartNumber=number,
+                    CopySource={"Bucket": self.bucket, "Key": staging},
+                    CopySourceRange=f"bytes={start}-{end}",
+                )
+                parts.append({"PartNumber": number, "ETag": reply["CopyPartResult"]["ETag"]})
+            await self._call("complete_multipart_upload", Key=final, UploadId=upload,
+                             MultipartUpload={"Parts": parts}, **_once(options))
+        except BaseException:
+            await self._abort(final, upload)
+            raise
+
+    async def _abort(self, key: str, upload: str) -> None:
+        try:
+            await self._call("abort_multipart_upload", Key=key, UploadId=upload)
+        except StorageError:
+            pass  # sweep() aborts it later
+
+    async def open(self, key: str) -> AsyncIterator[bytes]:
+        body = (await self._call("get_object", Key=self._key(key)))["Body"]
+        try:
+            while chunk := await self._blocking(lambda: body.read(CHUNK), CHUNK, "read"):
+                yield chunk
+        finally:
+            self._threads.submit(body.close)
+
+    async def stat(self, key: str) -> ObjectInfo | None:
+        try:
+            head = await self._call("head_object", Key=self._key(key))
+        except ObjectMissing:
+            return None
+        return ObjectInfo(key, int(head["ContentLength"]), head.get("Metadata", {}).get(SHA_META))
+
+    async def delete(self, key: str) -> None:
+        await self._call("delete_object", Key=self._key(key))
+
+    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        token: dict[str, str] = {}
+        while True:
+            page = await self._call("list_objects_v2", Prefix=self.prefix + prefix, MaxKeys=1000,
+                                    **token)
+            for item in page.get("Contents", []):
+                key = item["Key"][len(self.prefix):]
+                if not key.startswith(STAGING):
+                    yield ObjectInfo(key, int(item["Size"]))
+            if not page.get("IsTruncated"):
+                return
+            token = {"ContinuationToken": page["NextContinuationToken"]}
+
+    async def sweep(self, older_than: float = 3600) -> int:
+        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than)
+        removed = 0
+        uploads = await self._call("list_multipart_uploads", Prefix=self.prefix)
+        for upload in uploads.get("Uploads", []):
+            if upload["Initiated"] <= cutoff:
+                await self._abort(upload["Key"], upload["UploadId"])
+                removed += 1
+        page = await self._call("list_objects_v2", Prefix=self.prefix + STAGING)
+        for item in page.get("Contents", []):
+            if item["LastModified"] <= cutoff:
+                await self._call("delete_object", Key=item["Key"])
+                removed += 1
+        return removed
+
+
+def _once(options: PutOptions) -> dict[str, str]:
+    # The write-once fence: the PUT or the completion fails if the key is taken.
+    return {} if options.overwrite else {"IfNoneMatch": "*"}
+
+
+def _wrap(exc: botocore.exceptions.ClientError, key: str) -> StorageError:
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code", ""))
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if code in {"PreconditionFailed", "ConditionalRequestConflict"} or status == 412:
+        return AlreadyStored(f"{key} is already stored")
+    if code in {"NoSuchKey", "404", "NotFound"} or status == 404:
+        return ObjectMissing(f"no object at {key}")
+    return StorageUnavailable(f"S3 {code or status}: {error.get('Message', '')}".strip())
