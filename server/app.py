@@ -99,7 +99,7 @@ STORAGE_STATUS: dict[type[StorageError], int] = {
     storage_errors.KeyRefused: 422,
     storage_errors.ObjectMissing: 404,
     storage_errors.AlreadyStored: 409,
-    storage_errors.ChecksumMismatch: 422,
+    storage_errors.ChecksumMismatch: 400,
     storage_errors.TooLarge: 413,
     storage_errors.StorageTimeout: 504,
     storage_errors.StorageUnavailable: 503,

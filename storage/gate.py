@@ -45,7 +45,7 @@ class GateStorage(Storage):
         if options.doc_id is None:
             raise KeyRefused("the gate stores documents by doc_id: PutOptions.doc_id is required")
         params: dict[str, str] = {"ext": options.ext or "", "key": check_key(key)}
-        headers = dict(self._headers)
+        headers: dict[str, str] = {}
         if options.fence:
             params["task_id"] = options.fence.task_id
             headers["X-Lease-Token"] = options.fence.lease_token
@@ -63,6 +63,7 @@ class GateStorage(Storage):
         return StoredObject(**reply.json())
 
     async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        kwargs["headers"] = self._headers | kwargs.get("headers", {})
         try:
             reply = await self.http.request(method, self.api + path, **kwargs)
         except httpx.TimeoutException as exc:
@@ -76,7 +77,7 @@ class GateStorage(Storage):
     async def open(self, key: str) -> AsyncIterator[bytes]:
         url = f"{self.api}/api/v1/storage/objects/{check_key(key)}"
         try:
-            async with self.http.stream("GET", url) as reply:
+            async with self.http.stream("GET", url, headers=self._headers) as reply:
                 if reply.status_code >= 400:
                     await reply.aread()
                     raise _error(reply)

@@ -77,7 +77,7 @@ class LocalStorage(Storage):
             while chunk := await self._blocking(lambda: handle.read(CHUNK), CHUNK, "read"):
                 yield chunk
         finally:
-            self._threads.submit(handle.close)
+            handle.close()  # a read-only close does no I/O worth a thread
 
     async def stat(self, key: str) -> ObjectInfo | None:
         path = self._path(key)

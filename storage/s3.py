@@ -178,7 +178,7 @@ class S3Storage(Storage):
             while chunk := await self._blocking(lambda: body.read(CHUNK), CHUNK, "read"):
                 yield chunk
         finally:
-            self._threads.submit(body.close)
+            body.close()  # releases the connection; no I/O to wait on
 
     async def stat(self, key: str) -> ObjectInfo | None:
         try:

@@ -10,8 +10,12 @@ import asyncio
 import itertools
 import os
 import socket
+import subprocess
+import sys
+import time
 import warnings
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -62,25 +66,31 @@ def template_dsn(pg_base: str) -> str:
             await conn.close()
         await migrate_dsn(dsn_for(pg_base, TEMPLATE))
 
-    asyncio.run(build())
+    run_aside(build())
     return dsn_for(pg_base, TEMPLATE)
 
 
 @pytest.fixture
-async def db_dsn(pg_base: str, template_dsn: str) -> AsyncIterator[str]:
-    """A fresh, migrated database for this test."""
+def db_dsn(pg_base: str, template_dsn: str) -> Iterator[str]:
+    """A fresh, migrated database for this test (made outside the test's event loop)."""
     name = f"test_{os.getpid()}_{next(_counter)}"
-    conn = await asyncpg.connect(pg_base)
-    try:
-        await conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
-    finally:
-        await conn.close()
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(pg_base)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    run_aside(admin(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}"))
     yield dsn_for(pg_base, name)
-    conn = await asyncpg.connect(pg_base)
-    try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await conn.close()
+    run_aside(admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+def run_aside(coro: Any) -> Any:
+    """Run a coroutine to completion on its own loop in a helper thread (safe inside a running loop)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def gate_settings(**overrides: Any) -> Settings:
@@ -92,6 +102,7 @@ def gate_settings(**overrides: Any) -> Settings:
         "reap_interval_seconds": 0.1,
         "poll_fallback_seconds": 0.5,
         "db_pool_max": 20,
+        "data_dir": "/nonexistent-data-dir-for-tests",
         "_env_file": None,
     }
     values.update(overrides)
@@ -140,9 +151,41 @@ async def start_gate(dsn: str, settings: Settings) -> AsyncIterator[Gate]:
 
 
 @pytest.fixture
-async def gate(db_dsn: str) -> AsyncIterator[Gate]:
-    async for g in start_gate(db_dsn, gate_settings()):
+async def gate(db_dsn: str, tmp_path: Path) -> AsyncIterator[Gate]:
+    async for g in start_gate(db_dsn, gate_settings(storage_url=str(tmp_path / "gate-store"))):
         yield g
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real HTTP S3 endpoint: moto in server mode, in its own process."""
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "test-key-id")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test-secret")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    port = free_port()
+    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url + "/moto-api/", timeout=1)
+            break
+        except httpx.TransportError:
+            time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+    log.close()
+
+
+def make_bucket(endpoint: str) -> str:
+    import boto3
+
+    name = f"bucket-{next(_counter)}-{os.getpid()}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=name)
+    return name
 
 
 def free_port() -> int:
