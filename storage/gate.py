@@ -53,13 +53,19 @@ class GateStorage(Storage):
             headers["Content-Type"] = options.content_type
         if options.expected_sha256:
             headers["X-Content-SHA256"] = options.expected_sha256
-        body = chunks
+        body = _limited(chunks, options.max_size) if options.max_size is not None else chunks
         if options.compress and not options.input_gzipped:
             body = _gzip(chunks)
         if options.compress or options.input_gzipped:
             headers["Content-Encoding"] = "gzip"
-        reply = await self._send("PUT", f"/api/v1/documents/{quote(options.doc_id)}/raw",
-                                 params=params, headers=headers, content=body)
+        try:
+            reply = await self._send("PUT", f"/api/v1/documents/{quote(options.doc_id)}/raw",
+                                     params=params, headers=headers, content=body)
+        except StorageUnavailable as exc:
+            # Our own size limit aborts the upload from inside the body stream.
+            if isinstance(exc.__context__, TooLarge):
+                raise exc.__context__ from None
+            raise
         return StoredObject(**reply.json())
 
     async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -119,6 +125,15 @@ def _error(reply: httpx.Response) -> StorageError:
         detail = reply.text or reply.reason_phrase
     kind = ERRORS.get(reply.status_code, StorageUnavailable)
     return kind(f"gate answered {reply.status_code}: {detail}")
+
+
+async def _limited(chunks: Chunks, max_size: int) -> AsyncIterator[bytes]:
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > max_size:
+            raise TooLarge(f"document is larger than the limit of {max_size} bytes")
+        yield chunk
 
 
 async def _gzip(chunks: Chunks) -> AsyncIterator[bytes]:
