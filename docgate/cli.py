@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from server.config import Settings
 from server.errors import DocgateError
 from server.logs import setup_logging, stop_logging
+from storage import StorageError
 
 DSN_ENV = "DOCGATE_RESOLVED_DSN"
 
@@ -22,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.run(args)
-    except DocgateError as exc:
+    except (DocgateError, StorageError) as exc:
         print(f"docgate: {exc.message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -45,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="database maintenance").add_subparsers(required=True)
     migrate = db.add_parser("migrate", help="apply pending migrations and exit")
     migrate.set_defaults(run=run_migrate)
+
+    from docgate.storage_cli import add_commands
+
+    add_commands(sub)
 
     key = sub.add_parser("admin-key", help="admin key maintenance").add_subparsers(required=True)
     reset = key.add_parser("reset", help="replace every stored admin key with a new one")

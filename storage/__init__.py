@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from urllib.parse import unquote, urlsplit
 
@@ -79,7 +80,9 @@ def _s3(scheme: str, bucket: str, prefix: str, deadline: Deadline | None, env: M
     endpoint = env["B2_ENDPOINT"]
     if not endpoint.startswith(("http://", "https://")):
         endpoint = "https://" + endpoint
-    region = endpoint.split("//", 1)[1].split(".")[1] if endpoint.count(".") >= 2 else None
+    # Backblaze endpoints name their region: s3.us-west-004.backblazeb2.com.
+    found = re.search(r"//s3\.([a-z0-9-]+)\.backblazeb2\.com", endpoint)
+    region = found[1] if found else "us-east-1"
     return S3Storage(bucket, prefix, endpoint_url=endpoint, region=region, scheme="b2",
                      access_key=env["B2_APPLICATION_KEY_ID"], secret_key=env["B2_APPLICATION_KEY"],
                      deadline=deadline)

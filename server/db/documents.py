@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
 
@@ -77,3 +78,22 @@ async def lease_is_current(pool: Pool, task_id: UUID, lease_token: UUID, owner: 
             "SELECT EXISTS (SELECT 1 FROM tasks WHERE task_id = $1 AND lease_token = $2 "
             "AND status = 'assigned' AND lease_expires_at > now() "
             "AND ($3::uuid IS NULL OR assigned_to = $3))", task_id, lease_token, owner))
+
+
+PAGE = """
+SELECT doc_id, storage_key, sha256, size, compressed FROM documents
+WHERE doc_id > $1 ORDER BY doc_id LIMIT $2
+"""
+
+
+async def iter_documents(pool: Pool, page: int = 1000) -> AsyncIterator[Any]:
+    """Every recorded document, in doc_id order, a page at a time."""
+    after = ""
+    while True:
+        async with connection(pool) as conn:
+            rows = await conn.fetch(PAGE, after, page)
+        for row in rows:
+            yield row
+        if len(rows) < page:
+            return
+        after = rows[-1]["doc_id"]
