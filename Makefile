@@ -33,7 +33,7 @@ test: $(TEST_STAMP)
 lint: $(TEST_STAMP)
 	$(BIN)/pip install --quiet -e '.[test,dev]'
 	$(BIN)/ruff check .
-	$(BIN)/mypy protocol server docgate
+	$(BIN)/mypy protocol storage server docgate
 
 check: lint test
 

@@ -51,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
 
     add_commands(sub)
 
+    jobs = sub.add_parser("jobs", help="job maintenance").add_subparsers(required=True)
+    refetch = jobs.add_parser("refetch-failed", help="new tasks for a job's failed documents")
+    refetch.add_argument("job_id", help="the job's id")
+    refetch.add_argument("--chunk-size", type=int, default=100)
+    refetch.set_defaults(run=run_refetch_failed)
+
     key = sub.add_parser("admin-key", help="admin key maintenance").add_subparsers(required=True)
     reset = key.add_parser("reset", help="replace every stored admin key with a new one")
     reset.set_defaults(run=run_admin_key_reset)
@@ -139,6 +145,34 @@ def run_admin_key_reset(args: argparse.Namespace) -> int:
     with database(settings) as dsn:
         _check_database(dsn)
         print(announce_admin_key(asyncio.run(reset(dsn))))
+    return 0
+
+
+def run_refetch_failed(args: argparse.Namespace) -> int:
+    import uuid
+
+    from server.db.jobs import refetch_failed
+    from server.db.pool import create_pool
+
+    try:
+        job_id = uuid.UUID(args.job_id)
+    except ValueError:
+        raise DocgateError(f"job id {args.job_id!r} is not a uuid") from None
+    if not 1 <= args.chunk_size <= 100_000:
+        raise DocgateError("--chunk-size must be between 1 and 100000")
+    settings = Settings.load()
+
+    async def refetch(dsn: str) -> int:
+        pool = await create_pool(dsn, 1, 1)
+        try:
+            created = await refetch_failed(pool, job_id, args.chunk_size, settings.max_attempts)
+        finally:
+            await pool.close()
+        return created.tasks_created
+
+    with database(settings) as dsn:
+        _check_database(dsn)
+        print(f"job {job_id}: {asyncio.run(refetch(dsn))} new tasks for failed documents")
     return 0
 
 

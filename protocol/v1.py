@@ -364,12 +364,20 @@ class IdRangeParams(Request):
 
 
 class JobCreate(Request):
+    """An id_range job. Its tasks carry {url_template, start_id, count, ext}; with
+    only_missing, ids already recorded are left out and tasks carry {url_template, ids, ext}."""
+
     source: Literal["id_range"]
     params: IdRangeParams
     chunk_size: Annotated[int, Field(ge=1, le=MAX_CHUNK_SIZE)] = 100
     priority: Priority = 0
     max_attempts: Attempts | None = None
     idempotency_key: IdempotencyKey | None = None
+    only_missing: bool = False
+
+
+class Refetch(Request):
+    chunk_size: Annotated[int, Field(ge=1, le=MAX_CHUNK_SIZE)] = 100
 
 
 class JobCreated(Reply):

@@ -21,12 +21,12 @@ from server.db import stats
 from server.db import tasks as db_tasks
 from server.db.pool import create_pool
 from server.errors import DatabaseUnavailable, DocgateError
-from storage import Deadline, StorageError, open_storage
-from storage import errors as storage_errors
 from server.metrics import Metrics
 from server.state import GateState
 from server.version import VERSION
 from server.wakeup import TaskWakeup
+from storage import Deadline, StorageError, open_storage
+from storage import errors as storage_errors
 
 log = logging.getLogger("docgate.gate")
 

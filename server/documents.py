@@ -52,9 +52,10 @@ def _recorded(doc: v1.DocumentReport, shard_size: int, store_url: str) -> Record
     except KeyRefused as exc:
         raise Unprocessable(exc.message) from None
     if ext is None or key != expected:
+        gz = ", ending in .gz when compressed" if doc.compressed else ""
         raise Unprocessable(
             f"storage_key {key!r} is not the key for doc_id {doc_id!r}: expected {expected!r} "
-            f"(<doc_id // {shard_size}>/<doc_id><ext>{', ending in .gz when compressed' if doc.compressed else ''})"
+            f"(<doc_id // {shard_size}>/<doc_id><ext>{gz})"
         )
     url = doc.storage_url or f"{store_url.rstrip('/')}/{key}"
     if not url.startswith(URL_SCHEMES) or not url.endswith("/" + key) and url != f"gate:{key}":

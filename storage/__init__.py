@@ -38,8 +38,10 @@ def open_storage(
             raise StorageSettingError("mirror storage is mirror:<primary URL>,<secondary URL>")
         from storage.mirror import MirrorStorage
 
-        kwargs = {"deadline": deadline, "api_url": api_url, "api_key": api_key, "env": env}
-        return MirrorStorage(open_storage(primary, **kwargs), open_storage(secondary, **kwargs))
+        return MirrorStorage(
+            open_storage(primary, deadline=deadline, api_url=api_url, api_key=api_key, env=env),
+            open_storage(secondary, deadline=deadline, api_url=api_url, api_key=api_key, env=env),
+        )
     if url == "gate":
         if not api_url:
             raise StorageSettingError("storage 'gate' needs the gate's URL (--api-url)")

@@ -17,7 +17,13 @@ import httpx
 
 from storage.base import Chunks, Deadline, ObjectInfo, PutOptions, Storage, StoredObject
 from storage.errors import (
-    AlreadyStored, ChecksumMismatch, KeyRefused, ObjectMissing, StorageError, StorageUnavailable, TooLarge,
+    AlreadyStored,
+    ChecksumMismatch,
+    KeyRefused,
+    ObjectMissing,
+    StorageError,
+    StorageUnavailable,
+    TooLarge,
 )
 from storage.keys import check_key
 

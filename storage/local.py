@@ -17,11 +17,19 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
 from storage.base import (
-    CHUNK, Chunks, Deadline, Encoder, ObjectInfo, PutOptions, Storage, StoredObject,
+    CHUNK,
+    Chunks,
+    Deadline,
+    Encoder,
+    ObjectInfo,
+    PutOptions,
+    Storage,
+    StoredObject,
 )
 from storage.errors import AlreadyStored, KeyRefused, ObjectMissing, StorageError, StorageUnavailable
 from storage.keys import check_key
@@ -51,7 +59,7 @@ class LocalStorage(Storage):
         handle = await self._blocking(lambda: _create(tmp), what="create")
         try:
             async for chunk in chunks:
-                await self._blocking(lambda c=chunk: handle.write(encoder.feed(c)), len(chunk), "write")
+                await self._blocking(partial(_write, handle, encoder, chunk), len(chunk), "write")
             await self._blocking(lambda: _seal(handle, encoder.finish()), what="fsync")
             digest = encoder.digest
             digest.check(options.expected_sha256)
@@ -90,7 +98,7 @@ class LocalStorage(Storage):
     async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
         folders = await self._blocking(lambda: sorted(_folders(self.root)), what="list")
         for folder in folders:
-            infos = await self._blocking(lambda f=folder: _list_folder(self.root, f), what="list")
+            infos = await self._blocking(partial(_list_folder, self.root, folder), what="list")
             for info in infos:
                 if info.key.startswith(prefix):
                     yield info
@@ -105,6 +113,10 @@ def _create(tmp: Path) -> BinaryIO:
         return tmp.open("xb")
     except OSError as exc:
         raise StorageUnavailable(f"cannot write in {tmp.parent}: {exc.strerror}") from None
+
+
+def _write(handle: BinaryIO, encoder: Encoder, chunk: bytes) -> None:
+    handle.write(encoder.feed(chunk))
 
 
 def _seal(handle: BinaryIO, tail: bytes) -> None:

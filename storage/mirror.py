@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 from storage.base import Chunks, ObjectInfo, PutOptions, Storage, StoredObject
@@ -35,10 +36,8 @@ class MirrorStorage(Storage):
         stored_gzip = options.compress
         copy = PutOptions(content_type=options.content_type, compress=stored_gzip,
                           input_gzipped=stored_gzip, overwrite=overwrite)
-        try:
+        with contextlib.suppress(AlreadyStored):  # another writer got there first
             await self.secondary.put(key, self.primary.open(key), copy)
-        except AlreadyStored:
-            pass  # another writer got there first with the same document
 
     async def open(self, key: str) -> AsyncIterator[bytes]:
         try:

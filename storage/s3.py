@@ -18,9 +18,11 @@ Interrupted uploads leave staging objects or open multipart uploads, which
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import boto3
@@ -66,7 +68,7 @@ class S3Storage(Storage):
     def _key(self, key: str) -> str:
         return self.prefix + check_key(key)
 
-    async def _call(self, what: str, size: int = 0, **kwargs: Any) -> Any:
+    async def _call(self, what: str, *, size: int = 0, **kwargs: Any) -> Any:
         method = getattr(self.client, what)
         try:
             return await self._blocking(lambda: method(Bucket=self.bucket, **kwargs), size, what)
@@ -82,14 +84,14 @@ class S3Storage(Storage):
         buffer = bytearray()
         stream = aiter(chunks)
         async for chunk in stream:
-            buffer += await self._blocking(lambda c=chunk: encoder.feed(c), len(chunk), "hash")
+            buffer += await self._blocking(partial(encoder.feed, chunk), len(chunk), "hash")
             if len(buffer) >= self.part_size:
                 await self._put_large(final, buffer, stream, encoder, options)
                 break
         else:
             buffer += encoder.finish()
             encoder.digest.check(options.expected_sha256)
-            await self._call("put_object", len(buffer), Key=final, Body=bytes(buffer),
+            await self._call("put_object", size=len(buffer), Key=final, Body=bytes(buffer),
                              **self._meta(encoder, options), **_once(options))
         digest = encoder.digest
         return StoredObject(key, self.url_for(key), digest.hexdigest(), digest.size,
@@ -124,7 +126,7 @@ class S3Storage(Storage):
         total = 0
         try:
             async for chunk in rest:
-                buffer += await self._blocking(lambda c=chunk: encoder.feed(c), len(chunk), "hash")
+                buffer += await self._blocking(partial(encoder.feed, chunk), len(chunk), "hash")
                 while len(buffer) >= self.part_size:
                     piece, buffer[:] = bytes(buffer[:self.part_size]), buffer[self.part_size:]
                     parts.append(await self._part(staging, upload, len(parts) + 1, piece))
@@ -141,7 +143,7 @@ class S3Storage(Storage):
         return total
 
     async def _part(self, key: str, upload: str, number: int, body: bytes) -> dict[str, Any]:
-        reply = await self._call("upload_part", len(body), Key=key, UploadId=upload,
+        reply = await self._call("upload_part", size=len(body), Key=key, UploadId=upload,
                                  PartNumber=number, Body=body)
         return {"PartNumber": number, "ETag": reply["ETag"]}
 
@@ -155,7 +157,7 @@ class S3Storage(Storage):
             for number, start in enumerate(range(0, total, COPY_PART), 1):
                 end = min(start + COPY_PART, total) - 1
                 reply = await self._call(
-                    "upload_part_copy", end - start, Key=final, UploadId=upload, PartNumber=number,
+                    "upload_part_copy", size=end - start, Key=final, UploadId=upload, PartNumber=number,
                     CopySource={"Bucket": self.bucket, "Key": staging},
                     CopySourceRange=f"bytes={start}-{end}",
                 )
@@ -167,10 +169,8 @@ class S3Storage(Storage):
             raise
 
     async def _abort(self, key: str, upload: str) -> None:
-        try:
+        with contextlib.suppress(StorageError):  # else sweep() aborts it later
             await self._call("abort_multipart_upload", Key=key, UploadId=upload)
-        except StorageError:
-            pass  # sweep() aborts it later
 
     async def open(self, key: str) -> AsyncIterator[bytes]:
         body = (await self._call("get_object", Key=self._key(key)))["Body"]
@@ -191,7 +191,7 @@ class S3Storage(Storage):
         await self._call("delete_object", Key=self._key(key))
 
     async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
-        token: dict[str, str] = {}
+        token: dict[str, Any] = {}
         while True:
             page = await self._call("list_objects_v2", Prefix=self.prefix + prefix, MaxKeys=1000,
                                     **token)
@@ -219,7 +219,7 @@ class S3Storage(Storage):
         return removed
 
 
-def _once(options: PutOptions) -> dict[str, str]:
+def _once(options: PutOptions) -> dict[str, Any]:
     # The write-once fence: the PUT or the completion fails if the key is taken.
     return {} if options.overwrite else {"IfNoneMatch": "*"}
 

@@ -24,3 +24,12 @@ async def create_job(body: v1.JobCreate, state: StateDep, _: AdminDep) -> JSONRe
 @router.get("/jobs/{job_id}", response_model=v1.Job)
 async def get_job(job_id: UUID, state: StateDep, _: AdminDep) -> v1.Job:
     return await db.get_job(state.pool, job_id)
+
+
+@router.post("/jobs/{job_id}/refetch-failed", response_model=v1.JobCreated)
+async def refetch_failed(
+    job_id: UUID, state: StateDep, _: AdminDep, body: v1.Refetch | None = None
+) -> v1.JobCreated:
+    """Turn the job's failed, still-missing documents into new tasks."""
+    chunk_size = (body or v1.Refetch()).chunk_size
+    return await db.refetch_failed(state.pool, job_id, chunk_size, state.settings.max_attempts)

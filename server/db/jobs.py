@@ -28,6 +28,45 @@ FROM generate_series(0::bigint, $9::bigint - 1) AS g
 ORDER BY g
 """
 
+# only_missing: the ids of the range not yet in documents, in chunks of $4.
+INSERT_MISSING = """
+WITH missing AS (
+    SELECT g AS id, (row_number() OVER (ORDER BY g) - 1) / $4::bigint AS grp
+    FROM generate_series($3::bigint, $3::bigint + $5::bigint - 1) AS g
+    WHERE NOT EXISTS (SELECT 1 FROM documents d WHERE d.doc_id = g::text)
+), chunks AS (
+    SELECT grp, array_agg(id ORDER BY id) AS ids FROM missing GROUP BY grp
+)
+INSERT INTO tasks (job_id, source, params, max_documents, priority, max_attempts)
+SELECT $1, 'id_range',
+       jsonb_build_object('url_template', $2::text, 'ids', to_jsonb(ids), 'ext', $6::text),
+       cardinality(ids), $7, $8
+FROM chunks ORDER BY grp
+"""
+
+# Documents of the job that failed and are still not recorded, as new tasks.
+INSERT_REFETCH = """
+WITH failed AS (
+    SELECT DISTINCT f.doc_id FROM document_failures f
+    WHERE f.job_id = $1 AND NOT EXISTS (SELECT 1 FROM documents d WHERE d.doc_id = f.doc_id)
+), numbered AS (
+    SELECT doc_id, (row_number() OVER (ORDER BY length(doc_id), doc_id) - 1) / $2::bigint AS grp
+    FROM failed
+), chunks AS (
+    SELECT grp, array_agg(doc_id ORDER BY length(doc_id), doc_id) AS ids FROM numbered GROUP BY grp
+)
+INSERT INTO tasks (job_id, source, params, max_documents, priority, max_attempts)
+SELECT j.job_id, j.source,
+       jsonb_build_object('url_template', j.params->>'url_template', 'ids', to_jsonb(c.ids),
+                          'ext', coalesce(j.params->>'ext', '')),
+       cardinality(c.ids), j.priority, $3
+FROM chunks c CROSS JOIN jobs j
+WHERE j.job_id = $1
+ORDER BY c.grp
+"""
+
+ADD_TOTAL = "UPDATE jobs SET tasks_total = tasks_total + $2 WHERE job_id = $1"
+
 GET_JOB = "SELECT * FROM jobs WHERE job_id = $1"
 BY_KEY = "SELECT job_id FROM jobs WHERE idempotency_key = $1"
 
@@ -52,11 +91,34 @@ async def create_job(pool: Pool, body: v1.JobCreate, max_attempts: int) -> tuple
         if job_id is None:
             existing = await conn.fetchval(BY_KEY, body.idempotency_key)
             return v1.JobCreated(job_id=existing, tasks_created=0), False
-        await conn.execute(
-            INSERT_CHUNKS, job_id, p.url_template, p.start_id, body.chunk_size, p.count, p.ext,
-            body.priority, body.max_attempts or max_attempts, chunks,
-        )
+        attempts = body.max_attempts or max_attempts
+        if body.only_missing:
+            status = await conn.execute(
+                INSERT_MISSING, job_id, p.url_template, p.start_id, body.chunk_size, p.count, p.ext,
+                body.priority, attempts,
+            )
+            chunks = _inserted(status)
+            await conn.execute("UPDATE jobs SET tasks_total = $2 WHERE job_id = $1", job_id, chunks)
+        else:
+            await conn.execute(
+                INSERT_CHUNKS, job_id, p.url_template, p.start_id, body.chunk_size, p.count, p.ext,
+                body.priority, attempts, chunks,
+            )
     return v1.JobCreated(job_id=job_id, tasks_created=chunks), True
+
+
+def _inserted(status: str) -> int:
+    return int(status.rsplit(" ", 1)[1])  # "INSERT 0 <rows>"
+
+
+async def refetch_failed(pool: Pool, job_id: UUID, chunk_size: int, max_attempts: int) -> v1.JobCreated:
+    """New tasks for the job's documents that failed and were never stored since."""
+    async with transaction(pool) as conn:
+        if await conn.fetchval("SELECT 1 FROM jobs WHERE job_id = $1 FOR UPDATE", job_id) is None:
+            raise NotFound(f"job {job_id} not found")
+        created = _inserted(await conn.execute(INSERT_REFETCH, job_id, chunk_size, max_attempts))
+        await conn.execute(ADD_TOTAL, job_id, created)
+    return v1.JobCreated(job_id=job_id, tasks_created=created)
 
 
 async def get_job(pool: Pool, job_id: UUID) -> v1.Job:
