@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,13 @@ from storage.base import from_bytes
 from storage.keys import document_key
 
 
-async def lease_job(gate: Gate, client: dict[str, str], start_id: int, count: int, **extra: Any) -> dict[str, Any]:
+async def lease_job(
+    gate: Gate, client: dict[str, str], start_id: int, count: int, **extra: Any
+) -> dict[str, Any]:
     r = await gate.http.post("/api/v1/jobs", headers=gate.admin, json={
         "source": "id_range", "chunk_size": count, **extra,
-        "params": {"url_template": "http://origin/{id}", "start_id": start_id, "count": count, "ext": ".tzb"}})
+        "params": {"url_template": "http://origin/{id}", "start_id": start_id, "count": count,
+                   "ext": ".tzb"}})
     assert r.status_code == 201, r.text
     return (await gate.lease(client)).json()  # type: ignore[no-any-return]
 
@@ -158,15 +162,16 @@ async def test_only_missing_and_refetch_failed(gate: Gate) -> None:
         "source": "id_range", "chunk_size": 2, "only_missing": True,
         "params": {"url_template": "http://origin/{id}", "start_id": 95, "count": 15, "ext": ".tzb"}})
     assert r.json()["tasks_created"] == 4  # 95..99 and 107..109: 8 ids in chunks of 2
-    rows = await gate.sql("SELECT params FROM tasks WHERE job_id = $1 ORDER BY task_seq", r.json()["job_id"])
-    assert [__import__("json").loads(p[0])["ids"] for p in rows] == [[95, 96], [97, 98], [99, 107], [108, 109]]
+    rows = await gate.sql("SELECT params FROM tasks WHERE job_id = $1 ORDER BY task_seq",
+                          r.json()["job_id"])
+    assert [json.loads(p[0])["ids"] for p in rows] == [[95, 96], [97, 98], [99, 107], [108, 109]]
 
     r = await gate.http.post(f"/api/v1/jobs/{task['job_id']}/refetch-failed", headers=gate.admin,
                              json={"chunk_size": 2})
     assert r.json()["tasks_created"] == 2
-    rows = await gate.sql("SELECT params FROM tasks WHERE job_id = $1 AND status = 'pending' ORDER BY task_seq",
-                          task["job_id"])
-    assert [__import__("json").loads(p[0])["ids"] for p in rows] == [["107", "108"], ["109"]]
+    rows = await gate.sql("SELECT params FROM tasks WHERE job_id = $1 AND status = 'pending' "
+                          "ORDER BY task_seq", task["job_id"])
+    assert [json.loads(p[0])["ids"] for p in rows] == [["107", "108"], ["109"]]
     job = (await gate.http.get(f"/api/v1/jobs/{task['job_id']}", headers=gate.admin)).json()
     assert job["tasks_total"] == 3
 
