@@ -12,13 +12,18 @@ from collections.abc import Iterator, Sequence
 
 from server.config import Settings
 from server.errors import DocgateError
-from server.logs import setup_logging, stop_logging
+from common.logs import setup_logging, stop_logging
 from storage import StorageError
 
 DSN_ENV = "DOCGATE_RESOLVED_DSN"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["client"]:  # the client parses its own flags (and their DOCGATE_* variables)
+        from client.main import main as client_main
+
+        return client_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     try:
@@ -37,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="docgate", description=__doc__)
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
+    sub.add_parser("client", help="run a worker client (see docgate client --help)", add_help=False)
     server = sub.add_parser("server", help="run the gate server")
     server.add_argument("--host", help="bind address (API_HOST)")
     server.add_argument("--port", type=int, help="port (API_PORT)")
@@ -47,9 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     migrate = db.add_parser("migrate", help="apply pending migrations and exit")
     migrate.set_defaults(run=run_migrate)
 
+    from docgate import origin
     from docgate.storage_cli import add_commands
 
     add_commands(sub)
+    origin.add_command(sub)
 
     jobs = sub.add_parser("jobs", help="job maintenance").add_subparsers(required=True)
     refetch = jobs.add_parser("refetch-failed", help="new tasks for a job's failed documents")

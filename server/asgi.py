@@ -8,7 +8,7 @@ from fastapi import FastAPI
 
 from server.app import create_app
 from server.config import Settings
-from server.logs import setup_logging
+from common.logs import setup_logging
 
 
 def app_from_env() -> FastAPI:

@@ -1,0 +1,106 @@
+"""`docgate client` / `python downloader_client.py`: start-up checks, signals, the summary."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from client.config import ClientConfig, parse_config
+from client.download import Fetcher
+from client.errors import ClientError, ConfigError
+from client.gate import GateAPI
+from client.guard import Policy
+from client.progress import ProgressView, Stats
+from client.sources import SourceContext, load_sources
+from client.worker import Worker
+from common.logs import setup_logging, stop_logging
+from storage import Deadline, Storage, StorageError, open_storage
+
+log = logging.getLogger("docgate.client")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = parse_config(sys.argv[1:] if argv is None else argv)
+    except ConfigError as exc:
+        print(f"docgate client: {exc.message}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level, config.log_format)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per gate call is noise
+    try:
+        return asyncio.run(run(config))
+    except ClientError as exc:
+        print(f"docgate client: {exc.message}", file=sys.stderr)
+        return 2
+    finally:
+        stop_logging()
+
+
+def open_store(config: ClientConfig) -> Storage:
+    try:
+        return open_storage(config.storage_url, deadline=Deadline(), api_url=config.api_url,
+                            api_key=config.api_key)
+    except StorageError as exc:
+        raise ConfigError(f"--storage: {exc.message}") from None
+
+
+async def run(config: ClientConfig) -> int:
+    store = open_store(config)
+    gate = GateAPI(config.api_url, config.api_key, config.session_id, ca_cert=config.ca_cert)
+    fetcher = Fetcher(Policy(config.allow_network), concurrency=config.concurrency,
+                      per_host_connections=config.connections_per_host, per_host_rate=config.per_host_limit,
+                      retries=config.retries, timeout=config.download_timeout,
+                      max_size=config.max_document_size)
+    stats = Stats()
+    try:
+        try:
+            await gate.check()
+        except ClientError as exc:
+            raise ConfigError(f"cannot use the gate at {config.api_url} (--api-url): {exc.message}") from None
+        with contextlib.suppress(StorageError):
+            swept = await store.sweep(3600)
+            if swept:
+                log.info("removed %d leftovers of interrupted writes from %s", swept, store.url)
+        sources = load_sources(SourceContext(fetcher, config.search_url, config.link_pattern))
+        worker = Worker(config, gate, store, fetcher, sources, stats)
+        _install_signals(worker)
+        view = asyncio.create_task(ProgressView(stats, config.progress).run())
+        log.info("client %s (session %s) working for %s, storing to %s", config.client_name,
+                 config.session_id[:8], config.api_url, store.url)
+        try:
+            await worker.run()
+        finally:
+            view.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await view
+    finally:
+        await fetcher.close()
+        await gate.close()
+        await store.close()
+    print(f"docgate client: {stats.line()}", file=sys.stderr, flush=True)
+    return 0
+
+
+def _install_signals(worker: Worker) -> None:
+    loop = asyncio.get_running_loop()
+
+    def stop(signum: int) -> None:
+        if worker.stopping.is_set():
+            # A second signal: leave now, the gate re-leases what we held.
+            print("docgate client: second signal, exiting at once", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        log.info("signal %s: finishing in-flight work (up to %.0f s), then exiting",
+                 signal.Signals(signum).name, worker.config.grace)
+        worker.stopping.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop, signum)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

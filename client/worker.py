@@ -1,0 +1,337 @@
+"""The client's work loop: lease, fetch and store each task's documents, report, complete.
+
+One `Worker` per process. Tasks run side by side (up to --max-tasks); their
+documents share one pool of --concurrency slots. Stored documents are
+reported in batches through `progress` (which also extends the lease); a 409
+(the lease was lost) stops that task at once and drops what it had not
+reported. Documents that failed transiently (5xx, timeouts, storage trouble)
+send the task back with a retryable failure so the gate retries it later; on
+the task's last attempt they are reported as failed instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from client.config import ClientConfig
+from client.download import Body, DocumentFailed, Fetcher
+from client.errors import ClientError, GateUnavailable, LeaseLost
+from client.gate import GateAPI
+from client.progress import Stats
+from client.sources import DocRef, Source, SourceError
+from protocol import v1
+from storage import PutOptions, Storage, StorageError
+from storage.base import Fence, ObjectInfo
+from storage.copy import digest_of
+from storage.errors import AlreadyStored, KeyRefused, TooLarge
+from storage.keys import GZIP_EXT, document_key
+
+log = logging.getLogger("docgate.client")
+REPORT_BATCH = 100
+KNOWN_BATCH = 200
+HAND_BACK_SECONDS = 15.0
+
+
+@dataclass
+class TaskRun:
+    task: v1.LeasedTask
+    pending: list[dict[str, Any]] = field(default_factory=list)
+    stored: int = 0
+    skipped: int = 0
+    failed: int = 0
+    transient: list[str] = field(default_factory=list)
+    cancelled_by_gate: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def counts(self) -> dict[str, int]:
+        return {"documents_downloaded": self.stored, "documents_failed": self.failed,
+                "documents_skipped": self.skipped}
+
+
+class Worker:
+    def __init__(self, config: ClientConfig, gate: GateAPI, store: Storage, fetcher: Fetcher,
+                 sources: dict[str, Source], stats: Stats) -> None:
+        self.config = config
+        self.gate = gate
+        self.store = store
+        self.fetcher = fetcher
+        self.sources = sources
+        self.stats = stats
+        self.slots = asyncio.Semaphore(config.concurrency)
+        self.runs: dict[UUID, asyncio.Task[None]] = {}
+        self.task_runs: dict[UUID, TaskRun] = {}
+        self.stopping = asyncio.Event()
+
+    # ---- the lease loop
+
+    async def run(self) -> None:
+        heartbeats = asyncio.create_task(self._heartbeats(), name="heartbeats")
+        try:
+            await self._lease_loop()
+            await self._drain()
+        finally:
+            heartbeats.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeats
+
+    async def _lease_loop(self) -> None:
+        while not self.stopping.is_set():
+            free = self.config.max_tasks - len(self.runs)
+            if free <= 0:
+                await self._wait_any(list(self.runs.values()))
+                continue
+            # Long-poll only when idle; while busy, just top up.
+            wait = 0.0 if self.runs else min(self.config.poll_interval, v1.MAX_WAIT_SECONDS)
+            leased = await self._lease(free, wait)
+            if leased is None:
+                continue
+            for task in leased:
+                self._start(task)
+            if not leased and not self.runs and self.config.exit_when_idle:
+                log.info("no task left; exiting (--exit-when-idle)")
+                return
+            if not leased and self.runs:
+                await self._wait_any(list(self.runs.values()), timeout=self.config.poll_interval)
+
+    async def _lease(self, free: int, wait: float) -> list[v1.LeasedTask] | None:
+        request = asyncio.create_task(self.gate.lease(free, wait))
+        stop = asyncio.create_task(self.stopping.wait())
+        done, _ = await asyncio.wait({request, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if request not in done:
+            request.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ClientError):
+                await request
+            return None
+        try:
+            return request.result()
+        except ClientError as exc:
+            log.warning("cannot lease: %s", exc.message)
+            await self._wait_any([], timeout=self.config.poll_interval)
+            return None
+
+    async def _wait_any(self, tasks: list[asyncio.Task[None]], timeout: float | None = None) -> None:
+        stop = asyncio.create_task(self.stopping.wait())
+        await asyncio.wait([*tasks, stop], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+
+    def _start(self, task: v1.LeasedTask) -> None:
+        run = TaskRun(task)
+        self.task_runs[task.task_id] = run
+        self.runs[task.task_id] = asyncio.create_task(self._run_task(run), name=f"task-{task.task_id}")
+        self.stats.tasks_held = len(self.runs)
+        log.info("leased task %s (%s, attempt %d/%d)", task.task_id, task.source, task.attempts,
+                 task.max_attempts)
+
+    async def _drain(self) -> None:
+        """After a stop: give running tasks the grace period, then hand back the rest."""
+        if not self.runs:
+            return
+        running = list(self.runs.values())
+        log.info("stopping: %d tasks in flight, %.0f s grace", len(running), self.config.grace)
+        _, late = await asyncio.wait(running, timeout=self.config.grace)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+
+    # ---- heartbeats
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_interval)
+            try:
+                cancelled = await self.gate.heartbeat(self.stats.per_minute())
+            except ClientError as exc:
+                log.warning("heartbeat failed: %s", exc.message)
+                continue
+            for task_id in cancelled:
+                if task_id in self.runs:
+                    log.info("task %s was cancelled at the gate; stopping it", task_id)
+                    self.task_runs[task_id].cancelled_by_gate = True
+                    self.runs[task_id].cancel()
+
+    # ---- one task
+
+    async def _run_task(self, run: TaskRun) -> None:
+        try:
+            await self._attempt(run)
+        except asyncio.CancelledError:
+            if not run.cancelled_by_gate:  # shutdown: report what is stored, give the rest back
+                await asyncio.shield(self._hand_back(run))
+            raise
+        finally:
+            self.runs.pop(run.task.task_id, None)
+            self.task_runs.pop(run.task.task_id, None)
+            self.stats.tasks_held = len(self.runs)
+
+    async def _attempt(self, run: TaskRun) -> None:
+        task = run.task
+        try:
+            source = self.sources.get(task.source)
+            if source is None:
+                raise SourceError(f"this client has no source {task.source!r}")
+            await self._fetch_all(run, source)
+            await self._finish(run)
+        except Exception as exc:  # noqa: BLE001 - sorted out below; nothing may kill the loop
+            problem = _leaf(exc)
+            if isinstance(problem, LeaseLost):
+                log.warning("task %s: lease lost (%s); its unreported results are dropped",
+                            task.task_id, problem)
+            elif isinstance(problem, SourceError):
+                await self._give_up(run, str(problem), retryable=False)
+            elif isinstance(problem, GateUnavailable):
+                log.error("task %s: gate unreachable (%s); the task returns after its lease",
+                          task.task_id, problem)
+            else:
+                log.error("task %s failed unexpectedly", task.task_id, exc_info=problem)
+                await self._give_up(run, f"client error: {type(problem).__name__}: {problem}", True)
+
+    async def _fetch_all(self, run: TaskRun, source: Source) -> None:
+        async with asyncio.TaskGroup() as group:
+            batch: list[DocRef] = []
+            async for ref in source.documents(run.task):
+                batch.append(ref)
+                if len(batch) >= KNOWN_BATCH:
+                    await self._dispatch(run, batch, group)
+                    batch = []
+            await self._dispatch(run, batch, group)
+
+    async def _dispatch(self, run: TaskRun, refs: list[DocRef], group: asyncio.TaskGroup) -> None:
+        if not refs:
+            return
+        known = await self.gate.known([r.doc_id for r in refs])
+        for ref in refs:
+            if ref.doc_id in known:  # already recorded at the gate: not fetched again
+                run.skipped += 1
+                self.stats.skipped += 1
+                continue
+            await self.slots.acquire()
+            child = group.create_task(self._document(run, ref))
+            child.add_done_callback(lambda _: self.slots.release())
+
+    async def _document(self, run: TaskRun, ref: DocRef) -> None:
+        try:
+            report = await self._store(run, ref)
+        except DocumentFailed as exc:
+            report = self._failure(run, ref, exc.reason, exc.permanent)
+        except TooLarge:
+            report = self._failure(run, ref, f"over --max-document-size ({self.config.max_document_size})", True)
+        except KeyRefused as exc:
+            report = self._failure(run, ref, exc.message, True)
+        except StorageError as exc:
+            report = self._failure(run, ref, f"storage: {exc.message}", False)
+        if report is not None:
+            run.pending.append(report)
+        self.stats.document_done()
+        if len(run.pending) >= REPORT_BATCH:
+            await self._report(run)
+
+    async def _store(self, run: TaskRun, ref: DocRef) -> dict[str, Any]:
+        compress = self.config.compress == "gzip"
+        key = document_key(ref.doc_id, ref.ext, shard_size=self.config.shard_size, compressed=compress)
+        existing = await self.store.stat(key)
+        if existing is not None:
+            return await self._skipped(run, ref, existing)
+
+        async def sink(body: Body) -> Any:
+            options = PutOptions(
+                content_type=body.content_type, compress=compress, max_size=self.config.max_document_size,
+                doc_id=ref.doc_id, ext=ref.ext,
+                fence=Fence(str(run.task.task_id), str(run.task.lease_token)))
+            return await self.store.put(key, body.chunks, options)
+
+        try:
+            stored = await self.fetcher.fetch(ref.url, sink)
+        except AlreadyStored:
+            again = await self.store.stat(key)
+            if again is None:
+                raise
+            return await self._skipped(run, ref, again)
+        run.stored += 1
+        self.stats.stored += 1
+        self.stats.bytes += stored.size
+        return {"doc_id": ref.doc_id, "storage_key": stored.storage_key, "storage_url": stored.storage_url,
+                "sha256": stored.sha256, "size": stored.size, "content_type": stored.content_type,
+                "compressed": stored.compressed, "status": "stored", "url": ref.url}
+
+    async def _skipped(self, run: TaskRun, ref: DocRef, info: ObjectInfo) -> dict[str, Any]:
+        """Already in storage: not fetched; reported with proof so the gate records it."""
+        sha, size = info.sha256, info.size
+        if sha is None or info.key.endswith(GZIP_EXT):
+            digest = await digest_of(self.store, info.key)
+            sha, size = digest.sha256, digest.size
+        run.skipped += 1
+        self.stats.skipped += 1
+        return {"doc_id": ref.doc_id, "storage_key": info.key, "storage_url": self.store.url_for(info.key),
+                "sha256": sha, "size": size, "compressed": info.key.endswith(GZIP_EXT),
+                "status": "skipped", "url": ref.url}
+
+    def _failure(self, run: TaskRun, ref: DocRef, reason: str, permanent: bool) -> dict[str, Any] | None:
+        if not permanent:
+            run.transient.append(f"{ref.doc_id}: {reason}")
+            return None
+        run.failed += 1
+        self.stats.failed += 1
+        log.info("document %s failed: %s", ref.doc_id, reason)
+        return {"doc_id": ref.doc_id, "status": "failed", "error": reason[:4000], "url": ref.url[:2000]}
+
+    async def _report(self, run: TaskRun, keep_last: int = 0) -> None:
+        """Send pending reports through progress, leaving at most `keep_last` for the completion."""
+        async with run.lock:
+            while len(run.pending) > keep_last:
+                size = min(v1.MAX_DOCUMENTS_PER_REPORT, len(run.pending) - keep_last)
+                batch = run.pending[:size]
+                await self.gate.progress(run.task, run.counts(), batch)
+                del run.pending[:size]
+
+    async def _finish(self, run: TaskRun) -> None:
+        task = run.task
+        if run.transient and task.attempts < task.max_attempts:
+            await self._report(run)
+            await self._give_up(run, f"{len(run.transient)} documents failed transiently, "
+                                f"e.g. {run.transient[0]}", retryable=True)
+            return
+        for failure in run.transient:  # last attempt: record them, the task completes
+            doc_id, _, reason = failure.partition(": ")
+            run.pending.append({"doc_id": doc_id, "status": "failed", "error": reason})
+            run.failed += 1
+        await self._report(run, keep_last=v1.MAX_DOCUMENTS_PER_REPORT)
+        async with run.lock:
+            await self.gate.complete(task, run.counts(), run.pending, {
+                "client": self.config.client_name, "session_id": self.config.session_id})
+            run.pending.clear()
+        self.stats.tasks_done += 1
+        log.info("task %s completed: %s stored, %s skipped, %s failed", task.task_id, run.stored,
+                 run.skipped, run.failed)
+
+    async def _give_up(self, run: TaskRun, error: str, retryable: bool) -> None:
+        try:
+            await self.gate.fail(run.task, error, retryable)
+        except ClientError as exc:
+            log.warning("task %s: could not report failure (%s); it returns after its lease",
+                        run.task.task_id, exc.message)
+        else:
+            log.info("task %s handed back (%s): %s", run.task.task_id,
+                     "retryable" if retryable else "final", error)
+
+    async def _hand_back(self, run: TaskRun) -> None:
+        """On shutdown: report what was stored, then give the task back (retryable)."""
+        try:
+            async with asyncio.timeout(HAND_BACK_SECONDS):
+                await self._report(run)
+                await self._give_up(run, "client stopped before finishing the task", retryable=True)
+        except (ClientError, TimeoutError) as exc:
+            log.warning("task %s: hand-back incomplete (%s); it returns after its lease",
+                        run.task.task_id, exc)
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first real error inside (nested) exception groups from a TaskGroup."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
