@@ -55,12 +55,14 @@ class GateAPI:
         await self._call("POST", "/api/v1/clients/heartbeat", json={"session_id": self.session_id},
                          attempts=1)
 
-    async def lease(self, max_tasks: int, wait: float) -> list[v1.LeasedTask]:
+    async def lease(self, max_tasks: int, wait: float) -> tuple[list[v1.LeasedTask], int | None]:
+        """Leased tasks, and (when none) how many tasks are still pending or assigned anywhere."""
         reply = await self._call("POST", "/api/v1/tasks/request",
                                  params={"max_tasks": max_tasks, "wait": wait})
         if reply.status_code == 204:
-            return []
-        return v1.LeaseBatch.model_validate(reply.json()).tasks
+            outstanding = reply.headers.get("X-Tasks-Outstanding")
+            return [], int(outstanding) if outstanding and outstanding.isdigit() else None
+        return v1.LeaseBatch.model_validate(reply.json()).tasks, None
 
     async def progress(self, task: v1.LeasedTask, counts: dict[str, int],
                        documents: list[dict[str, Any]]) -> None:

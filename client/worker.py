@@ -87,18 +87,19 @@ class Worker:
                 continue
             # Long-poll only when idle; while busy, just top up.
             wait = 0.0 if self.runs else min(self.config.poll_interval, v1.MAX_WAIT_SECONDS)
-            leased = await self._lease(free, wait)
-            if leased is None:
+            answer = await self._lease(free, wait)
+            if answer is None:
                 continue
+            leased, outstanding = answer
             for task in leased:
                 self._start(task)
-            if not leased and not self.runs and self.config.exit_when_idle:
+            if not leased and not self.runs and self.config.exit_when_idle and outstanding == 0:
                 log.info("no task left; exiting (--exit-when-idle)")
                 return
             if not leased and self.runs:
                 await self._wait_any(list(self.runs.values()), timeout=self.config.poll_interval)
 
-    async def _lease(self, free: int, wait: float) -> list[v1.LeasedTask] | None:
+    async def _lease(self, free: int, wait: float) -> tuple[list[v1.LeasedTask], int | None] | None:
         request = asyncio.create_task(self.gate.lease(free, wait))
         stop = asyncio.create_task(self.stopping.wait())
         done, _ = await asyncio.wait({request, stop}, return_when=asyncio.FIRST_COMPLETED)

@@ -10,9 +10,9 @@ import signal
 import sys
 from collections.abc import Iterator, Sequence
 
+from common.logs import setup_logging, stop_logging
 from server.config import Settings
 from server.errors import DocgateError
-from common.logs import setup_logging, stop_logging
 from storage import StorageError
 
 DSN_ENV = "DOCGATE_RESOLVED_DSN"

@@ -6,9 +6,9 @@ import os
 
 from fastapi import FastAPI
 
+from common.logs import setup_logging
 from server.app import create_app
 from server.config import Settings
-from common.logs import setup_logging
 
 
 def app_from_env() -> FastAPI:

@@ -19,8 +19,10 @@ from server.state import GateState
 
 router = APIRouter()
 
+OUTSTANDING_HEADER = "X-Tasks-Outstanding"
 LEASED: dict[int | str, dict[str, Any]] = {200: {"description": "One task (or {tasks: […]} with max_tasks)"},
-          204: {"description": "No task available within `wait` seconds"}}
+          204: {"description": "No task available within `wait` seconds; the "
+                     "X-Tasks-Outstanding header counts pending and assigned tasks"}}
 
 
 @router.post("/tasks/create", response_model=v1.TaskCreated, status_code=201,
@@ -67,7 +69,12 @@ async def request_task(
 ) -> Response:
     leased = await _lease(state, request, principal, session_id, max_tasks or 1, wait)
     if not leased:
-        return Response(status_code=status.HTTP_204_NO_CONTENT)
+        # Tells clients running with --exit-when-idle whether work may still come
+        # back (pending in backoff, or assigned to someone whose lease may lapse).
+        counts = await stats.status_counts(state.pool)
+        outstanding = counts[v1.TaskStatus.PENDING] + counts[v1.TaskStatus.ASSIGNED]
+        return Response(status_code=status.HTTP_204_NO_CONTENT,
+                        headers={OUTSTANDING_HEADER: str(outstanding)})
     if max_tasks is None:
         return JSONResponse(leased[0].model_dump(mode="json"))
     return JSONResponse(v1.LeaseBatch(tasks=leased).model_dump(mode="json"))
