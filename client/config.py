@@ -126,7 +126,7 @@ def _number(values: dict[str, object], name: str, kind: type, low: float, high: 
     raw = values[name]
     flag = "--" + name.replace("_", "-")
     try:
-        number = kind(raw)  # type: ignore[operator]
+        number = kind(raw)
     except (TypeError, ValueError):
         raise ConfigError(f"{flag} must be a number, not {raw!r}") from None
     if number < low or (high is not None and number > high):

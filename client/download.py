@@ -155,7 +155,7 @@ class _Retry(Exception):
 
 
 def _backoff(attempt: int) -> float:
-    return min(30.0, 0.5 * 2**attempt) * random.uniform(0.5, 1.0)
+    return float(min(30.0, 0.5 * 2**attempt) * random.uniform(0.5, 1.0))
 
 
 def retry_after(value: str | None) -> float | None:

@@ -44,7 +44,8 @@ class Stats:
         done = self.stored + self.skipped
         return (f"stored {self.stored}, skipped {self.skipped}, failed {self.failed}, "
                 f"{self.bytes / 1e6:.1f} MB, {done / elapsed:.1f} docs/s, "
-                f"{self.bytes / elapsed / 1e6:.2f} MB/s, tasks held {self.tasks_held}, done {self.tasks_done}")
+                f"{self.bytes / elapsed / 1e6:.2f} MB/s, tasks held {self.tasks_held}, "
+                f"done {self.tasks_done}")
 
 
 class ProgressView:
@@ -57,7 +58,8 @@ class ProgressView:
 
     async def run(self) -> None:
         if self.bar:
-            with Live(Text(self.stats.line()), console=Console(stderr=True), refresh_per_second=4) as live:
+            console = Console(stderr=True)
+            with Live(Text(self.stats.line()), console=console, refresh_per_second=4) as live:
                 while True:
                     await asyncio.sleep(0.25)
                     live.update(Text("docgate client  " + self.stats.line()))

@@ -97,7 +97,7 @@ class Worker:
                 log.info("no task left; exiting (--exit-when-idle)")
                 return
             if not leased and self.runs:
-                await self._wait_any(list(self.runs.values()), timeout=self.config.poll_interval)
+                await self._wait_any(list(self.runs.values()), seconds=self.config.poll_interval)
 
     async def _lease(self, free: int, wait: float) -> tuple[list[v1.LeasedTask], int | None] | None:
         request = asyncio.create_task(self.gate.lease(free, wait))
@@ -113,12 +113,13 @@ class Worker:
             return request.result()
         except ClientError as exc:
             log.warning("cannot lease: %s", exc.message)
-            await self._wait_any([], timeout=self.config.poll_interval)
+            await self._wait_any([], seconds=self.config.poll_interval)
             return None
 
-    async def _wait_any(self, tasks: list[asyncio.Task[None]], timeout: float | None = None) -> None:
+    async def _wait_any(self, tasks: list[asyncio.Task[None]], seconds: float | None = None) -> None:
+        """Until one of tasks ends, a stop is asked for, or `seconds` pass."""
         stop = asyncio.create_task(self.stopping.wait())
-        await asyncio.wait([*tasks, stop], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([*tasks, stop], timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         stop.cancel()
 
     def _start(self, task: v1.LeasedTask) -> None:
@@ -216,12 +217,14 @@ class Worker:
             child.add_done_callback(lambda _: self.slots.release())
 
     async def _document(self, run: TaskRun, ref: DocRef) -> None:
+        report: dict[str, Any] | None
         try:
             report = await self._store(run, ref)
         except DocumentFailed as exc:
             report = self._failure(run, ref, exc.reason, exc.permanent)
         except TooLarge:
-            report = self._failure(run, ref, f"over --max-document-size ({self.config.max_document_size})", True)
+            limit = self.config.max_document_size
+            report = self._failure(run, ref, f"over --max-document-size ({limit})", True)
         except KeyRefused as exc:
             report = self._failure(run, ref, exc.message, True)
         except StorageError as exc:

@@ -144,7 +144,8 @@ def test_sigterm_finishes_or_hands_back_within_the_grace(cluster: Cluster, tmp_p
     finally:
         origin.stop()
     assert took < 3 + 10, f"exit took {took:.1f} s"
-    still = cluster.sql("SELECT count(*) FROM tasks WHERE status = 'assigned' AND assigned_to = $1", client_id)
+    still = cluster.sql("SELECT count(*) FROM tasks WHERE status = 'assigned' AND assigned_to = $1",
+                        client_id)
     assert still[0][0] == 0
     handed = cluster.sql("SELECT count(*) FROM task_events WHERE event IN ('retry_scheduled', 'completed') "
                          "AND client_id = $1", client_id)
