@@ -109,6 +109,8 @@ class Fetcher:
                         return await sink(self._body(reply))
                 except Refused as exc:
                     raise DocumentFailed(f"refused: {exc}", True) from None
+                except aiohttp.InvalidURL as exc:
+                    raise DocumentFailed(f"invalid URL: {exc}", True) from None
                 except aiohttp.ClientResponseError as exc:
                     raise _Retry(f"HTTP {exc.status}") from None
                 except (aiohttp.ClientError, ConnectionError) as exc:

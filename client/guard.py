@@ -69,12 +69,21 @@ class Policy:
         host = parts.hostname
         if not host:
             raise Refused("URL has no host")
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            return  # a name (or an odd IPv4 spelling): checked after resolution
-        if not self.permits(ip):
-            raise Refused(f"{host} is not a public address (see --allow-network)")
+        ip = literal_address(host)
+        if ip is not None and not self.permits(ip):
+            raise Refused(f"{host} is {ip}, not a public address (see --allow-network)")
+
+
+def literal_address(host: str) -> Address | None:
+    """The address a host names literally, in any spelling inet_aton accepts (127.1, 0x7f.1, 2130706433)."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None  # a name: checked after resolution
 
 
 class GuardedResolver(AbstractResolver):

@@ -112,8 +112,10 @@ def gate_settings(**overrides: Any) -> Settings:
 class Gate:
     """A running gate app (in-process ASGI, real PostgreSQL) with helpers for tests."""
 
-    def __init__(self, http: httpx.AsyncClient, dsn: str, settings: Settings) -> None:
+    def __init__(self, http: httpx.AsyncClient, dsn: str, settings: Settings,
+                 transport: httpx.ASGITransport) -> None:
         self.http = http
+        self.transport = transport
         self.dsn = dsn
         self.settings = settings
         self.admin = {"X-API-Key": ADMIN_KEY}
@@ -147,7 +149,7 @@ async def start_gate(dsn: str, settings: Settings) -> AsyncIterator[Gate]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gate",
                                      timeout=60) as http:
-            yield Gate(http, dsn, settings)
+            yield Gate(http, dsn, settings, transport)
 
 
 @pytest.fixture
