@@ -193,7 +193,8 @@ class Storage(ABC):
         limit = self.deadline.for_size(size)
         future = asyncio.get_running_loop().run_in_executor(self._threads, fn)
         try:
-            return await asyncio.wait_for(future, limit)
+            async with asyncio.timeout(limit):
+                return await future
         except TimeoutError:
             raise StorageTimeout(f"{what} on {self.url} took longer than {limit:.0f} s") from None
 

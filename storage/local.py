@@ -35,6 +35,7 @@ from storage.errors import AlreadyStored, KeyRefused, ObjectMissing, StorageErro
 from storage.keys import check_key
 
 TMP_PREFIX = ".docgate-tmp-"
+SMALL = 256 << 10  # documents up to this size are written in one trip to a thread
 SHA_XATTR = "user.docgate.sha256"
 
 
@@ -43,40 +44,78 @@ class LocalStorage(Storage):
         super().__init__(deadline, threads)
         self.root = Path(root).expanduser().resolve()
         self.url = self.root.as_uri()
+        self._safe: set[Path] = set()  # folders already checked to lie inside the root
 
     def _path(self, key: str) -> Path:
-        path = self.root / check_key(key)
-        # A symlink inside the store must not lead reads or writes outside it.
-        if not os.path.realpath(path).startswith(str(self.root) + os.sep):
-            raise KeyRefused(f"storage key {key!r} leads outside the store")
+        return self.root / check_key(key)
+
+    def _inside(self, path: Path) -> Path:
+        """Refuse a path that a symlink in the store leads outside it (called in a worker thread)."""
+        folder = path.parent
+        if folder not in self._safe:
+            real = os.path.realpath(folder)
+            if real != str(self.root) and not real.startswith(str(self.root) + os.sep):
+                raise KeyRefused(f"{path.relative_to(self.root)} leads outside the store")
+            self._safe.add(folder)
         return path
 
     async def put(self, key: str, chunks: Chunks, options: PutOptions | None = None) -> StoredObject:
         options = options or PutOptions()
         final = self._path(key)
-        tmp = final.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}"
         encoder = Encoder(options)
-        handle = await self._blocking(lambda: _create(tmp), what="create")
+        head = bytearray()
+        stream = aiter(chunks)
+        async for chunk in stream:  # small documents are written in one step, below
+            head += chunk
+            if len(head) >= SMALL:
+                break
+        else:
+            await self._blocking(partial(self._write_whole, final, bytes(head), encoder, options),
+                                 len(head), "write")
+            return self._stored(key, encoder, options)
+        tmp = final.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+        handle = await self._blocking(partial(self._create, tmp), what="create")
         try:
-            async for chunk in chunks:
+            await self._blocking(partial(_write, handle, encoder, bytes(head)), len(head), "write")
+            async for chunk in stream:
                 await self._blocking(partial(_write, handle, encoder, chunk), len(chunk), "write")
-            await self._blocking(lambda: _seal(handle, encoder.finish()), what="fsync")
-            digest = encoder.digest
-            digest.check(options.expected_sha256)
-            await self._blocking(
-                lambda: _publish(tmp, final, digest.hexdigest(), options.overwrite), what="publish"
-            )
+            await self._blocking(partial(_seal, handle, encoder.finish()), what="fsync")
+            encoder.digest.check(options.expected_sha256)
+            sha = encoder.digest.hexdigest()
+            await self._blocking(partial(_publish, tmp, final, sha, options.overwrite), what="publish")
         except BaseException:
             # Clean up in the background: an unlink must not block the loop either.
             self._threads.submit(_discard, handle, tmp)
             raise
+        return self._stored(key, encoder, options)
+
+    def _stored(self, key: str, encoder: Encoder, options: PutOptions) -> StoredObject:
+        digest = encoder.digest
         return StoredObject(key, self.url_for(key), digest.hexdigest(), digest.size,
                             options.content_type, options.compress)
+
+    def _create(self, tmp: Path) -> BinaryIO:
+        self._inside(tmp)
+        return _create(tmp)
+
+    def _write_whole(self, final: Path, data: bytes, encoder: Encoder, options: PutOptions) -> None:
+        """Encode, write, fsync and publish a small document in one trip to a thread."""
+        body = encoder.feed(data) + encoder.finish()
+        encoder.digest.check(options.expected_sha256)
+        tmp = final.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+        handle = self._create(tmp)
+        try:
+            handle.write(body)
+            _seal(handle, b"")
+            _publish(tmp, final, encoder.digest.hexdigest(), options.overwrite)
+        except BaseException:
+            _discard(handle, tmp)
+            raise
 
     async def open(self, key: str) -> AsyncIterator[bytes]:
         path = self._path(key)
         try:
-            handle = await self._blocking(lambda: path.open("rb"), what="open")
+            handle = await self._blocking(lambda: self._inside(path).open("rb"), what="open")
         except FileNotFoundError:
             raise ObjectMissing(f"no object at {key}") from None
         except OSError as exc:
@@ -89,11 +128,11 @@ class LocalStorage(Storage):
 
     async def stat(self, key: str) -> ObjectInfo | None:
         path = self._path(key)
-        return await self._blocking(lambda: _stat(key, path), what="stat")
+        return await self._blocking(lambda: _stat(key, self._inside(path)), what="stat")
 
     async def delete(self, key: str) -> None:
         path = self._path(key)
-        await self._blocking(lambda: path.unlink(missing_ok=True), what="delete")
+        await self._blocking(lambda: self._inside(path).unlink(missing_ok=True), what="delete")
 
     async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
         folders = await self._blocking(lambda: sorted(_folders(self.root)), what="list")
@@ -120,7 +159,8 @@ def _write(handle: BinaryIO, encoder: Encoder, chunk: bytes) -> None:
 
 
 def _seal(handle: BinaryIO, tail: bytes) -> None:
-    handle.write(tail)
+    if tail:
+        handle.write(tail)
     handle.flush()
     # fsync before publishing: after a crash the final name must never point
     # at a file whose data had not reached the disk.
@@ -190,6 +230,8 @@ def _list_folder(root: Path, folder: str) -> list[ObjectInfo]:
     infos = []
     try:
         entries = sorted(os.scandir(base), key=lambda e: e.name)
+    except FileNotFoundError:
+        return []  # an empty store has no root folder yet
     except OSError as exc:
         raise StorageError(f"cannot list {folder or '/'}: {exc.strerror}") from None
     for entry in entries:

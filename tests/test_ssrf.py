@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -22,10 +23,8 @@ class Trap:
         self.accepted = 0
         self.sockets = [socket.create_server(("127.0.0.1", 0))]
         self.port = self.sockets[0].getsockname()[1]
-        try:
+        with contextlib.suppress(OSError):  # no IPv6 loopback here
             self.sockets.append(socket.create_server(("::1", self.port), family=socket.AF_INET6))
-        except OSError:
-            pass  # no IPv6 loopback here
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._accept, args=(s,), daemon=True) for s in self.sockets]
         for t in self.threads:
