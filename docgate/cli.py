@@ -53,11 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     migrate = db.add_parser("migrate", help="apply pending migrations and exit")
     migrate.set_defaults(run=run_migrate)
 
-    from docgate import origin
+    from docgate import demo, origin
     from docgate.storage_cli import add_commands
 
     add_commands(sub)
     origin.add_command(sub)
+    demo.add_command(sub)
 
     jobs = sub.add_parser("jobs", help="job maintenance").add_subparsers(required=True)
     refetch = jobs.add_parser("refetch-failed", help="new tasks for a job's failed documents")
