@@ -58,7 +58,8 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "DB_"))}
     env |= {"DATA_DIR": str(work / "data"), "API_PORT": str(gate_port), "ADMIN_API_KEY": ADMIN,
             "LOG_LEVEL": "WARNING"}
-    gate = subprocess.Popen(docgate("server"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    gate = subprocess.Popen(docgate("server"), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     origin = subprocess.Popen(docgate("origin", "--port", str(origin_port), "--size", str(args.size)),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url, origin_url = f"http://127.0.0.1:{gate_port}", f"http://127.0.0.1:{origin_port}"
