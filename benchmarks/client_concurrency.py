@@ -78,11 +78,12 @@ def main() -> None:
                         "count": args.docs, "ext": ".bin"}}).raise_for_status()
                 next_id += args.docs
                 started = time.perf_counter()
-                subprocess.run(docgate("client", "--api-url", url, "--api-key", key, "--exit-when-idle",
-                                       "--concurrency", str(level), "--max-tasks", str(max(2, level // 50)),
-                                       "--output-dir", str(work / "store"), "--allow-network", "127.0.0.0/8",
-                                       "--progress", "log", "--log-level", "WARNING", "--poll-interval", "0.5"),
-                               check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                flags = ["--api-url", url, "--api-key", key, "--exit-when-idle",
+                         "--concurrency", str(level), "--max-tasks", str(max(2, level // 50)),
+                         "--output-dir", str(work / "store"), "--allow-network", "127.0.0.0/8",
+                         "--progress", "log", "--log-level", "WARNING", "--poll-interval", "0.5"]
+                subprocess.run(docgate("client", *flags), check=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 results.setdefault(level, []).append(args.docs / (time.perf_counter() - started))
     finally:
         for proc in (origin, gate):
