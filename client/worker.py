@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -66,6 +67,7 @@ class Worker:
         self.runs: dict[UUID, asyncio.Task[None]] = {}
         self.task_runs: dict[UUID, TaskRun] = {}
         self.stopping = asyncio.Event()
+        self.heartbeat_every = config.heartbeat_interval
 
     # ---- the lease loop
 
@@ -123,6 +125,7 @@ class Worker:
         stop.cancel()
 
     def _start(self, task: v1.LeasedTask) -> None:
+        self._fit_heartbeat(task)
         run = TaskRun(task)
         self.task_runs[task.task_id] = run
         self.runs[task.task_id] = asyncio.create_task(self._run_task(run), name=f"task-{task.task_id}")
@@ -143,9 +146,16 @@ class Worker:
 
     # ---- heartbeats
 
+    def _fit_heartbeat(self, task: v1.LeasedTask) -> None:
+        """Heartbeat at least three times per lease, whatever --heartbeat-interval says."""
+        lease = (task.lease_expires_at - datetime.now(UTC)).total_seconds()
+        if lease > 0 and self.heartbeat_every > lease / 3:
+            self.heartbeat_every = max(lease / 3, 0.5)
+            log.info("heartbeat every %.1f s: a third of the %.0f s lease", self.heartbeat_every, lease)
+
     async def _heartbeats(self) -> None:
         while True:
-            await asyncio.sleep(self.config.heartbeat_interval)
+            await asyncio.sleep(self.heartbeat_every)
             try:
                 cancelled = await self.gate.heartbeat(self.stats.per_minute())
             except ClientError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import signal
@@ -224,3 +225,38 @@ def test_bad_flags_and_an_unreachable_gate_exit_2(tmp_path: Path) -> None:
     r = subprocess.run(docgate("client", "--api-url", "http://x"), cwd=REPO,
                        env=CLEAN_ENV | {"DOCGATE_CONCURRENCY": "many"}, capture_output=True, text=True)
     assert r.returncode == 2 and "--concurrency" in r.stderr
+
+
+def test_upload_through_the_gate_without_storage_credentials(cluster: Cluster, tmp_path: Path) -> None:
+    origin = Origin(tmp_path, "--size", str(SIZE))
+    try:
+        cluster.job(origin, 49_998, 4)
+        cluster.client("no-creds", "--exit-when-idle", "--storage", "gate", "--compress", "gzip")
+        assert cluster.wait_clients() == [0]
+    finally:
+        origin.stop()
+    rows = cluster.sql("SELECT doc_id, storage_key, sha256, size, compressed FROM documents ORDER BY doc_id")
+    assert [r["storage_key"] for r in rows] == ["0/49998.bin.gz", "0/49999.bin.gz", "1/50000.bin.gz",
+                                                "1/50001.bin.gz"]
+    for row in rows:
+        data = gzip.decompress((cluster.store / row["storage_key"]).read_bytes())
+        assert data == content_for(row["doc_id"], SIZE) and row["compressed"]
+        assert hashlib.sha256(data).hexdigest() == row["sha256"] and row["size"] == SIZE
+
+
+def test_a_second_signal_exits_at_once(cluster: Cluster, tmp_path: Path) -> None:
+    origin = Origin(tmp_path, "--size", str(SIZE), "--latency", "0.2")
+    try:
+        cluster.job(origin, 9_000, 400, chunk_size=100)
+        proc = cluster.client("impatient", "--concurrency", "4", "--grace", "60")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not cluster.sql("SELECT 1 FROM tasks WHERE status = 'assigned'"):
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGTERM)
+        time.sleep(0.5)
+        started = time.monotonic()
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(10) == 128 + signal.SIGTERM
+        assert time.monotonic() - started < 5
+    finally:
+        origin.stop()
