@@ -250,7 +250,8 @@ def test_a_second_signal_exits_at_once(cluster: Cluster, tmp_path: Path) -> None
         cluster.job(origin, 9_000, 400, chunk_size=100)
         proc = cluster.client("impatient", "--concurrency", "4", "--grace", "60")
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not cluster.sql("SELECT 1 FROM tasks WHERE status = 'assigned'"):
+        while time.monotonic() < deadline and not cluster.sql(
+                "SELECT 1 FROM tasks WHERE status = 'assigned'"):
             time.sleep(0.1)
         os.killpg(proc.pid, signal.SIGTERM)
         time.sleep(0.5)
