@@ -28,7 +28,16 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
+class TextFormatter(logging.Formatter):
+    """The plain format, with the request id appended when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        rid = getattr(record, "fields", {}).get("request_id")
+        return f"{line} [{rid}]" if rid else line
+
+
+def setup_logging(level: str = "INFO", fmt: str = "text", filters: tuple[logging.Filter, ...] = ()) -> None:
     """Route every logger (uvicorn's too) through one queue; idempotent."""
     global _listener
     if _listener is not None:
@@ -37,10 +46,13 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     log_queue: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     root = logging.getLogger()
-    root.handlers[:] = [QueueHandler(log_queue)]
+    handler_in = QueueHandler(log_queue)
+    for extra in filters:  # run in the logging thread's caller, where context vars are set
+        handler_in.addFilter(extra)
+    root.handlers[:] = [handler_in]
     root.setLevel(level.upper())
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []

@@ -279,6 +279,14 @@ class TaskFail(Request):
     _check_error = field_validator("error")(_no_nul)
 
 
+class Cancelled(Reply):
+    tasks: int
+
+
+class Retried(Reply):
+    tasks: int
+
+
 class TaskList(Reply):
     tasks: list[Task]
     next_cursor: str | None

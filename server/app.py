@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import bootstrap
 from server.api import api_router
+from server.ui import router as ui_router
 from server.auth import Authenticator
 from server.config import Settings
 from server.db import stats
@@ -22,6 +23,7 @@ from server.db import tasks as db_tasks
 from server.db.pool import create_pool
 from server.errors import DatabaseUnavailable, DocgateError
 from server.metrics import Metrics
+from server.observe import Observe
 from server.state import GateState
 from server.version import VERSION
 from server.wakeup import TaskWakeup
@@ -33,16 +35,21 @@ log = logging.getLogger("docgate.gate")
 
 def create_app(settings: Settings, dsn: str) -> FastAPI:
     """Build the app for one PostgreSQL; the lifespan migrates, then serves."""
-    app = FastAPI(title="docgate", version=VERSION, lifespan=_lifespan(settings, dsn))
+    metrics = Metrics()
+    app = FastAPI(title="docgate", version=VERSION, lifespan=_lifespan(settings, dsn, metrics))
     app.include_router(api_router)
+    app.include_router(ui_router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(Observe, metrics=metrics)
     app.add_exception_handler(DocgateError, _docgate_error)
     app.add_exception_handler(StorageError, _storage_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     return app
 
 
-def _lifespan(settings: Settings, dsn: str) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+def _lifespan(
+    settings: Settings, dsn: str, metrics: Metrics
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await create_pool(dsn, settings.db_pool_min, settings.db_pool_max)
@@ -52,7 +59,7 @@ def _lifespan(settings: Settings, dsn: str) -> Callable[[FastAPI], AbstractAsync
             store = open_storage(settings.store_url, deadline=Deadline(
                 settings.storage_timeout_seconds, settings.storage_min_rate))
             state = GateState(
-                settings=settings, pool=pool, wakeup=TaskWakeup(dsn), metrics=Metrics(),
+                settings=settings, pool=pool, wakeup=TaskWakeup(dsn), metrics=metrics,
                 auth=Authenticator(pool, admin_key, settings.enable_auth), store=store,
             )
             app.state.gate = state

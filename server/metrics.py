@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from protocol import v1
@@ -36,7 +38,42 @@ class Metrics:
             ["route", "method"], registry=r,
         )
 
-    def render(self, counts: dict[v1.TaskStatus, int]) -> bytes:
+        self.oldest_pending = Gauge(
+            "docgate_oldest_pending_task_age_seconds", "Age of the oldest pending task.", registry=r)
+        self.documents = Gauge("docgate_documents", "Documents recorded (whole in storage).", registry=r)
+        self.document_bytes = Gauge("docgate_document_bytes", "Total size of recorded documents.",
+                                    registry=r)
+        self.reported = Counter(
+            "docgate_documents_reported_total", "Documents reported by clients to this gate.",
+            ["outcome"], registry=r)
+        self.reported_bytes = Counter(
+            "docgate_documents_reported_bytes_total", "Bytes of documents reported stored.", registry=r)
+        self.clients = Gauge("docgate_clients", "Registered clients by heartbeat state.", ["state"],
+                             registry=r)
+
+    def render(self, snapshot: Snapshot) -> bytes:
         for status in v1.TaskStatus:
-            self.tasks.labels(status.value).set(counts.get(status, 0))
+            self.tasks.labels(status.value).set(snapshot.counts.get(status, 0))
+        self.oldest_pending.set(snapshot.oldest_pending_seconds)
+        self.documents.set(snapshot.documents)
+        self.document_bytes.set(snapshot.document_bytes)
+        for state in ("active", "stale"):
+            self.clients.labels(state).set(snapshot.clients.get(state, 0))
         return generate_latest(self.registry)
+
+    def count_reports(self, documents: list[v1.DocumentReport]) -> None:
+        for doc in documents:
+            self.reported.labels(doc.status.value).inc()
+            if doc.status is v1.DocumentStatus.STORED and doc.size:
+                self.reported_bytes.inc(doc.size)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The database's side of a scrape, read in a few index-only queries."""
+
+    counts: dict[v1.TaskStatus, int]
+    oldest_pending_seconds: float
+    documents: int
+    document_bytes: int
+    clients: dict[str, int]

@@ -29,5 +29,5 @@ async def health(state: StateDep) -> JSONResponse:
 
 @router.get("/metrics", response_class=Response)
 async def metrics(state: StateDep) -> Response:
-    counts = await stats.status_counts(state.pool)
-    return Response(state.metrics.render(counts), media_type=CONTENT_TYPE_LATEST)
+    snap = await stats.snapshot(state.pool, state.settings.client_stale_seconds)
+    return Response(state.metrics.render(snap), media_type=CONTENT_TYPE_LATEST)

@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from protocol import v1
+from server.db import dashboard
 from server.db import jobs as db
 from server.deps import AdminDep, StateDep
 
@@ -33,3 +34,9 @@ async def refetch_failed(
     """Turn the job's failed, still-missing documents into new tasks."""
     chunk_size = (body or v1.Refetch()).chunk_size
     return await db.refetch_failed(state.pool, job_id, chunk_size, state.settings.max_attempts)
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=v1.Cancelled)
+async def cancel_job(job_id: UUID, state: StateDep, _: AdminDep) -> v1.Cancelled:
+    """Cancel every pending or assigned task of the job (clients holding one are told by heartbeat)."""
+    return v1.Cancelled(tasks=await dashboard.cancel_job(state.pool, job_id))

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
 from protocol import v1
-from server.db import stats
+from server.db import dashboard, stats
 from server.db import tasks as db
 from server.deps import AdminDep, PrincipalDep, SessionHeader, StateDep
 from server.documents import split_reports
@@ -89,6 +89,7 @@ async def complete_task(body: v1.TaskComplete, state: StateDep, principal: Princ
         state.metrics.stale_refusals.inc()
         raise
     state.metrics.completions.inc()
+    state.metrics.count_reports(body.documents)
     return task
 
 
@@ -98,12 +99,14 @@ async def report_progress(
 ) -> v1.Task:
     reports = split_reports(body.documents, state.settings.shard_size, state.store.url)
     try:
-        return await db.report_progress(
+        task = await db.report_progress(
             state.pool, task_id, body, principal.owner, state.settings.lease_seconds, reports
         )
     except LeaseLost:
         state.metrics.stale_refusals.inc()
         raise
+    state.metrics.count_reports(body.documents)
+    return task
 
 
 @router.post("/tasks/{task_id}/fail", response_model=v1.Task)
@@ -117,6 +120,14 @@ async def fail_task(
         raise
     state.metrics.failures.labels(str(task.status is v1.TaskStatus.FAILED).lower()).inc()
     return task
+
+
+@router.post("/tasks/retry-failed", response_model=v1.Retried)
+async def retry_failed(
+    state: StateDep, _: AdminDep, limit: Annotated[int, Query(ge=1, le=v1.MAX_LIST_LIMIT)] = 1000
+) -> v1.Retried:
+    """Send up to `limit` failed tasks (newest first) back to pending with fresh attempts."""
+    return v1.Retried(tasks=await dashboard.retry_failed(state.pool, limit))
 
 
 @router.post("/tasks/{task_id}/cancel", response_model=v1.Task)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from protocol import v1
 from server.db.pool import Pool, connection
+from server.metrics import Snapshot
 
-COUNTS = """
-SELECT c.status,
-       c.n + coalesce((SELECT sum(d.delta) FROM task_count_deltas d WHERE d.status = c.status), 0)
-       AS n
-FROM task_counts c
+# Named counters: folded totals plus the deltas not folded yet.
+COUNTERS = """
+SELECT name, sum(n)::bigint AS n FROM (
+    SELECT status AS name, n FROM task_counts WHERE status = ANY($1::text[])
+    UNION ALL
+    SELECT status, delta FROM task_count_deltas WHERE status = ANY($1::text[])
+) parts
+GROUP BY name
 """
 
 # Fold the appended deltas into the totals. Concurrent folds are safe: a
@@ -17,7 +21,8 @@ FROM task_counts c
 FOLD = """
 WITH gone AS (DELETE FROM task_count_deltas RETURNING status, delta),
      summed AS (SELECT status, sum(delta) AS delta FROM gone GROUP BY status)
-UPDATE task_counts c SET n = c.n + s.delta FROM summed s WHERE c.status = s.status
+INSERT INTO task_counts (status, n) SELECT status, delta FROM summed
+ON CONFLICT (status) DO UPDATE SET n = task_counts.n + excluded.n
 """
 
 THROUGHPUT = """
@@ -34,10 +39,20 @@ ORDER BY w.minutes
 WINDOWS = [1, 5, 15, 60]
 
 
-async def status_counts(pool: Pool) -> dict[v1.TaskStatus, int]:
+async def counters(pool: Pool, names: list[str]) -> dict[str, int]:
     async with connection(pool) as conn:
-        records = await conn.fetch(COUNTS)
-    return {v1.TaskStatus(r["status"]): int(r["n"]) for r in records}
+        records = await conn.fetch(COUNTERS, names)
+    found = {r["name"]: int(r["n"]) for r in records}
+    return {name: found.get(name, 0) for name in names}
+
+
+async def status_counts(pool: Pool) -> dict[v1.TaskStatus, int]:
+    found = await counters(pool, [s.value for s in v1.TaskStatus])
+    return {v1.TaskStatus(name): n for name, n in found.items()}
+
+
+def job_counter_names(job_id: object) -> list[str]:
+    return [f"job:{job_id}:{s.value}" for s in v1.TaskStatus] + [f"job:{job_id}:documents"]
 
 
 async def fold_counts(pool: Pool) -> None:
@@ -60,3 +75,28 @@ async def status_report(pool: Pool) -> v1.StatusReport:
         for r in records
     ]
     return v1.StatusReport(counts=counts, total=sum(counts.values()), throughput=throughput)
+
+
+OLDEST_PENDING = """
+SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
+FROM (SELECT created_at FROM tasks WHERE status = 'pending' ORDER BY task_seq LIMIT 1) oldest
+"""
+
+CLIENT_STATES = """
+SELECT CASE WHEN last_heartbeat_at > now() - make_interval(secs => $1::float8)
+            THEN 'active' ELSE 'stale' END AS state, count(*) AS n
+FROM clients GROUP BY 1
+"""
+
+
+async def snapshot(pool: Pool, stale_seconds: float) -> Snapshot:
+    """What /metrics and the dashboard show, from counters and indexes only."""
+    names = [s.value for s in v1.TaskStatus] + ["documents", "document_bytes"]
+    found = await counters(pool, names)
+    async with connection(pool) as conn:
+        oldest = await conn.fetchval(OLDEST_PENDING)
+        states = {r["state"]: r["n"] for r in await conn.fetch(CLIENT_STATES, stale_seconds)}
+    return Snapshot(
+        counts={s: found[s.value] for s in v1.TaskStatus}, oldest_pending_seconds=float(oldest),
+        documents=found["documents"], document_bytes=found["document_bytes"], clients=states,
+    )

@@ -1,0 +1,133 @@
+"""The dashboard at /ui: server-rendered HTML, a little vanilla JavaScript, nothing fetched from elsewhere.
+
+Login takes the admin API key and keeps it in an HttpOnly, SameSite=Strict
+cookie scoped to /ui: page scripts (and anything injected into them) cannot
+read it, and other sites cannot send it. Actions also need an X-CSRF-Token
+header, an HMAC of the key that only a page served to the admin carries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import parse_qs
+from uuid import UUID
+
+from fastapi import APIRouter, Cookie, Header, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from server.db import dashboard as data
+from server.db import tasks as db_tasks
+from server.deps import StateDep
+from server.errors import BadRequest, DocgateError, Forbidden, NotFound, Unauthorized
+from server.state import GateState
+
+router = APIRouter(include_in_schema=False)
+COOKIE = "docgate_admin"
+templates = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
+                        autoescape=select_autoescape(["html"]))
+AdminCookie = Annotated[str | None, Cookie(alias=COOKIE)]
+
+
+def csrf_token(key: str) -> str:
+    return hmac.new(key.encode(), b"docgate-ui-csrf", hashlib.sha256).hexdigest()
+
+
+async def _is_admin(state: GateState, key: str | None) -> bool:
+    if not key:
+        return False
+    try:
+        return (await state.auth.authenticate(key)).is_admin
+    except Unauthorized:
+        return False
+
+
+def _page(name: str, status: int = 200, **context: Any) -> HTMLResponse:
+    return HTMLResponse(templates.get_template(name).render(**context), status_code=status)
+
+
+@router.get("/ui", response_class=HTMLResponse)
+async def ui(state: StateDep, docgate_admin: AdminCookie = None, task: str | None = None) -> Response:
+    if not await _is_admin(state, docgate_admin):
+        return _page("login.html", error=None)
+    assert docgate_admin is not None
+    found, problem = await _find_task(state, task)
+    board = await data.dashboard(state.pool, state.settings.client_stale_seconds)
+    return _page("dashboard.html", board=board, csrf=csrf_token(docgate_admin), task=found,
+                 task_query=task or "", task_problem=problem)
+
+
+@router.get("/ui/live", response_class=HTMLResponse)
+async def live(state: StateDep, docgate_admin: AdminCookie = None) -> Response:
+    if not await _is_admin(state, docgate_admin):
+        return HTMLResponse("", status_code=401)
+    board = await data.dashboard(state.pool, state.settings.client_stale_seconds)
+    return _page("live.html", board=board)
+
+
+async def _find_task(state: GateState, task: str | None) -> tuple[Any, str | None]:
+    if not task:
+        return None, None
+    try:
+        return await db_tasks.get_task(state.pool, UUID(task.strip()), None), None
+    except ValueError:
+        return None, "not a task id (a UUID like 3f2b…)"
+    except DocgateError as exc:
+        return None, exc.message
+
+
+@router.post("/ui/login")
+async def login(request: Request, state: StateDep) -> Response:
+    form = parse_qs((await request.body()).decode("utf-8", "replace"))
+    key = (form.get("api_key") or [""])[0].strip()
+    if not await _is_admin(state, key):
+        return _page("login.html", status=401, error="That is not an admin API key.")
+    response = RedirectResponse("/ui", status_code=303)
+    secure = request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
+    response.set_cookie(COOKIE, key, httponly=True, samesite="strict", secure=secure, path="/ui",
+                        max_age=12 * 3600)
+    return response
+
+
+@router.post("/ui/logout")
+async def logout() -> Response:
+    response = RedirectResponse("/ui", status_code=303)
+    response.delete_cookie(COOKIE, path="/ui")
+    return response
+
+
+@router.post("/ui/actions/{action}")
+async def act(
+    action: str, request: Request, state: StateDep, docgate_admin: AdminCookie = None,
+    x_csrf_token: Annotated[str | None, Header()] = None,
+) -> JSONResponse:
+    if not await _is_admin(state, docgate_admin):
+        raise Unauthorized("log in at /ui first")
+    assert docgate_admin is not None
+    if not x_csrf_token or not hmac.compare_digest(x_csrf_token, csrf_token(docgate_admin)):
+        raise Forbidden("missing or wrong X-CSRF-Token")
+    try:
+        target = json.loads(await request.body() or b"{}").get("id")
+    except (ValueError, AttributeError):
+        target = None
+    return JSONResponse(await _run_action(state, action, target))
+
+
+async def _run_action(state: GateState, action: str, target: Any) -> dict[str, Any]:
+    if action == "retry-failed":
+        return {"retried": await data.retry_failed(state.pool, 1000)}
+    try:
+        ident = UUID(str(target))
+    except ValueError:
+        raise BadRequest("id must be a task or job id") from None
+    if action == "retry-task":
+        return {"status": (await db_tasks.retry_task(state.pool, ident)).status.value}
+    if action == "cancel-task":
+        return {"status": (await db_tasks.cancel_task(state.pool, ident)).status.value}
+    if action == "cancel-job":
+        return {"cancelled": await data.cancel_job(state.pool, ident)}
+    raise NotFound(f"unknown action {action!r}")
