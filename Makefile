@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test install install-test check lint clean
+.PHONY: run test install install-test check lint clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,15 @@ run: $(STAMP)
 	$(BIN)/docgate server
 
 ## Run the whole test suite against real PostgreSQL (embedded unless TEST_DATABASE_URL is set)
-test: $(TEST_STAMP)
+test: $(TEST_STAMP) browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+## The dashboard's browser test drives Debian's chromium (installed here when missing and we are root)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium is missing: install Debian's chromium for the dashboard test"; fi; }
 
 lint: $(TEST_STAMP)
 	$(BIN)/pip install --quiet -e '.[test,dev]'

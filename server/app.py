@@ -15,7 +15,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import bootstrap
 from server.api import api_router
-from server.ui import router as ui_router
 from server.auth import Authenticator
 from server.config import Settings
 from server.db import stats
@@ -25,6 +24,7 @@ from server.errors import DatabaseUnavailable, DocgateError
 from server.metrics import Metrics
 from server.observe import Observe
 from server.state import GateState
+from server.ui import router as ui_router
 from server.version import VERSION
 from server.wakeup import TaskWakeup
 from storage import Deadline, StorageError, open_storage

@@ -1,0 +1,131 @@
+"""The dashboard in a real browser (Debian's chromium driven by Playwright), and its guards."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from cluster import ADMIN, Cluster, Origin
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed; `make test` installs it")
+        pytest.skip("chromium is not installed (make test installs it when run as root)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, db_dsn: str) -> Iterator[Cluster]:
+    c = Cluster(tmp_path, db_dsn, REAP_INTERVAL_SECONDS="0.2")
+    yield c
+    c.stop()
+
+
+def number(page, selector: str) -> int:  # type: ignore[no-untyped-def]
+    return int(page.inner_text(selector).strip())
+
+
+def test_dashboard_in_a_real_browser(browser, cluster: Cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ARTIFACTS.mkdir(exist_ok=True)
+    origin = Origin(tmp_path, "--size", "1024", "--latency", "0.03")
+    page = browser.new_page(viewport={"width": 1300, "height": 1000})
+    try:
+        # A task that fails for good, to retry from the page.
+        doomed = cluster.post("/api/v1/tasks/create", {"source": "urls", "params": {}, "max_attempts": 1})
+        key = cluster.register("worker")
+        leased = httpx.post(cluster.url + "/api/v1/tasks/request", headers={"X-API-Key": key}).json()
+        httpx.post(f"{cluster.url}/api/v1/tasks/{leased['task_id']}/fail", headers={"X-API-Key": key},
+                   json={"lease_token": leased["lease_token"], "error": "HTTP 410 Gone", "retryable": False})
+
+        page.goto(cluster.url + "/ui")
+        page.fill("#api_key", "not-the-key")
+        page.click("#login")
+        assert "not an admin API key" in page.inner_text("#login-error")
+        page.fill("#api_key", ADMIN)
+        page.click("#login")
+        page.wait_for_selector("#count-pending")
+        counts = cluster.get("/api/v1/tasks/status")["counts"]
+        for status in ("pending", "assigned", "completed", "failed", "cancelled"):
+            assert number(page, f"#count-{status}") == counts[status], status
+        page.screenshot(path=str(ARTIFACTS / "dashboard-overview.png"), full_page=True)
+
+        # A running job's progress advances on the page without a reload.
+        job_id = cluster.job(origin, 1, 600, chunk_size=50)
+        cluster.client("runner", "--concurrency", "4", "--exit-when-idle")
+        page.wait_for_selector(f"tr[data-job='{job_id}']")
+        seen = set()
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            seen.add(page.inner_text(f"tr[data-job='{job_id}'] .progress"))
+            if "100.0%" in seen and len(seen) >= 3:
+                break
+            time.sleep(0.3)
+        assert "100.0%" in seen and len(seen) >= 3, seen  # 0 % → … → 100 %, live
+        page.wait_for_function("document.getElementById('count-documents').innerText === '600'")
+        page.screenshot(path=str(ARTIFACTS / "dashboard-job-done.png"), full_page=True)
+
+        # Retry the failed task through the page.
+        page.click(f"tr[data-task='{doomed['task_id']}'] button[data-action='retry-task']")
+        deadline = time.monotonic() + 10
+        while cluster.get(f"/api/v1/tasks/{doomed['task_id']}")["status"] == "failed":
+            assert time.monotonic() < deadline, "retry did not reach the API"
+            time.sleep(0.2)
+
+        # Cancel a job through the page.
+        second = cluster.post("/api/v1/jobs", {"source": "id_range", "chunk_size": 10, "params": {
+            "url_template": origin.url + "/doc/{id}.bin", "start_id": 90_000, "count": 100}})["job_id"]
+        page.wait_for_selector(f"tr[data-job='{second}'] button[data-action='cancel-job']")
+        page.on("dialog", lambda dialog: dialog.accept())
+        page.click(f"tr[data-job='{second}'] button[data-action='cancel-job']")
+        deadline = time.monotonic() + 10
+        while cluster.get(f"/api/v1/jobs/{second}")["counts"]["cancelled"] < 10:
+            assert time.monotonic() < deadline, "cancel did not reach the API"
+            time.sleep(0.2)
+
+        # Find a task by id.
+        page.fill("#task-search", doomed["task_id"])
+        page.press("#task-search", "Enter")
+        page.wait_for_selector("#task-status")
+        assert page.inner_text("#task-status") in {"pending", "assigned", "failed", "completed"}
+        page.screenshot(path=str(ARTIFACTS / "dashboard-task.png"), full_page=True)
+    finally:
+        page.close()
+        origin.stop()
+
+
+def test_actions_need_the_cookie_and_the_csrf_token(cluster: Cluster) -> None:
+    job = cluster.post("/api/v1/jobs", {"source": "id_range", "chunk_size": 10, "params": {
+        "url_template": "http://h/{id}", "start_id": 1, "count": 10}})["job_id"]
+    with httpx.Client(base_url=cluster.url) as anonymous:
+        assert anonymous.post("/ui/actions/cancel-job", json={"id": job}).status_code == 401
+    with httpx.Client(base_url=cluster.url) as admin:
+        r = admin.post("/ui/login", data={"api_key": ADMIN})
+        assert r.status_code == 303
+        cookie = r.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie and "path=/ui" in cookie
+        forged = admin.post("/ui/actions/cancel-job", json={"id": job}, headers={"X-CSRF-Token": "0" * 64})
+        assert forged.status_code == 403
+        assert cluster.get(f"/api/v1/jobs/{job}")["counts"]["cancelled"] == 0
+        page = admin.get("/ui").text
+        token = page.split('name="csrf" content="')[1].split('"')[0]
+        ok = admin.post("/ui/actions/cancel-job", json={"id": job}, headers={"X-CSRF-Token": token})
+        assert ok.status_code == 200 and ok.json() == {"cancelled": 1}
