@@ -19,6 +19,20 @@ GOOD_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 UNTIMED = {"/api/v1/tasks/request"}
 
 
+API_PREFIX = "/api/v1"
+
+
+def route_label(scope: Scope) -> str:
+    """The route's template (/api/v1/tasks/{task_id}/fail), never the raw path: labels stay bounded."""
+    path = getattr(scope.get("route"), "path", None)
+    if path is None:
+        return "unmatched"
+    # Routes of included routers carry their path without the router's prefix.
+    if scope["path"].startswith(API_PREFIX + "/") and not path.startswith(API_PREFIX):
+        return API_PREFIX + path
+    return str(path)
+
+
 class RequestIdFilter(logging.Filter):
     """Puts the current request's id on every record logged while handling it."""
 
@@ -61,7 +75,7 @@ class Observe:
             request_id.reset(token)
 
     def _record(self, scope: Scope, status: int, seconds: float) -> None:
-        route = getattr(scope.get("route"), "path", "unmatched")
+        route = route_label(scope)
         method = scope["method"]
         self.metrics.requests.labels(route, method, str(status)).inc()
         if route not in UNTIMED:

@@ -40,6 +40,18 @@ class GateProcess:
             time.sleep(0.2)
         raise AssertionError(f"gate not healthy in {timeout}s:\n{self.output()}")
 
+    @staticmethod
+    def wait_url(url: str, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"{url} not healthy in {timeout}s")
+
     def output(self) -> str:
         self._out.flush()
         return self.log.read_text(errors="replace")

@@ -98,8 +98,8 @@ async def dashboard(pool: Pool, stale_seconds: float) -> Dashboard:
         minutes = {r["ago"]: (r["tasks"], r["documents"]) for r in await conn.fetch(PER_MINUTE)}
         failures = [dict(r) for r in await conn.fetch(FAILURES, 20)]
     per_minute = [minutes.get(ago, (0, 0)) for ago in range(59, -1, -1)]
-    return Dashboard(snap, per_minute, await recent_jobs(pool, 20), await list_clients(pool, stale_seconds, 100),
-                     failures)
+    jobs = await recent_jobs(pool, 20)
+    return Dashboard(snap, per_minute, jobs, await list_clients(pool, stale_seconds, 100), failures)
 
 
 async def recent_jobs(pool: Pool, limit: int) -> list[JobRow]:
