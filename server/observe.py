@@ -28,9 +28,10 @@ def route_label(scope: Scope) -> str:
     if path is None:
         return "unmatched"
     # Routes of included routers carry their path without the router's prefix.
-    if scope["path"].startswith(API_PREFIX + "/") and not path.startswith(API_PREFIX):
-        return API_PREFIX + path
-    return str(path)
+    label = str(path)
+    if scope["path"].startswith(API_PREFIX + "/") and not label.startswith(API_PREFIX):
+        return API_PREFIX + label
+    return label
 
 
 class RequestIdFilter(logging.Filter):

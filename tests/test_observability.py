@@ -94,7 +94,8 @@ def test_json_logs_carry_request_ids_and_no_secrets(tmp_path: Path, db_dsn: str,
                 "--allow-network", "127.0.0.0/8", "--log-format", "json", "--log-level", "DEBUG",
                 "--progress", "log"), env=CLEAN_ENV, cwd=REPO, capture_output=True, text=True, timeout=120)
             assert client.returncode == 0, client.stderr[-2000:]
-            httpx.get(url + "/api/v1/tasks/status", headers={"X-API-Key": "dg_wrong-key-should-not-be-logged"})
+            wrong = {"X-API-Key": "dg_wrong-key-should-not-be-logged"}
+            httpx.get(url + "/api/v1/tasks/status", headers=wrong)
         finally:
             origin.stop()
             gate.terminate()
