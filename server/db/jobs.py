@@ -68,6 +68,8 @@ ORDER BY c.grp
 ADD_TOTAL = "UPDATE jobs SET tasks_total = tasks_total + $2 WHERE job_id = $1"
 
 GET_JOB = "SELECT * FROM jobs WHERE job_id = $1"
+# Ten million tasks take minutes to insert; the pool's default statement timeout is for normal work.
+BULK_TIMEOUT = 3600.0
 BY_KEY = "SELECT job_id FROM jobs WHERE idempotency_key = $1"
 
 PROGRESS = """
@@ -95,14 +97,14 @@ async def create_job(pool: Pool, body: v1.JobCreate, max_attempts: int) -> tuple
         if body.only_missing:
             status = await conn.execute(
                 INSERT_MISSING, job_id, p.url_template, p.start_id, body.chunk_size, p.count, p.ext,
-                body.priority, attempts,
+                body.priority, attempts, timeout=BULK_TIMEOUT,
             )
             chunks = _inserted(status)
             await conn.execute("UPDATE jobs SET tasks_total = $2 WHERE job_id = $1", job_id, chunks)
         else:
             await conn.execute(
                 INSERT_CHUNKS, job_id, p.url_template, p.start_id, body.chunk_size, p.count, p.ext,
-                body.priority, attempts, chunks,
+                body.priority, attempts, chunks, timeout=BULK_TIMEOUT,
             )
     return v1.JobCreated(job_id=job_id, tasks_created=chunks), True
 
