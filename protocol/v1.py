@@ -456,6 +456,37 @@ class StorageObjectList(Reply):
     next_cursor: str | None
 
 
+# ---- stats (what the dashboard shows, as JSON)
+
+
+class JobProgress(Reply):
+    job_id: UUID
+    source: str
+    url_template: str
+    tasks_total: int
+    counts: dict[str, int]
+    documents: int
+    progress: float
+    eta_seconds: float | None
+    created_at: datetime
+
+
+class Minute(Reply):
+    minutes_ago: int
+    tasks_completed: int
+    documents_downloaded: int
+
+
+class Stats(Reply):
+    counts: dict[TaskStatus, int]
+    documents: int
+    document_bytes: int
+    oldest_pending_seconds: float
+    clients: dict[str, int]
+    per_minute: list[Minute]
+    jobs: list[JobProgress]
+
+
 # ---- health
 
 

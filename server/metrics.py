@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from protocol import v1
+from server.errors import LeaseLost
 
 
 class Metrics:
@@ -60,6 +63,15 @@ class Metrics:
         for state in ("active", "stale"):
             self.clients.labels(state).set(snapshot.clients.get(state, 0))
         return generate_latest(self.registry)
+
+    @contextmanager
+    def counting_refusals(self) -> Iterator[None]:
+        """Count writes refused for a stale lease token as they pass by."""
+        try:
+            yield
+        except LeaseLost:
+            self.stale_refusals.inc()
+            raise
 
     def count_reports(self, documents: list[v1.DocumentReport]) -> None:
         for doc in documents:

@@ -98,3 +98,20 @@ async def test_health_and_metrics(gate: Gate) -> None:
     assert 'docgate_tasks{status="completed"} 1.0' in text
     assert "docgate_leases_total 1.0" in text
     assert "docgate_completions_total 1.0" in text
+
+
+async def test_stats_endpoint(gate: Gate) -> None:
+    r = await gate.http.post("/api/v1/jobs", headers=gate.admin, json={
+        "source": "id_range", "chunk_size": 5, "params": {"url_template": "http://h/{id}", "start_id": 1,
+                                                          "count": 20}})
+    job_id = r.json()["job_id"]
+    client = await gate.register()
+    leased = (await gate.lease(client)).json()
+    await gate.http.post("/api/v1/tasks/complete", headers=client, json={
+        "task_id": leased["task_id"], "lease_token": leased["lease_token"], "documents_downloaded": 5})
+    stats = (await gate.http.get("/api/v1/stats", headers=gate.admin)).json()
+    assert stats["counts"]["completed"] == 1 and stats["counts"]["pending"] == 3
+    assert len(stats["per_minute"]) == 60 and stats["per_minute"][-1]["documents_downloaded"] == 5
+    (job,) = stats["jobs"]
+    assert job["job_id"] == job_id and job["progress"] == 0.25 and job["eta_seconds"] > 0
+    assert (await gate.http.get("/api/v1/stats", headers=client)).status_code == 403

@@ -14,7 +14,7 @@ from server.db import dashboard, stats
 from server.db import tasks as db
 from server.deps import AdminDep, PrincipalDep, SessionHeader, StateDep
 from server.documents import split_reports
-from server.errors import BadRequest, LeaseLost
+from server.errors import BadRequest
 from server.state import GateState
 
 router = APIRouter()
@@ -83,11 +83,8 @@ async def request_task(
 @router.post("/tasks/complete", response_model=v1.Task)
 async def complete_task(body: v1.TaskComplete, state: StateDep, principal: PrincipalDep) -> v1.Task:
     reports = split_reports(body.documents, state.settings.shard_size, state.store.url)
-    try:
+    with state.metrics.counting_refusals():
         task = await db.complete_task(state.pool, body, principal.owner, reports)
-    except LeaseLost:
-        state.metrics.stale_refusals.inc()
-        raise
     state.metrics.completions.inc()
     state.metrics.count_reports(body.documents)
     return task
@@ -98,13 +95,10 @@ async def report_progress(
     task_id: UUID, body: v1.TaskProgress, state: StateDep, principal: PrincipalDep
 ) -> v1.Task:
     reports = split_reports(body.documents, state.settings.shard_size, state.store.url)
-    try:
+    with state.metrics.counting_refusals():
         task = await db.report_progress(
             state.pool, task_id, body, principal.owner, state.settings.lease_seconds, reports
         )
-    except LeaseLost:
-        state.metrics.stale_refusals.inc()
-        raise
     state.metrics.count_reports(body.documents)
     return task
 
@@ -113,11 +107,8 @@ async def report_progress(
 async def fail_task(
     task_id: UUID, body: v1.TaskFail, state: StateDep, principal: PrincipalDep
 ) -> v1.Task:
-    try:
+    with state.metrics.counting_refusals():
         task = await db.fail_task(state.pool, task_id, body, principal.owner, state.backoff)
-    except LeaseLost:
-        state.metrics.stale_refusals.inc()
-        raise
     state.metrics.failures.labels(str(task.status is v1.TaskStatus.FAILED).lower()).inc()
     return task
 
@@ -143,6 +134,19 @@ async def retry_task(task_id: UUID, state: StateDep, _: AdminDep) -> v1.Task:
 @router.get("/tasks/status", response_model=v1.StatusReport)
 async def task_status(state: StateDep, _: AdminDep) -> v1.StatusReport:
     return await stats.status_report(state.pool)
+
+
+@router.get("/stats", response_model=v1.Stats)
+async def get_stats(state: StateDep, _: AdminDep) -> v1.Stats:
+    """The dashboard's numbers: counts, the last hour minute by minute, recent jobs with ETA."""
+    board = await dashboard.dashboard(state.pool, state.settings.client_stale_seconds)
+    snap = board.snapshot
+    minutes = [v1.Minute(minutes_ago=59 - i, tasks_completed=t, documents_downloaded=d)
+               for i, (t, d) in enumerate(board.per_minute)]
+    jobs = [v1.JobProgress.model_validate(job, from_attributes=True) for job in board.jobs]
+    return v1.Stats(counts=snap.counts, documents=snap.documents, document_bytes=snap.document_bytes,
+                    oldest_pending_seconds=snap.oldest_pending_seconds, clients=snap.clients,
+                    per_minute=minutes, jobs=jobs)
 
 
 @router.get("/tasks", response_model=v1.TaskList)
