@@ -30,12 +30,14 @@ run: $(STAMP)
 test: $(TEST_STAMP) browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-## The dashboard's browser test drives Debian's chromium (installed here when missing and we are root)
+## Debian packages the suite drives for real: chromium (dashboard), nginx (deployment), openssl.
+## Installed here when missing and we are root; otherwise those tests say what to install.
 browser:
-	@command -v chromium >/dev/null 2>&1 || { \
+	@missing=""; for p in chromium nginx openssl; do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else echo "chromium is missing: install Debian's chromium for the dashboard test"; fi; }
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing Debian packages:$$missing (the browser and nginx tests need them)"; fi; fi
 
 lint: $(TEST_STAMP)
 	$(BIN)/pip install --quiet -e '.[test,dev]'

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 from typing import Any
 from uuid import UUID
 
@@ -25,8 +26,9 @@ class GateAPI:
             headers["X-API-Key"] = api_key
         # Reads wait out a long-poll (≤ 30 s at the gate) with room to spare.
         timeout = httpx.Timeout(30, connect=10, read=60)
+        verify = ssl.create_default_context(cafile=ca_cert) if ca_cert else True
         self.http = httpx.AsyncClient(base_url=api_url.rstrip("/"), headers=headers, timeout=timeout,
-                                      verify=ca_cert or True, transport=transport)
+                                      verify=verify, transport=transport)
         self.session_id = session_id
 
     async def close(self) -> None:

@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     server.add_argument("--host", help="bind address (API_HOST)")
     server.add_argument("--port", type=int, help="port (API_PORT)")
     server.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    server.add_argument("--forwarded-allow-ips",
+                        help="proxies trusted for X-Forwarded-* (FORWARDED_ALLOW_IPS)")
     server.set_defaults(run=run_server)
 
     db = sub.add_parser("db", help="database maintenance").add_subparsers(required=True)
@@ -89,7 +91,8 @@ def database(settings: Settings) -> Iterator[str]:
 
 
 def run_server(args: argparse.Namespace) -> int:
-    overrides = {k: v for k, v in (("api_host", args.host), ("api_port", args.port)) if v}
+    overrides = {k: v for k, v in (("api_host", args.host), ("api_port", args.port),
+                                   ("forwarded_allow_ips", args.forwarded_allow_ips)) if v}
     settings = Settings.load(**overrides)
     if args.workers < 1:
         raise DocgateError("--workers must be at least 1")
@@ -106,7 +109,9 @@ def run_server(args: argparse.Namespace) -> int:
         uvicorn.run(
             "server.asgi:app_from_env", factory=True, host=settings.api_host,
             port=settings.api_port, workers=args.workers, log_config=None, access_log=False,
-            proxy_headers=True, timeout_keep_alive=75, timeout_graceful_shutdown=10,
+            # Keep-alive above nginx's upstream keepalive_timeout (60 s): nginx closes first.
+            proxy_headers=True, forwarded_allow_ips=settings.forwarded_allow_ips,
+            timeout_keep_alive=75, timeout_graceful_shutdown=10,
         )
     return 0
 

@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./data")
 
     api_host: str = "127.0.0.1"
+    # Proxies whose X-Forwarded-For / -Proto are believed (nginx on the same host by default).
+    forwarded_allow_ips: str = "127.0.0.1"
     api_port: Annotated[int, Field(ge=1, le=65535)] = 8000
     enable_auth: bool = True
     admin_api_key: Annotated[SecretStr, Field(min_length=16)] | None = None

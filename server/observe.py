@@ -82,7 +82,8 @@ class Observe:
         if route not in UNTIMED:
             self.metrics.request_latency.labels(route, method).observe(seconds)
         client = scope.get("client") or ("-", 0)
-        log.info("%s %s %d %.1f ms", method, scope["path"], status, seconds * 1000, extra={"fields": {
+        log.info("%s %s %d %.1f ms from %s", method, scope["path"], status, seconds * 1000, client[0],
+                 extra={"fields": {
             "method": method, "path": scope["path"], "route": route, "status": status,
             "duration_ms": round(seconds * 1000, 2), "client_addr": client[0],
             "request_id": request_id.get()}})

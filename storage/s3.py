@@ -135,7 +135,8 @@ class S3Storage(Storage):
             if buffer:
                 parts.append(await self._part(staging, upload, len(parts) + 1, bytes(buffer)))
                 total += len(buffer)
-            await self._call("complete_multipart_upload", Key=staging, UploadId=upload,
+            # Completion assembles the parts server-side: its time grows with the size.
+            await self._call("complete_multipart_upload", size=total, Key=staging, UploadId=upload,
                              MultipartUpload={"Parts": parts})
         except BaseException:
             await self._abort(staging, upload)
@@ -162,7 +163,7 @@ class S3Storage(Storage):
                     CopySourceRange=f"bytes={start}-{end}",
                 )
                 parts.append({"PartNumber": number, "ETag": reply["CopyPartResult"]["ETag"]})
-            await self._call("complete_multipart_upload", Key=final, UploadId=upload,
+            await self._call("complete_multipart_upload", size=total, Key=final, UploadId=upload,
                              MultipartUpload={"Parts": parts}, **_once(options))
         except BaseException:
             await self._abort(final, upload)

@@ -40,6 +40,19 @@ def cluster(tmp_path: Path, db_dsn: str) -> Iterator[Cluster]:
     c.stop()
 
 
+def click_until(page, selector: str, done, attempts: int = 4) -> None:  # type: ignore[no-untyped-def]
+    """Click, then wait for the API to show the effect. The live part of the page is
+    re-rendered every 2 s; a click that lands on a button being replaced is tried again."""
+    for _ in range(attempts):
+        page.click(selector)
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            if done():
+                return
+            time.sleep(0.2)
+    raise AssertionError(f"clicking {selector} did not reach the API")
+
+
 def number(page, selector: str) -> int:  # type: ignore[no-untyped-def]
     return int(page.inner_text(selector).strip())
 
@@ -84,22 +97,16 @@ def test_dashboard_in_a_real_browser(browser, cluster: Cluster, tmp_path: Path) 
         page.screenshot(path=str(ARTIFACTS / "dashboard-job-done.png"), full_page=True)
 
         # Retry the failed task through the page.
-        page.click(f"tr[data-task='{doomed['task_id']}'] button[data-action='retry-task']")
-        deadline = time.monotonic() + 10
-        while cluster.get(f"/api/v1/tasks/{doomed['task_id']}")["status"] == "failed":
-            assert time.monotonic() < deadline, "retry did not reach the API"
-            time.sleep(0.2)
+        click_until(page, f"tr[data-task='{doomed['task_id']}'] button[data-action='retry-task']",
+                    lambda: cluster.get(f"/api/v1/tasks/{doomed['task_id']}")["status"] != "failed")
 
         # Cancel a job through the page.
         second = cluster.post("/api/v1/jobs", {"source": "id_range", "chunk_size": 10, "params": {
             "url_template": origin.url + "/doc/{id}.bin", "start_id": 90_000, "count": 100}})["job_id"]
         page.wait_for_selector(f"tr[data-job='{second}'] button[data-action='cancel-job']")
         page.on("dialog", lambda dialog: dialog.accept())
-        page.click(f"tr[data-job='{second}'] button[data-action='cancel-job']")
-        deadline = time.monotonic() + 10
-        while cluster.get(f"/api/v1/jobs/{second}")["counts"]["cancelled"] < 10:
-            assert time.monotonic() < deadline, "cancel did not reach the API"
-            time.sleep(0.2)
+        click_until(page, f"tr[data-job='{second}'] button[data-action='cancel-job']",
+                    lambda: cluster.get(f"/api/v1/jobs/{second}")["counts"]["cancelled"] == 10)
 
         # Find a task by id.
         page.fill("#task-search", doomed["task_id"])
