@@ -37,6 +37,7 @@ STAGING = ".docgate-staging/"
 PART_SIZE = 8 << 20
 COPY_PART = 512 << 20
 SHA_META = "sha256"
+READ_TIMEOUT = 120.0
 
 
 class S3Storage(Storage):
@@ -52,7 +53,10 @@ class S3Storage(Storage):
         self.url = f"{scheme}://{bucket}/{self.prefix}".rstrip("/")
         self.part_size = max(part_size, 5 << 20)
         config = botocore.config.Config(
-            connect_timeout=5, read_timeout=self.deadline.timeout,
+            # The overall deadline (Deadline) bounds every call; the socket read
+            # timeout only has to outlast the slowest single answer, such as the
+            # completion of a large multipart upload, which S3 may take minutes to send.
+            connect_timeout=5, read_timeout=READ_TIMEOUT,
             retries={"max_attempts": 3, "mode": "standard"},
             # B2 refuses the CRC32 checksum headers botocore sends by default.
             request_checksum_calculation="when_required",
