@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -116,7 +117,7 @@ class LocalStorage(Storage):
         path = self._path(key)
         try:
             handle = await self._blocking(lambda: self._inside(path).open("rb"), what="open")
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError):  # a shard folder is not an object
             raise ObjectMissing(f"no object at {key}") from None
         except OSError as exc:
             raise StorageUnavailable(f"cannot open {key}: {exc.strerror}") from None
@@ -132,7 +133,7 @@ class LocalStorage(Storage):
 
     async def delete(self, key: str) -> None:
         path = self._path(key)
-        await self._blocking(lambda: self._inside(path).unlink(missing_ok=True), what="delete")
+        await self._blocking(lambda: _unlink(self._inside(path), key), what="delete")
 
     async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
         folders = await self._blocking(lambda: sorted(_folders(self.root)), what="list")
@@ -200,14 +201,25 @@ def _discard(handle: BinaryIO, tmp: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _unlink(path: Path, key: str) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except IsADirectoryError:
+        return  # a shard folder, not an object: nothing to delete
+    except OSError as exc:
+        raise StorageUnavailable(f"cannot delete {key}: {exc.strerror}") from None
+
+
 def _stat(key: str, path: Path) -> ObjectInfo | None:
     try:
-        size = path.stat().st_size
+        info = path.stat()
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise StorageUnavailable(f"cannot stat {key}: {exc.strerror}") from None
-    return ObjectInfo(key, size, _sha_of(path))
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    return ObjectInfo(key, info.st_size, _sha_of(path))
 
 
 def _sha_of(path: Path) -> str | None:

@@ -193,3 +193,27 @@ async def test_refetch_failed_from_the_command_line(gate: Gate) -> None:
     bad = subprocess.run(docgate("jobs", "refetch-failed", "not-a-job"), env=env, cwd=REPO,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "uuid" in bad.stderr
+
+
+async def test_a_shard_folder_is_not_an_object(gate: Gate) -> None:
+    """Regression (found by schemathesis): keys naming a folder gave 500 and 503."""
+    await gate.http.put("/api/v1/documents/7/raw", headers=gate.admin, content=b"seven")
+    for method in ("GET", "HEAD"):
+        r = await gate.http.request(method, "/api/v1/storage/objects/0", headers=gate.admin)
+        assert r.status_code == 404, (method, r.text)
+    r = await gate.http.delete("/api/v1/storage/objects/0", headers=gate.admin)
+    assert r.status_code == 204
+    r = await gate.http.get("/api/v1/storage/objects/0/7", headers=gate.admin)
+    assert r.content == b"seven"
+
+
+async def test_an_upload_cut_short_stores_nothing(gate: Gate) -> None:
+    """Regression (found by schemathesis): a client that stops mid-body caused a logged 500."""
+    async def half() -> Any:
+        yield b"first half"
+        raise ConnectionError("uploader went away")
+
+    with pytest.raises(ConnectionError):
+        await gate.http.put("/api/v1/documents/8/raw", headers=gate.admin, content=half())
+    r = await gate.http.get("/api/v1/storage/objects", headers=gate.admin)
+    assert r.json()["objects"] == []

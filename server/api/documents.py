@@ -8,12 +8,13 @@ from uuid import UUID
 
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.requests import ClientDisconnect
 
 from protocol import v1
 from server.config import UploadGzip
 from server.db import documents as db
 from server.deps import AdminDep, PrincipalDep, StateDep
-from server.errors import LeaseLost, NotFound, PayloadTooLarge, Unprocessable
+from server.errors import BadRequest, LeaseLost, NotFound, PayloadTooLarge, Unprocessable
 from storage import PutOptions
 from storage.base import Fence
 from storage.keys import document_key
@@ -64,7 +65,6 @@ async def upload_document(
     x_lease_token: Annotated[UUID | None, Header()] = None,
     content_type: Annotated[str | None, Header(max_length=200)] = None,
     content_encoding: Annotated[str | None, Header(max_length=20)] = None,
-    content_length: Annotated[int | None, Header(ge=0)] = None,
     x_content_sha256: Annotated[str | None, Header(pattern=r"^[0-9a-f]{64}$")] = None,
 ) -> JSONResponse:
     """Store a document in the gate's store, write-once; a client must hold the task's lease."""
@@ -77,7 +77,8 @@ async def upload_document(
     gzipped = (content_encoding or "identity").lower() == "gzip"
     if not gzipped and (content_encoding or "identity").lower() != "identity":
         raise Unprocessable("Content-Encoding must be gzip or identity")
-    if content_length is not None and not gzipped and content_length > settings.max_upload_bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and not gzipped and int(declared) > settings.max_upload_bytes:
         raise PayloadTooLarge(f"document larger than MAX_UPLOAD_BYTES ({settings.max_upload_bytes} bytes)")
     keep = gzipped and settings.upload_gzip is UploadGzip.KEEP
     storage_key = document_key(doc_id, ext, shard_size=settings.shard_size, compressed=keep)
@@ -86,7 +87,12 @@ async def upload_document(
         max_size=settings.max_upload_bytes, expected_sha256=x_content_sha256,
         fence=Fence(str(task_id), str(x_lease_token)) if task_id and x_lease_token else None,
     )
-    stored = await state.store.put(storage_key, request.stream(), options)
+    try:
+        stored = await state.store.put(storage_key, request.stream(), options)
+    except ClientDisconnect:
+        # The uploader went away mid-body: nothing was published, and no one is
+        # left to read an answer; say so without logging a server error.
+        raise BadRequest("upload interrupted before the body was complete; nothing was stored") from None
     reply = v1.StoredDocument(storage_key=stored.storage_key, storage_url=stored.storage_url,
                               sha256=stored.sha256, size=stored.size,
                               content_type=stored.content_type, compressed=stored.compressed)
