@@ -81,9 +81,11 @@ class GateAPI:
         body = {"lease_token": str(task.lease_token), "error": error[:4000], "retryable": retryable}
         await self._call("POST", f"/api/v1/tasks/{task.task_id}/fail", json=body, attempts=3)
 
-    async def heartbeat(self, docs_per_minute: float) -> list[UUID]:
+    async def heartbeat(self, docs_per_minute: float, held: list[UUID]) -> list[UUID]:
+        """Extend the leases of the tasks in `held` (only those); return tasks cancelled meanwhile."""
         reply = await self._call("POST", "/api/v1/clients/heartbeat", attempts=2, json={
-            "session_id": self.session_id, "docs_per_minute": round(docs_per_minute, 2)})
+            "session_id": self.session_id, "docs_per_minute": round(docs_per_minute, 2),
+            "task_ids": [str(t) for t in held]})
         return v1.HeartbeatReply.model_validate(reply.json()).cancelled_task_ids
 
     async def known(self, doc_ids: list[str]) -> set[str]:

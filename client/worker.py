@@ -157,7 +157,7 @@ class Worker:
         while True:
             await asyncio.sleep(self.heartbeat_every)
             try:
-                cancelled = await self.gate.heartbeat(self.stats.per_minute())
+                cancelled = await self.gate.heartbeat(self.stats.per_minute(), list(self.runs))
             except ClientError as exc:
                 log.warning("heartbeat failed: %s", exc.message)
                 continue

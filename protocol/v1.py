@@ -327,6 +327,10 @@ class ClientRegistered(Reply):
 class Heartbeat(Request):
     session_id: Name | None = None
     docs_per_minute: Annotated[float, Field(ge=0, le=1e9)] | None = None
+    # The tasks the caller is working on. When given, only these leases are
+    # extended: a lease whose answer never reached the client (the gate died
+    # mid-reply) then runs out instead of being kept alive by the heartbeat.
+    task_ids: Annotated[list[WireUUID], Field(max_length=MAX_BATCH_TASKS)] | None = None
 
 
 class HeartbeatReply(Reply):

@@ -128,6 +128,28 @@ async def test_heartbeat_of_a_new_session_does_not_keep_old_leases(gate: Gate) -
     assert r.json()["leases_extended"] == 1
 
 
+async def test_heartbeat_naming_its_tasks_lets_a_lost_lease_run_out(gate: Gate) -> None:
+    """A lease whose answer never arrived is not kept alive by the client's heartbeats."""
+    client = await gate.register()
+    held, lost = (await gate.create())["task_id"], (await gate.create())["task_id"]
+    r = await gate.lease(client, max_tasks=2)
+    assert r.status_code == 200 and len(r.json()["tasks"]) == 2
+    await gate.sql("UPDATE tasks SET lease_expires_at = now() + interval '2 seconds'")
+    for _ in range(3):  # heartbeats naming only `held`, past the other lease's expiry
+        r = await gate.http.post("/api/v1/clients/heartbeat", headers=client, json={"task_ids": [held]})
+        assert r.status_code == 200 and r.json()["leases_extended"] == 1, r.text
+        await asyncio.sleep(1)
+    await wait_for_status(gate, lost, "pending")
+    (row,) = await gate.sql("SELECT status, lease_expires_at - now() AS left FROM tasks WHERE task_id = $1",
+                            held)
+    assert row["status"] == "assigned" and row["left"].total_seconds() > 25
+    # Without task_ids (the seed's clients) every lease of the session is extended.
+    await gate.sql("UPDATE tasks SET lease_expires_at = now() + interval '5 seconds' "
+                   "WHERE task_id = $1", held)
+    r = await gate.http.post("/api/v1/clients/heartbeat", headers=client, json={})
+    assert r.json()["leases_extended"] == 1
+
+
 async def test_retryable_failure_backs_off_then_fails_when_spent(gate: Gate) -> None:
     client = await gate.register()
     task_id = (await gate.create(max_attempts=2))["task_id"]

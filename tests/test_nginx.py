@@ -164,13 +164,23 @@ def run_job(front: Front, origin: Origin, start: int, kill_gate: bool) -> None:
                 "ext": ".bin"}}).raise_for_status()
     clients = [front.client(f"c{i}", register(front, f"c{i}"), "--exit-when-idle", "--concurrency", "8")
                for i in range(3)]
-    if kill_gate:
-        deadline = time.monotonic() + 60
-        while leases_served(front.gates[0]) < 5 and time.monotonic() < deadline:
+    try:
+        if kill_gate:
+            deadline = time.monotonic() + 60
+            while leases_served(front.gates[0]) < 5 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            os.killpg(front.gates[0].proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 180
+        while any(c.poll() is None for c in clients) and time.monotonic() < deadline:
             time.sleep(0.2)
-        os.killpg(front.gates[0].proc.pid, signal.SIGKILL)
-    codes = [c.wait(240) for c in clients]
-    assert codes == [0, 0, 0], [(front.tmp / f"client-c{i}.log").read_text()[-1500:] for i in range(3)]
+        codes = [c.poll() for c in clients]
+        logs = [(front.tmp / f"client-c{i}.log").read_text()[-3000:] for i in range(3)]
+        assert codes == [0, 0, 0], logs
+    finally:
+        for c in clients:
+            if c.poll() is None:
+                os.killpg(c.pid, signal.SIGKILL)
+            c.wait(10)
 
 
 def check_done(db_dsn: str, store: Path, start: int) -> list[int]:

@@ -36,12 +36,12 @@ RETURNING previous.last_heartbeat_at AS previous_heartbeat_at
 
 # A heartbeat extends only the leases of the calling process (session), so a
 # client restarted under the same key never keeps its dead predecessor's
-# leases alive.
+# leases alive; and, when it names them, only the tasks it is working on.
 EXTEND = """
 UPDATE tasks
 SET lease_expires_at = now() + make_interval(secs => $3::float8), updated_at = now()
 WHERE assigned_to = $1 AND status = 'assigned' AND lease_expires_at > now()
-  AND session_id IS NOT DISTINCT FROM $2
+  AND session_id IS NOT DISTINCT FROM $2 AND ($4::uuid[] IS NULL OR task_id = ANY($4::uuid[]))
 RETURNING lease_expires_at
 """
 
@@ -98,7 +98,8 @@ async def heartbeat(
     async with transaction(pool) as conn:
         previous = await conn.fetchval(TOUCH, client_id, body.docs_per_minute)
         expiries = [r["lease_expires_at"] for r in
-                    await conn.fetch(EXTEND, client_id, body.session_id, lease_seconds)]
+                    await conn.fetch(EXTEND, client_id, body.session_id, lease_seconds,
+                                                body.task_ids)]
         since = previous or datetime.fromtimestamp(0).astimezone()
         cancelled = [r["task_id"] for r in await conn.fetch(CANCELLED_SINCE, client_id, since)]
     return v1.HeartbeatReply(
