@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -44,7 +45,23 @@ def create_app(settings: Settings, dsn: str) -> FastAPI:
     app.add_exception_handler(DocgateError, _docgate_error)
     app.add_exception_handler(StorageError, _storage_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.openapi = _documented_errors(app.openapi)  # type: ignore[method-assign]
     return app
+
+
+def _documented_errors(build: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+    """A 422 carries either the field errors (a list) or one message (a string): say so in the schema."""
+
+    def openapi() -> dict[str, Any]:
+        schema = build()
+        error = schema.get("components", {}).get("schemas", {}).get("HTTPValidationError")
+        if error and "anyOf" not in error["properties"]["detail"]:
+            listed = error["properties"]["detail"]
+            error["properties"]["detail"] = {"title": "Detail", "anyOf": [
+                {"type": "string"}, {k: v for k, v in listed.items() if k != "title"}]}
+        return schema
+
+    return openapi
 
 
 def _lifespan(

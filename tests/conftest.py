@@ -102,6 +102,7 @@ def gate_settings(**overrides: Any) -> Settings:
         "reap_interval_seconds": 0.1,
         "poll_fallback_seconds": 0.5,
         "db_pool_max": 20,
+        "max_job_tasks": 1_000_000,
         "data_dir": "/nonexistent-data-dir-for-tests",
         "_env_file": None,
     }
