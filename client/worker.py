@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -29,13 +30,14 @@ from protocol import v1
 from storage import PutOptions, Storage, StorageError
 from storage.base import Fence, ObjectInfo
 from storage.copy import digest_of
-from storage.errors import AlreadyStored, KeyRefused, TooLarge
+from storage.errors import AlreadyStored, KeyRefused, StorageTimeout, StorageUnavailable, TooLarge
 from storage.keys import GZIP_EXT, document_key
 
 log = logging.getLogger("docgate.client")
 REPORT_BATCH = 100
 KNOWN_BATCH = 200
 HAND_BACK_SECONDS = 15.0
+STORAGE_RETRY_SECONDS = (0.5, 1.0, 2.0, 4.0, 8.0)  # then the document counts as failed transiently
 
 
 @dataclass
@@ -229,7 +231,7 @@ class Worker:
     async def _document(self, run: TaskRun, ref: DocRef) -> None:
         report: dict[str, Any] | None
         try:
-            report = await self._store(run, ref)
+            report = await self._store_retrying(run, ref)
         except DocumentFailed as exc:
             report = self._failure(run, ref, exc.reason, exc.permanent)
         except TooLarge:
@@ -244,6 +246,21 @@ class Worker:
         self.stats.document_done()
         if len(run.pending) >= REPORT_BATCH:
             await self._report(run)
+
+    async def _store_retrying(self, run: TaskRun, ref: DocRef) -> dict[str, Any]:
+        """Ride out a short storage outage (resets, stalls) instead of handing the task back at once:
+        a hand-back spends one of the task's attempts, and a client that hands back every task it
+        leases during an outage would spend the whole queue's."""
+        for delay in (*STORAGE_RETRY_SECONDS, None):
+            try:
+                return await self._store(run, ref)
+            except (StorageUnavailable, StorageTimeout) as exc:
+                if delay is None or self.stopping.is_set():
+                    raise
+                log.info("document %s: storage trouble (%s); retrying in %.1f s", ref.doc_id, exc.message,
+                         delay)
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+        raise AssertionError("unreachable")
 
     async def _store(self, run: TaskRun, ref: DocRef) -> dict[str, Any]:
         compress = self.config.compress == "gzip"
@@ -320,8 +337,8 @@ class Worker:
                 "client": self.config.client_name, "session_id": self.config.session_id})
             run.pending.clear()
         self.stats.tasks_done += 1
-        log.info("task %s completed: %s stored, %s skipped, %s failed", task.task_id, run.stored,
-                 run.skipped, run.failed)
+        log.info("task %s completed (lease %s): %s stored, %s skipped, %s failed", task.task_id,
+                 task.lease_token, run.stored, run.skipped, run.failed)
 
     async def _give_up(self, run: TaskRun, error: str, retryable: bool) -> None:
         try:

@@ -81,13 +81,15 @@ def _lifespan(
             )
             app.state.gate = state
             state.wakeup.start()
-            housekeeping = asyncio.create_task(_housekeeping(state), name="docgate-housekeeping")
+            background = [asyncio.create_task(_housekeeping(state), name="docgate-housekeeping"),
+                          asyncio.create_task(_watch_loop(metrics), name="docgate-loop-lag")]
             try:
                 yield
             finally:
-                housekeeping.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await housekeeping
+                for task in background:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
                 await state.wakeup.stop()
                 await store.close()
         finally:
@@ -110,6 +112,15 @@ async def _housekeeping(state: GateState) -> None:
         except Exception:  # keep the loop alive whatever one round hits
             log.exception("housekeeping round failed")
         await asyncio.sleep(state.settings.reap_interval_seconds)
+
+
+async def _watch_loop(metrics: Metrics, every: float = 0.05) -> None:
+    """Measure how late the loop runs a timer: anything blocking the loop shows up here."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + every
+        await asyncio.sleep(every)
+        metrics.loop_lag.observe(max(0.0, loop.time() - due))
 
 
 async def _docgate_error(request: Request, exc: Exception) -> JSONResponse:

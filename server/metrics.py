@@ -41,6 +41,11 @@ class Metrics:
             ["route", "method"], registry=r,
         )
 
+        self.loop_lag = Histogram(
+            "docgate_event_loop_lag_seconds", "How late the gate's event loop woke a 50 ms timer.",
+            registry=r, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )
+
         self.oldest_pending = Gauge(
             "docgate_oldest_pending_task_age_seconds", "Age of the oldest pending task.", registry=r)
         self.documents = Gauge("docgate_documents", "Documents recorded (whole in storage).", registry=r)

@@ -1,0 +1,162 @@
+"""After a chaos run: what must always hold (SPEC §9), counted from the database, storage and logs.
+
+Two independent witnesses are compared, as a Jepsen checker does: what the
+gate recorded (tasks, task_events, documents) and what the clients were told
+(each client logs every completion the gate acknowledged, with its lease
+token). Storage is read back object by object and compared with the origin's
+bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from harness import BUCKET, Run
+
+from conftest import run_aside
+from docgate.origin import content_for, size_for
+from storage.keys import document_key
+from storage.s3 import STAGING
+
+ACK = re.compile(r"task ([0-9a-f-]{36}) completed \(lease ([0-9a-f-]{36})\)")
+STALE_REFUSED = re.compile(r"POST /api/v1/tasks/\S+ 409 ")
+
+
+@dataclass
+class Figure:
+    name: str
+    value: float
+    bound: str
+    holds: bool
+
+
+def _fetch(dsn: str) -> dict[str, list[asyncpg.Record]]:
+    async def fetch() -> dict[str, list[asyncpg.Record]]:
+        conn = await asyncpg.connect(dsn, timeout=30)
+        try:
+            return {
+                "statuses": await conn.fetch("SELECT status, count(*) FROM tasks GROUP BY status"),
+                "completions": await conn.fetch(
+                    "SELECT task_id::text, count(*) AS n, max(lease_token::text) AS token "
+                    "FROM task_events WHERE event = 'completed' GROUP BY task_id"),
+                "completed": await conn.fetch("SELECT task_id::text, lease_token::text FROM tasks "
+                                              "WHERE status = 'completed'"),
+                "leases": await conn.fetch("SELECT count(*) FROM task_events WHERE event = 'leased'"),
+                "documents": await conn.fetch("SELECT doc_id, storage_key, sha256, size FROM documents"),
+            }
+        finally:
+            await conn.close()
+
+    return run_aside(fetch())  # type: ignore[no-any-return]
+
+
+def check(run: Run, s3: Any) -> list[Figure]:
+    db = _fetch(run.dsn)
+    statuses = {r["status"]: r["count"] for r in db["statuses"]}
+    total = sum(statuses.values())
+    figures: list[Figure] = []
+
+    def figure(name: str, value: float, bound: str, holds: bool) -> None:
+        figures.append(Figure(name, value, bound, holds))
+
+    figure("tasks", total, f"= {run.plan.tasks}", total == run.plan.tasks)
+    figure("tasks unfinished (pending/assigned)", statuses.get("pending", 0) + statuses.get("assigned", 0),
+           "= 0", statuses.get("pending", 0) + statuses.get("assigned", 0) == 0)
+    figure("tasks failed for good", statuses.get("failed", 0), "(reported)", True)
+
+    events = {r["task_id"]: r for r in db["completions"]}
+    completed = {r["task_id"]: r["lease_token"] for r in db["completed"]}
+    more_than_once = sum(1 for r in db["completions"] if r["n"] > 1)
+    without_event = sum(1 for t in completed if t not in events)
+    figure("tasks completed more than once (event log)", more_than_once, "= 0", more_than_once == 0)
+    figure("completed tasks without their completion event", without_event, "= 0", without_event == 0)
+
+    acks: dict[str, set[str]] = defaultdict(set)
+    for log in run.client_logs:
+        for task_id, token in ACK.findall(log.read_text(errors="replace")):
+            acks[task_id].add(token)
+    double_acked = sum(1 for tokens in acks.values() if len(tokens) > 1)
+    stale_accepted = sum(1 for task_id, tokens in acks.items() for token in tokens
+                         if completed.get(task_id) != token)
+    figure("completions acknowledged to clients", sum(len(t) for t in acks.values()), "(reported)", True)
+    figure("tasks acknowledged to two lease holders", double_acked, "= 0", double_acked == 0)
+    figure("stale-token writes accepted", stale_accepted, "= 0", stale_accepted == 0)
+    refused = sum(len(STALE_REFUSED.findall(log.read_text(errors="replace"))) for log in run.gate_logs)
+    zombies = run.fired.get("zombie", 0)
+    figure("stale-token writes refused (409)", refused, "≥ 1" if zombies else "(no zombie)",
+           refused >= 1 or not zombies)
+
+    leases = db["leases"][0][0]
+    claims = leases / total if total else 0.0
+    figure("claims per task", round(claims, 3), "≤ 1.5", claims <= 1.5)
+
+    docs = db["documents"]
+    low, high = run.plan.size
+    temp_keys = sum(1 for d in docs if STAGING in d["storage_key"] or "tmp" in d["storage_key"].lower())
+    wrong_keys = sum(1 for d in docs if d["storage_key"] != document_key(d["doc_id"], ".bin"))
+
+    def verify(doc: asyncpg.Record) -> str:
+        try:
+            body = s3.get_object(Bucket=BUCKET, Key=doc["storage_key"])["Body"].read()
+        except s3.exceptions.NoSuchKey:
+            return "missing"
+        if len(body) != doc["size"] or hashlib.sha256(body).hexdigest() != doc["sha256"]:
+            return "not whole"
+        if body != content_for(doc["doc_id"], size_for(doc["doc_id"], low, high)):
+            return "not the origin's bytes"
+        return "ok"
+
+    with ThreadPoolExecutor(8) as pool:
+        verdicts = list(pool.map(verify, docs))
+    figure("documents recorded", len(docs), "(reported)", True)
+    for verdict in ("missing", "not whole", "not the origin's bytes"):
+        n = verdicts.count(verdict)
+        figure(f"recorded documents {verdict} in storage", n, "= 0", n == 0)
+    figure("recorded keys naming a temporary file", temp_keys, "= 0", temp_keys == 0)
+    figure("recorded keys not <id // 50000>/<id>.bin", wrong_keys, "= 0", wrong_keys == 0)
+
+    staged = s3.list_objects_v2(Bucket=BUCKET, Prefix=STAGING).get("KeyCount", 0)
+    uploads = len(s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []))
+    figure("orphan temp objects and open uploads after the sweep", staged + uploads, "= 0",
+           staged + uploads == 0)
+    figure("writers killed mid-upload", run.fired.get("kill_writer", 0), "(reported)", True)
+
+    p99 = _p99(run.loop_lag)
+    figure("gate event-loop stall p99 (s)", p99, "< 0.1", p99 < 0.1)
+    return figures
+
+
+def _p99(histograms: list[dict[str, float]]) -> float:
+    """The upper bound of the bucket holding the 99th percentile, over all gates' samples."""
+    merged: dict[float, float] = defaultdict(float)
+    for buckets in histograms:
+        for bound, count in buckets.items():
+            merged[float(bound)] += count
+    if not merged:
+        return float("inf")
+    total = merged[float("inf")]
+    for bound in sorted(merged):
+        if merged[bound] >= 0.99 * total:
+            return bound
+    return float("inf")
+
+
+def table(run: Run, figures: list[Figure]) -> str:
+    width = max(len(f.name) for f in figures)
+    fired = ", ".join(f"{k} ×{v}" for k, v in sorted(run.fired.items())) or "none"
+    lines = [f"seed {run.plan.seed}: {run.plan.tasks} tasks, {run.plan.clients} clients, "
+             f"{run.seconds:.0f} s; faults: {fired}"]
+    for f in figures:
+        value = f"{f.value:g}"
+        lines.append(f"  {'ok ' if f.holds else 'BAD'} {f.name:<{width}}  {value:>10}  {f.bound}")
+    return "\n".join(lines)
+
+
+def violations(figures: list[Figure]) -> list[str]:
+    return [f"{f.name} = {f.value:g} (must be {f.bound})" for f in figures if not f.holds]

@@ -1,0 +1,104 @@
+"""Chaos runs with every fault, judged by the checker; and the checker's negative controls.
+
+`make test` runs one quick seed (300 tasks, 4 clients). `make chaos` runs three
+seeds of 2,000 tasks with 8 clients, and every negative control: a deliberately
+broken gate or client that the checker must catch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from checker import check, table, violations
+from harness import Cluster, Plan, dump
+
+pytestmark = [pytest.mark.slow, pytest.mark.chaos]
+RESULTS = Path(os.environ.get("CHAOS_RESULTS", "/tmp/docgate-chaos"))
+
+
+@pytest.fixture
+def cluster_for(tmp_path: Path) -> Iterator[object]:
+    made: list[Cluster] = []
+
+    def make(plan: Plan) -> Cluster:
+        made.append(Cluster(plan, tmp_path))
+        return made[-1]
+
+    yield make
+    for cluster in made:
+        cluster.close()
+
+
+def judged(cluster: Cluster) -> list[str]:
+    run = cluster.execute()
+    figures = check(run, cluster.s3())
+    report = table(run, figures)
+    print(report)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"seed-{run.plan.seed}-{run.plan.gate_variant or run.plan.client_variant or 'real'}.txt") \
+        .write_text(report + "\n")
+    dump(run, RESULTS / f"seed-{run.plan.seed}.json")
+    return violations(figures)
+
+
+@pytest.mark.timeout(400)
+def test_quick_seed_loses_nothing(cluster_for) -> None:  # type: ignore[no-untyped-def]
+    plan = Plan(seed=7, tasks=300, clients=4, lease_seconds=5, fault_gap=(1.5, 3.0), deadline=200)
+    cluster = cluster_for(plan)
+    assert judged(cluster) == []
+    assert cluster.run.finished
+    assert set(cluster.run.fired) == set(plan.faults), "every fault fired at least once"
+
+
+@pytest.mark.chaos_full
+@pytest.mark.timeout(420)
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_full_seed_loses_nothing(cluster_for, seed: int) -> None:  # type: ignore[no-untyped-def]
+    plan = Plan(seed=seed)
+    cluster = cluster_for(plan)
+    assert judged(cluster) == []
+    assert cluster.run.finished and cluster.run.seconds < 300
+    assert set(cluster.run.fired) == set(plan.faults)
+
+
+# Each broken variant, and the invariant the checker must then report broken.
+CONTROLS = [
+    ("no-fence", None, ("zombie",), "stale-token writes accepted"),
+    ("eager-reaper", None, ("kill_client",), "claims per task"),
+    ("no-reaper", None, ("kill_client",), "tasks unfinished"),
+    ("blocking", None, ("kill_client",), "event-loop stall"),
+    (None, "temp-key", ("kill_client",), "recorded keys naming a temporary file"),
+    (None, "overwrite", ("kill_client",), "recorded documents not whole"),
+]
+
+
+@pytest.mark.chaos_full
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(("gate", "client", "faults", "caught"), CONTROLS,
+                         ids=[c[0] or c[1] for c in CONTROLS])
+def test_the_checker_catches_a_broken_variant(cluster_for, gate: str | None, client: str | None,  # type: ignore[no-untyped-def]
+                                              faults: tuple[str, ...], caught: str) -> None:
+    plan = Plan(seed=11, tasks=150, clients=4, gates=1, lease_seconds=4, faults=faults,
+                fault_gap=(3.0, 5.0), deadline=60, gate_variant=gate, client_variant=client)
+    found = judged(cluster_for(plan))
+    assert any(caught in v for v in found), found
+
+
+@pytest.mark.chaos_full
+@pytest.mark.timeout(300)
+def test_the_checker_catches_a_missing_sweep(cluster_for) -> None:  # type: ignore[no-untyped-def]
+    plan = Plan(seed=12, tasks=100, clients=2, gates=1, faults=("kill_writer",), deadline=60, sweep=False)
+    found = judged(cluster_for(plan))
+    assert any("orphan temp objects" in v for v in found), found
+
+
+@pytest.mark.chaos_full
+@pytest.mark.timeout(300)
+def test_an_honest_variant_passes(cluster_for) -> None:  # type: ignore[no-untyped-def]
+    """The control of the controls: the variant launcher itself breaks nothing."""
+    plan = Plan(seed=13, tasks=150, clients=4, gates=1, lease_seconds=4, faults=("zombie", "kill_client"),
+                fault_gap=(3.0, 5.0), deadline=120, gate_variant="honest", client_variant="honest")
+    assert judged(cluster_for(plan)) == []

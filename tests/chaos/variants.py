@@ -1,0 +1,113 @@
+"""Deliberately broken gates and clients, for the checker's negative controls.
+
+    python variants.py VARIANT docgate-arguments…
+
+Each variant patches one guarantee away, then runs `docgate` as usual:
+
+- no-fence: completion, progress and fail ignore the lease token (and the status)
+- eager-reaper: the reaper expires every lease as soon as it sees it, heartbeats or not
+- no-reaper: expired leases are never reaped
+- blocking: the gate blocks its event loop for 200 ms on every heartbeat
+- temp-key: the client records a staging key for every 25th document and the gate accepts it
+- overwrite: the client overwrites every 20th document after recording it (no write-once fence)
+- honest: nothing is patched (the control of the controls)
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+
+def no_fence() -> None:
+    from server.db import tasks
+
+    loose = "task_id = $1 AND $2::uuid IS NOT NULL AND ($3::uuid IS NULL OR $3::uuid IS NOT NULL)"
+    for name in ("COMPLETE", "PROGRESS", "FAIL"):
+        setattr(tasks, name, getattr(tasks, name).replace(tasks.FENCE, loose))
+
+
+def eager_reaper() -> None:
+    from server.db import tasks
+
+    soon = "lease_expires_at <= now() + interval '1 day'"
+    tasks.REAP = tasks.REAP.replace("lease_expires_at <= now()", soon)
+
+
+def no_reaper() -> None:
+    from server.db import tasks
+
+    tasks.REAP = tasks.REAP.replace("lease_expires_at <= now()", "false")
+
+
+def blocking() -> None:
+    from server.db import clients
+
+    real = clients.heartbeat
+
+    async def heartbeat(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.2)
+        return await real(*args, **kwargs)
+
+    clients.heartbeat = heartbeat  # type: ignore[assignment]
+
+
+def temp_key() -> None:
+    from client.gate import GateAPI
+    from server import documents
+
+    def recorded(doc: Any, shard_size: int, store_url: str) -> Any:
+        key = doc.storage_key or ""
+        return documents.Recorded(str(doc.doc_id), key, f"{store_url.rstrip('/')}/{key}", doc.sha256,
+                                  doc.size, doc.content_type, doc.compressed)
+
+    documents._recorded = recorded  # type: ignore[attr-defined]
+
+    def staged(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = []
+        for doc in docs:
+            doc_id = str(doc["doc_id"])
+            if doc.get("status") == "stored" and doc_id.isdigit() and int(doc_id) % 25 == 0:
+                doc = doc | {"storage_key": f".docgate-staging/{uuid.uuid4().hex}", "storage_url": None}
+            out.append(doc)
+        return out
+
+    progress, complete = GateAPI.progress, GateAPI.complete
+
+    async def progress_(self: GateAPI, task: Any, counts: Any, docs: Any) -> None:
+        await progress(self, task, counts, staged(docs))
+
+    async def complete_(self: GateAPI, task: Any, counts: Any, docs: Any, summary: Any) -> None:
+        await complete(self, task, counts, staged(docs), summary)
+
+    GateAPI.progress, GateAPI.complete = progress_, complete_  # type: ignore[method-assign]
+
+
+def overwrite() -> None:
+    from storage.s3 import S3Storage
+
+    real = S3Storage.put
+
+    async def put(self: S3Storage, key: str, chunks: Any, options: Any = None) -> Any:
+        stored = await real(self, key, chunks, options)
+        name = key.rsplit("/", 1)[-1].split(".")[0]
+        if name.isdigit() and int(name) % 20 == 0:  # a late writer with other bytes, unfenced
+            await self._call("put_object", Key=self.prefix + key, Body=b"not what was published")
+        return stored
+
+    S3Storage.put = put  # type: ignore[method-assign]
+
+
+VARIANTS = {"no-fence": no_fence, "eager-reaper": eager_reaper, "no-reaper": no_reaper,
+            "blocking": blocking, "temp-key": temp_key, "overwrite": overwrite, "honest": lambda: None}
+
+if __name__ == "__main__":
+    VARIANTS[sys.argv[1]]()
+    from docgate.cli import main
+
+    sys.exit(main(sys.argv[2:]))
