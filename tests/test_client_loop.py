@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from client.progress import Stats
 from client.sources import SourceContext, load_sources
 from client.worker import Worker
 from conftest import Gate
+from storage.errors import StorageUnavailable
 from storage.local import LocalStorage
 
 pytestmark = pytest.mark.timeout(180)
@@ -100,3 +102,52 @@ async def test_storing_500_documents_never_stalls_the_loop(gate: Gate, tmp_path:
     assert sum(1 for event, _, _ in calls.calls if event == "open") >= 500  # every document was seen
     assert sum(1 for event, _, _ in calls.calls if event == "os.link") == 500
     assert calls.on_loop() == []
+
+
+class OutageStorage(LocalStorage):
+    """Local storage whose every call fails as unreachable until `until` (a storage outage)."""
+
+    def __init__(self, root: Path, seconds: float) -> None:
+        super().__init__(root)
+        self.until = time.monotonic() + seconds
+        self.refused = 0
+
+    def _check(self) -> None:
+        if time.monotonic() < self.until:
+            self.refused += 1
+            raise StorageUnavailable("connection reset by the storage endpoint")
+
+    async def put(self, key: str, chunks: Any, options: Any = None) -> Any:
+        self._check()
+        return await super().put(key, chunks, options)
+
+    async def stat(self, key: str) -> Any:
+        self._check()
+        return await super().stat(key)
+
+
+async def test_a_short_storage_outage_spends_no_attempt(gate: Gate, tmp_path: Path) -> None:
+    """Regression (chaos run): during a storage outage clients handed back every task they leased."""
+    origin = Origin(tmp_path, "--size", "2048")
+    key = (await gate.register("outage"))["X-API-Key"]
+    await gate.http.post("/api/v1/jobs", headers=gate.admin, json={
+        "source": "id_range", "chunk_size": 10,
+        "params": {"url_template": origin.url + "/doc/{id}.bin", "start_id": 1, "count": 100, "ext": ".bin"}})
+    config = ClientConfig(api_url="http://gate", api_key=key, concurrency=8, max_tasks=4, exit_when_idle=True,
+                          allow_network=("127.0.0.0/8",), poll_interval=0.2, heartbeat_interval=1)
+    api = GateAPI("http://gate", key, config.session_id, transport=gate.transport)
+    store = OutageStorage(tmp_path / "store", seconds=3)
+    fetcher = Fetcher(Policy(config.allow_network), concurrency=8, per_host_connections=8,
+                      per_host_rate=None, retries=2, timeout=30, max_size=1 << 20)
+    stats = Stats()
+    try:
+        await Worker(config, api, store, fetcher, load_sources(SourceContext(fetcher)), stats).run()
+    finally:
+        await fetcher.close()
+        await api.close()
+        await store.close()
+        origin.stop()
+    assert store.refused > 0, "the outage happened"
+    assert stats.stored == 100 and stats.failed == 0
+    rows = await gate.sql("SELECT status, attempts FROM tasks")
+    assert [(r["status"], r["attempts"]) for r in rows] == [("completed", 1)] * 10
