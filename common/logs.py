@@ -37,6 +37,23 @@ class TextFormatter(logging.Formatter):
         return f"{line} [{rid}]" if rid else line
 
 
+class OneLine(logging.Filter):
+    """Fold a record's traceback into one line: for libraries that log expected outages (the
+    database is down) with a full traceback every second."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()} ({type(exc).__name__}: {exc})"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+QUIET_TRACEBACKS = ("asyncpg.pool",)
+
+
 def setup_logging(level: str = "INFO", fmt: str = "text", filters: tuple[logging.Filter, ...] = ()) -> None:
     """Route every logger (uvicorn's too) through one queue; idempotent."""
     global _listener
@@ -57,6 +74,10 @@ def setup_logging(level: str = "INFO", fmt: str = "text", filters: tuple[logging
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    for name in QUIET_TRACEBACKS:
+        quiet = logging.getLogger(name)
+        if not any(isinstance(f, OneLine) for f in quiet.filters):
+            quiet.addFilter(OneLine())
     _listener = QueueListener(log_queue, handler, respect_handler_level=True)
     _listener.start()
 
