@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test install install-test check lint clean browser
+.PHONY: run test chaos soak install install-test check lint clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,16 @@ run: $(STAMP)
 
 ## Run the whole test suite against real PostgreSQL (embedded unless TEST_DATABASE_URL is set)
 test: $(TEST_STAMP) browser
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not chaos_full and not soak" $(PYTEST_ARGS)
+
+## Three 2,000-task chaos seeds with every fault, the checker's negative controls, a longer fuzz run
+chaos: $(TEST_STAMP)
+	$(BIN)/python -m pytest -q -s -m "chaos" tests/chaos $(PYTEST_ARGS)
+	FUZZ_EXAMPLES=150 $(BIN)/python -m pytest -q tests/test_api_fuzz.py $(PYTEST_ARGS)
+
+## The chaos mix for SOAK_MINUTES (default 30), with gate and client memory over time
+soak: $(TEST_STAMP)
+	$(BIN)/python -m pytest -q -s -m soak tests/chaos/test_soak.py $(PYTEST_ARGS)
 
 ## Debian packages the suite drives for real: chromium (dashboard), nginx (deployment), openssl.
 ## Installed here when missing and we are root; otherwise those tests say what to install.

@@ -65,7 +65,7 @@ def check(run: Run, s3: Any) -> list[Figure]:
     def figure(name: str, value: float, bound: str, holds: bool) -> None:
         figures.append(Figure(name, value, bound, holds))
 
-    figure("tasks", total, f"= {run.plan.tasks}", total == run.plan.tasks)
+    figure("tasks", total, f"= {run.tasks_created}", total == run.tasks_created)
     figure("tasks unfinished (pending/assigned)", statuses.get("pending", 0) + statuses.get("assigned", 0),
            "= 0", statuses.get("pending", 0) + statuses.get("assigned", 0) == 0)
     figure("tasks failed for good", statuses.get("failed", 0), "(reported)", True)
@@ -150,7 +150,7 @@ def _p99(histograms: list[dict[str, float]]) -> float:
 def table(run: Run, figures: list[Figure]) -> str:
     width = max(len(f.name) for f in figures)
     fired = ", ".join(f"{k} ×{v}" for k, v in sorted(run.fired.items())) or "none"
-    lines = [f"seed {run.plan.seed}: {run.plan.tasks} tasks, {run.plan.clients} clients, "
+    lines = [f"seed {run.plan.seed}: {run.tasks_created} tasks, {run.plan.clients} clients, "
              f"{run.seconds:.0f} s; faults: {fired}"]
     for f in figures:
         value = f"{f.value:g}"

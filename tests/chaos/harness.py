@@ -77,6 +77,7 @@ class Run:
     origin: str = ""
     s3_url: str = ""
     memory: list[dict[str, Any]] = field(default_factory=list)
+    tasks_created: int = 0
 
 
 def _command(variant: str | None, *args: str) -> list[str]:
@@ -178,13 +179,14 @@ class Cluster:
 
     # ---- the job and its end
 
-    def create_job(self) -> None:
+    def create_job(self, start_id: int = 1) -> None:
         body = {"source": "id_range", "chunk_size": self.plan.chunk, "max_attempts": 20, "params": {
-            "url_template": self.origin + "/doc/{id}.bin", "start_id": 1,
+            "url_template": self.origin + "/doc/{id}.bin", "start_id": start_id,
             "count": self.plan.tasks * self.plan.chunk, "ext": ".bin"}}
         r = httpx.post(self._gate_url(0) + "/api/v1/jobs", headers={"X-API-Key": ADMIN}, json=body,
                        timeout=60)
         assert r.status_code == 201, r.text
+        self.run.tasks_created += int(r.json()["tasks_created"])
 
     def unfinished(self) -> int | None:
         async def count() -> int:
@@ -288,26 +290,54 @@ class Cluster:
 
     # ---- the whole run
 
-    def execute(self, until_done: bool = True) -> Run:
-        plan = self.plan
+    def execute(self) -> Run:
+        """One job of plan.tasks tasks, faults until it is done (or the deadline), then wind down."""
         self.create_job()
-        for i in range(plan.clients):
+        for i in range(self.plan.clients):
             self.start_client(i)
         started = time.monotonic()
+        self.run.finished = self._drive(started + self.plan.deadline)
+        self.run.seconds = time.monotonic() - started
+        self._wind_down()
+        return self.run
+
+    def execute_soak(self, seconds: float) -> Run:
+        """Job after job under the fault mix for `seconds`, sampling memory every 10 s."""
+        for i in range(self.plan.clients):
+            self.start_client(i)
+        started = time.monotonic()
+        rounds = 0
+        while time.monotonic() - started < seconds:
+            self.create_job(start_id=1 + rounds * self.plan.tasks * self.plan.chunk)
+            rounds += 1
+            if not self._drive(time.monotonic() + self.plan.deadline, sample_every=10):
+                break
+        self.run.finished = True
+        self.run.seconds = time.monotonic() - started
+        self._wind_down()
+        return self.run
+
+    def _drive(self, deadline: float, sample_every: float | None = None) -> bool:
+        """Inject faults until no task is pending or assigned; False if the deadline came first."""
+        plan = self.plan
         pending = list(plan.faults)
-        random.Random(plan.seed).shuffle(pending)
-        next_fault = started + self.rng.uniform(*plan.fault_gap)
-        while time.monotonic() - started < plan.deadline:
+        random.Random(plan.seed + len(self.run.fired)).shuffle(pending)
+        next_fault = time.monotonic() + self.rng.uniform(*plan.fault_gap)
+        next_sample = time.monotonic()
+        while time.monotonic() < deadline:
             self.tick()
+            if sample_every and time.monotonic() >= next_sample:
+                self.sample_memory()
+                next_sample = time.monotonic() + sample_every
             if time.monotonic() >= next_fault and plan.faults:
                 self.fault(pending.pop(0) if pending else self.rng.choice(plan.faults))
                 next_fault = time.monotonic() + self.rng.uniform(*plan.fault_gap)
-            left = self.unfinished()
-            if until_done and left == 0 and not pending and not self.stopped and not self.gates_down:
-                self.run.finished = True
-                break
+            if self.unfinished() == 0 and not pending and not self.stopped and not self.gates_down:
+                return True
             time.sleep(0.25)
-        self.run.seconds = time.monotonic() - started
+        return False
+
+    def _wind_down(self) -> None:
         for i in list(self.stopped):
             self.stopped[i] = 0
         self.tick()
@@ -317,13 +347,12 @@ class Cluster:
         self.tick()
         self.stop_clients()
         self.run.loop_lag = [_loop_lag(g.url) for g in self.gates if g is not None]
-        if plan.sweep:
+        if self.plan.sweep:
             env = CLEAN_ENV | S3_ENV | {"AWS_ENDPOINT_URL": self.moto}
             sweep = subprocess.run([sys.executable, "-m", "docgate.cli", "storage", "sweep", f"s3://{BUCKET}",
                                     "--older-than", "0"], cwd=REPO, env=env, capture_output=True, text=True,
                                    timeout=120)
             assert sweep.returncode == 0, sweep.stderr
-        return self.run
 
     def stop_clients(self) -> None:
         for proc in self.clients:

@@ -70,7 +70,7 @@ CONTROLS = [
     ("eager-reaper", None, ("kill_client",), "claims per task"),
     ("no-reaper", None, ("kill_client",), "tasks unfinished"),
     ("blocking", None, ("kill_client",), "event-loop stall"),
-    (None, "temp-key", ("kill_client",), "recorded keys naming a temporary file"),
+    ("temp-key", "temp-key", ("kill_client",), "recorded keys naming a temporary file"),
     (None, "overwrite", ("kill_client",), "recorded documents not whole"),
 ]
 

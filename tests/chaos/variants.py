@@ -9,6 +9,7 @@ Each variant patches one guarantee away, then runs `docgate` as usual:
 - no-reaper: expired leases are never reaped
 - blocking: the gate blocks its event loop for 200 ms on every heartbeat
 - temp-key: the client records a staging key for every 25th document and the gate accepts it
+  (give it to both the gate and the client)
 - overwrite: the client overwrites every 20th document after recording it (no write-once fence)
 - honest: nothing is patched (the control of the controls)
 """
