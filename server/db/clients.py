@@ -97,9 +97,8 @@ async def heartbeat(
 ) -> v1.HeartbeatReply:
     async with transaction(pool) as conn:
         previous = await conn.fetchval(TOUCH, client_id, body.docs_per_minute)
-        expiries = [r["lease_expires_at"] for r in
-                    await conn.fetch(EXTEND, client_id, body.session_id, lease_seconds,
-                                                body.task_ids)]
+        extended = await conn.fetch(EXTEND, client_id, body.session_id, lease_seconds, body.task_ids)
+        expiries = [r["lease_expires_at"] for r in extended]
         since = previous or datetime.fromtimestamp(0).astimezone()
         cancelled = [r["task_id"] for r in await conn.fetch(CANCELLED_SINCE, client_id, since)]
     return v1.HeartbeatReply(

@@ -10,6 +10,7 @@ Prints `ready` when listening.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import socket
 import struct
@@ -40,7 +41,8 @@ class Faults:
 def _abort(writer: asyncio.StreamWriter) -> None:
     sock = writer.get_extra_info("socket")
     if sock is not None:  # linger 0: close sends RST, as a crashed or overloaded endpoint would
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        with contextlib.suppress(OSError):  # already closed by the other side
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.transport.abort()
 
 
@@ -54,7 +56,10 @@ async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, fault
     except (ConnectionError, OSError):
         pass
     finally:
-        _abort(writer) if faults.now() < faults.reset_until else writer.close()
+        if faults.now() < faults.reset_until:
+            _abort(writer)
+        else:
+            writer.close()
 
 
 async def main(listen: int, target: int) -> None:

@@ -38,8 +38,9 @@ def judged(cluster: Cluster) -> list[str]:
     report = table(run, figures)
     print(report)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"seed-{run.plan.seed}-{run.plan.gate_variant or run.plan.client_variant or 'real'}.txt") \
-        .write_text(report + "\n")
+    plan = run.plan
+    label = plan.gate_variant or plan.client_variant or ("real" if plan.sweep else "no-sweep")
+    (RESULTS / f"seed-{plan.seed}-{label}.txt").write_text(report + "\n")
     dump(run, RESULTS / f"seed-{run.plan.seed}.json")
     return violations(figures)
 
