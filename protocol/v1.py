@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -141,8 +141,16 @@ class Reply(BaseModel):
 
 
 def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
         raise ValueError("must include a timezone, e.g. 2026-01-01T00:00:00Z")
+    try:  # an offset can push year 1 or 9999 outside what a timestamp holds
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("must be between the years 2000 and 9999") from None
+    if not 2000 <= utc.year <= 9998:
+        raise ValueError("must be between the years 2000 and 9999")
     return value
 
 
