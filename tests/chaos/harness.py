@@ -61,6 +61,7 @@ class Plan:
     gate_variant: str | None = None
     client_variant: str | None = None
     sweep: bool = True
+    spare_first: bool = False  # never kill gate 0 or client 0 (the soak watches their memory)
 
 
 @dataclass
@@ -93,18 +94,23 @@ class Cluster:
         self.run = Run(plan, tmp)
         self.procs: list[subprocess.Popen[Any]] = []
         self.files: list[Any] = []
-        self.pg = Postgres(tmp / "pg")
-        self.dsn = self.run.dsn = self.pg.dsn
-        self._start_s3()
-        self._start_origin()
+        self.proxy: subprocess.Popen[str] | None = None
         self.gate_ports = [free_port() for _ in range(plan.gates)]
         self.gates: list[GateProcess | None] = [None] * plan.gates
-        for i in range(plan.gates):
-            self._start_gate(i)
-        self.keys = [self._register(f"chaos-{i}") for i in range(plan.clients)]
         self.clients: list[subprocess.Popen[Any] | None] = [None] * plan.clients
         self.stopped: dict[int, float] = {}  # client -> when to SIGCONT
         self.gates_down: dict[int, float] = {}  # gate -> when to restart
+        self.pg = Postgres(tmp / "pg")
+        self.dsn = self.run.dsn = self.pg.dsn
+        try:
+            self._start_s3()
+            self._start_origin()
+            for i in range(plan.gates):
+                self._start_gate(i)
+            self.keys = [self._register(f"chaos-{i}") for i in range(plan.clients)]
+        except BaseException:
+            self.close()
+            raise
 
     # ---- processes
 
@@ -208,8 +214,11 @@ class Cluster:
         self.run.fired[name] = self.run.fired.get(name, 0) + 1
         getattr(self, "_" + name)()
 
+    def _victims(self, count: int) -> list[int]:
+        return list(range(1 if self.plan.spare_first else 0, count))
+
     def _kill_client(self) -> None:
-        i = self.rng.choice([i for i in range(self.plan.clients) if i not in self.stopped])
+        i = self.rng.choice([i for i in self._victims(self.plan.clients) if i not in self.stopped])
         proc = self.clients[i]
         assert proc is not None
         os.killpg(proc.pid, signal.SIGKILL)
@@ -217,7 +226,7 @@ class Cluster:
         self.start_client(i)
 
     def _zombie(self) -> None:
-        candidates = [i for i in range(self.plan.clients) if i not in self.stopped]
+        candidates = [i for i in self._victims(self.plan.clients) if i not in self.stopped]
         i = self.rng.choice(candidates)
         proc = self.clients[i]
         assert proc is not None
@@ -227,6 +236,9 @@ class Cluster:
     def _kill_gate(self) -> None:
         up = [i for i, g in enumerate(self.gates) if g is not None]
         if len(up) < 2 and self.plan.gates > 1:
+            return
+        up = [i for i in up if i in self._victims(self.plan.gates)]
+        if not up:
             return
         i = self.rng.choice(up)
         gate = self.gates[i]
@@ -241,9 +253,11 @@ class Cluster:
         self.pg.start()
 
     def _stall_storage(self) -> None:
+        assert self.proxy is not None
         self.proxy.send_signal(signal.SIGUSR1)
 
     def _reset_storage(self) -> None:
+        assert self.proxy is not None
         self.proxy.send_signal(signal.SIGUSR2)
 
     def _kill_writer(self) -> None:
@@ -279,8 +293,11 @@ class Cluster:
         import psutil
 
         row: dict[str, Any] = {"t": time.monotonic()}
+        first_gate, first_client = self.gates[0], self.clients[0]
         for name, procs in (("gates", [g.proc for g in self.gates if g]),
-                            ("clients", [c for c in self.clients if c])):
+                            ("clients", [c for c in self.clients if c]),
+                            ("gate 0", [first_gate.proc] if first_gate else []),
+                            ("client 0", [first_client] if first_client else [])):
             rss = []
             for p in procs:
                 with contextlib.suppress(psutil.NoSuchProcess):
@@ -379,7 +396,7 @@ class Cluster:
         for gate in self.gates:
             if gate is not None:
                 gate.stop(signal.SIGKILL)
-        if self.proxy.stdout:
+        if self.proxy is not None and self.proxy.stdout:
             self.proxy.stdout.close()
         for f in self.files:
             f.close()
