@@ -210,42 +210,53 @@ class Cluster:
 
     # ---- faults
 
-    def fault(self, name: str) -> None:
+    def fault(self, name: str) -> bool:
+        """Fire one fault; one with no possible victim just now (all stopped, one gate up) is skipped."""
+        if getattr(self, "_" + name)() is False:
+            return False
         self.run.fired[name] = self.run.fired.get(name, 0) + 1
-        getattr(self, "_" + name)()
+        return True
 
     def _victims(self, count: int) -> list[int]:
         return list(range(1 if self.plan.spare_first else 0, count))
 
-    def _kill_client(self) -> None:
-        i = self.rng.choice([i for i in self._victims(self.plan.clients) if i not in self.stopped])
+    def _kill_client(self) -> bool:
+        candidates = [i for i in self._victims(self.plan.clients) if i not in self.stopped]
+        if not candidates:
+            return False
+        i = self.rng.choice(candidates)
         proc = self.clients[i]
         assert proc is not None
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
         self.start_client(i)
+        return True
 
-    def _zombie(self) -> None:
+    def _zombie(self) -> bool:
         candidates = [i for i in self._victims(self.plan.clients) if i not in self.stopped]
+        if not candidates:
+            return False
         i = self.rng.choice(candidates)
         proc = self.clients[i]
         assert proc is not None
         os.killpg(proc.pid, signal.SIGSTOP)
         self.stopped[i] = time.monotonic() + self.plan.lease_seconds + 3
+        return True
 
-    def _kill_gate(self) -> None:
+    def _kill_gate(self) -> bool:
         up = [i for i, g in enumerate(self.gates) if g is not None]
         if len(up) < 2 and self.plan.gates > 1:
-            return
+            return False
         up = [i for i in up if i in self._victims(self.plan.gates)]
         if not up:
-            return
+            return False
         i = self.rng.choice(up)
         gate = self.gates[i]
         assert gate is not None
         gate.stop(signal.SIGKILL)
         self.gates[i] = None
         self.gates_down[i] = time.monotonic() + 1.5
+        return True
 
     def _crash_postgres(self) -> None:
         self.pg.crash()
@@ -347,7 +358,10 @@ class Cluster:
                 self.sample_memory()
                 next_sample = time.monotonic() + sample_every
             if time.monotonic() >= next_fault and plan.faults:
-                self.fault(pending.pop(0) if pending else self.rng.choice(plan.faults))
+                first_round = bool(pending)
+                name = pending.pop(0) if first_round else self.rng.choice(plan.faults)
+                if not self.fault(name) and first_round:
+                    pending.append(name)  # skipped for want of a victim: it still fires once
                 next_fault = time.monotonic() + self.rng.uniform(*plan.fault_gap)
             if self.unfinished() == 0 and not pending and not self.stopped and not self.gates_down:
                 return True
