@@ -70,10 +70,8 @@ def template_dsn(pg_base: str) -> str:
     return dsn_for(pg_base, TEMPLATE)
 
 
-@pytest.fixture
-def db_dsn(pg_base: str, template_dsn: str) -> Iterator[str]:
-    """A fresh, migrated database for this test (made outside the test's event loop)."""
-    name = f"test_{os.getpid()}_{next(_counter)}"
+def copy_database(pg_base: str, name: str) -> tuple[str, Any]:
+    """A fresh migrated database copied from the template: its DSN, and a function that drops it."""
 
     async def admin(sql: str) -> None:
         conn = await asyncpg.connect(pg_base)
@@ -83,8 +81,15 @@ def db_dsn(pg_base: str, template_dsn: str) -> Iterator[str]:
             await conn.close()
 
     run_aside(admin(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}"))
-    yield dsn_for(pg_base, name)
-    run_aside(admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    return dsn_for(pg_base, name), lambda: run_aside(admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+@pytest.fixture
+def db_dsn(pg_base: str, template_dsn: str) -> Iterator[str]:
+    """A fresh, migrated database for this test (made outside the test's event loop)."""
+    dsn, drop = copy_database(pg_base, f"test_{os.getpid()}_{next(_counter)}")
+    yield dsn
+    drop()
 
 
 def run_aside(coro: Any) -> Any:

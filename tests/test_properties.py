@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from conftest import free_port, run_aside
+from conftest import copy_database, free_port, run_aside
 from processes import GateProcess, docgate
 from server.db.tasks import BACKOFF
 from storage.errors import KeyRefused
@@ -123,19 +123,7 @@ GATE: dict[str, Any] = {}
 
 @pytest.fixture(scope="module")
 def machine_gate(tmp_path_factory: pytest.TempPathFactory, pg_base: str, template_dsn: str) -> Any:
-    from conftest import dsn_for
-
-    name = f"props_{uuid.uuid4().hex[:8]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(pg_base)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    run_aside(admin(f"CREATE DATABASE {name} TEMPLATE docgate_template"))
-    dsn = dsn_for(pg_base, name)
+    dsn, drop = copy_database(pg_base, f"props_{uuid.uuid4().hex[:8]}")
     port = free_port()
     gate = GateProcess(docgate("server"), {
         "DATABASE_URL": dsn, "API_PORT": str(port), "ADMIN_API_KEY": ADMIN, "LEASE_SECONDS": "60",
@@ -151,7 +139,7 @@ def machine_gate(tmp_path_factory: pytest.TempPathFactory, pg_base: str, templat
     yield GATE
     http.close()
     gate.stop()
-    run_aside(admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    drop()
 
 
 def sql(query: str, *args: Any) -> list[asyncpg.Record]:

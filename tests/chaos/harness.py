@@ -220,25 +220,31 @@ class Cluster:
     def _victims(self, count: int) -> list[int]:
         return list(range(1 if self.plan.spare_first else 0, count))
 
-    def _kill_client(self) -> bool:
+    def _running_client(self) -> tuple[int, subprocess.Popen[Any]] | None:
+        """A client that may be hit and is not stopped already, or None."""
         candidates = [i for i in self._victims(self.plan.clients) if i not in self.stopped]
         if not candidates:
-            return False
+            return None
         i = self.rng.choice(candidates)
         proc = self.clients[i]
         assert proc is not None
+        return i, proc
+
+    def _kill_client(self) -> bool:
+        victim = self._running_client()
+        if victim is None:
+            return False
+        i, proc = victim
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
         self.start_client(i)
         return True
 
     def _zombie(self) -> bool:
-        candidates = [i for i in self._victims(self.plan.clients) if i not in self.stopped]
-        if not candidates:
+        victim = self._running_client()
+        if victim is None:
             return False
-        i = self.rng.choice(candidates)
-        proc = self.clients[i]
-        assert proc is not None
+        i, proc = victim
         os.killpg(proc.pid, signal.SIGSTOP)
         self.stopped[i] = time.monotonic() + self.plan.lease_seconds + 3
         return True
