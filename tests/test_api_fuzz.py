@@ -33,7 +33,7 @@ def schemathesis(url: str, key: str, tmp: Path) -> subprocess.CompletedProcess[s
     return subprocess.run(
         [str(cli), "run", url + "/openapi.json", "--header", f"X-API-Key: {key}", "--checks", CHECKS,
          "--max-examples", str(EXAMPLES), "--seed", str(SEED), "--generation-database", "none",
-         "--phases", "examples,coverage,fuzzing", "--request-timeout", "45", "--workers", "2",
+         "--phases", "examples,coverage,fuzzing", "--request-timeout", "45", "--workers", "1",
          "--report", "ndjson", "--report-ndjson-path", str(report), "--no-color"],
         cwd=tmp, env=CLEAN_ENV, capture_output=True, text=True, timeout=840)
 
