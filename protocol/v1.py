@@ -279,6 +279,36 @@ class TaskComplete(Request):
     documents: Documents = Field(default_factory=list)
 
 
+class TaskCompleteBatch(Request):
+    """Several completions in one call (as SQS deletes a batch): each fenced on its own."""
+
+    completions: Annotated[list[TaskComplete], Field(min_length=1, max_length=MAX_LEASE_TASKS)]
+
+    @field_validator("completions")
+    @classmethod
+    def _distinct(cls, completions: list[TaskComplete]) -> list[TaskComplete]:
+        seen: set[UUID] = set()
+        for c in completions:
+            if c.task_id in seen:
+                raise ValueError(f"task {c.task_id} appears more than once")
+            seen.add(c.task_id)
+        return completions
+
+
+class CompletionResult(Reply):
+    """One completion of a batch: 200 (completed now, or a repeat), or the 404/409 it would
+    have had alone, with the reason."""
+
+    task_id: UUID
+    status_code: int
+    error: str | None = None
+
+
+class TaskCompleteBatchResult(Reply):
+    results: list[CompletionResult]
+    completed: int
+
+
 class TaskFail(Request):
     lease_token: WireUUID
     error: Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT)]

@@ -11,7 +11,8 @@ from server.errors import Forbidden
 from server.state import GateState
 
 
-def get_state(request: Request) -> GateState:
+async def get_state(request: Request) -> GateState:
+    # async: FastAPI runs a plain `def` dependency in its thread pool, a thread hop per request.
     state: GateState = request.app.state.gate
     return state
 

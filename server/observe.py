@@ -81,6 +81,8 @@ class Observe:
         self.metrics.requests.labels(route, method, str(status)).inc()
         if route not in UNTIMED:
             self.metrics.request_latency.labels(route, method).observe(seconds)
+        if not log.isEnabledFor(logging.INFO):
+            return
         client = scope.get("client") or ("-", 0)
         log.info("%s %s %d %.1f ms from %s", method, scope["path"], status, seconds * 1000, client[0],
                  extra={"fields": {

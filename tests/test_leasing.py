@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from typing import Any
@@ -252,6 +253,8 @@ async def test_job_of_a_million_ids_makes_ten_thousand_tasks(gate: Gate) -> None
     first, last = rows[0]["params"], rows[-1]["params"]
     assert '"start_id": 3770000' in first and '"count": 100' in first
     assert '"start_id": 4769900' in last
+    starts = [json.loads(r["params"])["start_id"] for r in rows]  # leased in id order
+    assert starts == list(range(3770000, 4770000, 100))
     client = await gate.register()
     leased = (await gate.lease(client)).json()
     assert leased["source"] == "id_range"
@@ -328,3 +331,79 @@ async def test_task_list_is_keyset_paginated_newest_first(gate: Gate) -> None:
         if cursor is None:
             break
     assert seen == ids[::-1]
+
+
+async def test_batch_completion_fences_each_task_on_its_own(gate: Gate) -> None:
+    for i in range(4):
+        await gate.create(search_params={"n": i})
+    mine, other = await gate.register("mine"), await gate.register("other")
+    tasks = (await gate.lease(mine, max_tasks=3)).json()["tasks"]
+    theirs = (await gate.lease(other)).json()
+    stale = tasks[2]
+    await expire_lease(gate, stale["task_id"])
+    await wait_for_status(gate, stale["task_id"], "pending")
+    doc = {"doc_id": "5", "storage_key": "0/5.html", "sha256": "a" * 64, "size": 3, "status": "stored"}
+    body = {"completions": [
+        {"task_id": tasks[0]["task_id"], "lease_token": tasks[0]["lease_token"],
+         "documents_downloaded": 1, "documents": [doc]},
+        {"task_id": tasks[1]["task_id"], "lease_token": tasks[1]["lease_token"]},
+        {"task_id": stale["task_id"], "lease_token": stale["lease_token"]},
+        {"task_id": theirs["task_id"], "lease_token": theirs["lease_token"]},
+    ]}
+    r = await gate.http.post("/api/v1/tasks/complete/batch", headers=mine, json=body)
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["status_code"] for x in results] == [200, 200, 409, 404]
+    assert r.json()["completed"] == 2
+    assert "no longer current" in results[2]["error"]
+    rows = {str(r["task_id"]): r["status"] for r in await gate.sql("SELECT task_id, status FROM tasks")}
+    (first,) = await gate.sql("SELECT documents_downloaded FROM tasks WHERE task_id = $1",
+                              tasks[0]["task_id"])
+    assert first["documents_downloaded"] == 1
+    assert rows[tasks[0]["task_id"]] == rows[tasks[1]["task_id"]] == "completed"
+    assert rows[stale["task_id"]] == "pending" and rows[theirs["task_id"]] == "assigned"
+    (recorded,) = await gate.sql("SELECT task_id FROM documents WHERE doc_id = '5'")
+    assert str(recorded["task_id"]) == tasks[0]["task_id"]
+    # The same batch again: the two completed answer as repeats, nothing changes.
+    again = await gate.http.post("/api/v1/tasks/complete/batch", headers=mine, json=body)
+    assert [x["status_code"] for x in again.json()["results"]] == [200, 200, 409, 404]
+    (events,) = await gate.sql("SELECT count(*) AS n FROM task_events WHERE event = 'completed'")
+    assert events["n"] == 2
+
+
+async def test_batch_completion_refuses_bad_input_and_writes_nothing(gate: Gate) -> None:
+    await gate.create()
+    await gate.create()
+    key = await gate.register()
+    a, b = (await gate.lease(key, max_tasks=2)).json()["tasks"]
+    good = {"task_id": a["task_id"], "lease_token": a["lease_token"]}
+    wrong_key = {"task_id": b["task_id"], "lease_token": b["lease_token"], "documents": [
+        {"doc_id": "7", "storage_key": "tmp/7.html", "sha256": "b" * 64, "size": 1, "status": "stored"}]}
+    cases = {
+        "duplicate": ({"completions": [good, good]}, "more than once"),
+        "empty": ({"completions": []}, "at least 1"),
+        "wrong key": ({"completions": [good, wrong_key]}, "is not the key for doc_id"),
+        "too many": ({"completions": [good] * 101}, "at most 100"),
+    }
+    for name, (body, message) in cases.items():
+        r = await gate.http.post("/api/v1/tasks/complete/batch", headers=key, json=body)
+        assert r.status_code == 422, (name, r.text)
+        assert message in r.text, (name, r.text)
+    rows = await gate.sql("SELECT status FROM tasks")
+    assert sorted(r["status"] for r in rows) == ["assigned", "assigned"]
+    assert not await gate.sql("SELECT 1 FROM documents")
+
+
+async def test_overlapping_batch_completions_do_not_deadlock(gate: Gate) -> None:
+    await gate.http.post("/api/v1/tasks/batch", headers=gate.admin, json={
+        "tasks": [{"search_params": {"n": i}} for i in range(60)]})
+    key = await gate.register()
+    tasks = (await gate.lease(key, max_tasks=60)).json()["tasks"]
+    items = [{"task_id": t["task_id"], "lease_token": t["lease_token"]} for t in tasks]
+    # Forward and reversed orders of the same 60 tasks, many times at once.
+    bodies = [{"completions": items if i % 2 else items[::-1]} for i in range(8)]
+    replies = await asyncio.gather(*(gate.http.post("/api/v1/tasks/complete/batch", headers=key, json=b)
+                                     for b in bodies))
+    assert all(r.status_code == 200 for r in replies), [r.text for r in replies]
+    (row,) = await gate.sql("SELECT count(*) AS n FROM task_events WHERE event = 'completed'")
+    assert row["n"] == 60

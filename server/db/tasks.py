@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -103,6 +104,35 @@ WITH done AS (
         updated_at = now(), lease_expires_at = NULL
     WHERE {FENCE}
     RETURNING *
+), logged AS (
+    INSERT INTO task_events (task_id, event, client_id, lease_token, documents)
+    SELECT task_id, 'completed', assigned_to, lease_token, documents_downloaded FROM done
+)
+SELECT {TASK_COLUMNS} FROM done
+"""
+
+# Many completions in one statement. Rows are locked in task_id order first, so
+# two batches that overlap (a zombie's and the new holder's) cannot deadlock.
+COMPLETE_MANY = f"""
+WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $4::int[], $5::int[], $6::int[], $7::jsonb[])
+         AS i(task_id, lease_token, downloaded, failed, skipped, summary)
+), locked AS (
+    SELECT t.task_id FROM tasks t JOIN input i USING (task_id)
+    WHERE t.lease_token = i.lease_token AND t.status = 'assigned' AND t.lease_expires_at > now()
+      AND ($3::uuid IS NULL OR t.assigned_to = $3)
+    ORDER BY t.task_id
+    FOR UPDATE OF t
+), done AS (
+    UPDATE tasks t
+    SET status = 'completed', documents_downloaded = i.downloaded, documents_failed = i.failed,
+        documents_skipped = i.skipped, result_summary = i.summary, completed_at = now(),
+        updated_at = now(), lease_expires_at = NULL
+    FROM input i, locked l
+    WHERE t.task_id = i.task_id AND t.task_id = l.task_id
+      -- checked again after the lock: the lease may have changed while we waited
+      AND t.lease_token = i.lease_token AND t.status = 'assigned' AND t.lease_expires_at > now()
+    RETURNING t.*
 ), logged AS (
     INSERT INTO task_events (task_id, event, client_id, lease_token, documents)
     SELECT task_id, 'completed', assigned_to, lease_token, documents_downloaded FROM done
@@ -318,13 +348,48 @@ async def complete_task(
         body.task_id, body.lease_token, owner, body.documents_downloaded,
         body.documents_failed, body.documents_skipped, body.result_summary,
     )
-    async with transaction(pool) as conn:
+    # One statement is atomic on its own; documents need it and their inserts in one transaction.
+    async with _atomic(pool, any(reports)) as conn:
         record = await conn.fetchrow(COMPLETE, *args)
         if record is not None:
             await documents.record(conn, record, *reports)
             return to_task(record)
         repeat = await classify_refusal(conn, body.task_id, body.lease_token, owner)
     return repeat
+
+
+def _atomic(pool: Pool, several_statements: bool) -> AbstractAsyncContextManager[Connection]:
+    """A transaction when several statements must commit together; else a bare connection
+    (saving BEGIN and COMMIT, two round trips)."""
+    return transaction(pool) if several_statements else connection(pool)
+
+
+async def complete_tasks(
+    pool: Pool, bodies: list[v1.TaskComplete], owner: UUID | None, reports: list[Reports]
+) -> list[v1.CompletionResult]:
+    """Complete many leased tasks in one transaction; each is fenced and answered on its own."""
+    args = (
+        [b.task_id for b in bodies], [b.lease_token for b in bodies], owner,
+        [b.documents_downloaded for b in bodies], [b.documents_failed for b in bodies],
+        [b.documents_skipped for b in bodies], [b.result_summary for b in bodies],
+    )
+    results: list[v1.CompletionResult] = []
+    async with _atomic(pool, any(r for pair in reports for r in pair)) as conn:
+        done = {r["task_id"]: r for r in await conn.fetch(COMPLETE_MANY, *args)}
+        for body, (recorded, failed) in zip(bodies, reports, strict=True):
+            record = done.get(body.task_id)
+            if record is not None:
+                await documents.record(conn, record, recorded, failed)
+                results.append(v1.CompletionResult(task_id=body.task_id, status_code=200))
+                continue
+            try:
+                await classify_refusal(conn, body.task_id, body.lease_token, owner)
+            except (NotFound, LeaseLost) as exc:
+                results.append(v1.CompletionResult(task_id=body.task_id, status_code=exc.status_code,
+                                                   error=exc.message))
+            else:  # a repeat of a completion that already went through
+                results.append(v1.CompletionResult(task_id=body.task_id, status_code=200))
+    return results
 
 
 async def report_progress(
