@@ -15,8 +15,10 @@ ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING job_id
 """
 
-# The chunks are generated inside PostgreSQL: no rows cross the wire, and the
-# ORDER BY gives tasks ascending task_seq, so a job is leased in id order.
+# The chunks are generated inside PostgreSQL: no rows cross the wire. A plain
+# function scan yields g in order and identity values are drawn in that order,
+# so a job is leased in id order (tests/test_leasing.py checks it). An ORDER BY
+# here sorted 10 M rows on disk first: a fifth of the insert's time.
 INSERT_CHUNKS = """
 INSERT INTO tasks (job_id, source, params, max_documents, priority, max_attempts)
 SELECT $1, 'id_range',
@@ -25,7 +27,6 @@ SELECT $1, 'id_range',
                           'ext', $6::text),
        least($4::bigint, $5::bigint - g * $4::bigint), $7, $8
 FROM generate_series(0::bigint, $9::bigint - 1) AS g
-ORDER BY g
 """
 
 # only_missing: the ids of the range not yet in documents, in chunks of $4.
