@@ -27,7 +27,8 @@ REDIRECTS = {301, 302, 303, 307, 308}
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 MAX_REDIRECTS = 5
 MAX_RETRY_AFTER = 300.0
-READ_CHUNK = 1 << 16
+READ_CHUNK = 1 << 20
+READ_BUFFER = 1 << 20  # per connection; aiohttp's default 64 KiB cut large bodies into many small reads
 
 
 class DocumentFailed(Exception):
@@ -63,7 +64,7 @@ class Fetcher:
             resolver=GuardedResolver(self.policy), ttl_dns_cache=60,
         )
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=30)
-        return aiohttp.ClientSession(connector=connector, timeout=timeout,
+        return aiohttp.ClientSession(connector=connector, timeout=timeout, read_bufsize=READ_BUFFER,
                                      headers={"User-Agent": "docgate/0.1 (+archival downloader)"})
 
     @property

@@ -21,6 +21,11 @@ from client.worker import Worker
 from common.logs import setup_logging, stop_logging
 from storage import Deadline, Storage, StorageError, open_storage
 
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - a platform without uvloop's wheels
+    uvloop = None  # type: ignore[assignment]
+
 log = logging.getLogger("docgate.client")
 
 
@@ -33,7 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(config.log_level, config.log_format)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per gate call is noise
     try:
-        return asyncio.run(run(config))
+        # uvloop (installed with uvicorn[standard]) when present: sockets and callbacks in C.
+        return uvloop.run(run(config)) if uvloop is not None else asyncio.run(run(config))
     except ClientError as exc:
         print(f"docgate client: {exc.message}", file=sys.stderr)
         return 2

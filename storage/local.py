@@ -78,8 +78,8 @@ class LocalStorage(Storage):
         handle = await self._blocking(partial(self._create, tmp), what="create")
         try:
             await self._blocking(partial(_write, handle, encoder, bytes(head)), len(head), "write")
-            async for chunk in stream:
-                await self._blocking(partial(_write, handle, encoder, chunk), len(chunk), "write")
+            async for piece in coalesced(stream, CHUNK):  # one trip to a thread per MiB, not per read
+                await self._blocking(partial(_write, handle, encoder, piece), len(piece), "write")
             await self._blocking(partial(_seal, handle, encoder.finish()), what="fsync")
             encoder.digest.check(options.expected_sha256)
             sha = encoder.digest.hexdigest()
@@ -147,10 +147,25 @@ class LocalStorage(Storage):
         return await self._blocking(lambda: _sweep(self.root, older_than), what="sweep")
 
 
+async def coalesced(chunks: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
+    """The same bytes in pieces of at least `size` (the last may be shorter)."""
+    buffer = bytearray()
+    async for chunk in chunks:
+        buffer += chunk
+        if len(buffer) >= size:
+            yield bytes(buffer)
+            buffer.clear()
+    if buffer:
+        yield bytes(buffer)
+
+
 def _create(tmp: Path) -> BinaryIO:
     try:
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        return tmp.open("xb")
+        try:
+            return tmp.open("xb")
+        except FileNotFoundError:  # the shard folder's first document: a mkdir per folder, not per write
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            return tmp.open("xb")
     except OSError as exc:
         raise StorageUnavailable(f"cannot write in {tmp.parent}: {exc.strerror}") from None
 
