@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test chaos soak install install-test check lint clean browser
+.PHONY: run test chaos soak bench bench-quick bench-tools install install-test check lint clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,33 @@ chaos: $(TEST_STAMP)
 soak: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q -s -m soak tests/chaos/test_soak.py $(PYTEST_ARGS)
 
+## Benchmarks (not part of `make test`): every scenario, results in benchmarks/results/, see BENCHMARKS.md.
+## They run in their own environment (.venv-bench, with pgqueuer, matplotlib, py-spy).
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
+
+$(BENCH_STAMP): pyproject.toml
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/pip install --quiet -e '.[bench]'
+	touch $@
+
+bench: $(BENCH_STAMP) bench-tools
+	$(BENCH_VENV)/bin/python -m benchmarks.run $(BENCH_ARGS)
+
+## A two-minute subset: small sizes, one run of each measurement
+bench-quick: $(BENCH_STAMP) bench-tools
+	$(BENCH_VENV)/bin/python -m benchmarks.run --quick $(BENCH_ARGS)
+
+## The peers and the origin the data-plane benchmark runs: aria2, wget2, curl, nginx, GNU time
+bench-tools:
+	@missing=""; for p in aria2c:aria2 wget2:wget2 curl:curl nginx:nginx /usr/bin/time:time; do \
+	  command -v $${p%%:*} >/dev/null 2>&1 || missing="$$missing $${p##*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "install these Debian packages first:$$missing"; exit 1; fi; fi
+
 ## Debian packages the suite drives for real: chromium (dashboard), nginx (deployment), openssl.
 ## Installed here when missing and we are root; otherwise those tests say what to install.
 browser:
@@ -56,4 +83,4 @@ lint: $(TEST_STAMP)
 check: lint test
 
 clean:
-	rm -rf $(VENV) data .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) data .pytest_cache

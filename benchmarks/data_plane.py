@@ -1,0 +1,251 @@
+"""Scenario 4 — data plane: one docgate client against aria2c, wget2 and curl, same files, same run.
+
+An nginx origin (Debian's nginx, started here on 127.0.0.1) serves 10,000
+documents of 10 KB and 20 of 50 MB (random bytes; --quick: 1,000 and 4). Each
+tool fetches the same URLs to local disk with 16 transfers in parallel:
+
+- docgate: `docgate client --exit-when-idle --concurrency 16` against a gate
+  holding one job (chunks of 100 small documents, or one large document per
+  task): it fetches, hashes (sha256), writes each document atomically
+  (temp file, fsync, link, fsync of the folder) and reports it to the gate;
+- `aria2c -j 16`, `wget2 --max-threads 16`, `curl --parallel --parallel-max 16`:
+  fetch and write, nothing more.
+
+Wall time is from start to exit of the tool's process (start-up included for
+all); CPU seconds and peak RSS are the process's own (wait4 rusage). Every run
+is checked: every file present with the origin's size; for docgate every
+document recorded at the gate with the sha256 of the origin's bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.lib import (
+    CpuMeter,
+    Postgres,
+    Processes,
+    Table,
+    connect,
+    figure,
+    free_port,
+    median,
+    start_gate,
+    write_results,
+)
+
+PARALLEL = 16
+TIME = "/usr/bin/time"  # GNU time (Debian's `time` package)
+TOOLS = ("docgate", "aria2c", "wget2", "curl")
+NGINX_CONF = """
+daemon off;
+worker_processes 2;
+pid {root}/nginx.pid;
+error_log {root}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+    client_body_temp_path {root}/tmp;
+    proxy_temp_path {root}/tmp;
+    fastcgi_temp_path {root}/tmp;
+    uwsgi_temp_path {root}/tmp;
+    scgi_temp_path {root}/tmp;
+    default_type application/octet-stream;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root}/files;
+    }}
+}}
+"""
+
+
+@dataclass
+class Measured:
+    seconds: float
+    cpu: float
+    max_rss_mb: float
+
+
+def run_measured(argv: list[str], log: Path) -> Measured:
+    """Run to exit under GNU time: wall seconds, CPU seconds (user + system), peak RSS.
+
+    GNU time forks the tool from its own small process; a child forked (or
+    vforked) from this Python process would report this process's peak RSS."""
+    usage = log.with_suffix(".time")
+    with log.open("ab") as out:
+        code = subprocess.run([TIME, "-f", "%e %U %S %M", "-o", str(usage), *argv], stdout=out,
+                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+    if code != 0:
+        raise RuntimeError(f"{argv[0]} exited with {code}; see {log}")
+    wall, user, system, rss_kb = usage.read_text().split()[-4:]
+    return Measured(float(wall), float(user) + float(system), int(rss_kb) / 1024)
+
+
+def make_files(root: Path, name: str, count: int, size: int) -> Path:
+    folder = root / "files" / name
+    folder.mkdir(parents=True)
+    block = os.urandom(1 << 20)
+    for i in range(1, count + 1):
+        with (folder / f"{i}.bin").open("wb") as f:
+            left = size
+            while left:  # distinct bytes per file: a per-file prefix, then the shared block
+                piece = (i.to_bytes(8, "big") + block)[:min(left, 1 << 20)]
+                f.write(piece)
+                left -= len(piece)
+    return folder
+
+
+def start_nginx(procs: Processes, root: Path) -> str:
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    port = free_port()
+    (root / "tmp").mkdir(exist_ok=True)
+    conf = root / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(root=root, port=port))
+    procs.start([nginx, "-c", str(conf), "-p", str(root)], log=root / "nginx.out")
+    deadline = time.monotonic() + 20
+    import httpx
+
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/small/1.bin", timeout=1).status_code in (200, 404):
+                return f"http://127.0.0.1:{port}"
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nginx did not start; see {root}/nginx-error.log")
+
+
+def tool_argv(tool: str, urls: Path, out: Path) -> list[str]:
+    if tool == "aria2c":
+        return ["aria2c", "-i", str(urls), "-d", str(out), "-j", str(PARALLEL), "-x", "1",
+                "--file-allocation=none", "--console-log-level=error", "--summary-interval=0",
+                "--download-result=hide", "--auto-file-renaming=false", "--allow-overwrite=true"]
+    if tool == "wget2":
+        return ["wget2", "-q", "-i", str(urls), "-P", str(out), "-nd", f"--max-threads={PARALLEL}",
+                "--no-robots", "--no-hsts"]
+    return ["curl", "-s", "--fail", "--parallel", "--parallel-max", str(PARALLEL), "--remote-name-all",
+            "--output-dir", str(out), "-K", str(urls.with_suffix(".curl"))]
+
+
+def check_files(out: Path, origin: Path) -> None:
+    found = {p.name: p.stat().st_size for p in out.rglob("*.bin")}
+    expected = {p.name: p.stat().st_size for p in origin.glob("*.bin")}
+    if found != expected:
+        missing = len(set(expected) - set(found))
+        raise AssertionError(f"{out}: {missing} files missing or sizes differ")
+
+
+async def check_recorded(dsn: str, origin: Path) -> None:
+    conn = await connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT doc_id, sha256, size FROM documents")
+    finally:
+        await conn.close()
+    if len(rows) != len(list(origin.glob("*.bin"))):
+        raise AssertionError(f"gate recorded {len(rows)} documents")
+    for row in rows:
+        data = (origin / f"{row['doc_id']}.bin").read_bytes()
+        if hashlib.sha256(data).hexdigest() != row["sha256"] or len(data) != row["size"]:
+            raise AssertionError(f"document {row['doc_id']} recorded with a wrong sha256 or size")
+
+
+def run_docgate(pg: Postgres, procs: Processes, work: Path, base: str, kind: str, count: int,
+                origin: Path, out: Path) -> tuple[Measured, dict[str, float]]:
+    dsn = pg.fresh("bench_data")
+    gate = start_gate(procs, dsn, work, log=work / "gate.log")
+    try:
+        key = gate.register("data-plane")
+        chunk = 100 if kind == "small" else 1
+        gate.create_job(base + f"/{kind}/{{id}}.bin", count, chunk_size=chunk, ext=".bin")
+        argv = [sys.executable, "-m", "docgate.cli", "client", "--api-url", gate.url, "--api-key", key,
+                "--exit-when-idle", "--concurrency", str(PARALLEL),
+                "--max-tasks", "4" if kind == "small" else str(PARALLEL),
+                "--output-dir", str(out), "--allow-network", "127.0.0.0/8", "--progress", "log",
+                "--log-level", "WARNING", "--poll-interval", "0.5", "--max-document-size", str(200 << 20)]
+        meter = CpuMeter({"gate": gate.proc.pid, "postgres": pg.pid})
+        meter.start()
+        measured = run_measured(argv, log=work / "client.log")
+        others = meter.stop()
+        asyncio.run(check_recorded(dsn, origin))
+    finally:
+        procs.stop(gate.proc)
+        pg.drop("bench_data")
+    return measured, others
+
+
+def scenario(pg: Postgres, procs: Processes, work: Path, *, quick: bool, repeat: int,
+             state: dict[str, Any]) -> None:
+    root = work / "origin"
+    root.mkdir(parents=True)
+    kinds = {"small": (1_000 if quick else 10_000, 10 << 10), "large": (4 if quick else 20, 50 << 20)}
+    origins = {kind: make_files(root, kind, n, size) for kind, (n, size) in kinds.items()}
+    for path in (work, root, *root.rglob("*")):
+        if path.is_dir():
+            path.chmod(0o755)  # nginx's workers run as nobody
+    base = start_nginx(procs, root)
+    runs: dict[str, dict[str, list[Measured]]] = {kind: {t: [] for t in TOOLS} for kind in kinds}
+    side: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
+    for kind, (count, _) in kinds.items():
+        urls = work / f"{kind}.txt"
+        urls.write_text("".join(f"{base}/{kind}/{i}.bin\n" for i in range(1, count + 1)))
+        urls.with_suffix(".curl").write_text("".join(f'url = "{base}/{kind}/{i}.bin"\n'
+                                                     for i in range(1, count + 1)))
+        for _ in range(repeat):
+            for tool in TOOLS:
+                out = work / "out"
+                shutil.rmtree(out, ignore_errors=True)
+                out.mkdir()
+                if tool == "docgate":
+                    measured, others = run_docgate(pg, procs, work, base, kind, count, origins[kind], out)
+                    side[kind].append(others)
+                else:
+                    measured = run_measured(tool_argv(tool, urls, out), log=work / f"{tool}.log")
+                check_files(out, origins[kind])
+                runs[kind][tool].append(measured)
+                print(f"  {kind:<5} {tool:<8} {measured.seconds:7.2f} s  CPU {measured.cpu:6.2f} s  "
+                      f"RSS {measured.max_rss_mb:6.1f} MB", flush=True)
+        shutil.rmtree(work / "out", ignore_errors=True)
+    report(kinds, runs, side, repeat)
+
+
+def report(kinds: dict[str, tuple[int, int]], runs: dict[str, dict[str, list[Measured]]],
+           side: dict[str, list[dict[str, float]]], repeat: int) -> None:
+    table = Table(["documents", "tool", "docs/s", "MB/s", "CPU s", "peak RSS MB", "docgate / tool"])
+    rates: dict[str, dict[str, float]] = {}
+    for kind, (count, size) in kinds.items():
+        rates[kind] = {t: median([count / m.seconds for m in runs[kind][t]]) for t in TOOLS}
+        for tool in TOOLS:
+            ms = runs[kind][tool]
+            table.add(f"{count:,} × {size >> 10:,} KB", tool, rates[kind][tool],
+                      rates[kind][tool] * size / 1e6, median([m.cpu for m in ms]),
+                      max(m.max_rss_mb for m in ms),
+                      "" if tool == "docgate" else f"{rates[kind]['docgate'] / rates[kind][tool]:.2f}×")
+    gate = Table(["documents", "gate CPU s", "PostgreSQL CPU s"])
+    for kind, (count, size) in kinds.items():
+        gate.add(f"{count:,} × {size >> 10:,} KB", median([s["gate"] for s in side[kind]]),
+                 median([s["postgres"] for s in side[kind]]))
+    fig, axes = figure(2)
+    for ax, (kind, (count, size)) in zip(axes[0], kinds.items(), strict=True):
+        values = [rates[kind][t] * (1 if kind == "small" else size / 1e6) for t in TOOLS]
+        ax.bar(TOOLS, values, color=["tab:blue", "tab:gray", "tab:gray", "tab:gray"])
+        ax.set_title(f"{count:,} documents of {size >> 10:,} KB")
+        ax.set_ylabel("documents/s" if kind == "small" else "MB/s")
+    write_results("data_plane", "Data plane: one docgate client vs aria2c, wget2, curl", {
+        "parallel": PARALLEL, "kinds": kinds, "rates": rates,
+        "runs": {k: {t: [m.__dict__ for m in ms] for t, ms in by.items()} for k, by in runs.items()},
+        "gate_side": side},
+        {"medians of runs (wall time includes start-up)": table,
+         "the gate and PostgreSQL while the docgate client ran": gate}, fig,
+        notes=[f"{PARALLEL} transfers in parallel for every tool; {repeat} run(s) each, interleaved.",
+               "docgate hashes, fsyncs and reports every document; the other tools only write files."])
