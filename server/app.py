@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -80,7 +81,7 @@ def _lifespan(
                 auth=Authenticator(pool, admin_key, settings.enable_auth), store=store,
             )
             app.state.gate = state
-            state.wakeup.start()
+            state.wakeup.start(partial(db_tasks.any_leasable, pool), settings.poll_fallback_seconds)
             background = [asyncio.create_task(_housekeeping(state), name="docgate-housekeeping"),
                           asyncio.create_task(_watch_loop(metrics), name="docgate-loop-lag")]
             try:

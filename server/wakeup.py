@@ -1,7 +1,11 @@
 """Wake long-polling lease requests when PostgreSQL announces new tasks (LISTEN/NOTIFY).
 
-Waiters also poll on a short fallback interval, so a lost notification or a
-dropped listener connection only delays them, never strands them.
+Some work becomes leasable without a notification (a retry's backoff runs
+out, the reaper frees an expired lease) and a notification can be lost with
+the listener's connection. So while anyone waits, one probe per gate asks
+every `interval` seconds whether anything is leasable and wakes the waiters
+if so: the fallback costs one indexed query per interval, not one lease
+attempt per waiting client.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -21,15 +26,20 @@ class TaskWakeup:
     def __init__(self, dsn: str) -> None:
         self._dsn = dsn
         self._event = asyncio.Event()
-        self._runner: asyncio.Task[None] | None = None
+        self._waiting = 0
+        self._runners: list[asyncio.Task[None]] = []
 
     def current(self) -> asyncio.Event:
         """Take this before trying to lease, so a notification in between is not missed."""
         return self._event
 
     async def wait(self, event: asyncio.Event, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), seconds)
+        self._waiting += 1
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), seconds)
+        finally:
+            self._waiting -= 1
 
     def fire(self) -> None:
         event, self._event = self._event, asyncio.Event()
@@ -38,14 +48,30 @@ class TaskWakeup:
     def _on_notify(self, *_: Any) -> None:
         self.fire()
 
-    def start(self) -> None:
-        self._runner = asyncio.create_task(self._listen_forever(), name="docgate-listen")
+    def start(self, leasable: Callable[[], Awaitable[bool]], interval: float) -> None:
+        """Listen for notifications, and probe with `leasable` every `interval` while anyone waits."""
+        self._runners = [asyncio.create_task(self._listen_forever(), name="docgate-listen"),
+                         asyncio.create_task(self._probe_forever(leasable, interval), name="docgate-probe")]
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            self._runner.cancel()
+        for runner in self._runners:
+            runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
+                await runner
+        self._runners = []
+
+    async def _probe_forever(self, leasable: Callable[[], Awaitable[bool]], interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            if not self._waiting:
+                continue
+            try:
+                found = await leasable()
+            except Exception as exc:  # the waiters' own lease attempt will report the outage
+                log.debug("leasable probe failed: %s", exc)
+                found = True
+            if found:
+                self.fire()
 
     async def _listen_forever(self) -> None:
         while True:

@@ -232,6 +232,29 @@ async def test_long_poll_wakes_on_a_task_created_elsewhere(db_dsn: str) -> None:
         assert time.monotonic() - created < 1.0
 
 
+async def lease_attempts(gate: Gate) -> float:
+    text = (await gate.http.get("/metrics")).text
+    (line,) = [x for x in text.splitlines() if x.startswith("docgate_lease_latency_seconds_count")]
+    return float(line.split()[-1])
+
+
+async def test_waiting_long_polls_share_one_fallback_probe(gate: Gate) -> None:
+    # 20 sessions wait through several fallback intervals (0.5 s here) with nothing to lease:
+    # the gate probes once per interval for all of them, so each tries to lease once, not
+    # once per interval. Then a task becomes leasable without a notification (its run_after
+    # passes): the probe wakes the waiters and exactly one of them gets it.
+    clients = [await gate.register(f"waiter-{i}") for i in range(20)]
+    before = await lease_attempts(gate)
+    waiting = [asyncio.create_task(gate.lease(c, wait=8)) for c in clients]
+    await asyncio.sleep(2.5)
+    assert not any(w.done() for w in waiting)
+    assert await lease_attempts(gate) - before <= len(clients) + 1
+    # Its insert notifies, but it is not leasable yet: only the probe can wake them after.
+    await gate.sql("INSERT INTO tasks (max_attempts, run_after) VALUES (3, now() + interval '1 second')")
+    replies = await asyncio.gather(*waiting)
+    assert sorted(r.status_code for r in replies) == [200] + [204] * (len(clients) - 1)
+
+
 async def test_long_poll_answers_204_when_nothing_comes(gate: Gate) -> None:
     client = await gate.register()
     r = await gate.lease(client, wait=0.3)

@@ -42,7 +42,7 @@ async def _lease(
     state: GateState, request: Request, principal: PrincipalDep, session_id: str | None,
     max_tasks: int, wait: float,
 ) -> list[v1.LeasedTask]:
-    """Lease now, or wait (woken by NOTIFY, polling as a fallback) until `wait` runs out."""
+    """Lease now, or wait (woken by NOTIFY or by the gate's fallback probe) until `wait` runs out."""
     deadline = time.monotonic() + wait
     while True:
         wake = state.wakeup.current()
@@ -56,7 +56,7 @@ async def _lease(
         if leased or remaining <= 0 or await request.is_disconnected():
             state.metrics.leases.inc(len(leased))
             return leased
-        await state.wakeup.wait(wake, min(remaining, state.settings.poll_fallback_seconds))
+        await state.wakeup.wait(wake, remaining)
 
 
 @router.get("/tasks/request", responses=LEASED, response_model=v1.LeasedTask | v1.LeaseBatch,

@@ -311,6 +311,15 @@ async def create_tasks(
     )
 
 
+# Is anything leasable now? The long-poll's fallback probe: the same rows LEASE would walk.
+ANY_LEASABLE = "SELECT EXISTS (SELECT 1 FROM tasks WHERE status = 'pending' AND run_after <= now())"
+
+
+async def any_leasable(pool: Pool) -> bool:
+    async with connection(pool) as conn:
+        return bool(await conn.fetchval(ANY_LEASABLE))
+
+
 async def lease_tasks(
     pool: Pool, *, owner: UUID | None, session_id: str | None, max_tasks: int, lease_seconds: float
 ) -> list[v1.LeasedTask]:
