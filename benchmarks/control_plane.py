@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from typing import Any
 
 from benchmarks.http import Connection
 from benchmarks.lib import (
+    RESULTS,
     CpuMeter,
     Gate,
     Postgres,
@@ -38,14 +40,16 @@ from benchmarks.lib import (
     figure,
     median,
     pct,
+    py_spy_argv,
     start_gate,
+    summarise_profile,
     write_results,
 )
 from server.db import tasks as sql
 
 SYSTEMS = ("docgate", "sql floor", "pgqueuer")
 LEVELS = (1, 8, 64)
-BATCHES = (1, 10)
+BATCHES = (1, 10, 100)
 
 
 @dataclass
@@ -104,19 +108,30 @@ async def drain_http(gate: Gate, keys: list[str], batch: int, limit: int | None 
             await c.close()
 
 
-def run_docgate(pg: Postgres, procs: Processes, work: Path, clients: int, batch: int, n: int) -> Run:
+def run_docgate(pg: Postgres, procs: Processes, work: Path, clients: int, batch: int, n: int,
+                profile: Path | None = None) -> Run:
+    """One drain through a fresh gate; with `profile`, py-spy samples the gate meanwhile."""
     dsn = pg.fresh("bench_http")
     gate = start_gate(procs, dsn, work, log=work / "gate.log")
+    spy = None
     try:
         keys = [gate.register(f"bench-{i}") for i in range(clients)]
         gate.create_job("http://127.0.0.1:9/{id}", n)
+        if profile is not None:
+            spy = procs.start(py_spy_argv(profile, pid=gate.proc.pid), log=work / "py-spy.log")
+            time.sleep(1)  # attached before the load begins
         meter = CpuMeter({"gate": gate.proc.pid, "postgres": pg.pid, "driver": os.getpid()})
         meter.start()
         run = asyncio.run(drain_http(gate, keys, batch))
         run.cpu = meter.stop()
+        if spy is not None:
+            os.kill(spy.pid, signal.SIGINT)  # py-spy writes its samples on SIGINT
+            spy.wait(60)
         asyncio.run(_check_completed(dsn, n))
         return run
     finally:
+        if spy is not None:
+            procs.stop(spy)
         procs.stop(gate.proc)
 
 
@@ -272,7 +287,7 @@ def run_once(system: str, pg: Postgres, procs: Processes, work: Path, clients: i
 
 def scenario(pg: Postgres, procs: Processes, work: Path, *, quick: bool, repeat: int,
              state: dict[str, Any]) -> dict[str, Any]:
-    sizes = {1: 1000 if quick else 4000, 10: 4000 if quick else 20_000}
+    sizes = {1: 1000 if quick else 4000, 10: 4000 if quick else 20_000, 100: 4000 if quick else 20_000}
     rows: dict[str, Any] = {}
     for batch in BATCHES:
         for clients in LEVELS:
@@ -290,6 +305,14 @@ def scenario(pg: Postgres, procs: Processes, work: Path, *, quick: bool, repeat:
                     print(f"  {system:<10} clients={clients:<3} batch={batch:<3} {run.rate(n):8.0f} tasks/s "
                           f"lease p50 {pct(run.lease_ms, 50):.2f} ms p99 {pct(run.lease_ms, 99):.2f} ms; "
                           f"CPU ms/task {cpu}", flush=True)
+    # One more drain per batch size at 8 clients with py-spy on the gate, apart from the timed runs.
+    profiles = []
+    for batch in BATCHES:
+        raw = work / f"gate-profile-{batch}.txt"
+        run = run_docgate(pg, procs, work, 8, batch, sizes[batch], profile=raw)
+        profiles.append(f"== gate, 8 clients, batch {batch}: {sizes[batch]:,} tasks in {run.seconds:.1f} s "
+                        f"(py-spy, 250 Hz)\n\n{summarise_profile(raw)}\n")
+    (RESULTS / "control_plane.profile.txt").write_text("".join(profiles))
     return report(rows, sizes, repeat)
 
 
@@ -314,7 +337,7 @@ def report(rows: dict[str, Any], sizes: dict[int, int], repeat: int) -> dict[str
                 runs = m[system]["cpu_ms_per_task"]
                 middle = runs[len(runs) // 2]
                 cpu.add(batch, clients, system, ", ".join(f"{k} {v:.2f}" for k, v in middle.items()))
-    fig, axes = figure(2)
+    fig, axes = figure(len(BATCHES), width=5.5)
     for ax, batch in zip(axes[0], BATCHES, strict=True):
         width = 0.27
         for i, system in enumerate(SYSTEMS):
@@ -329,6 +352,7 @@ def report(rows: dict[str, Any], sizes: dict[int, int], repeat: int) -> dict[str
         {"tasks/s (median of runs) and lease latency": table, "where the CPU went": cpu}, fig,
         notes=[f"N = {sizes[1]:,} tasks (single) and {sizes[10]:,} (batched) per run, "
                f"{repeat} run(s) each, systems interleaved; medians shown.",
+               "Where the gate's time goes: control_plane.profile.txt (py-spy on the gate, 8 clients).",
                "CPU: gate = the gate process, postgres = the server and its backends, driver = the "
                "process driving the load (HTTP clients, the floor's asyncpg, or pgqueuer's managers)."])
     return summary

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.lib import (
+    RESULTS,
     CpuMeter,
     Postgres,
     Processes,
@@ -39,13 +40,32 @@ from benchmarks.lib import (
     figure,
     free_port,
     median,
+    py_spy_argv,
     start_gate,
+    summarise_profile,
     write_results,
 )
 
 PARALLEL = 16
 TIME = "/usr/bin/time"  # GNU time (Debian's `time` package)
-TOOLS = ("docgate", "aria2c", "wget2", "curl")
+TOOLS = ("docgate", "aria2c", "wget2", "curl", "fsync-copy")
+# The durable-write ceiling: the same files copied from the origin's folder (no network, no
+# hashing) with an fsync of every file and of its folder, PARALLEL at a time, as docgate stores.
+FSYNC_COPY = """
+import os, sys
+from concurrent.futures import ThreadPoolExecutor
+src, dst, parallel = sys.argv[1], sys.argv[2], int(sys.argv[3])
+folder = os.open(dst, os.O_RDONLY)
+def copy(name):
+    with open(os.path.join(src, name), "rb") as f, open(os.path.join(dst, name), "wb") as g:
+        while block := f.read(1 << 20):
+            g.write(block)
+        g.flush()
+        os.fsync(g.fileno())
+    os.fsync(folder)
+with ThreadPoolExecutor(parallel) as pool:
+    list(pool.map(copy, os.listdir(src)))
+"""
 NGINX_CONF = """
 daemon off;
 worker_processes 2;
@@ -126,7 +146,9 @@ def start_nginx(procs: Processes, root: Path) -> str:
     raise RuntimeError(f"nginx did not start; see {root}/nginx-error.log")
 
 
-def tool_argv(tool: str, urls: Path, out: Path) -> list[str]:
+def tool_argv(tool: str, urls: Path, out: Path, origin: Path) -> list[str]:
+    if tool == "fsync-copy":
+        return [sys.executable, "-c", FSYNC_COPY, str(origin), str(out), str(PARALLEL)]
     if tool == "aria2c":
         return ["aria2c", "-i", str(urls), "-d", str(out), "-j", str(PARALLEL), "-x", "1",
                 "--file-allocation=none", "--console-log-level=error", "--summary-interval=0",
@@ -161,7 +183,8 @@ async def check_recorded(dsn: str, origin: Path) -> None:
 
 
 def run_docgate(pg: Postgres, procs: Processes, work: Path, base: str, kind: str, count: int,
-                origin: Path, out: Path) -> tuple[Measured, dict[str, float]]:
+                origin: Path, out: Path, profile: Path | None = None) -> tuple[Measured, dict[str, float]]:
+    """One docgate client run against a fresh gate; with `profile`, under py-spy (not timed)."""
     dsn = pg.fresh("bench_data")
     gate = start_gate(procs, dsn, work, log=work / "gate.log")
     try:
@@ -175,7 +198,11 @@ def run_docgate(pg: Postgres, procs: Processes, work: Path, base: str, kind: str
                 "--log-level", "WARNING", "--poll-interval", "0.5", "--max-document-size", str(200 << 20)]
         meter = CpuMeter({"gate": gate.proc.pid, "postgres": pg.pid})
         meter.start()
-        measured = run_measured(argv, log=work / "client.log")
+        if profile is not None:
+            with (work / "py-spy.log").open("ab") as log:
+                subprocess.run(py_spy_argv(profile, argv=argv), stdout=log, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL, check=True)
+        measured = run_measured(argv, log=work / "client.log") if profile is None else Measured(0, 0, 0)
         others = meter.stop()
         asyncio.run(check_recorded(dsn, origin))
     finally:
@@ -196,6 +223,7 @@ def scenario(pg: Postgres, procs: Processes, work: Path, *, quick: bool, repeat:
     base = start_nginx(procs, root)
     runs: dict[str, dict[str, list[Measured]]] = {kind: {t: [] for t in TOOLS} for kind in kinds}
     side: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
+    profiles: dict[str, str] = {}
     for kind, (count, _) in kinds.items():
         urls = work / f"{kind}.txt"
         urls.write_text("".join(f"{base}/{kind}/{i}.bin\n" for i in range(1, count + 1)))
@@ -210,12 +238,21 @@ def scenario(pg: Postgres, procs: Processes, work: Path, *, quick: bool, repeat:
                     measured, others = run_docgate(pg, procs, work, base, kind, count, origins[kind], out)
                     side[kind].append(others)
                 else:
-                    measured = run_measured(tool_argv(tool, urls, out), log=work / f"{tool}.log")
+                    argv = tool_argv(tool, urls, out, origins[kind])
+                    measured = run_measured(argv, log=work / f"{tool}.log")
                 check_files(out, origins[kind])
                 runs[kind][tool].append(measured)
                 print(f"  {kind:<5} {tool:<8} {measured.seconds:7.2f} s  CPU {measured.cpu:6.2f} s  "
                       f"RSS {measured.max_rss_mb:6.1f} MB", flush=True)
+        # One more run under py-spy, apart from the timed ones: where the client's time goes.
+        raw = work / f"profile-{kind}.txt"
         shutil.rmtree(work / "out", ignore_errors=True)
+        run_docgate(pg, procs, work, base, kind, count, origins[kind], work / "out", profile=raw)
+        profiles[kind] = summarise_profile(raw)
+        shutil.rmtree(work / "out", ignore_errors=True)
+    (RESULTS / "data_plane.profile.txt").write_text("".join(
+        f"== docgate client, {kinds[k][0]:,} documents of {kinds[k][1] >> 10:,} KB"
+        f" (py-spy, 250 Hz)\n\n{text}\n" for k, text in profiles.items()))
     report(kinds, runs, side, repeat)
 
 
@@ -238,7 +275,7 @@ def report(kinds: dict[str, tuple[int, int]], runs: dict[str, dict[str, list[Mea
     fig, axes = figure(2)
     for ax, (kind, (count, size)) in zip(axes[0], kinds.items(), strict=True):
         values = [rates[kind][t] * (1 if kind == "small" else size / 1e6) for t in TOOLS]
-        ax.bar(TOOLS, values, color=["tab:blue", "tab:gray", "tab:gray", "tab:gray"])
+        ax.bar(TOOLS, values, color=["tab:blue", "tab:gray", "tab:gray", "tab:gray", "tab:olive"])
         ax.set_title(f"{count:,} documents of {size >> 10:,} KB")
         ax.set_ylabel("documents/s" if kind == "small" else "MB/s")
     write_results("data_plane", "Data plane: one docgate client vs aria2c, wget2, curl", {
@@ -248,4 +285,7 @@ def report(kinds: dict[str, tuple[int, int]], runs: dict[str, dict[str, list[Mea
         {"medians of runs (wall time includes start-up)": table,
          "the gate and PostgreSQL while the docgate client ran": gate}, fig,
         notes=[f"{PARALLEL} transfers in parallel for every tool; {repeat} run(s) each, interleaved.",
-               "docgate hashes, fsyncs and reports every document; the other tools only write files."])
+               "docgate hashes, fsyncs and reports every document; aria2c, wget2 and curl only write files.",
+               "fsync-copy is the durable-write ceiling: the origin's files copied on local disk with an "
+               "fsync of each file and its folder, as docgate stores them, no network and no hashing.",
+               "Where the client's time goes: data_plane.profile.txt (py-spy)."])

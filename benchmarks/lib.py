@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -333,3 +334,82 @@ class CpuMeter:
     def stop(self) -> dict[str, float]:
         self.spent = {name: cpu_seconds(pid) - self._before[name] for name, pid in self.pids.items()}
         return self.spent
+
+
+# ---- profiles (py-spy)
+
+
+RATE = 250  # py-spy samples per second
+
+
+def py_spy_argv(out: Path, *, pid: int | None = None, argv: Sequence[str] = ()) -> list[str]:
+    """`py-spy record` of a running pid or of a command it starts, collapsed stacks into `out`.
+
+    Only busy samples are kept (a thread waiting on a socket, a lock or an
+    empty queue is not sampled), so a function's share is of CPU-bound time."""
+    spy = Path(sys.executable).with_name("py-spy")
+    base = [str(spy), "record", "--format", "raw", "--rate", str(RATE), "--threads", "--nonblocking",
+            "-o", str(out)]
+    return [*base, "--pid", str(pid)] if pid is not None else [*base, "--", *argv]
+
+
+ROLES = (("thread pool (storage, DNS)", "concurrent/futures/thread.py"),
+         ("log writer thread", "logging/handlers.py"))
+
+
+def summarise_profile(raw: Path, top: int = 12) -> str:
+    """Where the busy samples went, per kind of thread: busy seconds, then the functions
+    with the most samples of their own ("self") and docgate's functions by inclusive share.
+
+    py-spy's raw format is one collapsed stack per line, `thread (tid);frame;... count`,
+    frames `function (file:line)`. Threads are grouped by role: the thread pool that
+    runs storage writes and DNS lookups, the log writer, and the event loop (the rest)."""
+    roles: dict[str, dict[str, Counter[str]]] = {}
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = [_frame(f) for f in stack.split(";") if not f.startswith(("thread (", "process "))]
+        if not frames:
+            continue
+        role = next((name for name, marker in ROLES if marker in stack), "event loop (main thread)")
+        stats = roles.setdefault(role, {"self": Counter(), "total": Counter(), "n": Counter()})
+        n = int(count)
+        stats["n"]["samples"] += n
+        stats["self"][frames[-1]] += n
+        for f in set(frames):
+            stats["total"][f] += n
+    lines: list[str] = []
+    for role, stats in sorted(roles.items(), key=lambda kv: -kv[1]["n"]["samples"]):
+        samples = stats["n"]["samples"]
+        lines.append(f"{role}: {samples / RATE:.1f} s busy ({samples:,} samples)")
+        lines.append(f"  {'self %':>7}  function")
+        for name, n in stats["self"].most_common(top):
+            lines.append(f"  {100 * n / samples:6.1f}%  {name}")
+        own = [(k, v) for k, v in stats["total"].most_common() if _ours(k)]
+        if own:
+            lines.append(f"  {'total %':>7}  docgate's own functions, inclusive")
+            for name, n in own[:top]:
+                lines.append(f"  {100 * n / samples:6.1f}%  {name}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _frame(frame: str) -> str:
+    """`fetch (client/download.py:120)` → `fetch (client/download.py)`, paths cut to the package."""
+    name, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    for marker in ("site-packages/", "/lib/python3."):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            if marker.startswith("/lib"):
+                path = path.split("/", 1)[-1]
+            break
+    else:
+        root = str(Path(__file__).resolve().parent.parent) + "/"
+        path = path.removeprefix(root)
+    return f"{name} ({path})"
+
+
+def _ours(frame: str) -> bool:
+    return any(f"({p}/" in frame for p in ("client", "server", "storage", "protocol", "common"))
