@@ -33,13 +33,15 @@ class TaskWakeup:
         """Take this before trying to lease, so a notification in between is not missed."""
         return self._event
 
-    async def wait(self, event: asyncio.Event, seconds: float) -> None:
+    async def wait(self, event: asyncio.Event, seconds: float) -> bool:
+        """Wait up to `seconds` for `event` (taken with current()); True if it fired."""
         self._waiting += 1
         try:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), seconds)
         finally:
             self._waiting -= 1
+        return event.is_set()
 
     def fire(self) -> None:
         event, self._event = self._event, asyncio.Event()

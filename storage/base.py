@@ -20,7 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TypeVar, overload
 
 from storage.errors import ChecksumMismatch, StorageTimeout, TooLarge
 
@@ -88,7 +88,7 @@ class Digest:
     size: int = 0
     _hash: hashlib._Hash = field(default_factory=hashlib.sha256)
 
-    def update(self, chunk: bytes) -> None:
+    def update(self, chunk: bytes | bytearray) -> None:
         self.size += len(chunk)
         if self.max_size is not None and self.size > self.max_size:
             raise TooLarge(f"document is larger than the limit of {self.max_size} bytes")
@@ -120,14 +120,20 @@ class Encoder:
                       if options.compress and not options.input_gzipped else None)
         self._keep_input = options.input_gzipped and options.compress
 
-    def feed(self, chunk: bytes) -> bytes:
+    @overload
+    def feed(self, chunk: bytes) -> bytes: ...
+    @overload
+    def feed(self, chunk: bytearray) -> bytes | bytearray: ...
+
+    def feed(self, chunk: bytes | bytearray) -> bytes | bytearray:
+        """The bytes to store for `chunk` (it may be `chunk` itself)."""
         original = self._inflate(chunk) if self._gunzip else chunk
         self.digest.update(original)
         if self._keep_input:
             return chunk
         return self._gzip.compress(original) if self._gzip else original
 
-    def _inflate(self, chunk: bytes) -> bytes:
+    def _inflate(self, chunk: bytes | bytearray) -> bytes:
         assert self._gunzip is not None
         limit = self.digest.max_size
         # Inflate at most one byte past the limit per call, so a bomb never balloons memory.

@@ -147,16 +147,23 @@ class LocalStorage(Storage):
         return await self._blocking(lambda: _sweep(self.root, older_than), what="sweep")
 
 
-async def coalesced(chunks: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
-    """The same bytes in pieces of at least `size` (the last may be shorter)."""
+async def coalesced(chunks: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes | bytearray]:
+    """The same bytes in pieces of at least `size` (the last may be shorter).
+
+    A chunk already that big passes through as it is, and a filled buffer is
+    handed over rather than copied (a new one is started), so a large download
+    holds one extra piece in memory at most."""
     buffer = bytearray()
     async for chunk in chunks:
+        if not buffer and len(chunk) >= size:
+            yield chunk
+            continue
         buffer += chunk
         if len(buffer) >= size:
-            yield bytes(buffer)
-            buffer.clear()
+            piece, buffer = buffer, bytearray()
+            yield piece
     if buffer:
-        yield bytes(buffer)
+        yield buffer
 
 
 def _create(tmp: Path) -> BinaryIO:
@@ -170,7 +177,7 @@ def _create(tmp: Path) -> BinaryIO:
         raise StorageUnavailable(f"cannot write in {tmp.parent}: {exc.strerror}") from None
 
 
-def _write(handle: BinaryIO, encoder: Encoder, chunk: bytes) -> None:
+def _write(handle: BinaryIO, encoder: Encoder, chunk: bytes | bytearray) -> None:
     handle.write(encoder.feed(chunk))
 
 

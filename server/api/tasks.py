@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Annotated, Any
 from uuid import UUID
@@ -52,11 +53,23 @@ async def _lease(
             lease_seconds=state.settings.lease_seconds,
         )
         state.metrics.lease_latency.observe(time.perf_counter() - started)
-        remaining = deadline - time.monotonic()
-        if leased or remaining <= 0 or await request.is_disconnected():
+        if leased or not await _woken(state, request, wake, deadline):
             state.metrics.leases.inc(len(leased))
             return leased
-        await state.wakeup.wait(wake, remaining)
+
+
+async def _woken(state: GateState, request: Request, wake: asyncio.Event, deadline: float) -> bool:
+    """Wait for a wake-up (True), or until the deadline or the client's going away (False).
+
+    The client is checked every POLL_FALLBACK_SECONDS without touching the
+    database, so a long-poll whose client left ends then instead of leasing
+    work nobody will receive."""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or await request.is_disconnected():
+            return False
+        if await state.wakeup.wait(wake, min(remaining, state.settings.poll_fallback_seconds)):
+            return True
 
 
 @router.get("/tasks/request", responses=LEASED, response_model=v1.LeasedTask | v1.LeaseBatch,
