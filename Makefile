@@ -53,7 +53,7 @@ $(BENCH_STAMP): pyproject.toml
 bench: $(BENCH_STAMP) bench-tools
 	$(BENCH_VENV)/bin/python -m benchmarks.run $(BENCH_ARGS)
 
-## A two-minute subset: small sizes, one run of each measurement
+## A quick subset (about three minutes): small sizes, one run of each measurement
 bench-quick: $(BENCH_STAMP) bench-tools
 	$(BENCH_VENV)/bin/python -m benchmarks.run --quick $(BENCH_ARGS)
 

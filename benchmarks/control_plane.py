@@ -287,7 +287,7 @@ def run_once(system: str, pg: Postgres, procs: Processes, work: Path, clients: i
 
 def scenario(pg: Postgres, procs: Processes, work: Path, *, quick: bool, repeat: int,
              state: dict[str, Any]) -> dict[str, Any]:
-    sizes = {1: 1000 if quick else 4000, 10: 4000 if quick else 20_000, 100: 4000 if quick else 20_000}
+    sizes = {1: 500 if quick else 4000, 10: 2000 if quick else 20_000, 100: 2000 if quick else 20_000}
     rows: dict[str, Any] = {}
     for batch in BATCHES:
         for clients in LEVELS:
@@ -307,7 +307,7 @@ def scenario(pg: Postgres, procs: Processes, work: Path, *, quick: bool, repeat:
                           f"CPU ms/task {cpu}", flush=True)
     # One more drain per batch size at 8 clients with py-spy on the gate, apart from the timed runs.
     profiles = []
-    for batch in BATCHES:
+    for batch in (10,) if quick else BATCHES:
         raw = work / f"gate-profile-{batch}.txt"
         run = run_docgate(pg, procs, work, 8, batch, sizes[batch], profile=raw)
         profiles.append(f"== gate, 8 clients, batch {batch}: {sizes[batch]:,} tasks in {run.seconds:.1f} s "

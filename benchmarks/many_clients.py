@@ -5,8 +5,8 @@ hold `POST /tasks/request?wait=30` open against one gate, re-polling when a
 poll ends empty. Measured with them waiting: the gate's RSS and its CPU over
 10 idle seconds; then the latency from creating a task (admin
 `POST /tasks/create`) to one session receiving it, 30 times in a row (--quick:
-10). The baseline, same run: the gate with no session (RSS, idle CPU) and with
-one session (latency).
+3 seconds and 10 times). The baseline, same run: the gate with no session
+(RSS, idle CPU) and with one session (latency).
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ async def poller(conn: Connection, got: asyncio.Queue[float], stop: asyncio.Even
             assert status == 200
 
 
-async def measure(url: str, keys: list[str], gate_pid: int, rounds: int) -> dict[str, Any]:
+async def measure(url: str, keys: list[str], gate_pid: int, rounds: int,
+                  idle: float = IDLE_SECONDS) -> dict[str, Any]:
     proc = psutil.Process(gate_pid)
     admin = await Connection(url, {"X-API-Key": ADMIN}).open()
     conns = [await Connection(url, {"X-API-Key": k, "X-Session-Id": uuid.uuid4().hex}).open() for k in keys]
@@ -56,8 +57,8 @@ async def measure(url: str, keys: list[str], gate_pid: int, rounds: int) -> dict
     pollers = [asyncio.create_task(poller(c, got, stop)) for c in conns]
     await asyncio.sleep(2.0)  # every session is waiting now
     cpu_before = cpu_seconds(gate_pid)
-    await asyncio.sleep(IDLE_SECONDS)
-    idle_cpu = (cpu_seconds(gate_pid) - cpu_before) / IDLE_SECONDS
+    await asyncio.sleep(idle)
+    idle_cpu = (cpu_seconds(gate_pid) - cpu_before) / idle
     rss = proc.memory_info().rss / 2**20
     latencies = []
     for i in range(rounds):
@@ -79,17 +80,18 @@ async def measure(url: str, keys: list[str], gate_pid: int, rounds: int) -> dict
 def scenario(pg: Postgres, procs: Processes, work: Path, *, quick: bool, repeat: int,
              state: dict[str, Any]) -> None:
     rounds = 10 if quick else 30
+    idle = 3.0 if quick else IDLE_SECONDS
     dsn = pg.fresh("bench_many")
     gate = start_gate(procs, dsn, work, log=work / "gate.log")
     try:
         keys = [gate.register(f"poller-{i}") for i in range(SESSIONS)]
         time.sleep(1.0)
         cpu_before = cpu_seconds(gate.proc.pid)
-        time.sleep(IDLE_SECONDS)
-        quiet = {"sessions": 0, "idle_cpu_share": (cpu_seconds(gate.proc.pid) - cpu_before) / IDLE_SECONDS,
+        time.sleep(idle)
+        quiet = {"sessions": 0, "idle_cpu_share": (cpu_seconds(gate.proc.pid) - cpu_before) / idle,
                  "rss_mib": psutil.Process(gate.proc.pid).memory_info().rss / 2**20, "latency_ms": []}
-        one = asyncio.run(measure(gate.url, keys[:1], gate.proc.pid, rounds))
-        many = asyncio.run(measure(gate.url, keys, gate.proc.pid, rounds))
+        one = asyncio.run(measure(gate.url, keys[:1], gate.proc.pid, rounds, idle))
+        many = asyncio.run(measure(gate.url, keys, gate.proc.pid, rounds, idle))
     finally:
         procs.stop(gate.proc)
         pg.drop("bench_many")
@@ -108,7 +110,7 @@ def scenario(pg: Postgres, procs: Processes, work: Path, *, quick: bool, repeat:
     axes[0][1].set_ylabel("task created → leased, ms")
     write_results("many_clients", f"Many clients: {SESSIONS} sessions long-polling one gate", {
         "results": [quiet, one, many]}, {"one gate, sessions waiting in long-polls": table}, fig,
-        notes=[f"Idle CPU over {IDLE_SECONDS:.0f} s with every session waiting; {rounds} tasks created "
+        notes=[f"Idle CPU over {idle:.0f} s with every session waiting; {rounds} tasks created "
                "one after another for the latency.",
                f"ratio of p50 latency, {SESSIONS} sessions to 1: "
                f"{median(many['latency_ms']) / median(one['latency_ms']):.2f}×"])
