@@ -5,6 +5,16 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
+# $(call debian,command:package ...,what to run when they cannot be installed): the Debian
+# packages whose commands are missing, installed when we are root on a Debian-like system.
+define debian
+@missing=""; for p in $(1); do command -v $${p%%:*} >/dev/null 2>&1 || missing="$$missing $${p##*:}"; done; \
+if [ -n "$$missing" ]; then \
+  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+  else $(2); fi; fi
+endef
+
 .PHONY: run test chaos soak bench bench-quick bench-tools install install-test check lint clean browser
 
 $(BIN)/python:
@@ -59,21 +69,14 @@ bench-quick: $(BENCH_STAMP) bench-tools
 
 ## The peers and the origin the data-plane benchmark runs: aria2, wget2, curl, nginx, GNU time
 bench-tools:
-	@missing=""; for p in aria2c:aria2 wget2:wget2 curl:curl nginx:nginx /usr/bin/time:time; do \
-	  command -v $${p%%:*} >/dev/null 2>&1 || missing="$$missing $${p##*:}"; done; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	  else echo "install these Debian packages first:$$missing"; exit 1; fi; fi
+	$(call debian,aria2c:aria2 wget2:wget2 curl:curl nginx:nginx /usr/bin/time:time,\
+	  echo "install these Debian packages first:$$missing"; exit 1)
 
 ## Debian packages the suite drives for real: chromium (dashboard), nginx (deployment), openssl.
 ## Installed here when missing and we are root; otherwise those tests say what to install.
 browser:
-	@missing=""; for p in chromium nginx openssl; do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	  else echo "missing Debian packages:$$missing (the browser and nginx tests need them)"; fi; fi
+	$(call debian,chromium:chromium nginx:nginx openssl:openssl,\
+	  echo "missing Debian packages:$$missing (the browser and nginx tests need them)")
 
 lint: $(TEST_STAMP)
 	$(BIN)/pip install --quiet -e '.[test,dev]'

@@ -15,7 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.control_plane import drain_http
-from benchmarks.lib import Postgres, Processes, Table, connect, figure, median, pct, start_gate, write_results
+from benchmarks.lib import (
+    Postgres,
+    Processes,
+    Table,
+    connect,
+    figure,
+    median,
+    pct,
+    running_gate,
+    write_results,
+)
 from server.db import tasks as sql
 
 CLIENTS = 8
@@ -35,14 +45,11 @@ async def lease_plan(dsn: str) -> list[str]:
 
 
 def measure(pg: Postgres, procs: Processes, work: Path, dsn: str, leased: int, repeat: int) -> dict[str, Any]:
-    gate = start_gate(procs, dsn, work, log=work / "gate.log")
-    try:
+    with running_gate(procs, dsn, work, log=work / "gate.log") as gate:
         keys = [gate.register(f"backlog-{i}") for i in range(CLIENTS)]
         asyncio.run(drain_http(gate, keys, 1, limit=200))  # warm the gate's pool and caches
         runs = [asyncio.run(drain_http(gate, keys, 1, limit=leased)) for _ in range(repeat)]
         plan = asyncio.run(lease_plan(dsn))
-    finally:
-        procs.stop(gate.proc)
     return {"rates": [r.done / r.seconds for r in runs], "p50": [pct(r.lease_ms, 50) for r in runs],
             "p99": [pct(r.lease_ms, 99) for r in runs], "plan": plan}
 
@@ -58,9 +65,8 @@ def scenario(pg: Postgres, procs: Processes, work: Path, *, quick: bool, repeat:
             dsn = scale["dsn"]
         else:
             dsn = pg.fresh(f"bench_backlog_{n}")
-            gate = start_gate(procs, dsn, work, env={"MAX_JOB_TASKS": str(n)})
-            gate.create_job("http://127.0.0.1:9/doc/{id}", n)
-            procs.stop(gate.proc)
+            with running_gate(procs, dsn, work, env={"MAX_JOB_TASKS": str(n)}) as gate:
+                gate.create_job("http://127.0.0.1:9/doc/{id}", n)
         results[n] = measure(pg, procs, work, dsn, leased, repeat)
         if n == sizes[0]:
             state["small"] = {"dsn": dsn, "tasks": n}

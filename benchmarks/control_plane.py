@@ -41,7 +41,7 @@ from benchmarks.lib import (
     median,
     pct,
     py_spy_argv,
-    start_gate,
+    running_gate,
     summarise_profile,
     write_results,
 )
@@ -112,9 +112,8 @@ def run_docgate(pg: Postgres, procs: Processes, work: Path, clients: int, batch:
                 profile: Path | None = None) -> Run:
     """One drain through a fresh gate; with `profile`, py-spy samples the gate meanwhile."""
     dsn = pg.fresh("bench_http")
-    gate = start_gate(procs, dsn, work, log=work / "gate.log")
     spy = None
-    try:
+    with running_gate(procs, dsn, work, log=work / "gate.log") as gate:
         keys = [gate.register(f"bench-{i}") for i in range(clients)]
         gate.create_job("http://127.0.0.1:9/{id}", n)
         if profile is not None:
@@ -127,12 +126,9 @@ def run_docgate(pg: Postgres, procs: Processes, work: Path, clients: int, batch:
         if spy is not None:
             os.kill(spy.pid, signal.SIGINT)  # py-spy writes its samples on SIGINT
             spy.wait(60)
-        asyncio.run(_check_completed(dsn, n))
-        return run
-    finally:
-        if spy is not None:
             procs.stop(spy)
-        procs.stop(gate.proc)
+    asyncio.run(_check_completed(dsn, n))
+    return run
 
 
 async def _check_completed(dsn: str, n: int) -> None:

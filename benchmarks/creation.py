@@ -25,7 +25,7 @@ from benchmarks.lib import (
     connect,
     figure,
     median,
-    start_gate,
+    running_gate,
     write_results,
 )
 
@@ -37,14 +37,11 @@ def docgate_job(pg: Postgres, procs: Processes, work: Path, database: str, n: in
                 chunk: int) -> tuple[float, int, dict[str, float]]:
     """Seconds to create one job of n ids in chunks of `chunk`, tasks made, CPU seconds."""
     dsn = pg.fresh(database)
-    gate = start_gate(procs, dsn, work, log=work / "gate.log", env={"MAX_JOB_TASKS": str(max(n, 1))})
-    try:
+    with running_gate(procs, dsn, work, log=work / "gate.log", env={"MAX_JOB_TASKS": str(max(n, 1))}) as gate:
         meter = CpuMeter({"gate": gate.proc.pid, "postgres": pg.pid})
         meter.start()
         seconds = gate.create_job(URL, n, chunk_size=chunk)
         cpu = meter.stop()
-    finally:
-        procs.stop(gate.proc)
     tasks = asyncio.run(_count(dsn))
     if tasks != -(-n // chunk):
         raise AssertionError(f"job made {tasks} tasks, expected {-(-n // chunk)}")

@@ -14,15 +14,14 @@ from typing import Any
 
 import httpx
 
-from benchmarks.lib import ADMIN, Postgres, Processes, Table, figure, median, pct, start_gate, write_results
+from benchmarks.lib import ADMIN, Postgres, Processes, Table, figure, median, pct, running_gate, write_results
 
 PAGES = {"dashboard overview (/ui/live)": "/ui/live", "/metrics scrape": "/metrics"}
 
 
 def timings(pg: Postgres, procs: Processes, work: Path, dsn: str, repeat: int) -> dict[str, list[float]]:
-    gate = start_gate(procs, dsn, work, log=work / "gate.log")
-    try:
-        ui = httpx.Client(base_url=gate.url, timeout=60)
+    with running_gate(procs, dsn, work, log=work / "gate.log") as gate, \
+            httpx.Client(base_url=gate.url, timeout=60) as ui:
         login = ui.post("/ui/login", data={"api_key": ADMIN})
         if login.status_code != 303 or "docgate_admin" not in str(login.headers.get("set-cookie")):
             raise RuntimeError(f"dashboard login failed: {login.status_code} {login.text[:200]}")
@@ -36,10 +35,7 @@ def timings(pg: Postgres, procs: Processes, work: Path, dsn: str, repeat: int) -
                 samples.append((time.perf_counter() - started) * 1000)
                 reply.raise_for_status()
             out[name] = samples
-        ui.close()
         return out
-    finally:
-        procs.stop(gate.proc)
 
 
 def scenario(pg: Postgres, procs: Processes, work: Path, *, quick: bool, repeat: int,

@@ -41,7 +41,7 @@ from benchmarks.lib import (
     free_port,
     median,
     py_spy_argv,
-    start_gate,
+    running_gate,
     summarise_profile,
     write_results,
 )
@@ -186,27 +186,27 @@ def run_docgate(pg: Postgres, procs: Processes, work: Path, base: str, kind: str
                 origin: Path, out: Path, profile: Path | None = None) -> tuple[Measured, dict[str, float]]:
     """One docgate client run against a fresh gate; with `profile`, under py-spy (not timed)."""
     dsn = pg.fresh("bench_data")
-    gate = start_gate(procs, dsn, work, log=work / "gate.log")
     try:
-        key = gate.register("data-plane")
-        chunk = 100 if kind == "small" else 1
-        gate.create_job(base + f"/{kind}/{{id}}.bin", count, chunk_size=chunk, ext=".bin")
-        argv = [sys.executable, "-m", "docgate.cli", "client", "--api-url", gate.url, "--api-key", key,
-                "--exit-when-idle", "--concurrency", str(PARALLEL),
-                "--max-tasks", "4" if kind == "small" else str(PARALLEL),
-                "--output-dir", str(out), "--allow-network", "127.0.0.0/8", "--progress", "log",
-                "--log-level", "WARNING", "--poll-interval", "0.5", "--max-document-size", str(200 << 20)]
-        meter = CpuMeter({"gate": gate.proc.pid, "postgres": pg.pid})
-        meter.start()
-        if profile is not None:
-            with (work / "py-spy.log").open("ab") as log:
-                subprocess.run(py_spy_argv(profile, argv=argv), stdout=log, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, check=True)
-        measured = run_measured(argv, log=work / "client.log") if profile is None else Measured(0, 0, 0)
-        others = meter.stop()
+        with running_gate(procs, dsn, work, log=work / "gate.log") as gate:
+            key = gate.register("data-plane")
+            chunk = 100 if kind == "small" else 1
+            gate.create_job(base + f"/{kind}/{{id}}.bin", count, chunk_size=chunk, ext=".bin")
+            argv = [sys.executable, "-m", "docgate.cli", "client", "--api-url", gate.url, "--api-key", key,
+                    "--exit-when-idle", "--concurrency", str(PARALLEL),
+                    "--max-tasks", "4" if kind == "small" else str(PARALLEL),
+                    "--output-dir", str(out), "--allow-network", "127.0.0.0/8", "--progress", "log",
+                    "--log-level", "WARNING", "--poll-interval", "0.5",
+                    "--max-document-size", str(200 << 20)]
+            meter = CpuMeter({"gate": gate.proc.pid, "postgres": pg.pid})
+            meter.start()
+            if profile is not None:
+                with (work / "py-spy.log").open("ab") as log:
+                    subprocess.run(py_spy_argv(profile, argv=argv), stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, check=True)
+            measured = run_measured(argv, log=work / "client.log") if profile is None else Measured(0, 0, 0)
+            others = meter.stop()
         asyncio.run(check_recorded(dsn, origin))
     finally:
-        procs.stop(gate.proc)
         pg.drop("bench_data")
     return measured, others
 

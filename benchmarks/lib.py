@@ -175,8 +175,19 @@ class Gate:
         return time.perf_counter() - started
 
 
-def start_gate(procs: Processes, dsn: str, work: Path, *, workers: int = 1,
-               env: dict[str, str] | None = None, log: Path | None = None) -> Gate:
+@contextlib.contextmanager
+def running_gate(procs: Processes, dsn: str, work: Path, *, workers: int = 1,
+                 env: dict[str, str] | None = None, log: Path | None = None) -> Iterator[Gate]:
+    """A gate process on `dsn`, healthy on entry, stopped (by pid) on exit."""
+    gate = _start_gate(procs, dsn, work, workers, env, log)
+    try:
+        yield gate
+    finally:
+        procs.stop(gate.proc)
+
+
+def _start_gate(procs: Processes, dsn: str, work: Path, workers: int, env: dict[str, str] | None,
+                log: Path | None) -> Gate:
     port = free_port()
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "DB_"))}
     environment |= {

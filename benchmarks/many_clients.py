@@ -29,7 +29,7 @@ from benchmarks.lib import (
     figure,
     median,
     pct,
-    start_gate,
+    running_gate,
     write_results,
 )
 
@@ -82,18 +82,17 @@ def scenario(pg: Postgres, procs: Processes, work: Path, *, quick: bool, repeat:
     rounds = 10 if quick else 30
     idle = 3.0 if quick else IDLE_SECONDS
     dsn = pg.fresh("bench_many")
-    gate = start_gate(procs, dsn, work, log=work / "gate.log")
     try:
-        keys = [gate.register(f"poller-{i}") for i in range(SESSIONS)]
-        time.sleep(1.0)
-        cpu_before = cpu_seconds(gate.proc.pid)
-        time.sleep(idle)
-        quiet = {"sessions": 0, "idle_cpu_share": (cpu_seconds(gate.proc.pid) - cpu_before) / idle,
-                 "rss_mib": psutil.Process(gate.proc.pid).memory_info().rss / 2**20, "latency_ms": []}
-        one = asyncio.run(measure(gate.url, keys[:1], gate.proc.pid, rounds, idle))
-        many = asyncio.run(measure(gate.url, keys, gate.proc.pid, rounds, idle))
+        with running_gate(procs, dsn, work, log=work / "gate.log") as gate:
+            keys = [gate.register(f"poller-{i}") for i in range(SESSIONS)]
+            time.sleep(1.0)
+            cpu_before = cpu_seconds(gate.proc.pid)
+            time.sleep(idle)
+            quiet = {"sessions": 0, "idle_cpu_share": (cpu_seconds(gate.proc.pid) - cpu_before) / idle,
+                     "rss_mib": psutil.Process(gate.proc.pid).memory_info().rss / 2**20, "latency_ms": []}
+            one = asyncio.run(measure(gate.url, keys[:1], gate.proc.pid, rounds, idle))
+            many = asyncio.run(measure(gate.url, keys, gate.proc.pid, rounds, idle))
     finally:
-        procs.stop(gate.proc)
         pg.drop("bench_many")
     table = Table(["sessions waiting", "gate RSS MiB", "gate idle CPU (share of a core)",
                    "create→lease p50 ms", "p99 ms", "max ms"])

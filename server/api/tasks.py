@@ -96,8 +96,8 @@ async def request_task(
 
 def json_reply(model: BaseModel, status_code: int = 200) -> Response:
     """The model serialised once, in pydantic's compiled serialiser. A returned model would be
-    validated again against response_model and then encoded by json.dumps: on the hot paths
-    (lease, complete) that was most of the gate's per-request CPU after the database."""
+    validated again against response_model and then encoded by json.dumps, twice the work on
+    the hot paths (lease, complete)."""
     return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
 
 

@@ -111,6 +111,9 @@ WITH done AS (
 SELECT {TASK_COLUMNS} FROM done
 """
 
+# FENCE for row t of tasks against row i of a batch's input.
+BATCH_FENCE = "t.lease_token = i.lease_token AND t.status = 'assigned' AND t.lease_expires_at > now()"
+
 # Many completions in one statement. Rows are locked in task_id order first, so
 # two batches that overlap (a zombie's and the new holder's) cannot deadlock.
 COMPLETE_MANY = f"""
@@ -119,8 +122,7 @@ WITH input AS (
          AS i(task_id, lease_token, downloaded, failed, skipped, summary)
 ), locked AS (
     SELECT t.task_id FROM tasks t JOIN input i USING (task_id)
-    WHERE t.lease_token = i.lease_token AND t.status = 'assigned' AND t.lease_expires_at > now()
-      AND ($3::uuid IS NULL OR t.assigned_to = $3)
+    WHERE {BATCH_FENCE} AND ($3::uuid IS NULL OR t.assigned_to = $3)
     ORDER BY t.task_id
     FOR UPDATE OF t
 ), done AS (
@@ -129,9 +131,8 @@ WITH input AS (
         documents_skipped = i.skipped, result_summary = i.summary, completed_at = now(),
         updated_at = now(), lease_expires_at = NULL
     FROM input i, locked l
-    WHERE t.task_id = i.task_id AND t.task_id = l.task_id
-      -- checked again after the lock: the lease may have changed while we waited
-      AND t.lease_token = i.lease_token AND t.status = 'assigned' AND t.lease_expires_at > now()
+    -- the fence again after the lock: the lease may have changed while we waited
+    WHERE t.task_id = i.task_id AND t.task_id = l.task_id AND {BATCH_FENCE}
     RETURNING t.*
 ), logged AS (
     INSERT INTO task_events (task_id, event, client_id, lease_token, documents)
