@@ -50,12 +50,17 @@ def measure(pg: Postgres, procs: Processes, work: Path, dsn: str, leased: int, r
         asyncio.run(drain_http(gate, keys, 1, limit=200))  # warm the gate's pool and caches
         runs = [asyncio.run(drain_http(gate, keys, 1, limit=leased)) for _ in range(repeat)]
         plan = asyncio.run(lease_plan(dsn))
-    return {"rates": [r.done / r.seconds for r in runs], "p50": [pct(r.lease_ms, 50) for r in runs],
-            "p99": [pct(r.lease_ms, 99) for r in runs], "plan": plan}
+    return {
+        "rates": [r.done / r.seconds for r in runs],
+        "p50": [pct(r.lease_ms, 50) for r in runs],
+        "p99": [pct(r.lease_ms, 99) for r in runs],
+        "plan": plan,
+    }
 
 
-def scenario(pg: Postgres, procs: Processes, work: Path, *, quick: bool, repeat: int,
-             state: dict[str, Any]) -> None:
+def scenario(
+    pg: Postgres, procs: Processes, work: Path, *, quick: bool, repeat: int, state: dict[str, Any]
+) -> None:
     scale = state.get("scale")
     sizes = [10_000, 100_000] if quick else [10_000, 1_000_000, 10_000_000]
     leased = 1_000 if quick else 2_000
@@ -70,17 +75,27 @@ def scenario(pg: Postgres, procs: Processes, work: Path, *, quick: bool, repeat:
         results[n] = measure(pg, procs, work, dsn, leased, repeat)
         if n == sizes[0]:
             state["small"] = {"dsn": dsn, "tasks": n}
-        print(f"  {n:>12,} pending: {median(results[n]['rates']):,.0f} tasks/s, lease p50 "
-              f"{median(results[n]['p50']):.2f} ms, p99 {median(results[n]['p99']):.2f} ms", flush=True)
+        print(
+            f"  {n:>12,} pending: {median(results[n]['rates']):,.0f} tasks/s, lease p50 "
+            f"{median(results[n]['p50']):.2f} ms, p99 {median(results[n]['p99']):.2f} ms",
+            flush=True,
+        )
     base = results[sizes[0]]
-    table = Table(["pending", "tasks/s", "lease p50 ms", "lease p99 ms", "p99 / p99 at 10 k",
-                   "index walked", "buffers"])
+    table = Table(
+        ["pending", "tasks/s", "lease p50 ms", "lease p99 ms", "p99 / p99 at 10 k", "index walked", "buffers"]
+    )
     for n, r in results.items():
         plan = "\n".join(r["plan"])
         buffers = next((line.strip() for line in r["plan"] if "Buffers" in line), "")
-        table.add(n, median(r["rates"]), median(r["p50"]), median(r["p99"]),
-                  f"{median(r['p99']) / median(base['p99']):.2f}×",
-                  "tasks_leasable" if "tasks_leasable" in plan else "NO (scan)", buffers)
+        table.add(
+            n,
+            median(r["rates"]),
+            median(r["p50"]),
+            median(r["p99"]),
+            f"{median(r['p99']) / median(base['p99']):.2f}×",
+            "tasks_leasable" if "tasks_leasable" in plan else "NO (scan)",
+            buffers,
+        )
     fig, axes = figure(1)
     ax = axes[0][0]
     ax.plot(sizes, [median(results[n]["p50"]) for n in sizes], "o-", label="lease p50")
@@ -90,9 +105,14 @@ def scenario(pg: Postgres, procs: Processes, work: Path, *, quick: bool, repeat:
     ax.set_ylabel("ms (HTTP round trip)")
     ax.set_ylim(bottom=0)
     ax.legend()
-    write_results("backlog", "Backlog scale: leasing with 10 k … 10 M tasks pending", {
-        "clients": CLIENTS, "leased_per_run": leased,
-        "results": {str(n): r for n, r in results.items()}},
-        {f"{CLIENTS} clients leasing and completing one task at a time": table}, fig,
-        notes=[f"{leased:,} tasks leased and completed per run, {repeat} run(s) per backlog; medians.",
-               "The full plan of each lease is in backlog.json."])
+    write_results(
+        "backlog",
+        "Backlog scale: leasing with 10 k … 10 M tasks pending",
+        {"clients": CLIENTS, "leased_per_run": leased, "results": {str(n): r for n, r in results.items()}},
+        {f"{CLIENTS} clients leasing and completing one task at a time": table},
+        fig,
+        notes=[
+            f"{leased:,} tasks leased and completed per run, {repeat} run(s) per backlog; medians.",
+            "The full plan of each lease is in backlog.json.",
+        ],
+    )

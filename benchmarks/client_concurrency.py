@@ -56,34 +56,72 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="docgate-bench-"))
     gate_port, origin_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "DB_"))}
-    env |= {"DATA_DIR": str(work / "data"), "API_PORT": str(gate_port), "ADMIN_API_KEY": ADMIN,
-            "LOG_LEVEL": "WARNING"}
-    gate = subprocess.Popen(docgate("server"), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    origin = subprocess.Popen(docgate("origin", "--port", str(origin_port), "--size", str(args.size)),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env |= {
+        "DATA_DIR": str(work / "data"),
+        "API_PORT": str(gate_port),
+        "ADMIN_API_KEY": ADMIN,
+        "LOG_LEVEL": "WARNING",
+    }
+    gate = subprocess.Popen(docgate("server"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    origin = subprocess.Popen(
+        docgate("origin", "--port", str(origin_port), "--size", str(args.size)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url, origin_url = f"http://127.0.0.1:{gate_port}", f"http://127.0.0.1:{origin_port}"
     admin = {"X-API-Key": ADMIN}
     results: dict[int, list[float]] = {}
     try:
         wait_healthy(url)
-        key = httpx.post(url + "/api/v1/clients/register", headers=admin,
-                         json={"client_name": "bench"}).json()["api_key"]
+        key = httpx.post(
+            url + "/api/v1/clients/register", headers=admin, json={"client_name": "bench"}
+        ).json()["api_key"]
         next_id = 1
         for level in LEVELS:
             for _ in range(args.repeat):
-                httpx.post(url + "/api/v1/jobs", headers=admin, json={
-                    "source": "id_range", "chunk_size": 100, "params": {
-                        "url_template": origin_url + "/doc/{id}.bin", "start_id": next_id,
-                        "count": args.docs, "ext": ".bin"}}).raise_for_status()
+                httpx.post(
+                    url + "/api/v1/jobs",
+                    headers=admin,
+                    json={
+                        "source": "id_range",
+                        "chunk_size": 100,
+                        "params": {
+                            "url_template": origin_url + "/doc/{id}.bin",
+                            "start_id": next_id,
+                            "count": args.docs,
+                            "ext": ".bin",
+                        },
+                    },
+                ).raise_for_status()
                 next_id += args.docs
                 started = time.perf_counter()
-                flags = ["--api-url", url, "--api-key", key, "--exit-when-idle",
-                         "--concurrency", str(level), "--max-tasks", str(max(2, level // 50)),
-                         "--output-dir", str(work / "store"), "--allow-network", "127.0.0.0/8",
-                         "--progress", "log", "--log-level", "WARNING", "--poll-interval", "0.5"]
-                subprocess.run(docgate("client", *flags), check=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                flags = [
+                    "--api-url",
+                    url,
+                    "--api-key",
+                    key,
+                    "--exit-when-idle",
+                    "--concurrency",
+                    str(level),
+                    "--max-tasks",
+                    str(max(2, level // 50)),
+                    "--output-dir",
+                    str(work / "store"),
+                    "--allow-network",
+                    "127.0.0.0/8",
+                    "--progress",
+                    "log",
+                    "--log-level",
+                    "WARNING",
+                    "--poll-interval",
+                    "0.5",
+                ]
+                subprocess.run(
+                    docgate("client", *flags),
+                    check=True,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
                 results.setdefault(level, []).append(args.docs / (time.perf_counter() - started))
     finally:
         for proc in (origin, gate):
@@ -94,12 +132,15 @@ def main() -> None:
         runs = ", ".join(f"{r:.0f}" for r in rates)
         print(f"{level:>12} {statistics.median(rates):>16.0f} {runs:>24}")
     base = statistics.median(results[LEVELS[0]])
-    print("ratio to concurrency 1: " + ", ".join(
-        f"{lvl}: {statistics.median(r) / base:.1f}x" for lvl, r in results.items()))
+    print(
+        "ratio to concurrency 1: "
+        + ", ".join(f"{lvl}: {statistics.median(r) / base:.1f}x" for lvl, r in results.items())
+    )
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    (out / "client_concurrency.json").write_text(json.dumps(
-        {"docs": args.docs, "size": args.size, "docs_per_second": results}, indent=2))
+    (out / "client_concurrency.json").write_text(
+        json.dumps({"docs": args.docs, "size": args.size, "docs_per_second": results}, indent=2)
+    )
 
 
 if __name__ == "__main__":

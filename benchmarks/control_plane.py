@@ -81,13 +81,17 @@ async def _http_worker(conn: Connection, batch: int, lease_ms: list[float], budg
         tasks = body["tasks"] if batch > 1 else [body]
         if batch > 1:
             completions = [{"task_id": t["task_id"], "lease_token": t["lease_token"]} for t in tasks]
-            status, reply = await conn.request("POST", "/api/v1/tasks/complete/batch",
-                                               {"completions": completions})
+            status, reply = await conn.request(
+                "POST", "/api/v1/tasks/complete/batch", {"completions": completions}
+            )
             assert status == 200 and reply["completed"] == len(tasks), reply
         else:
             task = tasks[0]
-            status, reply = await conn.request("POST", "/api/v1/tasks/complete", {
-                "task_id": task["task_id"], "lease_token": task["lease_token"]})
+            status, reply = await conn.request(
+                "POST",
+                "/api/v1/tasks/complete",
+                {"task_id": task["task_id"], "lease_token": task["lease_token"]},
+            )
             assert status == 200, reply
         done += len(tasks)
     return done
@@ -96,8 +100,9 @@ async def _http_worker(conn: Connection, batch: int, lease_ms: list[float], budg
 async def drain_http(gate: Gate, keys: list[str], batch: int, limit: int | None = None) -> Run:
     """One connection per key, leasing and completing until nothing is left (or `limit` tasks)."""
     lease_ms: list[float] = []
-    conns = [await Connection(gate.url, {"X-API-Key": k, "X-Session-Id": uuid.uuid4().hex}).open()
-             for k in keys]
+    conns = [
+        await Connection(gate.url, {"X-API-Key": k, "X-Session-Id": uuid.uuid4().hex}).open() for k in keys
+    ]
     budget = [limit if limit is not None else 1 << 62]
     try:
         started = time.perf_counter()
@@ -108,8 +113,9 @@ async def drain_http(gate: Gate, keys: list[str], batch: int, limit: int | None 
             await c.close()
 
 
-def run_docgate(pg: Postgres, procs: Processes, work: Path, clients: int, batch: int, n: int,
-                profile: Path | None = None) -> Run:
+def run_docgate(
+    pg: Postgres, procs: Processes, work: Path, clients: int, batch: int, n: int, profile: Path | None = None
+) -> Run:
     """One drain through a fresh gate; with `profile`, py-spy samples the gate meanwhile."""
     dsn = pg.fresh("bench_http")
     spy = None
@@ -151,8 +157,10 @@ async def drain_sql(dsn: str, clients: int, batch: int) -> Run:
     from server.db.pool import _init_connection
 
     pool = await asyncpg.create_pool(dsn, min_size=clients, max_size=clients, init=_init_connection)
-    owner = await pool.fetchval("INSERT INTO clients (client_name, api_key_hash) "
-                                "VALUES ('floor', gen_random_uuid()::text::bytea) RETURNING client_id")
+    owner = await pool.fetchval(
+        "INSERT INTO clients (client_name, api_key_hash) "
+        "VALUES ('floor', gen_random_uuid()::text::bytea) RETURNING client_id"
+    )
     lease_ms: list[float] = []
 
     async def worker() -> None:
@@ -168,13 +176,18 @@ async def drain_sql(dsn: str, clients: int, batch: int) -> Run:
                 if batch > 1:
                     ids, tokens = [r["task_id"] for r in rows], [r["lease_token"] for r in rows]
                     zeros = [0] * len(rows)
-                    done = await conn.fetch(sql.COMPLETE_MANY, ids, tokens, owner, zeros, zeros, zeros,
-                                            [None] * len(rows))
+                    done = await conn.fetch(
+                        sql.COMPLETE_MANY, ids, tokens, owner, zeros, zeros, zeros, [None] * len(rows)
+                    )
                     assert len(done) == len(rows)
                 else:
                     r = rows[0]
-                    assert await conn.fetchrow(sql.COMPLETE, r["task_id"], r["lease_token"], owner,
-                                               0, 0, 0, None) is not None
+                    assert (
+                        await conn.fetchrow(
+                            sql.COMPLETE, r["task_id"], r["lease_token"], owner, 0, 0, 0, None
+                        )
+                        is not None
+                    )
 
     try:
         started = time.perf_counter()
@@ -197,9 +210,17 @@ def run_floor(pg: Postgres, clients: int, batch: int, n: int) -> Run:
 
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2, init=_init_connection)
         try:
-            await create_job(pool, v1.JobCreate.model_validate({
-                "source": "id_range", "chunk_size": 1,
-                "params": {"url_template": "http://127.0.0.1:9/{id}", "start_id": 1, "count": n}}), 5)
+            await create_job(
+                pool,
+                v1.JobCreate.model_validate(
+                    {
+                        "source": "id_range",
+                        "chunk_size": 1,
+                        "params": {"url_template": "http://127.0.0.1:9/{id}", "start_id": 1, "count": n},
+                    }
+                ),
+                5,
+            )
         finally:
             await pool.close()
         meter = CpuMeter({"postgres": pg.pid, "driver": os.getpid()})
@@ -248,9 +269,17 @@ async def drain_pgqueuer(dsn: str, clients: int, batch: int, n: int, meter: CpuM
         managers.append(qm)
     meter.start()
     started = time.perf_counter()
-    await asyncio.gather(*(qm.run(dequeue_timeout=timedelta(seconds=0.2), batch_size=batch,
-                                  mode=QueueExecutionMode.drain,
-                                  log_aggregation_interval=timedelta(0)) for qm in managers))
+    await asyncio.gather(
+        *(
+            qm.run(
+                dequeue_timeout=timedelta(seconds=0.2),
+                batch_size=batch,
+                mode=QueueExecutionMode.drain,
+                log_aggregation_interval=timedelta(0),
+            )
+            for qm in managers
+        )
+    )
     seconds = time.perf_counter() - started
     cpu = meter.stop()
     left = await setup.fetchval("SELECT count(*) FROM pgqueuer")
@@ -272,8 +301,9 @@ def run_pgqueuer(pg: Postgres, clients: int, batch: int, n: int) -> Run:
 # ---- the scenario
 
 
-def run_once(system: str, pg: Postgres, procs: Processes, work: Path, clients: int, batch: int,
-             n: int) -> Run:
+def run_once(
+    system: str, pg: Postgres, procs: Processes, work: Path, clients: int, batch: int, n: int
+) -> Run:
     if system == "docgate":
         return run_docgate(pg, procs, work, clients, batch, n)
     if system == "sql floor":
@@ -281,8 +311,9 @@ def run_once(system: str, pg: Postgres, procs: Processes, work: Path, clients: i
     return run_pgqueuer(pg, clients, batch, n)
 
 
-def scenario(pg: Postgres, procs: Processes, work: Path, *, quick: bool, repeat: int,
-             state: dict[str, Any]) -> dict[str, Any]:
+def scenario(
+    pg: Postgres, procs: Processes, work: Path, *, quick: bool, repeat: int, state: dict[str, Any]
+) -> dict[str, Any]:
     sizes = {1: 500 if quick else 4000, 10: 2000 if quick else 20_000, 100: 2000 if quick else 20_000}
     rows: dict[str, Any] = {}
     for batch in BATCHES:
@@ -291,31 +322,52 @@ def scenario(pg: Postgres, procs: Processes, work: Path, *, quick: bool, repeat:
             for _ in range(repeat):  # interleaved, so drift hits all three alike
                 for system in SYSTEMS:
                     run = run_once(system, pg, procs, work, clients, batch, n)
-                    entry = rows.setdefault(f"{system}|{clients}|{batch}",
-                                            {"rates": [], "p50": [], "p99": [], "cpu_ms_per_task": []})
+                    entry = rows.setdefault(
+                        f"{system}|{clients}|{batch}",
+                        {"rates": [], "p50": [], "p99": [], "cpu_ms_per_task": []},
+                    )
                     entry["rates"].append(run.rate(n))
                     entry["p50"].append(pct(run.lease_ms, 50))
                     entry["p99"].append(pct(run.lease_ms, 99))
                     entry["cpu_ms_per_task"].append({k: round(v * 1000 / n, 3) for k, v in run.cpu.items()})
                     cpu = ", ".join(f"{k} {v * 1000 / n:.2f}" for k, v in run.cpu.items())
-                    print(f"  {system:<10} clients={clients:<3} batch={batch:<3} {run.rate(n):8.0f} tasks/s "
-                          f"lease p50 {pct(run.lease_ms, 50):.2f} ms p99 {pct(run.lease_ms, 99):.2f} ms; "
-                          f"CPU ms/task {cpu}", flush=True)
+                    print(
+                        f"  {system:<10} clients={clients:<3} batch={batch:<3} {run.rate(n):8.0f} tasks/s "
+                        f"lease p50 {pct(run.lease_ms, 50):.2f} ms p99 {pct(run.lease_ms, 99):.2f} ms; "
+                        f"CPU ms/task {cpu}",
+                        flush=True,
+                    )
     # One more drain per batch size at 8 clients with py-spy on the gate, apart from the timed runs.
     profiles = []
     for batch in (10,) if quick else BATCHES:
         raw = work / f"gate-profile-{batch}.txt"
         run = run_docgate(pg, procs, work, 8, batch, sizes[batch], profile=raw)
-        profiles.append(f"== gate, 8 clients, batch {batch}: {sizes[batch]:,} tasks in {run.seconds:.1f} s "
-                        f"(py-spy, 250 Hz)\n\n{summarise_profile(raw)}\n")
+        profiles.append(
+            f"== gate, 8 clients, batch {batch}: {sizes[batch]:,} tasks in {run.seconds:.1f} s "
+            f"(py-spy, 250 Hz)\n\n{summarise_profile(raw)}\n"
+        )
     (RESULTS / "control_plane.profile.txt").write_text("".join(profiles))
     return report(rows, sizes, repeat)
 
 
 def report(rows: dict[str, Any], sizes: dict[int, int], repeat: int) -> dict[str, Any]:
-    table = Table(["batch", "clients", "docgate tasks/s", "floor tasks/s", "pgqueuer tasks/s",
-                   "docgate/floor", "docgate/pgqueuer", "docgate lease p50 ms", "p99 ms",
-                   "floor lease p50 ms", "p99 ms", "pgqueuer dequeue p50 ms", "p99 ms"])
+    table = Table(
+        [
+            "batch",
+            "clients",
+            "docgate tasks/s",
+            "floor tasks/s",
+            "pgqueuer tasks/s",
+            "docgate/floor",
+            "docgate/pgqueuer",
+            "docgate lease p50 ms",
+            "p99 ms",
+            "floor lease p50 ms",
+            "p99 ms",
+            "pgqueuer dequeue p50 ms",
+            "p99 ms",
+        ]
+    )
     cpu = Table(["batch", "clients", "system", "CPU ms per task (median run)"])
     summary = {}
     for batch in BATCHES:
@@ -324,11 +376,21 @@ def report(rows: dict[str, Any], sizes: dict[int, int], repeat: int) -> dict[str
             rate = {s: median(m[s]["rates"]) for s in SYSTEMS}
             floor, peer = rate["docgate"] / rate["sql floor"], rate["docgate"] / rate["pgqueuer"]
             summary[f"{clients}|{batch}"] = {"rates": rate, "ratio_floor": floor, "ratio_pgqueuer": peer}
-            table.add(batch, clients, rate["docgate"], rate["sql floor"], rate["pgqueuer"],
-                      f"{floor:.2f}×", f"{peer:.2f}×",
-                      median(m["docgate"]["p50"]), median(m["docgate"]["p99"]),
-                      median(m["sql floor"]["p50"]), median(m["sql floor"]["p99"]),
-                      median(m["pgqueuer"]["p50"]), median(m["pgqueuer"]["p99"]))
+            table.add(
+                batch,
+                clients,
+                rate["docgate"],
+                rate["sql floor"],
+                rate["pgqueuer"],
+                f"{floor:.2f}×",
+                f"{peer:.2f}×",
+                median(m["docgate"]["p50"]),
+                median(m["docgate"]["p99"]),
+                median(m["sql floor"]["p50"]),
+                median(m["sql floor"]["p99"]),
+                median(m["pgqueuer"]["p50"]),
+                median(m["pgqueuer"]["p99"]),
+            )
             for system in SYSTEMS:
                 runs = m[system]["cpu_ms_per_task"]
                 middle = runs[len(runs) // 2]
@@ -343,12 +405,18 @@ def report(rows: dict[str, Any], sizes: dict[int, int], repeat: int) -> dict[str
         ax.set_ylabel("tasks/s (median)")
         ax.set_title("single lease + complete" if batch == 1 else f"batched ({batch} per call)")
         ax.legend()
-    write_results("control_plane", "Control plane: lease→complete of no-op tasks", {
-        "repeat": repeat, "sizes": sizes, "runs": rows, "summary": summary},
-        {"tasks/s (median of runs) and lease latency": table, "where the CPU went": cpu}, fig,
-        notes=[f"N = {sizes[1]:,} tasks (single) and {sizes[10]:,} (batched) per run, "
-               f"{repeat} run(s) each, systems interleaved; medians shown.",
-               "Where the gate's time goes: control_plane.profile.txt (py-spy on the gate, 8 clients).",
-               "CPU: gate = the gate process, postgres = the server and its backends, driver = the "
-               "process driving the load (HTTP clients, the floor's asyncpg, or pgqueuer's managers)."])
+    write_results(
+        "control_plane",
+        "Control plane: lease→complete of no-op tasks",
+        {"repeat": repeat, "sizes": sizes, "runs": rows, "summary": summary},
+        {"tasks/s (median of runs) and lease latency": table, "where the CPU went": cpu},
+        fig,
+        notes=[
+            f"N = {sizes[1]:,} tasks (single) and {sizes[10]:,} (batched) per run, "
+            f"{repeat} run(s) each, systems interleaved; medians shown.",
+            "Where the gate's time goes: control_plane.profile.txt (py-spy on the gate, 8 clients).",
+            "CPU: gate = the gate process, postgres = the server and its backends, driver = the "
+            "process driving the load (HTTP clients, the floor's asyncpg, or pgqueuer's managers).",
+        ],
+    )
     return summary

@@ -33,8 +33,9 @@ URL = "http://127.0.0.1:9/doc/{id}"
 ENQUEUE_BATCH = 10_000
 
 
-def docgate_job(pg: Postgres, procs: Processes, work: Path, database: str, n: int,
-                chunk: int) -> tuple[float, int, dict[str, float]]:
+def docgate_job(
+    pg: Postgres, procs: Processes, work: Path, database: str, n: int, chunk: int
+) -> tuple[float, int, dict[str, float]]:
     """Seconds to create one job of n ids in chunks of `chunk`, tasks made, CPU seconds."""
     dsn = pg.fresh(database)
     with running_gate(procs, dsn, work, log=work / "gate.log", env={"MAX_JOB_TASKS": str(max(n, 1))}) as gate:
@@ -85,8 +86,9 @@ def pgqueuer_enqueue(pg: Postgres, n: int) -> tuple[float, dict[str, float]]:
         pg.drop("bench_pgq_enqueue")
 
 
-def scenario(pg: Postgres, procs: Processes, work: Path, *, quick: bool, repeat: int,
-             state: dict[str, Any]) -> None:
+def scenario(
+    pg: Postgres, procs: Processes, work: Path, *, quick: bool, repeat: int, state: dict[str, Any]
+) -> None:
     full = 100_000 if quick else 10_000_000
     small = 20_000 if quick else 1_000_000
     rates: dict[str, dict[int, list[float]]] = {"chunks of 1": {}, "chunks of 100": {}, "pgqueuer": {}}
@@ -105,12 +107,24 @@ def scenario(pg: Postgres, procs: Processes, work: Path, *, quick: bool, repeat:
         seconds, spent = pgqueuer_enqueue(pg, n)
         rates["pgqueuer"].setdefault(n, []).append(n / seconds)
         cpu[f"pgqueuer, {n:,}"] = spent
-        print(f"  {n:,}: docgate {rates['chunks of 1'][n][-1]:,.0f} tasks/s (chunks of 1), "
-              f"{rates['chunks of 100'][n][-1]:,.0f} tasks/s (chunks of 100); "
-              f"pgqueuer {rates['pgqueuer'][n][-1]:,.0f} jobs/s", flush=True)
+        print(
+            f"  {n:,}: docgate {rates['chunks of 1'][n][-1]:,.0f} tasks/s (chunks of 1), "
+            f"{rates['chunks of 100'][n][-1]:,.0f} tasks/s (chunks of 100); "
+            f"pgqueuer {rates['pgqueuer'][n][-1]:,.0f} jobs/s",
+            flush=True,
+        )
     state["scale"] = {"dsn": pg.dsn("bench_scale"), "tasks": full}
-    table = Table(["tasks", "runs", "docgate chunks of 1 tasks/s", "docgate chunks of 100 tasks/s",
-                   "(ids/s)", "pgqueuer jobs/s", "chunks of 1 / pgqueuer"])
+    table = Table(
+        [
+            "tasks",
+            "runs",
+            "docgate chunks of 1 tasks/s",
+            "docgate chunks of 100 tasks/s",
+            "(ids/s)",
+            "pgqueuer jobs/s",
+            "chunks of 1 / pgqueuer",
+        ]
+    )
     for n in sorted(set(sizes)):
         one, hundred, peer = (median(rates[k][n]) for k in ("chunks of 1", "chunks of 100", "pgqueuer"))
         table.add(n, len(rates["pgqueuer"][n]), one, hundred, hundred * 100, peer, f"{one / peer:.2f}×")
@@ -121,14 +135,24 @@ def scenario(pg: Postgres, procs: Processes, work: Path, *, quick: bool, repeat:
     ax = axes[0][0]
     labels = [f"{n:,}" for n in sorted(set(sizes))]
     for i, (name, by_n) in enumerate(rates.items()):
-        ax.bar([x + (i - 1) * 0.27 for x in range(len(labels))],
-               [median(by_n[n]) for n in sorted(set(sizes))], 0.27, label=name)
+        ax.bar(
+            [x + (i - 1) * 0.27 for x in range(len(labels))],
+            [median(by_n[n]) for n in sorted(set(sizes))],
+            0.27,
+            label=name,
+        )
     ax.set_xticks(range(len(labels)), [f"{label} ids" for label in labels])
     ax.set_yscale("log")
     ax.set_ylabel("tasks (jobs) created per second")
     ax.legend()
-    write_results("creation", "Task creation: one job of N ids vs pgqueuer's batch enqueue", {
-        "rates": {k: {str(n): v for n, v in by_n.items()} for k, by_n in rates.items()}, "cpu": cpu},
-        {"created per second (median of runs)": table, "CPU during each run": spent}, fig,
-        notes=[f"pgqueuer enqueues lists of {ENQUEUE_BATCH:,} jobs per call from one connection.",
-               "chunks of 100 make N/100 tasks; its ids/s column is tasks/s × 100."])
+    write_results(
+        "creation",
+        "Task creation: one job of N ids vs pgqueuer's batch enqueue",
+        {"rates": {k: {str(n): v for n, v in by_n.items()} for k, by_n in rates.items()}, "cpu": cpu},
+        {"created per second (median of runs)": table, "CPU during each run": spent},
+        fig,
+        notes=[
+            f"pgqueuer enqueues lists of {ENQUEUE_BATCH:,} jobs per call from one connection.",
+            "chunks of 100 make N/100 tasks; its ids/s column is tasks/s × 100.",
+        ],
+    )

@@ -105,8 +105,12 @@ def run_measured(argv: list[str], log: Path) -> Measured:
     vforked) from this Python process would report this process's peak RSS."""
     usage = log.with_suffix(".time")
     with log.open("ab") as out:
-        code = subprocess.run([TIME, "-f", "%e %U %S %M", "-o", str(usage), *argv], stdout=out,
-                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+        code = subprocess.run(
+            [TIME, "-f", "%e %U %S %M", "-o", str(usage), *argv],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        ).returncode
     if code != 0:
         raise RuntimeError(f"{argv[0]} exited with {code}; see {log}")
     wall, user, system, rss_kb = usage.read_text().split()[-4:]
@@ -121,7 +125,7 @@ def make_files(root: Path, name: str, count: int, size: int) -> Path:
         with (folder / f"{i}.bin").open("wb") as f:
             left = size
             while left:  # distinct bytes per file: a per-file prefix, then the shared block
-                piece = (i.to_bytes(8, "big") + block)[:min(left, 1 << 20)]
+                piece = (i.to_bytes(8, "big") + block)[: min(left, 1 << 20)]
                 f.write(piece)
                 left -= len(piece)
     return folder
@@ -150,14 +154,49 @@ def tool_argv(tool: str, urls: Path, out: Path, origin: Path) -> list[str]:
     if tool == "fsync-copy":
         return [sys.executable, "-c", FSYNC_COPY, str(origin), str(out), str(PARALLEL)]
     if tool == "aria2c":
-        return ["aria2c", "-i", str(urls), "-d", str(out), "-j", str(PARALLEL), "-x", "1",
-                "--file-allocation=none", "--console-log-level=error", "--summary-interval=0",
-                "--download-result=hide", "--auto-file-renaming=false", "--allow-overwrite=true"]
+        return [
+            "aria2c",
+            "-i",
+            str(urls),
+            "-d",
+            str(out),
+            "-j",
+            str(PARALLEL),
+            "-x",
+            "1",
+            "--file-allocation=none",
+            "--console-log-level=error",
+            "--summary-interval=0",
+            "--download-result=hide",
+            "--auto-file-renaming=false",
+            "--allow-overwrite=true",
+        ]
     if tool == "wget2":
-        return ["wget2", "-q", "-i", str(urls), "-P", str(out), "-nd", f"--max-threads={PARALLEL}",
-                "--no-robots", "--no-hsts"]
-    return ["curl", "-s", "--fail", "--parallel", "--parallel-max", str(PARALLEL), "--remote-name-all",
-            "--output-dir", str(out), "-K", str(urls.with_suffix(".curl"))]
+        return [
+            "wget2",
+            "-q",
+            "-i",
+            str(urls),
+            "-P",
+            str(out),
+            "-nd",
+            f"--max-threads={PARALLEL}",
+            "--no-robots",
+            "--no-hsts",
+        ]
+    return [
+        "curl",
+        "-s",
+        "--fail",
+        "--parallel",
+        "--parallel-max",
+        str(PARALLEL),
+        "--remote-name-all",
+        "--output-dir",
+        str(out),
+        "-K",
+        str(urls.with_suffix(".curl")),
+    ]
 
 
 def check_files(out: Path, origin: Path) -> None:
@@ -182,8 +221,17 @@ async def check_recorded(dsn: str, origin: Path) -> None:
             raise AssertionError(f"document {row['doc_id']} recorded with a wrong sha256 or size")
 
 
-def run_docgate(pg: Postgres, procs: Processes, work: Path, base: str, kind: str, count: int,
-                origin: Path, out: Path, profile: Path | None = None) -> tuple[Measured, dict[str, float]]:
+def run_docgate(
+    pg: Postgres,
+    procs: Processes,
+    work: Path,
+    base: str,
+    kind: str,
+    count: int,
+    origin: Path,
+    out: Path,
+    profile: Path | None = None,
+) -> tuple[Measured, dict[str, float]]:
     """One docgate client run against a fresh gate; with `profile`, under py-spy (not timed)."""
     dsn = pg.fresh("bench_data")
     try:
@@ -191,18 +239,44 @@ def run_docgate(pg: Postgres, procs: Processes, work: Path, base: str, kind: str
             key = gate.register("data-plane")
             chunk = 100 if kind == "small" else 1
             gate.create_job(base + f"/{kind}/{{id}}.bin", count, chunk_size=chunk, ext=".bin")
-            argv = [sys.executable, "-m", "docgate.cli", "client", "--api-url", gate.url, "--api-key", key,
-                    "--exit-when-idle", "--concurrency", str(PARALLEL),
-                    "--max-tasks", "4" if kind == "small" else str(PARALLEL),
-                    "--output-dir", str(out), "--allow-network", "127.0.0.0/8", "--progress", "log",
-                    "--log-level", "WARNING", "--poll-interval", "0.5",
-                    "--max-document-size", str(200 << 20)]
+            argv = [
+                sys.executable,
+                "-m",
+                "docgate.cli",
+                "client",
+                "--api-url",
+                gate.url,
+                "--api-key",
+                key,
+                "--exit-when-idle",
+                "--concurrency",
+                str(PARALLEL),
+                "--max-tasks",
+                "4" if kind == "small" else str(PARALLEL),
+                "--output-dir",
+                str(out),
+                "--allow-network",
+                "127.0.0.0/8",
+                "--progress",
+                "log",
+                "--log-level",
+                "WARNING",
+                "--poll-interval",
+                "0.5",
+                "--max-document-size",
+                str(200 << 20),
+            ]
             meter = CpuMeter({"gate": gate.proc.pid, "postgres": pg.pid})
             meter.start()
             if profile is not None:
                 with (work / "py-spy.log").open("ab") as log:
-                    subprocess.run(py_spy_argv(profile, argv=argv), stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, check=True)
+                    subprocess.run(
+                        py_spy_argv(profile, argv=argv),
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        check=True,
+                    )
             measured = run_measured(argv, log=work / "client.log") if profile is None else Measured(0, 0, 0)
             others = meter.stop()
         asyncio.run(check_recorded(dsn, origin))
@@ -211,8 +285,9 @@ def run_docgate(pg: Postgres, procs: Processes, work: Path, base: str, kind: str
     return measured, others
 
 
-def scenario(pg: Postgres, procs: Processes, work: Path, *, quick: bool, repeat: int,
-             state: dict[str, Any]) -> None:
+def scenario(
+    pg: Postgres, procs: Processes, work: Path, *, quick: bool, repeat: int, state: dict[str, Any]
+) -> None:
     root = work / "origin"
     root.mkdir(parents=True)
     kinds = {"small": (1_000 if quick else 10_000, 10 << 10), "large": (4 if quick else 20, 50 << 20)}
@@ -227,8 +302,9 @@ def scenario(pg: Postgres, procs: Processes, work: Path, *, quick: bool, repeat:
     for kind, (count, _) in kinds.items():
         urls = work / f"{kind}.txt"
         urls.write_text("".join(f"{base}/{kind}/{i}.bin\n" for i in range(1, count + 1)))
-        urls.with_suffix(".curl").write_text("".join(f'url = "{base}/{kind}/{i}.bin"\n'
-                                                     for i in range(1, count + 1)))
+        urls.with_suffix(".curl").write_text(
+            "".join(f'url = "{base}/{kind}/{i}.bin"\n' for i in range(1, count + 1))
+        )
         for _ in range(repeat):
             for tool in TOOLS:
                 out = work / "out"
@@ -242,50 +318,81 @@ def scenario(pg: Postgres, procs: Processes, work: Path, *, quick: bool, repeat:
                     measured = run_measured(argv, log=work / f"{tool}.log")
                 check_files(out, origins[kind])
                 runs[kind][tool].append(measured)
-                print(f"  {kind:<5} {tool:<8} {measured.seconds:7.2f} s  CPU {measured.cpu:6.2f} s  "
-                      f"RSS {measured.max_rss_mb:6.1f} MB", flush=True)
+                print(
+                    f"  {kind:<5} {tool:<8} {measured.seconds:7.2f} s  CPU {measured.cpu:6.2f} s  "
+                    f"RSS {measured.max_rss_mb:6.1f} MB",
+                    flush=True,
+                )
         # One more run under py-spy, apart from the timed ones: where the client's time goes.
         raw = work / f"profile-{kind}.txt"
         shutil.rmtree(work / "out", ignore_errors=True)
         run_docgate(pg, procs, work, base, kind, count, origins[kind], work / "out", profile=raw)
         profiles[kind] = summarise_profile(raw)
         shutil.rmtree(work / "out", ignore_errors=True)
-    (RESULTS / "data_plane.profile.txt").write_text("".join(
-        f"== docgate client, {kinds[k][0]:,} documents of {kinds[k][1] >> 10:,} KB"
-        f" (py-spy, 250 Hz)\n\n{text}\n" for k, text in profiles.items()))
+    (RESULTS / "data_plane.profile.txt").write_text(
+        "".join(
+            f"== docgate client, {kinds[k][0]:,} documents of {kinds[k][1] >> 10:,} KB"
+            f" (py-spy, 250 Hz)\n\n{text}\n"
+            for k, text in profiles.items()
+        )
+    )
     report(kinds, runs, side, repeat)
 
 
-def report(kinds: dict[str, tuple[int, int]], runs: dict[str, dict[str, list[Measured]]],
-           side: dict[str, list[dict[str, float]]], repeat: int) -> None:
+def report(
+    kinds: dict[str, tuple[int, int]],
+    runs: dict[str, dict[str, list[Measured]]],
+    side: dict[str, list[dict[str, float]]],
+    repeat: int,
+) -> None:
     table = Table(["documents", "tool", "docs/s", "MB/s", "CPU s", "peak RSS MB", "docgate / tool"])
     rates: dict[str, dict[str, float]] = {}
     for kind, (count, size) in kinds.items():
         rates[kind] = {t: median([count / m.seconds for m in runs[kind][t]]) for t in TOOLS}
         for tool in TOOLS:
             ms = runs[kind][tool]
-            table.add(f"{count:,} × {size >> 10:,} KB", tool, rates[kind][tool],
-                      rates[kind][tool] * size / 1e6, median([m.cpu for m in ms]),
-                      max(m.max_rss_mb for m in ms),
-                      "" if tool == "docgate" else f"{rates[kind]['docgate'] / rates[kind][tool]:.2f}×")
+            table.add(
+                f"{count:,} × {size >> 10:,} KB",
+                tool,
+                rates[kind][tool],
+                rates[kind][tool] * size / 1e6,
+                median([m.cpu for m in ms]),
+                max(m.max_rss_mb for m in ms),
+                "" if tool == "docgate" else f"{rates[kind]['docgate'] / rates[kind][tool]:.2f}×",
+            )
     gate = Table(["documents", "gate CPU s", "PostgreSQL CPU s"])
     for kind, (count, size) in kinds.items():
-        gate.add(f"{count:,} × {size >> 10:,} KB", median([s["gate"] for s in side[kind]]),
-                 median([s["postgres"] for s in side[kind]]))
+        gate.add(
+            f"{count:,} × {size >> 10:,} KB",
+            median([s["gate"] for s in side[kind]]),
+            median([s["postgres"] for s in side[kind]]),
+        )
     fig, axes = figure(2)
     for ax, (kind, (count, size)) in zip(axes[0], kinds.items(), strict=True):
         values = [rates[kind][t] * (1 if kind == "small" else size / 1e6) for t in TOOLS]
         ax.bar(TOOLS, values, color=["tab:blue", "tab:gray", "tab:gray", "tab:gray", "tab:olive"])
         ax.set_title(f"{count:,} documents of {size >> 10:,} KB")
         ax.set_ylabel("documents/s" if kind == "small" else "MB/s")
-    write_results("data_plane", "Data plane: one docgate client vs aria2c, wget2, curl", {
-        "parallel": PARALLEL, "kinds": kinds, "rates": rates,
-        "runs": {k: {t: [m.__dict__ for m in ms] for t, ms in by.items()} for k, by in runs.items()},
-        "gate_side": side},
-        {"medians of runs (wall time includes start-up)": table,
-         "the gate and PostgreSQL while the docgate client ran": gate}, fig,
-        notes=[f"{PARALLEL} transfers in parallel for every tool; {repeat} run(s) each, interleaved.",
-               "docgate hashes, fsyncs and reports every document; aria2c, wget2 and curl only write files.",
-               "fsync-copy is the durable-write ceiling: the origin's files copied on local disk with an "
-               "fsync of each file and its folder, as docgate stores them, no network and no hashing.",
-               "Where the client's time goes: data_plane.profile.txt (py-spy)."])
+    write_results(
+        "data_plane",
+        "Data plane: one docgate client vs aria2c, wget2, curl",
+        {
+            "parallel": PARALLEL,
+            "kinds": kinds,
+            "rates": rates,
+            "runs": {k: {t: [m.__dict__ for m in ms] for t, ms in by.items()} for k, by in runs.items()},
+            "gate_side": side,
+        },
+        {
+            "medians of runs (wall time includes start-up)": table,
+            "the gate and PostgreSQL while the docgate client ran": gate,
+        },
+        fig,
+        notes=[
+            f"{PARALLEL} transfers in parallel for every tool; {repeat} run(s) each, interleaved.",
+            "docgate hashes, fsyncs and reports every document; aria2c, wget2 and curl only write files.",
+            "fsync-copy is the durable-write ceiling: the origin's files copied on local disk with an "
+            "fsync of each file and its folder, as docgate stores them, no network and no hashing.",
+            "Where the client's time goes: data_plane.profile.txt (py-spy).",
+        ],
+    )

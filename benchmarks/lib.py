@@ -61,11 +61,23 @@ class Processes:
 
     running: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
-    def start(self, argv: list[str], *, env: dict[str, str] | None = None,
-              log: Path | None = None, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        log: Path | None = None,
+        cwd: Path | None = None,
+    ) -> subprocess.Popen[bytes]:
         out = log.open("ab") if log else subprocess.DEVNULL
-        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT if log else out,
-                                cwd=cwd, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT if log else out,
+            cwd=cwd,
+            start_new_session=True,
+        )
         self.running.append(proc)
         return proc
 
@@ -159,25 +171,41 @@ class Gate:
     admin: dict[str, str]
 
     def register(self, name: str) -> str:
-        reply = httpx.post(self.url + "/api/v1/clients/register", headers=self.admin,
-                           json={"client_name": name}, timeout=30)
+        reply = httpx.post(
+            self.url + "/api/v1/clients/register", headers=self.admin, json={"client_name": name}, timeout=30
+        )
         reply.raise_for_status()
         return str(reply.json()["api_key"])
 
-    def create_job(self, url_template: str, count: int, chunk_size: int = 1, start_id: int = 1,
-                   ext: str = "") -> float:
+    def create_job(
+        self, url_template: str, count: int, chunk_size: int = 1, start_id: int = 1, ext: str = ""
+    ) -> float:
         """Create a job through the API; return the seconds the request took."""
         started = time.perf_counter()
-        reply = httpx.post(self.url + "/api/v1/jobs", headers=self.admin, timeout=7200, json={
-            "source": "id_range", "chunk_size": chunk_size, "params": {
-                "url_template": url_template, "start_id": start_id, "count": count, "ext": ext}})
+        reply = httpx.post(
+            self.url + "/api/v1/jobs",
+            headers=self.admin,
+            timeout=7200,
+            json={
+                "source": "id_range",
+                "chunk_size": chunk_size,
+                "params": {"url_template": url_template, "start_id": start_id, "count": count, "ext": ext},
+            },
+        )
         reply.raise_for_status()
         return time.perf_counter() - started
 
 
 @contextlib.contextmanager
-def running_gate(procs: Processes, dsn: str, work: Path, *, workers: int = 1,
-                 env: dict[str, str] | None = None, log: Path | None = None) -> Iterator[Gate]:
+def running_gate(
+    procs: Processes,
+    dsn: str,
+    work: Path,
+    *,
+    workers: int = 1,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+) -> Iterator[Gate]:
     """A gate process on `dsn`, healthy on entry, stopped (by pid) on exit."""
     gate = _start_gate(procs, dsn, work, workers, env, log)
     try:
@@ -186,16 +214,23 @@ def running_gate(procs: Processes, dsn: str, work: Path, *, workers: int = 1,
         procs.stop(gate.proc)
 
 
-def _start_gate(procs: Processes, dsn: str, work: Path, workers: int, env: dict[str, str] | None,
-                log: Path | None) -> Gate:
+def _start_gate(
+    procs: Processes, dsn: str, work: Path, workers: int, env: dict[str, str] | None, log: Path | None
+) -> Gate:
     port = free_port()
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "DB_"))}
     environment |= {
-        "DATABASE_URL": dsn, "DATA_DIR": str(work), "API_PORT": str(port), "ADMIN_API_KEY": ADMIN,
-        "LOG_LEVEL": "WARNING", "DB_POOL_MAX": "20", **(env or {}),
+        "DATABASE_URL": dsn,
+        "DATA_DIR": str(work),
+        "API_PORT": str(port),
+        "ADMIN_API_KEY": ADMIN,
+        "LOG_LEVEL": "WARNING",
+        "DB_POOL_MAX": "20",
+        **(env or {}),
     }
-    proc = procs.start([sys.executable, "-m", "docgate.cli", "server", "--workers", str(workers)],
-                       env=environment, log=log)
+    proc = procs.start(
+        [sys.executable, "-m", "docgate.cli", "server", "--workers", str(workers)], env=environment, log=log
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -226,8 +261,12 @@ def versions(pg: Postgres | None = None) -> dict[str, str]:
             found[package] = metadata.version(package)
     if pg is not None:
         found["postgresql"] = pg.version
-    for tool, flag in (("nginx", "-v"), ("aria2c", "--version"), ("wget2", "--version"),
-                       ("curl", "--version")):
+    for tool, flag in (
+        ("nginx", "-v"),
+        ("aria2c", "--version"),
+        ("wget2", "--version"),
+        ("curl", "--version"),
+    ):
         with contextlib.suppress(OSError):
             out = subprocess.run([tool, flag], capture_output=True, text=True, timeout=10)
             text = (out.stdout or out.stderr).splitlines()
@@ -246,8 +285,13 @@ def machine() -> dict[str, Any]:
     mem = 0
     with contextlib.suppress(OSError, ValueError, IndexError):
         mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
-    return {"cpu": model, "cores": os.cpu_count(), "memory_mib": mem,
-            "kernel": platform.release(), "system": platform.system()}
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "memory_mib": mem,
+        "kernel": platform.release(),
+        "system": platform.system(),
+    }
 
 
 # ---- results
@@ -269,8 +313,9 @@ class Table:
     def text(self) -> str:
         cells = [self.columns, *[[_cell(c) for c in row] for row in self.rows]]
         widths = [max(len(str(row[i])) for row in cells) for i in range(len(self.columns))]
-        return "\n".join("  ".join(str(c).rjust(w) for c, w in zip(row, widths, strict=True))
-                         for row in cells)
+        return "\n".join(
+            "  ".join(str(c).rjust(w) for c, w in zip(row, widths, strict=True)) for row in cells
+        )
 
 
 def _cell(value: Any) -> str:
@@ -283,14 +328,26 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def write_results(name: str, title: str, data: dict[str, Any], tables: dict[str, Table],
-                  chart: Any | None = None, notes: Sequence[str] = ()) -> None:
+def write_results(
+    name: str,
+    title: str,
+    data: dict[str, Any],
+    tables: dict[str, Table],
+    chart: Any | None = None,
+    notes: Sequence[str] = (),
+) -> None:
     """benchmarks/results/<name>.json, .md and (with `chart`, a matplotlib figure) .png."""
     RESULTS.mkdir(exist_ok=True)
-    data = {"scenario": name, "title": title, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "machine": machine(),
-            "versions": versions(), **data,
-            "tables": {k: {"columns": t.columns, "rows": t.rows} for k, t in tables.items()}}
+    data = {
+        "scenario": name,
+        "title": title,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "machine": machine(),
+        "versions": versions(),
+        **data,
+        "tables": {k: {"columns": t.columns, "rows": t.rows} for k, t in tables.items()},
+    }
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
     parts = [f"## {title}", ""]
     for caption, table in tables.items():
@@ -359,13 +416,25 @@ def py_spy_argv(out: Path, *, pid: int | None = None, argv: Sequence[str] = ()) 
     Only busy samples are kept (a thread waiting on a socket, a lock or an
     empty queue is not sampled), so a function's share is of CPU-bound time."""
     spy = Path(sys.executable).with_name("py-spy")
-    base = [str(spy), "record", "--format", "raw", "--rate", str(RATE), "--threads", "--nonblocking",
-            "-o", str(out)]
+    base = [
+        str(spy),
+        "record",
+        "--format",
+        "raw",
+        "--rate",
+        str(RATE),
+        "--threads",
+        "--nonblocking",
+        "-o",
+        str(out),
+    ]
     return [*base, "--pid", str(pid)] if pid is not None else [*base, "--", *argv]
 
 
-ROLES = (("thread pool (storage, DNS)", "concurrent/futures/thread.py"),
-         ("log writer thread", "logging/handlers.py"))
+ROLES = (
+    ("thread pool (storage, DNS)", "concurrent/futures/thread.py"),
+    ("log writer thread", "logging/handlers.py"),
+)
 
 
 def summarise_profile(raw: Path, top: int = 12) -> str:

@@ -57,8 +57,11 @@ async def run(fetch, concurrency: int) -> float:  # type: ignore[no-untyped-def]
 
 def main() -> None:
     port = 18_000 + (int(time.time()) % 1000)
-    origin = subprocess.Popen([sys.executable, "-m", "docgate.cli", "origin", "--port", str(port)],
-                              stdout=subprocess.PIPE, text=True)
+    origin = subprocess.Popen(
+        [sys.executable, "-m", "docgate.cli", "origin", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert origin.stdout is not None
     url = json.loads(origin.stdout.readline())["origin"]
     results = {}

@@ -66,8 +66,10 @@ def _env(name: str, env: Mapping[str, str]) -> str | None:
 def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
     env = os.environ if env is None else env
     p = argparse.ArgumentParser(
-        prog="docgate client", description="Lease tasks from the gate, download their documents, store them.",
-        epilog="Every flag can also be set with DOCGATE_<FLAG>, e.g. DOCGATE_API_URL, DOCGATE_CONCURRENCY.")
+        prog="docgate client",
+        description="Lease tasks from the gate, download their documents, store them.",
+        epilog="Every flag can also be set with DOCGATE_<FLAG>, e.g. DOCGATE_API_URL, DOCGATE_CONCURRENCY.",
+    )
 
     def flag(name: str, **kwargs: object) -> None:
         value = _env(name, env)
@@ -88,8 +90,12 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     flag("per-host-connections", help="connections per origin host (default: --per-host-limit)")
     flag("compress", help="none | gzip: store documents gzipped (sha256 stays that of the original)")
     flag("exit-when-idle", action="store_true", help="exit 0 once the gate has no task left")
-    p.add_argument("--allow-network", action="append", default=None,
-                   help="private range the client may fetch from (repeatable), e.g. 127.0.0.0/8")
+    p.add_argument(
+        "--allow-network",
+        action="append",
+        default=None,
+        help="private range the client may fetch from (repeatable), e.g. 127.0.0.0/8",
+    )
     flag("max-document-size", help="bytes; a larger document is failed, not stored (default 20 MiB)")
     flag("log-format", help="text | json")
     flag("log-level", help="DEBUG | INFO | WARNING | ERROR")
@@ -142,10 +148,16 @@ def _validated(values: dict[str, object]) -> ClientConfig:
     if url.scheme not in {"http", "https"} or not url.hostname:
         raise ConfigError(f"--api-url must be an http:// or https:// URL, not {values['api_url']!r}")
     for name, kind, low, high in [
-        ("poll_interval", float, 0.1, 3600), ("heartbeat_interval", float, 0.5, 86_400),
-        ("concurrency", int, 1, 4096), ("max_tasks", int, 1, 100), ("per_host_limit", float, 0.01, None),
-        ("per_host_connections", int, 1, 4096), ("max_document_size", int, 1, None),
-        ("grace", float, 0, 3600), ("retries", int, 0, 20), ("download_timeout", float, 1, 86_400),
+        ("poll_interval", float, 0.1, 3600),
+        ("heartbeat_interval", float, 0.5, 86_400),
+        ("concurrency", int, 1, 4096),
+        ("max_tasks", int, 1, 100),
+        ("per_host_limit", float, 0.01, None),
+        ("per_host_connections", int, 1, 4096),
+        ("max_document_size", int, 1, None),
+        ("grace", float, 0, 3600),
+        ("retries", int, 0, 20),
+        ("download_timeout", float, 1, 86_400),
         ("shard_size", int, 1, None),
     ]:
         _number(values, name, kind, low, high)
@@ -170,5 +182,6 @@ def _validated(values: dict[str, object]) -> ClientConfig:
 
 def _choice(values: dict[str, object], name: str, allowed: set[str]) -> None:
     if name in values and values[name] not in allowed:
-        raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(sorted(allowed))}, "
-                          f"not {values[name]!r}")
+        raise ConfigError(
+            f"--{name.replace('_', '-')} must be one of {', '.join(sorted(allowed))}, not {values[name]!r}"
+        )

@@ -48,8 +48,17 @@ class Body:
 
 
 class Fetcher:
-    def __init__(self, policy: Policy, *, concurrency: int, per_host_connections: int,
-                 per_host_rate: float | None, retries: int, timeout: float, max_size: int) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        concurrency: int,
+        per_host_connections: int,
+        per_host_rate: float | None,
+        retries: int,
+        timeout: float,
+        max_size: int,
+    ) -> None:
         self.policy = policy
         self.retries = retries
         self.timeout = timeout
@@ -60,12 +69,18 @@ class Fetcher:
 
     def _open_session(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
-            limit=self._concurrency, limit_per_host=self.limiter.connections,
-            resolver=GuardedResolver(self.policy), ttl_dns_cache=60,
+            limit=self._concurrency,
+            limit_per_host=self.limiter.connections,
+            resolver=GuardedResolver(self.policy),
+            ttl_dns_cache=60,
         )
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=30)
-        return aiohttp.ClientSession(connector=connector, timeout=timeout, read_bufsize=READ_BUFFER,
-                                     headers={"User-Agent": "docgate/0.1 (+archival downloader)"})
+        return aiohttp.ClientSession(
+            connector=connector,
+            timeout=timeout,
+            read_bufsize=READ_BUFFER,
+            headers={"User-Agent": "docgate/0.1 (+archival downloader)"},
+        )
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -124,16 +139,18 @@ class Fetcher:
         if reply.status == 200:
             length = reply.content_length
             if length is not None and length > self.max_size:
-                raise DocumentFailed(f"document is {length} bytes, over --max-document-size "
-                                     f"({self.max_size})", True)
+                raise DocumentFailed(
+                    f"document is {length} bytes, over --max-document-size ({self.max_size})", True
+                )
             return
         if reply.status in RETRY_STATUS:
             raise _Retry(f"HTTP {reply.status}", retry_after(reply.headers.get("Retry-After")))
         raise DocumentFailed(f"HTTP {reply.status} {reply.reason or ''}".strip(), True)
 
     def _body(self, reply: aiohttp.ClientResponse) -> Body:
-        return Body(reply.content.iter_chunked(READ_CHUNK),
-                    reply.headers.get("Content-Type"), reply.content_length)
+        return Body(
+            reply.content.iter_chunked(READ_CHUNK), reply.headers.get("Content-Type"), reply.content_length
+        )
 
     async def text(self, url: str) -> tuple[str, str]:
         """A listing page as text, and the URL it came from after redirects."""

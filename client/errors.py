@@ -1,10 +1,10 @@
 """Client errors. One base; each docstring is its default message.
 
-    ClientError
-    ├── ConfigError          a flag or variable is wrong (start-up stops, exit 2)
-    ├── GateUnavailable      the gate cannot be reached or answered 5xx
-    ├── LeaseLost            409: the task moved on; drop its results
-    └── GateRefused          another 4xx from the gate (bad key, bad request)
+ClientError
+├── ConfigError          a flag or variable is wrong (start-up stops, exit 2)
+├── GateUnavailable      the gate cannot be reached or answered 5xx
+├── LeaseLost            409: the task moved on; drop its results
+└── GateRefused          another 4xx from the gate (bad key, bad request)
 """
 
 from __future__ import annotations

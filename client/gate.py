@@ -19,16 +19,24 @@ RETRYABLE = {429, 500, 502, 503, 504}
 
 
 class GateAPI:
-    def __init__(self, api_url: str, api_key: str | None, session_id: str, *,
-                 ca_cert: str | None = None, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        api_url: str,
+        api_key: str | None,
+        session_id: str,
+        *,
+        ca_cert: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         headers = {"X-Session-Id": session_id, "User-Agent": "docgate-client/0.1"}
         if api_key:
             headers["X-API-Key"] = api_key
         # Reads wait out a long-poll (≤ 30 s at the gate) with room to spare.
         timeout = httpx.Timeout(30, connect=10, read=60)
         verify = ssl.create_default_context(cafile=ca_cert) if ca_cert else True
-        self.http = httpx.AsyncClient(base_url=api_url.rstrip("/"), headers=headers, timeout=timeout,
-                                      verify=verify, transport=transport)
+        self.http = httpx.AsyncClient(
+            base_url=api_url.rstrip("/"), headers=headers, timeout=timeout, verify=verify, transport=transport
+        )
         self.session_id = session_id
 
     async def close(self) -> None:
@@ -54,27 +62,40 @@ class GateAPI:
     async def check(self) -> None:
         """Reach the gate and prove the key works; raise with a clear reason otherwise."""
         await self._call("GET", "/health", attempts=1)
-        await self._call("POST", "/api/v1/clients/heartbeat", json={"session_id": self.session_id},
-                         attempts=1)
+        await self._call(
+            "POST", "/api/v1/clients/heartbeat", json={"session_id": self.session_id}, attempts=1
+        )
 
     async def lease(self, max_tasks: int, wait: float) -> tuple[list[v1.LeasedTask], int | None]:
         """Leased tasks, and (when none) how many tasks are still pending or assigned anywhere."""
-        reply = await self._call("POST", "/api/v1/tasks/request",
-                                 params={"max_tasks": max_tasks, "wait": wait})
+        reply = await self._call(
+            "POST", "/api/v1/tasks/request", params={"max_tasks": max_tasks, "wait": wait}
+        )
         if reply.status_code == 204:
             outstanding = reply.headers.get("X-Tasks-Outstanding")
             return [], int(outstanding) if outstanding and outstanding.isdigit() else None
         return v1.LeaseBatch.model_validate(reply.json()).tasks, None
 
-    async def progress(self, task: v1.LeasedTask, counts: dict[str, int],
-                       documents: list[dict[str, Any]]) -> None:
+    async def progress(
+        self, task: v1.LeasedTask, counts: dict[str, int], documents: list[dict[str, Any]]
+    ) -> None:
         body = {"lease_token": str(task.lease_token), "documents": documents, **counts}
         await self._call("POST", f"/api/v1/tasks/{task.task_id}/progress", json=body)
 
-    async def complete(self, task: v1.LeasedTask, counts: dict[str, int],
-                       documents: list[dict[str, Any]], summary: dict[str, Any]) -> None:
-        body = {"task_id": str(task.task_id), "lease_token": str(task.lease_token),
-                "documents": documents, "result_summary": summary, **counts}
+    async def complete(
+        self,
+        task: v1.LeasedTask,
+        counts: dict[str, int],
+        documents: list[dict[str, Any]],
+        summary: dict[str, Any],
+    ) -> None:
+        body = {
+            "task_id": str(task.task_id),
+            "lease_token": str(task.lease_token),
+            "documents": documents,
+            "result_summary": summary,
+            **counts,
+        }
         await self._call("POST", "/api/v1/tasks/complete", json=body)
 
     async def fail(self, task: v1.LeasedTask, error: str, retryable: bool) -> None:
@@ -83,16 +104,26 @@ class GateAPI:
 
     async def heartbeat(self, docs_per_minute: float, held: list[UUID]) -> list[UUID]:
         """Extend the leases of the tasks in `held` (only those); return tasks cancelled meanwhile."""
-        reply = await self._call("POST", "/api/v1/clients/heartbeat", attempts=2, json={
-            "session_id": self.session_id, "docs_per_minute": round(docs_per_minute, 2),
-            "task_ids": [str(t) for t in held]})
+        reply = await self._call(
+            "POST",
+            "/api/v1/clients/heartbeat",
+            attempts=2,
+            json={
+                "session_id": self.session_id,
+                "docs_per_minute": round(docs_per_minute, 2),
+                "task_ids": [str(t) for t in held],
+            },
+        )
         return v1.HeartbeatReply.model_validate(reply.json()).cancelled_task_ids
 
     async def known(self, doc_ids: list[str]) -> set[str]:
         known: set[str] = set()
         for start in range(0, len(doc_ids), v1.MAX_DOCUMENTS_PER_REPORT):
-            reply = await self._call("POST", "/api/v1/documents/known",
-                                     json={"doc_ids": doc_ids[start:start + v1.MAX_DOCUMENTS_PER_REPORT]})
+            reply = await self._call(
+                "POST",
+                "/api/v1/documents/known",
+                json={"doc_ids": doc_ids[start : start + v1.MAX_DOCUMENTS_PER_REPORT]},
+            )
             known.update(reply.json()["known"])
         return known
 

@@ -92,13 +92,15 @@ class GuardedResolver(AbstractResolver):
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
 
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-                      ) -> list[ResolveResult]:
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
         import asyncio
 
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(
-                host, port, type=socket.SOCK_STREAM, family=family)
+                host, port, type=socket.SOCK_STREAM, family=family
+            )
         except socket.gaierror as exc:
             raise OSError(f"cannot resolve {host}: {exc.strerror}") from None
         results: list[ResolveResult] = []
@@ -110,8 +112,9 @@ class GuardedResolver(AbstractResolver):
                 continue
             results.append(_result(host, str(ip), port, fam, proto))
         if not results:
-            raise Refused(f"{host} resolves to {', '.join(refused)}: not a public address "
-                          "(see --allow-network)")
+            raise Refused(
+                f"{host} resolves to {', '.join(refused)}: not a public address (see --allow-network)"
+            )
         return results
 
     async def close(self) -> None:
@@ -119,5 +122,11 @@ class GuardedResolver(AbstractResolver):
 
 
 def _result(host: str, ip: str, port: int, family: int, proto: int) -> Any:
-    return {"hostname": host, "host": ip, "port": port, "family": family, "proto": proto,
-            "flags": socket.AI_NUMERICHOST}
+    return {
+        "hostname": host,
+        "host": ip,
+        "port": port,
+        "family": family,
+        "proto": proto,
+        "flags": socket.AI_NUMERICHOST,
+    }

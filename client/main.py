@@ -49,8 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def open_store(config: ClientConfig) -> Storage:
     try:
-        return open_storage(config.storage_url, deadline=Deadline(), api_url=config.api_url,
-                            api_key=config.api_key)
+        return open_storage(
+            config.storage_url, deadline=Deadline(), api_url=config.api_url, api_key=config.api_key
+        )
     except StorageError as exc:
         raise ConfigError(f"--storage: {exc.message}") from None
 
@@ -58,10 +59,15 @@ def open_store(config: ClientConfig) -> Storage:
 async def run(config: ClientConfig) -> int:
     store = open_store(config)
     gate = GateAPI(config.api_url, config.api_key, config.session_id, ca_cert=config.ca_cert)
-    fetcher = Fetcher(Policy(config.allow_network), concurrency=config.concurrency,
-                      per_host_connections=config.connections_per_host, per_host_rate=config.per_host_limit,
-                      retries=config.retries, timeout=config.download_timeout,
-                      max_size=config.max_document_size)
+    fetcher = Fetcher(
+        Policy(config.allow_network),
+        concurrency=config.concurrency,
+        per_host_connections=config.connections_per_host,
+        per_host_rate=config.per_host_limit,
+        retries=config.retries,
+        timeout=config.download_timeout,
+        max_size=config.max_document_size,
+    )
     stats = Stats()
     try:
         try:
@@ -76,8 +82,13 @@ async def run(config: ClientConfig) -> int:
         worker = Worker(config, gate, store, fetcher, sources, stats)
         _install_signals(worker)
         view = asyncio.create_task(ProgressView(stats, config.progress).run())
-        log.info("client %s (session %s) working for %s, storing to %s", config.client_name,
-                 config.session_id[:8], config.api_url, store.url)
+        log.info(
+            "client %s (session %s) working for %s, storing to %s",
+            config.client_name,
+            config.session_id[:8],
+            config.api_url,
+            store.url,
+        )
         try:
             await worker.run()
         finally:
@@ -100,8 +111,11 @@ def _install_signals(worker: Worker) -> None:
             # A second signal: leave now, the gate re-leases what we held.
             print("docgate client: second signal, exiting at once", file=sys.stderr, flush=True)
             os._exit(128 + signum)
-        log.info("signal %s: finishing in-flight work (up to %.0f s), then exiting",
-                 signal.Signals(signum).name, worker.config.grace)
+        log.info(
+            "signal %s: finishing in-flight work (up to %.0f s), then exiting",
+            signal.Signals(signum).name,
+            worker.config.grace,
+        )
         worker.stopping.set()
 
     for signum in (signal.SIGINT, signal.SIGTERM):

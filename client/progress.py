@@ -42,10 +42,12 @@ class Stats:
     def line(self) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-9)
         done = self.stored + self.skipped
-        return (f"stored {self.stored}, skipped {self.skipped}, failed {self.failed}, "
-                f"{self.bytes / 1e6:.1f} MB, {done / elapsed:.1f} docs/s, "
-                f"{self.bytes / elapsed / 1e6:.2f} MB/s, tasks held {self.tasks_held}, "
-                f"done {self.tasks_done}")
+        return (
+            f"stored {self.stored}, skipped {self.skipped}, failed {self.failed}, "
+            f"{self.bytes / 1e6:.1f} MB, {done / elapsed:.1f} docs/s, "
+            f"{self.bytes / elapsed / 1e6:.2f} MB/s, tasks held {self.tasks_held}, "
+            f"done {self.tasks_done}"
+        )
 
 
 class ProgressView:

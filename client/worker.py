@@ -52,13 +52,23 @@ class TaskRun:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def counts(self) -> dict[str, int]:
-        return {"documents_downloaded": self.stored, "documents_failed": self.failed,
-                "documents_skipped": self.skipped}
+        return {
+            "documents_downloaded": self.stored,
+            "documents_failed": self.failed,
+            "documents_skipped": self.skipped,
+        }
 
 
 class Worker:
-    def __init__(self, config: ClientConfig, gate: GateAPI, store: Storage, fetcher: Fetcher,
-                 sources: dict[str, Source], stats: Stats) -> None:
+    def __init__(
+        self,
+        config: ClientConfig,
+        gate: GateAPI,
+        store: Storage,
+        fetcher: Fetcher,
+        sources: dict[str, Source],
+        stats: Stats,
+    ) -> None:
         self.config = config
         self.gate = gate
         self.store = store
@@ -132,8 +142,9 @@ class Worker:
         self.task_runs[task.task_id] = run
         self.runs[task.task_id] = asyncio.create_task(self._run_task(run), name=f"task-{task.task_id}")
         self.stats.tasks_held = len(self.runs)
-        log.info("leased task %s (%s, attempt %d/%d)", task.task_id, task.source, task.attempts,
-                 task.max_attempts)
+        log.info(
+            "leased task %s (%s, attempt %d/%d)", task.task_id, task.source, task.attempts, task.max_attempts
+        )
 
     async def _drain(self) -> None:
         """After a stop: give running tasks the grace period, then hand back the rest."""
@@ -194,13 +205,15 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - sorted out below; nothing may kill the loop
             problem = _leaf(exc)
             if isinstance(problem, LeaseLost):
-                log.warning("task %s: lease lost (%s); its unreported results are dropped",
-                            task.task_id, problem)
+                log.warning(
+                    "task %s: lease lost (%s); its unreported results are dropped", task.task_id, problem
+                )
             elif isinstance(problem, SourceError):
                 await self._give_up(run, str(problem), retryable=False)
             elif isinstance(problem, GateUnavailable):
-                log.error("task %s: gate unreachable (%s); the task returns after its lease",
-                          task.task_id, problem)
+                log.error(
+                    "task %s: gate unreachable (%s); the task returns after its lease", task.task_id, problem
+                )
             else:
                 log.error("task %s failed unexpectedly", task.task_id, exc_info=problem)
                 await self._give_up(run, f"client error: {type(problem).__name__}: {problem}", True)
@@ -257,8 +270,9 @@ class Worker:
             except (StorageUnavailable, StorageTimeout) as exc:
                 if delay is None or self.stopping.is_set():
                     raise
-                log.info("document %s: storage trouble (%s); retrying in %.1f s", ref.doc_id, exc.message,
-                         delay)
+                log.info(
+                    "document %s: storage trouble (%s); retrying in %.1f s", ref.doc_id, exc.message, delay
+                )
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
         raise AssertionError("unreachable")
 
@@ -271,9 +285,13 @@ class Worker:
 
         async def sink(body: Body) -> Any:
             options = PutOptions(
-                content_type=body.content_type, compress=compress, max_size=self.config.max_document_size,
-                doc_id=ref.doc_id, ext=ref.ext,
-                fence=Fence(str(run.task.task_id), str(run.task.lease_token)))
+                content_type=body.content_type,
+                compress=compress,
+                max_size=self.config.max_document_size,
+                doc_id=ref.doc_id,
+                ext=ref.ext,
+                fence=Fence(str(run.task.task_id), str(run.task.lease_token)),
+            )
             return await self.store.put(key, body.chunks, options)
 
         try:
@@ -286,9 +304,17 @@ class Worker:
         run.stored += 1
         self.stats.stored += 1
         self.stats.bytes += stored.size
-        return {"doc_id": ref.doc_id, "storage_key": stored.storage_key, "storage_url": stored.storage_url,
-                "sha256": stored.sha256, "size": stored.size, "content_type": stored.content_type,
-                "compressed": stored.compressed, "status": "stored", "url": ref.url}
+        return {
+            "doc_id": ref.doc_id,
+            "storage_key": stored.storage_key,
+            "storage_url": stored.storage_url,
+            "sha256": stored.sha256,
+            "size": stored.size,
+            "content_type": stored.content_type,
+            "compressed": stored.compressed,
+            "status": "stored",
+            "url": ref.url,
+        }
 
     async def _skipped(self, run: TaskRun, ref: DocRef, info: ObjectInfo) -> dict[str, Any]:
         """Already in storage: not fetched; reported with proof so the gate records it."""
@@ -298,9 +324,16 @@ class Worker:
             sha, size = digest.sha256, digest.size
         run.skipped += 1
         self.stats.skipped += 1
-        return {"doc_id": ref.doc_id, "storage_key": info.key, "storage_url": self.store.url_for(info.key),
-                "sha256": sha, "size": size, "compressed": info.key.endswith(GZIP_EXT),
-                "status": "skipped", "url": ref.url}
+        return {
+            "doc_id": ref.doc_id,
+            "storage_key": info.key,
+            "storage_url": self.store.url_for(info.key),
+            "sha256": sha,
+            "size": size,
+            "compressed": info.key.endswith(GZIP_EXT),
+            "status": "skipped",
+            "url": ref.url,
+        }
 
     def _failure(self, run: TaskRun, ref: DocRef, reason: str, permanent: bool) -> dict[str, Any] | None:
         if not permanent:
@@ -324,8 +357,11 @@ class Worker:
         task = run.task
         if run.transient and task.attempts < task.max_attempts:
             await self._report(run)
-            await self._give_up(run, f"{len(run.transient)} documents failed transiently, "
-                                f"e.g. {run.transient[0]}", retryable=True)
+            await self._give_up(
+                run,
+                f"{len(run.transient)} documents failed transiently, e.g. {run.transient[0]}",
+                retryable=True,
+            )
             return
         for failure in run.transient:  # last attempt: record them, the task completes
             doc_id, _, reason = failure.partition(": ")
@@ -333,22 +369,36 @@ class Worker:
             run.failed += 1
         await self._report(run, keep_last=v1.MAX_DOCUMENTS_PER_REPORT)
         async with run.lock:
-            await self.gate.complete(task, run.counts(), run.pending, {
-                "client": self.config.client_name, "session_id": self.config.session_id})
+            await self.gate.complete(
+                task,
+                run.counts(),
+                run.pending,
+                {"client": self.config.client_name, "session_id": self.config.session_id},
+            )
             run.pending.clear()
         self.stats.tasks_done += 1
-        log.info("task %s completed (lease %s): %s stored, %s skipped, %s failed", task.task_id,
-                 task.lease_token, run.stored, run.skipped, run.failed)
+        log.info(
+            "task %s completed (lease %s): %s stored, %s skipped, %s failed",
+            task.task_id,
+            task.lease_token,
+            run.stored,
+            run.skipped,
+            run.failed,
+        )
 
     async def _give_up(self, run: TaskRun, error: str, retryable: bool) -> None:
         try:
             await self.gate.fail(run.task, error, retryable)
         except ClientError as exc:
-            log.warning("task %s: could not report failure (%s); it returns after its lease",
-                        run.task.task_id, exc.message)
+            log.warning(
+                "task %s: could not report failure (%s); it returns after its lease",
+                run.task.task_id,
+                exc.message,
+            )
         else:
-            log.info("task %s handed back (%s): %s", run.task.task_id,
-                     "retryable" if retryable else "final", error)
+            log.info(
+                "task %s handed back (%s): %s", run.task.task_id, "retryable" if retryable else "final", error
+            )
 
     async def _hand_back(self, run: TaskRun) -> None:
         """On shutdown: report what was stored, then give the task back (retryable)."""
@@ -357,8 +407,9 @@ class Worker:
                 await self._report(run)
                 await self._give_up(run, "client stopped before finishing the task", retryable=True)
         except (ClientError, TimeoutError) as exc:
-            log.warning("task %s: hand-back incomplete (%s); it returns after its lease",
-                        run.task.task_id, exc)
+            log.warning(
+                "task %s: hand-back incomplete (%s); it returns after its lease", run.task.task_id, exc
+            )
 
 
 def _leaf(exc: BaseException) -> BaseException:

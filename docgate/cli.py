@@ -47,8 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     server.add_argument("--host", help="bind address (API_HOST)")
     server.add_argument("--port", type=int, help="port (API_PORT)")
     server.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
-    server.add_argument("--forwarded-allow-ips",
-                        help="proxies trusted for X-Forwarded-* (FORWARDED_ALLOW_IPS)")
+    server.add_argument(
+        "--forwarded-allow-ips", help="proxies trusted for X-Forwarded-* (FORWARDED_ALLOW_IPS)"
+    )
     server.set_defaults(run=run_server)
 
     db = sub.add_parser("db", help="database maintenance").add_subparsers(required=True)
@@ -91,8 +92,15 @@ def database(settings: Settings) -> Iterator[str]:
 
 
 def run_server(args: argparse.Namespace) -> int:
-    overrides = {k: v for k, v in (("api_host", args.host), ("api_port", args.port),
-                                   ("forwarded_allow_ips", args.forwarded_allow_ips)) if v}
+    overrides = {
+        k: v
+        for k, v in (
+            ("api_host", args.host),
+            ("api_port", args.port),
+            ("forwarded_allow_ips", args.forwarded_allow_ips),
+        )
+        if v
+    }
     settings = Settings.load(**overrides)
     if args.workers < 1:
         raise DocgateError("--workers must be at least 1")
@@ -107,11 +115,18 @@ def run_server(args: argparse.Namespace) -> int:
         print(banner(settings), flush=True)
         os.environ[DSN_ENV] = dsn
         uvicorn.run(
-            "server.asgi:app_from_env", factory=True, host=settings.api_host,
-            port=settings.api_port, workers=args.workers, log_config=None, access_log=False,
+            "server.asgi:app_from_env",
+            factory=True,
+            host=settings.api_host,
+            port=settings.api_port,
+            workers=args.workers,
+            log_config=None,
+            access_log=False,
             # Keep-alive above nginx's upstream keepalive_timeout (60 s): nginx closes first.
-            proxy_headers=True, forwarded_allow_ips=settings.forwarded_allow_ips,
-            timeout_keep_alive=75, timeout_graceful_shutdown=10,
+            proxy_headers=True,
+            forwarded_allow_ips=settings.forwarded_allow_ips,
+            timeout_keep_alive=75,
+            timeout_graceful_shutdown=10,
         )
     return 0
 
@@ -192,8 +207,11 @@ def run_refetch_failed(args: argparse.Namespace) -> int:
 
 def banner(settings: Settings) -> str:
     url = f"http://{settings.api_host}:{settings.api_port}"
-    store = "embedded PostgreSQL in " + str(settings.data_dir / "pg") if settings.embedded else (
-        "external PostgreSQL")
+    store = (
+        "embedded PostgreSQL in " + str(settings.data_dir / "pg")
+        if settings.embedded
+        else ("external PostgreSQL")
+    )
     return f"""
   docgate gate starting on {url}  ({store})
   API docs: {url}/docs    health: {url}/health    metrics: {url}/metrics

@@ -54,8 +54,13 @@ class Processes:
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         log = (self.logs / f"{name}.log").open("wb")
         # argv is built here from sys.executable and our own flags, never from input.
-        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,  # noqa: S603
-                                start_new_session=True)
+        proc = subprocess.Popen(  # noqa: S603
+            argv,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.children.append((proc, log))
         return proc
 
@@ -98,28 +103,71 @@ def _demo(args: argparse.Namespace, data: Path, processes: Processes) -> int:
     store = data / "documents"
     base = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "DB_", "DOCGATE_"))}
     console.print(f"[bold]docgate demo[/] in {data}")
-    processes.start("gate", [*python, "server"], base | {
-        "DATA_DIR": str(data), "API_PORT": str(gate_port), "ADMIN_API_KEY": admin,
-        "STORAGE_URL": str(store), "LOG_LEVEL": "WARNING"})
-    processes.start("origin", [*python, "origin", "--port", str(origin_port), "--size", str(args.size),
-                               "--error-rate", "0.01"], base)
+    processes.start(
+        "gate",
+        [*python, "server"],
+        base
+        | {
+            "DATA_DIR": str(data),
+            "API_PORT": str(gate_port),
+            "ADMIN_API_KEY": admin,
+            "STORAGE_URL": str(store),
+            "LOG_LEVEL": "WARNING",
+        },
+    )
+    processes.start(
+        "origin",
+        [*python, "origin", "--port", str(origin_port), "--size", str(args.size), "--error-rate", "0.01"],
+        base,
+    )
     http = httpx.Client(base_url=gate_url, headers={"X-API-Key": admin}, timeout=30)
     _wait_for(gate_url + "/health", "gate")
     _wait_for(origin_url + "/search", "origin")
     console.print(f"  gate    {gate_url}  (embedded PostgreSQL in {data / 'pg'})")
     console.print(f"  origin  {origin_url}  (simulated registry, 1 % of answers are 503)")
-    job = http.post("/api/v1/jobs", json={
-        "source": "id_range", "chunk_size": 100,
-        "params": {"url_template": origin_url + "/doc/{id}.bin", "start_id": 1, "count": args.documents,
-                   "ext": ".bin"}}).json()
+    job = http.post(
+        "/api/v1/jobs",
+        json={
+            "source": "id_range",
+            "chunk_size": 100,
+            "params": {
+                "url_template": origin_url + "/doc/{id}.bin",
+                "start_id": 1,
+                "count": args.documents,
+                "ext": ".bin",
+            },
+        },
+    ).json()
     console.print(f"  job     {job['job_id']}: {args.documents} documents in {job['tasks_created']} tasks")
     for i in range(args.clients):
         key = http.post("/api/v1/clients/register", json={"client_name": f"demo-client-{i + 1}"}).json()
-        processes.start(f"client-{i + 1}", [
-            *python, "client", "--api-url", gate_url, "--api-key", key["api_key"],
-            "--client-name", f"demo-client-{i + 1}", "--output-dir", str(store),
-            "--allow-network", "127.0.0.0/8", "--exit-when-idle", "--progress", "log",
-            "--concurrency", "32", "--max-tasks", "3", "--poll-interval", "1"], base)
+        processes.start(
+            f"client-{i + 1}",
+            [
+                *python,
+                "client",
+                "--api-url",
+                gate_url,
+                "--api-key",
+                key["api_key"],
+                "--client-name",
+                f"demo-client-{i + 1}",
+                "--output-dir",
+                str(store),
+                "--allow-network",
+                "127.0.0.0/8",
+                "--exit-when-idle",
+                "--progress",
+                "log",
+                "--concurrency",
+                "32",
+                "--max-tasks",
+                "3",
+                "--poll-interval",
+                "1",
+            ],
+            base,
+        )
     started = time.monotonic()
     final = _follow(http, job["job_id"], args)
     elapsed = time.monotonic() - started
@@ -137,8 +185,13 @@ def _wait_for(url: str, what: str, seconds: float = 120) -> None:
 
 
 def _follow(http: httpx.Client, job_id: str, args: argparse.Namespace) -> dict[str, Any]:
-    columns = (TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description:<16}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+    )
     deadline = time.monotonic() + args.timeout
     with Progress(*columns, console=console) as bar:
         total = bar.add_task("all documents", total=args.documents, rate="")
@@ -164,11 +217,15 @@ def _summary(job: dict[str, Any], elapsed: float, store: Path, data: Path, args:
     files = sorted(p for p in store.rglob("*.bin"))
     size = sum(p.stat().st_size for p in files)
     console.print()
-    console.print(f"[bold]{'done' if finished else 'timed out'}[/] in {elapsed:.1f} s: "
-                  f"{stored} documents stored, {job['documents_skipped']} skipped, {failed} failed "
-                  f"of {args.documents}")
-    console.print(f"  throughput  {stored / elapsed:.0f} documents/s, {size / elapsed / 1e6:.1f} MB/s "
-                  f"with {args.clients} clients")
+    console.print(
+        f"[bold]{'done' if finished else 'timed out'}[/] in {elapsed:.1f} s: "
+        f"{stored} documents stored, {job['documents_skipped']} skipped, {failed} failed "
+        f"of {args.documents}"
+    )
+    console.print(
+        f"  throughput  {stored / elapsed:.0f} documents/s, {size / elapsed / 1e6:.1f} MB/s "
+        f"with {args.clients} clients"
+    )
     console.print(f"  tasks       {job['counts']}")
     example = files[0].relative_to(store) if files else "-"
     console.print(f"  files       {len(files)} in {store} (sharded: <id // 50000>/<id>.bin, e.g. {example})")

@@ -95,8 +95,9 @@ class Origin:
         roll = self.rng.random()
         if roll < self.config.rate_429:
             self.stats.answered_429[key] = time.monotonic()
-            return web.Response(status=429, text="slow down",
-                                headers={"Retry-After": f"{self.config.retry_after:g}"})
+            return web.Response(
+                status=429, text="slow down", headers={"Retry-After": f"{self.config.retry_after:g}"}
+            )
         if roll < self.config.rate_429 + self.config.error_rate:
             return web.Response(status=503, text="try again")
         return None
@@ -130,18 +131,23 @@ class Origin:
         query = "&".join(f"{k}={v}" for k, v in sorted(request.query.items()) if k not in {"page", "format"})
         ids = listing_ids(query, page, self.config.per_page, self.config.results)
         if request.query.get("format") == "json":
-            return web.json_response({"page": page, "documents": [
-                {"doc_id": i, "url": f"/doc/{i}.html"} for i in ids]})
+            return web.json_response(
+                {"page": page, "documents": [{"doc_id": i, "url": f"/doc/{i}.html"} for i in ids]}
+            )
         links = "\n".join(f'<li><a href="/doc/{i}.html">Document {i}</a></li>' for i in ids)
         return web.Response(text=f"<html><body><ul>\n{links}\n</ul></body></html>", content_type="text/html")
 
     async def report(self, request: web.Request) -> web.Response:
         s = self.stats
-        return web.json_response({
-            "by_kind": dict(s.by_kind), "by_second": {str(k): v for k, v in sorted(s.by_second.items())},
-            "documents_served": sum(s.by_doc.values()), "distinct_documents": len(s.by_doc),
-            "retries_after_429": s.retries_after_429,
-        })
+        return web.json_response(
+            {
+                "by_kind": dict(s.by_kind),
+                "by_second": {str(k): v for k, v in sorted(s.by_second.items())},
+                "documents_served": sum(s.by_doc.values()),
+                "distinct_documents": len(s.by_doc),
+                "retries_after_429": s.retries_after_429,
+            }
+        )
 
 
 def add_command(sub: Any) -> None:
@@ -163,10 +169,16 @@ def add_command(sub: Any) -> None:
 
 def run_origin(args: argparse.Namespace) -> int:
     config = OriginConfig(
-        size_min=args.size, size_max=args.size_max or args.size, latency=args.latency,
-        error_rate=args.error_rate, rate_429=args.rate_429, retry_after=args.retry_after,
-        missing=frozenset(filter(None, args.missing.split(","))), per_page=args.per_page,
-        results=args.results, seed=args.seed,
+        size_min=args.size,
+        size_max=args.size_max or args.size,
+        latency=args.latency,
+        error_rate=args.error_rate,
+        rate_429=args.rate_429,
+        retry_after=args.retry_after,
+        missing=frozenset(filter(None, args.missing.split(","))),
+        per_page=args.per_page,
+        results=args.results,
+        seed=args.seed,
     )
     asyncio.run(serve(Origin(config), args.host, args.port))
     return 0

@@ -53,9 +53,16 @@ def _open(url: str) -> Storage:
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TaskProgressColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
-                    console=console, transient=False)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
 
 
 def run_migrate(args: argparse.Namespace) -> int:
@@ -76,13 +83,16 @@ async def _migrate(src: Storage, dst: Storage, workers: int, dry_run: bool) -> i
     started = time.monotonic()
     with _progress() as bar:
         task = bar.add_task("migrate" + (" (dry run)" if dry_run else ""), total=size)
-        summary = await copy_store(src, dst, workers=workers, dry_run=dry_run,
-                                   on_object=lambda info, _: bar.advance(task, info.size))
+        summary = await copy_store(
+            src, dst, workers=workers, dry_run=dry_run, on_object=lambda info, _: bar.advance(task, info.size)
+        )
     elapsed = max(time.monotonic() - started, 1e-9)
     verb = "would copy" if dry_run else "copied"
-    print(f"{total} objects in {src.url}: {verb} {summary.copied} "
-          f"({summary.bytes_copied / 1e6:.1f} MB, {summary.copied / elapsed:.0f} objects/s), "
-          f"skipped {summary.skipped} already at {dst.url}, failed {summary.failed}")
+    print(
+        f"{total} objects in {src.url}: {verb} {summary.copied} "
+        f"({summary.bytes_copied / 1e6:.1f} MB, {summary.copied / elapsed:.0f} objects/s), "
+        f"skipped {summary.skipped} already at {dst.url}, failed {summary.failed}"
+    )
     for error in summary.errors[:50]:
         print(f"failed: {error}", file=sys.stderr)
     return 1 if summary.failed else 0
@@ -137,8 +147,10 @@ async def _check_document(store: Storage, row: Any) -> str | None:
     except StorageError as exc:
         return f"unreadable {key} (doc_id {row['doc_id']}): {exc.message}"
     if found.sha256 != row["sha256"] or found.size != row["size"]:
-        return (f"wrong {key} (doc_id {row['doc_id']}): sha256 {found.sha256} size {found.size}, "
-                f"recorded {row['sha256']} size {row['size']}")
+        return (
+            f"wrong {key} (doc_id {row['doc_id']}): sha256 {found.sha256} size {found.size}, "
+            f"recorded {row['sha256']} size {row['size']}"
+        )
     return None
 
 

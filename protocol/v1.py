@@ -100,14 +100,13 @@ def _check_json(value: dict[str, Any]) -> dict[str, Any]:
 
 Text = Annotated[str, StringConstraints(max_length=MAX_TEXT), AfterValidator(_no_nul)]
 Name = Annotated[
-    str, StringConstraints(min_length=1, max_length=100, strip_whitespace=True),
+    str,
+    StringConstraints(min_length=1, max_length=100, strip_whitespace=True),
     AfterValidator(_no_nul),
 ]
 JsonObject = Annotated[dict[str, Any], AfterValidator(_check_json)]
 SourceName = Annotated[str, StringConstraints(pattern=SOURCE_PATTERN)]
-IdempotencyKey = Annotated[
-    str, StringConstraints(min_length=1, max_length=200), AfterValidator(_no_nul)
-]
+IdempotencyKey = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_no_nul)]
 Count = Annotated[int, Field(ge=0, le=MAX_DOCUMENTS_PER_TASK)]
 Priority = Annotated[int, Field(ge=-MAX_PRIORITY, le=MAX_PRIORITY)]
 Attempts = Annotated[int, Field(ge=1, le=MAX_ATTEMPTS_BOUND)]

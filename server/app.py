@@ -58,8 +58,10 @@ def _documented_errors(build: Callable[[], dict[str, Any]]) -> Callable[[], dict
         error = schema.get("components", {}).get("schemas", {}).get("HTTPValidationError")
         if error and "anyOf" not in error["properties"]["detail"]:
             listed = error["properties"]["detail"]
-            error["properties"]["detail"] = {"title": "Detail", "anyOf": [
-                {"type": "string"}, {k: v for k, v in listed.items() if k != "title"}]}
+            error["properties"]["detail"] = {
+                "title": "Detail",
+                "anyOf": [{"type": "string"}, {k: v for k, v in listed.items() if k != "title"}],
+            }
         return schema
 
     return openapi
@@ -74,16 +76,24 @@ def _lifespan(
         try:
             await bootstrap.prepare_database(pool, settings)
             admin_key = settings.admin_api_key.get_secret_value() if settings.admin_api_key else None
-            store = open_storage(settings.store_url, deadline=Deadline(
-                settings.storage_timeout_seconds, settings.storage_min_rate))
+            store = open_storage(
+                settings.store_url,
+                deadline=Deadline(settings.storage_timeout_seconds, settings.storage_min_rate),
+            )
             state = GateState(
-                settings=settings, pool=pool, wakeup=TaskWakeup(dsn), metrics=metrics,
-                auth=Authenticator(pool, admin_key, settings.enable_auth), store=store,
+                settings=settings,
+                pool=pool,
+                wakeup=TaskWakeup(dsn),
+                metrics=metrics,
+                auth=Authenticator(pool, admin_key, settings.enable_auth),
+                store=store,
             )
             app.state.gate = state
             state.wakeup.start(partial(db_tasks.any_leasable, pool), settings.poll_fallback_seconds)
-            background = [asyncio.create_task(_housekeeping(state), name="docgate-housekeeping"),
-                          asyncio.create_task(_watch_loop(metrics), name="docgate-loop-lag")]
+            background = [
+                asyncio.create_task(_housekeeping(state), name="docgate-housekeeping"),
+                asyncio.create_task(_watch_loop(metrics), name="docgate-loop-lag"),
+            ]
             try:
                 yield
             finally:

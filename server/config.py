@@ -28,7 +28,10 @@ class Settings(BaseSettings):
     """Every gate setting; `.env.example` lists them with their defaults."""
 
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
         case_sensitive=False,
     )
 

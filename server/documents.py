@@ -47,8 +47,9 @@ def _recorded(doc: v1.DocumentReport, shard_size: int, store_url: str) -> Record
     doc_id, key = str(doc.doc_id), doc.storage_key or ""
     ext = ext_of(key, doc_id)
     try:
-        expected = document_key(doc_id, (ext or "").removesuffix(GZIP_EXT), shard_size=shard_size,
-                                compressed=doc.compressed)
+        expected = document_key(
+            doc_id, (ext or "").removesuffix(GZIP_EXT), shard_size=shard_size, compressed=doc.compressed
+        )
     except KeyRefused as exc:
         raise Unprocessable(exc.message) from None
     if ext is None or key != expected:

@@ -1,16 +1,16 @@
 """Gate errors. One base; each docstring is its default message.
 
-    DocgateError
-    ├── SettingError            a setting is missing or wrong (start-up stops)
-    ├── DatabaseUnavailable     503
-    ├── Unauthorized            401
-    ├── Forbidden               403
-    ├── NotFound                404
-    ├── Conflict                409
-    │   └── LeaseLost           409
-    ├── PayloadTooLarge         413
-    ├── Unprocessable           422
-    └── BadRequest              400
+DocgateError
+├── SettingError            a setting is missing or wrong (start-up stops)
+├── DatabaseUnavailable     503
+├── Unauthorized            401
+├── Forbidden               403
+├── NotFound                404
+├── Conflict                409
+│   └── LeaseLost           409
+├── PayloadTooLarge         413
+├── Unprocessable           422
+└── BadRequest              400
 """
 
 from __future__ import annotations

@@ -22,42 +22,53 @@ class Metrics:
         self.failures = Counter(
             "docgate_failures_total", "Failed attempts reported by clients.", ["final"], registry=r
         )
-        self.expirations = Counter(
-            "docgate_lease_expirations_total", "Leases that expired.", registry=r
-        )
+        self.expirations = Counter("docgate_lease_expirations_total", "Leases that expired.", registry=r)
         self.stale_refusals = Counter(
             "docgate_stale_token_refusals_total", "Writes refused for a stale lease.", registry=r
         )
         self.lease_latency = Histogram(
-            "docgate_lease_latency_seconds", "Time to run one lease statement.", registry=r,
+            "docgate_lease_latency_seconds",
+            "Time to run one lease statement.",
+            registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
         )
         self.requests = Counter(
-            "docgate_http_requests_total", "HTTP requests.", ["route", "method", "status"],
+            "docgate_http_requests_total",
+            "HTTP requests.",
+            ["route", "method", "status"],
             registry=r,
         )
         self.request_latency = Histogram(
-            "docgate_http_request_duration_seconds", "HTTP request latency (long-poll excluded).",
-            ["route", "method"], registry=r,
+            "docgate_http_request_duration_seconds",
+            "HTTP request latency (long-poll excluded).",
+            ["route", "method"],
+            registry=r,
         )
 
         self.loop_lag = Histogram(
-            "docgate_event_loop_lag_seconds", "How late the gate's event loop woke a 50 ms timer.",
-            registry=r, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            "docgate_event_loop_lag_seconds",
+            "How late the gate's event loop woke a 50 ms timer.",
+            registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
         )
 
         self.oldest_pending = Gauge(
-            "docgate_oldest_pending_task_age_seconds", "Age of the oldest pending task.", registry=r)
+            "docgate_oldest_pending_task_age_seconds", "Age of the oldest pending task.", registry=r
+        )
         self.documents = Gauge("docgate_documents", "Documents recorded (whole in storage).", registry=r)
-        self.document_bytes = Gauge("docgate_document_bytes", "Total size of recorded documents.",
-                                    registry=r)
+        self.document_bytes = Gauge("docgate_document_bytes", "Total size of recorded documents.", registry=r)
         self.reported = Counter(
-            "docgate_documents_reported_total", "Documents reported by clients to this gate.",
-            ["outcome"], registry=r)
+            "docgate_documents_reported_total",
+            "Documents reported by clients to this gate.",
+            ["outcome"],
+            registry=r,
+        )
         self.reported_bytes = Counter(
-            "docgate_documents_reported_bytes_total", "Bytes of documents reported stored.", registry=r)
-        self.clients = Gauge("docgate_clients", "Registered clients by heartbeat state.", ["state"],
-                             registry=r)
+            "docgate_documents_reported_bytes_total", "Bytes of documents reported stored.", registry=r
+        )
+        self.clients = Gauge(
+            "docgate_clients", "Registered clients by heartbeat state.", ["state"], registry=r
+        )
 
     def render(self, snapshot: Snapshot) -> bytes:
         for status in v1.TaskStatus:

@@ -84,8 +84,22 @@ class Observe:
         if not log.isEnabledFor(logging.INFO):
             return
         client = scope.get("client") or ("-", 0)
-        log.info("%s %s %d %.1f ms from %s", method, scope["path"], status, seconds * 1000, client[0],
-                 extra={"fields": {
-            "method": method, "path": scope["path"], "route": route, "status": status,
-            "duration_ms": round(seconds * 1000, 2), "client_addr": client[0],
-            "request_id": request_id.get()}})
+        log.info(
+            "%s %s %d %.1f ms from %s",
+            method,
+            scope["path"],
+            status,
+            seconds * 1000,
+            client[0],
+            extra={
+                "fields": {
+                    "method": method,
+                    "path": scope["path"],
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(seconds * 1000, 2),
+                    "client_addr": client[0],
+                    "request_id": request_id.get(),
+                }
+            },
+        )

@@ -52,8 +52,10 @@ class TaskWakeup:
 
     def start(self, leasable: Callable[[], Awaitable[bool]], interval: float) -> None:
         """Listen for notifications, and probe with `leasable` every `interval` while anyone waits."""
-        self._runners = [asyncio.create_task(self._listen_forever(), name="docgate-listen"),
-                         asyncio.create_task(self._probe_forever(leasable, interval), name="docgate-probe")]
+        self._runners = [
+            asyncio.create_task(self._listen_forever(), name="docgate-listen"),
+            asyncio.create_task(self._probe_forever(leasable, interval), name="docgate-probe"),
+        ]
 
     async def stop(self) -> None:
         for runner in self._runners:

@@ -1,10 +1,10 @@
 """Document storage: one interface, backends chosen by URL.
 
-    file:///srv/btl/raw or /srv/btl/raw     LocalStorage
-    s3://bucket/prefix                      S3Storage (endpoint and keys from the usual AWS_* variables)
-    b2://bucket/prefix                      S3Storage on Backblaze B2 (B2_* variables)
-    gate                                    GateStorage (upload through the gate)
-    mirror:<primary>,<secondary>            MirrorStorage (e.g. mirror:file:///srv/raw,b2://bucket/raw)
+file:///srv/btl/raw or /srv/btl/raw     LocalStorage
+s3://bucket/prefix                      S3Storage (endpoint and keys from the usual AWS_* variables)
+b2://bucket/prefix                      S3Storage on Backblaze B2 (B2_* variables)
+gate                                    GateStorage (upload through the gate)
+mirror:<primary>,<secondary>            MirrorStorage (e.g. mirror:file:///srv/raw,b2://bucket/raw)
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from urllib.parse import unquote, urlsplit
 from storage.base import Deadline, ObjectInfo, PutOptions, Storage, StoredObject
 from storage.errors import StorageError
 
-__all__ = ["Deadline", "ObjectInfo", "PutOptions", "Storage", "StorageError", "StoredObject",
-           "open_storage"]
+__all__ = ["Deadline", "ObjectInfo", "PutOptions", "Storage", "StorageError", "StoredObject", "open_storage"]
 
 
 class StorageSettingError(StorageError):
@@ -26,14 +25,18 @@ class StorageSettingError(StorageError):
 
 
 def open_storage(
-    url: str, *, deadline: Deadline | None = None, api_url: str | None = None,
-    api_key: str | None = None, env: Mapping[str, str] | None = None,
+    url: str,
+    *,
+    deadline: Deadline | None = None,
+    api_url: str | None = None,
+    api_key: str | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Storage:
     """Build the store a URL names; a bad URL raises StorageSettingError naming what is wrong."""
     env = os.environ if env is None else env
     url = url.strip()
     if url.startswith("mirror:"):
-        primary, sep, secondary = url[len("mirror:"):].partition(",")
+        primary, sep, secondary = url[len("mirror:") :].partition(",")
         if not sep or not primary or not secondary:
             raise StorageSettingError("mirror storage is mirror:<primary URL>,<secondary URL>")
         from storage.mirror import MirrorStorage
@@ -73,10 +76,16 @@ def _s3(scheme: str, bucket: str, prefix: str, deadline: Deadline | None, env: M
         # Endpoint, region and keys come from boto3's usual chain (AWS_ENDPOINT_URL, AWS_* …).
         return S3Storage(bucket, prefix, deadline=deadline)
     bucket = bucket or env.get("B2_BUCKET_NAME", "")
-    missing = [name for name, value in (("B2_BUCKET_NAME", bucket),
-               ("B2_ENDPOINT", env.get("B2_ENDPOINT")),
-               ("B2_APPLICATION_KEY_ID", env.get("B2_APPLICATION_KEY_ID")),
-               ("B2_APPLICATION_KEY", env.get("B2_APPLICATION_KEY"))) if not value]
+    missing = [
+        name
+        for name, value in (
+            ("B2_BUCKET_NAME", bucket),
+            ("B2_ENDPOINT", env.get("B2_ENDPOINT")),
+            ("B2_APPLICATION_KEY_ID", env.get("B2_APPLICATION_KEY_ID")),
+            ("B2_APPLICATION_KEY", env.get("B2_APPLICATION_KEY")),
+        )
+        if not value
+    ]
     if missing:
         raise StorageSettingError(f"b2:// storage needs {', '.join(missing)}")
     endpoint = env["B2_ENDPOINT"]
@@ -85,6 +94,13 @@ def _s3(scheme: str, bucket: str, prefix: str, deadline: Deadline | None, env: M
     # Backblaze endpoints name their region: s3.us-west-004.backblazeb2.com.
     found = re.search(r"//s3\.([a-z0-9-]+)\.backblazeb2\.com", endpoint)
     region = found[1] if found else "us-east-1"
-    return S3Storage(bucket, prefix, endpoint_url=endpoint, region=region, scheme="b2",
-                     access_key=env["B2_APPLICATION_KEY_ID"], secret_key=env["B2_APPLICATION_KEY"],
-                     deadline=deadline)
+    return S3Storage(
+        bucket,
+        prefix,
+        endpoint_url=endpoint,
+        region=region,
+        scheme="b2",
+        access_key=env["B2_APPLICATION_KEY_ID"],
+        secret_key=env["B2_APPLICATION_KEY"],
+        deadline=deadline,
+    )

@@ -116,8 +116,9 @@ class Encoder:
     def __init__(self, options: PutOptions) -> None:
         self.digest = Digest(options.max_size)
         self._gunzip = zlib.decompressobj(31) if options.input_gzipped else None
-        self._gzip = (zlib.compressobj(6, zlib.DEFLATED, 31)
-                      if options.compress and not options.input_gzipped else None)
+        self._gzip = (
+            zlib.compressobj(6, zlib.DEFLATED, 31) if options.compress and not options.input_gzipped else None
+        )
         self._keep_input = options.input_gzipped and options.compress
 
     @overload
@@ -152,8 +153,11 @@ class Encoder:
             self.digest.update(tail)
             if not self._gunzip.eof:
                 raise ChecksumMismatch("gzip body is truncated")
-            return b"" if self._keep_input else (
-                self._gzip.compress(tail) + self._gzip.flush() if self._gzip else tail)
+            return (
+                b""
+                if self._keep_input
+                else (self._gzip.compress(tail) + self._gzip.flush() if self._gzip else tail)
+            )
         return self._gzip.flush() if self._gzip else b""
 
 
@@ -181,7 +185,7 @@ async def rechunk(chunks: Chunks, size: int) -> AsyncIterator[bytes]:
 
 async def from_bytes(data: bytes, size: int = CHUNK) -> AsyncIterator[bytes]:
     for start in range(0, len(data), size):
-        yield data[start:start + size]
+        yield data[start : start + size]
 
 
 class Storage(ABC):

@@ -58,14 +58,19 @@ async def copy_one(src: Storage, dst: Storage, info: ObjectInfo, dry_run: bool) 
     gz = info.key.endswith(GZIP_EXT)
     # The put hashes what it writes and refuses to publish unless that matches
     # the source's sha256: the copy is verified without reading it back.
-    options = PutOptions(overwrite=there is not None, compress=gz, input_gzipped=gz,
-                         expected_sha256=await known_sha(src, info))
+    options = PutOptions(
+        overwrite=there is not None, compress=gz, input_gzipped=gz, expected_sha256=await known_sha(src, info)
+    )
     await dst.put(info.key, src.open(info.key), options)
     return True
 
 
 async def copy_store(
-    src: Storage, dst: Storage, *, workers: int = 8, dry_run: bool = False,
+    src: Storage,
+    dst: Storage,
+    *,
+    workers: int = 8,
+    dry_run: bool = False,
     on_object: Callable[[ObjectInfo, str], None] = lambda info, outcome: None,
 ) -> CopySummary:
     """Copy every object of SRC to DST. Safe to interrupt and run again: done objects are skipped."""

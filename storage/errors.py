@@ -1,13 +1,13 @@
 """Storage errors. One base; each docstring is its default message.
 
-    StorageError
-    ├── KeyRefused           the key or doc_id is malformed or would leave the root
-    ├── ObjectMissing        no object under that key
-    ├── AlreadyStored        write-once: the key already holds a document
-    ├── ChecksumMismatch     the bytes do not hash to the expected sha256
-    ├── TooLarge             the document is over the size limit
-    ├── StorageTimeout       the call did not finish within its deadline
-    └── StorageUnavailable   the backend failed (I/O error, HTTP error, refused)
+StorageError
+├── KeyRefused           the key or doc_id is malformed or would leave the root
+├── ObjectMissing        no object under that key
+├── AlreadyStored        write-once: the key already holds a document
+├── ChecksumMismatch     the bytes do not hash to the expected sha256
+├── TooLarge             the document is over the size limit
+├── StorageTimeout       the call did not finish within its deadline
+└── StorageUnavailable   the backend failed (I/O error, HTTP error, refused)
 """
 
 from __future__ import annotations

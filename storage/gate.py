@@ -28,13 +28,22 @@ from storage.errors import (
 from storage.keys import check_key
 
 ERRORS: dict[int, type[StorageError]] = {
-    404: ObjectMissing, 409: AlreadyStored, 413: TooLarge, 422: KeyRefused, 400: ChecksumMismatch,
+    404: ObjectMissing,
+    409: AlreadyStored,
+    413: TooLarge,
+    422: KeyRefused,
+    400: ChecksumMismatch,
 }
 
 
 class GateStorage(Storage):
-    def __init__(self, api_url: str, api_key: str | None, deadline: Deadline | None = None,
-                 http: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self,
+        api_url: str,
+        api_key: str | None,
+        deadline: Deadline | None = None,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
         super().__init__(deadline, threads=1)
         self.url = "gate"
         self.api = api_url.rstrip("/")
@@ -65,8 +74,13 @@ class GateStorage(Storage):
         if options.compress or options.input_gzipped:
             headers["Content-Encoding"] = "gzip"
         try:
-            reply = await self._send("PUT", f"/api/v1/documents/{quote(options.doc_id)}/raw",
-                                     params=params, headers=headers, content=body)
+            reply = await self._send(
+                "PUT",
+                f"/api/v1/documents/{quote(options.doc_id)}/raw",
+                params=params,
+                headers=headers,
+                content=body,
+            )
         except StorageUnavailable as exc:
             # Our own size limit aborts the upload from inside the body stream.
             if isinstance(exc.__context__, TooLarge):

@@ -62,7 +62,7 @@ def ext_of(key: str, doc_id: str | int) -> str | None:
     shard, _, name = key.partition("/")
     if not name.startswith(text):
         return None
-    ext = name[len(text):]
+    ext = name[len(text) :]
     ext_plain = ext.removesuffix(GZIP_EXT)
     if not EXT.fullmatch(ext_plain) or "/" in name:
         return None
@@ -72,8 +72,6 @@ def ext_of(key: str, doc_id: str | int) -> str | None:
 def check_key(key: str) -> str:
     """Refuse anything that is not a plain relative path of safe parts."""
     parts = key.split("/")
-    if not key or len(key) > 1024 or any(
-        not PART.fullmatch(p) or p in {".", ".."} for p in parts
-    ):
+    if not key or len(key) > 1024 or any(not PART.fullmatch(p) or p in {".", ".."} for p in parts):
         raise KeyRefused(f"storage key {key[:100]!r} is not a safe relative key")
     return key

@@ -71,8 +71,9 @@ class LocalStorage(Storage):
             if len(head) >= SMALL:
                 break
         else:
-            await self._blocking(partial(self._write_whole, final, bytes(head), encoder, options),
-                                 len(head), "write")
+            await self._blocking(
+                partial(self._write_whole, final, bytes(head), encoder, options), len(head), "write"
+            )
             return self._stored(key, encoder, options)
         tmp = final.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}"
         handle = await self._blocking(partial(self._create, tmp), what="create")
@@ -92,8 +93,9 @@ class LocalStorage(Storage):
 
     def _stored(self, key: str, encoder: Encoder, options: PutOptions) -> StoredObject:
         digest = encoder.digest
-        return StoredObject(key, self.url_for(key), digest.hexdigest(), digest.size,
-                            options.content_type, options.compress)
+        return StoredObject(
+            key, self.url_for(key), digest.hexdigest(), digest.size, options.content_type, options.compress
+        )
 
     def _create(self, tmp: Path) -> BinaryIO:
         self._inside(tmp)

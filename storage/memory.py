@@ -27,8 +27,14 @@ class MemoryStorage(Storage):
         if key in self.objects and not options.overwrite:
             raise AlreadyStored(f"{key} is already stored")
         self.objects[key] = (bytes(body), encoder.digest.hexdigest())
-        return StoredObject(key, self.url_for(key), encoder.digest.hexdigest(), encoder.digest.size,
-                            options.content_type, options.compress)
+        return StoredObject(
+            key,
+            self.url_for(key),
+            encoder.digest.hexdigest(),
+            encoder.digest.size,
+            options.content_type,
+            options.compress,
+        )
 
     async def open(self, key: str) -> AsyncIterator[bytes]:
         check_key(key)
@@ -36,7 +42,7 @@ class MemoryStorage(Storage):
             raise ObjectMissing(f"no object at {key}")
         data = self.objects[key][0]
         for start in range(0, len(data), CHUNK):
-            yield data[start:start + CHUNK]
+            yield data[start : start + CHUNK]
 
     async def stat(self, key: str) -> ObjectInfo | None:
         check_key(key)

@@ -34,8 +34,12 @@ class MirrorStorage(Storage):
         # Copy the stored bytes; for a compressed document they are gzip, and
         # the secondary hashes what they inflate to, so both record one sha256.
         stored_gzip = options.compress
-        copy = PutOptions(content_type=options.content_type, compress=stored_gzip,
-                          input_gzipped=stored_gzip, overwrite=overwrite)
+        copy = PutOptions(
+            content_type=options.content_type,
+            compress=stored_gzip,
+            input_gzipped=stored_gzip,
+            overwrite=overwrite,
+        )
         with contextlib.suppress(AlreadyStored):  # another writer got there first
             await self.secondary.put(key, self.primary.open(key), copy)
 

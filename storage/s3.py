@@ -42,9 +42,17 @@ READ_TIMEOUT = 120.0
 
 class S3Storage(Storage):
     def __init__(
-        self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
-        region: str | None = None, access_key: str | None = None, secret_key: str | None = None,
-        scheme: str = "s3", deadline: Deadline | None = None, threads: int = 16,
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        scheme: str = "s3",
+        deadline: Deadline | None = None,
+        threads: int = 16,
         part_size: int = PART_SIZE,
     ) -> None:
         super().__init__(deadline, threads)
@@ -56,7 +64,8 @@ class S3Storage(Storage):
             # The overall deadline (Deadline) bounds every call; the socket read
             # timeout only has to outlast the slowest single answer, such as the
             # completion of a large multipart upload, which S3 may take minutes to send.
-            connect_timeout=5, read_timeout=READ_TIMEOUT,
+            connect_timeout=5,
+            read_timeout=READ_TIMEOUT,
             retries={"max_attempts": 3, "mode": "standard"},
             # B2 refuses the CRC32 checksum headers botocore sends by default.
             request_checksum_calculation="when_required",
@@ -95,15 +104,23 @@ class S3Storage(Storage):
         else:
             buffer += encoder.finish()
             encoder.digest.check(options.expected_sha256)
-            await self._call("put_object", size=len(buffer), Key=final, Body=bytes(buffer),
-                             **self._meta(encoder, options), **_once(options))
+            await self._call(
+                "put_object",
+                size=len(buffer),
+                Key=final,
+                Body=bytes(buffer),
+                **self._meta(encoder, options),
+                **_once(options),
+            )
         digest = encoder.digest
-        return StoredObject(key, self.url_for(key), digest.hexdigest(), digest.size,
-                            options.content_type, options.compress)
+        return StoredObject(
+            key, self.url_for(key), digest.hexdigest(), digest.size, options.content_type, options.compress
+        )
 
     def _meta(self, encoder: Encoder, options: PutOptions) -> dict[str, Any]:
-        meta: dict[str, Any] = {"Metadata": {SHA_META: encoder.digest.hexdigest(),
-                                             "size": str(encoder.digest.size)}}
+        meta: dict[str, Any] = {
+            "Metadata": {SHA_META: encoder.digest.hexdigest(), "size": str(encoder.digest.size)}
+        }
         if options.content_type:
             meta["ContentType"] = options.content_type
         if options.compress:
@@ -111,7 +128,11 @@ class S3Storage(Storage):
         return meta
 
     async def _put_large(
-        self, final: str, buffer: bytearray, rest: AsyncIterator[bytes], encoder: Encoder,
+        self,
+        final: str,
+        buffer: bytearray,
+        rest: AsyncIterator[bytes],
+        encoder: Encoder,
         options: PutOptions,
     ) -> None:
         staging = f"{self.prefix}{STAGING}{uuid.uuid4().hex}"
@@ -132,7 +153,7 @@ class S3Storage(Storage):
             async for chunk in rest:
                 buffer += await self._blocking(partial(encoder.feed, chunk), len(chunk), "hash")
                 while len(buffer) >= self.part_size:
-                    piece, buffer[:] = bytes(buffer[:self.part_size]), buffer[self.part_size:]
+                    piece, buffer[:] = bytes(buffer[: self.part_size]), buffer[self.part_size :]
                     parts.append(await self._part(staging, upload, len(parts) + 1, piece))
                     total += len(piece)
             buffer += encoder.finish()
@@ -140,35 +161,52 @@ class S3Storage(Storage):
                 parts.append(await self._part(staging, upload, len(parts) + 1, bytes(buffer)))
                 total += len(buffer)
             # Completion assembles the parts server-side: its time grows with the size.
-            await self._call("complete_multipart_upload", size=total, Key=staging, UploadId=upload,
-                             MultipartUpload={"Parts": parts})
+            await self._call(
+                "complete_multipart_upload",
+                size=total,
+                Key=staging,
+                UploadId=upload,
+                MultipartUpload={"Parts": parts},
+            )
         except BaseException:
             await self._abort(staging, upload)
             raise
         return total
 
     async def _part(self, key: str, upload: str, number: int, body: bytes) -> dict[str, Any]:
-        reply = await self._call("upload_part", size=len(body), Key=key, UploadId=upload,
-                                 PartNumber=number, Body=body)
+        reply = await self._call(
+            "upload_part", size=len(body), Key=key, UploadId=upload, PartNumber=number, Body=body
+        )
         return {"PartNumber": number, "ETag": reply["ETag"]}
 
     async def _copy_to_final(
         self, staging: str, final: str, total: int, encoder: Encoder, options: PutOptions
     ) -> None:
-        upload = (await self._call("create_multipart_upload", Key=final,
-                                   **self._meta(encoder, options)))["UploadId"]
+        upload = (await self._call("create_multipart_upload", Key=final, **self._meta(encoder, options)))[
+            "UploadId"
+        ]
         parts = []
         try:
             for number, start in enumerate(range(0, total, COPY_PART), 1):
                 end = min(start + COPY_PART, total) - 1
                 reply = await self._call(
-                    "upload_part_copy", size=end - start, Key=final, UploadId=upload, PartNumber=number,
+                    "upload_part_copy",
+                    size=end - start,
+                    Key=final,
+                    UploadId=upload,
+                    PartNumber=number,
                     CopySource={"Bucket": self.bucket, "Key": staging},
                     CopySourceRange=f"bytes={start}-{end}",
                 )
                 parts.append({"PartNumber": number, "ETag": reply["CopyPartResult"]["ETag"]})
-            await self._call("complete_multipart_upload", size=total, Key=final, UploadId=upload,
-                             MultipartUpload={"Parts": parts}, **_once(options))
+            await self._call(
+                "complete_multipart_upload",
+                size=total,
+                Key=final,
+                UploadId=upload,
+                MultipartUpload={"Parts": parts},
+                **_once(options),
+            )
         except BaseException:
             await self._abort(final, upload)
             raise
@@ -198,10 +236,9 @@ class S3Storage(Storage):
     async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
         token: dict[str, Any] = {}
         while True:
-            page = await self._call("list_objects_v2", Prefix=self.prefix + prefix, MaxKeys=1000,
-                                    **token)
+            page = await self._call("list_objects_v2", Prefix=self.prefix + prefix, MaxKeys=1000, **token)
             for item in page.get("Contents", []):
-                key = item["Key"][len(self.prefix):]
+                key = item["Key"][len(self.prefix) :]
                 if not key.startswith(STAGING):
                     yield ObjectInfo(key, int(item["Size"]))
             if not page.get("IsTruncated"):

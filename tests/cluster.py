@@ -24,8 +24,14 @@ class Origin:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = (tmp / f"origin-{self.port}.log").open("w")
-        self.proc = subprocess.Popen(docgate("origin", "--port", str(self.port), *options), cwd=REPO,
-                                     env=CLEAN_ENV, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        self.proc = subprocess.Popen(
+            docgate("origin", "--port", str(self.port), *options),
+            cwd=REPO,
+            env=CLEAN_ENV,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+        )
         assert self.proc.stdout is not None
         assert json.loads(self.proc.stdout.readline())["origin"] == self.url
 
@@ -48,9 +54,16 @@ class Cluster:
         self.dsn = dsn
         self.store = tmp / "store"
         port = free_port()
-        env = {"DATABASE_URL": dsn, "API_PORT": str(port), "ADMIN_API_KEY": ADMIN,
-               "STORAGE_URL": str(self.store), "LEASE_SECONDS": "10", "RETRY_BACKOFF_SECONDS": "0.2",
-               "RETRY_BACKOFF_MAX_SECONDS": "1", "DB_POOL_MAX": "20"} | settings
+        env = {
+            "DATABASE_URL": dsn,
+            "API_PORT": str(port),
+            "ADMIN_API_KEY": ADMIN,
+            "STORAGE_URL": str(self.store),
+            "LEASE_SECONDS": "10",
+            "RETRY_BACKOFF_SECONDS": "0.2",
+            "RETRY_BACKOFF_MAX_SECONDS": "1",
+            "DB_POOL_MAX": "20",
+        } | settings
         self.gate = GateProcess(docgate("server"), env, port, tmp)
         self.gate.wait_healthy()
         self.url = self.gate.url
@@ -72,9 +85,16 @@ class Cluster:
         return str(self.post("/api/v1/clients/register", {"client_name": name})["api_key"])
 
     def job(self, origin: Origin, start_id: int, count: int, chunk_size: int = 100, ext: str = ".bin") -> str:
-        body = {"source": "id_range", "chunk_size": chunk_size,
-                "params": {"url_template": origin.url + "/doc/{id}" + ext, "start_id": start_id,
-                           "count": count, "ext": ext}}
+        body = {
+            "source": "id_range",
+            "chunk_size": chunk_size,
+            "params": {
+                "url_template": origin.url + "/doc/{id}" + ext,
+                "start_id": start_id,
+                "count": count,
+                "ext": ext,
+            },
+        }
         return str(self.post("/api/v1/jobs", body)["job_id"])
 
     def client(self, name: str, *flags: str, key: str | None = None) -> subprocess.Popen[str]:
@@ -82,11 +102,33 @@ class Cluster:
         log = (self.tmp / f"client-{name}-{len(self.clients)}.log").open("w")
         self.logs.append(log)
         proc = subprocess.Popen(
-            docgate("client", "--api-url", self.url, "--api-key", key, "--client-name", name,
-                    "--output-dir", str(self.store), "--allow-network", "127.0.0.0/8",
-                    "--progress", "log", "--heartbeat-interval", "1", "--poll-interval", "1", *flags),
-            cwd=REPO, env=CLEAN_ENV, stdout=log, stderr=subprocess.STDOUT, text=True,
-            start_new_session=True)
+            docgate(
+                "client",
+                "--api-url",
+                self.url,
+                "--api-key",
+                key,
+                "--client-name",
+                name,
+                "--output-dir",
+                str(self.store),
+                "--allow-network",
+                "127.0.0.0/8",
+                "--progress",
+                "log",
+                "--heartbeat-interval",
+                "1",
+                "--poll-interval",
+                "1",
+                *flags,
+            ),
+            cwd=REPO,
+            env=CLEAN_ENV,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         self.clients.append(proc)
         return proc
 

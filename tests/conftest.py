@@ -118,8 +118,9 @@ def gate_settings(**overrides: Any) -> Settings:
 class Gate:
     """A running gate app (in-process ASGI, real PostgreSQL) with helpers for tests."""
 
-    def __init__(self, http: httpx.AsyncClient, dsn: str, settings: Settings,
-                 transport: httpx.ASGITransport) -> None:
+    def __init__(
+        self, http: httpx.AsyncClient, dsn: str, settings: Settings, transport: httpx.ASGITransport
+    ) -> None:
         self.http = http
         self.transport = transport
         self.dsn = dsn
@@ -127,8 +128,11 @@ class Gate:
         self.admin = {"X-API-Key": ADMIN_KEY}
 
     async def register(self, name: str = "client-1") -> dict[str, str]:
-        r = await self.http.post("/api/v1/clients/register", headers=self.admin,
-                                 json={"client_name": name, "client_host": "test-host"})
+        r = await self.http.post(
+            "/api/v1/clients/register",
+            headers=self.admin,
+            json={"client_name": name, "client_host": "test-host"},
+        )
         assert r.status_code == 201, r.text
         return {"X-API-Key": r.json()["api_key"]}
 
@@ -153,8 +157,7 @@ async def start_gate(dsn: str, settings: Settings) -> AsyncIterator[Gate]:
     app = create_app(settings, dsn)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gate",
-                                     timeout=60) as http:
+        async with httpx.AsyncClient(transport=transport, base_url="http://gate", timeout=60) as http:
             yield Gate(http, dsn, settings, transport)
 
 
@@ -172,8 +175,11 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     port = free_port()
     log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -13,9 +13,13 @@ from typing import Any
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
-CLEAN_ENV = {k: v for k, v in os.environ.items()
-             if not k.startswith(("DB_", "DATABASE_URL", "ADMIN_API_KEY", "API_", "DATA_DIR",
-                                  "LEASE_", "STORAGE_", "ENABLE_AUTH"))}
+CLEAN_ENV = {
+    k: v
+    for k, v in os.environ.items()
+    if not k.startswith(
+        ("DB_", "DATABASE_URL", "ADMIN_API_KEY", "API_", "DATA_DIR", "LEASE_", "STORAGE_", "ENABLE_AUTH")
+    )
+}
 
 
 class GateProcess:
@@ -24,8 +28,14 @@ class GateProcess:
         self.url = f"http://127.0.0.1:{port}"
         self.log = cwd / f"gate-{port}-{time.monotonic_ns()}.log"
         self._out = self.log.open("wb")
-        self.proc = subprocess.Popen(argv, env=CLEAN_ENV | env, cwd=REPO, stdout=self._out,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv,
+            env=CLEAN_ENV | env,
+            cwd=REPO,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def wait_healthy(self, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout

@@ -31,34 +31,83 @@ def schemathesis(url: str, key: str, tmp: Path) -> subprocess.CompletedProcess[s
     cli = Path(sys.executable).with_name("schemathesis")
     report = tmp / "fuzz.ndjson"
     return subprocess.run(
-        [str(cli), "run", url + "/openapi.json", "--header", f"X-API-Key: {key}", "--checks", CHECKS,
-         "--max-examples", str(EXAMPLES), "--seed", str(SEED), "--generation-database", "none",
-         "--phases", "examples,coverage,fuzzing", "--request-timeout", "45", "--workers", "1",
-         "--report", "ndjson", "--report-ndjson-path", str(report), "--no-color"],
-        cwd=tmp, env=CLEAN_ENV, capture_output=True, text=True, timeout=840)
+        [
+            str(cli),
+            "run",
+            url + "/openapi.json",
+            "--header",
+            f"X-API-Key: {key}",
+            "--checks",
+            CHECKS,
+            "--max-examples",
+            str(EXAMPLES),
+            "--seed",
+            str(SEED),
+            "--generation-database",
+            "none",
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--request-timeout",
+            "45",
+            "--workers",
+            "1",
+            "--report",
+            "ndjson",
+            "--report-ndjson-path",
+            str(report),
+            "--no-color",
+        ],
+        cwd=tmp,
+        env=CLEAN_ENV,
+        capture_output=True,
+        text=True,
+        timeout=840,
+    )
 
 
 @pytest.mark.parametrize("who", ["admin", "client"])
 def test_no_operation_answers_5xx_or_breaks_its_schema(db_dsn: str, tmp_path: Path, who: str) -> None:
     port = free_port()
-    gate = GateProcess(docgate("server"), {
-        "DATABASE_URL": db_dsn, "API_PORT": str(port), "ADMIN_API_KEY": ADMIN,
-        "STORAGE_URL": str(tmp_path / "store"), "MAX_JOB_TASKS": "10000", "LOG_LEVEL": "WARNING"},
-        port, tmp_path)
+    gate = GateProcess(
+        docgate("server"),
+        {
+            "DATABASE_URL": db_dsn,
+            "API_PORT": str(port),
+            "ADMIN_API_KEY": ADMIN,
+            "STORAGE_URL": str(tmp_path / "store"),
+            "MAX_JOB_TASKS": "10000",
+            "LOG_LEVEL": "WARNING",
+        },
+        port,
+        tmp_path,
+    )
     try:
         gate.wait_healthy()
         key = ADMIN
         # Real work to lease, so long-polls answer at once instead of waiting out `wait`.
-        r = httpx.post(gate.url + "/api/v1/jobs", headers={"X-API-Key": ADMIN}, timeout=30, json={
-            "source": "id_range", "chunk_size": 1, "params": {
-                "url_template": "http://127.0.0.1:9/{id}", "start_id": 1, "count": 5000}})
+        r = httpx.post(
+            gate.url + "/api/v1/jobs",
+            headers={"X-API-Key": ADMIN},
+            timeout=30,
+            json={
+                "source": "id_range",
+                "chunk_size": 1,
+                "params": {"url_template": "http://127.0.0.1:9/{id}", "start_id": 1, "count": 5000},
+            },
+        )
         assert r.status_code == 201, r.text
         if who == "client":
-            r = httpx.post(gate.url + "/api/v1/clients/register", headers={"X-API-Key": ADMIN},
-                           json={"client_name": "fuzzer"}, timeout=10)
+            r = httpx.post(
+                gate.url + "/api/v1/clients/register",
+                headers={"X-API-Key": ADMIN},
+                json={"client_name": "fuzzer"},
+                timeout=10,
+            )
             key = r.json()["api_key"]
-        operations = sum(len(methods) for methods in
-                         httpx.get(gate.url + "/openapi.json", timeout=10).json()["paths"].values())
+        operations = sum(
+            len(methods)
+            for methods in httpx.get(gate.url + "/openapi.json", timeout=10).json()["paths"].values()
+        )
         run = schemathesis(gate.url, key, tmp_path)
         summary = run.stdout[-6000:]
         assert run.returncode == 0, summary + run.stderr[-2000:]
@@ -70,5 +119,3 @@ def test_no_operation_answers_5xx_or_breaks_its_schema(db_dsn: str, tmp_path: Pa
         assert "Traceback" not in gate.output(), gate.output()[-3000:]
     finally:
         gate.stop()
-
-

@@ -12,8 +12,11 @@ from conftest import Gate, gate_settings, start_gate
 ADMIN_ONLY = [
     ("POST", "/api/v1/tasks/create", {"search_params": {}}),
     ("POST", "/api/v1/tasks/batch", {"tasks": [{}]}),
-    ("POST", "/api/v1/jobs", {"source": "id_range",
-                              "params": {"url_template": "http://h/{id}", "start_id": 1, "count": 1}}),
+    (
+        "POST",
+        "/api/v1/jobs",
+        {"source": "id_range", "params": {"url_template": "http://h/{id}", "start_id": 1, "count": 1}},
+    ),
     ("GET", "/api/v1/tasks", None),
     ("GET", "/api/v1/tasks/status", None),
     ("GET", "/api/v1/clients", None),
@@ -39,8 +42,11 @@ async def test_no_key_401_and_client_key_403(gate: Gate, method: str, path: str,
 
 
 async def test_client_endpoints_need_a_key(gate: Gate) -> None:
-    for method, path in [("POST", "/api/v1/tasks/request"), ("GET", "/api/v1/tasks/request"),
-                         ("POST", "/api/v1/clients/heartbeat")]:
+    for method, path in [
+        ("POST", "/api/v1/tasks/request"),
+        ("GET", "/api/v1/tasks/request"),
+        ("POST", "/api/v1/clients/heartbeat"),
+    ]:
         r = await gate.http.request(method, path)
         assert r.status_code == 401, path
 
@@ -66,8 +72,9 @@ async def test_a_client_cannot_see_or_touch_another_clients_task(gate: Gate) -> 
 
 
 async def test_keys_are_stored_only_as_hashes(gate: Gate) -> None:
-    r = await gate.http.post("/api/v1/clients/register", headers=gate.admin,
-                             json={"client_name": "c", "client_host": "h"})
+    r = await gate.http.post(
+        "/api/v1/clients/register", headers=gate.admin, json={"client_name": "c", "client_host": "h"}
+    )
     key = r.json()["api_key"]
     assert len(key) >= 40
     rows = await gate.sql("SELECT api_key_hash, clients::text AS everything FROM clients")
@@ -79,13 +86,17 @@ async def test_keys_are_stored_only_as_hashes(gate: Gate) -> None:
 
 async def test_seed_register_with_own_key(gate: Gate) -> None:
     own = "my-own-long-random-key-0123456789abcdef"
-    r = await gate.http.post("/api/v1/clients/register", headers=gate.admin,
-                             json={"client_name": "c", "client_host": "h", "api_key": own})
+    r = await gate.http.post(
+        "/api/v1/clients/register",
+        headers=gate.admin,
+        json={"client_name": "c", "client_host": "h", "api_key": own},
+    )
     assert r.status_code == 201 and r.json()["api_key"] == own
     r = await gate.http.post("/api/v1/clients/heartbeat", headers={"X-API-Key": own})
     assert r.status_code == 200
-    r = await gate.http.post("/api/v1/clients/register", headers=gate.admin,
-                             json={"client_name": "d", "api_key": own})
+    r = await gate.http.post(
+        "/api/v1/clients/register", headers=gate.admin, json={"client_name": "d", "api_key": own}
+    )
     assert r.status_code == 409
 
 
@@ -104,9 +115,7 @@ async def test_generated_admin_key_is_printed_once_and_stored_hashed(
         assert "dg_" not in capsys.readouterr().out
 
 
-async def test_auth_disabled_makes_every_call_admin(
-    db_dsn: str, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_auth_disabled_makes_every_call_admin(db_dsn: str, caplog: pytest.LogCaptureFixture) -> None:
     async for gate in start_gate(db_dsn, gate_settings(enable_auth=False)):
         assert any("ENABLE_AUTH=false" in r.message for r in caplog.records)
         r = await gate.http.post("/api/v1/tasks/create", json={"search_params": {}})

@@ -33,8 +33,9 @@ async def test_bad_input(gate: Gate, case: Case) -> None:
     client = await gate.register()
     await gate.create()
     task = (await gate.lease(client)).json()
-    headers = {"admin": gate.admin, "client": client, "nobody": {},
-               "huge-key": {"X-API-Key": "k" * 1000}}[case.who]
+    headers = {"admin": gate.admin, "client": client, "nobody": {}, "huge-key": {"X-API-Key": "k" * 1000}}[
+        case.who
+    ]
     path = case.path.replace("{task}", task["task_id"])
     if case.raw:
         content = case.body
@@ -44,8 +45,9 @@ async def test_bad_input(gate: Gate, case: Case) -> None:
         content = None
     before = await gate.sql(SNAPSHOT)
 
-    r = await gate.http.request(case.method, path, content=content,
-                                headers=headers | {"Content-Type": case.content_type})
+    r = await gate.http.request(
+        case.method, path, content=content, headers=headers | {"Content-Type": case.content_type}
+    )
 
     assert r.status_code == case.status, r.text[:500]
     detail = r.json()["detail"]
@@ -61,7 +63,8 @@ async def test_chunked_body_over_the_limit_is_refused(gate: Gate) -> None:
             yield b"x" * 50_000
 
     before = await gate.sql(SNAPSHOT)
-    r = await gate.http.post("/api/v1/tasks/create", headers=gate.admin | {
-        "Content-Type": "application/json"}, content=chunks())
+    r = await gate.http.post(
+        "/api/v1/tasks/create", headers=gate.admin | {"Content-Type": "application/json"}, content=chunks()
+    )
     assert r.status_code == 413
     assert await gate.sql(SNAPSHOT) == before

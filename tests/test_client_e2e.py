@@ -43,8 +43,19 @@ def check_store_matches_records(cluster: Cluster, size: int = SIZE) -> int:
 
 def test_faulty_origin_three_clients_across_a_shard_boundary(cluster: Cluster, tmp_path: Path) -> None:
     missing = [49_990 + i * 3 for i in range(10)]
-    origin = Origin(tmp_path, "--size", str(SIZE), "--error-rate", "0.03", "--rate-429", "0.02",
-                    "--retry-after", "0.2", "--missing", ",".join(map(str, missing)))
+    origin = Origin(
+        tmp_path,
+        "--size",
+        str(SIZE),
+        "--error-rate",
+        "0.03",
+        "--rate-429",
+        "0.02",
+        "--retry-after",
+        "0.2",
+        "--missing",
+        ",".join(map(str, missing)),
+    )
     try:
         cluster.job(origin, 49_000, 2000)
         for i in range(3):
@@ -61,8 +72,9 @@ def test_faulty_origin_three_clients_across_a_shard_boundary(cluster: Cluster, t
     failed = cluster.sql("SELECT doc_id, error FROM document_failures")
     assert sorted(int(r["doc_id"]) for r in failed) == missing
     assert all("404" in r["error"] for r in failed)
-    (totals,) = cluster.sql("SELECT sum(documents_downloaded) d, sum(documents_failed) f, "
-                            "sum(documents_skipped) s FROM tasks")
+    (totals,) = cluster.sql(
+        "SELECT sum(documents_downloaded) d, sum(documents_failed) f, sum(documents_skipped) s FROM tasks"
+    )
     assert totals["d"] + totals["s"] == 1990 and totals["f"] == 10
     assert served["documents_served"] == 1990 == served["distinct_documents"]  # each fetched once
     job = cluster.get(f"/api/v1/jobs/{cluster.sql('SELECT job_id FROM jobs')[0][0]}")
@@ -72,10 +84,11 @@ def test_faulty_origin_three_clients_across_a_shard_boundary(cluster: Cluster, t
 def test_seed_search_task_end_to_end(cluster: Cluster, tmp_path: Path) -> None:
     origin = Origin(tmp_path, "--size", str(SIZE), "--per-page", "20", "--results", "200")
     try:
-        cluster.post("/api/v1/tasks/create", {"search_params": {"CourtRegion": "11", "INSType": "1"},
-                                              "start_page": 2, "max_documents": 30})
-        cluster.client("searcher", "--exit-when-idle",
-                       "--search-url", origin.url + "/search?page={page}")
+        cluster.post(
+            "/api/v1/tasks/create",
+            {"search_params": {"CourtRegion": "11", "INSType": "1"}, "start_page": 2, "max_documents": 30},
+        )
+        cluster.client("searcher", "--exit-when-idle", "--search-url", origin.url + "/search?page={page}")
         assert cluster.wait_clients() == [0]
         pages = origin.stats()["by_kind"]["search"]
     finally:
@@ -103,8 +116,12 @@ def test_kill_9_of_a_client_loses_nothing(tmp_path: Path, db_dsn: str) -> None:
         while cluster.sql("SELECT count(*) FROM documents")[0][0] < 300 and time.monotonic() < deadline:
             time.sleep(0.2)
         victim_id = cluster.sql("SELECT client_id FROM clients WHERE client_name = 'victim'")[0][0]
-        held = {r[0] for r in cluster.sql(
-            "SELECT task_id FROM tasks WHERE status = 'assigned' AND assigned_to = $1", victim_id)}
+        held = {
+            r[0]
+            for r in cluster.sql(
+                "SELECT task_id FROM tasks WHERE status = 'assigned' AND assigned_to = $1", victim_id
+            )
+        }
         assert held, "the victim held no task when killed"
         os.killpg(victim.pid, signal.SIGKILL)
         victim.wait(10)
@@ -112,15 +129,27 @@ def test_kill_9_of_a_client_loses_nothing(tmp_path: Path, db_dsn: str) -> None:
         statuses = {r[0]: r[1] for r in cluster.sql("SELECT status, count(*) FROM tasks GROUP BY status")}
         assert statuses == {"completed": 30}
         leftovers = list(cluster.store.rglob(".docgate-tmp-*"))  # the victim's interrupted writes
-        swept = subprocess.run(docgate("storage", "sweep", str(cluster.store), "--older-than", "0"),
-                               cwd=REPO, env=CLEAN_ENV, capture_output=True, text=True, timeout=60)
+        swept = subprocess.run(
+            docgate("storage", "sweep", str(cluster.store), "--older-than", "0"),
+            cwd=REPO,
+            env=CLEAN_ENV,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert f"removed {len(leftovers)} " in swept.stdout
         assert check_store_matches_records(cluster) == 1500
-        expired = {r[0] for r in cluster.sql(
-            "SELECT task_id FROM task_events WHERE event = 'expired' AND client_id = $1", victim_id)}
+        expired = {
+            r[0]
+            for r in cluster.sql(
+                "SELECT task_id FROM task_events WHERE event = 'expired' AND client_id = $1", victim_id
+            )
+        }
         assert held <= expired  # its tasks came back only after their lease ran out
-        completions = cluster.sql("SELECT task_id, count(*) FROM task_events WHERE event = 'completed' "
-                                  "GROUP BY task_id HAVING count(*) > 1")
+        completions = cluster.sql(
+            "SELECT task_id, count(*) FROM task_events WHERE event = 'completed' "
+            "GROUP BY task_id HAVING count(*) > 1"
+        )
         assert completions == []
     finally:
         origin.stop()
@@ -145,11 +174,14 @@ def test_sigterm_finishes_or_hands_back_within_the_grace(cluster: Cluster, tmp_p
     finally:
         origin.stop()
     assert took < 3 + 10, f"exit took {took:.1f} s"
-    still = cluster.sql("SELECT count(*) FROM tasks WHERE status = 'assigned' AND assigned_to = $1",
-                        client_id)
+    still = cluster.sql(
+        "SELECT count(*) FROM tasks WHERE status = 'assigned' AND assigned_to = $1", client_id
+    )
     assert still[0][0] == 0
-    handed = cluster.sql("SELECT count(*) FROM task_events WHERE event IN ('retry_scheduled', 'completed') "
-                         "AND client_id = $1", client_id)
+    handed = cluster.sql(
+        "SELECT count(*) FROM task_events WHERE event IN ('retry_scheduled', 'completed') AND client_id = $1",
+        client_id,
+    )
     assert handed[0][0] >= held_before
     check_store_matches_records(cluster)
 
@@ -183,8 +215,10 @@ def test_a_second_run_fetches_nothing(cluster: Cluster, tmp_path: Path) -> None:
         assert origin.stats()["documents_served"] == served
     finally:
         origin.stop()
-    second = cluster.sql("SELECT sum(documents_skipped), sum(documents_downloaded) FROM tasks t "
-                         "JOIN jobs j USING (job_id) WHERE j.created_at = (SELECT max(created_at) FROM jobs)")
+    second = cluster.sql(
+        "SELECT sum(documents_skipped), sum(documents_downloaded) FROM tasks t "
+        "JOIN jobs j USING (job_id) WHERE j.created_at = (SELECT max(created_at) FROM jobs)"
+    )
     assert (second[0][0], second[0][1]) == (300, 0)
 
 
@@ -217,13 +251,24 @@ def test_bad_flags_and_an_unreachable_gate_exit_2(tmp_path: Path) -> None:
         ([], "--api-url"),
     ]
     for flags, named in cases:
-        r = subprocess.run(docgate("client", *flags), cwd=REPO, env=CLEAN_ENV | {"DOCGATE_PROGRESS": "log"},
-                           capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            docgate("client", *flags),
+            cwd=REPO,
+            env=CLEAN_ENV | {"DOCGATE_PROGRESS": "log"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         lines = [line for line in r.stderr.splitlines() if line.strip()]
         assert r.returncode == 2, (flags, r.stderr)
         assert len(lines) == 1 and named in lines[0] and "Traceback" not in r.stderr, (flags, r.stderr)
-    r = subprocess.run(docgate("client", "--api-url", "http://x"), cwd=REPO,
-                       env=CLEAN_ENV | {"DOCGATE_CONCURRENCY": "many"}, capture_output=True, text=True)
+    r = subprocess.run(
+        docgate("client", "--api-url", "http://x"),
+        cwd=REPO,
+        env=CLEAN_ENV | {"DOCGATE_CONCURRENCY": "many"},
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and "--concurrency" in r.stderr
 
 
@@ -236,8 +281,12 @@ def test_upload_through_the_gate_without_storage_credentials(cluster: Cluster, t
     finally:
         origin.stop()
     rows = cluster.sql("SELECT doc_id, storage_key, sha256, size, compressed FROM documents ORDER BY doc_id")
-    assert [r["storage_key"] for r in rows] == ["0/49998.bin.gz", "0/49999.bin.gz", "1/50000.bin.gz",
-                                                "1/50001.bin.gz"]
+    assert [r["storage_key"] for r in rows] == [
+        "0/49998.bin.gz",
+        "0/49999.bin.gz",
+        "1/50000.bin.gz",
+        "1/50001.bin.gz",
+    ]
     for row in rows:
         data = gzip.decompress((cluster.store / row["storage_key"]).read_bytes())
         assert data == content_for(row["doc_id"], SIZE) and row["compressed"]
@@ -251,7 +300,8 @@ def test_a_second_signal_exits_at_once(cluster: Cluster, tmp_path: Path) -> None
         proc = cluster.client("impatient", "--concurrency", "4", "--grace", "60")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not cluster.sql(
-                "SELECT 1 FROM tasks WHERE status = 'assigned'"):
+            "SELECT 1 FROM tasks WHERE status = 'assigned'"
+        ):
             time.sleep(0.1)
         os.killpg(proc.pid, signal.SIGTERM)
         time.sleep(0.5)

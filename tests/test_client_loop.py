@@ -32,8 +32,17 @@ from storage.local import LocalStorage
 pytestmark = pytest.mark.timeout(180)
 
 
-WATCHED = {"open", "os.link", "os.rename", "os.replace", "os.remove", "os.mkdir", "os.listdir",
-           "os.scandir", "os.truncate"}
+WATCHED = {
+    "open",
+    "os.link",
+    "os.rename",
+    "os.replace",
+    "os.remove",
+    "os.mkdir",
+    "os.listdir",
+    "os.scandir",
+    "os.truncate",
+}
 
 
 class FileCalls:
@@ -74,16 +83,42 @@ sys.addaudithook(_audit)
 async def test_storing_500_documents_never_stalls_the_loop(gate: Gate, tmp_path: Path, compress: str) -> None:
     origin = Origin(tmp_path, "--size", "65536")
     key = (await gate.register("inproc"))["X-API-Key"]
-    await gate.http.post("/api/v1/jobs", headers=gate.admin, json={
-        "source": "id_range", "chunk_size": 50,
-        "params": {"url_template": origin.url + "/doc/{id}.bin", "start_id": 1, "count": 500, "ext": ".bin"}})
-    config = ClientConfig(api_url="http://gate", api_key=key, concurrency=32, max_tasks=4,
-                          exit_when_idle=True, compress=compress, allow_network=("127.0.0.0/8",),
-                          poll_interval=0.2, heartbeat_interval=1)
+    await gate.http.post(
+        "/api/v1/jobs",
+        headers=gate.admin,
+        json={
+            "source": "id_range",
+            "chunk_size": 50,
+            "params": {
+                "url_template": origin.url + "/doc/{id}.bin",
+                "start_id": 1,
+                "count": 500,
+                "ext": ".bin",
+            },
+        },
+    )
+    config = ClientConfig(
+        api_url="http://gate",
+        api_key=key,
+        concurrency=32,
+        max_tasks=4,
+        exit_when_idle=True,
+        compress=compress,
+        allow_network=("127.0.0.0/8",),
+        poll_interval=0.2,
+        heartbeat_interval=1,
+    )
     api = GateAPI("http://gate", key, config.session_id, transport=gate.transport)
     store = LocalStorage(tmp_path / "store")
-    fetcher = Fetcher(Policy(config.allow_network), concurrency=32, per_host_connections=32,
-                      per_host_rate=None, retries=2, timeout=30, max_size=1 << 20)
+    fetcher = Fetcher(
+        Policy(config.allow_network),
+        concurrency=32,
+        per_host_connections=32,
+        per_host_rate=None,
+        retries=2,
+        timeout=30,
+        max_size=1 << 20,
+    )
     stats = Stats()
     worker = Worker(config, api, store, fetcher, load_sources(SourceContext(fetcher)), stats)
     root = tmp_path / "store"
@@ -130,15 +165,41 @@ async def test_a_short_storage_outage_spends_no_attempt(gate: Gate, tmp_path: Pa
     """Regression (chaos run): during a storage outage clients handed back every task they leased."""
     origin = Origin(tmp_path, "--size", "2048")
     key = (await gate.register("outage"))["X-API-Key"]
-    await gate.http.post("/api/v1/jobs", headers=gate.admin, json={
-        "source": "id_range", "chunk_size": 10,
-        "params": {"url_template": origin.url + "/doc/{id}.bin", "start_id": 1, "count": 100, "ext": ".bin"}})
-    config = ClientConfig(api_url="http://gate", api_key=key, concurrency=8, max_tasks=4, exit_when_idle=True,
-                          allow_network=("127.0.0.0/8",), poll_interval=0.2, heartbeat_interval=1)
+    await gate.http.post(
+        "/api/v1/jobs",
+        headers=gate.admin,
+        json={
+            "source": "id_range",
+            "chunk_size": 10,
+            "params": {
+                "url_template": origin.url + "/doc/{id}.bin",
+                "start_id": 1,
+                "count": 100,
+                "ext": ".bin",
+            },
+        },
+    )
+    config = ClientConfig(
+        api_url="http://gate",
+        api_key=key,
+        concurrency=8,
+        max_tasks=4,
+        exit_when_idle=True,
+        allow_network=("127.0.0.0/8",),
+        poll_interval=0.2,
+        heartbeat_interval=1,
+    )
     api = GateAPI("http://gate", key, config.session_id, transport=gate.transport)
     store = OutageStorage(tmp_path / "store", seconds=3)
-    fetcher = Fetcher(Policy(config.allow_network), concurrency=8, per_host_connections=8,
-                      per_host_rate=None, retries=2, timeout=30, max_size=1 << 20)
+    fetcher = Fetcher(
+        Policy(config.allow_network),
+        concurrency=8,
+        per_host_connections=8,
+        per_host_rate=None,
+        retries=2,
+        timeout=30,
+        max_size=1 << 20,
+    )
     stats = Stats()
     try:
         await Worker(config, api, store, fetcher, load_sources(SourceContext(fetcher)), stats).run()

@@ -26,9 +26,18 @@ def browser() -> Iterator[object]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         yield b
         b.close()
 
@@ -66,8 +75,11 @@ def test_dashboard_in_a_real_browser(browser, cluster: Cluster, tmp_path: Path) 
         doomed = cluster.post("/api/v1/tasks/create", {"source": "urls", "params": {}, "max_attempts": 1})
         key = cluster.register("worker")
         leased = httpx.post(cluster.url + "/api/v1/tasks/request", headers={"X-API-Key": key}).json()
-        httpx.post(f"{cluster.url}/api/v1/tasks/{leased['task_id']}/fail", headers={"X-API-Key": key},
-                   json={"lease_token": leased["lease_token"], "error": "HTTP 410 Gone", "retryable": False})
+        httpx.post(
+            f"{cluster.url}/api/v1/tasks/{leased['task_id']}/fail",
+            headers={"X-API-Key": key},
+            json={"lease_token": leased["lease_token"], "error": "HTTP 410 Gone", "retryable": False},
+        )
 
         page.goto(cluster.url + "/ui")
         page.fill("#api_key", "not-the-key")
@@ -97,16 +109,28 @@ def test_dashboard_in_a_real_browser(browser, cluster: Cluster, tmp_path: Path) 
         page.screenshot(path=str(ARTIFACTS / "dashboard-job-done.png"), full_page=True)
 
         # Retry the failed task through the page.
-        click_until(page, f"tr[data-task='{doomed['task_id']}'] button[data-action='retry-task']",
-                    lambda: cluster.get(f"/api/v1/tasks/{doomed['task_id']}")["status"] != "failed")
+        click_until(
+            page,
+            f"tr[data-task='{doomed['task_id']}'] button[data-action='retry-task']",
+            lambda: cluster.get(f"/api/v1/tasks/{doomed['task_id']}")["status"] != "failed",
+        )
 
         # Cancel a job through the page.
-        second = cluster.post("/api/v1/jobs", {"source": "id_range", "chunk_size": 10, "params": {
-            "url_template": origin.url + "/doc/{id}.bin", "start_id": 90_000, "count": 100}})["job_id"]
+        second = cluster.post(
+            "/api/v1/jobs",
+            {
+                "source": "id_range",
+                "chunk_size": 10,
+                "params": {"url_template": origin.url + "/doc/{id}.bin", "start_id": 90_000, "count": 100},
+            },
+        )["job_id"]
         page.wait_for_selector(f"tr[data-job='{second}'] button[data-action='cancel-job']")
         page.on("dialog", lambda dialog: dialog.accept())
-        click_until(page, f"tr[data-job='{second}'] button[data-action='cancel-job']",
-                    lambda: cluster.get(f"/api/v1/jobs/{second}")["counts"]["cancelled"] == 10)
+        click_until(
+            page,
+            f"tr[data-job='{second}'] button[data-action='cancel-job']",
+            lambda: cluster.get(f"/api/v1/jobs/{second}")["counts"]["cancelled"] == 10,
+        )
 
         # Find a task by id.
         page.fill("#task-search", doomed["task_id"])
@@ -120,8 +144,14 @@ def test_dashboard_in_a_real_browser(browser, cluster: Cluster, tmp_path: Path) 
 
 
 def test_actions_need_the_cookie_and_the_csrf_token(cluster: Cluster) -> None:
-    job = cluster.post("/api/v1/jobs", {"source": "id_range", "chunk_size": 10, "params": {
-        "url_template": "http://h/{id}", "start_id": 1, "count": 10}})["job_id"]
+    job = cluster.post(
+        "/api/v1/jobs",
+        {
+            "source": "id_range",
+            "chunk_size": 10,
+            "params": {"url_template": "http://h/{id}", "start_id": 1, "count": 10},
+        },
+    )["job_id"]
     with httpx.Client(base_url=cluster.url) as anonymous:
         assert anonymous.post("/ui/actions/cancel-job", json={"id": job}).status_code == 401
     with httpx.Client(base_url=cluster.url) as admin:

@@ -14,8 +14,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 def test_demo_completes_ten_thousand_documents(tmp_path: Path) -> None:
     data = tmp_path / "demo"
-    r = subprocess.run(docgate("demo", "--data-dir", str(data)), cwd=REPO, env=CLEAN_ENV,
-                       capture_output=True, text=True, timeout=580)
+    r = subprocess.run(
+        docgate("demo", "--data-dir", str(data)),
+        cwd=REPO,
+        env=CLEAN_ENV,
+        capture_output=True,
+        text=True,
+        timeout=580,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "10000 documents stored" in r.stderr and "0 failed of 10000" in r.stderr
     assert "documents/s" in r.stderr

@@ -15,8 +15,7 @@ async def test_health_is_503_while_the_database_is_unreachable(gate: Gate, pg_ba
     admin = await asyncpg.connect(pg_base)
     try:
         await admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
-        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                            "WHERE datname = $1", name)
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name)
         r = await gate.http.get("/health")
         assert r.status_code == 503
         assert r.json()["database"] == "unavailable"
@@ -31,6 +30,13 @@ async def test_health_is_503_while_the_database_is_unreachable(gate: Gate, pg_ba
 async def test_docs_and_openapi(gate: Gate) -> None:
     assert (await gate.http.get("/docs")).status_code == 200
     schema = (await gate.http.get("/openapi.json")).json()
-    for path in ["/api/v1/tasks/create", "/api/v1/tasks/request", "/api/v1/tasks/complete",
-                 "/api/v1/jobs", "/api/v1/clients/register", "/health", "/metrics"]:
+    for path in [
+        "/api/v1/tasks/create",
+        "/api/v1/tasks/request",
+        "/api/v1/tasks/complete",
+        "/api/v1/jobs",
+        "/api/v1/clients/register",
+        "/health",
+        "/metrics",
+    ]:
         assert path in schema["paths"], path

@@ -15,8 +15,9 @@ from conftest import Gate, gate_settings, start_gate
 
 async def expire_lease(gate: Gate, task_id: str) -> None:
     """Move the lease's expiry into the past; the gate's reaper does the rest."""
-    await gate.sql("UPDATE tasks SET lease_expires_at = now() - interval '1 second' "
-                   "WHERE task_id = $1", task_id)
+    await gate.sql(
+        "UPDATE tasks SET lease_expires_at = now() - interval '1 second' WHERE task_id = $1", task_id
+    )
 
 
 async def wait_for_status(gate: Gate, task_id: str, status: str, timeout: float = 10) -> dict[str, Any]:
@@ -37,8 +38,11 @@ async def lease_until(gate: Gate, headers: dict[str, str], timeout: float = 10) 
 
 async def test_sixteen_clients_never_share_a_task(gate: Gate) -> None:
     for _ in range(2):
-        r = await gate.http.post("/api/v1/tasks/batch", headers=gate.admin, json={
-            "tasks": [{"search_params": {"n": i}} for i in range(1000)]})
+        r = await gate.http.post(
+            "/api/v1/tasks/batch",
+            headers=gate.admin,
+            json={"tasks": [{"search_params": {"n": i}} for i in range(1000)]},
+        )
         assert r.status_code == 201 and r.json()["tasks_created"] == 1000
     keys = [await gate.register(f"c{i}") for i in range(16)]
     rng = random.Random(7)
@@ -56,8 +60,9 @@ async def test_sixteen_clients_never_share_a_task(gate: Gate) -> None:
     leased = [tid for batch in await asyncio.gather(*(drain(k) for k in keys)) for tid in batch]
     assert len(leased) == 2000
     assert len(set(leased)) == 2000
-    (row,) = await gate.sql("SELECT count(*) AS assigned, max(attempts) AS most FROM tasks "
-                            "WHERE status = 'assigned'")
+    (row,) = await gate.sql(
+        "SELECT count(*) AS assigned, max(attempts) AS most FROM tasks WHERE status = 'assigned'"
+    )
     assert row["assigned"] == 2000 and row["most"] == 1
     (events,) = await gate.sql("SELECT count(*) FROM task_events WHERE event = 'leased'")
     assert events[0] == 2000
@@ -73,10 +78,14 @@ async def test_stale_token_is_refused_and_changes_nothing(gate: Gate) -> None:
 
     before = await gate.sql("SELECT * FROM tasks")
     stale_writes = [
-        ("/api/v1/tasks/complete", {"task_id": task_id, "lease_token": old["lease_token"],
-                                    "documents_downloaded": 666}),
-        (f"/api/v1/tasks/{task_id}/progress", {"lease_token": old["lease_token"],
-                                               "documents_downloaded": 666}),
+        (
+            "/api/v1/tasks/complete",
+            {"task_id": task_id, "lease_token": old["lease_token"], "documents_downloaded": 666},
+        ),
+        (
+            f"/api/v1/tasks/{task_id}/progress",
+            {"lease_token": old["lease_token"], "documents_downloaded": 666},
+        ),
         (f"/api/v1/tasks/{task_id}/fail", {"lease_token": old["lease_token"], "error": "zombie"}),
     ]
     for path, body in stale_writes:
@@ -85,8 +94,11 @@ async def test_stale_token_is_refused_and_changes_nothing(gate: Gate) -> None:
         assert "lease" in r.json()["detail"]
     assert await gate.sql("SELECT * FROM tasks") == before
 
-    r = await gate.http.post("/api/v1/tasks/complete", headers=new_holder, json={
-        "task_id": task_id, "lease_token": new["lease_token"], "documents_downloaded": 10})
+    r = await gate.http.post(
+        "/api/v1/tasks/complete",
+        headers=new_holder,
+        json={"task_id": task_id, "lease_token": new["lease_token"], "documents_downloaded": 10},
+    )
     assert r.status_code == 200, r.text
     task = r.json()
     assert task["status"] == "completed" and task["documents_downloaded"] == 10
@@ -104,8 +116,11 @@ async def test_progress_and_heartbeat_extend_the_lease(gate: Gate) -> None:
     task_id = (await gate.create())["task_id"]
     leased = (await gate.lease(client)).json()
     await gate.sql("UPDATE tasks SET lease_expires_at = now() + interval '5 seconds'")
-    r = await gate.http.post(f"/api/v1/tasks/{task_id}/progress", headers=client,
-                             json={"lease_token": leased["lease_token"], "documents_downloaded": 3})
+    r = await gate.http.post(
+        f"/api/v1/tasks/{task_id}/progress",
+        headers=client,
+        json={"lease_token": leased["lease_token"], "documents_downloaded": 3},
+    )
     assert r.status_code == 200 and r.json()["documents_downloaded"] == 3
     (row,) = await gate.sql("SELECT lease_expires_at - now() AS left FROM tasks")
     assert row["left"].total_seconds() > 25
@@ -121,11 +136,9 @@ async def test_heartbeat_of_a_new_session_does_not_keep_old_leases(gate: Gate) -
     await gate.create()
     r = await gate.lease(client | {"X-Session-Id": "process-1"})
     assert r.status_code == 200
-    r = await gate.http.post("/api/v1/clients/heartbeat", headers=client,
-                             json={"session_id": "process-2"})
+    r = await gate.http.post("/api/v1/clients/heartbeat", headers=client, json={"session_id": "process-2"})
     assert r.json()["leases_extended"] == 0
-    r = await gate.http.post("/api/v1/clients/heartbeat", headers=client,
-                             json={"session_id": "process-1"})
+    r = await gate.http.post("/api/v1/clients/heartbeat", headers=client, json={"session_id": "process-1"})
     assert r.json()["leases_extended"] == 1
 
 
@@ -141,12 +154,14 @@ async def test_heartbeat_naming_its_tasks_lets_a_lost_lease_run_out(gate: Gate) 
         assert r.status_code == 200 and r.json()["leases_extended"] == 1, r.text
         await asyncio.sleep(1)
     await wait_for_status(gate, lost, "pending")
-    (row,) = await gate.sql("SELECT status, lease_expires_at - now() AS left FROM tasks WHERE task_id = $1",
-                            held)
+    (row,) = await gate.sql(
+        "SELECT status, lease_expires_at - now() AS left FROM tasks WHERE task_id = $1", held
+    )
     assert row["status"] == "assigned" and row["left"].total_seconds() > 25
     # Without task_ids (the seed's clients) every lease of the session is extended.
-    await gate.sql("UPDATE tasks SET lease_expires_at = now() + interval '5 seconds' "
-                   "WHERE task_id = $1", held)
+    await gate.sql(
+        "UPDATE tasks SET lease_expires_at = now() + interval '5 seconds' WHERE task_id = $1", held
+    )
     r = await gate.http.post("/api/v1/clients/heartbeat", headers=client, json={})
     assert r.json()["leases_extended"] == 1
 
@@ -155,16 +170,22 @@ async def test_retryable_failure_backs_off_then_fails_when_spent(gate: Gate) -> 
     client = await gate.register()
     task_id = (await gate.create(max_attempts=2))["task_id"]
     first = (await gate.lease(client)).json()
-    r = await gate.http.post(f"/api/v1/tasks/{task_id}/fail", headers=client,
-                             json={"lease_token": first["lease_token"], "error": "HTTP 503"})
+    r = await gate.http.post(
+        f"/api/v1/tasks/{task_id}/fail",
+        headers=client,
+        json={"lease_token": first["lease_token"], "error": "HTTP 503"},
+    )
     assert r.status_code == 200
     task = r.json()
     assert task["status"] == "pending" and task["attempts"] == 1
     (row,) = await gate.sql("SELECT run_after > now() FROM tasks")
     assert row[0], "run_after must be pushed out"
     second = await lease_until(gate, client)
-    r = await gate.http.post(f"/api/v1/tasks/{task_id}/fail", headers=client,
-                             json={"lease_token": second["lease_token"], "error": "HTTP 503 again"})
+    r = await gate.http.post(
+        f"/api/v1/tasks/{task_id}/fail",
+        headers=client,
+        json={"lease_token": second["lease_token"], "error": "HTTP 503 again"},
+    )
     task = r.json()
     assert task["status"] == "failed" and task["attempts"] == 2
     assert task["last_error"] == "HTTP 503 again"
@@ -174,8 +195,11 @@ async def test_non_retryable_failure_ends_at_once(gate: Gate) -> None:
     client = await gate.register()
     task_id = (await gate.create(max_attempts=5))["task_id"]
     leased = (await gate.lease(client)).json()
-    r = await gate.http.post(f"/api/v1/tasks/{task_id}/fail", headers=client, json={
-        "lease_token": leased["lease_token"], "error": "bad params", "retryable": False})
+    r = await gate.http.post(
+        f"/api/v1/tasks/{task_id}/fail",
+        headers=client,
+        json={"lease_token": leased["lease_token"], "error": "bad params", "retryable": False},
+    )
     assert r.json()["status"] == "failed" and r.json()["attempts"] == 1
 
 
@@ -190,8 +214,7 @@ async def test_lease_expiry_counts_as_an_attempt(gate: Gate) -> None:
     await expire_lease(gate, task_id)
     task = await wait_for_status(gate, task_id, "failed")
     assert task["attempts"] == 2
-    events = await gate.sql("SELECT event FROM task_events WHERE task_id = $1 ORDER BY event_id",
-                            task_id)
+    events = await gate.sql("SELECT event FROM task_events WHERE task_id = $1 ORDER BY event_id", task_id)
     assert [e[0] for e in events] == ["leased", "expired", "leased", "expired"]
 
 
@@ -204,10 +227,14 @@ async def test_backoff_grows_exponentially_within_its_cap(db_dsn: str) -> None:
         for attempt in range(1, 6):
             await gate.sql("UPDATE tasks SET run_after = now()")
             leased = await lease_until(gate, client)
-            await gate.http.post(f"/api/v1/tasks/{task_id}/fail", headers=client,
-                                 json={"lease_token": leased["lease_token"], "error": "x"})
+            await gate.http.post(
+                f"/api/v1/tasks/{task_id}/fail",
+                headers=client,
+                json={"lease_token": leased["lease_token"], "error": "x"},
+            )
             (row,) = await gate.sql(
-                "SELECT extract(epoch FROM run_after - now()) FROM tasks WHERE task_id = $1", task_id)
+                "SELECT extract(epoch FROM run_after - now()) FROM tasks WHERE task_id = $1", task_id
+            )
             delays.append((attempt, float(row[0])))
         for attempt, delay in delays:
             full = min(100 * 2 ** (attempt - 1), 1000)
@@ -262,16 +289,27 @@ async def test_long_poll_answers_204_when_nothing_comes(gate: Gate) -> None:
 
 
 async def test_job_of_a_million_ids_makes_ten_thousand_tasks(gate: Gate) -> None:
-    r = await gate.http.post("/api/v1/jobs", headers=gate.admin, json={
-        "source": "id_range",
-        "params": {"url_template": "https://host/battle/{id}.tzb", "start_id": 3770000,
-                   "count": 1_000_000, "ext": ".tzb"},
-        "chunk_size": 100, "priority": 0})
+    r = await gate.http.post(
+        "/api/v1/jobs",
+        headers=gate.admin,
+        json={
+            "source": "id_range",
+            "params": {
+                "url_template": "https://host/battle/{id}.tzb",
+                "start_id": 3770000,
+                "count": 1_000_000,
+                "ext": ".tzb",
+            },
+            "chunk_size": 100,
+            "priority": 0,
+        },
+    )
     assert r.status_code == 201, r.text
     job = r.json()
     assert job["tasks_created"] == 10_000
-    rows = await gate.sql("SELECT params, max_documents FROM tasks WHERE job_id = $1 "
-                          "ORDER BY task_seq", job["job_id"])
+    rows = await gate.sql(
+        "SELECT params, max_documents FROM tasks WHERE job_id = $1 ORDER BY task_seq", job["job_id"]
+    )
     assert len(rows) == 10_000
     first, last = rows[0]["params"], rows[-1]["params"]
     assert '"start_id": 3770000' in first and '"count": 100' in first
@@ -281,8 +319,12 @@ async def test_job_of_a_million_ids_makes_ten_thousand_tasks(gate: Gate) -> None
     client = await gate.register()
     leased = (await gate.lease(client)).json()
     assert leased["source"] == "id_range"
-    assert leased["params"] == {"url_template": "https://host/battle/{id}.tzb",
-                                "start_id": 3770000, "count": 100, "ext": ".tzb"}
+    assert leased["params"] == {
+        "url_template": "https://host/battle/{id}.tzb",
+        "start_id": 3770000,
+        "count": 100,
+        "ext": ".tzb",
+    }
     r = await gate.http.get(f"/api/v1/jobs/{job['job_id']}", headers=gate.admin)
     progress = r.json()
     assert progress["tasks_total"] == 10_000
@@ -290,9 +332,15 @@ async def test_job_of_a_million_ids_makes_ten_thousand_tasks(gate: Gate) -> None
 
 
 async def test_uneven_job_last_chunk_is_short(gate: Gate) -> None:
-    r = await gate.http.post("/api/v1/jobs", headers=gate.admin, json={
-        "source": "id_range", "chunk_size": 100,
-        "params": {"url_template": "http://h/{id}", "start_id": 0, "count": 250}})
+    r = await gate.http.post(
+        "/api/v1/jobs",
+        headers=gate.admin,
+        json={
+            "source": "id_range",
+            "chunk_size": 100,
+            "params": {"url_template": "http://h/{id}", "start_id": 0, "count": 250},
+        },
+    )
     assert r.json()["tasks_created"] == 3
     rows = await gate.sql("SELECT max_documents FROM tasks ORDER BY task_seq")
     assert [r[0] for r in rows] == [100, 100, 50]
@@ -304,8 +352,9 @@ async def test_idempotency_key_returns_the_first_task(gate: Gate) -> None:
     again = await gate.http.post("/api/v1/tasks/create", headers=gate.admin, json=body)
     assert first.status_code == 201 and again.status_code == 200
     assert first.json()["task_id"] == again.json()["task_id"]
-    r = await gate.http.post("/api/v1/tasks/batch", headers=gate.admin, json={
-        "tasks": [body, {"idempotency_key": "new-one"}]})
+    r = await gate.http.post(
+        "/api/v1/tasks/batch", headers=gate.admin, json={"tasks": [body, {"idempotency_key": "new-one"}]}
+    )
     assert r.json()["tasks_created"] == 1 and r.json()["tasks_existing"] == 1
     assert r.json()["task_ids"][0] == first.json()["task_id"]
     assert len(await gate.sql("SELECT 1 FROM tasks")) == 2
@@ -328,14 +377,20 @@ async def test_cancel_and_retry(gate: Gate) -> None:
     assert r.json()["status"] == "cancelled"
     r = await gate.http.post("/api/v1/clients/heartbeat", headers=client, json={})
     assert r.json()["cancelled_task_ids"] == [task_id]
-    r = await gate.http.post("/api/v1/tasks/complete", headers=client,
-                             json={"task_id": task_id, "lease_token": leased["lease_token"]})
+    r = await gate.http.post(
+        "/api/v1/tasks/complete",
+        headers=client,
+        json={"task_id": task_id, "lease_token": leased["lease_token"]},
+    )
     assert r.status_code == 409
     r = await gate.http.post(f"/api/v1/tasks/{task_id}/retry", headers=gate.admin)
     assert r.json()["status"] == "pending" and r.json()["attempts"] == 0
     again = (await gate.lease(client)).json()
-    await gate.http.post("/api/v1/tasks/complete", headers=client,
-                         json={"task_id": task_id, "lease_token": again["lease_token"]})
+    await gate.http.post(
+        "/api/v1/tasks/complete",
+        headers=client,
+        json={"task_id": task_id, "lease_token": again["lease_token"]},
+    )
     r = await gate.http.post(f"/api/v1/tasks/{task_id}/cancel", headers=gate.admin)
     assert r.status_code == 409 and "completed" in r.json()["detail"]
     r = await gate.http.post(f"/api/v1/tasks/{task_id}/retry", headers=gate.admin)
@@ -366,13 +421,19 @@ async def test_batch_completion_fences_each_task_on_its_own(gate: Gate) -> None:
     await expire_lease(gate, stale["task_id"])
     await wait_for_status(gate, stale["task_id"], "pending")
     doc = {"doc_id": "5", "storage_key": "0/5.html", "sha256": "a" * 64, "size": 3, "status": "stored"}
-    body = {"completions": [
-        {"task_id": tasks[0]["task_id"], "lease_token": tasks[0]["lease_token"],
-         "documents_downloaded": 1, "documents": [doc]},
-        {"task_id": tasks[1]["task_id"], "lease_token": tasks[1]["lease_token"]},
-        {"task_id": stale["task_id"], "lease_token": stale["lease_token"]},
-        {"task_id": theirs["task_id"], "lease_token": theirs["lease_token"]},
-    ]}
+    body = {
+        "completions": [
+            {
+                "task_id": tasks[0]["task_id"],
+                "lease_token": tasks[0]["lease_token"],
+                "documents_downloaded": 1,
+                "documents": [doc],
+            },
+            {"task_id": tasks[1]["task_id"], "lease_token": tasks[1]["lease_token"]},
+            {"task_id": stale["task_id"], "lease_token": stale["lease_token"]},
+            {"task_id": theirs["task_id"], "lease_token": theirs["lease_token"]},
+        ]
+    }
     r = await gate.http.post("/api/v1/tasks/complete/batch", headers=mine, json=body)
     assert r.status_code == 200, r.text
     results = r.json()["results"]
@@ -380,8 +441,9 @@ async def test_batch_completion_fences_each_task_on_its_own(gate: Gate) -> None:
     assert r.json()["completed"] == 2
     assert "no longer current" in results[2]["error"]
     rows = {str(r["task_id"]): r["status"] for r in await gate.sql("SELECT task_id, status FROM tasks")}
-    (first,) = await gate.sql("SELECT documents_downloaded FROM tasks WHERE task_id = $1",
-                              tasks[0]["task_id"])
+    (first,) = await gate.sql(
+        "SELECT documents_downloaded FROM tasks WHERE task_id = $1", tasks[0]["task_id"]
+    )
     assert first["documents_downloaded"] == 1
     assert rows[tasks[0]["task_id"]] == rows[tasks[1]["task_id"]] == "completed"
     assert rows[stale["task_id"]] == "pending" and rows[theirs["task_id"]] == "assigned"
@@ -400,8 +462,13 @@ async def test_batch_completion_refuses_bad_input_and_writes_nothing(gate: Gate)
     key = await gate.register()
     a, b = (await gate.lease(key, max_tasks=2)).json()["tasks"]
     good = {"task_id": a["task_id"], "lease_token": a["lease_token"]}
-    wrong_key = {"task_id": b["task_id"], "lease_token": b["lease_token"], "documents": [
-        {"doc_id": "7", "storage_key": "tmp/7.html", "sha256": "b" * 64, "size": 1, "status": "stored"}]}
+    wrong_key = {
+        "task_id": b["task_id"],
+        "lease_token": b["lease_token"],
+        "documents": [
+            {"doc_id": "7", "storage_key": "tmp/7.html", "sha256": "b" * 64, "size": 1, "status": "stored"}
+        ],
+    }
     cases = {
         "duplicate": ({"completions": [good, good]}, "more than once"),
         "empty": ({"completions": []}, "at least 1"),
@@ -418,15 +485,19 @@ async def test_batch_completion_refuses_bad_input_and_writes_nothing(gate: Gate)
 
 
 async def test_overlapping_batch_completions_do_not_deadlock(gate: Gate) -> None:
-    await gate.http.post("/api/v1/tasks/batch", headers=gate.admin, json={
-        "tasks": [{"search_params": {"n": i}} for i in range(60)]})
+    await gate.http.post(
+        "/api/v1/tasks/batch",
+        headers=gate.admin,
+        json={"tasks": [{"search_params": {"n": i}} for i in range(60)]},
+    )
     key = await gate.register()
     tasks = (await gate.lease(key, max_tasks=60)).json()["tasks"]
     items = [{"task_id": t["task_id"], "lease_token": t["lease_token"]} for t in tasks]
     # Forward and reversed orders of the same 60 tasks, many times at once.
     bodies = [{"completions": items if i % 2 else items[::-1]} for i in range(8)]
-    replies = await asyncio.gather(*(gate.http.post("/api/v1/tasks/complete/batch", headers=key, json=b)
-                                     for b in bodies))
+    replies = await asyncio.gather(
+        *(gate.http.post("/api/v1/tasks/complete/batch", headers=key, json=b) for b in bodies)
+    )
     assert all(r.status_code == 200 for r in replies), [r.text for r in replies]
     (row,) = await gate.sql("SELECT count(*) AS n FROM task_events WHERE event = 'completed'")
     assert row["n"] == 60

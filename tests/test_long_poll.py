@@ -17,14 +17,15 @@ def test_a_long_poll_whose_client_left_leases_nothing(db_dsn: str, tmp_path: Pat
         gone, stays = cluster.register("gone"), cluster.register("stays")
         url = urlsplit(cluster.url)
         sock = socket.create_connection((url.hostname, url.port))
-        sock.sendall(f"POST /api/v1/tasks/request?wait=30 HTTP/1.1\r\nHost: {url.netloc}\r\n"
-                     f"X-API-Key: {gone}\r\nContent-Length: 0\r\n\r\n".encode())
+        sock.sendall(
+            f"POST /api/v1/tasks/request?wait=30 HTTP/1.1\r\nHost: {url.netloc}\r\n"
+            f"X-API-Key: {gone}\r\nContent-Length: 0\r\n\r\n".encode()
+        )
         time.sleep(1.0)  # it waits: nothing to lease
         sock.close()
         time.sleep(1.5)  # the gate checks a waiting client every POLL_FALLBACK_SECONDS
         task = cluster.post("/api/v1/tasks/create", {"search_params": {"q": "x"}})
-        r = httpx.post(cluster.url + "/api/v1/tasks/request?wait=5", headers={"X-API-Key": stays},
-                       timeout=30)
+        r = httpx.post(cluster.url + "/api/v1/tasks/request?wait=5", headers={"X-API-Key": stays}, timeout=30)
         assert r.status_code == 200, r.text
         assert r.json()["task_id"] == task["task_id"]
         (row,) = cluster.sql("SELECT count(*) AS n FROM task_events WHERE event = 'leased'")

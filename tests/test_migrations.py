@@ -75,9 +75,19 @@ async def test_psql_f_gives_the_same_schema(pg_base: str) -> None:
     folder = Path(__file__).resolve().parent.parent / "database" / "migrations"
     for migration in load_migrations():
         subprocess.run(
-            [str(POSTGRES_BIN_PATH / "psql"), by_psql, "-v", "ON_ERROR_STOP=1", "-q", "-1",
-             "-f", str(folder / f"{migration.name}.sql")],
-            check=True, capture_output=True, timeout=60,
+            [
+                str(POSTGRES_BIN_PATH / "psql"),
+                by_psql,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-q",
+                "-1",
+                "-f",
+                str(folder / f"{migration.name}.sql"),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
         )
     assert await schema_of(by_psql) == await schema_of(by_runner)
     assert await migrate_dsn(by_psql) == []

@@ -45,11 +45,34 @@ class Front:
     def client(self, name: str, key: str, *flags: str) -> subprocess.Popen[bytes]:
         with (self.tmp / f"client-{name}.log").open("wb") as log:  # the child keeps its own copy
             return subprocess.Popen(
-                docgate("client", "--api-url", self.url, "--api-key", key, "--ca-cert", str(self.cert),
-                        "--client-name", name, "--output-dir", str(self.store), "--allow-network",
-                        "127.0.0.0/8", "--progress", "log", "--poll-interval", "1",
-                        "--heartbeat-interval", "1", *flags),
-                cwd=REPO, env=CLEAN_ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                docgate(
+                    "client",
+                    "--api-url",
+                    self.url,
+                    "--api-key",
+                    key,
+                    "--ca-cert",
+                    str(self.cert),
+                    "--client-name",
+                    name,
+                    "--output-dir",
+                    str(self.store),
+                    "--allow-network",
+                    "127.0.0.0/8",
+                    "--progress",
+                    "log",
+                    "--poll-interval",
+                    "1",
+                    "--heartbeat-interval",
+                    "1",
+                    *flags,
+                ),
+                cwd=REPO,
+                env=CLEAN_ENV,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def http(self) -> httpx.Client:
         tls = ssl.create_default_context(cafile=str(self.cert))
@@ -57,16 +80,15 @@ class Front:
 
 
 def substitutions(http_port: int, https_port: int, cert: Path, key: Path, gates: list[int]) -> dict[str, str]:
+    upstream = "max_fails=3 fail_timeout=10s;"
+    live = "/etc/letsencrypt/live/gate.example.org"
     return {
         "listen 80;": f"listen 127.0.0.1:{http_port};",
         "listen 443 ssl http2;": f"listen 127.0.0.1:{https_port} ssl http2;",
-        "ssl_certificate /etc/letsencrypt/live/gate.example.org/fullchain.pem;": f"ssl_certificate {cert};",
-        "ssl_certificate_key /etc/letsencrypt/live/gate.example.org/privkey.pem;":
-            f"ssl_certificate_key {key};",
-        "server 127.0.0.1:8001 max_fails=3 fail_timeout=10s;":
-            f"server 127.0.0.1:{gates[0]} max_fails=3 fail_timeout=10s;",
-        "server 127.0.0.1:8002 max_fails=3 fail_timeout=10s;":
-            f"server 127.0.0.1:{gates[1]} max_fails=3 fail_timeout=10s;",
+        f"ssl_certificate {live}/fullchain.pem;": f"ssl_certificate {cert};",
+        f"ssl_certificate_key {live}/privkey.pem;": f"ssl_certificate_key {key};",
+        f"server 127.0.0.1:8001 {upstream}": f"server 127.0.0.1:{gates[0]} {upstream}",
+        f"server 127.0.0.1:8002 {upstream}": f"server 127.0.0.1:{gates[1]} {upstream}",
     }
 
 
@@ -91,9 +113,29 @@ def assert_only_substituted(generated: str, subs: dict[str, str]) -> None:
 
 def make_cert(tmp: Path) -> tuple[Path, Path]:
     cert, key = tmp / "cert.pem", tmp / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     return cert, key
 
 
@@ -106,10 +148,23 @@ def front(tmp_path: Path, db_dsn: str) -> Iterator[Front]:
     cert, key = make_cert(tmp_path)
     store = tmp_path / "store"
     ports = [free_port(), free_port()]
-    gates = [GateProcess(docgate("server"), {
-        "DATABASE_URL": db_dsn, "API_PORT": str(p), "ADMIN_API_KEY": ADMIN, "STORAGE_URL": str(store),
-        "LEASE_SECONDS": "10", "RETRY_BACKOFF_SECONDS": "0.2", "RETRY_BACKOFF_MAX_SECONDS": "1"},
-        p, tmp_path) for p in ports]
+    gates = [
+        GateProcess(
+            docgate("server"),
+            {
+                "DATABASE_URL": db_dsn,
+                "API_PORT": str(p),
+                "ADMIN_API_KEY": ADMIN,
+                "STORAGE_URL": str(store),
+                "LEASE_SECONDS": "10",
+                "RETRY_BACKOFF_SECONDS": "0.2",
+                "RETRY_BACKOFF_MAX_SECONDS": "1",
+            },
+            p,
+            tmp_path,
+        )
+        for p in ports
+    ]
     for gate in gates:
         gate.wait_healthy()
     http_port, https_port = free_port(), free_port()
@@ -118,11 +173,18 @@ def front(tmp_path: Path, db_dsn: str) -> Iterator[Front]:
     config.write_text(render(subs))
     assert_only_substituted(config.read_text(), subs)
     flags = ["-c", str(config), "-e", str(tmp_path / "nginx-error.log")]
-    check = subprocess.run([NGINX, "-t", *flags, "-g", f"pid {tmp_path / 'nginx.pid'};"],
-                           capture_output=True, text=True, timeout=30)
+    check = subprocess.run(
+        [NGINX, "-t", *flags, "-g", f"pid {tmp_path / 'nginx.pid'};"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert check.returncode == 0, check.stderr
-    nginx = subprocess.Popen([NGINX, *flags, "-g", f"daemon off; pid {tmp_path / 'nginx.pid'};"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    nginx = subprocess.Popen(
+        [NGINX, *flags, "-g", f"daemon off; pid {tmp_path / 'nginx.pid'};"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"https://127.0.0.1:{https_port}"
     deadline = time.monotonic() + 30
     while True:
@@ -146,8 +208,11 @@ def front(tmp_path: Path, db_dsn: str) -> Iterator[Front]:
 
 def register(front: Front, name: str) -> str:
     with front.http() as http:
-        return str(http.post("/api/v1/clients/register", headers={"X-API-Key": ADMIN},
-                             json={"client_name": name}).json()["api_key"])
+        return str(
+            http.post(
+                "/api/v1/clients/register", headers={"X-API-Key": ADMIN}, json={"client_name": name}
+            ).json()["api_key"]
+        )
 
 
 def leases_served(gate: GateProcess) -> float:
@@ -158,12 +223,24 @@ def leases_served(gate: GateProcess) -> float:
 
 def run_job(front: Front, origin: Origin, start: int, kill_gate: bool) -> None:
     with front.http() as http:
-        http.post("/api/v1/jobs", headers={"X-API-Key": ADMIN}, json={
-            "source": "id_range", "chunk_size": 50, "params": {
-                "url_template": origin.url + "/doc/{id}.bin", "start_id": start, "count": 2000,
-                "ext": ".bin"}}).raise_for_status()
-    clients = [front.client(f"c{i}", register(front, f"c{i}"), "--exit-when-idle", "--concurrency", "8")
-               for i in range(3)]
+        http.post(
+            "/api/v1/jobs",
+            headers={"X-API-Key": ADMIN},
+            json={
+                "source": "id_range",
+                "chunk_size": 50,
+                "params": {
+                    "url_template": origin.url + "/doc/{id}.bin",
+                    "start_id": start,
+                    "count": 2000,
+                    "ext": ".bin",
+                },
+            },
+        ).raise_for_status()
+    clients = [
+        front.client(f"c{i}", register(front, f"c{i}"), "--exit-when-idle", "--concurrency", "8")
+        for i in range(3)
+    ]
     try:
         if kill_gate:
             deadline = time.monotonic() + 60
@@ -191,8 +268,10 @@ def check_done(db_dsn: str, store: Path, start: int) -> list[int]:
 
         conn = await asyncpg.connect(db_dsn)
         try:
-            return (await conn.fetch("SELECT status, count(*) FROM tasks GROUP BY status"),
-                    await conn.fetch("SELECT doc_id, sha256, size FROM documents"))
+            return (
+                await conn.fetch("SELECT status, count(*) FROM tasks GROUP BY status"),
+                await conn.fetch("SELECT doc_id, sha256, size FROM documents"),
+            )
         finally:
             await conn.close()
 
@@ -202,6 +281,7 @@ def check_done(db_dsn: str, store: Path, start: int) -> list[int]:
     import hashlib
 
     from docgate.origin import content_for
+
     for doc in docs:
         data = (store / f"{int(doc['doc_id']) // 50000}/{doc['doc_id']}.bin").read_bytes()
         assert data == content_for(doc["doc_id"], 1024) and hashlib.sha256(data).hexdigest() == doc["sha256"]
@@ -223,8 +303,9 @@ def test_two_gates_three_clients_over_https(front: Front, db_dsn: str, tmp_path:
 
         conn = await asyncpg.connect(db_dsn)
         try:
-            return await conn.fetch("SELECT task_id FROM task_events WHERE event = 'leased' "
-                                    "GROUP BY task_id HAVING count(*) > 1")
+            return await conn.fetch(
+                "SELECT task_id FROM task_events WHERE event = 'leased' GROUP BY task_id HAVING count(*) > 1"
+            )
         finally:
             await conn.close()
 
@@ -249,10 +330,12 @@ def test_rate_limits_per_key_and_per_address(front: Front) -> None:
         tls = ssl.create_default_context(cafile=str(front.cert))
         connector = aiohttp.TCPConnector(limit=100, ssl=tls)
         async with aiohttp.ClientSession(connector=connector) as http:
+
             async def one(key: str) -> int:
                 url = front.url + "/api/v1/clients/heartbeat"
                 async with http.post(url, headers={"X-API-Key": key}) as r:
                     return r.status
+
             return list(await asyncio.gather(*(one(k) for k in keys)))
 
     time.sleep(2.5)  # let the buckets refill after registration
@@ -274,8 +357,11 @@ def test_long_poll_and_body_limit_through_nginx(front: Front) -> None:
         r = http.post("/api/v1/tasks/request", params={"wait": 30}, headers={"X-API-Key": key})
         assert r.status_code == 204 and time.monotonic() - started >= 29
         big = b'{"search_params": {"x": "' + b"a" * (1_100_000) + b'"}}'
-        r = http.post("/api/v1/tasks/create", content=big,
-                      headers={"X-API-Key": ADMIN, "Content-Type": "application/json"})
+        r = http.post(
+            "/api/v1/tasks/create",
+            content=big,
+            headers={"X-API-Key": ADMIN, "Content-Type": "application/json"},
+        )
         assert r.status_code == 413 and "nginx" in r.text.lower()
     r = httpx.get(front.plain_url + "/health", timeout=5)
     assert r.status_code == 301 and r.headers["location"].startswith("https://")

@@ -61,8 +61,9 @@ def test_metrics_agree_with_the_database(tmp_path: Path, db_dsn: str) -> None:
     assert {"/api/v1/tasks/request", "/api/v1/tasks/complete", "/metrics"} <= routes
     timed = {dict(k)["route"] for k in after["docgate_http_request_duration_seconds_count"]}
     assert "/api/v1/tasks/request" not in timed  # long-polls are not latency
-    assert all("task_id" not in k and "url" not in k for name in after for labels in after[name]
-               for k, _ in labels)
+    assert all(
+        "task_id" not in k and "url" not in k for name in after for labels in after[name] for k, _ in labels
+    )
 
 
 def test_json_logs_carry_request_ids_and_no_secrets(tmp_path: Path, db_dsn: str, s3_endpoint: str) -> None:
@@ -70,13 +71,22 @@ def test_json_logs_carry_request_ids_and_no_secrets(tmp_path: Path, db_dsn: str,
     bucket = make_bucket(s3_endpoint)
     port = free_port()
     gate_log = tmp_path / "gate.jsonl"
-    env = CLEAN_ENV | {"DATABASE_URL": db_dsn, "API_PORT": str(port), "ADMIN_API_KEY": ADMIN,
-                       "LOG_FORMAT": "json", "LOG_LEVEL": "DEBUG", "STORAGE_URL": f"s3://{bucket}/raw",
-                       "AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "test-key-id",
-                       "AWS_SECRET_ACCESS_KEY": secret, "AWS_DEFAULT_REGION": "us-east-1"}
+    env = CLEAN_ENV | {
+        "DATABASE_URL": db_dsn,
+        "API_PORT": str(port),
+        "ADMIN_API_KEY": ADMIN,
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "DEBUG",
+        "STORAGE_URL": f"s3://{bucket}/raw",
+        "AWS_ENDPOINT_URL": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": "test-key-id",
+        "AWS_SECRET_ACCESS_KEY": secret,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     with gate_log.open("w") as errors:
-        gate = subprocess.Popen(docgate("server"), env=env, cwd=REPO, stdout=subprocess.DEVNULL,
-                                stderr=errors)
+        gate = subprocess.Popen(
+            docgate("server"), env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=errors
+        )
         origin = Origin(tmp_path, "--size", "500")
         try:
             url = f"http://127.0.0.1:{port}"
@@ -84,15 +94,43 @@ def test_json_logs_carry_request_ids_and_no_secrets(tmp_path: Path, db_dsn: str,
             r = httpx.get(url + "/health", headers={"X-Request-ID": "trace-me-42"})
             assert r.headers["x-request-id"] == "trace-me-42"
             assert len(httpx.get(url + "/health").headers["x-request-id"]) == 32
-            key = httpx.post(url + "/api/v1/clients/register", headers={"X-API-Key": ADMIN},
-                             json={"client_name": "logged"}).json()["api_key"]
-            httpx.post(url + "/api/v1/jobs", headers={"X-API-Key": ADMIN}, json={
-                "source": "id_range", "chunk_size": 10, "params": {
-                    "url_template": origin.url + "/doc/{id}.bin", "start_id": 1, "count": 30}})
-            client = subprocess.run(docgate(
-                "client", "--api-url", url, "--api-key", key, "--storage", "gate", "--exit-when-idle",
-                "--allow-network", "127.0.0.0/8", "--log-format", "json", "--log-level", "DEBUG",
-                "--progress", "log"), env=CLEAN_ENV, cwd=REPO, capture_output=True, text=True, timeout=120)
+            key = httpx.post(
+                url + "/api/v1/clients/register", headers={"X-API-Key": ADMIN}, json={"client_name": "logged"}
+            ).json()["api_key"]
+            httpx.post(
+                url + "/api/v1/jobs",
+                headers={"X-API-Key": ADMIN},
+                json={
+                    "source": "id_range",
+                    "chunk_size": 10,
+                    "params": {"url_template": origin.url + "/doc/{id}.bin", "start_id": 1, "count": 30},
+                },
+            )
+            client = subprocess.run(
+                docgate(
+                    "client",
+                    "--api-url",
+                    url,
+                    "--api-key",
+                    key,
+                    "--storage",
+                    "gate",
+                    "--exit-when-idle",
+                    "--allow-network",
+                    "127.0.0.0/8",
+                    "--log-format",
+                    "json",
+                    "--log-level",
+                    "DEBUG",
+                    "--progress",
+                    "log",
+                ),
+                env=CLEAN_ENV,
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             assert client.returncode == 0, client.stderr[-2000:]
             wrong = {"X-API-Key": "dg_wrong-key-should-not-be-logged"}
             httpx.get(url + "/api/v1/tasks/status", headers=wrong)

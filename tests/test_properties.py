@@ -84,10 +84,14 @@ def pg(pg_base: str) -> str:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(attempts=st.integers(0, 60), base=st.floats(0, 86_400), cap=st.floats(0, 7 * 86_400))
-def test_backoff_is_equal_jitter_of_the_capped_exponential(pg: str, attempts: int, base: float,
-                                                            cap: float) -> None:
-    query = ("SELECT extract(epoch FROM (" + BACKOFF.replace("$BASE", "$1").replace("$CAP", "$2")
-             + " - now())) FROM (SELECT $3::int AS attempts) t")
+def test_backoff_is_equal_jitter_of_the_capped_exponential(
+    pg: str, attempts: int, base: float, cap: float
+) -> None:
+    query = (
+        "SELECT extract(epoch FROM ("
+        + BACKOFF.replace("$BASE", "$1").replace("$CAP", "$2")
+        + " - now())) FROM (SELECT $3::int AS attempts) t"
+    )
 
     async def delays() -> list[float]:
         conn = await asyncpg.connect(pg)
@@ -125,10 +129,21 @@ GATE: dict[str, Any] = {}
 def machine_gate(tmp_path_factory: pytest.TempPathFactory, pg_base: str, template_dsn: str) -> Any:
     dsn, drop = copy_database(pg_base, f"props_{uuid.uuid4().hex[:8]}")
     port = free_port()
-    gate = GateProcess(docgate("server"), {
-        "DATABASE_URL": dsn, "API_PORT": str(port), "ADMIN_API_KEY": ADMIN, "LEASE_SECONDS": "60",
-        "RETRY_BACKOFF_SECONDS": "0", "REAP_INTERVAL_SECONDS": "0.05", "LOG_LEVEL": "WARNING",
-        "STORAGE_URL": str(tmp_path_factory.mktemp("props-store"))}, port, tmp_path_factory.mktemp("gate"))
+    gate = GateProcess(
+        docgate("server"),
+        {
+            "DATABASE_URL": dsn,
+            "API_PORT": str(port),
+            "ADMIN_API_KEY": ADMIN,
+            "LEASE_SECONDS": "60",
+            "RETRY_BACKOFF_SECONDS": "0",
+            "REAP_INTERVAL_SECONDS": "0.05",
+            "LOG_LEVEL": "WARNING",
+            "STORAGE_URL": str(tmp_path_factory.mktemp("props-store")),
+        },
+        port,
+        tmp_path_factory.mktemp("gate"),
+    )
     gate.wait_healthy()
     http = httpx.Client(base_url=gate.url, timeout=30)
     keys = {}
@@ -165,16 +180,21 @@ class LeaseMachine(RuleBasedStateMachine):
 
     @initialize()
     def empty_queue(self) -> None:
-        sql("UPDATE tasks SET status = 'cancelled', lease_expires_at = NULL "
-            "WHERE status IN ('pending', 'assigned')")
+        sql(
+            "UPDATE tasks SET status = 'cancelled', lease_expires_at = NULL "
+            "WHERE status IN ('pending', 'assigned')"
+        )
 
     def _in(self, *statuses: str) -> list[Model]:
         return [m for m in self.tasks.values() if m.status in statuses]
 
     @rule(priority=st.integers(0, 2), max_attempts=st.integers(1, 3))
     def create(self, priority: int, max_attempts: int) -> None:
-        r = self.http.post("/api/v1/tasks/create", headers=self.admin, json={
-            "search_params": {"n": self.seq}, "priority": priority, "max_attempts": max_attempts})
+        r = self.http.post(
+            "/api/v1/tasks/create",
+            headers=self.admin,
+            json={"search_params": {"n": self.seq}, "priority": priority, "max_attempts": max_attempts},
+        )
         assert r.status_code == 201, r.text
         self.seq += 1
         task_id = r.json()["task_id"]
@@ -201,8 +221,11 @@ class LeaseMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def complete(self, data: st.DataObject) -> None:
         task = data.draw(st.sampled_from(self._in("assigned")))
-        r = self.http.post("/api/v1/tasks/complete", headers=GATE["keys"][task.holder or "a"], json={
-            "task_id": task.task_id, "lease_token": task.token, "documents_downloaded": 1})
+        r = self.http.post(
+            "/api/v1/tasks/complete",
+            headers=GATE["keys"][task.holder or "a"],
+            json={"task_id": task.task_id, "lease_token": task.token, "documents_downloaded": 1},
+        )
         assert r.status_code == 200 and r.json()["status"] == "completed", r.text
         task.status, task.completed_with = "completed", task.token
 
@@ -212,8 +235,11 @@ class LeaseMachine(RuleBasedStateMachine):
         task = data.draw(st.sampled_from(self._in("completed")))
         if task.completed_with is None:
             return
-        r = self.http.post("/api/v1/tasks/complete", headers=GATE["keys"][task.holder or "a"], json={
-            "task_id": task.task_id, "lease_token": task.completed_with, "documents_downloaded": 1})
+        r = self.http.post(
+            "/api/v1/tasks/complete",
+            headers=GATE["keys"][task.holder or "a"],
+            json={"task_id": task.task_id, "lease_token": task.completed_with, "documents_downloaded": 1},
+        )
         assert r.status_code == 200 and r.json()["status"] == "completed", r.text
 
     @precondition(lambda self: any(m.old_tokens for m in self.tasks.values()))
@@ -222,28 +248,41 @@ class LeaseMachine(RuleBasedStateMachine):
         task = data.draw(st.sampled_from([m for m in self.tasks.values() if m.old_tokens]))
         token = data.draw(st.sampled_from(task.old_tokens))
         if verb == "complete":
-            r = self.http.post("/api/v1/tasks/complete", headers=self.admin,
-                               json={"task_id": task.task_id, "lease_token": token})
+            r = self.http.post(
+                "/api/v1/tasks/complete",
+                headers=self.admin,
+                json={"task_id": task.task_id, "lease_token": token},
+            )
         else:
-            r = self.http.post(f"/api/v1/tasks/{task.task_id}/{verb}", headers=self.admin,
-                               json={"lease_token": token, "error": "zombie"} if verb == "fail"
-                               else {"lease_token": token, "documents_downloaded": 99})
+            r = self.http.post(
+                f"/api/v1/tasks/{task.task_id}/{verb}",
+                headers=self.admin,
+                json={"lease_token": token, "error": "zombie"}
+                if verb == "fail"
+                else {"lease_token": token, "documents_downloaded": 99},
+            )
         assert r.status_code == 409, (verb, r.text)
 
     @precondition(lambda self: self._in("assigned"))
     @rule(data=st.data())
     def progress(self, data: st.DataObject) -> None:
         task = data.draw(st.sampled_from(self._in("assigned")))
-        r = self.http.post(f"/api/v1/tasks/{task.task_id}/progress", headers=GATE["keys"][task.holder or "a"],
-                           json={"lease_token": task.token, "documents_downloaded": 1})
+        r = self.http.post(
+            f"/api/v1/tasks/{task.task_id}/progress",
+            headers=GATE["keys"][task.holder or "a"],
+            json={"lease_token": task.token, "documents_downloaded": 1},
+        )
         assert r.status_code == 200, r.text
 
     @precondition(lambda self: self._in("assigned"))
     @rule(data=st.data(), retryable=st.booleans())
     def fail(self, data: st.DataObject, retryable: bool) -> None:
         task = data.draw(st.sampled_from(self._in("assigned")))
-        r = self.http.post(f"/api/v1/tasks/{task.task_id}/fail", headers=GATE["keys"][task.holder or "a"],
-                           json={"lease_token": task.token, "error": "boom", "retryable": retryable})
+        r = self.http.post(
+            f"/api/v1/tasks/{task.task_id}/fail",
+            headers=GATE["keys"][task.holder or "a"],
+            json={"lease_token": task.token, "error": "boom", "retryable": retryable},
+        )
         assert r.status_code == 200, r.text
         task.status = "pending" if retryable and task.attempts < task.max_attempts else "failed"
 
@@ -251,8 +290,10 @@ class LeaseMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def expire(self, data: st.DataObject) -> None:
         task = data.draw(st.sampled_from(self._in("assigned")))
-        sql("UPDATE tasks SET lease_expires_at = now() - interval '1 second' WHERE task_id = $1",
-            uuid.UUID(task.task_id))
+        sql(
+            "UPDATE tasks SET lease_expires_at = now() - interval '1 second' WHERE task_id = $1",
+            uuid.UUID(task.task_id),
+        )
         deadline = time.monotonic() + 10
         while sql("SELECT status FROM tasks WHERE task_id = $1", uuid.UUID(task.task_id))[0][0] == "assigned":
             assert time.monotonic() < deadline, "the reaper did not expire the lease"
@@ -288,8 +329,11 @@ class LeaseMachine(RuleBasedStateMachine):
     def gate_agrees_with_the_model(self) -> None:
         if not self.tasks:
             return
-        rows = sql("SELECT task_id::text, status, attempts, lease_token::text FROM tasks "
-                   "WHERE task_id = ANY($1::uuid[])", [uuid.UUID(t) for t in self.tasks])
+        rows = sql(
+            "SELECT task_id::text, status, attempts, lease_token::text FROM tasks "
+            "WHERE task_id = ANY($1::uuid[])",
+            [uuid.UUID(t) for t in self.tasks],
+        )
         for row in rows:
             model = self.tasks[row["task_id"]]
             assert (row["status"], row["attempts"]) == (model.status, model.attempts), (row, model)
@@ -298,10 +342,10 @@ class LeaseMachine(RuleBasedStateMachine):
             assert model.attempts <= model.max_attempts or model.status != "assigned"
 
 
-LeaseMachine.TestCase.settings = settings(max_examples=25, stateful_step_count=25, deadline=None,
-                                          suppress_health_check=list(HealthCheck))
+LeaseMachine.TestCase.settings = settings(
+    max_examples=25, stateful_step_count=25, deadline=None, suppress_health_check=list(HealthCheck)
+)
 
 
 def test_lease_state_machine(machine_gate: Any) -> None:
     LeaseMachine.TestCase("runTest").runTest()
-

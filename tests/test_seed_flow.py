@@ -8,10 +8,15 @@ from conftest import Gate
 async def test_seed_flow(gate: Gate) -> None:
     client = await gate.register("my-client")
 
-    r = await gate.http.post("/api/v1/tasks/create", headers=gate.admin, json={
-        "search_params": {"CourtRegion": "11", "INSType": "1"},
-        "start_page": 1, "max_documents": 100,
-    })
+    r = await gate.http.post(
+        "/api/v1/tasks/create",
+        headers=gate.admin,
+        json={
+            "search_params": {"CourtRegion": "11", "INSType": "1"},
+            "start_page": 1,
+            "max_documents": 100,
+        },
+    )
     assert r.status_code == 201, r.text
     task_id = r.json()["task_id"]
     assert r.json()["status"] == "pending"
@@ -33,19 +38,25 @@ async def test_seed_flow(gate: Gate) -> None:
     assert r.status_code == 200, r.text
     assert r.json()["leases_extended"] == 1
 
-    r = await gate.http.post("/api/v1/tasks/complete", headers=client, json={
-        "task_id": task_id, "lease_token": leased["lease_token"],
-        "documents_downloaded": 95, "documents_failed": 2, "documents_skipped": 3,
-        "result_summary": {"pages": 4},
-    })
+    r = await gate.http.post(
+        "/api/v1/tasks/complete",
+        headers=client,
+        json={
+            "task_id": task_id,
+            "lease_token": leased["lease_token"],
+            "documents_downloaded": 95,
+            "documents_failed": 2,
+            "documents_skipped": 3,
+            "result_summary": {"pages": 4},
+        },
+    )
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "completed"
 
     r = await gate.http.get(f"/api/v1/tasks/{task_id}", headers=gate.admin)
     task = r.json()
     assert task["status"] == "completed"
-    assert (task["documents_downloaded"], task["documents_failed"],
-            task["documents_skipped"]) == (95, 2, 3)
+    assert (task["documents_downloaded"], task["documents_failed"], task["documents_skipped"]) == (95, 2, 3)
     assert task["result_summary"] == {"pages": 4}
     assert task["attempts"] == 1
 
@@ -75,11 +86,11 @@ async def test_repeat_completion_is_harmless(gate: Gate) -> None:
     client = await gate.register()
     await gate.create()
     leased = (await gate.lease(client)).json()
-    body = {"task_id": leased["task_id"], "lease_token": leased["lease_token"],
-            "documents_downloaded": 7}
+    body = {"task_id": leased["task_id"], "lease_token": leased["lease_token"], "documents_downloaded": 7}
     first = await gate.http.post("/api/v1/tasks/complete", headers=client, json=body)
-    again = await gate.http.post("/api/v1/tasks/complete", headers=client,
-                                 json=body | {"documents_downloaded": 99})
+    again = await gate.http.post(
+        "/api/v1/tasks/complete", headers=client, json=body | {"documents_downloaded": 99}
+    )
     assert first.status_code == again.status_code == 200
     assert again.json() == first.json()
     events = await gate.sql("SELECT count(*) FROM task_events WHERE event = 'completed'")
@@ -92,8 +103,11 @@ async def test_health_and_metrics(gate: Gate) -> None:
     client = await gate.register()
     await gate.create()
     leased = (await gate.lease(client)).json()
-    await gate.http.post("/api/v1/tasks/complete", headers=client,
-                         json={"task_id": leased["task_id"], "lease_token": leased["lease_token"]})
+    await gate.http.post(
+        "/api/v1/tasks/complete",
+        headers=client,
+        json={"task_id": leased["task_id"], "lease_token": leased["lease_token"]},
+    )
     text = (await gate.http.get("/metrics")).text
     assert 'docgate_tasks{status="completed"} 1.0' in text
     assert "docgate_leases_total 1.0" in text
@@ -101,14 +115,23 @@ async def test_health_and_metrics(gate: Gate) -> None:
 
 
 async def test_stats_endpoint(gate: Gate) -> None:
-    r = await gate.http.post("/api/v1/jobs", headers=gate.admin, json={
-        "source": "id_range", "chunk_size": 5, "params": {"url_template": "http://h/{id}", "start_id": 1,
-                                                          "count": 20}})
+    r = await gate.http.post(
+        "/api/v1/jobs",
+        headers=gate.admin,
+        json={
+            "source": "id_range",
+            "chunk_size": 5,
+            "params": {"url_template": "http://h/{id}", "start_id": 1, "count": 20},
+        },
+    )
     job_id = r.json()["job_id"]
     client = await gate.register()
     leased = (await gate.lease(client)).json()
-    await gate.http.post("/api/v1/tasks/complete", headers=client, json={
-        "task_id": leased["task_id"], "lease_token": leased["lease_token"], "documents_downloaded": 5})
+    await gate.http.post(
+        "/api/v1/tasks/complete",
+        headers=client,
+        json={"task_id": leased["task_id"], "lease_token": leased["lease_token"], "documents_downloaded": 5},
+    )
     stats = (await gate.http.get("/api/v1/stats", headers=gate.admin)).json()
     assert stats["counts"]["completed"] == 1 and stats["counts"]["pending"] == 3
     assert len(stats["per_minute"]) == 60 and stats["per_minute"][-1]["documents_downloaded"] == 5

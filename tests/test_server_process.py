@@ -17,8 +17,12 @@ ADMIN = {"X-API-Key": "process-test-admin-key-0123456789"}
 
 def test_make_run_serves_health_and_prints_an_admin_key(tmp_path: Path) -> None:
     port = free_port()
-    gate = GateProcess(["make", "--no-print-directory", "run"],
-                       {"DATA_DIR": str(tmp_path / "data"), "API_PORT": str(port)}, port, tmp_path)
+    gate = GateProcess(
+        ["make", "--no-print-directory", "run"],
+        {"DATA_DIR": str(tmp_path / "data"), "API_PORT": str(port)},
+        port,
+        tmp_path,
+    )
     try:
         gate.wait_healthy()
         assert postgres_running(tmp_path / "data" / "pg")
@@ -35,15 +39,27 @@ def test_make_run_serves_health_and_prints_an_admin_key(tmp_path: Path) -> None:
 
 def test_restart_keeps_tasks_and_expired_leases_come_back(tmp_path: Path) -> None:
     port = free_port()
-    env = {"DATA_DIR": str(tmp_path / "data"), "API_PORT": str(port), "LEASE_SECONDS": "2",
-           "RETRY_BACKOFF_SECONDS": "0", "ADMIN_API_KEY": ADMIN["X-API-Key"]}
+    env = {
+        "DATA_DIR": str(tmp_path / "data"),
+        "API_PORT": str(port),
+        "LEASE_SECONDS": "2",
+        "RETRY_BACKOFF_SECONDS": "0",
+        "ADMIN_API_KEY": ADMIN["X-API-Key"],
+    }
     gate = GateProcess(docgate("server"), env, port, tmp_path)
     try:
         gate.wait_healthy()
-        client = {"X-API-Key": gate.request("POST", "/api/v1/clients/register", headers=ADMIN,
-                                            json={"client_name": "vanishing"}).json()["api_key"]}
-        ids = [gate.request("POST", "/api/v1/tasks/create", headers=ADMIN,
-                            json={"search_params": {"n": i}}).json()["task_id"] for i in range(3)]
+        client = {
+            "X-API-Key": gate.request(
+                "POST", "/api/v1/clients/register", headers=ADMIN, json={"client_name": "vanishing"}
+            ).json()["api_key"]
+        }
+        ids = [
+            gate.request(
+                "POST", "/api/v1/tasks/create", headers=ADMIN, json={"search_params": {"n": i}}
+            ).json()["task_id"]
+            for i in range(3)
+        ]
         held = gate.request("POST", "/api/v1/tasks/request", headers=client).json()["task_id"]
         assert held == ids[0]
     finally:
@@ -59,8 +75,9 @@ def test_restart_keeps_tasks_and_expired_leases_come_back(tmp_path: Path) -> Non
         deadline = time.monotonic() + 30
         seen: set[str] = set()
         while held not in seen and time.monotonic() < deadline:
-            r = gate.request("POST", "/api/v1/tasks/request", headers=client,
-                             params={"wait": 5, "max_tasks": 10})
+            r = gate.request(
+                "POST", "/api/v1/tasks/request", headers=client, params={"wait": 5, "max_tasks": 10}
+            )
             if r.status_code == 200:
                 seen |= {t["task_id"] for t in r.json()["tasks"]}
         assert held in seen
@@ -70,19 +87,26 @@ def test_restart_keeps_tasks_and_expired_leases_come_back(tmp_path: Path) -> Non
         assert gate.stop() == 0
 
 
-@pytest.mark.parametrize(("env", "named"), [
-    ({"LEASE_SECONDS": "soon"}, "LEASE_SECONDS"),
-    ({"API_PORT": "99999"}, "API_PORT"),
-    ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
-    ({"DB_POOL_MIN": "50", "DB_POOL_MAX": "5"}, "DB_POOL_MIN"),
-    ({"ADMIN_API_KEY": "short"}, "ADMIN_API_KEY"),
-    ({"DATABASE_URL": "postgresql://u:secretpw@127.0.0.1:1/x"}, "DATABASE_URL"),
-])
-def test_a_bad_setting_stops_start_up_with_one_line(
-    tmp_path: Path, env: dict[str, str], named: str
-) -> None:
-    result = subprocess.run(docgate("server"), env=CLEAN_ENV | {"DATA_DIR": str(tmp_path)} | env,
-                            cwd=REPO, capture_output=True, text=True, timeout=60)
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"LEASE_SECONDS": "soon"}, "LEASE_SECONDS"),
+        ({"API_PORT": "99999"}, "API_PORT"),
+        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+        ({"DB_POOL_MIN": "50", "DB_POOL_MAX": "5"}, "DB_POOL_MIN"),
+        ({"ADMIN_API_KEY": "short"}, "ADMIN_API_KEY"),
+        ({"DATABASE_URL": "postgresql://u:secretpw@127.0.0.1:1/x"}, "DATABASE_URL"),
+    ],
+)
+def test_a_bad_setting_stops_start_up_with_one_line(tmp_path: Path, env: dict[str, str], named: str) -> None:
+    result = subprocess.run(
+        docgate("server"),
+        env=CLEAN_ENV | {"DATA_DIR": str(tmp_path)} | env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr

@@ -56,8 +56,15 @@ def trap() -> Iterator[Trap]:
 
 
 def fetcher(*allowed: str) -> Fetcher:
-    return Fetcher(Policy(allowed), concurrency=4, per_host_connections=4, per_host_rate=None,
-                   retries=0, timeout=5, max_size=1 << 20)
+    return Fetcher(
+        Policy(allowed),
+        concurrency=4,
+        per_host_connections=4,
+        per_host_rate=None,
+        retries=0,
+        timeout=5,
+        max_size=1 << 20,
+    )
 
 
 async def read(body: Body) -> bytes:
@@ -85,6 +92,7 @@ async def test_refused_without_a_connection(trap: Trap, name: str, url: str) -> 
 @pytest.fixture
 async def redirector(trap: Trap) -> AsyncIterator[str]:
     """An allowed origin on 127.0.0.2 that redirects into the trap, and serves /ok."""
+
     async def bounce(request: web.Request) -> web.Response:
         raise web.HTTPFound(f"http://127.0.0.1:{trap.port}/internal")
 

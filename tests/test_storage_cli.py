@@ -49,16 +49,22 @@ async def fill_local(root: Path, n: int) -> dict[str, str]:
 
 
 def s3_env(endpoint: str) -> dict[str, str]:
-    return CLEAN_ENV | {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test-key-id",
-                        "AWS_SECRET_ACCESS_KEY": "test-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+    return CLEAN_ENV | {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "test-key-id",
+        "AWS_SECRET_ACCESS_KEY": "test-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
 
 
 def objects_in(endpoint: str, bucket: str, limit: int) -> dict[str, str]:
     """key → sha256 metadata of the first `limit` objects, read directly from S3."""
     s3 = boto3.client("s3", endpoint_url=endpoint)
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, MaxKeys=limit).get("Contents", [])]
-    return {k.removeprefix("raw/"): s3.head_object(Bucket=bucket, Key=k)["Metadata"].get("sha256", "")
-            for k in keys}
+    return {
+        k.removeprefix("raw/"): s3.head_object(Bucket=bucket, Key=k)["Metadata"].get("sha256", "")
+        for k in keys
+    }
 
 
 def count_in(endpoint: str, bucket: str) -> int:
@@ -109,8 +115,9 @@ async def test_migrate_interrupted_then_resumed_copies_each_object_once(
 async def test_migrate_dry_run_copies_nothing(tmp_path: Path) -> None:
     await fill_local(tmp_path / "src", 30)
     argv = docgate("storage", "migrate", str(tmp_path / "src"), str(tmp_path / "dst"))
-    dry = subprocess.run([*argv, "--dry-run"], env=CLEAN_ENV, cwd=REPO, capture_output=True, text=True,
-                         timeout=120)
+    dry = subprocess.run(
+        [*argv, "--dry-run"], env=CLEAN_ENV, cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert summary_of(dry.stdout) == (30, 0, 0)
     assert not (tmp_path / "dst").exists() or not any((tmp_path / "dst").rglob("*.tzb"))
     real = subprocess.run(argv, env=CLEAN_ENV, cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -129,7 +136,13 @@ async def test_verify_catches_a_deleted_and_a_corrupted_document(tmp_path: Path,
             size = len(body_of(int(doc_id) - 3_690_000))
             await conn.execute(
                 "INSERT INTO documents (doc_id, source, storage_key, storage_url, sha256, size) "
-                "VALUES ($1, 'id_range', $2, $3, $4, $5)", doc_id, key, f"file://{root}/{key}", sha, size)
+                "VALUES ($1, 'id_range', $2, $3, $4, $5)",
+                doc_id,
+                key,
+                f"file://{root}/{key}",
+                sha,
+                size,
+            )
     finally:
         await conn.close()
     argv = docgate("storage", "verify", "--store", str(root))
@@ -159,11 +172,15 @@ class Recorder(BaseHTTPRequestHandler):
     def _forward(self) -> None:
         length = int(self.headers.get("Content-Length", 0) or 0)
         body = self.rfile.read(length) if length else b""
-        headers = {k: v for k, v in self.headers.items()
-                   if k.lower() not in {"host", "expect", "connection", "content-length"}}
+        headers = {
+            k: v
+            for k, v in self.headers.items()
+            if k.lower() not in {"host", "expect", "connection", "content-length"}
+        }
         self.seen.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
-        reply = httpx.request(self.command, self.upstream + self.path, headers=headers, content=body,
-                              timeout=30)
+        reply = httpx.request(
+            self.command, self.upstream + self.path, headers=headers, content=body, timeout=30
+        )
         self.send_response(reply.status_code)
         for k, v in reply.headers.items():
             if k.lower() not in {"content-length", "transfer-encoding", "connection", "content-encoding"}:
@@ -192,14 +209,17 @@ def recording_proxy(s3_endpoint: str) -> Iterator[type[Recorder]]:
     server.server_close()
 
 
-async def test_b2_uploads_send_no_checksum_headers(
-    recording_proxy: type[Recorder], s3_endpoint: str
-) -> None:
+async def test_b2_uploads_send_no_checksum_headers(recording_proxy: type[Recorder], s3_endpoint: str) -> None:
     bucket = make_bucket(s3_endpoint)
     port = recording_proxy.upstream_port  # type: ignore[attr-defined]
-    store = open_storage("b2://" + bucket + "/raw", env={
-        "B2_ENDPOINT": f"http://127.0.0.1:{port}", "B2_APPLICATION_KEY_ID": "test-key-id",
-        "B2_APPLICATION_KEY": "test-secret"})
+    store = open_storage(
+        "b2://" + bucket + "/raw",
+        env={
+            "B2_ENDPOINT": f"http://127.0.0.1:{port}",
+            "B2_APPLICATION_KEY_ID": "test-key-id",
+            "B2_APPLICATION_KEY": "test-secret",
+        },
+    )
     small, large = b"battle log" * 100, os.urandom(9 << 20)  # one PUT; a staged multipart upload
     for doc_id, data in ((3697692, small), (3697693, large)):
         stored = await store.put(document_key(doc_id, ".tzb"), from_bytes(data), PutOptions())

@@ -44,13 +44,21 @@ async def open_backend(kind: str, request: pytest.FixtureRequest, tmp_path: Path
     factories: dict[str, Callable[[], Storage]] = {
         "memory": MemoryStorage,
         "local": lambda: LocalStorage(tmp_path / "local"),
-        "s3": lambda: S3Storage(make_bucket(request.getfixturevalue("s3_endpoint")), "raw",
-                                endpoint_url=request.getfixturevalue("s3_endpoint"),
-                                part_size=5 << 20),
+        "s3": lambda: S3Storage(
+            make_bucket(request.getfixturevalue("s3_endpoint")),
+            "raw",
+            endpoint_url=request.getfixturevalue("s3_endpoint"),
+            part_size=5 << 20,
+        ),
         "mirror": lambda: MirrorStorage(
             LocalStorage(tmp_path / "primary"),
-            S3Storage(make_bucket(request.getfixturevalue("s3_endpoint")), "copy",
-                      endpoint_url=request.getfixturevalue("s3_endpoint"), part_size=5 << 20)),
+            S3Storage(
+                make_bucket(request.getfixturevalue("s3_endpoint")),
+                "copy",
+                endpoint_url=request.getfixturevalue("s3_endpoint"),
+                part_size=5 << 20,
+            ),
+        ),
     }
     if kind != "gate":
         backend = factories[kind]()

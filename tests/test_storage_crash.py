@@ -30,8 +30,13 @@ pytestmark = pytest.mark.slow
 
 
 def start_writer(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, WRITER, *args], stdout=subprocess.PIPE, text=True,
-                            cwd=REPO, env=os.environ | {"PYTHONPATH": str(REPO)})
+    return subprocess.Popen(
+        [sys.executable, WRITER, *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=os.environ | {"PYTHONPATH": str(REPO)},
+    )
 
 
 def kill_after_progress(proc: subprocess.Popen[str], lines: int) -> None:
@@ -68,8 +73,9 @@ async def test_local_writer_killed_midway_leaves_no_document(tmp_path: Path) -> 
 
 async def test_s3_writer_killed_midway_leaves_no_document(s3_endpoint: str) -> None:
     bucket = make_bucket(s3_endpoint)
-    proc = start_writer(f"s3://{bucket}/raw", "73/3697692.tzb", str(64 << 20), "--slow", "0.02",
-                        "--endpoint", s3_endpoint)
+    proc = start_writer(
+        f"s3://{bucket}/raw", "73/3697692.tzb", str(64 << 20), "--slow", "0.02", "--endpoint", s3_endpoint
+    )
     kill_after_progress(proc, 20)  # past the first 8 MiB part: a multipart upload is open
     store = S3Storage(bucket, "raw", endpoint_url=s3_endpoint)
     assert await store.stat("73/3697692.tzb") is None
@@ -91,8 +97,14 @@ def test_storing_one_gigabyte_keeps_memory_flat(
     else:
         endpoint = request.getfixturevalue("s3_endpoint")
         args = [f"s3://{make_bucket(endpoint)}/raw", "0/1.bin", str(1 << 30), "--endpoint", endpoint]
-    result = subprocess.run([sys.executable, WRITER, *args], capture_output=True, text=True, cwd=REPO,
-                            env=os.environ | {"PYTHONPATH": str(REPO)}, timeout=280)
+    result = subprocess.run(
+        [sys.executable, WRITER, *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=os.environ | {"PYTHONPATH": str(REPO)},
+        timeout=280,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     _, sha, growth = result.stdout.strip().splitlines()[-1].split()
     assert int(growth) < 64 << 20, f"peak RSS grew by {int(growth) >> 20} MiB: {result.stderr}"
@@ -137,13 +149,18 @@ async def ticker(gaps: list[float], stop: asyncio.Event) -> None:
 @pytest.mark.parametrize("backend", ["s3", "gate"])
 async def test_a_silent_endpoint_fails_within_the_deadline(silent_endpoint: str, backend: str) -> None:
     deadline = Deadline(timeout=1.0)
-    store = (S3Storage("bucket", "raw", endpoint_url=silent_endpoint, deadline=deadline)
-             if backend == "s3" else GateStorage(silent_endpoint, "key", deadline))
+    store = (
+        S3Storage("bucket", "raw", endpoint_url=silent_endpoint, deadline=deadline)
+        if backend == "s3"
+        else GateStorage(silent_endpoint, "key", deadline)
+    )
     gaps: list[float] = []
     stop = asyncio.Event()
     tick = asyncio.create_task(ticker(gaps, stop))
-    for call in (lambda: store.stat("0/1.tzb"),
-                 lambda: store.put("0/1.tzb", from_bytes(b"x" * 1000), PutOptions(doc_id="1", ext=".tzb"))):
+    for call in (
+        lambda: store.stat("0/1.tzb"),
+        lambda: store.put("0/1.tzb", from_bytes(b"x" * 1000), PutOptions(doc_id="1", ext=".tzb")),
+    ):
         started = time.monotonic()
         with pytest.raises((StorageTimeout, StorageUnavailable)) as caught:
             await call()

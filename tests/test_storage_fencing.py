@@ -41,14 +41,23 @@ async def test_stale_holder_cannot_replace_the_current_holders_document(
 ) -> None:
     makers: dict[str, Callable[[], Storage]] = {
         "local": lambda: LocalStorage(tmp_path / "store"),
-        "s3": lambda: S3Storage(make_bucket(request.getfixturevalue("s3_endpoint")), "raw",
-                                endpoint_url=request.getfixturevalue("s3_endpoint")),
+        "s3": lambda: S3Storage(
+            make_bucket(request.getfixturevalue("s3_endpoint")),
+            "raw",
+            endpoint_url=request.getfixturevalue("s3_endpoint"),
+        ),
     }
     store = makers[backend]()
     old, new = await gate.register("old"), await gate.register("new")
-    await gate.http.post("/api/v1/jobs", headers=gate.admin, json={
-        "source": "id_range", "chunk_size": 1,
-        "params": {"url_template": "http://origin/{id}", "start_id": 3697692, "count": 1, "ext": ".tzb"}})
+    await gate.http.post(
+        "/api/v1/jobs",
+        headers=gate.admin,
+        json={
+            "source": "id_range",
+            "chunk_size": 1,
+            "params": {"url_template": "http://origin/{id}", "start_id": 3697692, "count": 1, "ext": ".tzb"},
+        },
+    )
     key = document_key(3697692, ".tzb")
     stale_bytes, fresh_bytes = b"version fetched by the old holder", b"version fetched by the new holder"
 
@@ -59,10 +68,24 @@ async def test_stale_holder_cannot_replace_the_current_holders_document(
     second = (await gate.lease(new, wait=10)).json()
     assert second["task_id"] == first["task_id"]
     stored = await store.put(key, from_bytes(fresh_bytes), PutOptions())
-    r = await gate.http.post("/api/v1/tasks/complete", headers=new, json={
-        "task_id": second["task_id"], "lease_token": second["lease_token"], "documents_downloaded": 1,
-        "documents": [{"doc_id": 3697692, "storage_key": stored.storage_key, "sha256": stored.sha256,
-                       "size": stored.size, "storage_url": stored.storage_url}]})
+    r = await gate.http.post(
+        "/api/v1/tasks/complete",
+        headers=new,
+        json={
+            "task_id": second["task_id"],
+            "lease_token": second["lease_token"],
+            "documents_downloaded": 1,
+            "documents": [
+                {
+                    "doc_id": 3697692,
+                    "storage_key": stored.storage_key,
+                    "sha256": stored.sha256,
+                    "size": stored.size,
+                    "storage_url": stored.storage_url,
+                }
+            ],
+        },
+    )
     assert r.status_code == 200, r.text
     # 3. The old holder wakes up and writes what it fetched.
     if fenced:
@@ -70,8 +93,11 @@ async def test_stale_holder_cannot_replace_the_current_holders_document(
             await store.put(key, from_bytes(stale_bytes), PutOptions())
     else:
         await store.put(key, from_bytes(stale_bytes), PutOptions(overwrite=True))
-    r = await gate.http.post("/api/v1/tasks/complete", headers=old, json={
-        "task_id": first["task_id"], "lease_token": first["lease_token"], "documents_downloaded": 1})
+    r = await gate.http.post(
+        "/api/v1/tasks/complete",
+        headers=old,
+        json={"task_id": first["task_id"], "lease_token": first["lease_token"], "documents_downloaded": 1},
+    )
     assert r.status_code == 409
 
     (row,) = await gate.sql("SELECT sha256, client_id FROM documents")
@@ -88,8 +114,12 @@ async def test_a_stale_lease_cannot_upload_through_the_gate(gate: Gate) -> None:
     second = (await gate.lease(new, wait=10)).json()
 
     def upload(headers: dict[str, str], lease: dict[str, str], body: bytes):  # type: ignore[no-untyped-def]
-        return gate.http.put("/api/v1/documents/55/raw", params={"ext": ".txt", "task_id": lease["task_id"]},
-                             headers=headers | {"X-Lease-Token": lease["lease_token"]}, content=body)
+        return gate.http.put(
+            "/api/v1/documents/55/raw",
+            params={"ext": ".txt", "task_id": lease["task_id"]},
+            headers=headers | {"X-Lease-Token": lease["lease_token"]},
+            content=body,
+        )
 
     r = await upload(old, first, b"stale")
     assert r.status_code == 409 and "lease" in r.json()["detail"]

@@ -53,7 +53,9 @@ def load_sources(context: SourceContext) -> dict[str, Source]:
     from client.sources.urls import UrlsSource
 
     factories: dict[str, Callable[[SourceContext], Source]] = {
-        "search": SearchSource, "id_range": IdRangeSource, "urls": UrlsSource,
+        "search": SearchSource,
+        "id_range": IdRangeSource,
+        "urls": UrlsSource,
     }
     for entry in entry_points(group="docgate.sources"):
         try:

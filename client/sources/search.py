@@ -56,8 +56,11 @@ def links(text: str, base: str, pattern: re.Pattern[str]) -> list[DocRef]:
             items = json.loads(text).get("documents", [])
         except (ValueError, AttributeError):
             items = []
-        return [DocRef(str(i["doc_id"]), urljoin(base, i["url"]), _ext(i["url"])) for i in items
-                if isinstance(i, dict) and "doc_id" in i and "url" in i]
+        return [
+            DocRef(str(i["doc_id"]), urljoin(base, i["url"]), _ext(i["url"]))
+            for i in items
+            if isinstance(i, dict) and "doc_id" in i and "url" in i
+        ]
     refs, seen = [], set()
     for match in pattern.finditer(text):
         doc_id = match.group("id")

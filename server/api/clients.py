@@ -15,9 +15,7 @@ router = APIRouter()
 
 
 @router.post("/clients/register", response_model=v1.ClientRegistered, status_code=201)
-async def register_client(
-    body: v1.ClientRegister, state: StateDep, _: AdminDep
-) -> v1.ClientRegistered:
+async def register_client(body: v1.ClientRegister, state: StateDep, _: AdminDep) -> v1.ClientRegistered:
     key = body.api_key or new_key()
     client_id, name, host = await db.register_client(
         state.pool, body.client_name, body.client_host, hash_key(key)
@@ -27,7 +25,9 @@ async def register_client(
 
 @router.post("/clients/heartbeat", response_model=v1.HeartbeatReply)
 async def heartbeat(
-    state: StateDep, principal: PrincipalDep, session_id: SessionHeader = None,
+    state: StateDep,
+    principal: PrincipalDep,
+    session_id: SessionHeader = None,
     body: Annotated[v1.Heartbeat | None, Body()] = None,
 ) -> v1.HeartbeatReply:
     body = body or v1.Heartbeat()
@@ -40,7 +40,8 @@ async def heartbeat(
 
 @router.get("/clients", response_model=v1.ClientList)
 async def list_clients(
-    state: StateDep, _: AdminDep,
+    state: StateDep,
+    _: AdminDep,
     limit: Annotated[int, Query(ge=1, le=v1.MAX_LIST_LIMIT)] = 1000,
 ) -> v1.ClientList:
     return await db.list_clients(state.pool, state.settings.client_stale_seconds, limit)

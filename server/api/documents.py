@@ -28,8 +28,11 @@ async def get_document(doc_id: DocIdPath, state: StateDep, _: AdminDep) -> v1.Do
     return await db.get_document(state.pool, doc_id)
 
 
-@router.get("/documents/{doc_id}/raw", response_class=StreamingResponse,
-            responses={200: {"content": {"application/octet-stream": {}}}})
+@router.get(
+    "/documents/{doc_id}/raw",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
 async def read_document(doc_id: DocIdPath, state: StateDep, _: AdminDep) -> StreamingResponse:
     """The stored bytes; a compressed document is sent with Content-Encoding: gzip."""
     doc = await db.get_document(state.pool, doc_id)
@@ -39,8 +42,11 @@ async def read_document(doc_id: DocIdPath, state: StateDep, _: AdminDep) -> Stre
     headers = {"Content-Length": str(info.size), "X-Content-SHA256": doc.sha256}
     if doc.compressed:
         headers["Content-Encoding"] = "gzip"
-    return StreamingResponse(await started(state.store.open(doc.storage_key)), headers=headers,
-                             media_type=doc.content_type or "application/octet-stream")
+    return StreamingResponse(
+        await started(state.store.open(doc.storage_key)),
+        headers=headers,
+        media_type=doc.content_type or "application/octet-stream",
+    )
 
 
 async def started(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -58,7 +64,10 @@ async def started(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 
 @router.put("/documents/{doc_id}/raw", response_model=v1.StoredDocument, status_code=201)
 async def upload_document(
-    doc_id: DocIdPath, request: Request, state: StateDep, principal: PrincipalDep,
+    doc_id: DocIdPath,
+    request: Request,
+    state: StateDep,
+    principal: PrincipalDep,
     ext: Annotated[str, Query(pattern=v1.EXT_PATTERN)] = "",
     key: Annotated[str | None, Query(max_length=300, description="ignored; the gate derives it")] = None,
     task_id: UUID | None = None,
@@ -83,8 +92,11 @@ async def upload_document(
     keep = gzipped and settings.upload_gzip is UploadGzip.KEEP
     storage_key = document_key(doc_id, ext, shard_size=settings.shard_size, compressed=keep)
     options = PutOptions(
-        content_type=content_type, compress=keep, input_gzipped=gzipped,
-        max_size=settings.max_upload_bytes, expected_sha256=x_content_sha256,
+        content_type=content_type,
+        compress=keep,
+        input_gzipped=gzipped,
+        max_size=settings.max_upload_bytes,
+        expected_sha256=x_content_sha256,
         fence=Fence(str(task_id), str(x_lease_token)) if task_id and x_lease_token else None,
     )
     try:
@@ -93,9 +105,14 @@ async def upload_document(
         # The uploader went away mid-body: nothing was published, and no one is
         # left to read an answer; say so without logging a server error.
         raise BadRequest("upload interrupted before the body was complete; nothing was stored") from None
-    reply = v1.StoredDocument(storage_key=stored.storage_key, storage_url=stored.storage_url,
-                              sha256=stored.sha256, size=stored.size,
-                              content_type=stored.content_type, compressed=stored.compressed)
+    reply = v1.StoredDocument(
+        storage_key=stored.storage_key,
+        storage_url=stored.storage_url,
+        sha256=stored.sha256,
+        size=stored.size,
+        content_type=stored.content_type,
+        compressed=stored.compressed,
+    )
     return JSONResponse(reply.model_dump(), status_code=201)
 
 

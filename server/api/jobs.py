@@ -16,14 +16,20 @@ from server.errors import Unprocessable
 router = APIRouter()
 
 
-@router.post("/jobs", response_model=v1.JobCreated, status_code=201,
-             responses={200: {"model": v1.JobCreated, "description": "idempotent repeat"}})
+@router.post(
+    "/jobs",
+    response_model=v1.JobCreated,
+    status_code=201,
+    responses={200: {"model": v1.JobCreated, "description": "idempotent repeat"}},
+)
 async def create_job(body: v1.JobCreate, state: StateDep, _: AdminDep) -> JSONResponse:
     tasks = -(-body.params.count // body.chunk_size)
     if tasks > state.settings.max_job_tasks:
-        raise Unprocessable(f"the job would create {tasks} tasks; this gate allows at most "
-                            f"{state.settings.max_job_tasks} per job (MAX_JOB_TASKS): raise chunk_size "
-                            "or split the range")
+        raise Unprocessable(
+            f"the job would create {tasks} tasks; this gate allows at most "
+            f"{state.settings.max_job_tasks} per job (MAX_JOB_TASKS): raise chunk_size "
+            "or split the range"
+        )
     created, is_new = await db.create_job(state.pool, body, state.settings.max_attempts)
     return JSONResponse(created.model_dump(mode="json"), status_code=201 if is_new else 200)
 

@@ -18,7 +18,8 @@ router = APIRouter()
 
 @router.get("/storage/objects", response_model=v1.StorageObjectList)
 async def list_objects(
-    state: StateDep, _: AdminDep,
+    state: StateDep,
+    _: AdminDep,
     prefix: Annotated[str, Query(max_length=300)] = "",
     cursor: Annotated[str | None, Query(max_length=1024)] = None,
     limit: Annotated[int, Query(ge=1, le=v1.MAX_LIST_LIMIT)] = 1000,
@@ -50,8 +51,11 @@ async def read_object(key: str, state: StateDep, _: AdminDep) -> StreamingRespon
     info = await state.store.stat(check_key(key))
     if info is None:
         raise NotFound(f"no object at {key}")
-    return StreamingResponse(await started(state.store.open(key)), media_type="application/octet-stream",
-                             headers={"Content-Length": str(info.size)})
+    return StreamingResponse(
+        await started(state.store.open(key)),
+        media_type="application/octet-stream",
+        headers={"Content-Length": str(info.size)},
+    )
 
 
 @router.delete("/storage/objects/{key:path}", status_code=204)

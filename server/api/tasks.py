@@ -22,13 +22,21 @@ from server.state import GateState
 router = APIRouter()
 
 OUTSTANDING_HEADER = "X-Tasks-Outstanding"
-LEASED: dict[int | str, dict[str, Any]] = {200: {"description": "One task (or {tasks: […]} with max_tasks)"},
-          204: {"description": "No task available within `wait` seconds; the "
-                     "X-Tasks-Outstanding header counts pending and assigned tasks"}}
+LEASED: dict[int | str, dict[str, Any]] = {
+    200: {"description": "One task (or {tasks: […]} with max_tasks)"},
+    204: {
+        "description": "No task available within `wait` seconds; the "
+        "X-Tasks-Outstanding header counts pending and assigned tasks"
+    },
+}
 
 
-@router.post("/tasks/create", response_model=v1.TaskCreated, status_code=201,
-             responses={200: {"model": v1.TaskCreated, "description": "idempotent repeat"}})
+@router.post(
+    "/tasks/create",
+    response_model=v1.TaskCreated,
+    status_code=201,
+    responses={200: {"model": v1.TaskCreated, "description": "idempotent repeat"}},
+)
 async def create_task(body: v1.TaskCreate, state: StateDep, _: AdminDep) -> JSONResponse:
     task = await db.create_task(state.pool, body, state.settings.max_attempts)
     return JSONResponse(task.model_dump(mode="json"), status_code=201 if task.created else 200)
@@ -40,8 +48,12 @@ async def create_tasks(body: v1.TaskBatchCreate, state: StateDep, _: AdminDep) -
 
 
 async def _lease(
-    state: GateState, request: Request, principal: PrincipalDep, session_id: str | None,
-    max_tasks: int, wait: float,
+    state: GateState,
+    request: Request,
+    principal: PrincipalDep,
+    session_id: str | None,
+    max_tasks: int,
+    wait: float,
 ) -> list[v1.LeasedTask]:
     """Lease now, or wait (woken by NOTIFY or by the gate's fallback probe) until `wait` runs out."""
     deadline = time.monotonic() + wait
@@ -49,7 +61,10 @@ async def _lease(
         wake = state.wakeup.current()
         started = time.perf_counter()
         leased = await db.lease_tasks(
-            state.pool, owner=principal.client_id, session_id=session_id, max_tasks=max_tasks,
+            state.pool,
+            owner=principal.client_id,
+            session_id=session_id,
+            max_tasks=max_tasks,
             lease_seconds=state.settings.lease_seconds,
         )
         state.metrics.lease_latency.observe(time.perf_counter() - started)
@@ -72,12 +87,24 @@ async def _woken(state: GateState, request: Request, wake: asyncio.Event, deadli
             return True
 
 
-@router.get("/tasks/request", responses=LEASED, response_model=v1.LeasedTask | v1.LeaseBatch,
-            operation_id="request_task_get", summary="Request Task (GET, as in the seed)")
-@router.post("/tasks/request", responses=LEASED, response_model=v1.LeasedTask | v1.LeaseBatch,
-             operation_id="request_task")
+@router.get(
+    "/tasks/request",
+    responses=LEASED,
+    response_model=v1.LeasedTask | v1.LeaseBatch,
+    operation_id="request_task_get",
+    summary="Request Task (GET, as in the seed)",
+)
+@router.post(
+    "/tasks/request",
+    responses=LEASED,
+    response_model=v1.LeasedTask | v1.LeaseBatch,
+    operation_id="request_task",
+)
 async def request_task(
-    request: Request, state: StateDep, principal: PrincipalDep, session_id: SessionHeader = None,
+    request: Request,
+    state: StateDep,
+    principal: PrincipalDep,
+    session_id: SessionHeader = None,
     max_tasks: Annotated[int | None, Query(ge=1, le=v1.MAX_LEASE_TASKS)] = None,
     wait: Annotated[float, Query(ge=0, le=v1.MAX_WAIT_SECONDS)] = 0,
 ) -> Response:
@@ -87,8 +114,9 @@ async def request_task(
         # back (pending in backoff, or assigned to someone whose lease may lapse).
         counts = await stats.status_counts(state.pool)
         outstanding = counts[v1.TaskStatus.PENDING] + counts[v1.TaskStatus.ASSIGNED]
-        return Response(status_code=status.HTTP_204_NO_CONTENT,
-                        headers={OUTSTANDING_HEADER: str(outstanding)})
+        return Response(
+            status_code=status.HTTP_204_NO_CONTENT, headers={OUTSTANDING_HEADER: str(outstanding)}
+        )
     if max_tasks is None:
         return json_reply(leased[0])
     return json_reply(v1.LeaseBatch(tasks=leased))
@@ -112,15 +140,14 @@ async def complete_task(body: v1.TaskComplete, state: StateDep, principal: Princ
 
 
 @router.post("/tasks/complete/batch", response_model=v1.TaskCompleteBatchResult)
-async def complete_tasks(
-    body: v1.TaskCompleteBatch, state: StateDep, principal: PrincipalDep
-) -> Response:
+async def complete_tasks(body: v1.TaskCompleteBatch, state: StateDep, principal: PrincipalDep) -> Response:
     """Complete up to 100 leased tasks in one call and one transaction. Each completion is
     fenced by its own lease_token and answered on its own (`status_code` 200, 404 or 409), so
     one lost lease does not refuse the others. A wrong document in any of them refuses the
     whole call (422) before anything is written."""
-    reports = [split_reports(c.documents, state.settings.shard_size, state.store.url)
-               for c in body.completions]
+    reports = [
+        split_reports(c.documents, state.settings.shard_size, state.store.url) for c in body.completions
+    ]
     results = await db.complete_tasks(state.pool, body.completions, principal.owner, reports)
     completed = sum(r.status_code == 200 for r in results)
     state.metrics.completions.inc(completed)
@@ -144,9 +171,7 @@ async def report_progress(
 
 
 @router.post("/tasks/{task_id}/fail", response_model=v1.Task)
-async def fail_task(
-    task_id: UUID, body: v1.TaskFail, state: StateDep, principal: PrincipalDep
-) -> v1.Task:
+async def fail_task(task_id: UUID, body: v1.TaskFail, state: StateDep, principal: PrincipalDep) -> v1.Task:
     with state.metrics.counting_refusals():
         task = await db.fail_task(state.pool, task_id, body, principal.owner, state.backoff)
     state.metrics.failures.labels(str(task.status is v1.TaskStatus.FAILED).lower()).inc()
@@ -181,17 +206,26 @@ async def get_stats(state: StateDep, _: AdminDep) -> v1.Stats:
     """The dashboard's numbers: counts, the last hour minute by minute, recent jobs with ETA."""
     board = await dashboard.dashboard(state.pool, state.settings.client_stale_seconds)
     snap = board.snapshot
-    minutes = [v1.Minute(minutes_ago=59 - i, tasks_completed=t, documents_downloaded=d)
-               for i, (t, d) in enumerate(board.per_minute)]
+    minutes = [
+        v1.Minute(minutes_ago=59 - i, tasks_completed=t, documents_downloaded=d)
+        for i, (t, d) in enumerate(board.per_minute)
+    ]
     jobs = [v1.JobProgress.model_validate(job, from_attributes=True) for job in board.jobs]
-    return v1.Stats(counts=snap.counts, documents=snap.documents, document_bytes=snap.document_bytes,
-                    oldest_pending_seconds=snap.oldest_pending_seconds, clients=snap.clients,
-                    per_minute=minutes, jobs=jobs)
+    return v1.Stats(
+        counts=snap.counts,
+        documents=snap.documents,
+        document_bytes=snap.document_bytes,
+        oldest_pending_seconds=snap.oldest_pending_seconds,
+        clients=snap.clients,
+        per_minute=minutes,
+        jobs=jobs,
+    )
 
 
 @router.get("/tasks", response_model=v1.TaskList)
 async def list_tasks(
-    state: StateDep, _: AdminDep,
+    state: StateDep,
+    _: AdminDep,
     status_filter: v1.TaskStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=v1.MAX_LIST_LIMIT)] = 100,
     cursor: Annotated[str | None, Query(max_length=20)] = None,

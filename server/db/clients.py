@@ -121,8 +121,7 @@ async def add_admin_key(pool: Pool, key_hash: bytes, *, only_if_none: bool) -> b
         await conn.execute("SELECT pg_advisory_xact_lock($1)", ADMIN_KEY_LOCK)
         if only_if_none and await conn.fetchval("SELECT EXISTS (SELECT 1 FROM admin_keys)"):
             return False
-        await conn.execute("INSERT INTO admin_keys (key_hash) VALUES ($1) ON CONFLICT DO NOTHING",
-                           key_hash)
+        await conn.execute("INSERT INTO admin_keys (key_hash) VALUES ($1) ON CONFLICT DO NOTHING", key_hash)
     return True
 
 

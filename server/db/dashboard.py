@@ -105,8 +105,7 @@ async def dashboard(pool: Pool, stale_seconds: float) -> Dashboard:
 async def recent_jobs(pool: Pool, limit: int) -> list[JobRow]:
     async with connection(pool) as conn:
         jobs = await conn.fetch(RECENT_JOBS, limit)
-        rates = {r["job_id"]: r["finished"] for r in
-                 await conn.fetch(JOB_RATES, [j["job_id"] for j in jobs])}
+        rates = {r["job_id"]: r["finished"] for r in await conn.fetch(JOB_RATES, [j["job_id"] for j in jobs])}
     names = [n for j in jobs for n in stats.job_counter_names(j["job_id"])]
     found = await stats.counters(pool, names) if names else {}
     return [_job_row(j, found, rates.get(j["job_id"], 0)) for j in jobs]
@@ -120,8 +119,17 @@ def _job_row(job: Any, found: dict[str, int], finished_10min: int) -> JobRow:
     left = max(total - done, 0)
     eta = left / (finished_10min / 600) if finished_10min and left else (0.0 if not left else None)
     params = job["params"] or {}
-    return JobRow(job["job_id"], job["source"], str(params.get("url_template", "")), job["tasks_total"],
-                  counts, found.get(prefix + "documents", 0), min(done / total, 1.0), eta, job["created_at"])
+    return JobRow(
+        job["job_id"],
+        job["source"],
+        str(params.get("url_template", "")),
+        job["tasks_total"],
+        counts,
+        found.get(prefix + "documents", 0),
+        min(done / total, 1.0),
+        eta,
+        job["created_at"],
+    )
 
 
 async def cancel_job(pool: Pool, job_id: UUID) -> int:

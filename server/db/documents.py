@@ -40,22 +40,31 @@ WHERE d.doc_id = $1
 KNOWN = "SELECT doc_id FROM documents WHERE doc_id = ANY($1::text[])"
 
 
-async def record(
-    conn: Connection, task: Any, recorded: list[Recorded], failed: list[Failed]
-) -> None:
+async def record(conn: Connection, task: Any, recorded: list[Recorded], failed: list[Failed]) -> None:
     """Record what a fenced write reported; `task` is the row that write returned."""
     if recorded:
         await conn.execute(
-            RECORD, task["source"], task["task_id"], task["job_id"], task["assigned_to"],
-            [d.doc_id for d in recorded], [d.storage_key for d in recorded],
-            [d.storage_url for d in recorded], [d.sha256 for d in recorded],
-            [d.size for d in recorded], [d.content_type for d in recorded],
+            RECORD,
+            task["source"],
+            task["task_id"],
+            task["job_id"],
+            task["assigned_to"],
+            [d.doc_id for d in recorded],
+            [d.storage_key for d in recorded],
+            [d.storage_url for d in recorded],
+            [d.sha256 for d in recorded],
+            [d.size for d in recorded],
+            [d.content_type for d in recorded],
             [d.compressed for d in recorded],
         )
     if failed:
         await conn.execute(
-            RECORD_FAILURES, task["job_id"], task["task_id"], [d.doc_id for d in failed],
-            [d.url for d in failed], [d.error for d in failed],
+            RECORD_FAILURES,
+            task["job_id"],
+            task["task_id"],
+            [d.doc_id for d in failed],
+            [d.url for d in failed],
+            [d.error for d in failed],
         )
 
 
@@ -74,10 +83,16 @@ async def known_documents(pool: Pool, doc_ids: list[str]) -> list[str]:
 
 async def lease_is_current(pool: Pool, task_id: UUID, lease_token: UUID, owner: UUID | None) -> bool:
     async with connection(pool) as conn:
-        return bool(await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM tasks WHERE task_id = $1 AND lease_token = $2 "
-            "AND status = 'assigned' AND lease_expires_at > now() "
-            "AND ($3::uuid IS NULL OR assigned_to = $3))", task_id, lease_token, owner))
+        return bool(
+            await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM tasks WHERE task_id = $1 AND lease_token = $2 "
+                "AND status = 'assigned' AND lease_expires_at > now() "
+                "AND ($3::uuid IS NULL OR assigned_to = $3))",
+                task_id,
+                lease_token,
+                owner,
+            )
+        )
 
 
 PAGE = """

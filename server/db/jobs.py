@@ -88,7 +88,12 @@ async def create_job(pool: Pool, body: v1.JobCreate, max_attempts: int) -> tuple
     chunks = -(-p.count // body.chunk_size)
     async with transaction(pool) as conn:
         job_id = await conn.fetchval(
-            INSERT_JOB, body.source, p.model_dump(), body.chunk_size, body.priority, chunks,
+            INSERT_JOB,
+            body.source,
+            p.model_dump(),
+            body.chunk_size,
+            body.priority,
+            chunks,
             body.idempotency_key,
         )
         if job_id is None:
@@ -97,15 +102,32 @@ async def create_job(pool: Pool, body: v1.JobCreate, max_attempts: int) -> tuple
         attempts = body.max_attempts or max_attempts
         if body.only_missing:
             status = await conn.execute(
-                INSERT_MISSING, job_id, p.url_template, p.start_id, body.chunk_size, p.count, p.ext,
-                body.priority, attempts, timeout=BULK_TIMEOUT,
+                INSERT_MISSING,
+                job_id,
+                p.url_template,
+                p.start_id,
+                body.chunk_size,
+                p.count,
+                p.ext,
+                body.priority,
+                attempts,
+                timeout=BULK_TIMEOUT,
             )
             chunks = _inserted(status)
             await conn.execute("UPDATE jobs SET tasks_total = $2 WHERE job_id = $1", job_id, chunks)
         else:
             await conn.execute(
-                INSERT_CHUNKS, job_id, p.url_template, p.start_id, body.chunk_size, p.count, p.ext,
-                body.priority, attempts, chunks, timeout=BULK_TIMEOUT,
+                INSERT_CHUNKS,
+                job_id,
+                p.url_template,
+                p.start_id,
+                body.chunk_size,
+                p.count,
+                p.ext,
+                body.priority,
+                attempts,
+                chunks,
+                timeout=BULK_TIMEOUT,
             )
     return v1.JobCreated(job_id=job_id, tasks_created=chunks), True
 
@@ -134,8 +156,10 @@ async def get_job(pool: Pool, job_id: UUID) -> v1.Job:
     counts.update({v1.TaskStatus(r["status"]): r["n"] for r in rows})
     finished = sum(counts[s] for s in v1.TERMINAL_STATUSES)
     return v1.Job(
-        **{k: job[k] for k in ("job_id", "source", "params", "chunk_size", "priority",
-                               "tasks_total", "created_at")},
+        **{
+            k: job[k]
+            for k in ("job_id", "source", "params", "chunk_size", "priority", "tasks_total", "created_at")
+        },
         counts=counts,
         documents_downloaded=sum(r["downloaded"] for r in rows),
         documents_failed=sum(r["failed"] for r in rows),

@@ -42,8 +42,13 @@ async def _keep_session(conn: Connection) -> None:
 async def create_pool(dsn: str, min_size: int, max_size: int) -> Pool:
     try:
         pool = await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, init=_init_connection,
-            reset=_keep_session, command_timeout=60, timeout=10,
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            init=_init_connection,
+            reset=_keep_session,
+            command_timeout=60,
+            timeout=10,
         )
     except UNAVAILABLE as exc:
         raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc

@@ -97,6 +97,9 @@ async def snapshot(pool: Pool, stale_seconds: float) -> Snapshot:
         oldest = await conn.fetchval(OLDEST_PENDING)
         states = {r["state"]: r["n"] for r in await conn.fetch(CLIENT_STATES, stale_seconds)}
     return Snapshot(
-        counts={s: found[s.value] for s in v1.TaskStatus}, oldest_pending_seconds=float(oldest),
-        documents=found["documents"], document_bytes=found["document_bytes"], clients=states,
+        counts={s: found[s.value] for s in v1.TaskStatus},
+        oldest_pending_seconds=float(oldest),
+        documents=found["documents"],
+        document_bytes=found["document_bytes"],
+        clients=states,
     )

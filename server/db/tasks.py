@@ -157,7 +157,7 @@ WITH failed AS (
     UPDATE tasks
     SET status = CASE WHEN $4 AND attempts < max_attempts THEN 'pending' ELSE 'failed' END,
         run_after = CASE WHEN $4 AND attempts < max_attempts
-                         THEN {BACKOFF.replace('$BASE', '$6').replace('$CAP', '$7')}
+                         THEN {BACKOFF.replace("$BASE", "$6").replace("$CAP", "$7")}
                          ELSE run_after END,
         completed_at = CASE WHEN $4 AND attempts < max_attempts THEN NULL ELSE now() END,
         last_error = $5, lease_expires_at = NULL, session_id = NULL, updated_at = now()
@@ -183,7 +183,7 @@ WITH expired AS (
     UPDATE tasks t
     SET status = CASE WHEN t.attempts < t.max_attempts THEN 'pending' ELSE 'failed' END,
         run_after = CASE WHEN t.attempts < t.max_attempts
-                         THEN {BACKOFF.replace('$BASE', '$1').replace('$CAP', '$2')}
+                         THEN {BACKOFF.replace("$BASE", "$1").replace("$CAP", "$2")}
                          ELSE t.run_after END,
         completed_at = CASE WHEN t.attempts < t.max_attempts THEN NULL ELSE now() END,
         last_error = 'lease expired at ' || to_char(t.lease_expires_at AT TIME ZONE 'UTC',
@@ -268,8 +268,15 @@ def to_leased(record: Any) -> v1.LeasedTask:
 async def create_task(pool: Pool, body: v1.TaskCreate, max_attempts: int) -> v1.TaskCreated:
     """Insert one task; with a known idempotency_key return the existing one instead."""
     args = (
-        body.source, body.search_params, body.start_page, body.max_documents, body.params,
-        body.priority, body.max_attempts or max_attempts, body.idempotency_key, body.run_after,
+        body.source,
+        body.search_params,
+        body.start_page,
+        body.max_documents,
+        body.params,
+        body.priority,
+        body.max_attempts or max_attempts,
+        body.idempotency_key,
+        body.run_after,
     )
     async with transaction(pool) as conn:
         record = await conn.fetchrow(INSERT_ONE, *args)
@@ -283,9 +290,7 @@ async def create_task(pool: Pool, body: v1.TaskCreate, max_attempts: int) -> v1.
     return v1.TaskCreated(**dict(existing), created=False)
 
 
-async def create_tasks(
-    pool: Pool, tasks: list[v1.TaskCreate], max_attempts: int
-) -> v1.TaskBatchCreated:
+async def create_tasks(pool: Pool, tasks: list[v1.TaskCreate], max_attempts: int) -> v1.TaskBatchCreated:
     """Insert many tasks in one statement; ids come back in the order given."""
     ids = [uuid.uuid4() for _ in tasks]
     columns: list[list[Any]] = [
@@ -304,9 +309,7 @@ async def create_tasks(
         inserted = {r["task_id"] for r in await conn.fetch(INSERT_MANY, *columns)}
         keys = [t.idempotency_key for t, i in zip(tasks, ids, strict=True) if i not in inserted]
         existing = {r["idempotency_key"]: r["task_id"] for r in await conn.fetch(SELECT_BY_KEYS, keys)}
-    task_ids = [
-        i if i in inserted else existing[t.idempotency_key] for t, i in zip(tasks, ids, strict=True)
-    ]
+    task_ids = [i if i in inserted else existing[t.idempotency_key] for t, i in zip(tasks, ids, strict=True)]
     return v1.TaskBatchCreated(
         task_ids=task_ids, tasks_created=len(inserted), tasks_existing=len(tasks) - len(inserted)
     )
@@ -329,9 +332,7 @@ async def lease_tasks(
     return [to_leased(r) for r in records]
 
 
-async def classify_refusal(
-    conn: Connection, task_id: UUID, lease_token: UUID, owner: UUID | None
-) -> v1.Task:
+async def classify_refusal(conn: Connection, task_id: UUID, lease_token: UUID, owner: UUID | None) -> v1.Task:
     """Explain why a fenced write touched no row; return the task only for an idempotent repeat."""
     record = await conn.fetchrow(GET, task_id)
     if record is None:
@@ -355,8 +356,13 @@ async def complete_task(
 ) -> v1.Task:
     """Complete a leased task and record its documents, in one fenced transaction."""
     args = (
-        body.task_id, body.lease_token, owner, body.documents_downloaded,
-        body.documents_failed, body.documents_skipped, body.result_summary,
+        body.task_id,
+        body.lease_token,
+        owner,
+        body.documents_downloaded,
+        body.documents_failed,
+        body.documents_skipped,
+        body.result_summary,
     )
     # One statement is atomic on its own; documents need it and their inserts in one transaction.
     async with _atomic(pool, any(reports)) as conn:
@@ -379,9 +385,13 @@ async def complete_tasks(
 ) -> list[v1.CompletionResult]:
     """Complete many leased tasks in one transaction; each is fenced and answered on its own."""
     args = (
-        [b.task_id for b in bodies], [b.lease_token for b in bodies], owner,
-        [b.documents_downloaded for b in bodies], [b.documents_failed for b in bodies],
-        [b.documents_skipped for b in bodies], [b.result_summary for b in bodies],
+        [b.task_id for b in bodies],
+        [b.lease_token for b in bodies],
+        owner,
+        [b.documents_downloaded for b in bodies],
+        [b.documents_failed for b in bodies],
+        [b.documents_skipped for b in bodies],
+        [b.result_summary for b in bodies],
     )
     results: list[v1.CompletionResult] = []
     async with _atomic(pool, any(r for pair in reports for r in pair)) as conn:
@@ -395,21 +405,31 @@ async def complete_tasks(
             try:
                 await classify_refusal(conn, body.task_id, body.lease_token, owner)
             except (NotFound, LeaseLost) as exc:
-                results.append(v1.CompletionResult(task_id=body.task_id, status_code=exc.status_code,
-                                                   error=exc.message))
+                results.append(
+                    v1.CompletionResult(task_id=body.task_id, status_code=exc.status_code, error=exc.message)
+                )
             else:  # a repeat of a completion that already went through
                 results.append(v1.CompletionResult(task_id=body.task_id, status_code=200))
     return results
 
 
 async def report_progress(
-    pool: Pool, task_id: UUID, body: v1.TaskProgress, owner: UUID | None, lease_seconds: float,
+    pool: Pool,
+    task_id: UUID,
+    body: v1.TaskProgress,
+    owner: UUID | None,
+    lease_seconds: float,
     reports: Reports = NO_REPORTS,
 ) -> v1.Task:
     """Extend the lease and record documents stored so far, in one fenced transaction."""
     args = (
-        task_id, body.lease_token, owner, lease_seconds,
-        body.documents_downloaded, body.documents_failed, body.documents_skipped,
+        task_id,
+        body.lease_token,
+        owner,
+        lease_seconds,
+        body.documents_downloaded,
+        body.documents_failed,
+        body.documents_skipped,
     )
     async with transaction(pool) as conn:
         record = await conn.fetchrow(PROGRESS, *args)
@@ -424,8 +444,13 @@ async def fail_task(
     pool: Pool, task_id: UUID, body: v1.TaskFail, owner: UUID | None, backoff: Backoff
 ) -> v1.Task:
     args = (
-        task_id, body.lease_token, owner, body.retryable, body.error,
-        backoff.base_seconds, backoff.cap_seconds,
+        task_id,
+        body.lease_token,
+        owner,
+        body.retryable,
+        body.error,
+        backoff.base_seconds,
+        backoff.cap_seconds,
     )
     async with transaction(pool) as conn:
         record = await conn.fetchrow(FAIL, *args)
@@ -489,9 +514,7 @@ def decode_cursor(cursor: str | None) -> int:
     return int(cursor)
 
 
-async def list_tasks(
-    pool: Pool, status: v1.TaskStatus | None, limit: int, before: int
-) -> v1.TaskList:
+async def list_tasks(pool: Pool, status: v1.TaskStatus | None, limit: int, before: int) -> v1.TaskList:
     async with connection(pool) as conn:
         if status is None:
             records = await conn.fetch(LIST_ALL, before, limit)
@@ -500,4 +523,3 @@ async def list_tasks(
     more = len(records) == limit
     cursor = encode_cursor(records[-1]["task_seq"]) if more and records else None
     return v1.TaskList(tasks=[to_task(r) for r in records], next_cursor=cursor)
-

@@ -28,8 +28,9 @@ from server.state import GateState
 
 router = APIRouter(include_in_schema=False)
 COOKIE = "docgate_admin"
-templates = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
-                        autoescape=select_autoescape(["html"]))
+templates = Environment(
+    loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=select_autoescape(["html"])
+)
 AdminCookie = Annotated[str | None, Cookie(alias=COOKIE)]
 
 
@@ -57,8 +58,14 @@ async def ui(state: StateDep, docgate_admin: AdminCookie = None, task: str | Non
     assert docgate_admin is not None
     found, problem = await _find_task(state, task)
     board = await data.dashboard(state.pool, state.settings.client_stale_seconds)
-    return _page("dashboard.html", board=board, csrf=csrf_token(docgate_admin), task=found,
-                 task_query=task or "", task_problem=problem)
+    return _page(
+        "dashboard.html",
+        board=board,
+        csrf=csrf_token(docgate_admin),
+        task=found,
+        task_query=task or "",
+        task_problem=problem,
+    )
 
 
 @router.get("/ui/live", response_class=HTMLResponse)
@@ -88,8 +95,9 @@ async def login(request: Request, state: StateDep) -> Response:
         return _page("login.html", status=401, error="That is not an admin API key.")
     response = RedirectResponse("/ui", status_code=303)
     secure = request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
-    response.set_cookie(COOKIE, key, httponly=True, samesite="strict", secure=secure, path="/ui",
-                        max_age=12 * 3600)
+    response.set_cookie(
+        COOKIE, key, httponly=True, samesite="strict", secure=secure, path="/ui", max_age=12 * 3600
+    )
     return response
 
 
@@ -102,7 +110,10 @@ async def logout() -> Response:
 
 @router.post("/ui/actions/{action}")
 async def act(
-    action: str, request: Request, state: StateDep, docgate_admin: AdminCookie = None,
+    action: str,
+    request: Request,
+    state: StateDep,
+    docgate_admin: AdminCookie = None,
     x_csrf_token: Annotated[str | None, Header()] = None,
 ) -> JSONResponse:
     if not await _is_admin(state, docgate_admin):

@@ -44,9 +44,11 @@ def _fetch(dsn: str) -> dict[str, list[asyncpg.Record]]:
                 "statuses": await conn.fetch("SELECT status, count(*) FROM tasks GROUP BY status"),
                 "completions": await conn.fetch(
                     "SELECT task_id::text, count(*) AS n, max(lease_token::text) AS token "
-                    "FROM task_events WHERE event = 'completed' GROUP BY task_id"),
-                "completed": await conn.fetch("SELECT task_id::text, lease_token::text FROM tasks "
-                                              "WHERE status = 'completed'"),
+                    "FROM task_events WHERE event = 'completed' GROUP BY task_id"
+                ),
+                "completed": await conn.fetch(
+                    "SELECT task_id::text, lease_token::text FROM tasks WHERE status = 'completed'"
+                ),
                 "leases": await conn.fetch("SELECT count(*) FROM task_events WHERE event = 'leased'"),
                 "documents": await conn.fetch("SELECT doc_id, storage_key, sha256, size FROM documents"),
             }
@@ -66,8 +68,12 @@ def check(run: Run, s3: Any) -> list[Figure]:
         figures.append(Figure(name, value, bound, holds))
 
     figure("tasks", total, f"= {run.tasks_created}", total == run.tasks_created)
-    figure("tasks unfinished (pending/assigned)", statuses.get("pending", 0) + statuses.get("assigned", 0),
-           "= 0", statuses.get("pending", 0) + statuses.get("assigned", 0) == 0)
+    figure(
+        "tasks unfinished (pending/assigned)",
+        statuses.get("pending", 0) + statuses.get("assigned", 0),
+        "= 0",
+        statuses.get("pending", 0) + statuses.get("assigned", 0) == 0,
+    )
     figure("tasks failed for good", statuses.get("failed", 0), "(reported)", True)
 
     events = {r["task_id"]: r for r in db["completions"]}
@@ -82,15 +88,20 @@ def check(run: Run, s3: Any) -> list[Figure]:
         for task_id, token in ACK.findall(log.read_text(errors="replace")):
             acks[task_id].add(token)
     double_acked = sum(1 for tokens in acks.values() if len(tokens) > 1)
-    stale_accepted = sum(1 for task_id, tokens in acks.items() for token in tokens
-                         if completed.get(task_id) != token)
+    stale_accepted = sum(
+        1 for task_id, tokens in acks.items() for token in tokens if completed.get(task_id) != token
+    )
     figure("completions acknowledged to clients", sum(len(t) for t in acks.values()), "(reported)", True)
     figure("tasks acknowledged to two lease holders", double_acked, "= 0", double_acked == 0)
     figure("stale-token writes accepted", stale_accepted, "= 0", stale_accepted == 0)
     refused = sum(len(STALE_REFUSED.findall(log.read_text(errors="replace"))) for log in run.gate_logs)
     zombies = run.fired.get("zombie", 0)
-    figure("stale-token writes refused (409)", refused, "≥ 1" if zombies else "(no zombie)",
-           refused >= 1 or not zombies)
+    figure(
+        "stale-token writes refused (409)",
+        refused,
+        "≥ 1" if zombies else "(no zombie)",
+        refused >= 1 or not zombies,
+    )
 
     leases = db["leases"][0][0]
     claims = leases / total if total else 0.0
@@ -123,8 +134,9 @@ def check(run: Run, s3: Any) -> list[Figure]:
 
     staged = s3.list_objects_v2(Bucket=BUCKET, Prefix=STAGING).get("KeyCount", 0)
     uploads = len(s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []))
-    figure("orphan temp objects and open uploads after the sweep", staged + uploads, "= 0",
-           staged + uploads == 0)
+    figure(
+        "orphan temp objects and open uploads after the sweep", staged + uploads, "= 0", staged + uploads == 0
+    )
     figure("writers killed mid-upload", run.fired.get("kill_writer", 0), "(reported)", True)
 
     p99 = _p99(run.loop_lag)
@@ -150,8 +162,10 @@ def _p99(histograms: list[dict[str, float]]) -> float:
 def table(run: Run, figures: list[Figure]) -> str:
     width = max(len(f.name) for f in figures)
     fired = ", ".join(f"{k} ×{v}" for k, v in sorted(run.fired.items())) or "none"
-    lines = [f"seed {run.plan.seed}: {run.tasks_created} tasks, {run.plan.clients} clients, "
-             f"{run.seconds:.0f} s; faults: {fired}"]
+    lines = [
+        f"seed {run.plan.seed}: {run.tasks_created} tasks, {run.plan.clients} clients, "
+        f"{run.seconds:.0f} s; faults: {fired}"
+    ]
     for f in figures:
         value = f"{f.value:g}"
         lines.append(f"  {'ok ' if f.holds else 'BAD'} {f.name:<{width}}  {value:>10}  {f.bound}")

@@ -41,8 +41,15 @@ from processes import CLEAN_ENV, REPO, GateProcess
 HERE = Path(__file__).resolve().parent
 ADMIN = "chaos-admin-key-0123456789abcdef"
 BUCKET = "chaos"
-FAULTS = ("kill_client", "zombie", "kill_gate", "crash_postgres", "stall_storage", "reset_storage",
-          "kill_writer")
+FAULTS = (
+    "kill_client",
+    "zombie",
+    "kill_gate",
+    "crash_postgres",
+    "stall_storage",
+    "reset_storage",
+    "kill_writer",
+)
 S3_ENV = {"AWS_ACCESS_KEY_ID": "chaos", "AWS_SECRET_ACCESS_KEY": "chaos", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
@@ -117,20 +124,31 @@ class Cluster:
     def _spawn(self, argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[Any]:
         out = log.open("wb")
         self.files.append(out)
-        proc = subprocess.Popen(argv, cwd=REPO, env=CLEAN_ENV | S3_ENV | (env or {}), stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            cwd=REPO,
+            env=CLEAN_ENV | S3_ENV | (env or {}),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.procs.append(proc)
         return proc
 
     def _start_s3(self) -> None:
         moto_port, proxy_port = free_port(), free_port()
-        self._spawn([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)],
-                    self.tmp / "moto.log")
+        self._spawn(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)],
+            self.tmp / "moto.log",
+        )
         self.moto = f"http://127.0.0.1:{moto_port}"
         _wait(lambda: httpx.get(self.moto + "/moto-api/", timeout=1))
-        self.proxy = subprocess.Popen([sys.executable, str(HERE / "faultproxy.py"), str(proxy_port),
-                                       str(moto_port)], stdout=subprocess.PIPE, text=True,
-                                      start_new_session=True)
+        self.proxy = subprocess.Popen(
+            [sys.executable, str(HERE / "faultproxy.py"), str(proxy_port), str(moto_port)],
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         self.procs.append(self.proxy)
         assert self.proxy.stdout is not None and self.proxy.stdout.readline().strip() == "ready"
         self.run.s3_url = self.moto
@@ -140,25 +158,60 @@ class Cluster:
     def s3(self) -> Any:
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.moto, **{
-            "aws_access_key_id": "chaos", "aws_secret_access_key": "chaos", "region_name": "us-east-1"})
+        return boto3.client(
+            "s3",
+            endpoint_url=self.moto,
+            **{"aws_access_key_id": "chaos", "aws_secret_access_key": "chaos", "region_name": "us-east-1"},
+        )
 
     def _start_origin(self) -> None:
         port = free_port()
         low, high = self.plan.size
-        self._spawn([sys.executable, "-m", "docgate.cli", "origin", "--port", str(port), "--size", str(low),
-                     "--size-max", str(high), "--error-rate", "0.02", "--rate-429", "0.02",
-                     "--retry-after", "0.5", "--latency", "0.005", "--seed", str(self.plan.seed)],
-                    self.tmp / "origin.log")
+        self._spawn(
+            [
+                sys.executable,
+                "-m",
+                "docgate.cli",
+                "origin",
+                "--port",
+                str(port),
+                "--size",
+                str(low),
+                "--size-max",
+                str(high),
+                "--error-rate",
+                "0.02",
+                "--rate-429",
+                "0.02",
+                "--retry-after",
+                "0.5",
+                "--latency",
+                "0.005",
+                "--seed",
+                str(self.plan.seed),
+            ],
+            self.tmp / "origin.log",
+        )
         self.origin = self.run.origin = f"http://127.0.0.1:{port}"
         _wait(lambda: httpx.get(self.origin + "/_stats", timeout=1))
 
     def _start_gate(self, i: int) -> None:
         port = self.gate_ports[i]
-        env = {"DATABASE_URL": self.dsn, "API_PORT": str(port), "ADMIN_API_KEY": ADMIN,
-               "STORAGE_URL": f"s3://{BUCKET}", "LEASE_SECONDS": str(self.plan.lease_seconds),
-               "RETRY_BACKOFF_SECONDS": "0.2", "RETRY_BACKOFF_MAX_SECONDS": "1",
-               "REAP_INTERVAL_SECONDS": "0.5", "DB_POOL_MAX": "8"} | S3_ENV | self.s3_env
+        env = (
+            {
+                "DATABASE_URL": self.dsn,
+                "API_PORT": str(port),
+                "ADMIN_API_KEY": ADMIN,
+                "STORAGE_URL": f"s3://{BUCKET}",
+                "LEASE_SECONDS": str(self.plan.lease_seconds),
+                "RETRY_BACKOFF_SECONDS": "0.2",
+                "RETRY_BACKOFF_MAX_SECONDS": "1",
+                "REAP_INTERVAL_SECONDS": "0.5",
+                "DB_POOL_MAX": "8",
+            }
+            | S3_ENV
+            | self.s3_env
+        )
         gate = GateProcess(_command(self.plan.gate_variant, "server"), env, port, self.tmp)
         self.procs.append(gate.proc)
         self.run.gate_logs.append(gate.log)
@@ -166,8 +219,12 @@ class Cluster:
         self.gates[i] = gate
 
     def _register(self, name: str) -> str:
-        r = httpx.post(self._gate_url(0) + "/api/v1/clients/register", headers={"X-API-Key": ADMIN},
-                       json={"client_name": name}, timeout=30)
+        r = httpx.post(
+            self._gate_url(0) + "/api/v1/clients/register",
+            headers={"X-API-Key": ADMIN},
+            json={"client_name": name},
+            timeout=30,
+        )
         r.raise_for_status()
         return str(r.json()["api_key"])
 
@@ -177,20 +234,52 @@ class Cluster:
     def start_client(self, i: int) -> None:
         log = self.tmp / f"client-{i}-{time.monotonic_ns()}.log"
         self.run.client_logs.append(log)
-        self.clients[i] = self._spawn(_command(
-            self.plan.client_variant, "client", "--api-url", self._gate_url(i), "--api-key", self.keys[i],
-            "--client-name", f"chaos-{i}", "--storage", f"s3://{BUCKET}", "--allow-network", "127.0.0.0/8",
-            "--progress", "log", "--poll-interval", "0.5", "--heartbeat-interval", "1",
-            "--concurrency", "8", "--max-tasks", "4"), log, self.s3_env)
+        self.clients[i] = self._spawn(
+            _command(
+                self.plan.client_variant,
+                "client",
+                "--api-url",
+                self._gate_url(i),
+                "--api-key",
+                self.keys[i],
+                "--client-name",
+                f"chaos-{i}",
+                "--storage",
+                f"s3://{BUCKET}",
+                "--allow-network",
+                "127.0.0.0/8",
+                "--progress",
+                "log",
+                "--poll-interval",
+                "0.5",
+                "--heartbeat-interval",
+                "1",
+                "--concurrency",
+                "8",
+                "--max-tasks",
+                "4",
+            ),
+            log,
+            self.s3_env,
+        )
 
     # ---- the job and its end
 
     def create_job(self, start_id: int = 1) -> None:
-        body = {"source": "id_range", "chunk_size": self.plan.chunk, "max_attempts": 20, "params": {
-            "url_template": self.origin + "/doc/{id}.bin", "start_id": start_id,
-            "count": self.plan.tasks * self.plan.chunk, "ext": ".bin"}}
-        r = httpx.post(self._gate_url(0) + "/api/v1/jobs", headers={"X-API-Key": ADMIN}, json=body,
-                       timeout=60)
+        body = {
+            "source": "id_range",
+            "chunk_size": self.plan.chunk,
+            "max_attempts": 20,
+            "params": {
+                "url_template": self.origin + "/doc/{id}.bin",
+                "start_id": start_id,
+                "count": self.plan.tasks * self.plan.chunk,
+                "ext": ".bin",
+            },
+        }
+        r = httpx.post(
+            self._gate_url(0) + "/api/v1/jobs", headers={"X-API-Key": ADMIN}, json=body, timeout=60
+        )
         assert r.status_code == 201, r.text
         self.run.tasks_created += int(r.json()["tasks_created"])
 
@@ -198,8 +287,9 @@ class Cluster:
         async def count() -> int:
             conn = await asyncpg.connect(self.dsn, timeout=5)
             try:
-                return int(await conn.fetchval(
-                    "SELECT count(*) FROM tasks WHERE status IN ('pending', 'assigned')"))
+                return int(
+                    await conn.fetchval("SELECT count(*) FROM tasks WHERE status IN ('pending', 'assigned')")
+                )
             finally:
                 await conn.close()
 
@@ -280,10 +370,24 @@ class Cluster:
     def _kill_writer(self) -> None:
         """A writer killed midway through a multipart upload leaves a staging upload for the sweep."""
         writer = subprocess.Popen(
-            [sys.executable, str(REPO / "tests" / "storage_writer.py"), f"s3://{BUCKET}",
-             f"writer/{self.rng.randrange(1 << 30)}.bin", str(64 << 20), "--slow", "0.05",
-             "--endpoint", self.moto], cwd=REPO, env=CLEAN_ENV | S3_ENV, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+            [
+                sys.executable,
+                str(REPO / "tests" / "storage_writer.py"),
+                f"s3://{BUCKET}",
+                f"writer/{self.rng.randrange(1 << 30)}.bin",
+                str(64 << 20),
+                "--slow",
+                "0.05",
+                "--endpoint",
+                self.moto,
+            ],
+            cwd=REPO,
+            env=CLEAN_ENV | S3_ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
         assert writer.stdout is not None
         for line in writer.stdout:
             if line.startswith("progress") and int(line.split()[1]) >= 12 << 20:
@@ -311,10 +415,12 @@ class Cluster:
 
         row: dict[str, Any] = {"t": time.monotonic()}
         first_gate, first_client = self.gates[0], self.clients[0]
-        for name, procs in (("gates", [g.proc for g in self.gates if g]),
-                            ("clients", [c for c in self.clients if c]),
-                            ("gate 0", [first_gate.proc] if first_gate else []),
-                            ("client 0", [first_client] if first_client else [])):
+        for name, procs in (
+            ("gates", [g.proc for g in self.gates if g]),
+            ("clients", [c for c in self.clients if c]),
+            ("gate 0", [first_gate.proc] if first_gate else []),
+            ("client 0", [first_client] if first_client else []),
+        ):
             rss = []
             for p in procs:
                 with contextlib.suppress(psutil.NoSuchProcess):
@@ -386,9 +492,23 @@ class Cluster:
         self.run.loop_lag = [_loop_lag(g.url) for g in self.gates if g is not None]
         if self.plan.sweep:
             env = CLEAN_ENV | S3_ENV | {"AWS_ENDPOINT_URL": self.moto}
-            sweep = subprocess.run([sys.executable, "-m", "docgate.cli", "storage", "sweep", f"s3://{BUCKET}",
-                                    "--older-than", "0"], cwd=REPO, env=env, capture_output=True, text=True,
-                                   timeout=120)
+            sweep = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "docgate.cli",
+                    "storage",
+                    "sweep",
+                    f"s3://{BUCKET}",
+                    "--older-than",
+                    "0",
+                ],
+                cwd=REPO,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             assert sweep.returncode == 0, sweep.stderr
 
     def stop_clients(self) -> None:
@@ -447,5 +567,9 @@ def _wait(probe: Any, timeout: float = 30) -> None:
 
 
 def dump(run: Run, path: Path) -> None:
-    path.write_text(json.dumps({"seed": run.plan.seed, "seconds": run.seconds, "fired": run.fired,
-                                "memory": run.memory}, indent=2))
+    path.write_text(
+        json.dumps(
+            {"seed": run.plan.seed, "seconds": run.seconds, "fired": run.fired, "memory": run.memory},
+            indent=2,
+        )
+    )

@@ -78,12 +78,28 @@ CONTROLS = [
 
 @pytest.mark.chaos_full
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize(("gate", "client", "faults", "caught"), CONTROLS,
-                         ids=[c[0] or c[1] for c in CONTROLS])
-def test_the_checker_catches_a_broken_variant(cluster_for, gate: str | None, client: str | None,  # type: ignore[no-untyped-def]
-                                              faults: tuple[str, ...], caught: str) -> None:
-    plan = Plan(seed=11, tasks=150, clients=4, gates=1, lease_seconds=4, faults=faults,
-                fault_gap=(3.0, 5.0), deadline=60, gate_variant=gate, client_variant=client)
+@pytest.mark.parametrize(
+    ("gate", "client", "faults", "caught"), CONTROLS, ids=[c[0] or c[1] for c in CONTROLS]
+)
+def test_the_checker_catches_a_broken_variant(
+    cluster_for,
+    gate: str | None,
+    client: str | None,  # type: ignore[no-untyped-def]
+    faults: tuple[str, ...],
+    caught: str,
+) -> None:
+    plan = Plan(
+        seed=11,
+        tasks=150,
+        clients=4,
+        gates=1,
+        lease_seconds=4,
+        faults=faults,
+        fault_gap=(3.0, 5.0),
+        deadline=60,
+        gate_variant=gate,
+        client_variant=client,
+    )
     found = judged(cluster_for(plan))
     assert any(caught in v for v in found), found
 
@@ -100,6 +116,16 @@ def test_the_checker_catches_a_missing_sweep(cluster_for) -> None:  # type: igno
 @pytest.mark.timeout(300)
 def test_an_honest_variant_passes(cluster_for) -> None:  # type: ignore[no-untyped-def]
     """The control of the controls: the variant launcher itself breaks nothing."""
-    plan = Plan(seed=13, tasks=150, clients=4, gates=1, lease_seconds=4, faults=("zombie", "kill_client"),
-                fault_gap=(3.0, 5.0), deadline=120, gate_variant="honest", client_variant="honest")
+    plan = Plan(
+        seed=13,
+        tasks=150,
+        clients=4,
+        gates=1,
+        lease_seconds=4,
+        faults=("zombie", "kill_client"),
+        fault_gap=(3.0, 5.0),
+        deadline=120,
+        gate_variant="honest",
+        client_variant="honest",
+    )
     assert judged(cluster_for(plan)) == []

@@ -45,8 +45,13 @@ async def quiet_gate(db_dsn: str, tmp_path: Path) -> AsyncIterator[Gate]:
 
 
 def doc_report(doc_id: int, body: bytes) -> dict[str, Any]:
-    return {"doc_id": doc_id, "status": "stored", "storage_key": f"0/{doc_id}.bin",
-            "sha256": hashlib.sha256(body).hexdigest(), "size": len(body)}
+    return {
+        "doc_id": doc_id,
+        "status": "stored",
+        "storage_key": f"0/{doc_id}.bin",
+        "sha256": hashlib.sha256(body).hexdigest(),
+        "size": len(body),
+    }
 
 
 async def lease(gate: Gate, who: dict[str, str]) -> dict[str, Any]:
@@ -56,8 +61,9 @@ async def lease(gate: Gate, who: dict[str, str]) -> dict[str, Any]:
 
 
 async def expire(gate: Gate, task_id: str) -> None:
-    await gate.sql("UPDATE tasks SET lease_expires_at = now() - interval '1 second' WHERE task_id = $1",
-                   task_id)
+    await gate.sql(
+        "UPDATE tasks SET lease_expires_at = now() - interval '1 second' WHERE task_id = $1", task_id
+    )
 
 
 async def reap(gate: Gate) -> int:
@@ -79,8 +85,9 @@ async def behind_row_lock(
             running = [asyncio.ensure_future(c) for c in calls]
             deadline = time.monotonic() + 10
             while await conn.fetchval(  # both requests are now waiting on the lock
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                    "AND datname = current_database()") < len(calls):
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database()"
+            ) < len(calls):
                 assert time.monotonic() < deadline, "the requests never reached the row lock"
                 await asyncio.sleep(0.01)
         return list(await asyncio.gather(*running))
@@ -96,12 +103,18 @@ async def test_zombie_completes_after_re_lease(quiet_gate: Gate) -> None:
     await expire(gate, task_id)
     assert await reap(gate) == 1
     new = await lease(gate, holder)
-    r = await gate.http.post("/api/v1/tasks/complete", headers=zombie, json={
-        "task_id": task_id, "lease_token": old["lease_token"], "documents": [doc_report(1, b"zombie")]})
+    r = await gate.http.post(
+        "/api/v1/tasks/complete",
+        headers=zombie,
+        json={"task_id": task_id, "lease_token": old["lease_token"], "documents": [doc_report(1, b"zombie")]},
+    )
     assert r.status_code == 409
     assert await gate.sql("SELECT * FROM documents") == []
-    r = await gate.http.post("/api/v1/tasks/complete", headers=holder, json={
-        "task_id": task_id, "lease_token": new["lease_token"], "documents": [doc_report(1, b"holder")]})
+    r = await gate.http.post(
+        "/api/v1/tasks/complete",
+        headers=holder,
+        json={"task_id": task_id, "lease_token": new["lease_token"], "documents": [doc_report(1, b"holder")]},
+    )
     assert r.status_code == 200
     (doc,) = await gate.sql("SELECT sha256 FROM documents")
     assert doc["sha256"] == hashlib.sha256(b"holder").hexdigest()
@@ -121,16 +134,26 @@ async def test_zombie_writes_storage_after_the_new_holder_completed(quiet_gate: 
         yield data
 
     stored = await store.put("0/7.bin", body(b"published bytes"), PutOptions())
-    r = await gate.http.post("/api/v1/tasks/complete", headers=holder, json={
-        "task_id": task_id, "lease_token": new["lease_token"],
-        "documents": [doc_report(7, b"published bytes") | {"storage_url": stored.storage_url}]})
+    r = await gate.http.post(
+        "/api/v1/tasks/complete",
+        headers=holder,
+        json={
+            "task_id": task_id,
+            "lease_token": new["lease_token"],
+            "documents": [doc_report(7, b"published bytes") | {"storage_url": stored.storage_url}],
+        },
+    )
     assert r.status_code == 200
     # The zombie wakes and writes: straight to storage, and through the gate's upload.
     with pytest.raises(AlreadyStored):
         await store.put("0/7.bin", body(b"late zombie bytes"), PutOptions())
     assert (tmp_path / "client-store/0/7.bin").read_bytes() == b"published bytes"
-    r = await gate.http.put("/api/v1/documents/8/raw", params={"task_id": task_id, "ext": ".bin"},
-                            headers=zombie | {"X-Lease-Token": old["lease_token"]}, content=b"late")
+    r = await gate.http.put(
+        "/api/v1/documents/8/raw",
+        params={"task_id": task_id, "ext": ".bin"},
+        headers=zombie | {"X-Lease-Token": old["lease_token"]},
+        content=b"late",
+    )
     assert r.status_code == 409
     assert not (tmp_path / "store/0/8.bin").exists()
     await store.close()
@@ -145,8 +168,11 @@ async def test_heartbeat_racing_expiry(quiet_gate: Gate) -> None:
     await expire(gate, task_id)
     r = await gate.http.post("/api/v1/clients/heartbeat", headers=client, json={})
     assert r.json()["leases_extended"] == 0
-    r = await gate.http.post(f"/api/v1/tasks/{task_id}/progress", headers=client,
-                             json={"lease_token": held["lease_token"], "documents_downloaded": 1})
+    r = await gate.http.post(
+        f"/api/v1/tasks/{task_id}/progress",
+        headers=client,
+        json={"lease_token": held["lease_token"], "documents_downloaded": 1},
+    )
     assert r.status_code == 409
     assert await reap(gate) == 1
     (row,) = await gate.sql("SELECT status, attempts FROM tasks")
@@ -158,8 +184,11 @@ async def test_heartbeat_racing_expiry(quiet_gate: Gate) -> None:
     assert r.json()["leases_extended"] == 1
     await asyncio.sleep(0.1)
     assert await reap(gate) == 0
-    r = await gate.http.post("/api/v1/tasks/complete", headers=client,
-                             json={"task_id": task_id, "lease_token": again["lease_token"]})
+    r = await gate.http.post(
+        "/api/v1/tasks/complete",
+        headers=client,
+        json={"task_id": task_id, "lease_token": again["lease_token"]},
+    )
     assert r.status_code == 200
 
 
@@ -174,8 +203,11 @@ async def test_cancel_racing_completion(quiet_gate: Gate, first: str) -> None:
         return gate.http.post(f"/api/v1/tasks/{task_id}/cancel", headers=gate.admin)
 
     def complete() -> Awaitable[httpx.Response]:
-        return gate.http.post("/api/v1/tasks/complete", headers=client, json={
-            "task_id": task_id, "lease_token": held["lease_token"], "documents": [doc_report(3, b"x")]})
+        return gate.http.post(
+            "/api/v1/tasks/complete",
+            headers=client,
+            json={"task_id": task_id, "lease_token": held["lease_token"], "documents": [doc_report(3, b"x")]},
+        )
 
     if first == "cancel":
         cancelled, completed = await cancel(), await complete()
@@ -216,10 +248,15 @@ async def test_duplicate_completion_with_the_same_token(quiet_gate: Gate) -> Non
     client = await gate.register()
     task_id = (await gate.create())["task_id"]
     held = await lease(gate, client)
-    body = {"task_id": task_id, "lease_token": held["lease_token"], "documents_downloaded": 1,
-            "documents": [doc_report(5, b"five")]}
-    first, second = await asyncio.gather(*(gate.http.post("/api/v1/tasks/complete", headers=client, json=body)
-                                           for _ in range(2)))
+    body = {
+        "task_id": task_id,
+        "lease_token": held["lease_token"],
+        "documents_downloaded": 1,
+        "documents": [doc_report(5, b"five")],
+    }
+    first, second = await asyncio.gather(
+        *(gate.http.post("/api/v1/tasks/complete", headers=client, json=body) for _ in range(2))
+    )
     third = await gate.http.post("/api/v1/tasks/complete", headers=client, json=body)
     assert first.status_code == second.status_code == third.status_code == 200
     assert first.json() == second.json() == third.json()
@@ -235,20 +272,35 @@ def test_postgres_restart_between_lease_and_complete(tmp_path: Path) -> None:
     gate: GateProcess | None = None
     try:
         asyncio.run(migrate_dsn(pg.dsn))
-        gate = GateProcess(docgate("server"), {
-            "DATABASE_URL": pg.dsn, "API_PORT": str(port), "ADMIN_API_KEY": ADMIN_KEY,
-            "STORAGE_URL": str(tmp_path / "store"), "LEASE_SECONDS": "120"}, port, tmp_path)
+        gate = GateProcess(
+            docgate("server"),
+            {
+                "DATABASE_URL": pg.dsn,
+                "API_PORT": str(port),
+                "ADMIN_API_KEY": ADMIN_KEY,
+                "STORAGE_URL": str(tmp_path / "store"),
+                "LEASE_SECONDS": "120",
+            },
+            port,
+            tmp_path,
+        )
         gate.wait_healthy()
         admin = {"X-API-Key": ADMIN_KEY}
-        key = gate.request("POST", "/api/v1/clients/register", headers=admin,
-                           json={"client_name": "c"}).json()["api_key"]
+        key = gate.request(
+            "POST", "/api/v1/clients/register", headers=admin, json={"client_name": "c"}
+        ).json()["api_key"]
         gate.request("POST", "/api/v1/tasks/create", headers=admin, json={"search_params": {}})
         leased = v1.LeasedTask.model_validate(
-            gate.request("POST", "/api/v1/tasks/request", headers={"X-API-Key": key}).json())
+            gate.request("POST", "/api/v1/tasks/request", headers={"X-API-Key": key}).json()
+        )
 
         pg.crash()
-        down = gate.request("POST", "/api/v1/tasks/complete", headers={"X-API-Key": key}, json={
-            "task_id": str(leased.task_id), "lease_token": str(leased.lease_token)})
+        down = gate.request(
+            "POST",
+            "/api/v1/tasks/complete",
+            headers={"X-API-Key": key},
+            json={"task_id": str(leased.task_id), "lease_token": str(leased.lease_token)},
+        )
         assert down.status_code == 503 and "database" in down.json()["detail"].lower()
         threading.Timer(2.0, pg.start).start()  # back while the client is still retrying
 

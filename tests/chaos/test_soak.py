@@ -43,19 +43,27 @@ def test_soak_memory_stays_flat(tmp_path: Path) -> None:
         figures = check(run, cluster.s3())
     finally:
         cluster.close()
-    report = [table(run, figures), "", "memory (RSS, MiB) every minute:",
-              "  min  gate 0  client 0  max gate  max client"]
+    report = [
+        table(run, figures),
+        "",
+        "memory (RSS, MiB) every minute:",
+        "  min  gate 0  client 0  max gate  max client",
+    ]
     first = run.memory[0]["t"]
     for sample in run.memory[::6]:
-        report.append(f"  {(sample['t'] - first) / 60:3.0f}  {sample['gate 0'] / MiB:6.0f}  "
-                      f"{sample['client 0'] / MiB:8.0f}  {sample['gates'] / MiB:8.0f}  "
-                      f"{sample['clients'] / MiB:10.0f}")
+        report.append(
+            f"  {(sample['t'] - first) / 60:3.0f}  {sample['gate 0'] / MiB:6.0f}  "
+            f"{sample['client 0'] / MiB:8.0f}  {sample['gates'] / MiB:8.0f}  "
+            f"{sample['clients'] / MiB:10.0f}"
+        )
     growth = {}
     for what in ("gate 0", "client 0"):
         early, late = windows(run.memory, what)
         growth[what] = late - early
-        report.append(f"{what}: {early / MiB:.0f} MiB after warm-up, {late / MiB:.0f} MiB at the end "
-                      f"(growth {growth[what] / MiB:+.0f} MiB, bound +{GROWTH_BOUND // MiB} MiB)")
+        report.append(
+            f"{what}: {early / MiB:.0f} MiB after warm-up, {late / MiB:.0f} MiB at the end "
+            f"(growth {growth[what] / MiB:+.0f} MiB, bound +{GROWTH_BOUND // MiB} MiB)"
+        )
     text = "\n".join(report)
     print(text)
     results = Path(os.environ.get("CHAOS_RESULTS", "/tmp/docgate-chaos"))

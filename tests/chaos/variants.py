@@ -64,8 +64,15 @@ def temp_key() -> None:
 
     def recorded(doc: Any, shard_size: int, store_url: str) -> Any:
         key = doc.storage_key or ""
-        return documents.Recorded(str(doc.doc_id), key, f"{store_url.rstrip('/')}/{key}", doc.sha256,
-                                  doc.size, doc.content_type, doc.compressed)
+        return documents.Recorded(
+            str(doc.doc_id),
+            key,
+            f"{store_url.rstrip('/')}/{key}",
+            doc.sha256,
+            doc.size,
+            doc.content_type,
+            doc.compressed,
+        )
 
     documents._recorded = recorded  # type: ignore[attr-defined]
 
@@ -104,8 +111,15 @@ def overwrite() -> None:
     S3Storage.put = put  # type: ignore[method-assign]
 
 
-VARIANTS = {"no-fence": no_fence, "eager-reaper": eager_reaper, "no-reaper": no_reaper,
-            "blocking": blocking, "temp-key": temp_key, "overwrite": overwrite, "honest": lambda: None}
+VARIANTS = {
+    "no-fence": no_fence,
+    "eager-reaper": eager_reaper,
+    "no-reaper": no_reaper,
+    "blocking": blocking,
+    "temp-key": temp_key,
+    "overwrite": overwrite,
+    "honest": lambda: None,
+}
 
 if __name__ == "__main__":
     VARIANTS[sys.argv[1]]()
