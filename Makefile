@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $@
 
 $(TEST_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,dev]'
 	touch $(STAMP) $@
 
 install: $(STAMP)
@@ -78,11 +78,14 @@ browser:
 	$(call debian,chromium:chromium nginx:nginx openssl:openssl,\
 	  echo "missing Debian packages:$$missing (the browser and nginx tests need them)")
 
+## Format, lint (ruff, with the ASYNC rules), types (mypy --strict) and import rules (import-linter)
 lint: $(TEST_STAMP)
-	$(BIN)/pip install --quiet -e '.[test,dev]'
+	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/mypy protocol storage server docgate
+	$(BIN)/mypy protocol common storage server client docgate
+	$(BIN)/lint-imports
 
+## Everything CI runs: lint, then the whole suite
 check: lint test
 
 clean:

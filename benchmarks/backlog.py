@@ -26,7 +26,7 @@ from benchmarks.lib import (
     running_gate,
     write_results,
 )
-from server.db import tasks as sql
+from server.db import lifecycle as sql
 
 CLIENTS = 8
 

@@ -45,7 +45,7 @@ from benchmarks.lib import (
     summarise_profile,
     write_results,
 )
-from server.db import tasks as sql
+from server.db import lifecycle as sql
 
 SYSTEMS = ("docgate", "sql floor", "pgqueuer")
 LEVELS = (1, 8, 64)
@@ -177,14 +177,22 @@ async def drain_sql(dsn: str, clients: int, batch: int) -> Run:
                     ids, tokens = [r["task_id"] for r in rows], [r["lease_token"] for r in rows]
                     zeros = [0] * len(rows)
                     done = await conn.fetch(
-                        sql.COMPLETE_MANY, ids, tokens, owner, zeros, zeros, zeros, [None] * len(rows)
+                        sql.COMPLETE_MANY,
+                        ids,
+                        tokens,
+                        owner,
+                        session,
+                        zeros,
+                        zeros,
+                        zeros,
+                        [None] * len(rows),
                     )
                     assert len(done) == len(rows)
                 else:
                     r = rows[0]
                     assert (
                         await conn.fetchrow(
-                            sql.COMPLETE, r["task_id"], r["lease_token"], owner, 0, 0, 0, None
+                            sql.COMPLETE, r["task_id"], r["lease_token"], owner, session, 0, 0, 0, None
                         )
                         is not None
                     )

@@ -1,50 +1,76 @@
-"""Client settings: flags, each with a DOCGATE_* environment variable, checked once at start."""
+"""Client settings, the way the gate reads its own (pydantic-settings): a flag, else its
+DOCGATE_* variable, else `.env`, else the default; parsed once at start, frozen, passed in.
+
+A wrong value stops the client with one line naming the flag. The seed's `--db-host` and
+`--db-port` are accepted and ignored with a warning: clients talk only HTTP to the gate.
+"""
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
-import os
 import socket
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
 from client.errors import ConfigError
+from common.settings import describe_validation_error
+from protocol import v1
 
 ENV_PREFIX = "DOCGATE_"
+IGNORED_FLAGS = ("db_host", "db_port")  # the seed's; a client needs no database
 
 
-@dataclass(frozen=True)
-class ClientConfig:
+class ClientConfig(BaseSettings):
+    """Every client setting; `docgate client --help` lists them."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
     api_url: str
-    api_key: str | None = None
-    client_name: str = field(default_factory=socket.gethostname)
+    api_key: SecretStr | None = None
+    client_name: Annotated[str, Field(min_length=1, max_length=100)] = Field(
+        default_factory=socket.gethostname
+    )
     output_dir: Path = Path("downloaded_documents")
     storage: str | None = None
-    poll_interval: float = 5.0
-    heartbeat_interval: float = 60.0
-    concurrency: int = 32
-    max_tasks: int = 2
-    per_host_limit: float | None = None
-    per_host_connections: int | None = None
-    compress: str = "none"
+    poll_interval: Annotated[float, Field(ge=0.1, le=3600)] = 5.0
+    heartbeat_interval: Annotated[float, Field(ge=0.5, le=86_400)] = 60.0
+    concurrency: Annotated[int, Field(ge=1, le=4096)] = 32
+    max_tasks: Annotated[int, Field(ge=1, le=v1.MAX_LEASE_TASKS)] = 2
+    per_host_limit: Annotated[float, Field(ge=0.01)] | None = None
+    per_host_connections: Annotated[int, Field(ge=1, le=4096)] | None = None
+    compress: Literal["none", "gzip"] = "none"
     exit_when_idle: bool = False
-    allow_network: tuple[str, ...] = ()
-    max_document_size: int = 20 << 20
-    log_format: str = "text"
-    log_level: str = "INFO"
-    grace: float = 30.0
-    retries: int = 4
-    download_timeout: float = 300.0
-    shard_size: int = 50_000
-    ca_cert: str | None = None
+    allow_network: Annotated[tuple[str, ...], NoDecode] = ()
+    max_document_size: Annotated[int, Field(ge=1)] = 20 << 20
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    grace: Annotated[float, Field(ge=0, le=3600)] = 30.0
+    retries: Annotated[int, Field(ge=0, le=20)] = 4
+    download_timeout: Annotated[float, Field(ge=1, le=86_400)] = 300.0
+    shard_size: Annotated[int, Field(ge=1)] = 50_000
+    ca_cert: Path | None = None
     search_url: str | None = None
     link_pattern: str | None = None
-    progress: str = "auto"
-    session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    progress: Literal["auto", "bar", "log"] = "auto"
+    # Not a setting: who this process is to the gate, new at every start (X-Session-Id).
+    _session_id: str = PrivateAttr(default_factory=lambda: uuid.uuid4().hex)
+
+    @property
+    def session_id(self) -> str:
+        return self._session_id
+
+    @property
+    def api_key_value(self) -> str | None:
+        return self.api_key.get_secret_value() if self.api_key else None
 
     @property
     def storage_url(self) -> str:
@@ -58,130 +84,105 @@ class ClientConfig:
             return max(1, int(self.per_host_limit))
         return self.concurrency
 
+    @field_validator("api_url")
+    @classmethod
+    def _gate_url(cls, value: str) -> str:
+        url = urlsplit(value)
+        if url.scheme not in {"http", "https"} or not url.hostname:
+            raise ValueError(f"must be an http:// or https:// URL, not {value!r}")
+        return value
 
-def _env(name: str, env: Mapping[str, str]) -> str | None:
-    return env.get(ENV_PREFIX + name.upper().replace("-", "_"))
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("allow_network", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        networks = [n.strip() for n in value.split(",") if n.strip()] if isinstance(value, str) else value
+        for network in networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"{network!r} is not a CIDR range like 127.0.0.0/8") from None
+        return tuple(networks)
+
+    @field_validator("ca_cert")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a readable file")
+        return value
 
 
-def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
-    env = os.environ if env is None else env
-    p = argparse.ArgumentParser(
+def flag_name(field: str) -> str:
+    return f"--{field.replace('_', '-')} ({ENV_PREFIX}{field.upper()})"
+
+
+FLAGS: dict[str, str] = {
+    "api_url": "the gate, e.g. https://gate.example.org (required)",
+    "api_key": "this client's API key",
+    "client_name": "a name for logs (default: host name)",
+    "output_dir": "store documents here (same as --storage file://DIR)",
+    "storage": "store URL: file:///path, s3://bucket/prefix, b2://bucket/prefix, gate, mirror:A,B",
+    "poll_interval": "seconds between lease attempts when the gate has no work (default 5)",
+    "heartbeat_interval": "seconds between heartbeats, at most a third of the lease (default 60)",
+    "concurrency": "documents in flight (default 32)",
+    "max_tasks": "tasks held at once (default 2)",
+    "per_host_limit": "requests per second and connections per origin host (default: no limit)",
+    "per_host_connections": "connections per origin host (default: --per-host-limit)",
+    "compress": "none | gzip: store documents gzipped (sha256 stays that of the original)",
+    "max_document_size": "bytes; a larger document is failed, not stored (default 20 MiB)",
+    "log_format": "text | json",
+    "log_level": "DEBUG | INFO | WARNING | ERROR",
+    "grace": "seconds to finish in-flight work after SIGTERM/SIGINT (default 30)",
+    "retries": "retries per document on connect errors, 429 and 5xx (default 4)",
+    "download_timeout": "overall seconds per document attempt (default 300)",
+    "shard_size": "must equal the gate's SHARD_SIZE (default 50000)",
+    "ca_cert": "CA certificate (PEM) to verify the gate's TLS certificate",
+    "search_url": "search listing URL for `search` tasks, with {page}",
+    "link_pattern": "regex finding document links in a listing (groups: url, id, ext)",
+    "progress": "auto | bar | log: live bar on a terminal, else a line every 10 s",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line, not a usage dump
+        raise ConfigError(f"{message}; see docgate client --help")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
         prog="docgate client",
         description="Lease tasks from the gate, download their documents, store them.",
-        epilog="Every flag can also be set with DOCGATE_<FLAG>, e.g. DOCGATE_API_URL, DOCGATE_CONCURRENCY.",
+        epilog="Every flag can also be set with DOCGATE_<FLAG>, e.g. DOCGATE_API_URL, DOCGATE_CONCURRENCY, "
+        "or in .env.",
+        argument_default=argparse.SUPPRESS,
     )
-
-    def flag(name: str, **kwargs: object) -> None:
-        value = _env(name, env)
-        if value is not None:
-            kwargs["default"] = value
-        p.add_argument(f"--{name}", **kwargs)  # type: ignore[arg-type]
-
-    flag("api-url", help="the gate, e.g. https://gate.example.org (required)")
-    flag("api-key", help="this client's API key")
-    flag("client-name", help="a name for logs (default: host name)")
-    flag("output-dir", help="store documents here (same as --storage file://DIR)")
-    flag("storage", help="store URL: file:///path, s3://bucket/prefix, b2://bucket/prefix, gate, mirror:A,B")
-    flag("poll-interval", help="seconds between lease attempts when the gate has no work (default 5)")
-    flag("heartbeat-interval", help="seconds between heartbeats, at most a third of the lease (default 60)")
-    flag("concurrency", help="documents in flight (default 32)")
-    flag("max-tasks", help="tasks held at once (default 2)")
-    flag("per-host-limit", help="requests per second and connections per origin host (default: no limit)")
-    flag("per-host-connections", help="connections per origin host (default: --per-host-limit)")
-    flag("compress", help="none | gzip: store documents gzipped (sha256 stays that of the original)")
-    flag("exit-when-idle", action="store_true", help="exit 0 once the gate has no task left")
+    for name, text in FLAGS.items():
+        p.add_argument("--" + name.replace("_", "-"), help=text)
+    p.add_argument("--exit-when-idle", action="store_const", const=True, help="exit 0 once no task is left")
     p.add_argument(
         "--allow-network",
         action="append",
-        default=None,
         help="private range the client may fetch from (repeatable), e.g. 127.0.0.0/8",
     )
-    flag("max-document-size", help="bytes; a larger document is failed, not stored (default 20 MiB)")
-    flag("log-format", help="text | json")
-    flag("log-level", help="DEBUG | INFO | WARNING | ERROR")
-    flag("grace", help="seconds to finish in-flight work after SIGTERM/SIGINT (default 30)")
-    flag("retries", help="retries per document on connect errors, 429 and 5xx (default 4)")
-    flag("download-timeout", help="overall seconds per document attempt (default 300)")
-    flag("shard-size", help="must equal the gate's SHARD_SIZE (default 50000)")
-    flag("ca-cert", help="CA certificate (PEM) to verify the gate's TLS certificate")
-    flag("search-url", help="search listing URL for `search` tasks, with {page}")
-    flag("link-pattern", help="regex finding document links in a listing (groups: url, id, ext)")
-    flag("progress", help="auto | bar | log: live bar on a terminal, else a line every 10 s")
+    for name in IGNORED_FLAGS:
+        p.add_argument("--" + name.replace("_", "-"), help="accepted for the seed's command lines; ignored")
     return p
 
 
-def parse_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> ClientConfig:
-    """Parse flags and variables; any wrong value raises ConfigError naming it."""
-    env = os.environ if env is None else env
-    parser = build_parser(env)
+def parse_config(argv: Sequence[str], *, env_file: str | None = ".env") -> tuple[ClientConfig, list[str]]:
+    """The settings, and warnings to log; a wrong value raises ConfigError naming its flag."""
+    values: dict[str, Any] = vars(build_parser().parse_args(list(argv)))
+    warnings = [
+        f"{flag_name(name).split(' ')[0]} is ignored: clients talk only HTTP to the gate"
+        for name in IGNORED_FLAGS
+        if values.pop(name, None) is not None
+    ]
     try:
-        args = parser.parse_args(list(argv))
-    except SystemExit as exc:
-        if exc.code == 0:
-            raise
-        raise ConfigError("bad command line; see docgate client --help") from None
-    allow = args.allow_network or [n for n in (_env("allow-network", env) or "").split(",") if n]
-    values = {k: v for k, v in vars(args).items() if v is not None and k != "allow_network"}
-    values["allow_network"] = tuple(allow)
-    return _validated(values)
-
-
-def _number(values: dict[str, object], name: str, kind: type, low: float, high: float | None = None) -> None:
-    if name not in values:
-        return
-    raw = values[name]
-    flag = "--" + name.replace("_", "-")
-    try:
-        number = kind(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{flag} must be a number, not {raw!r}") from None
-    if number < low or (high is not None and number > high):
-        bound = f"between {low:g} and {high:g}" if high is not None else f"at least {low:g}"
-        raise ConfigError(f"{flag} must be {bound}, not {raw}")
-    values[name] = number
-
-
-def _validated(values: dict[str, object]) -> ClientConfig:
-    if not values.get("api_url"):
-        raise ConfigError("--api-url is required (or DOCGATE_API_URL)")
-    url = urlsplit(str(values["api_url"]))
-    if url.scheme not in {"http", "https"} or not url.hostname:
-        raise ConfigError(f"--api-url must be an http:// or https:// URL, not {values['api_url']!r}")
-    for name, kind, low, high in [
-        ("poll_interval", float, 0.1, 3600),
-        ("heartbeat_interval", float, 0.5, 86_400),
-        ("concurrency", int, 1, 4096),
-        ("max_tasks", int, 1, 100),
-        ("per_host_limit", float, 0.01, None),
-        ("per_host_connections", int, 1, 4096),
-        ("max_document_size", int, 1, None),
-        ("grace", float, 0, 3600),
-        ("retries", int, 0, 20),
-        ("download_timeout", float, 1, 86_400),
-        ("shard_size", int, 1, None),
-    ]:
-        _number(values, name, kind, low, high)
-    flag = values.get("exit_when_idle", False)
-    values["exit_when_idle"] = flag is True or str(flag).lower() in {"1", "true", "yes"}
-    _choice(values, "compress", {"none", "gzip"})
-    _choice(values, "log_format", {"text", "json"})
-    _choice(values, "progress", {"auto", "bar", "log"})
-    values["log_level"] = str(values.get("log_level", "INFO")).upper()
-    _choice(values, "log_level", {"DEBUG", "INFO", "WARNING", "ERROR"})
-    for network in values["allow_network"]:  # type: ignore[attr-defined]
-        try:
-            ipaddress.ip_network(network, strict=False)
-        except ValueError:
-            raise ConfigError(f"--allow-network {network!r} is not a CIDR range like 127.0.0.0/8") from None
-    if "output_dir" in values:
-        values["output_dir"] = Path(str(values["output_dir"]))
-    if values.get("ca_cert") and not Path(str(values["ca_cert"])).is_file():
-        raise ConfigError(f"--ca-cert {values['ca_cert']} is not a readable file")
-    return ClientConfig(**values)  # type: ignore[arg-type]
-
-
-def _choice(values: dict[str, object], name: str, allowed: set[str]) -> None:
-    if name in values and values[name] not in allowed:
-        raise ConfigError(
-            f"--{name.replace('_', '-')} must be one of {', '.join(sorted(allowed))}, not {values[name]!r}"
-        )
+        config = ClientConfig(**(values | {"_env_file": env_file}))
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, flag_name)) from None
+    return config, warnings

@@ -1,10 +1,16 @@
 """Client errors. One base; each docstring is its default message.
 
-ClientError
-├── ConfigError          a flag or variable is wrong (start-up stops, exit 2)
-├── GateUnavailable      the gate cannot be reached or answered 5xx
-├── LeaseLost            409: the task moved on; drop its results
-└── GateRefused          another 4xx from the gate (bad key, bad request)
+    ClientError
+    ├── ConfigError          a flag or variable is wrong (start-up stops, exit 2)
+    ├── GateUnavailable      the gate cannot be reached, or answered 5xx / 429 (retried)
+    ├── TaskGone             the task is no longer this client's: drop its results
+    │   ├── LeaseLost        lease_lost: the lease expired or the task moved on
+    │   └── NotYourTask      not_your_task: no such task for this key
+    └── GateRefused          any other error code: the gate will not do it
+        ├── KeyRejected      unauthorized / forbidden: the API key (--api-key)
+        └── InvalidRequest   the request broke the wire contract (a bug on this side)
+
+`client.gate.ERRORS` maps every wire code (`protocol.errors.ErrorCode`) to one of these.
 """
 
 from __future__ import annotations
@@ -26,9 +32,25 @@ class GateUnavailable(ClientError):
     """The gate cannot be reached."""
 
 
-class LeaseLost(ClientError):
+class TaskGone(ClientError):
+    """The task is no longer this client's; its unreported results are dropped."""
+
+
+class LeaseLost(TaskGone):
     """The lease is no longer current; the task's unreported results are dropped."""
+
+
+class NotYourTask(TaskGone):
+    """The gate knows no such task for this API key."""
 
 
 class GateRefused(ClientError):
     """The gate refused the request."""
+
+
+class KeyRejected(GateRefused):
+    """The gate refused the API key (--api-key)."""
+
+
+class InvalidRequest(GateRefused):
+    """The gate found the request invalid."""

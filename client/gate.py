@@ -1,4 +1,5 @@
-"""The gate's API as the client sees it: typed calls over httpx; 409 becomes LeaseLost."""
+"""The gate's API as the client sees it: requests built from protocol models, replies parsed
+into them, errors mapped from their wire code (never from a bare status) to client errors."""
 
 from __future__ import annotations
 
@@ -6,16 +7,59 @@ import asyncio
 import logging
 import random
 import ssl
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import httpx
+from pydantic import BaseModel
 
-from client.errors import GateRefused, GateUnavailable, LeaseLost
-from protocol import v1
+from client.errors import (
+    ClientError,
+    GateRefused,
+    GateUnavailable,
+    InvalidRequest,
+    KeyRejected,
+    LeaseLost,
+    NotYourTask,
+)
+from protocol import paths, v1
+from protocol.errors import ErrorCode, parse_error
 
 log = logging.getLogger("docgate.client.gate")
-RETRYABLE = {429, 500, 502, 503, 504}
+M = TypeVar("M", bound=BaseModel)
+C = ErrorCode
+
+# Every code the gate can answer with, and what it means here. Unavailable ones are retried.
+ERRORS: dict[ErrorCode, type[ClientError]] = {
+    C.LEASE_LOST: LeaseLost,
+    C.NOT_YOUR_TASK: NotYourTask,
+    C.UNAUTHORIZED: KeyRejected,
+    C.FORBIDDEN: KeyRejected,
+    C.INTERNAL_ERROR: GateUnavailable,
+    C.DATABASE_UNAVAILABLE: GateUnavailable,
+    C.STORAGE_UNAVAILABLE: GateUnavailable,
+    C.STORAGE_TIMEOUT: GateUnavailable,
+    C.INVALID_BODY: InvalidRequest,
+    C.INVALID_FIELD: InvalidRequest,
+    C.INVALID_CURSOR: InvalidRequest,
+    C.WRONG_STORAGE_KEY: InvalidRequest,
+    C.INVALID_KEY: InvalidRequest,
+    C.TOO_LARGE: InvalidRequest,
+    C.UNSUPPORTED_ENCODING: InvalidRequest,
+    C.LEASE_REQUIRED: InvalidRequest,
+    C.ROUTE_NOT_FOUND: InvalidRequest,
+    C.METHOD_NOT_ALLOWED: InvalidRequest,
+    C.CHECKSUM_MISMATCH: GateRefused,
+    C.CORRUPT_GZIP: GateRefused,
+    C.UPLOAD_INTERRUPTED: GateRefused,
+    C.JOB_NOT_FOUND: GateRefused,
+    C.DOCUMENT_NOT_FOUND: GateRefused,
+    C.OBJECT_MISSING: GateRefused,
+    C.ALREADY_STORED: GateRefused,
+    C.INVALID_STATE: GateRefused,
+    C.KEY_IN_USE: GateRefused,
+    C.JOB_TOO_LARGE: GateRefused,
+}
 
 
 class GateAPI:
@@ -28,9 +72,9 @@ class GateAPI:
         ca_cert: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        headers = {"X-Session-Id": session_id, "User-Agent": "docgate-client/0.1"}
+        headers = {paths.SESSION_HEADER: session_id, "User-Agent": "docgate-client/0.1"}
         if api_key:
-            headers["X-API-Key"] = api_key
+            headers[paths.API_KEY_HEADER] = api_key
         # Reads wait out a long-poll (≤ 30 s at the gate) with room to spare.
         timeout = httpx.Timeout(30, connect=10, read=60)
         verify = ssl.create_default_context(cafile=ca_cert) if ca_cert else True
@@ -42,101 +86,115 @@ class GateAPI:
     async def close(self) -> None:
         await self.http.aclose()
 
-    async def _call(self, method: str, path: str, *, attempts: int = 6, **kwargs: Any) -> httpx.Response:
+    async def _call(
+        self, method: str, path: str, body: BaseModel | None = None, *, attempts: int = 6, **kwargs: Any
+    ) -> httpx.Response:
         """One API call, retried with backoff while the gate is unreachable or busy."""
+        if body is not None:
+            kwargs["content"] = body.model_dump_json()
+            kwargs["headers"] = {"Content-Type": "application/json"}
         for attempt in range(attempts):
             try:
                 reply = await self.http.request(method, path, **kwargs)
             except httpx.TransportError as exc:
-                problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                problem: ClientError = GateUnavailable(
+                    f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                )
             else:
-                if reply.status_code not in RETRYABLE:
-                    return _checked(reply)
-                problem = f"HTTP {reply.status_code}"
+                if reply.status_code < 400:
+                    return reply
+                problem = gate_error(reply)
+                if not isinstance(problem, GateUnavailable):
+                    raise problem
             if attempt + 1 < attempts:
                 delay = min(30.0, 0.5 * 2**attempt) * random.uniform(0.5, 1.0)
                 log.warning("gate %s %s failed (%s); retrying in %.1f s", method, path, problem, delay)
                 await asyncio.sleep(delay)
         raise GateUnavailable(f"gate {method} {path} failed: {problem}")
 
+    async def _model(self, model: type[M], method: str, path: str, body: BaseModel | None = None,
+                     **kwargs: Any) -> M:  # fmt: skip
+        reply = await self._call(method, path, body, **kwargs)
+        try:
+            return model.model_validate_json(reply.content)
+        except ValueError as exc:
+            raise GateUnavailable(
+                f"gate {method} {path}: the reply is not a {model.__name__}: {exc}"
+            ) from None
+
+    def _heartbeat_body(
+        self, docs_per_minute: float | None = None, held: list[UUID] | None = None
+    ) -> v1.Heartbeat:
+        rate = None if docs_per_minute is None else min(round(docs_per_minute, 2), v1.MAX_DOCS_PER_MINUTE)
+        return v1.Heartbeat(session_id=self.session_id, docs_per_minute=rate, task_ids=held)
+
     async def check(self) -> None:
         """Reach the gate and prove the key works; raise with a clear reason otherwise."""
-        await self._call("GET", "/health", attempts=1)
-        await self._call(
-            "POST", "/api/v1/clients/heartbeat", json={"session_id": self.session_id}, attempts=1
-        )
+        await self._call("GET", paths.HEALTH, attempts=1)
+        await self._call("POST", paths.url(paths.CLIENT_HEARTBEAT), self._heartbeat_body(), attempts=1)
 
     async def lease(self, max_tasks: int, wait: float) -> tuple[list[v1.LeasedTask], int | None]:
         """Leased tasks, and (when none) how many tasks are still pending or assigned anywhere."""
-        reply = await self._call(
-            "POST", "/api/v1/tasks/request", params={"max_tasks": max_tasks, "wait": wait}
-        )
+        params = {"max_tasks": max_tasks, "wait": min(wait, v1.MAX_WAIT_SECONDS)}
+        reply = await self._call("POST", paths.url(paths.TASK_LEASE), params=params)
         if reply.status_code == 204:
-            outstanding = reply.headers.get("X-Tasks-Outstanding")
+            outstanding = reply.headers.get(paths.OUTSTANDING_HEADER)
             return [], int(outstanding) if outstanding and outstanding.isdigit() else None
-        return v1.LeaseBatch.model_validate(reply.json()).tasks, None
+        return v1.LeaseBatch.model_validate_json(reply.content).tasks, None
 
     async def progress(
-        self, task: v1.LeasedTask, counts: dict[str, int], documents: list[dict[str, Any]]
-    ) -> None:
-        body = {"lease_token": str(task.lease_token), "documents": documents, **counts}
-        await self._call("POST", f"/api/v1/tasks/{task.task_id}/progress", json=body)
+        self, task: v1.LeasedTask, counts: v1.Counts, documents: list[v1.DocumentReport]
+    ) -> v1.Task:
+        body = v1.TaskProgress(lease_token=task.lease_token, documents=documents, **dict(counts))
+        return await self._model(v1.Task, "POST", paths.url(paths.TASK_PROGRESS, task_id=task.task_id), body)
 
     async def complete(
         self,
         task: v1.LeasedTask,
-        counts: dict[str, int],
-        documents: list[dict[str, Any]],
+        counts: v1.Counts,
+        documents: list[v1.DocumentReport],
         summary: dict[str, Any],
-    ) -> None:
-        body = {
-            "task_id": str(task.task_id),
-            "lease_token": str(task.lease_token),
-            "documents": documents,
-            "result_summary": summary,
-            **counts,
-        }
-        await self._call("POST", "/api/v1/tasks/complete", json=body)
+    ) -> v1.Task:
+        body = v1.TaskComplete(
+            task_id=task.task_id, lease_token=task.lease_token, documents=documents,
+            result_summary=summary, **dict(counts),
+        )  # fmt: skip
+        return await self._model(v1.Task, "POST", paths.url(paths.TASK_COMPLETE), body)
 
-    async def fail(self, task: v1.LeasedTask, error: str, retryable: bool) -> None:
-        body = {"lease_token": str(task.lease_token), "error": error[:4000], "retryable": retryable}
-        await self._call("POST", f"/api/v1/tasks/{task.task_id}/fail", json=body, attempts=3)
+    async def fail(self, task: v1.LeasedTask, error: str, retryable: bool) -> v1.Task:
+        reason = v1.clip(error, v1.MAX_TEXT) or "no reason given"
+        body = v1.TaskFail(lease_token=task.lease_token, error=reason, retryable=retryable)
+        path = paths.url(paths.TASK_FAIL, task_id=task.task_id)
+        return await self._model(v1.Task, "POST", path, body, attempts=3)
 
     async def heartbeat(self, docs_per_minute: float, held: list[UUID]) -> list[UUID]:
         """Extend the leases of the tasks in `held` (only those); return tasks cancelled meanwhile."""
-        reply = await self._call(
-            "POST",
-            "/api/v1/clients/heartbeat",
-            attempts=2,
-            json={
-                "session_id": self.session_id,
-                "docs_per_minute": round(docs_per_minute, 2),
-                "task_ids": [str(t) for t in held],
-            },
-        )
-        return v1.HeartbeatReply.model_validate(reply.json()).cancelled_task_ids
+        body = self._heartbeat_body(docs_per_minute, held)
+        path = paths.url(paths.CLIENT_HEARTBEAT)
+        reply = await self._model(v1.HeartbeatReply, "POST", path, body, attempts=2)
+        return reply.cancelled_task_ids
 
     async def known(self, doc_ids: list[str]) -> set[str]:
         known: set[str] = set()
         for start in range(0, len(doc_ids), v1.MAX_DOCUMENTS_PER_REPORT):
-            reply = await self._call(
-                "POST",
-                "/api/v1/documents/known",
-                json={"doc_ids": doc_ids[start : start + v1.MAX_DOCUMENTS_PER_REPORT]},
-            )
-            known.update(reply.json()["known"])
+            body = v1.KnownDocuments(doc_ids=list(doc_ids[start : start + v1.MAX_DOCUMENTS_PER_REPORT]))
+            reply = await self._model(v1.KnownDocumentsReply, "POST", paths.url(paths.DOCUMENTS_KNOWN), body)
+            known.update(reply.known)
         return known
 
 
-def _checked(reply: httpx.Response) -> httpx.Response:
-    if reply.status_code < 400:
-        return reply
-    try:
-        detail = reply.json().get("detail", reply.text)
-    except ValueError:
-        detail = reply.text[:200]
-    if reply.status_code == 409:
-        raise LeaseLost(str(detail))
-    if reply.status_code == 401:
-        raise GateRefused(f"the gate refused the API key (--api-key): {detail}")
-    raise GateRefused(f"gate answered {reply.status_code}: {detail}")
+def gate_error(reply: httpx.Response) -> ClientError:
+    """The client error an error reply stands for, by its code. A reply without one did not come
+    from a gate (a proxy's page): 5xx and 429 are unavailability, anything else a refusal."""
+    body = parse_error(reply.content, reply.headers.get(paths.ERROR_CODE_HEADER))
+    if body is None:
+        text = reply.text[:200] or reply.reason_phrase
+        if reply.status_code >= 500 or reply.status_code == 429:
+            return GateUnavailable(f"HTTP {reply.status_code}: {text}")
+        return GateRefused(f"gate answered {reply.status_code}: {text}")
+    detail = body.detail if isinstance(body.detail, str) else "; ".join(
+        f"{'.'.join(map(str, e.loc))}: {e.msg}" for e in body.detail
+    )  # fmt: skip
+    if body.code in (C.UNAUTHORIZED, C.FORBIDDEN):
+        detail = f"the gate refused the API key (--api-key): {detail}"
+    return ERRORS[body.code](f"{body.code}: {detail}")

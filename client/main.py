@@ -31,11 +31,13 @@ log = logging.getLogger("docgate.client")
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        config = parse_config(sys.argv[1:] if argv is None else argv)
+        config, warnings = parse_config(sys.argv[1:] if argv is None else argv)
     except ConfigError as exc:
         print(f"docgate client: {exc.message}", file=sys.stderr)
         return 2
     setup_logging(config.log_level, config.log_format)
+    for warning in warnings:
+        log.warning(warning)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per gate call is noise
     try:
         # uvloop (installed with uvicorn[standard]) when present: sockets and callbacks in C.
@@ -50,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def open_store(config: ClientConfig) -> Storage:
     try:
         return open_storage(
-            config.storage_url, deadline=Deadline(), api_url=config.api_url, api_key=config.api_key
+            config.storage_url, deadline=Deadline(), api_url=config.api_url, api_key=config.api_key_value
         )
     except StorageError as exc:
         raise ConfigError(f"--storage: {exc.message}") from None
@@ -58,7 +60,8 @@ def open_store(config: ClientConfig) -> Storage:
 
 async def run(config: ClientConfig) -> int:
     store = open_store(config)
-    gate = GateAPI(config.api_url, config.api_key, config.session_id, ca_cert=config.ca_cert)
+    ca_cert = str(config.ca_cert) if config.ca_cert else None
+    gate = GateAPI(config.api_url, config.api_key_value, config.session_id, ca_cert=ca_cert)
     fetcher = Fetcher(
         Policy(config.allow_network),
         concurrency=config.concurrency,

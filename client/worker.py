@@ -22,7 +22,7 @@ from uuid import UUID
 
 from client.config import ClientConfig
 from client.download import Body, DocumentFailed, Fetcher
-from client.errors import ClientError, GateUnavailable, LeaseLost
+from client.errors import ClientError, GateUnavailable, LeaseLost, TaskGone
 from client.gate import GateAPI
 from client.progress import Stats
 from client.sources import DocRef, Source, SourceError
@@ -30,7 +30,15 @@ from protocol import v1
 from storage import PutOptions, Storage, StorageError
 from storage.base import Fence, ObjectInfo
 from storage.copy import digest_of
-from storage.errors import AlreadyStored, KeyRefused, StorageTimeout, StorageUnavailable, TooLarge
+from storage.errors import (
+    AlreadyStored,
+    KeyRefused,
+    StaleLease,
+    StorageTimeout,
+    StorageUnavailable,
+    TooLarge,
+    WriteRefused,
+)
 from storage.keys import GZIP_EXT, document_key
 
 log = logging.getLogger("docgate.client")
@@ -40,23 +48,31 @@ HAND_BACK_SECONDS = 15.0
 STORAGE_RETRY_SECONDS = (0.5, 1.0, 2.0, 4.0, 8.0)  # then the document counts as failed transiently
 
 
+@dataclass(frozen=True)
+class TransientFailure:
+    """A document that failed in a way a later attempt may not (5xx, timeout, storage trouble)."""
+
+    ref: DocRef
+    reason: str
+
+
 @dataclass
 class TaskRun:
     task: v1.LeasedTask
-    pending: list[dict[str, Any]] = field(default_factory=list)
+    pending: list[v1.DocumentReport] = field(default_factory=list)
     stored: int = 0
     skipped: int = 0
     failed: int = 0
-    transient: list[str] = field(default_factory=list)
+    transient: list[TransientFailure] = field(default_factory=list)
+    # doc_ids from the source that the gate would refuse: counted as failed, never reported
+    unreportable: list[str] = field(default_factory=list)
     cancelled_by_gate: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    def counts(self) -> dict[str, int]:
-        return {
-            "documents_downloaded": self.stored,
-            "documents_failed": self.failed,
-            "documents_skipped": self.skipped,
-        }
+    def counts(self) -> v1.Counts:
+        return v1.Counts(
+            documents_downloaded=self.stored, documents_failed=self.failed, documents_skipped=self.skipped
+        )
 
 
 class Worker:
@@ -204,9 +220,9 @@ class Worker:
             await self._finish(run)
         except Exception as exc:  # noqa: BLE001 - sorted out below; nothing may kill the loop
             problem = _leaf(exc)
-            if isinstance(problem, LeaseLost):
+            if isinstance(problem, TaskGone):
                 log.warning(
-                    "task %s: lease lost (%s); its unreported results are dropped", task.task_id, problem
+                    "task %s: no longer ours (%s); its unreported results are dropped", task.task_id, problem
                 )
             elif isinstance(problem, SourceError):
                 await self._give_up(run, str(problem), retryable=False)
@@ -229,6 +245,7 @@ class Worker:
             await self._dispatch(run, batch, group)
 
     async def _dispatch(self, run: TaskRun, refs: list[DocRef], group: asyncio.TaskGroup) -> None:
+        refs = [ref for ref in refs if self._reportable(run, ref)]
         if not refs:
             return
         known = await self.gate.known([r.doc_id for r in refs])
@@ -241,8 +258,20 @@ class Worker:
             child = group.create_task(self._document(run, ref))
             child.add_done_callback(lambda _: self.slots.release())
 
+    def _reportable(self, run: TaskRun, ref: DocRef) -> bool:
+        """A doc_id the gate would refuse can be neither stored nor reported: count it as failed."""
+        if v1.is_doc_id(ref.doc_id):
+            return True
+        run.failed += 1
+        self.stats.failed += 1
+        run.unreportable.append(ref.doc_id[:200])
+        log.warning(
+            "task %s: the source gave a doc_id the gate refuses: %r", run.task.task_id, ref.doc_id[:200]
+        )
+        return False
+
     async def _document(self, run: TaskRun, ref: DocRef) -> None:
-        report: dict[str, Any] | None
+        report: v1.DocumentReport | None
         try:
             report = await self._store_retrying(run, ref)
         except DocumentFailed as exc:
@@ -250,7 +279,9 @@ class Worker:
         except TooLarge:
             limit = self.config.max_document_size
             report = self._failure(run, ref, f"over --max-document-size ({limit})", True)
-        except KeyRefused as exc:
+        except StaleLease as exc:
+            raise LeaseLost(exc.message) from None
+        except (KeyRefused, WriteRefused) as exc:
             report = self._failure(run, ref, exc.message, True)
         except StorageError as exc:
             report = self._failure(run, ref, f"storage: {exc.message}", False)
@@ -260,7 +291,7 @@ class Worker:
         if len(run.pending) >= REPORT_BATCH:
             await self._report(run)
 
-    async def _store_retrying(self, run: TaskRun, ref: DocRef) -> dict[str, Any]:
+    async def _store_retrying(self, run: TaskRun, ref: DocRef) -> v1.DocumentReport:
         """Ride out a short storage outage (resets, stalls) instead of handing the task back at once:
         a hand-back spends one of the task's attempts, and a client that hands back every task it
         leases during an outage would spend the whole queue's."""
@@ -276,14 +307,14 @@ class Worker:
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
         raise AssertionError("unreachable")
 
-    async def _store(self, run: TaskRun, ref: DocRef) -> dict[str, Any]:
+    async def _store(self, run: TaskRun, ref: DocRef) -> v1.DocumentReport:
         compress = self.config.compress == "gzip"
         key = document_key(ref.doc_id, ref.ext, shard_size=self.config.shard_size, compressed=compress)
         existing = await self.store.stat(key)
         if existing is not None:
             return await self._skipped(run, ref, existing)
 
-        async def sink(body: Body) -> Any:
+        async def sink(body: Body) -> v1.StoredDocument:
             options = PutOptions(
                 content_type=body.content_type,
                 compress=compress,
@@ -304,19 +335,9 @@ class Worker:
         run.stored += 1
         self.stats.stored += 1
         self.stats.bytes += stored.size
-        return {
-            "doc_id": ref.doc_id,
-            "storage_key": stored.storage_key,
-            "storage_url": stored.storage_url,
-            "sha256": stored.sha256,
-            "size": stored.size,
-            "content_type": stored.content_type,
-            "compressed": stored.compressed,
-            "status": "stored",
-            "url": ref.url,
-        }
+        return v1.DocumentReport.of_stored(ref.doc_id, stored, url=ref.url, status=v1.DocumentStatus.STORED)
 
-    async def _skipped(self, run: TaskRun, ref: DocRef, info: ObjectInfo) -> dict[str, Any]:
+    async def _skipped(self, run: TaskRun, ref: DocRef, info: ObjectInfo) -> v1.DocumentReport:
         """Already in storage: not fetched; reported with proof so the gate records it."""
         sha, size = info.sha256, info.size
         if sha is None or info.key.endswith(GZIP_EXT):
@@ -324,25 +345,20 @@ class Worker:
             sha, size = digest.sha256, digest.size
         run.skipped += 1
         self.stats.skipped += 1
-        return {
-            "doc_id": ref.doc_id,
-            "storage_key": info.key,
-            "storage_url": self.store.url_for(info.key),
-            "sha256": sha,
-            "size": size,
-            "compressed": info.key.endswith(GZIP_EXT),
-            "status": "skipped",
-            "url": ref.url,
-        }
+        stored = v1.StoredDocument(
+            storage_key=info.key, storage_url=self.store.url_for(info.key), sha256=sha, size=size,
+            compressed=info.key.endswith(GZIP_EXT),
+        )  # fmt: skip
+        return v1.DocumentReport.of_stored(ref.doc_id, stored, url=ref.url, status=v1.DocumentStatus.SKIPPED)
 
-    def _failure(self, run: TaskRun, ref: DocRef, reason: str, permanent: bool) -> dict[str, Any] | None:
+    def _failure(self, run: TaskRun, ref: DocRef, reason: str, permanent: bool) -> v1.DocumentReport | None:
         if not permanent:
-            run.transient.append(f"{ref.doc_id}: {reason}")
+            run.transient.append(TransientFailure(ref, reason))
             return None
         run.failed += 1
         self.stats.failed += 1
         log.info("document %s failed: %s", ref.doc_id, reason)
-        return {"doc_id": ref.doc_id, "status": "failed", "error": reason[:4000], "url": ref.url[:2000]}
+        return v1.DocumentReport.of_failure(ref.doc_id, url=ref.url, error=reason)
 
     async def _report(self, run: TaskRun, keep_last: int = 0) -> None:
         """Send pending reports through progress, leaving at most `keep_last` for the completion."""
@@ -359,22 +375,20 @@ class Worker:
             await self._report(run)
             await self._give_up(
                 run,
-                f"{len(run.transient)} documents failed transiently, e.g. {run.transient[0]}",
+                f"{len(run.transient)} documents failed transiently, e.g. "
+                f"{run.transient[0].ref.doc_id}: {run.transient[0].reason}",
                 retryable=True,
             )
             return
         for failure in run.transient:  # last attempt: record them, the task completes
-            doc_id, _, reason = failure.partition(": ")
-            run.pending.append({"doc_id": doc_id, "status": "failed", "error": reason})
+            report = v1.DocumentReport.of_failure(
+                failure.ref.doc_id, url=failure.ref.url, error=failure.reason
+            )
+            run.pending.append(report)
             run.failed += 1
         await self._report(run, keep_last=v1.MAX_DOCUMENTS_PER_REPORT)
         async with run.lock:
-            await self.gate.complete(
-                task,
-                run.counts(),
-                run.pending,
-                {"client": self.config.client_name, "session_id": self.config.session_id},
-            )
+            await self.gate.complete(task, run.counts(), run.pending, self._summary(run))
             run.pending.clear()
         self.stats.tasks_done += 1
         log.info(
@@ -385,6 +399,12 @@ class Worker:
             run.skipped,
             run.failed,
         )
+
+    def _summary(self, run: TaskRun) -> dict[str, Any]:
+        summary: dict[str, Any] = {"client": self.config.client_name, "session_id": self.config.session_id}
+        if run.unreportable:
+            summary["unreportable_doc_ids"] = run.unreportable[:20]
+        return summary
 
     async def _give_up(self, run: TaskRun, error: str, retryable: bool) -> None:
         try:

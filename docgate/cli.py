@@ -9,13 +9,12 @@ import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from common.logs import setup_logging, stop_logging
 from server.config import Settings
 from server.errors import DocgateError
 from storage import StorageError
-
-DSN_ENV = "DOCGATE_RESOLVED_DSN"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -104,19 +103,20 @@ def run_server(args: argparse.Namespace) -> int:
     settings = Settings.load(**overrides)
     if args.workers < 1:
         raise DocgateError("--workers must be at least 1")
-    setup_logging(settings.log_level, settings.log_format)
+    from server.observe import RequestIdFilter
+
+    setup_logging(settings.log_level, settings.log_format, filters=(RequestIdFilter(),))
     import uvicorn
 
     # uvicorn re-raises the signal that stopped it once it has shut down; make
     # SIGTERM an exception then, so the embedded PostgreSQL below is stopped too.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with database(settings) as dsn:
-        _check_database(dsn)
+        _check_database(dsn)  # migrations: once per start, here, before any worker serves
         print(banner(settings), flush=True)
-        os.environ[DSN_ENV] = dsn
         uvicorn.run(
-            "server.asgi:app_from_env",
-            factory=True,
+            _app_for(settings, dsn, args.workers),
+            factory=args.workers > 1,
             host=settings.api_host,
             port=settings.api_port,
             workers=args.workers,
@@ -129,6 +129,18 @@ def run_server(args: argparse.Namespace) -> int:
             timeout_graceful_shutdown=10,
         )
     return 0
+
+
+def _app_for(settings: Settings, dsn: str, workers: int) -> Any:
+    """One process: the app itself, built from the settings parsed here. Several: uvicorn starts
+    each worker from an import string, so the worker parses the settings itself, with
+    DATABASE_URL (the documented setting) naming the database prepared here."""
+    from server.app import create_app
+
+    if workers == 1:
+        return create_app(settings, dsn, apply_migrations=False)
+    os.environ["DATABASE_URL"] = dsn
+    return "server.asgi:app_from_env"
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:

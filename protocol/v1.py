@@ -24,6 +24,9 @@ from pydantic import (
     model_validator,
 )
 
+from protocol.errors import ErrorBody as ErrorBody
+from protocol.errors import ErrorCode
+
 # ---- bounds (documented in the README; every one shows up in its 422 message)
 MAX_BODY_BYTES = 1_048_576  # default; the gate's MAX_BODY_BYTES setting overrides
 MAX_JSON_DEPTH = 16
@@ -40,10 +43,17 @@ MAX_ATTEMPTS_BOUND = 100
 MAX_PAGE = 1_000_000
 MAX_DOCUMENTS_PER_TASK = 1_000_000
 MAX_PRIORITY = 1_000_000
+MAX_STORAGE_KEY = 300
+MAX_STORAGE_URL = 1_200
+MAX_URL = 2_000
+MAX_CONTENT_TYPE = 200
+MAX_SIZE = 2**62
+MAX_DOCS_PER_MINUTE = 1e9
 
 DOC_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
 SOURCE_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 EXT_PATTERN = r"^(\.[A-Za-z0-9]{1,16}){0,2}$"
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
 
 
 class TaskStatus(StrEnum):
@@ -107,10 +117,14 @@ Name = Annotated[
 JsonObject = Annotated[dict[str, Any], AfterValidator(_check_json)]
 SourceName = Annotated[str, StringConstraints(pattern=SOURCE_PATTERN)]
 IdempotencyKey = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_no_nul)]
+StorageKeyText = Annotated[str, StringConstraints(max_length=MAX_STORAGE_KEY), AfterValidator(_no_nul)]
+StorageUrlText = Annotated[str, StringConstraints(max_length=MAX_STORAGE_URL), AfterValidator(_no_nul)]
+UrlText = Annotated[str, StringConstraints(max_length=MAX_URL), AfterValidator(_no_nul)]
+ContentTypeText = Annotated[str, StringConstraints(max_length=MAX_CONTENT_TYPE), AfterValidator(_no_nul)]
 Count = Annotated[int, Field(ge=0, le=MAX_DOCUMENTS_PER_TASK)]
 Priority = Annotated[int, Field(ge=-MAX_PRIORITY, le=MAX_PRIORITY)]
 Attempts = Annotated[int, Field(ge=1, le=MAX_ATTEMPTS_BOUND)]
-Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Sha256Hex = Annotated[str, StringConstraints(pattern=SHA256_PATTERN)]
 
 
 def _doc_id(value: int | str) -> str:
@@ -123,6 +137,17 @@ def _doc_id(value: int | str) -> str:
 
 
 DocId = Annotated[int | str, AfterValidator(_doc_id)]
+
+
+def is_doc_id(value: str) -> bool:
+    """Would the gate take this doc_id (as DocId checks it)?"""
+    try:
+        _doc_id(value)
+    except ValueError:
+        return False
+    return True
+
+
 # FastAPI validates bodies as Python objects, where strict mode would refuse
 # the JSON string form of a UUID or a timestamp; these two parse from strings.
 WireUUID = Annotated[UUID, Field(strict=False)]
@@ -176,7 +201,9 @@ class TaskBatchCreate(Request):
     tasks: Annotated[list[TaskCreate], Field(min_length=1, max_length=MAX_BATCH_TASKS)]
 
 
-class Task(Reply):
+class TaskWork(Reply):
+    """What a task asks for, as every view of a task shows it."""
+
     task_id: UUID
     job_id: UUID | None = None
     source: str
@@ -184,12 +211,17 @@ class Task(Reply):
     start_page: int
     max_documents: int
     params: dict[str, Any]
-    priority: int
-    max_attempts: int
+    status: TaskStatus
     attempts: int
+    max_attempts: int
+
+
+class Task(TaskWork):
+    """A task as the admin (or its client) sees it."""
+
+    priority: int
     run_after: datetime
     idempotency_key: str | None
-    status: TaskStatus
     assigned_to: UUID | None = None
     lease_expires_at: datetime | None
     documents_downloaded: int
@@ -213,19 +245,9 @@ class TaskBatchCreated(Reply):
     tasks_existing: int
 
 
-class LeasedTask(Reply):
+class LeasedTask(TaskWork):
     """What a client receives for one leased task."""
 
-    task_id: UUID
-    job_id: UUID | None = None
-    source: str
-    search_params: dict[str, Any]
-    start_page: int
-    max_documents: int
-    params: dict[str, Any]
-    status: TaskStatus
-    attempts: int
-    max_attempts: int
     lease_token: UUID
     lease_expires_at: datetime
 
@@ -234,14 +256,21 @@ class LeaseBatch(Reply):
     tasks: list[LeasedTask]
 
 
+def clip(value: str | None, limit: int) -> str | None:
+    """What a sender does to free text before it goes out: NULs dropped, cut to `limit`."""
+    return None if value is None else value.replace("\x00", "")[:limit]
+
+
 class DocumentReport(Request):
+    """One document of a progress or completion report."""
+
     doc_id: DocId
-    storage_key: Annotated[str, StringConstraints(max_length=300)] | None = None
-    storage_url: Annotated[str, StringConstraints(max_length=1_200)] | None = None
-    url: Annotated[str, StringConstraints(max_length=2_000)] | None = None
+    storage_key: StorageKeyText | None = None
+    storage_url: StorageUrlText | None = None
+    url: UrlText | None = None
     sha256: Sha256Hex | None = None
-    size: Annotated[int, Field(ge=0)] | None = None
-    content_type: Annotated[str, StringConstraints(max_length=200)] | None = None
+    size: Annotated[int, Field(ge=0, le=MAX_SIZE)] | None = None
+    content_type: ContentTypeText | None = None
     compressed: bool = False
     status: Annotated[DocumentStatus, Field(strict=False)] = DocumentStatus.STORED
     error: Text | None = None
@@ -254,26 +283,67 @@ class DocumentReport(Request):
             raise ValueError("a stored document needs storage_key, sha256 and size")
         return self
 
+    @classmethod
+    def of_stored(
+        cls, doc_id: str, stored: StoredDocument, *, url: str | None, status: DocumentStatus
+    ) -> DocumentReport:
+        """The report of a document in storage; the free text clipped, the rest as the gate checks it.
+        A content type the gate would refuse is dropped (it is metadata, not proof)."""
+        content_type = stored.content_type
+        if content_type is not None and clip(content_type, MAX_CONTENT_TYPE) != content_type:
+            content_type = None
+        return cls.model_validate(
+            {
+                **stored.model_dump(),
+                "doc_id": doc_id,
+                "url": clip(url, MAX_URL),
+                "content_type": content_type,
+                "status": status,
+            }
+        )
+
+    @classmethod
+    def of_failure(cls, doc_id: str, *, url: str | None, error: str) -> DocumentReport:
+        return cls.model_validate(
+            {
+                "doc_id": doc_id,
+                "status": DocumentStatus.FAILED,
+                "url": clip(url, MAX_URL),
+                "error": clip(error, MAX_TEXT),
+            }
+        )
+
 
 Documents = Annotated[list[DocumentReport], Field(max_length=MAX_DOCUMENTS_PER_REPORT)]
 
 
+class Counts(Request):
+    """Documents of a task so far: the seed's three counters."""
+
+    documents_downloaded: Count = 0
+    documents_failed: Count = 0
+    documents_skipped: Count = 0
+
+
+# A report without lease_token is fenced by the caller's live lease on the task (and
+# X-Session-Id when sent); with it, by the token: the strong form, which also fences a
+# restarted process of the same client.
+LeaseToken = WireUUID | None
+
+
 class TaskProgress(Request):
-    lease_token: WireUUID
+    lease_token: LeaseToken = None
     documents_downloaded: Count | None = None
     documents_failed: Count | None = None
     documents_skipped: Count | None = None
     documents: Documents = Field(default_factory=list)
 
 
-class TaskComplete(Request):
-    """The seed's completion plus the lease token that fences it."""
+class TaskComplete(Counts):
+    """The seed's completion, with the lease token that fences it (optional, see LeaseToken)."""
 
     task_id: WireUUID
-    lease_token: WireUUID
-    documents_downloaded: Count = 0
-    documents_failed: Count = 0
-    documents_skipped: Count = 0
+    lease_token: LeaseToken = None
     result_summary: JsonObject | None = None
     documents: Documents = Field(default_factory=list)
 
@@ -296,10 +366,11 @@ class TaskCompleteBatch(Request):
 
 class CompletionResult(Reply):
     """One completion of a batch: 200 (completed now, or a repeat), or the 404/409 it would
-    have had alone, with the reason."""
+    have had alone, with its code and reason."""
 
     task_id: UUID
     status_code: int
+    code: ErrorCode | None = None
     error: str | None = None
 
 
@@ -309,11 +380,9 @@ class TaskCompleteBatchResult(Reply):
 
 
 class TaskFail(Request):
-    lease_token: WireUUID
-    error: Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT)]
+    lease_token: LeaseToken = None
+    error: Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT), AfterValidator(_no_nul)]
     retryable: bool = True
-
-    _check_error = field_validator("error")(_no_nul)
 
 
 class Cancelled(Reply):
@@ -363,7 +432,7 @@ class ClientRegistered(Reply):
 
 class Heartbeat(Request):
     session_id: Name | None = None
-    docs_per_minute: Annotated[float, Field(ge=0, le=1e9)] | None = None
+    docs_per_minute: Annotated[float, Field(ge=0, le=MAX_DOCS_PER_MINUTE)] | None = None
     # The tasks the caller is working on. When given, only these leases are
     # extended: a lease whose answer never reached the client (the gate died
     # mid-reply) then runs out instead of being kept alive by the heartbeat.
@@ -452,30 +521,29 @@ class Job(Reply):
 # ---- documents
 
 
-class Document(Reply):
-    doc_id: str
-    source: str
+class StoredDocument(Reply):
+    """A document as it is in storage: what a store's put returns, what an upload through the
+    gate answers, and (with its doc_id and provenance, as Document) what the gate records."""
+
+    model_config = ConfigDict(from_attributes=True, frozen=True)
+
     storage_key: str
     storage_url: str
     sha256: str
     size: int
-    content_type: str | None
-    compressed: bool
+    content_type: str | None = None
+    compressed: bool = False
+
+
+class Document(StoredDocument):
+    """A recorded document."""
+
+    doc_id: str
+    source: str
     task_id: UUID | None
     job_id: UUID | None
     client: str | None
     stored_at: datetime
-
-
-class StoredDocument(Reply):
-    """What the gate stored for an upload through it."""
-
-    storage_key: str
-    storage_url: str
-    sha256: str
-    size: int
-    content_type: str | None
-    compressed: bool
 
 
 class KnownDocuments(Request):
@@ -487,9 +555,14 @@ class KnownDocumentsReply(Reply):
 
 
 class StorageObject(Reply):
+    """An object in a store (``storage.ObjectInfo``): its key, size and, when the store kept
+    it, sha256."""
+
+    model_config = ConfigDict(from_attributes=True, frozen=True)
+
     key: str
     size: int
-    sha256: str | None
+    sha256: str | None = None
 
 
 class StorageObjectList(Reply):

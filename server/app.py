@@ -5,24 +5,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from protocol import paths
+from protocol.errors import ErrorBody, ErrorCode, error_body
 from server import bootstrap
 from server.api import api_router
 from server.auth import Authenticator
 from server.config import Settings
-from server.db import stats
-from server.db import tasks as db_tasks
+from server.db import lifecycle, stats
 from server.db.pool import create_pool
-from server.errors import DatabaseUnavailable, DocgateError
+from server.errors import DatabaseUnavailable, DocgateError, status_and_code
 from server.metrics import Metrics
 from server.observe import Observe
 from server.state import GateState
@@ -30,51 +32,61 @@ from server.ui import router as ui_router
 from server.version import VERSION
 from server.wakeup import TaskWakeup
 from storage import Deadline, StorageError, open_storage
-from storage import errors as storage_errors
 
 log = logging.getLogger("docgate.gate")
 
 
-def create_app(settings: Settings, dsn: str) -> FastAPI:
-    """Build the app for one PostgreSQL; the lifespan migrates, then serves."""
+def create_app(settings: Settings, dsn: str, *, apply_migrations: bool = True) -> FastAPI:
+    """Build the app for one PostgreSQL; the lifespan migrates (or, when the caller already did,
+    checks the schema), then serves."""
     metrics = Metrics()
-    app = FastAPI(title="docgate", version=VERSION, lifespan=_lifespan(settings, dsn, metrics))
+    lifespan = _lifespan(settings, dsn, metrics, apply_migrations)
+    app = FastAPI(title="docgate", version=VERSION, lifespan=lifespan)
     app.include_router(api_router)
     app.include_router(ui_router)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(Observe, metrics=metrics)
-    app.add_exception_handler(DocgateError, _docgate_error)
-    app.add_exception_handler(StorageError, _storage_error)
+    app.add_exception_handler(DocgateError, _error)
+    app.add_exception_handler(StorageError, _error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
     app.openapi = _documented_errors(app.openapi)  # type: ignore[method-assign]
     return app
 
 
 def _documented_errors(build: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
-    """A 422 carries either the field errors (a list) or one message (a string): say so in the schema."""
+    """Every operation documents its errors as ErrorBody ({detail, code}): the 422 FastAPI lists,
+    and a default response for the rest (401, 403, 404, 409, 413, …)."""
 
     def openapi() -> dict[str, Any]:
         schema = build()
-        error = schema.get("components", {}).get("schemas", {}).get("HTTPValidationError")
-        if error and "anyOf" not in error["properties"]["detail"]:
-            listed = error["properties"]["detail"]
-            error["properties"]["detail"] = {
-                "title": "Detail",
-                "anyOf": [{"type": "string"}, {k: v for k, v in listed.items() if k != "title"}],
-            }
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        body = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(body.pop("$defs", {}))
+        components["ErrorBody"] = body
+        for unused in ("HTTPValidationError", "ValidationError"):
+            components.pop(unused, None)
+        error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                if "422" in responses:
+                    responses["422"] = {"description": "Invalid field (code invalid_field)", **error}
+                responses.setdefault("default", {"description": "An error, with its code", **error})
         return schema
 
     return openapi
 
 
 def _lifespan(
-    settings: Settings, dsn: str, metrics: Metrics
+    settings: Settings, dsn: str, metrics: Metrics, apply_migrations: bool
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await create_pool(dsn, settings.db_pool_min, settings.db_pool_max)
         try:
-            await bootstrap.prepare_database(pool, settings)
+            await bootstrap.prepare_database(pool, settings, apply_migrations=apply_migrations)
             admin_key = settings.admin_api_key.get_secret_value() if settings.admin_api_key else None
             store = open_storage(
                 settings.store_url,
@@ -89,7 +101,7 @@ def _lifespan(
                 store=store,
             )
             app.state.gate = state
-            state.wakeup.start(partial(db_tasks.any_leasable, pool), settings.poll_fallback_seconds)
+            state.wakeup.start(partial(lifecycle.any_leasable, pool), settings.poll_fallback_seconds)
             background = [
                 asyncio.create_task(_housekeeping(state), name="docgate-housekeeping"),
                 asyncio.create_task(_watch_loop(metrics), name="docgate-loop-lag"),
@@ -113,7 +125,7 @@ async def _housekeeping(state: GateState) -> None:
     """Expire dead leases and fold status counts, on every gate (SKIP LOCKED keeps them apart)."""
     while True:
         try:
-            expired = await db_tasks.reap_expired(state.pool, state.backoff)
+            expired = await lifecycle.reap_expired(state.pool, state.backoff)
             state.metrics.expirations.inc(expired)
             if expired:
                 log.info("expired %d leases", expired)
@@ -134,30 +146,37 @@ async def _watch_loop(metrics: Metrics, every: float = 0.05) -> None:
         metrics.loop_lag.observe(max(0.0, loop.time() - due))
 
 
-async def _docgate_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, DocgateError)
-    if exc.status_code >= 500:
-        log.warning("%s %s: %s", request.method, request.url.path, exc.message)
-    return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
-
-
-STORAGE_STATUS: dict[type[StorageError], int] = {
-    storage_errors.KeyRefused: 422,
-    storage_errors.ObjectMissing: 404,
-    storage_errors.AlreadyStored: 409,
-    storage_errors.ChecksumMismatch: 400,
-    storage_errors.TooLarge: 413,
-    storage_errors.StorageTimeout: 504,
-    storage_errors.StorageUnavailable: 503,
-}
-
-
-async def _storage_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StorageError)
-    status = STORAGE_STATUS.get(type(exc), 503)
+async def _error(request: Request, exc: Exception) -> JSONResponse:
+    """Every error of ours, and any storage error met while serving, as {detail, code}."""
+    status, code = status_and_code(exc)
+    message = getattr(exc, "message", None) or str(exc)
     if status >= 500:
-        log.warning("%s %s: storage: %s", request.method, request.url.path, exc.message)
-    return JSONResponse({"detail": exc.message}, status_code=status)
+        log.warning("%s %s: %s", request.method, request.url.path, message)
+    return error_reply(status, code, message)
+
+
+def error_reply(
+    status: int, code: ErrorCode, detail: str | list[dict[str, Any]], headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """An error reply: {detail, code} in the body, the code again in X-Error-Code."""
+    sent = {**(headers or {}), paths.ERROR_CODE_HEADER: code.value}
+    return JSONResponse(error_body(code, detail), status_code=status, headers=sent)
+
+
+HTTP_CODES = {404: ErrorCode.ROUTE_NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own answers (no such route, method not allowed) in our shape."""
+    assert isinstance(exc, StarletteHTTPException)
+    code = HTTP_CODES.get(exc.status_code, ErrorCode.INVALID_BODY)
+    return error_reply(exc.status_code, code, str(exc.detail), exc.headers)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    """A bug: logged with its traceback, answered without one."""
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return error_reply(500, ErrorCode.INTERNAL_ERROR, "internal error")
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -167,7 +186,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         {"loc": list(e.get("loc", ())), "msg": e.get("msg", "invalid"), "type": e.get("type")}
         for e in exc.errors()
     ]
-    return JSONResponse({"detail": errors}, status_code=422)
+    return error_reply(422, ErrorCode.INVALID_FIELD, errors)
 
 
 class BodyLimit:
@@ -201,12 +220,12 @@ class BodyLimit:
                 await self._refuse(send)
                 return
         if body and not _is_utf8(body):
-            await _answer(send, 400, "request body is not valid UTF-8")
+            await _answer(send, 400, ErrorCode.INVALID_BODY, "request body is not valid UTF-8")
             return
         await self.app(scope, _replay(bytes(body), receive), send)
 
     async def _refuse(self, send: Send) -> None:
-        await _answer(send, 413, f"request body larger than {self.max_bytes} bytes")
+        await _answer(send, 413, ErrorCode.TOO_LARGE, f"request body larger than {self.max_bytes} bytes")
 
 
 def _is_upload(scope: Scope) -> bool:
@@ -223,8 +242,8 @@ def _is_utf8(body: bytearray) -> bool:
     return True
 
 
-async def _answer(send: Send, status: int, detail: str) -> None:
-    await JSONResponse({"detail": detail}, status_code=status)({"type": "http"}, _no_body, send)
+async def _answer(send: Send, status: int, code: ErrorCode, detail: str) -> None:
+    await error_reply(status, code, detail)({"type": "http"}, _no_body, send)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

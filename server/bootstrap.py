@@ -8,17 +8,25 @@ import sys
 from server.auth import hash_key, new_key
 from server.config import Settings
 from server.db import clients
-from server.db.migrate import migrate
+from server.db.migrate import migrate, pending
 from server.db.pool import Pool, connection
+from server.errors import SettingError
 
 log = logging.getLogger("docgate.gate")
 
 
-async def prepare_database(pool: Pool, settings: Settings) -> None:
+async def prepare_database(pool: Pool, settings: Settings, *, apply_migrations: bool) -> None:
+    """Migrate (or, where `docgate server` already did before starting, only check the schema),
+    and make sure an admin key exists."""
     async with connection(pool) as conn:
-        applied = await migrate(conn)
-    if applied:
-        log.info("database migrated: %s", ", ".join(applied))
+        if apply_migrations:
+            applied = await migrate(conn)
+            if applied:
+                log.info("database migrated: %s", ", ".join(applied))
+        elif missing := await pending(conn):
+            raise SettingError(
+                f"the database lacks migrations {', '.join(missing)}: run `docgate db migrate`"
+            )
     if not settings.enable_auth:
         log.warning(
             "ENABLE_AUTH=false: EVERY REQUEST IS TREATED AS ADMIN. "

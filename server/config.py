@@ -10,6 +10,7 @@ from urllib.parse import quote
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from common.settings import describe_validation_error
 from protocol import v1
 from server.errors import SettingError
 
@@ -106,11 +107,3 @@ class Settings(BaseSettings):
             return cls(**overrides)
         except ValidationError as exc:
             raise SettingError(describe_validation_error(exc)) from None
-
-
-def describe_validation_error(exc: ValidationError) -> str:
-    """One line naming the first bad setting, never its secret value."""
-    error = exc.errors()[0]
-    name = "_".join(str(part) for part in error["loc"]).upper()
-    message = str(error["msg"]).removeprefix("Value error, ")
-    return f"setting {name} is invalid: {message}" if name else message

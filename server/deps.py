@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
+from protocol import paths
 from server.auth import Principal
 from server.errors import Forbidden
 from server.state import GateState
@@ -22,7 +23,7 @@ StateDep = Annotated[GateState, Depends(get_state)]
 
 async def get_principal(
     state: StateDep,
-    x_api_key: Annotated[str | None, Header(alias="X-API-Key", max_length=256)] = None,
+    x_api_key: Annotated[str | None, Header(alias=paths.API_KEY_HEADER, max_length=256)] = None,
 ) -> Principal:
     return await state.auth.authenticate(x_api_key)
 
@@ -37,4 +38,4 @@ async def require_admin(principal: PrincipalDep) -> Principal:
 
 
 AdminDep = Annotated[Principal, Depends(require_admin)]
-SessionHeader = Annotated[str | None, Header(alias="X-Session-Id", max_length=100)]
+SessionHeader = Annotated[str | None, Header(alias=paths.SESSION_HEADER, max_length=100)]

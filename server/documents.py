@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from protocol import v1
-from server.errors import Unprocessable
+from server.errors import WrongStorageKey
 from storage.errors import KeyRefused
 from storage.keys import GZIP_EXT, document_key, ext_of
 
@@ -13,37 +13,32 @@ URL_SCHEMES = ("file://", "s3://", "b2://", "gate:", "memory://")
 
 
 @dataclass(frozen=True)
-class Recorded:
-    doc_id: str
-    storage_key: str
-    storage_url: str
-    sha256: str
-    size: int
-    content_type: str | None
-    compressed: bool
+class Reports:
+    """A report's documents, checked: those to record (stored, or skipped with proof; their
+    storage_url filled in) and those that failed."""
+
+    recorded: list[v1.DocumentReport]
+    failed: list[v1.DocumentReport]
+
+    def __bool__(self) -> bool:
+        return bool(self.recorded or self.failed)
 
 
-@dataclass(frozen=True)
-class Failed:
-    doc_id: str
-    url: str | None
-    error: str | None
+NO_REPORTS = Reports([], [])
 
 
-def split_reports(
-    documents: list[v1.DocumentReport], shard_size: int, store_url: str
-) -> tuple[list[Recorded], list[Failed]]:
+def split_reports(documents: list[v1.DocumentReport], shard_size: int, store_url: str) -> Reports:
     """Documents to record (stored, or skipped with proof) and failures; refuse any wrong key."""
-    recorded, failed = [], []
+    reports = Reports([], [])
     for doc in documents:
         if doc.status is v1.DocumentStatus.FAILED:
-            failed.append(Failed(str(doc.doc_id), doc.url, doc.error))
+            reports.failed.append(doc)
         elif doc.storage_key is not None and doc.sha256 is not None and doc.size is not None:
-            recorded.append(_recorded(doc, shard_size, store_url))
-    return recorded, failed
+            reports.recorded.append(_recorded(doc, shard_size, store_url))
+    return reports
 
 
-def _recorded(doc: v1.DocumentReport, shard_size: int, store_url: str) -> Recorded:
+def _recorded(doc: v1.DocumentReport, shard_size: int, store_url: str) -> v1.DocumentReport:
     doc_id, key = str(doc.doc_id), doc.storage_key or ""
     ext = ext_of(key, doc_id)
     try:
@@ -51,15 +46,14 @@ def _recorded(doc: v1.DocumentReport, shard_size: int, store_url: str) -> Record
             doc_id, (ext or "").removesuffix(GZIP_EXT), shard_size=shard_size, compressed=doc.compressed
         )
     except KeyRefused as exc:
-        raise Unprocessable(exc.message) from None
+        raise WrongStorageKey(exc.message) from None
     if ext is None or key != expected:
         gz = ", ending in .gz when compressed" if doc.compressed else ""
-        raise Unprocessable(
+        raise WrongStorageKey(
             f"storage_key {key!r} is not the key for doc_id {doc_id!r}: expected {expected!r} "
             f"(<doc_id // {shard_size}>/<doc_id><ext>{gz})"
         )
     url = doc.storage_url or f"{store_url.rstrip('/')}/{key}"
     if not url.startswith(URL_SCHEMES) or not url.endswith("/" + key) and url != f"gate:{key}":
-        raise Unprocessable(f"storage_url must be a store URL ending in /{key}")
-    assert doc.sha256 is not None and doc.size is not None
-    return Recorded(doc_id, key, url, doc.sha256, doc.size, doc.content_type, doc.compressed)
+        raise WrongStorageKey(f"storage_url must be a store URL ending in /{key}")
+    return doc if doc.storage_url == url else doc.model_copy(update={"storage_url": url})

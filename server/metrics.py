@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from protocol import v1
+from server.db.stats import Snapshot
 from server.errors import LeaseLost
 
 
@@ -94,14 +94,3 @@ class Metrics:
             self.reported.labels(doc.status.value).inc()
             if doc.status is v1.DocumentStatus.STORED and doc.size:
                 self.reported_bytes.inc(doc.size)
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """The database's side of a scrape, read in a few index-only queries."""
-
-    counts: dict[v1.TaskStatus, int]
-    oldest_pending_seconds: float
-    documents: int
-    document_bytes: int
-    clients: dict[str, int]

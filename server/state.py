@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from server.auth import Authenticator
 from server.config import Settings
+from server.db.lifecycle import Backoff
 from server.db.pool import Pool
-from server.db.tasks import Backoff
 from server.metrics import Metrics
 from server.wakeup import TaskWakeup
 from storage import Storage

@@ -22,30 +22,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar, overload
 
-from storage.errors import ChecksumMismatch, StorageTimeout, TooLarge
+from protocol import v1
+from storage.errors import ChecksumMismatch, CorruptGzip, StorageTimeout, TooLarge
 
 T = TypeVar("T")
 Chunks = AsyncIterable[bytes]
 CHUNK = 1 << 20
 
 
-@dataclass(frozen=True)
-class StoredObject:
-    """What a put reports, and what the gate records."""
-
-    storage_key: str
-    storage_url: str
-    sha256: str
-    size: int
-    content_type: str | None = None
-    compressed: bool = False
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    key: str
-    size: int
-    sha256: str | None = None  # known when the backend kept it (S3 metadata, xattr)
+# What a put reports (and the gate records) and what stat and list describe: the wire's own
+# records, so a stored document has one type from the backend to the gate's reply.
+StoredObject = v1.StoredDocument
+ObjectInfo = v1.StorageObject
 
 
 @dataclass(frozen=True)
@@ -142,7 +130,7 @@ class Encoder:
         try:
             out = self._gunzip.decompress(chunk, cap)
         except zlib.error as exc:
-            raise ChecksumMismatch(f"gzip body is corrupt: {exc}") from None
+            raise CorruptGzip(f"gzip body is corrupt: {exc}") from None
         if self._gunzip.unconsumed_tail and limit is not None:
             raise TooLarge(f"document is larger than the limit of {limit} bytes")
         return out
@@ -152,7 +140,7 @@ class Encoder:
             tail = self._gunzip.flush()
             self.digest.update(tail)
             if not self._gunzip.eof:
-                raise ChecksumMismatch("gzip body is truncated")
+                raise CorruptGzip("gzip body is truncated")
             return (
                 b""
                 if self._keep_input
@@ -210,6 +198,17 @@ class Storage(ABC):
 
     def url_for(self, key: str) -> str:
         return f"{self.url.rstrip('/')}/{key}"
+
+    def stored(self, key: str, digest: Digest, options: PutOptions) -> StoredObject:
+        """What a put of `key` reports, once its bytes are published."""
+        return StoredObject(
+            storage_key=key,
+            storage_url=self.url_for(key),
+            sha256=digest.hexdigest(),
+            size=digest.size,
+            content_type=options.content_type,
+            compressed=options.compress,
+        )
 
     @abstractmethod
     async def put(self, key: str, chunks: Chunks, options: PutOptions | None = None) -> StoredObject:

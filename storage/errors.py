@@ -37,6 +37,18 @@ class ChecksumMismatch(StorageError):
     """The stored bytes do not match the expected sha256."""
 
 
+class CorruptGzip(ChecksumMismatch):
+    """The gzip stream is corrupt or truncated."""
+
+
+class WriteRefused(StorageError):
+    """The store refused the write."""
+
+
+class StaleLease(WriteRefused):
+    """The gate refused the write: the lease it was made under is no longer current."""
+
+
 class TooLarge(StorageError):
     """The document is larger than allowed."""
 

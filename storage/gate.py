@@ -11,28 +11,44 @@ from __future__ import annotations
 import zlib
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 
+from protocol import paths, v1
+from protocol.errors import ErrorCode, parse_error
 from storage.base import Chunks, Deadline, ObjectInfo, PutOptions, Storage, StoredObject
 from storage.errors import (
     AlreadyStored,
     ChecksumMismatch,
+    CorruptGzip,
     KeyRefused,
     ObjectMissing,
+    StaleLease,
     StorageError,
+    StorageTimeout,
     StorageUnavailable,
     TooLarge,
+    WriteRefused,
 )
 from storage.keys import check_key
 
-ERRORS: dict[int, type[StorageError]] = {
-    404: ObjectMissing,
-    409: AlreadyStored,
-    413: TooLarge,
-    422: KeyRefused,
-    400: ChecksumMismatch,
+C = ErrorCode
+# What each of the gate's error codes means to a store; a code not listed is a refusal this
+# store cannot fix (WriteRefused), and a reply without a code (a proxy's page) is judged by its
+# status: 5xx and 429 StorageUnavailable, anything else WriteRefused.
+ERRORS: dict[ErrorCode, type[StorageError]] = {
+    C.ALREADY_STORED: AlreadyStored,
+    C.CHECKSUM_MISMATCH: ChecksumMismatch,
+    C.CORRUPT_GZIP: CorruptGzip,
+    C.TOO_LARGE: TooLarge,
+    C.INVALID_KEY: KeyRefused,
+    C.OBJECT_MISSING: ObjectMissing,
+    C.LEASE_LOST: StaleLease,
+    C.NOT_YOUR_TASK: StaleLease,
+    C.STORAGE_TIMEOUT: StorageTimeout,
+    C.STORAGE_UNAVAILABLE: StorageUnavailable,
+    C.DATABASE_UNAVAILABLE: StorageUnavailable,
+    C.INTERNAL_ERROR: StorageUnavailable,
 }
 
 
@@ -47,7 +63,7 @@ class GateStorage(Storage):
         super().__init__(deadline, threads=1)
         self.url = "gate"
         self.api = api_url.rstrip("/")
-        headers = {"X-API-Key": api_key} if api_key else {}
+        headers = {paths.API_KEY_HEADER: api_key} if api_key else {}
         timeout = httpx.Timeout(self.deadline.timeout, connect=5)
         self.http = http or httpx.AsyncClient(base_url=self.api, headers=headers, timeout=timeout)
         self._headers = headers
@@ -63,11 +79,11 @@ class GateStorage(Storage):
         headers: dict[str, str] = {}
         if options.fence:
             params["task_id"] = options.fence.task_id
-            headers["X-Lease-Token"] = options.fence.lease_token
+            headers[paths.LEASE_HEADER] = options.fence.lease_token
         if options.content_type:
             headers["Content-Type"] = options.content_type
         if options.expected_sha256:
-            headers["X-Content-SHA256"] = options.expected_sha256
+            headers[paths.SHA256_HEADER] = options.expected_sha256
         body = _limited(chunks, options.max_size) if options.max_size is not None else chunks
         if options.compress and not options.input_gzipped:
             body = _gzip(chunks)
@@ -76,7 +92,7 @@ class GateStorage(Storage):
         try:
             reply = await self._send(
                 "PUT",
-                f"/api/v1/documents/{quote(options.doc_id)}/raw",
+                paths.url(paths.DOCUMENT_RAW, doc_id=options.doc_id),
                 params=params,
                 headers=headers,
                 content=body,
@@ -86,7 +102,7 @@ class GateStorage(Storage):
             if isinstance(exc.__context__, TooLarge):
                 raise exc.__context__ from None
             raise
-        return StoredObject(**reply.json())
+        return StoredObject.model_validate_json(reply.content)
 
     async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         kwargs["headers"] = self._headers | kwargs.get("headers", {})
@@ -101,7 +117,7 @@ class GateStorage(Storage):
         return reply
 
     async def open(self, key: str) -> AsyncIterator[bytes]:
-        url = f"{self.api}/api/v1/storage/objects/{check_key(key)}"
+        url = self.api + paths.object_url(check_key(key))
         try:
             async with self.http.stream("GET", url, headers=self._headers) as reply:
                 if reply.status_code >= 400:
@@ -114,22 +130,24 @@ class GateStorage(Storage):
 
     async def stat(self, key: str) -> ObjectInfo | None:
         try:
-            reply = await self._send("HEAD", f"/api/v1/storage/objects/{check_key(key)}")
+            reply = await self._send("HEAD", paths.object_url(check_key(key)))
         except ObjectMissing:
             return None
-        return ObjectInfo(key, int(reply.headers["Content-Length"]), reply.headers.get("X-Content-SHA256"))
+        size = int(reply.headers["Content-Length"])
+        return ObjectInfo(key=key, size=size, sha256=reply.headers.get(paths.SHA256_HEADER))
 
     async def delete(self, key: str) -> None:
-        await self._send("DELETE", f"/api/v1/storage/objects/{check_key(key)}")
+        await self._send("DELETE", paths.object_url(check_key(key)))
 
     async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
         cursor: str | None = None
         while True:
             params = {"prefix": prefix} | ({"cursor": cursor} if cursor else {})
-            page = (await self._send("GET", "/api/v1/storage/objects", params=params)).json()
-            for item in page["objects"]:
-                yield ObjectInfo(item["key"], item["size"], item.get("sha256"))
-            cursor = page.get("next_cursor")
+            reply = await self._send("GET", paths.url(paths.STORAGE_OBJECTS), params=params)
+            page = v1.StorageObjectList.model_validate_json(reply.content)
+            for item in page.objects:
+                yield item
+            cursor = page.next_cursor
             if not cursor:
                 return
 
@@ -139,12 +157,14 @@ class GateStorage(Storage):
 
 
 def _error(reply: httpx.Response) -> StorageError:
-    try:
-        detail = reply.json().get("detail", reply.text)
-    except ValueError:
-        detail = reply.text or reply.reason_phrase
-    kind = ERRORS.get(reply.status_code, StorageUnavailable)
-    return kind(f"gate answered {reply.status_code}: {detail}")
+    """The storage error a gate's error reply stands for: by its code, never by its status."""
+    body = parse_error(reply.content, reply.headers.get(paths.ERROR_CODE_HEADER))
+    if body is None:
+        unavailable = reply.status_code >= 500 or reply.status_code == 429
+        kind: type[StorageError] = StorageUnavailable if unavailable else WriteRefused
+        return kind(f"gate answered {reply.status_code}: {reply.text[:200] or reply.reason_phrase}")
+    kind = ERRORS.get(body.code, WriteRefused)
+    return kind(f"gate answered {reply.status_code} {body.code}: {body.detail}")
 
 
 async def _limited(chunks: Chunks, max_size: int) -> AsyncIterator[bytes]:

@@ -74,7 +74,7 @@ class LocalStorage(Storage):
             await self._blocking(
                 partial(self._write_whole, final, bytes(head), encoder, options), len(head), "write"
             )
-            return self._stored(key, encoder, options)
+            return self.stored(key, encoder.digest, options)
         tmp = final.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}"
         handle = await self._blocking(partial(self._create, tmp), what="create")
         try:
@@ -89,13 +89,7 @@ class LocalStorage(Storage):
             # Clean up in the background: an unlink must not block the loop either.
             self._threads.submit(_discard, handle, tmp)
             raise
-        return self._stored(key, encoder, options)
-
-    def _stored(self, key: str, encoder: Encoder, options: PutOptions) -> StoredObject:
-        digest = encoder.digest
-        return StoredObject(
-            key, self.url_for(key), digest.hexdigest(), digest.size, options.content_type, options.compress
-        )
+        return self.stored(key, encoder.digest, options)
 
     def _create(self, tmp: Path) -> BinaryIO:
         self._inside(tmp)
@@ -243,7 +237,7 @@ def _stat(key: str, path: Path) -> ObjectInfo | None:
         raise StorageUnavailable(f"cannot stat {key}: {exc.strerror}") from None
     if not stat.S_ISREG(info.st_mode):
         return None
-    return ObjectInfo(key, info.st_size, _sha_of(path))
+    return ObjectInfo(key=key, size=info.st_size, sha256=_sha_of(path))
 
 
 def _sha_of(path: Path) -> str | None:
@@ -273,7 +267,7 @@ def _list_folder(root: Path, folder: str) -> list[ObjectInfo]:
     for entry in entries:
         if entry.is_file(follow_symlinks=False) and not entry.name.startswith(TMP_PREFIX):
             key = f"{folder}/{entry.name}" if folder else entry.name
-            infos.append(ObjectInfo(key, entry.stat().st_size, _sha_of(Path(entry.path))))
+            infos.append(ObjectInfo(key=key, size=entry.stat().st_size, sha256=_sha_of(Path(entry.path))))
     return infos
 
 

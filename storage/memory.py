@@ -27,14 +27,7 @@ class MemoryStorage(Storage):
         if key in self.objects and not options.overwrite:
             raise AlreadyStored(f"{key} is already stored")
         self.objects[key] = (bytes(body), encoder.digest.hexdigest())
-        return StoredObject(
-            key,
-            self.url_for(key),
-            encoder.digest.hexdigest(),
-            encoder.digest.size,
-            options.content_type,
-            options.compress,
-        )
+        return self.stored(key, encoder.digest, options)
 
     async def open(self, key: str) -> AsyncIterator[bytes]:
         check_key(key)
@@ -49,7 +42,7 @@ class MemoryStorage(Storage):
         if key not in self.objects:
             return None
         data, sha = self.objects[key]
-        return ObjectInfo(key, len(data), sha)
+        return ObjectInfo(key=key, size=len(data), sha256=sha)
 
     async def delete(self, key: str) -> None:
         check_key(key)
@@ -59,4 +52,4 @@ class MemoryStorage(Storage):
         for key in sorted(self.objects):
             if key.startswith(prefix):
                 data, sha = self.objects[key]
-                yield ObjectInfo(key, len(data), sha)
+                yield ObjectInfo(key=key, size=len(data), sha256=sha)

@@ -112,10 +112,7 @@ class S3Storage(Storage):
                 **self._meta(encoder, options),
                 **_once(options),
             )
-        digest = encoder.digest
-        return StoredObject(
-            key, self.url_for(key), digest.hexdigest(), digest.size, options.content_type, options.compress
-        )
+        return self.stored(key, encoder.digest, options)
 
     def _meta(self, encoder: Encoder, options: PutOptions) -> dict[str, Any]:
         meta: dict[str, Any] = {
@@ -228,7 +225,8 @@ class S3Storage(Storage):
             head = await self._call("head_object", Key=self._key(key))
         except ObjectMissing:
             return None
-        return ObjectInfo(key, int(head["ContentLength"]), head.get("Metadata", {}).get(SHA_META))
+        sha256 = head.get("Metadata", {}).get(SHA_META)
+        return ObjectInfo(key=key, size=int(head["ContentLength"]), sha256=sha256)
 
     async def delete(self, key: str) -> None:
         await self._call("delete_object", Key=self._key(key))
@@ -240,7 +238,7 @@ class S3Storage(Storage):
             for item in page.get("Contents", []):
                 key = item["Key"][len(self.prefix) :]
                 if not key.startswith(STAGING):
-                    yield ObjectInfo(key, int(item["Size"]))
+                    yield ObjectInfo(key=key, size=int(item["Size"]))
             if not page.get("IsTruncated"):
                 return
             token = {"ContinuationToken": page["NextContinuationToken"]}

@@ -2,8 +2,8 @@
 
 Each case: a name, the method and path ({task} and {token} are filled with a
 real leased task), who sends it, the body (JSON-able, or raw bytes), the
-expected status, and a fragment its message must contain (the bound, the
-field or the reason), or None.
+expected status and wire code, and a fragment its message must contain (the
+bound, the field or the reason), or None.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ class Case:
     body: Any = None
     status: int = 422
     mentions: str | None = None
+    code: str = "invalid_field"
     content_type: str = "application/json"
     raw: bool = False
 
@@ -48,6 +49,7 @@ CASES = [
         raw=True,
         status=400,
         mentions="UTF-8",
+        code="invalid_body",
     ),
     Case("array instead of object", "POST", CREATE, "admin", [1, 2, 3]),
     Case(
@@ -85,6 +87,7 @@ CASES = [
         raw=True,
         status=413,
         mentions="1048576",
+        code="too_large",
     ),
     Case("JSON nested 50 deep", "POST", CREATE, "admin", {"search_params": NESTED_50}, mentions="16 levels"),
     Case(
@@ -95,6 +98,7 @@ CASES = [
         b'{"search_params": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
         raw=True,
         status=400,
+        code="invalid_body",
     ),
     Case("start_page 0", "POST", CREATE, "admin", {"start_page": 0}, mentions="1"),
     Case("start_page negative", "POST", CREATE, "admin", {"start_page": -5}),
@@ -128,20 +132,33 @@ CASES = [
     Case("unknown status_filter", "GET", "/api/v1/tasks?status_filter=done", "admin", mentions="pending"),
     Case("limit 0", "GET", "/api/v1/tasks?limit=0", "admin"),
     Case("limit too large", "GET", "/api/v1/tasks?limit=100000", "admin", mentions="1000"),
-    Case("forged cursor", "GET", "/api/v1/tasks?cursor=abc", "admin", status=400, mentions="cursor"),
+    Case(
+        "forged cursor",
+        "GET",
+        "/api/v1/tasks?cursor=abc",
+        "admin",
+        status=400,
+        mentions="cursor",
+        code="invalid_cursor",
+    ),
     Case("wait over 30 s", "POST", "/api/v1/tasks/request?wait=31", "client", mentions="30"),
     Case("max_tasks 0", "POST", "/api/v1/tasks/request?max_tasks=0", "client"),
     Case("max_tasks over 100", "POST", "/api/v1/tasks/request?max_tasks=101", "client", mentions="100"),
     Case("task id not a uuid", "GET", "/api/v1/tasks/12345", "admin"),
-    Case("task id with traversal", "GET", "/api/v1/tasks/..%2F..%2Fetc%2Fpasswd", "admin", status=404),
-    Case("task id with dots", "GET", "/api/v1/tasks/..", "admin", status=404),
     Case(
-        "complete without lease_token",
-        "POST",
-        COMPLETE,
-        "client",
-        {"task_id": "{task}"},
-        mentions="lease_token",
+        "task id with traversal",
+        "GET",
+        "/api/v1/tasks/..%2F..%2Fetc%2Fpasswd",
+        "admin",
+        status=404,
+        code="route_not_found",
+    ),
+    Case("task id with dots", "GET", "/api/v1/tasks/..", "admin", status=404, code="route_not_found"),
+    Case(
+        "method not allowed", "DELETE", "/api/v1/tasks/create", "admin", status=405, code="method_not_allowed"
+    ),
+    Case(
+        "complete without task_id", "POST", COMPLETE, "client", {"lease_token": "{token}"}, mentions="task_id"
     ),
     Case(
         "complete with malformed token",
@@ -164,6 +181,7 @@ CASES = [
         "client",
         {"task_id": "00000000-0000-4000-8000-000000000000", "lease_token": "{token}"},
         status=404,
+        code="not_your_task",
     ),
     Case(
         "stored document without sha256",
@@ -231,6 +249,7 @@ CASES = [
         "admin",
         {"source": "id_range", "chunk_size": 1, "params": JOB_PARAMS | {"count": 10_000_000}},
         mentions="MAX_JOB_TASKS",
+        code="job_too_large",
     ),
     Case(
         "job chunk_size 0",

@@ -50,6 +50,7 @@ async def test_bad_input(gate: Gate, case: Case) -> None:
     )
 
     assert r.status_code == case.status, r.text[:500]
+    assert r.json()["code"] == case.code, r.text[:500]
     detail = r.json()["detail"]
     assert detail
     if case.mentions:

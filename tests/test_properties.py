@@ -25,7 +25,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from conftest import copy_database, free_port, run_aside
 from processes import GateProcess, docgate
-from server.db.tasks import BACKOFF
+from server.db.lifecycle import backoff
 from storage.errors import KeyRefused
 from storage.keys import EXT, check_key, document_key, ext_of
 
@@ -89,7 +89,7 @@ def test_backoff_is_equal_jitter_of_the_capped_exponential(
 ) -> None:
     query = (
         "SELECT extract(epoch FROM ("
-        + BACKOFF.replace("$BASE", "$1").replace("$CAP", "$2")
+        + backoff(base="$1", cap="$2")
         + " - now())) FROM (SELECT $3::int AS attempts) t"
     )
 

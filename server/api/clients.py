@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Query
 
-from protocol import v1
+from protocol import paths, v1
 from server.auth import hash_key, new_key
 from server.db import clients as db
 from server.deps import AdminDep, PrincipalDep, SessionHeader, StateDep
@@ -14,7 +14,7 @@ from server.deps import AdminDep, PrincipalDep, SessionHeader, StateDep
 router = APIRouter()
 
 
-@router.post("/clients/register", response_model=v1.ClientRegistered, status_code=201)
+@router.post(paths.CLIENT_REGISTER, response_model=v1.ClientRegistered, status_code=201)
 async def register_client(body: v1.ClientRegister, state: StateDep, _: AdminDep) -> v1.ClientRegistered:
     key = body.api_key or new_key()
     client_id, name, host = await db.register_client(
@@ -23,7 +23,7 @@ async def register_client(body: v1.ClientRegister, state: StateDep, _: AdminDep)
     return v1.ClientRegistered(client_id=client_id, client_name=name, client_host=host, api_key=key)
 
 
-@router.post("/clients/heartbeat", response_model=v1.HeartbeatReply)
+@router.post(paths.CLIENT_HEARTBEAT, response_model=v1.HeartbeatReply)
 async def heartbeat(
     state: StateDep,
     principal: PrincipalDep,

@@ -10,20 +10,24 @@ from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.requests import ClientDisconnect
 
-from protocol import v1
+from protocol import paths, v1
 from server.config import UploadGzip
 from server.db import documents as db
+from server.db import lifecycle
+from server.db.lifecycle import Caller
 from server.deps import AdminDep, PrincipalDep, StateDep
-from server.errors import BadRequest, LeaseLost, NotFound, PayloadTooLarge, Unprocessable
+from server.errors import LeaseLost, LeaseRequired, PayloadTooLarge, UnsupportedEncoding, UploadInterrupted
 from storage import PutOptions
 from storage.base import Fence
+from storage.errors import ObjectMissing
 from storage.keys import document_key
 
 router = APIRouter()
 DocIdPath = Annotated[str, Path(pattern=v1.DOC_ID_PATTERN)]
+Sha256Header = Annotated[str | None, Header(alias=paths.SHA256_HEADER, pattern=v1.SHA256_PATTERN)]
 
 
-@router.get("/documents/{doc_id}", response_model=v1.Document)
+@router.get(paths.DOCUMENT, response_model=v1.Document)
 async def get_document(doc_id: DocIdPath, state: StateDep, _: AdminDep) -> v1.Document:
     return await db.get_document(state.pool, doc_id)
 
@@ -38,8 +42,8 @@ async def read_document(doc_id: DocIdPath, state: StateDep, _: AdminDep) -> Stre
     doc = await db.get_document(state.pool, doc_id)
     info = await state.store.stat(doc.storage_key)
     if info is None:
-        raise NotFound(f"document {doc_id} is recorded at {doc.storage_key} but missing from storage")
-    headers = {"Content-Length": str(info.size), "X-Content-SHA256": doc.sha256}
+        raise ObjectMissing(f"document {doc_id} is recorded at {doc.storage_key} but missing from storage")
+    headers = {"Content-Length": str(info.size), paths.SHA256_HEADER: doc.sha256}
     if doc.compressed:
         headers["Content-Encoding"] = "gzip"
     return StreamingResponse(
@@ -62,7 +66,7 @@ async def started(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     return rest()
 
 
-@router.put("/documents/{doc_id}/raw", response_model=v1.StoredDocument, status_code=201)
+@router.put(paths.DOCUMENT_RAW, response_model=v1.StoredDocument, status_code=201)
 async def upload_document(
     doc_id: DocIdPath,
     request: Request,
@@ -71,21 +75,21 @@ async def upload_document(
     ext: Annotated[str, Query(pattern=v1.EXT_PATTERN)] = "",
     key: Annotated[str | None, Query(max_length=300, description="ignored; the gate derives it")] = None,
     task_id: UUID | None = None,
-    x_lease_token: Annotated[UUID | None, Header()] = None,
+    x_lease_token: Annotated[UUID | None, Header(alias=paths.LEASE_HEADER)] = None,
     content_type: Annotated[str | None, Header(max_length=200)] = None,
     content_encoding: Annotated[str | None, Header(max_length=20)] = None,
-    x_content_sha256: Annotated[str | None, Header(pattern=r"^[0-9a-f]{64}$")] = None,
+    x_content_sha256: Sha256Header = None,
 ) -> JSONResponse:
     """Store a document in the gate's store, write-once; a client must hold the task's lease."""
     settings = state.settings
     if not principal.is_admin:
         if task_id is None or x_lease_token is None:
-            raise Unprocessable("a client upload needs ?task_id= and the X-Lease-Token header")
-        if not await db.lease_is_current(state.pool, task_id, x_lease_token, principal.owner):
+            raise LeaseRequired()
+        if not await lifecycle.lease_is_current(state.pool, task_id, x_lease_token, Caller(principal.owner)):
             raise LeaseLost(f"lease on task {task_id} is not current; the upload was refused")
     gzipped = (content_encoding or "identity").lower() == "gzip"
     if not gzipped and (content_encoding or "identity").lower() != "identity":
-        raise Unprocessable("Content-Encoding must be gzip or identity")
+        raise UnsupportedEncoding()
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and not gzipped and int(declared) > settings.max_upload_bytes:
         raise PayloadTooLarge(f"document larger than MAX_UPLOAD_BYTES ({settings.max_upload_bytes} bytes)")
@@ -104,19 +108,11 @@ async def upload_document(
     except ClientDisconnect:
         # The uploader went away mid-body: nothing was published, and no one is
         # left to read an answer; say so without logging a server error.
-        raise BadRequest("upload interrupted before the body was complete; nothing was stored") from None
-    reply = v1.StoredDocument(
-        storage_key=stored.storage_key,
-        storage_url=stored.storage_url,
-        sha256=stored.sha256,
-        size=stored.size,
-        content_type=stored.content_type,
-        compressed=stored.compressed,
-    )
-    return JSONResponse(reply.model_dump(), status_code=201)
+        raise UploadInterrupted() from None
+    return JSONResponse(stored.model_dump(), status_code=201)
 
 
-@router.post("/documents/known", response_model=v1.KnownDocumentsReply)
+@router.post(paths.DOCUMENTS_KNOWN, response_model=v1.KnownDocumentsReply)
 async def known_documents(
     body: v1.KnownDocuments, state: StateDep, _: PrincipalDep
 ) -> v1.KnownDocumentsReply:

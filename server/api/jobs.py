@@ -8,10 +8,10 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from protocol import v1
-from server.db import dashboard
 from server.db import jobs as db
+from server.db import lifecycle
 from server.deps import AdminDep, StateDep
-from server.errors import Unprocessable
+from server.errors import JobTooLarge
 
 router = APIRouter()
 
@@ -25,7 +25,7 @@ router = APIRouter()
 async def create_job(body: v1.JobCreate, state: StateDep, _: AdminDep) -> JSONResponse:
     tasks = -(-body.params.count // body.chunk_size)
     if tasks > state.settings.max_job_tasks:
-        raise Unprocessable(
+        raise JobTooLarge(
             f"the job would create {tasks} tasks; this gate allows at most "
             f"{state.settings.max_job_tasks} per job (MAX_JOB_TASKS): raise chunk_size "
             "or split the range"
@@ -51,4 +51,4 @@ async def refetch_failed(
 @router.post("/jobs/{job_id}/cancel", response_model=v1.Cancelled)
 async def cancel_job(job_id: UUID, state: StateDep, _: AdminDep) -> v1.Cancelled:
     """Cancel every pending or assigned task of the job (clients holding one are told by heartbeat)."""
-    return v1.Cancelled(tasks=await dashboard.cancel_job(state.pool, job_id))
+    return v1.Cancelled(tasks=await lifecycle.cancel_job(state.pool, job_id))

@@ -7,16 +7,16 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import StreamingResponse
 
-from protocol import v1
+from protocol import paths, v1
 from server.api.documents import started
 from server.deps import AdminDep, PrincipalDep, StateDep
-from server.errors import NotFound
+from storage.errors import ObjectMissing
 from storage.keys import check_key
 
 router = APIRouter()
 
 
-@router.get("/storage/objects", response_model=v1.StorageObjectList)
+@router.get(paths.STORAGE_OBJECTS, response_model=v1.StorageObjectList)
 async def list_objects(
     state: StateDep,
     _: AdminDep,
@@ -30,27 +30,27 @@ async def list_objects(
             continue
         if len(objects) == limit:
             return v1.StorageObjectList(objects=objects, next_cursor=objects[-1].key)
-        objects.append(v1.StorageObject(key=info.key, size=info.size, sha256=info.sha256))
+        objects.append(info)
     return v1.StorageObjectList(objects=objects, next_cursor=None)
 
 
-@router.head("/storage/objects/{key:path}")
+@router.head(paths.STORAGE_OBJECT)
 async def stat_object(key: str, state: StateDep, _: PrincipalDep) -> Response:
     info = await state.store.stat(check_key(key))
     if info is None:
-        raise NotFound(f"no object at {key}")
+        raise ObjectMissing(f"no object at {key}")
     headers = {"Content-Length": str(info.size)}
     if info.sha256:
-        headers["X-Content-SHA256"] = info.sha256
+        headers[paths.SHA256_HEADER] = info.sha256
     return Response(headers=headers)
 
 
-@router.get("/storage/objects/{key:path}", response_class=StreamingResponse)
+@router.get(paths.STORAGE_OBJECT, response_class=StreamingResponse)
 async def read_object(key: str, state: StateDep, _: AdminDep) -> StreamingResponse:
     """The stored bytes exactly as stored (a compressed object stays gzip)."""
     info = await state.store.stat(check_key(key))
     if info is None:
-        raise NotFound(f"no object at {key}")
+        raise ObjectMissing(f"no object at {key}")
     return StreamingResponse(
         await started(state.store.open(key)),
         media_type="application/octet-stream",
@@ -58,7 +58,7 @@ async def read_object(key: str, state: StateDep, _: AdminDep) -> StreamingRespon
     )
 
 
-@router.delete("/storage/objects/{key:path}", status_code=204)
+@router.delete(paths.STORAGE_OBJECT, status_code=204)
 async def delete_object(key: str, state: StateDep, _: AdminDep) -> Response:
     await state.store.delete(check_key(key))
     return Response(status_code=204)

@@ -11,17 +11,18 @@ from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from protocol import v1
-from server.db import dashboard, stats
+from protocol import paths, v1
+from server.auth import Principal
+from server.db import dashboard, lifecycle, stats
 from server.db import tasks as db
+from server.db.lifecycle import Caller
 from server.deps import AdminDep, PrincipalDep, SessionHeader, StateDep
 from server.documents import split_reports
-from server.errors import BadRequest
+from server.errors import InvalidCursor, LeaseLost, status_and_code
 from server.state import GateState
 
 router = APIRouter()
 
-OUTSTANDING_HEADER = "X-Tasks-Outstanding"
 LEASED: dict[int | str, dict[str, Any]] = {
     200: {"description": "One task (or {tasks: […]} with max_tasks)"},
     204: {
@@ -32,7 +33,7 @@ LEASED: dict[int | str, dict[str, Any]] = {
 
 
 @router.post(
-    "/tasks/create",
+    paths.TASK_CREATE,
     response_model=v1.TaskCreated,
     status_code=201,
     responses={200: {"model": v1.TaskCreated, "description": "idempotent repeat"}},
@@ -42,7 +43,7 @@ async def create_task(body: v1.TaskCreate, state: StateDep, _: AdminDep) -> JSON
     return JSONResponse(task.model_dump(mode="json"), status_code=201 if task.created else 200)
 
 
-@router.post("/tasks/batch", response_model=v1.TaskBatchCreated, status_code=201)
+@router.post(paths.TASK_BATCH, response_model=v1.TaskBatchCreated, status_code=201)
 async def create_tasks(body: v1.TaskBatchCreate, state: StateDep, _: AdminDep) -> v1.TaskBatchCreated:
     return await db.create_tasks(state.pool, body.tasks, state.settings.max_attempts)
 
@@ -60,7 +61,7 @@ async def _lease(
     while True:
         wake = state.wakeup.current()
         started = time.perf_counter()
-        leased = await db.lease_tasks(
+        leased = await lifecycle.lease_tasks(
             state.pool,
             owner=principal.client_id,
             session_id=session_id,
@@ -88,14 +89,14 @@ async def _woken(state: GateState, request: Request, wake: asyncio.Event, deadli
 
 
 @router.get(
-    "/tasks/request",
+    paths.TASK_LEASE,
     responses=LEASED,
     response_model=v1.LeasedTask | v1.LeaseBatch,
     operation_id="request_task_get",
     summary="Request Task (GET, as in the seed)",
 )
 @router.post(
-    "/tasks/request",
+    paths.TASK_LEASE,
     responses=LEASED,
     response_model=v1.LeasedTask | v1.LeaseBatch,
     operation_id="request_task",
@@ -115,7 +116,7 @@ async def request_task(
         counts = await stats.status_counts(state.pool)
         outstanding = counts[v1.TaskStatus.PENDING] + counts[v1.TaskStatus.ASSIGNED]
         return Response(
-            status_code=status.HTTP_204_NO_CONTENT, headers={OUTSTANDING_HEADER: str(outstanding)}
+            status_code=status.HTTP_204_NO_CONTENT, headers={paths.OUTSTANDING_HEADER: str(outstanding)}
         )
     if max_tasks is None:
         return json_reply(leased[0])
@@ -129,51 +130,82 @@ def json_reply(model: BaseModel, status_code: int = 200) -> Response:
     return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
 
 
-@router.post("/tasks/complete", response_model=v1.Task)
-async def complete_task(body: v1.TaskComplete, state: StateDep, principal: PrincipalDep) -> Response:
+def _caller(principal: Principal, session_id: str | None) -> Caller:
+    return Caller(principal.owner, session_id)
+
+
+@router.post(paths.TASK_COMPLETE, response_model=v1.Task)
+async def complete_task(
+    body: v1.TaskComplete, state: StateDep, principal: PrincipalDep, session_id: SessionHeader = None
+) -> Response:
+    """Complete a leased task. Without lease_token (the seed's body) the completion is fenced by
+    the caller's live lease on the task (and X-Session-Id when sent); with it, by the token."""
     reports = split_reports(body.documents, state.settings.shard_size, state.store.url)
     with state.metrics.counting_refusals():
-        task = await db.complete_task(state.pool, body, principal.owner, reports)
+        task = await lifecycle.complete_task(state.pool, body, _caller(principal, session_id), reports)
     state.metrics.completions.inc()
     state.metrics.count_reports(body.documents)
     return json_reply(task)
 
 
-@router.post("/tasks/complete/batch", response_model=v1.TaskCompleteBatchResult)
-async def complete_tasks(body: v1.TaskCompleteBatch, state: StateDep, principal: PrincipalDep) -> Response:
+@router.post(paths.TASK_COMPLETE_BATCH, response_model=v1.TaskCompleteBatchResult)
+async def complete_tasks(
+    body: v1.TaskCompleteBatch, state: StateDep, principal: PrincipalDep, session_id: SessionHeader = None
+) -> Response:
     """Complete up to 100 leased tasks in one call and one transaction. Each completion is
-    fenced by its own lease_token and answered on its own (`status_code` 200, 404 or 409), so
-    one lost lease does not refuse the others. A wrong document in any of them refuses the
+    fenced on its own and answered on its own (`status_code` 200, or 404 / 409 with its `code`),
+    so one lost lease does not refuse the others. A wrong document in any of them refuses the
     whole call (422) before anything is written."""
     reports = [
         split_reports(c.documents, state.settings.shard_size, state.store.url) for c in body.completions
     ]
-    results = await db.complete_tasks(state.pool, body.completions, principal.owner, reports)
+    caller = _caller(principal, session_id)
+    outcomes = await lifecycle.complete_tasks(state.pool, body.completions, caller, reports)
+    results = [_result(c.task_id, outcome) for c, outcome in zip(body.completions, outcomes, strict=True)]
     completed = sum(r.status_code == 200 for r in results)
     state.metrics.completions.inc(completed)
-    state.metrics.stale_refusals.inc(sum(r.status_code == 409 for r in results))
+    state.metrics.stale_refusals.inc(sum(isinstance(o, LeaseLost) for o in outcomes))
     for c in body.completions:
         state.metrics.count_reports(c.documents)
     return json_reply(v1.TaskCompleteBatchResult(results=results, completed=completed))
 
 
-@router.post("/tasks/{task_id}/progress", response_model=v1.Task)
+def _result(task_id: UUID, outcome: lifecycle.Completion) -> v1.CompletionResult:
+    if isinstance(outcome, v1.Task):
+        return v1.CompletionResult(task_id=task_id, status_code=200)
+    status_code, code = status_and_code(outcome)
+    return v1.CompletionResult(task_id=task_id, status_code=status_code, code=code, error=outcome.message)
+
+
+@router.post(paths.TASK_PROGRESS, response_model=v1.Task)
 async def report_progress(
-    task_id: UUID, body: v1.TaskProgress, state: StateDep, principal: PrincipalDep
+    task_id: UUID,
+    body: v1.TaskProgress,
+    state: StateDep,
+    principal: PrincipalDep,
+    session_id: SessionHeader = None,
 ) -> v1.Task:
     reports = split_reports(body.documents, state.settings.shard_size, state.store.url)
+    caller = _caller(principal, session_id)
     with state.metrics.counting_refusals():
-        task = await db.report_progress(
-            state.pool, task_id, body, principal.owner, state.settings.lease_seconds, reports
+        task = await lifecycle.report_progress(
+            state.pool, task_id, body, caller, state.settings.lease_seconds, reports
         )
     state.metrics.count_reports(body.documents)
     return task
 
 
-@router.post("/tasks/{task_id}/fail", response_model=v1.Task)
-async def fail_task(task_id: UUID, body: v1.TaskFail, state: StateDep, principal: PrincipalDep) -> v1.Task:
+@router.post(paths.TASK_FAIL, response_model=v1.Task)
+async def fail_task(
+    task_id: UUID,
+    body: v1.TaskFail,
+    state: StateDep,
+    principal: PrincipalDep,
+    session_id: SessionHeader = None,
+) -> v1.Task:
+    caller = _caller(principal, session_id)
     with state.metrics.counting_refusals():
-        task = await db.fail_task(state.pool, task_id, body, principal.owner, state.backoff)
+        task = await lifecycle.fail_task(state.pool, task_id, body, caller, state.backoff)
     state.metrics.failures.labels(str(task.status is v1.TaskStatus.FAILED).lower()).inc()
     return task
 
@@ -183,17 +215,17 @@ async def retry_failed(
     state: StateDep, _: AdminDep, limit: Annotated[int, Query(ge=1, le=v1.MAX_LIST_LIMIT)] = 1000
 ) -> v1.Retried:
     """Send up to `limit` failed tasks (newest first) back to pending with fresh attempts."""
-    return v1.Retried(tasks=await dashboard.retry_failed(state.pool, limit))
+    return v1.Retried(tasks=await lifecycle.retry_failed(state.pool, limit))
 
 
 @router.post("/tasks/{task_id}/cancel", response_model=v1.Task)
 async def cancel_task(task_id: UUID, state: StateDep, _: AdminDep) -> v1.Task:
-    return await db.cancel_task(state.pool, task_id)
+    return await lifecycle.cancel_task(state.pool, task_id)
 
 
 @router.post("/tasks/{task_id}/retry", response_model=v1.Task)
 async def retry_task(task_id: UUID, state: StateDep, _: AdminDep) -> v1.Task:
-    return await db.retry_task(state.pool, task_id)
+    return await lifecycle.retry_task(state.pool, task_id)
 
 
 @router.get("/tasks/status", response_model=v1.StatusReport)
@@ -210,7 +242,6 @@ async def get_stats(state: StateDep, _: AdminDep) -> v1.Stats:
         v1.Minute(minutes_ago=59 - i, tasks_completed=t, documents_downloaded=d)
         for i, (t, d) in enumerate(board.per_minute)
     ]
-    jobs = [v1.JobProgress.model_validate(job, from_attributes=True) for job in board.jobs]
     return v1.Stats(
         counts=snap.counts,
         documents=snap.documents,
@@ -218,7 +249,7 @@ async def get_stats(state: StateDep, _: AdminDep) -> v1.Stats:
         oldest_pending_seconds=snap.oldest_pending_seconds,
         clients=snap.clients,
         per_minute=minutes,
-        jobs=jobs,
+        jobs=board.jobs,
     )
 
 
@@ -233,10 +264,10 @@ async def list_tasks(
     try:
         before = db.decode_cursor(cursor)
     except ValueError as exc:
-        raise BadRequest(str(exc)) from None
+        raise InvalidCursor(str(exc)) from None
     return await db.list_tasks(state.pool, status_filter, limit, before)
 
 
-@router.get("/tasks/{task_id}", response_model=v1.Task)
+@router.get(paths.TASK, response_model=v1.Task)
 async def get_task(task_id: UUID, state: StateDep, principal: PrincipalDep) -> v1.Task:
     return await db.get_task(state.pool, task_id, principal.owner)

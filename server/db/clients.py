@@ -9,8 +9,9 @@ from uuid import UUID
 import asyncpg
 
 from protocol import v1
+from server.db import lifecycle
 from server.db.pool import Pool, connection, transaction
-from server.errors import Conflict
+from server.errors import KeyInUse
 
 REGISTER = """
 INSERT INTO clients (client_name, client_host, api_key_hash)
@@ -32,17 +33,6 @@ SET last_heartbeat_at = now(), docs_per_minute = coalesce($2, c.docs_per_minute)
 FROM (SELECT client_id, last_heartbeat_at FROM clients WHERE client_id = $1 FOR UPDATE) previous
 WHERE c.client_id = previous.client_id
 RETURNING previous.last_heartbeat_at AS previous_heartbeat_at
-"""
-
-# A heartbeat extends only the leases of the calling process (session), so a
-# client restarted under the same key never keeps its dead predecessor's
-# leases alive; and, when it names them, only the tasks it is working on.
-EXTEND = """
-UPDATE tasks
-SET lease_expires_at = now() + make_interval(secs => $3::float8), updated_at = now()
-WHERE assigned_to = $1 AND status = 'assigned' AND lease_expires_at > now()
-  AND session_id IS NOT DISTINCT FROM $2 AND ($4::uuid[] IS NULL OR task_id = ANY($4::uuid[]))
-RETURNING lease_expires_at
 """
 
 CANCELLED_SINCE = """
@@ -79,7 +69,7 @@ async def register_client(
         async with connection(pool) as conn:
             record = await conn.fetchrow(REGISTER, name, host, key_hash)
     except asyncpg.UniqueViolationError:
-        raise Conflict("api_key is already in use; omit it to get a generated one") from None
+        raise KeyInUse() from None
     assert record is not None  # INSERT … RETURNING always returns the row
     return record["client_id"], record["client_name"], record["client_host"]
 
@@ -97,8 +87,9 @@ async def heartbeat(
 ) -> v1.HeartbeatReply:
     async with transaction(pool) as conn:
         previous = await conn.fetchval(TOUCH, client_id, body.docs_per_minute)
-        extended = await conn.fetch(EXTEND, client_id, body.session_id, lease_seconds, body.task_ids)
-        expiries = [r["lease_expires_at"] for r in extended]
+        expiries = await lifecycle.extend_leases(
+            conn, client_id, body.session_id, lease_seconds, body.task_ids
+        )
         since = previous or datetime.fromtimestamp(0).astimezone()
         cancelled = [r["task_id"] for r in await conn.fetch(CANCELLED_SINCE, client_id, since)]
     return v1.HeartbeatReply(

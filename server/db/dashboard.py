@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
-from uuid import UUID
 
 from protocol import v1
 from server.db import stats
-from server.db.pool import Pool, connection, transaction
-from server.errors import NotFound
+from server.db.pool import Pool, connection
 
 PER_MINUTE = """
 SELECT floor(extract(epoch FROM now() - at) / 60)::int AS ago,
@@ -39,53 +36,12 @@ SELECT task_id, job_id, source, attempts, max_attempts, last_error, updated_at
 FROM tasks WHERE status = 'failed' ORDER BY task_seq DESC LIMIT $1
 """
 
-CANCEL_JOB = """
-WITH cancelled AS (
-    UPDATE tasks SET status = 'cancelled', lease_expires_at = NULL, completed_at = now(),
-                     updated_at = now()
-    WHERE job_id = $1 AND status IN ('pending', 'assigned')
-    RETURNING task_id, assigned_to, lease_token
-), logged AS (
-    INSERT INTO task_events (task_id, event, client_id, lease_token)
-    SELECT task_id, 'cancelled', assigned_to, lease_token FROM cancelled
-)
-SELECT count(*) FROM cancelled
-"""
-
-RETRY_FAILED = """
-WITH picked AS (
-    SELECT task_id FROM tasks WHERE status = 'failed' ORDER BY task_seq DESC LIMIT $1
-    FOR UPDATE SKIP LOCKED
-), retried AS (
-    UPDATE tasks t SET status = 'pending', attempts = 0, run_after = now(), completed_at = NULL,
-                       updated_at = now()
-    FROM picked p WHERE t.task_id = p.task_id
-    RETURNING t.task_id
-), logged AS (
-    INSERT INTO task_events (task_id, event) SELECT task_id, 'retried' FROM retried
-)
-SELECT count(*) FROM retried
-"""
-
-
-@dataclass(frozen=True)
-class JobRow:
-    job_id: UUID
-    source: str
-    url_template: str
-    tasks_total: int
-    counts: dict[str, int]
-    documents: int
-    progress: float
-    eta_seconds: float | None
-    created_at: datetime
-
 
 @dataclass(frozen=True)
 class Dashboard:
     snapshot: Any
     per_minute: list[tuple[int, int]]  # (tasks, documents) for each of the last 60 minutes, oldest first
-    jobs: list[JobRow]
+    jobs: list[v1.JobProgress]
     clients: v1.ClientList
     failures: list[dict[str, Any]]
 
@@ -102,7 +58,7 @@ async def dashboard(pool: Pool, stale_seconds: float) -> Dashboard:
     return Dashboard(snap, per_minute, jobs, await list_clients(pool, stale_seconds, 100), failures)
 
 
-async def recent_jobs(pool: Pool, limit: int) -> list[JobRow]:
+async def recent_jobs(pool: Pool, limit: int) -> list[v1.JobProgress]:
     async with connection(pool) as conn:
         jobs = await conn.fetch(RECENT_JOBS, limit)
         rates = {r["job_id"]: r["finished"] for r in await conn.fetch(JOB_RATES, [j["job_id"] for j in jobs])}
@@ -111,7 +67,7 @@ async def recent_jobs(pool: Pool, limit: int) -> list[JobRow]:
     return [_job_row(j, found, rates.get(j["job_id"], 0)) for j in jobs]
 
 
-def _job_row(job: Any, found: dict[str, int], finished_10min: int) -> JobRow:
+def _job_row(job: Any, found: dict[str, int], finished_10min: int) -> v1.JobProgress:
     prefix = f"job:{job['job_id']}:"
     counts = {s.value: found.get(prefix + s.value, 0) for s in v1.TaskStatus}
     done = sum(counts[s.value] for s in v1.TERMINAL_STATUSES)
@@ -119,30 +75,14 @@ def _job_row(job: Any, found: dict[str, int], finished_10min: int) -> JobRow:
     left = max(total - done, 0)
     eta = left / (finished_10min / 600) if finished_10min and left else (0.0 if not left else None)
     params = job["params"] or {}
-    return JobRow(
-        job["job_id"],
-        job["source"],
-        str(params.get("url_template", "")),
-        job["tasks_total"],
-        counts,
-        found.get(prefix + "documents", 0),
-        min(done / total, 1.0),
-        eta,
-        job["created_at"],
+    return v1.JobProgress(
+        job_id=job["job_id"],
+        source=job["source"],
+        url_template=str(params.get("url_template", "")),
+        tasks_total=job["tasks_total"],
+        counts=counts,
+        documents=found.get(prefix + "documents", 0),
+        progress=min(done / total, 1.0),
+        eta_seconds=eta,
+        created_at=job["created_at"],
     )
-
-
-async def cancel_job(pool: Pool, job_id: UUID) -> int:
-    async with transaction(pool) as conn:
-        if await conn.fetchval("SELECT 1 FROM jobs WHERE job_id = $1", job_id) is None:
-            raise NotFound(f"job {job_id} not found")
-        cancelled: int = await conn.fetchval(CANCEL_JOB, job_id)
-    return cancelled
-
-
-async def retry_failed(pool: Pool, limit: int) -> int:
-    async with transaction(pool) as conn:
-        retried: int = await conn.fetchval(RETRY_FAILED, limit)
-        if retried:
-            await conn.execute("SELECT pg_notify('docgate_tasks', '')")
-    return retried

@@ -8,8 +8,8 @@ from uuid import UUID
 
 from protocol import v1
 from server.db.pool import Connection, Pool, connection
-from server.documents import Failed, Recorded
-from server.errors import NotFound
+from server.documents import Reports
+from server.errors import DocumentNotFound
 
 # First record wins: documents are written once, so a later report of the same
 # doc_id describes the same stored object.
@@ -40,8 +40,9 @@ WHERE d.doc_id = $1
 KNOWN = "SELECT doc_id FROM documents WHERE doc_id = ANY($1::text[])"
 
 
-async def record(conn: Connection, task: Any, recorded: list[Recorded], failed: list[Failed]) -> None:
+async def record(conn: Connection, task: Any, reports: Reports) -> None:
     """Record what a fenced write reported; `task` is the row that write returned."""
+    recorded, failed = reports.recorded, reports.failed
     if recorded:
         await conn.execute(
             RECORD,
@@ -49,7 +50,7 @@ async def record(conn: Connection, task: Any, recorded: list[Recorded], failed: 
             task["task_id"],
             task["job_id"],
             task["assigned_to"],
-            [d.doc_id for d in recorded],
+            [str(d.doc_id) for d in recorded],
             [d.storage_key for d in recorded],
             [d.storage_url for d in recorded],
             [d.sha256 for d in recorded],
@@ -62,7 +63,7 @@ async def record(conn: Connection, task: Any, recorded: list[Recorded], failed: 
             RECORD_FAILURES,
             task["job_id"],
             task["task_id"],
-            [d.doc_id for d in failed],
+            [str(d.doc_id) for d in failed],
             [d.url for d in failed],
             [d.error for d in failed],
         )
@@ -72,7 +73,7 @@ async def get_document(pool: Pool, doc_id: str) -> v1.Document:
     async with connection(pool) as conn:
         row = await conn.fetchrow(GET, doc_id)
     if row is None:
-        raise NotFound(f"document {doc_id} not found")
+        raise DocumentNotFound(f"document {doc_id} not found")
     return v1.Document.model_validate(dict(row))
 
 

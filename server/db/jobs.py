@@ -6,7 +6,7 @@ from uuid import UUID
 
 from protocol import v1
 from server.db.pool import Pool, connection, transaction
-from server.errors import NotFound
+from server.errors import JobNotFound
 
 INSERT_JOB = """
 INSERT INTO jobs (source, params, chunk_size, priority, tasks_total, idempotency_key)
@@ -140,7 +140,7 @@ async def refetch_failed(pool: Pool, job_id: UUID, chunk_size: int, max_attempts
     """New tasks for the job's documents that failed and were never stored since."""
     async with transaction(pool) as conn:
         if await conn.fetchval("SELECT 1 FROM jobs WHERE job_id = $1 FOR UPDATE", job_id) is None:
-            raise NotFound(f"job {job_id} not found")
+            raise JobNotFound(f"job {job_id} not found")
         created = _inserted(await conn.execute(INSERT_REFETCH, job_id, chunk_size, max_attempts))
         await conn.execute(ADD_TOTAL, job_id, created)
     return v1.JobCreated(job_id=job_id, tasks_created=created)
@@ -150,7 +150,7 @@ async def get_job(pool: Pool, job_id: UUID) -> v1.Job:
     async with connection(pool) as conn:
         job = await conn.fetchrow(GET_JOB, job_id)
         if job is None:
-            raise NotFound(f"job {job_id} not found")
+            raise JobNotFound(f"job {job_id} not found")
         rows = await conn.fetch(PROGRESS, job_id)
     counts = {status: 0 for status in v1.TaskStatus}
     counts.update({v1.TaskStatus(r["status"]): r["n"] for r in rows})

@@ -60,6 +60,12 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
     return applied
 
 
+async def pending(conn: asyncpg.Connection) -> list[str]:
+    """The migrations this database still lacks."""
+    done = await applied_versions(conn)
+    return [m.name for m in load_migrations() if m.version not in done]
+
+
 async def migrate_dsn(dsn: str) -> list[str]:
     conn = await asyncpg.connect(dsn, timeout=10)
     try:

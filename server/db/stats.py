@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from protocol import v1
 from server.db.pool import Pool, connection
-from server.metrics import Snapshot
 
 # Named counters: folded totals plus the deltas not folded yet.
 COUNTERS = """
@@ -87,6 +88,17 @@ SELECT CASE WHEN last_heartbeat_at > now() - make_interval(secs => $1::float8)
             THEN 'active' ELSE 'stale' END AS state, count(*) AS n
 FROM clients GROUP BY 1
 """
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The database's side of a scrape, read in a few index-only queries."""
+
+    counts: dict[v1.TaskStatus, int]
+    oldest_pending_seconds: float
+    documents: int
+    document_bytes: int
+    clients: dict[str, int]
 
 
 async def snapshot(pool: Pool, stale_seconds: float) -> Snapshot:

@@ -21,9 +21,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from server.db import dashboard as data
+from server.db import lifecycle
 from server.db import tasks as db_tasks
 from server.deps import StateDep
-from server.errors import BadRequest, DocgateError, Forbidden, NotFound, Unauthorized
+from server.errors import DocgateError, Forbidden, NotFound, Unauthorized, Unprocessable
 from server.state import GateState
 
 router = APIRouter(include_in_schema=False)
@@ -130,15 +131,15 @@ async def act(
 
 async def _run_action(state: GateState, action: str, target: Any) -> dict[str, Any]:
     if action == "retry-failed":
-        return {"retried": await data.retry_failed(state.pool, 1000)}
+        return {"retried": await lifecycle.retry_failed(state.pool, 1000)}
     try:
         ident = UUID(str(target))
     except ValueError:
-        raise BadRequest("id must be a task or job id") from None
+        raise Unprocessable("id must be a task or job id") from None
     if action == "retry-task":
-        return {"status": (await db_tasks.retry_task(state.pool, ident)).status.value}
+        return {"status": (await lifecycle.retry_task(state.pool, ident)).status.value}
     if action == "cancel-task":
-        return {"status": (await db_tasks.cancel_task(state.pool, ident)).status.value}
+        return {"status": (await lifecycle.cancel_task(state.pool, ident)).status.value}
     if action == "cancel-job":
-        return {"cancelled": await data.cancel_job(state.pool, ident)}
+        return {"cancelled": await lifecycle.cancel_job(state.pool, ident)}
     raise NotFound(f"unknown action {action!r}")

@@ -26,9 +26,9 @@ from client.gate import GateAPI
 from conftest import ADMIN_KEY, Gate, free_port, gate_settings, start_gate
 from processes import GateProcess, docgate
 from protocol import v1
+from server.db.lifecycle import Backoff, reap_expired
 from server.db.migrate import migrate_dsn
 from server.db.pool import create_pool
-from server.db.tasks import Backoff, reap_expired
 from storage import PutOptions
 from storage.errors import AlreadyStored
 from storage.local import LocalStorage

@@ -26,24 +26,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 def no_fence() -> None:
-    from server.db import tasks
+    from server.db import lifecycle
 
-    loose = "task_id = $1 AND $2::uuid IS NOT NULL AND ($3::uuid IS NULL OR $3::uuid IS NOT NULL)"
+    # Every parameter still appears (asyncpg infers their types), none of them fences.
+    loose = (
+        "task_id = $1 AND ($2::uuid IS NULL OR $2::uuid IS NOT NULL)"
+        " AND ($3::uuid IS NULL OR $3::uuid IS NOT NULL) AND ($4::text IS NULL OR $4::text IS NOT NULL)"
+    )
     for name in ("COMPLETE", "PROGRESS", "FAIL"):
-        setattr(tasks, name, getattr(tasks, name).replace(tasks.FENCE, loose))
+        setattr(lifecycle, name, getattr(lifecycle, name).replace(lifecycle.FENCE, loose))
 
 
 def eager_reaper() -> None:
-    from server.db import tasks
+    from server.db import lifecycle
 
     soon = "lease_expires_at <= now() + interval '1 day'"
-    tasks.REAP = tasks.REAP.replace("lease_expires_at <= now()", soon)
+    lifecycle.REAP = lifecycle.REAP.replace("lease_expires_at <= now()", soon)
 
 
 def no_reaper() -> None:
-    from server.db import tasks
+    from server.db import lifecycle
 
-    tasks.REAP = tasks.REAP.replace("lease_expires_at <= now()", "false")
+    lifecycle.REAP = lifecycle.REAP.replace("lease_expires_at <= now()", "false")
 
 
 def blocking() -> None:
@@ -64,34 +68,27 @@ def temp_key() -> None:
 
     def recorded(doc: Any, shard_size: int, store_url: str) -> Any:
         key = doc.storage_key or ""
-        return documents.Recorded(
-            str(doc.doc_id),
-            key,
-            f"{store_url.rstrip('/')}/{key}",
-            doc.sha256,
-            doc.size,
-            doc.content_type,
-            doc.compressed,
-        )
+        return doc.model_copy(update={"storage_url": f"{store_url.rstrip('/')}/{key}"})
 
     documents._recorded = recorded  # type: ignore[attr-defined]
 
-    def staged(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def staged(docs: list[Any]) -> list[Any]:
         out = []
         for doc in docs:
-            doc_id = str(doc["doc_id"])
-            if doc.get("status") == "stored" and doc_id.isdigit() and int(doc_id) % 25 == 0:
-                doc = doc | {"storage_key": f".docgate-staging/{uuid.uuid4().hex}", "storage_url": None}
+            doc_id = str(doc.doc_id)
+            if doc.status == "stored" and doc_id.isdigit() and int(doc_id) % 25 == 0:
+                key = f".docgate-staging/{uuid.uuid4().hex}"
+                doc = doc.model_copy(update={"storage_key": key, "storage_url": None})
             out.append(doc)
         return out
 
     progress, complete = GateAPI.progress, GateAPI.complete
 
-    async def progress_(self: GateAPI, task: Any, counts: Any, docs: Any) -> None:
-        await progress(self, task, counts, staged(docs))
+    async def progress_(self: GateAPI, task: Any, counts: Any, docs: Any) -> Any:
+        return await progress(self, task, counts, staged(docs))
 
-    async def complete_(self: GateAPI, task: Any, counts: Any, docs: Any, summary: Any) -> None:
-        await complete(self, task, counts, staged(docs), summary)
+    async def complete_(self: GateAPI, task: Any, counts: Any, docs: Any, summary: Any) -> Any:
+        return await complete(self, task, counts, staged(docs), summary)
 
     GateAPI.progress, GateAPI.complete = progress_, complete_  # type: ignore[method-assign]
 

@@ -1,0 +1,50 @@
+"""Paths and header names of API v1, named once for the gate's routes and the client's calls.
+
+Route paths are relative to ``PREFIX``, as the gate's routers declare them;
+``url()`` gives the full path a client calls.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+PREFIX = "/api/v1"
+
+# tasks
+TASK_CREATE = "/tasks/create"
+TASK_BATCH = "/tasks/batch"
+TASK_LEASE = "/tasks/request"
+TASK_COMPLETE = "/tasks/complete"
+TASK_COMPLETE_BATCH = "/tasks/complete/batch"
+TASK_PROGRESS = "/tasks/{task_id}/progress"
+TASK_FAIL = "/tasks/{task_id}/fail"
+TASK = "/tasks/{task_id}"
+# clients
+CLIENT_REGISTER = "/clients/register"
+CLIENT_HEARTBEAT = "/clients/heartbeat"
+# documents and storage
+DOCUMENTS_KNOWN = "/documents/known"
+DOCUMENT = "/documents/{doc_id}"
+DOCUMENT_RAW = "/documents/{doc_id}/raw"
+STORAGE_OBJECTS = "/storage/objects"
+STORAGE_OBJECT = "/storage/objects/{key:path}"
+# outside the prefix
+HEALTH = "/health"
+
+# headers
+API_KEY_HEADER = "X-API-Key"
+SESSION_HEADER = "X-Session-Id"
+LEASE_HEADER = "X-Lease-Token"  # an upload's lease_token
+SHA256_HEADER = "X-Content-SHA256"
+OUTSTANDING_HEADER = "X-Tasks-Outstanding"  # on a 204 lease reply: pending + assigned tasks
+ERROR_CODE_HEADER = "X-Error-Code"  # on every error reply, beside the body's code
+
+
+def url(path: str, **values: object) -> str:
+    """The full path of a route, its {placeholders} filled in and quoted."""
+    return PREFIX + path.format(**{k: quote(str(v), safe="") for k, v in values.items()})
+
+
+def object_url(key: str) -> str:
+    """The full path of one stored object (its key keeps its slashes)."""
+    return f"{PREFIX}{STORAGE_OBJECTS}/{quote(key, safe='/')}"

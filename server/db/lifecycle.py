@@ -1,0 +1,511 @@
+"""The task state machine: every transition of a task, each one statement, with its SQL.
+
+    pending ──lease──▶ assigned ──complete / complete-many──▶ completed
+       ▲                 │ │ ╰──progress / extend (heartbeat): lease pushed out
+       │                 │ ╰──fail (retryable, attempts left) / reap (lease ran out)──╮
+       ╰──retry / retry-failed── failed ◀──fail (final) / reap (no attempts left)     │
+       ╰─────────────────────────────────────────── back-off ◀────────────────────────╯
+    pending | assigned ──cancel / cancel-job──▶ cancelled ──retry──▶ pending
+
+`owner` arguments are the calling client's id, or None for the admin (who may
+touch any task). Every client write is fenced in its WHERE (`lease_fence`):
+zero rows means the lease is not the caller's, and `classify_refusal` says
+whether that is NotYourTask or LeaseLost. Functions return models, or for a
+batch one result per item (the task, or the error it would have raised alone).
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from protocol import v1
+from server.db import documents
+from server.db.pool import Connection, Pool, connection, transaction
+from server.db.tasks import GET, TASK_COLUMNS, to_leased, to_task
+from server.documents import NO_REPORTS, Reports
+from server.errors import Conflict, JobNotFound, LeaseLost, NotYourTask
+
+
+@dataclass(frozen=True)
+class Backoff:
+    base_seconds: float
+    cap_seconds: float
+
+
+def backoff(*, base: str, cap: str, attempts: str = "attempts") -> str:
+    """When a failed attempt may run again. Equal jitter: half the exponential delay fixed, half
+    random, so retries of tasks that failed together spread out instead of returning in lock
+    step. `base` and `cap` are the SQL parameters (e.g. "$6") holding the seconds."""
+    return f"""
+    now() + make_interval(secs =>
+        least({base}::float8 * power(2, greatest({attempts} - 1, 0)), {cap}::float8)
+        * (0.5 + random() * 0.5))"""
+
+
+def lease_fence(*, lease: str, owner: str, session: str, row: str = "") -> str:
+    """The fence every client write about a task carries in its WHERE, so check and write are one
+    atomic step: the lease is live and the caller's. With a token, the token must be the current
+    lease (the strong form: it also fences a restarted process of the same client). Without one
+    (the seed's completion body), the task must be assigned to the caller and, when the caller
+    sent X-Session-Id, to that process. `lease` (the token), `owner` and `session` are SQL expressions (the
+    parameters, or a batch's columns); `row` qualifies the tasks columns ("t.")."""
+    return f"""
+    {row}status = 'assigned' AND {row}lease_expires_at > now()
+    AND ({owner}::uuid IS NULL OR {row}assigned_to = {owner})
+    AND ({row}lease_token = {lease}
+         OR {lease}::uuid IS NULL AND {row}assigned_to IS NOT DISTINCT FROM {owner}
+            AND ({session}::text IS NULL OR {row}session_id = {session}))"""
+
+
+LEASE = f"""
+WITH candidates AS (
+    -- Walk tasks_leasable (priority, then age) and stop after $1 rows.
+    -- SKIP LOCKED lets concurrent leasers pass over rows another transaction
+    -- is claiming instead of queueing behind it, so no task goes out twice.
+    SELECT task_id FROM tasks
+    WHERE status = 'pending' AND run_after <= now()
+    ORDER BY priority DESC, task_seq
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), leased AS (
+    -- Attempts count leases, so an expired lease is already a spent attempt.
+    UPDATE tasks t
+    SET status = 'assigned', assigned_to = $2, session_id = $3,
+        lease_token = gen_random_uuid(),
+        lease_expires_at = now() + make_interval(secs => $4::float8),
+        attempts = t.attempts + 1, assigned_at = now(), updated_at = now()
+    FROM candidates c
+    WHERE t.task_id = c.task_id
+    RETURNING t.*
+), logged AS (
+    INSERT INTO task_events (task_id, event, client_id, lease_token)
+    SELECT task_id, 'leased', assigned_to, lease_token FROM leased
+)
+SELECT {TASK_COLUMNS} FROM leased ORDER BY priority DESC, task_seq
+"""
+
+# Parameters of the one-task client writes: $1 task_id, $2 lease_token (or NULL),
+# $3 owner (NULL for the admin), $4 session id (or NULL), then the write's own.
+FENCE = "task_id = $1 AND " + lease_fence(lease="$2", owner="$3", session="$4")
+
+COMPLETE = f"""
+WITH done AS (
+    UPDATE tasks
+    SET status = 'completed', documents_downloaded = $5, documents_failed = $6,
+        documents_skipped = $7, result_summary = $8, completed_at = now(),
+        updated_at = now(), lease_expires_at = NULL
+    WHERE {FENCE}
+    RETURNING *
+), logged AS (
+    INSERT INTO task_events (task_id, event, client_id, lease_token, documents)
+    SELECT task_id, 'completed', assigned_to, lease_token, documents_downloaded FROM done
+)
+SELECT {TASK_COLUMNS} FROM done
+"""
+
+# FENCE for row t of tasks against row i of a batch's input ($3 owner, $4 session).
+BATCH_FENCE = lease_fence(lease="i.lease_token", owner="$3", session="$4", row="t.")
+
+# Many completions in one statement. Rows are locked in task_id order first, so
+# two batches that overlap (a zombie's and the new holder's) cannot deadlock.
+COMPLETE_MANY = f"""
+WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $5::int[], $6::int[], $7::int[], $8::jsonb[])
+         AS i(task_id, lease_token, downloaded, failed, skipped, summary)
+), locked AS (
+    SELECT t.task_id FROM tasks t JOIN input i USING (task_id)
+    WHERE {BATCH_FENCE}
+    ORDER BY t.task_id
+    FOR UPDATE OF t
+), done AS (
+    UPDATE tasks t
+    SET status = 'completed', documents_downloaded = i.downloaded, documents_failed = i.failed,
+        documents_skipped = i.skipped, result_summary = i.summary, completed_at = now(),
+        updated_at = now(), lease_expires_at = NULL
+    FROM input i, locked l
+    -- the fence again after the lock: the lease may have changed while we waited
+    WHERE t.task_id = i.task_id AND t.task_id = l.task_id AND {BATCH_FENCE}
+    RETURNING t.*
+), logged AS (
+    INSERT INTO task_events (task_id, event, client_id, lease_token, documents)
+    SELECT task_id, 'completed', assigned_to, lease_token, documents_downloaded FROM done
+)
+SELECT {TASK_COLUMNS} FROM done
+"""
+
+PROGRESS = f"""
+UPDATE tasks
+SET documents_downloaded = coalesce($6, documents_downloaded),
+    documents_failed = coalesce($7, documents_failed),
+    documents_skipped = coalesce($8, documents_skipped),
+    lease_expires_at = now() + make_interval(secs => $5::float8),
+    updated_at = now()
+WHERE {FENCE}
+RETURNING {TASK_COLUMNS}
+"""
+
+FAIL = f"""
+WITH failed AS (
+    UPDATE tasks
+    SET status = CASE WHEN $5 AND attempts < max_attempts THEN 'pending' ELSE 'failed' END,
+        run_after = CASE WHEN $5 AND attempts < max_attempts
+                         THEN {backoff(base="$7", cap="$8")}
+                         ELSE run_after END,
+        completed_at = CASE WHEN $5 AND attempts < max_attempts THEN NULL ELSE now() END,
+        last_error = $6, lease_expires_at = NULL, session_id = NULL, updated_at = now()
+    WHERE {FENCE}
+    RETURNING *
+), logged AS (
+    INSERT INTO task_events (task_id, event, client_id, lease_token, detail)
+    SELECT task_id, CASE WHEN status = 'failed' THEN 'failed' ELSE 'retry_scheduled' END,
+           assigned_to, lease_token, last_error FROM failed
+)
+SELECT {TASK_COLUMNS} FROM failed
+"""
+
+# A lease is current for an upload through the gate: the same fence, read-only.
+LEASE_IS_CURRENT = f"SELECT EXISTS (SELECT 1 FROM tasks WHERE {FENCE})"
+
+# A heartbeat extends only the leases of the calling process (session), so a
+# client restarted under the same key never keeps its dead predecessor's
+# leases alive; and, when it names them, only the tasks it is working on.
+EXTEND = """
+UPDATE tasks
+SET lease_expires_at = now() + make_interval(secs => $3::float8), updated_at = now()
+WHERE assigned_to = $1 AND status = 'assigned' AND lease_expires_at > now()
+  AND session_id IS NOT DISTINCT FROM $2 AND ($4::uuid[] IS NULL OR task_id = ANY($4::uuid[]))
+RETURNING lease_expires_at
+"""
+
+REAP = f"""
+WITH expired AS (
+    SELECT task_id FROM tasks
+    WHERE status = 'assigned' AND lease_expires_at <= now()
+    ORDER BY lease_expires_at
+    LIMIT 1000
+    FOR UPDATE SKIP LOCKED
+), reaped AS (
+    -- An expired lease is a failed attempt: back off, or fail when spent.
+    UPDATE tasks t
+    SET status = CASE WHEN t.attempts < t.max_attempts THEN 'pending' ELSE 'failed' END,
+        run_after = CASE WHEN t.attempts < t.max_attempts
+                         THEN {backoff(base="$1", cap="$2", attempts="t.attempts")}
+                         ELSE t.run_after END,
+        completed_at = CASE WHEN t.attempts < t.max_attempts THEN NULL ELSE now() END,
+        last_error = 'lease expired at ' || to_char(t.lease_expires_at AT TIME ZONE 'UTC',
+                                                    'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+        lease_expires_at = NULL, session_id = NULL, updated_at = now()
+    FROM expired e
+    WHERE t.task_id = e.task_id
+    RETURNING t.task_id, t.assigned_to, t.lease_token, t.status
+), logged AS (
+    INSERT INTO task_events (task_id, event, client_id, lease_token, detail)
+    SELECT task_id, 'expired', assigned_to, lease_token, status FROM reaped
+)
+SELECT count(*) FROM reaped
+"""
+
+# Did this caller ever hold the task (under this token, when one is given)?
+WAS_LEASED_BY = """
+SELECT EXISTS (
+    SELECT 1 FROM task_events
+    WHERE task_id = $1 AND event = 'leased'
+      AND ($2::uuid IS NULL OR lease_token = $2) AND ($3::uuid IS NULL OR client_id = $3)
+)
+"""
+
+CANCEL = f"""
+WITH cancelled AS (
+    UPDATE tasks
+    SET status = 'cancelled', lease_expires_at = NULL, completed_at = now(), updated_at = now()
+    WHERE task_id = $1 AND status IN ('pending', 'assigned')
+    RETURNING *
+), logged AS (
+    INSERT INTO task_events (task_id, event, client_id, lease_token)
+    SELECT task_id, 'cancelled', assigned_to, lease_token FROM cancelled
+)
+SELECT {TASK_COLUMNS} FROM cancelled
+"""
+
+CANCEL_JOB = """
+WITH cancelled AS (
+    UPDATE tasks SET status = 'cancelled', lease_expires_at = NULL, completed_at = now(),
+                     updated_at = now()
+    WHERE job_id = $1 AND status IN ('pending', 'assigned')
+    RETURNING task_id, assigned_to, lease_token
+), logged AS (
+    INSERT INTO task_events (task_id, event, client_id, lease_token)
+    SELECT task_id, 'cancelled', assigned_to, lease_token FROM cancelled
+)
+SELECT count(*) FROM cancelled
+"""
+
+RETRY = f"""
+WITH retried AS (
+    UPDATE tasks
+    SET status = 'pending', attempts = 0, run_after = now(), lease_expires_at = NULL,
+        session_id = NULL, completed_at = NULL, updated_at = now()
+    WHERE task_id = $1 AND status IN ('failed', 'cancelled')
+    RETURNING *
+), logged AS (
+    INSERT INTO task_events (task_id, event) SELECT task_id, 'retried' FROM retried
+)
+SELECT {TASK_COLUMNS} FROM retried
+"""
+
+RETRY_FAILED = """
+WITH picked AS (
+    SELECT task_id FROM tasks WHERE status = 'failed' ORDER BY task_seq DESC LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), retried AS (
+    UPDATE tasks t SET status = 'pending', attempts = 0, run_after = now(), completed_at = NULL,
+                       updated_at = now()
+    FROM picked p WHERE t.task_id = p.task_id
+    RETURNING t.task_id
+), logged AS (
+    INSERT INTO task_events (task_id, event) SELECT task_id, 'retried' FROM retried
+)
+SELECT count(*) FROM retried
+"""
+
+# Is anything leasable now? The long-poll's fallback probe: the same rows LEASE would walk.
+ANY_LEASABLE = "SELECT EXISTS (SELECT 1 FROM tasks WHERE status = 'pending' AND run_after <= now())"
+NOTIFY = "SELECT pg_notify('docgate_tasks', '')"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who writes about a task: the client (None for the admin) and, when sent, its session."""
+
+    owner: UUID | None
+    session_id: str | None = None
+
+
+# One result per completion of a batch: the task, or the error it would have raised alone.
+Completion = v1.Task | LeaseLost | NotYourTask
+
+
+async def any_leasable(pool: Pool) -> bool:
+    async with connection(pool) as conn:
+        return bool(await conn.fetchval(ANY_LEASABLE))
+
+
+async def lease_tasks(
+    pool: Pool, *, owner: UUID | None, session_id: str | None, max_tasks: int, lease_seconds: float
+) -> list[v1.LeasedTask]:
+    async with connection(pool) as conn:
+        records = await conn.fetch(LEASE, max_tasks, owner, session_id, lease_seconds)
+    return [to_leased(r) for r in records]
+
+
+async def classify_refusal(
+    conn: Connection, task_id: UUID, lease_token: UUID | None, caller: Caller
+) -> v1.Task:
+    """Explain why a fenced write touched no row; return the task only for an idempotent repeat."""
+    record = await conn.fetchrow(GET, task_id)
+    if record is None:
+        raise NotYourTask(f"task {task_id} not found")
+    task = to_task(record)
+    if task.status is v1.TaskStatus.COMPLETED and _same_lease(record, lease_token, caller):
+        return task
+    was_holder = await conn.fetchval(WAS_LEASED_BY, task_id, lease_token, caller.owner)
+    if caller.owner is not None and task.assigned_to != caller.owner and not was_holder:
+        raise NotYourTask(f"task {task_id} not found")
+    if not was_holder:
+        raise LeaseLost(f"lease_token does not match the current lease of task {task_id}")
+    raise LeaseLost(
+        f"lease on task {task_id} is no longer current (task is {task.status.value}); "
+        "drop this task's results"
+    )
+
+
+def _same_lease(record: Any, lease_token: UUID | None, caller: Caller) -> bool:
+    """Did the lease that completed the task belong to this caller (a repeat of its completion)?"""
+    if lease_token is not None:
+        return bool(record["lease_token"] == lease_token)
+    same_session = caller.session_id is None or record["session_id"] == caller.session_id
+    return bool(record["assigned_to"] == caller.owner and same_session)
+
+
+def _atomic(pool: Pool, several_statements: bool) -> AbstractAsyncContextManager[Connection]:
+    """A transaction when several statements must commit together; else a bare connection
+    (saving BEGIN and COMMIT, two round trips)."""
+    return transaction(pool) if several_statements else connection(pool)
+
+
+async def complete_task(
+    pool: Pool, body: v1.TaskComplete, caller: Caller, reports: Reports = NO_REPORTS
+) -> v1.Task:
+    """Complete a leased task and record its documents, in one fenced transaction."""
+    args = (
+        body.task_id,
+        body.lease_token,
+        caller.owner,
+        caller.session_id,
+        body.documents_downloaded,
+        body.documents_failed,
+        body.documents_skipped,
+        body.result_summary,
+    )
+    # One statement is atomic on its own; documents need it and their inserts in one transaction.
+    async with _atomic(pool, bool(reports)) as conn:
+        record = await conn.fetchrow(COMPLETE, *args)
+        if record is not None:
+            await documents.record(conn, record, reports)
+            return to_task(record)
+        repeat = await classify_refusal(conn, body.task_id, body.lease_token, caller)
+    return repeat
+
+
+async def complete_tasks(
+    pool: Pool, bodies: list[v1.TaskComplete], caller: Caller, reports: list[Reports]
+) -> list[Completion]:
+    """Complete many leased tasks in one transaction; each is fenced and answered on its own."""
+    args = (
+        [b.task_id for b in bodies],
+        [b.lease_token for b in bodies],
+        caller.owner,
+        caller.session_id,
+        [b.documents_downloaded for b in bodies],
+        [b.documents_failed for b in bodies],
+        [b.documents_skipped for b in bodies],
+        [b.result_summary for b in bodies],
+    )
+    results: list[Completion] = []
+    async with _atomic(pool, any(reports)) as conn:
+        done = {r["task_id"]: r for r in await conn.fetch(COMPLETE_MANY, *args)}
+        for body, report in zip(bodies, reports, strict=True):
+            record = done.get(body.task_id)
+            if record is not None:
+                await documents.record(conn, record, report)
+                results.append(to_task(record))
+                continue
+            try:  # a repeat of a completion that already went through answers with the task
+                results.append(await classify_refusal(conn, body.task_id, body.lease_token, caller))
+            except (NotYourTask, LeaseLost) as exc:
+                results.append(exc)
+    return results
+
+
+async def report_progress(
+    pool: Pool,
+    task_id: UUID,
+    body: v1.TaskProgress,
+    caller: Caller,
+    lease_seconds: float,
+    reports: Reports = NO_REPORTS,
+) -> v1.Task:
+    """Extend the lease and record documents stored so far, in one fenced transaction."""
+    args = (
+        task_id,
+        body.lease_token,
+        caller.owner,
+        caller.session_id,
+        lease_seconds,
+        body.documents_downloaded,
+        body.documents_failed,
+        body.documents_skipped,
+    )
+    async with transaction(pool) as conn:
+        record = await conn.fetchrow(PROGRESS, *args)
+        if record is not None:
+            await documents.record(conn, record, reports)
+            return to_task(record)
+        await classify_refusal(conn, task_id, body.lease_token, caller)
+    raise LeaseLost(f"task {task_id} is completed; progress is no longer accepted")
+
+
+async def fail_task(
+    pool: Pool, task_id: UUID, body: v1.TaskFail, caller: Caller, backoff: Backoff
+) -> v1.Task:
+    args = (
+        task_id,
+        body.lease_token,
+        caller.owner,
+        caller.session_id,
+        body.retryable,
+        body.error,
+        backoff.base_seconds,
+        backoff.cap_seconds,
+    )
+    async with transaction(pool) as conn:
+        record = await conn.fetchrow(FAIL, *args)
+        if record is not None:
+            return to_task(record)
+        await classify_refusal(conn, task_id, body.lease_token, caller)
+    raise LeaseLost(f"task {task_id} is completed; it can no longer fail")
+
+
+async def lease_is_current(pool: Pool, task_id: UUID, lease_token: UUID, caller: Caller) -> bool:
+    async with connection(pool) as conn:
+        args = (task_id, lease_token, caller.owner, caller.session_id)
+        return bool(await conn.fetchval(LEASE_IS_CURRENT, *args))
+
+
+async def extend_leases(
+    conn: Connection,
+    client_id: UUID,
+    session_id: str | None,
+    lease_seconds: float,
+    task_ids: list[UUID] | None,
+) -> list[datetime]:
+    """A heartbeat's extension (inside the heartbeat's transaction); the new expiries."""
+    rows = await conn.fetch(EXTEND, client_id, session_id, lease_seconds, task_ids)
+    return [r["lease_expires_at"] for r in rows]
+
+
+async def reap_expired(pool: Pool, backoff: Backoff) -> int:
+    """Turn expired leases into failed attempts; return how many."""
+    async with transaction(pool) as conn:
+        count: int = await conn.fetchval(REAP, backoff.base_seconds, backoff.cap_seconds)
+        if count:
+            await conn.execute(NOTIFY)
+    return count
+
+
+async def _admin_transition(
+    pool: Pool, sql: str, task_id: UUID, verb: str, already: v1.TaskStatus
+) -> v1.Task:
+    """Run an admin transition; a task already in the target state is an idempotent repeat."""
+    async with transaction(pool) as conn:
+        record = await conn.fetchrow(sql, task_id)
+        if record is not None:
+            if already is v1.TaskStatus.PENDING:  # work is back: wake the long-polls
+                await conn.execute(NOTIFY)
+            return to_task(record)
+        current = await conn.fetchrow(GET, task_id)
+    if current is None:
+        raise NotYourTask(f"task {task_id} not found")
+    task = to_task(current)
+    if task.status is already:
+        return task
+    raise Conflict(f"cannot {verb} task {task_id}: it is {task.status.value}")
+
+
+async def cancel_task(pool: Pool, task_id: UUID) -> v1.Task:
+    return await _admin_transition(pool, CANCEL, task_id, "cancel", v1.TaskStatus.CANCELLED)
+
+
+async def retry_task(pool: Pool, task_id: UUID) -> v1.Task:
+    return await _admin_transition(pool, RETRY, task_id, "retry", v1.TaskStatus.PENDING)
+
+
+async def cancel_job(pool: Pool, job_id: UUID) -> int:
+    """Cancel the job's unfinished tasks; how many."""
+    async with transaction(pool) as conn:
+        if await conn.fetchval("SELECT 1 FROM jobs WHERE job_id = $1", job_id) is None:
+            raise JobNotFound(f"job {job_id} not found")
+        cancelled: int = await conn.fetchval(CANCEL_JOB, job_id)
+    return cancelled
+
+
+async def retry_failed(pool: Pool, limit: int) -> int:
+    async with transaction(pool) as conn:
+        retried: int = await conn.fetchval(RETRY_FAILED, limit)
+        if retried:
+            await conn.execute(NOTIFY)
+    return retried
