@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -340,7 +341,9 @@ class Worker:
     async def _skipped(self, run: TaskRun, ref: DocRef, info: ObjectInfo) -> v1.DocumentReport:
         """Already in storage: not fetched; reported with proof so the gate records it."""
         sha, size = info.sha256, info.size
-        if sha is None or info.key.endswith(GZIP_EXT):
+        # A store's metadata is not proof (anyone with the bucket can set it): hash the bytes
+        # unless the sha256 kept beside them is at least well-formed.
+        if sha is None or not re.fullmatch(v1.SHA256_PATTERN, sha) or info.key.endswith(GZIP_EXT):
             digest = await digest_of(self.store, info.key)
             sha, size = digest.sha256, digest.size
         run.skipped += 1

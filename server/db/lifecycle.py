@@ -400,44 +400,32 @@ async def report_progress(
     reports: Reports = NO_REPORTS,
 ) -> v1.Task:
     """Extend the lease and record documents stored so far, in one fenced transaction."""
-    args = (
-        task_id,
-        body.lease_token,
-        caller.owner,
-        caller.session_id,
-        lease_seconds,
-        body.documents_downloaded,
-        body.documents_failed,
-        body.documents_skipped,
-    )
-    async with transaction(pool) as conn:
-        record = await conn.fetchrow(PROGRESS, *args)
-        if record is not None:
-            await documents.record(conn, record, reports)
-            return to_task(record)
-        await classify_refusal(conn, task_id, body.lease_token, caller)
-    raise LeaseLost(f"task {task_id} is completed; progress is no longer accepted")
+    counts = (body.documents_downloaded, body.documents_failed, body.documents_skipped)
+    args = (task_id, body.lease_token, caller.owner, caller.session_id, lease_seconds, *counts)
+    return await _fenced_write(pool, PROGRESS, args, caller, reports, "progress is no longer accepted")
 
 
 async def fail_task(
     pool: Pool, task_id: UUID, body: v1.TaskFail, caller: Caller, backoff: Backoff
 ) -> v1.Task:
-    args = (
-        task_id,
-        body.lease_token,
-        caller.owner,
-        caller.session_id,
-        body.retryable,
-        body.error,
-        backoff.base_seconds,
-        backoff.cap_seconds,
-    )
+    delay = (backoff.base_seconds, backoff.cap_seconds)
+    args = (task_id, body.lease_token, caller.owner, caller.session_id, body.retryable, body.error, *delay)
+    return await _fenced_write(pool, FAIL, args, caller, NO_REPORTS, "it can no longer fail")
+
+
+async def _fenced_write(
+    pool: Pool, sql: str, args: tuple[Any, ...], caller: Caller, reports: Reports, too_late: str
+) -> v1.Task:
+    """One fenced write (args start with task_id and lease_token) and its documents, in one
+    transaction; a refusal explained, a completed task answered as `too_late`."""
+    task_id, lease_token = args[0], args[1]
     async with transaction(pool) as conn:
-        record = await conn.fetchrow(FAIL, *args)
+        record = await conn.fetchrow(sql, *args)
         if record is not None:
+            await documents.record(conn, record, reports)
             return to_task(record)
-        await classify_refusal(conn, task_id, body.lease_token, caller)
-    raise LeaseLost(f"task {task_id} is completed; it can no longer fail")
+        await classify_refusal(conn, task_id, lease_token, caller)
+    raise LeaseLost(f"task {task_id} is completed; {too_late}")
 
 
 async def lease_is_current(pool: Pool, task_id: UUID, lease_token: UUID, caller: Caller) -> bool:
