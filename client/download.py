@@ -15,9 +15,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
-from urllib.parse import urljoin, urlsplit
 
 import aiohttp
+from yarl import URL
 
 from client.guard import GuardedResolver, Policy, Refused
 from client.limits import HostLimiter
@@ -109,17 +109,18 @@ class Fetcher:
         raise AssertionError("unreachable")
 
     async def _attempt(self, url: str, sink: Callable[[Body], Awaitable[T]]) -> T:
+        target = _parsed(url)
         for _ in range(MAX_REDIRECTS + 1):
+            # The URL object judged is the one requested: no second parse to disagree with the guard.
             try:
-                self.policy.check_url(url)
+                self.policy.check_url(target)
             except Refused as exc:
                 raise DocumentFailed(f"refused: {exc}", True) from None
-            host = urlsplit(url).hostname or ""
-            async with self.limiter.slot(host):
+            async with self.limiter.slot(target.raw_host or ""):
                 try:
-                    async with self.session.get(url, allow_redirects=False) as reply:
+                    async with self.session.get(target, allow_redirects=False) as reply:
                         if reply.status in REDIRECTS and "Location" in reply.headers:
-                            url = urljoin(url, reply.headers["Location"])
+                            target = target.join(_parsed(reply.headers["Location"]))
                             continue
                         self._check_status(reply)
                         return await sink(self._body(reply))
@@ -176,6 +177,13 @@ class _Retry(Exception):
 
 def _backoff(attempt: int) -> float:
     return float(min(30.0, 0.5 * 2**attempt) * random.uniform(0.5, 1.0))
+
+
+def _parsed(url: str) -> URL:
+    try:
+        return URL(url)
+    except (ValueError, TypeError) as exc:
+        raise DocumentFailed(f"invalid URL: {exc}", True) from None
 
 
 def retry_after(value: str | None) -> float | None:

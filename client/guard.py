@@ -1,7 +1,8 @@
 """The SSRF guard: a task's URLs are fetched only from public addresses.
 
 A client must never become a way into its own network. Every URL is checked
-before it is requested (scheme, and the host when it is an IP literal), every
+before it is requested (scheme, and the host when it is an IP literal, as the
+connection layer normalises it), every
 host name is resolved by `GuardedResolver`, which drops addresses that are not
 public, and the connection goes to exactly the checked addresses (no second
 lookup to race). Redirects are followed by hand, each target checked again.
@@ -21,9 +22,9 @@ import ipaddress
 import socket
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -61,12 +62,15 @@ class Policy:
             return self.permits(inner)
         return ip.is_global and not ip.is_multicast
 
-    def check_url(self, url: str) -> None:
-        """Refuse a bad scheme, a missing host, or an IP-literal host that is not permitted."""
-        parts = urlsplit(url)
-        if parts.scheme not in {"http", "https"}:
-            raise Refused(f"only http and https URLs are fetched, not {parts.scheme or 'none'!r}")
-        host = parts.hostname
+    def check_url(self, url: URL) -> None:
+        """Refuse a bad scheme, a missing host, or an IP-literal host that is not permitted.
+
+        The host judged is the one the connection will use: yarl's, after the IDNA and
+        Unicode normalisation aiohttp applies (fullwidth digits, ideographic full stops and
+        circled digits all become ASCII: http://１２７。０。０。１/ is 127.0.0.1)."""
+        if url.scheme not in {"http", "https"}:
+            raise Refused(f"only http and https URLs are fetched, not {url.scheme or 'none'!r}")
+        host = url.raw_host
         if not host:
             raise Refused("URL has no host")
         ip = literal_address(host)

@@ -26,4 +26,13 @@ CASES = [
     ("file scheme", "file:///etc/passwd"),
     ("ftp scheme", "ftp://127.0.0.1/x"),
     ("userinfo trick", "http://example.org@127.0.0.1:{port}/x"),
+    # Spellings the URL layer (yarl, under aiohttp) folds to ASCII with NFKC/IDNA before it
+    # connects: a guard that judged the raw text took them for names (UTS #46 maps these).
+    ("fullwidth digits", "http://\uff11\uff12\uff17.\uff10.\uff10.\uff11:{port}/x"),
+    ("ideographic full stops", "http://127\u30020\u30020\u30021:{port}/x"),
+    ("fullwidth full stops", "http://127\uff0e0\uff0e0\uff0e1:{port}/x"),
+    ("circled digits", "http://\u2460\u2461\u2466.0.0.1:{port}/x"),
+    ("mathematical digits", "http://\U0001d7cf\U0001d7d0\U0001d7d5.0.0.1:{port}/x"),
+    ("fullwidth localhost", "http://\uff4c\uff4f\uff43\uff41\uff4c\uff48\uff4f\uff53\uff54:{port}/x"),
+    ("superscript digits", "http://\u00b9\u00b2\u2077.0.0.1:{port}/x"),
 ]
