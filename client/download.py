@@ -12,6 +12,7 @@ import asyncio
 import email.utils
 import random
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -79,7 +80,8 @@ class Fetcher:
             connector=connector,
             timeout=timeout,
             read_bufsize=READ_BUFFER,
-            headers={"User-Agent": "docgate/0.1 (+archival downloader)"},
+            headers={"User-Agent": "docgate/0.1 (+archival downloader)", "Accept-Encoding": "gzip, deflate"},
+            auto_decompress=False,  # decoded by `inflated`, which notices a stream cut short
         )
 
     @property
@@ -149,9 +151,16 @@ class Fetcher:
         raise DocumentFailed(f"HTTP {reply.status} {reply.reason or ''}".strip(), True)
 
     def _body(self, reply: aiohttp.ClientResponse) -> Body:
-        return Body(
-            reply.content.iter_chunked(READ_CHUNK), reply.headers.get("Content-Type"), reply.content_length
-        )
+        encoding = reply.headers.get("Content-Encoding", "identity").strip().lower()
+        chunks: AsyncIterator[bytes] = reply.content.iter_chunked(READ_CHUNK)
+        if encoding in WBITS:
+            chunks = inflated(chunks, WBITS[encoding])
+        elif encoding not in ("", "identity"):
+            raise DocumentFailed(
+                f"unsupported Content-Encoding {encoding[:40]!r} (we ask for gzip or deflate)", True
+            )
+        length = reply.content_length if encoding in ("", "identity") else None
+        return Body(chunks, reply.headers.get("Content-Type"), length)
 
     async def text(self, url: str) -> tuple[str, str]:
         """A listing page as text, and the URL it came from after redirects."""
@@ -177,6 +186,34 @@ class _Retry(Exception):
 
 def _backoff(attempt: int) -> float:
     return float(min(30.0, 0.5 * 2**attempt) * random.uniform(0.5, 1.0))
+
+
+# Content-Encoding → zlib window bits: gzip (RFC 1952), deflate as HTTP means it (zlib, RFC 1950;
+# 32 also takes a gzip header, which some servers send under "deflate").
+WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": 32 + zlib.MAX_WBITS}
+
+
+async def inflated(chunks: AsyncIterator[bytes], wbits: int) -> AsyncIterator[bytes]:
+    """Decode a Content-Encoding ourselves, because aiohttp ends a gzip body cut short without an
+    error (seen with aiohttp 3.14: half a gzip stream under honest framing came out as a shorter
+    "document"). The stream must end where the encoding says it ends; several gzip members
+    (RFC 1952 §2.2) are one document; output comes in pieces of at most READ_CHUNK, so a bomb
+    inflates no faster than storage takes it (and meets --max-document-size there)."""
+    inflater = zlib.decompressobj(wbits)
+    try:
+        async for chunk in chunks:
+            data = chunk
+            while data:
+                if inflater.eof:  # a member ended; what follows must be the next one
+                    inflater = zlib.decompressobj(wbits)
+                out = inflater.decompress(data, READ_CHUNK)
+                data = inflater.unused_data if inflater.eof else inflater.unconsumed_tail
+                if out:
+                    yield out
+    except zlib.error as exc:
+        raise _Retry(f"the body does not decode as its Content-Encoding says: {exc}") from None
+    if not inflater.eof:
+        raise _Retry("the body ends before its compressed stream does (cut short)")
 
 
 def _parsed(url: str) -> URL:
