@@ -90,6 +90,9 @@ class Digest:
             raise ChecksumMismatch(f"sha256 is {self.hexdigest()}, expected {expected}")
 
 
+TRAILING = "data after the end of the gzip stream: a gzip body is exactly one gzip member"
+
+
 class Encoder:
     """Turns incoming chunks into stored chunks while digesting the original document.
 
@@ -124,6 +127,8 @@ class Encoder:
 
     def _inflate(self, chunk: bytes | bytearray) -> bytes:
         assert self._gunzip is not None
+        if self._gunzip.eof and chunk:
+            raise CorruptGzip(TRAILING)
         limit = self.digest.max_size
         # Inflate at most one byte past the limit per call, so a bomb never balloons memory.
         cap = 0 if limit is None else max(limit - self.digest.size + 1, 1)
@@ -133,6 +138,10 @@ class Encoder:
             raise CorruptGzip(f"gzip body is corrupt: {exc}") from None
         if self._gunzip.unconsumed_tail and limit is not None:
             raise TooLarge(f"document is larger than the limit of {limit} bytes")
+        if self._gunzip.unused_data:
+            # Bytes past the stream's end would be stored (kept as sent) without being hashed or
+            # counted against the size limit: refuse them, a second gzip member included.
+            raise CorruptGzip(TRAILING)
         return out
 
     def finish(self) -> bytes:
