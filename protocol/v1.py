@@ -120,7 +120,16 @@ IdempotencyKey = Annotated[str, StringConstraints(min_length=1, max_length=200),
 StorageKeyText = Annotated[str, StringConstraints(max_length=MAX_STORAGE_KEY), AfterValidator(_no_nul)]
 StorageUrlText = Annotated[str, StringConstraints(max_length=MAX_STORAGE_URL), AfterValidator(_no_nul)]
 UrlText = Annotated[str, StringConstraints(max_length=MAX_URL), AfterValidator(_no_nul)]
-ContentTypeText = Annotated[str, StringConstraints(max_length=MAX_CONTENT_TYPE), AfterValidator(_no_nul)]
+
+
+def _printable(value: str) -> str:
+    # A media type has no control characters (RFC 9110 §8.3); one that does is not metadata.
+    if not value.isprintable():
+        raise ValueError("must not contain control characters")
+    return value
+
+
+ContentTypeText = Annotated[str, StringConstraints(max_length=MAX_CONTENT_TYPE), AfterValidator(_printable)]
 Count = Annotated[int, Field(ge=0, le=MAX_DOCUMENTS_PER_TASK)]
 Priority = Annotated[int, Field(ge=-MAX_PRIORITY, le=MAX_PRIORITY)]
 Attempts = Annotated[int, Field(ge=1, le=MAX_ATTEMPTS_BOUND)]
@@ -257,8 +266,16 @@ class LeaseBatch(Reply):
 
 
 def clip(value: str | None, limit: int) -> str | None:
-    """What a sender does to free text before it goes out: NULs dropped, cut to `limit`."""
-    return None if value is None else value.replace("\x00", "")[:limit]
+    """What a sender does to free text before it goes out: NULs dropped, what is not UTF-8 (a
+    header's undecodable bytes, as surrogates) replaced by "?", cut to `limit` characters."""
+    if value is None:
+        return None
+    return value.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")[:limit]
+
+
+def _sendable(value: str, limit: int) -> bool:
+    """Printable, valid UTF-8 and within the bound: a header value worth keeping as it is."""
+    return value.isprintable() and clip(value, limit) == value
 
 
 class DocumentReport(Request):
@@ -290,7 +307,7 @@ class DocumentReport(Request):
         """The report of a document in storage; the free text clipped, the rest as the gate checks it.
         A content type the gate would refuse is dropped (it is metadata, not proof)."""
         content_type = stored.content_type
-        if content_type is not None and clip(content_type, MAX_CONTENT_TYPE) != content_type:
+        if content_type is not None and not _sendable(content_type, MAX_CONTENT_TYPE):
             content_type = None
         return cls.model_validate(
             {

@@ -10,6 +10,8 @@ the gate would reject ever leaves the client inside a batch (and sinks the whole
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import pytest
@@ -27,7 +29,9 @@ SETTINGS = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture],
     database=None,
 )
-texts = st.one_of(st.text(max_size=40), st.text(min_size=1990, max_size=2010), st.just("a\x00b"))
+texts = st.one_of(
+    st.text(max_size=40), st.text(min_size=1990, max_size=2010), st.just("a\x00b"), st.just("a\udcffb")
+)
 doc_ids = st.one_of(
     st.from_regex(r"[A-Za-z0-9._-]{1,128}", fullmatch=True),
     st.integers(-(10**6), 10**15).map(str),
@@ -39,7 +43,9 @@ sizes = st.one_of(st.integers(0, 10**9), st.integers(-5, -1), st.just(2**62), st
 content_types = st.one_of(
     st.none(), st.text(max_size=30), st.text(min_size=195, max_size=205), st.just("t\x00")
 )
-errors = st.one_of(st.text(max_size=30), st.text(min_size=3990, max_size=4010), st.just("e\x00"), st.just(""))
+errors = st.one_of(
+    st.text(max_size=30), st.text(min_size=3990, max_size=4010), st.sampled_from(["e\x00", "", "e\udcff"])
+)
 
 
 async def _leased(gate: Gate) -> tuple[dict[str, str], dict[str, Any]]:
@@ -52,7 +58,12 @@ async def _gate_accepts(
     gate: Gate, client: dict[str, str], task: dict[str, Any], doc: dict[str, Any]
 ) -> bool:
     body = {"lease_token": task["lease_token"], "documents": [doc]}
-    r = await gate.http.post(f"/api/v1/tasks/{task['task_id']}/progress", headers=client, json=body)
+    # json.dumps escapes a lone surrogate (\udcff) as JSON allows; the gate sees what it decodes to.
+    r = await gate.http.post(
+        f"/api/v1/tasks/{task['task_id']}/progress",
+        headers=client | {"Content-Type": "application/json"},
+        content=json.dumps(body),
+    )
     assert r.status_code in (200, 422), r.text[:300]
     if r.status_code == 422:
         assert r.json()["code"] in ("invalid_field", "wrong_storage_key"), r.text[:300]
@@ -114,8 +125,10 @@ async def test_stored_reports(
     except ValidationError:
         sent = None
     _judged_alike(gate_ok, raw, sent)
-    if sent is not None:
-        assert await _gate_accepts(gate, client, task, sent.model_dump(mode="json"))
+    # Stored with good proof (id, sha256, size): it always goes out, whatever its URL or type say.
+    proof = v1.is_doc_id(doc_id) and re.fullmatch(v1.SHA256_PATTERN, sha256) and 0 <= size <= v1.MAX_SIZE
+    assert (sent is not None) == bool(proof), raw
+    assert sent is None or await _gate_accepts(gate, client, task, sent.model_dump(mode="json"))
 
 
 def _judged_alike(gate_ok: bool, raw: dict[str, Any], sent: v1.DocumentReport | None) -> None:
