@@ -58,6 +58,7 @@ ERRORS: dict[ErrorCode, type[ClientError]] = {
     C.ALREADY_STORED: GateRefused,
     C.INVALID_STATE: GateRefused,
     C.KEY_IN_USE: GateRefused,
+    C.IDEMPOTENCY_CONFLICT: GateRefused,
     C.JOB_TOO_LARGE: GateRefused,
 }
 

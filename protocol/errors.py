@@ -42,6 +42,7 @@ class ErrorCode(StrEnum):
     ALREADY_STORED = "already_stored"
     INVALID_STATE = "invalid_state"  # e.g. cancel a completed task
     KEY_IN_USE = "key_in_use"
+    IDEMPOTENCY_CONFLICT = "idempotency_conflict"  # the key was first used for different work
     # 413
     TOO_LARGE = "too_large"
     # 422

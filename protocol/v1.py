@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    ValidationError,
     field_validator,
     model_validator,
 )
@@ -100,7 +101,10 @@ def _json_depth(value: Any, depth: int = 0) -> int:
 def _check_json(value: dict[str, Any]) -> dict[str, Any]:
     if _json_depth(value) > MAX_JSON_DEPTH:
         raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
-    text = json.dumps(value, ensure_ascii=False)
+    try:  # NaN, Infinity and 1e999 (which parses as infinity) are not JSON: PostgreSQL's jsonb refuses them
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise ValueError("must not contain NaN, Infinity or numbers beyond a double's range") from None
     if "\\u0000" in text:
         raise ValueError("must not contain NUL (\\u0000) characters")
     if len(text.encode()) > MAX_JSON_BYTES:
@@ -204,6 +208,21 @@ class TaskCreate(Request):
     run_after: WireTime | None = None
 
     _check_run_after = field_validator("run_after")(_aware)
+
+    @model_validator(mode="after")
+    def _params_fit_the_source(self) -> TaskCreate:
+        model = SOURCE_PARAMS.get(self.source)
+        if model is not None:
+            try:
+                model.model_validate(self.params, strict=False)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                message = str(first["msg"]).removeprefix("Value error, ")
+                raise ValueError(
+                    f"params of a {self.source} task: {where + ': ' if where else ''}{message}"
+                ) from None
+        return self
 
 
 class TaskBatchCreate(Request):
@@ -481,21 +500,67 @@ class ClientList(Reply):
 # ---- jobs
 
 
-class IdRangeParams(Request):
-    url_template: Annotated[str, StringConstraints(min_length=1, max_length=2_000)]
-    start_id: Annotated[int, Field(ge=0, le=2**62)]
-    count: Annotated[int, Field(ge=1, le=MAX_JOB_COUNT)]
-    ext: Annotated[str, StringConstraints(pattern=EXT_PATTERN)] = ""
+def _template(value: str) -> str:
+    _no_nul(value)
+    if "{id}" not in value:
+        raise ValueError("url_template must contain {id}")
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError("url_template must be an http:// or https:// URL")
+    return value
 
-    @field_validator("url_template")
-    @classmethod
-    def _template(cls, value: str) -> str:
-        _no_nul(value)
-        if "{id}" not in value:
-            raise ValueError("url_template must contain {id}")
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError("url_template must be an http:// or https:// URL")
-        return value
+
+def _http_url(value: str) -> str:
+    _no_nul(value)
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError("must be an http:// or https:// URL")
+    return value
+
+
+UrlTemplate = Annotated[str, StringConstraints(min_length=1, max_length=MAX_URL), AfterValidator(_template)]
+HttpUrl = Annotated[str, StringConstraints(min_length=1, max_length=MAX_URL), AfterValidator(_http_url)]
+StartId = Annotated[int, Field(ge=0, le=2**62)]
+Ext = Annotated[str, StringConstraints(pattern=EXT_PATTERN)]
+
+
+class IdRangeParams(Request):
+    url_template: UrlTemplate
+    start_id: StartId
+    count: Annotated[int, Field(ge=1, le=MAX_JOB_COUNT)]
+    ext: Ext = ""
+
+
+class IdRangeTaskParams(Request):
+    """An id_range task's params: a range (start_id, count) or a list of ids, as a job's tasks
+    carry them; checked the same way when a task is created directly."""
+
+    url_template: UrlTemplate
+    start_id: StartId | None = None
+    count: Annotated[int, Field(ge=1, le=MAX_DOCUMENTS_PER_TASK)] | None = None
+    ids: Annotated[list[DocId], Field(min_length=1, max_length=MAX_DOCUMENTS_PER_TASK)] | None = None
+    ext: Ext = ""
+
+    @model_validator(mode="after")
+    def _range_or_ids(self) -> IdRangeTaskParams:
+        if (self.ids is None) == (self.start_id is None or self.count is None):
+            raise ValueError("give either start_id and count, or ids")
+        return self
+
+
+class UrlItem(Request):
+    doc_id: DocId
+    url: HttpUrl
+    ext: Ext | None = None
+
+
+class UrlsTaskParams(Request):
+    """A urls task's params: the documents, each with its URL."""
+
+    urls: Annotated[list[UrlItem], Field(min_length=1, max_length=MAX_DOCUMENTS_PER_TASK)]
+    ext: Ext = ""
+
+
+# The built-in sources whose params the gate can check (a plugin source's are its own).
+SOURCE_PARAMS: dict[str, type[Request]] = {"id_range": IdRangeTaskParams, "urls": UrlsTaskParams}
 
 
 class JobCreate(Request):

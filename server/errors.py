@@ -12,6 +12,7 @@ status and wire code (``protocol.errors.ErrorCode``).
     │   └── DocumentNotFound    404 document_not_found
     ├── Conflict                409 invalid_state
     │   ├── LeaseLost           409 lease_lost
+    │   ├── IdempotencyConflict 409 idempotency_conflict
     │   └── KeyInUse            409 key_in_use
     ├── PayloadTooLarge         413 too_large
     ├── Unprocessable           422 invalid_field
@@ -81,6 +82,10 @@ class LeaseLost(Conflict):
     """The lease is not the task's current lease: it expired or the task moved on."""
 
 
+class IdempotencyConflict(Conflict):
+    """The idempotency_key was first used for different work."""
+
+
 class KeyInUse(Conflict):
     """api_key is already in use; omit it to get a generated one."""
 
@@ -136,6 +141,7 @@ ERRORS: dict[type[Exception], tuple[int, ErrorCode]] = {
     Conflict: (409, C.INVALID_STATE),
     LeaseLost: (409, C.LEASE_LOST),
     KeyInUse: (409, C.KEY_IN_USE),
+    IdempotencyConflict: (409, C.IDEMPOTENCY_CONFLICT),
     PayloadTooLarge: (413, C.TOO_LARGE),
     Unprocessable: (422, C.INVALID_FIELD),
     WrongStorageKey: (422, C.WRONG_STORAGE_KEY),

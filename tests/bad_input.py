@@ -295,4 +295,103 @@ CASES = [
     Case(
         "heartbeat with negative rate", "POST", "/api/v1/clients/heartbeat", "client", {"docs_per_minute": -1}
     ),
+    # Python's json module reads NaN, Infinity and -Infinity, and 1e999 as infinity; PostgreSQL's
+    # jsonb has no such numbers, so each one reached the database and came back as a 500.
+    Case(
+        "NaN in search_params",
+        "POST",
+        CREATE,
+        "admin",
+        b'{"search_params": {"x": NaN}}',
+        raw=True,
+        mentions="NaN",
+    ),
+    Case(
+        "Infinity in params",
+        "POST",
+        CREATE,
+        "admin",
+        b'{"params": {"x": [Infinity]}}',
+        raw=True,
+        mentions="NaN",
+    ),
+    Case(
+        "1e999 in result_summary",
+        "POST",
+        COMPLETE,
+        "client",
+        b'{"task_id": "{task}", "lease_token": "{token}", "result_summary": {"n": 1e999}}',
+        raw=True,
+        mentions="NaN",
+    ),
+    Case(
+        "NaN heartbeat rate",
+        "POST",
+        "/api/v1/clients/heartbeat",
+        "client",
+        b'{"docs_per_minute": NaN}',
+        raw=True,
+    ),
+    # A task of a built-in source made directly is checked as a job's tasks are.
+    Case(
+        "id_range task without {id}",
+        "POST",
+        CREATE,
+        "admin",
+        {"source": "id_range", "params": {"url_template": "https://h/x", "start_id": 1, "count": 3}},
+        mentions="{id}",
+    ),
+    Case(
+        "id_range task with file://",
+        "POST",
+        CREATE,
+        "admin",
+        {"source": "id_range", "params": {"url_template": "file:///etc/{id}", "start_id": 1, "count": 3}},
+        mentions="http",
+    ),
+    Case(
+        "id_range task with neither range nor ids",
+        "POST",
+        CREATE,
+        "admin",
+        {"source": "id_range", "params": {"url_template": "https://h/{id}"}},
+        mentions="start_id",
+    ),
+    Case(
+        "id_range task with a negative start",
+        "POST",
+        CREATE,
+        "admin",
+        {"source": "id_range", "params": {"url_template": "https://h/{id}", "start_id": -1, "count": 3}},
+    ),
+    Case(
+        "id_range task with traversal in ext",
+        "POST",
+        "/api/v1/tasks/batch",
+        "admin",
+        {
+            "tasks": [
+                {
+                    "source": "id_range",
+                    "params": {"url_template": "https://h/{id}", "ids": [1], "ext": "/../x"},
+                }
+            ]
+        },
+    ),
+    Case(
+        "id_range task with a bad id",
+        "POST",
+        CREATE,
+        "admin",
+        {"source": "id_range", "params": {"url_template": "https://h/{id}", "ids": ["../etc"]}},
+        mentions="doc_id",
+    ),
+    Case(
+        "urls task with an ftp URL",
+        "POST",
+        CREATE,
+        "admin",
+        {"source": "urls", "params": {"urls": [{"doc_id": "a", "url": "ftp://h/a"}]}},
+        mentions="http",
+    ),
 ]

@@ -38,7 +38,9 @@ async def test_bad_input(gate: Gate, case: Case) -> None:
     ]
     path = case.path.replace("{task}", task["task_id"])
     if case.raw:
-        content = case.body
+        content = case.body.replace(b"{task}", task["task_id"].encode()).replace(
+            b"{token}", task["lease_token"].encode()
+        )
     elif case.body is not None:
         content = json.dumps(fill(case.body, task)).encode()
     else:

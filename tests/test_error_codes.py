@@ -105,6 +105,13 @@ async def _stale_token(gate: Gate, ctx: dict[str, Any]) -> httpx.Response:
     return await gate.http.post(paths.url(paths.TASK_COMPLETE), headers=ctx["client"], json=body)
 
 
+async def _key_reused(gate: Gate, ctx: dict[str, Any]) -> httpx.Response:
+    url = paths.url(paths.TASK_CREATE)
+    body = {"idempotency_key": "once", "search_params": {"a": 1}}
+    assert (await gate.http.post(url, headers=gate.admin, json=body)).status_code == 201
+    return await gate.http.post(url, headers=gate.admin, json=body | {"search_params": {"a": 2}})
+
+
 def _raw(who: str, content: bytes, **headers: str) -> Send:
     return _req("PUT", "/api/v1/documents/9/raw?ext=.txt", who, content=content, headers=headers)
 
@@ -137,6 +144,7 @@ ROWS = [
     Row(C.ALREADY_STORED, 409, _stored_twice, CE.GateRefused, SE.AlreadyStored),
     Row(C.INVALID_STATE, 409, _cancel_completed, CE.GateRefused, SE.WriteRefused),
     Row(C.KEY_IN_USE, 409, _key_twice, CE.GateRefused, SE.WriteRefused),
+    Row(C.IDEMPOTENCY_CONFLICT, 409, _key_reused, CE.GateRefused, SE.WriteRefused),
     Row(
         C.TOO_LARGE,
         413,

@@ -360,6 +360,29 @@ async def test_idempotency_key_returns_the_first_task(gate: Gate) -> None:
     assert len(await gate.sql("SELECT 1 FROM tasks")) == 2
 
 
+async def test_an_idempotency_key_reused_for_other_work_is_a_conflict(gate: Gate) -> None:
+    """The same key with the same body stays 200; with another body it is 409 idempotency_conflict
+    naming the key, and nothing is created (a batch holding such a task is refused whole)."""
+    body = {"search_params": {"q": "a"}, "idempotency_key": "k-1"}
+    assert (await gate.http.post("/api/v1/tasks/create", headers=gate.admin, json=body)).status_code == 201
+    other = await gate.http.post(
+        "/api/v1/tasks/create", headers=gate.admin, json=body | {"search_params": {"q": "b"}}
+    )
+    assert (other.status_code, other.json()["code"]) == (409, "idempotency_conflict")
+    assert "k-1" in other.json()["detail"]
+    batch = {"tasks": [{"idempotency_key": "fresh"}, body | {"priority": 3}]}
+    refused = await gate.http.post("/api/v1/tasks/batch", headers=gate.admin, json=batch)
+    assert (refused.status_code, refused.json()["code"]) == (409, "idempotency_conflict")
+    assert len(await gate.sql("SELECT 1 FROM tasks")) == 1  # "fresh" rolled back with the rest
+    job = {"source": "id_range", "params": {"url_template": "https://h/{id}", "start_id": 1, "count": 10},
+           "idempotency_key": "job-1"}  # fmt: skip
+    assert (await gate.http.post("/api/v1/jobs", headers=gate.admin, json=job)).status_code == 201
+    assert (await gate.http.post("/api/v1/jobs", headers=gate.admin, json=job)).status_code == 200
+    job["chunk_size"] = 5
+    again = await gate.http.post("/api/v1/jobs", headers=gate.admin, json=job)
+    assert (again.status_code, again.json()["code"]) == (409, "idempotency_conflict")
+
+
 async def test_priority_then_age(gate: Gate) -> None:
     low = (await gate.create(priority=0))["task_id"]
     high = (await gate.create(priority=5))["task_id"]

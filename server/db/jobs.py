@@ -6,7 +6,7 @@ from uuid import UUID
 
 from protocol import v1
 from server.db.pool import Pool, connection, transaction
-from server.errors import JobNotFound
+from server.errors import IdempotencyConflict, JobNotFound
 
 INSERT_JOB = """
 INSERT INTO jobs (source, params, chunk_size, priority, tasks_total, idempotency_key)
@@ -71,7 +71,7 @@ ADD_TOTAL = "UPDATE jobs SET tasks_total = tasks_total + $2 WHERE job_id = $1"
 GET_JOB = "SELECT * FROM jobs WHERE job_id = $1"
 # Ten million tasks take minutes to insert; the pool's default statement timeout is for normal work.
 BULK_TIMEOUT = 3600.0
-BY_KEY = "SELECT job_id FROM jobs WHERE idempotency_key = $1"
+BY_KEY = "SELECT job_id, source, params, chunk_size, priority FROM jobs WHERE idempotency_key = $1"
 
 PROGRESS = """
 SELECT status, count(*) AS n,
@@ -97,8 +97,16 @@ async def create_job(pool: Pool, body: v1.JobCreate, max_attempts: int) -> tuple
             body.idempotency_key,
         )
         if job_id is None:
-            existing = await conn.fetchval(BY_KEY, body.idempotency_key)
-            return v1.JobCreated(job_id=existing, tasks_created=0), False
+            existing = await conn.fetchrow(BY_KEY, body.idempotency_key)
+            assert existing is not None  # ON CONFLICT waited for the first insert to commit
+            asked = (body.source, p.model_dump(), body.chunk_size, body.priority)
+            found = (existing["source"], existing["params"], existing["chunk_size"], existing["priority"])
+            if found != asked:
+                raise IdempotencyConflict(
+                    f"idempotency_key {body.idempotency_key!r} was first used for a different job "
+                    f"({existing['job_id']}); use a new key for new work"
+                )
+            return v1.JobCreated(job_id=existing["job_id"], tasks_created=0), False
         attempts = body.max_attempts or max_attempts
         if body.only_missing:
             status = await conn.execute(

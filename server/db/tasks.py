@@ -9,7 +9,7 @@ from uuid import UUID
 
 from protocol import v1
 from server.db.pool import Pool, connection, transaction
-from server.errors import NotYourTask
+from server.errors import IdempotencyConflict, NotYourTask
 
 TASK_COLUMNS = """
     task_id, job_id, source, search_params, start_page, max_documents, params,
@@ -41,7 +41,7 @@ ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING task_id
 """
 
-SELECT_BY_KEYS = "SELECT task_id, idempotency_key FROM tasks WHERE idempotency_key = ANY($1::text[])"
+SELECT_BY_KEYS = f"SELECT {TASK_COLUMNS} FROM tasks WHERE idempotency_key = ANY($1::text[])"
 
 GET = f"SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = $1"
 
@@ -87,7 +87,21 @@ async def create_task(pool: Pool, body: v1.TaskCreate, max_attempts: int) -> v1.
         )
     # ON CONFLICT waited for the other insert to commit, so the row is visible now.
     assert existing is not None
+    _check_same_work(body, existing, max_attempts)
     return v1.TaskCreated(**dict(existing), created=False)
+
+
+def _check_same_work(body: v1.TaskCreate, row: Any, max_attempts: int) -> None:
+    """A repeat must ask for the work its idempotency_key first asked for (as Stripe's keys do)."""
+    asked = (body.source, body.search_params, body.start_page, body.max_documents, body.params,
+             body.priority, body.max_attempts or max_attempts)  # fmt: skip
+    found = (row["source"], row["search_params"], row["start_page"], row["max_documents"], row["params"],
+             row["priority"], row["max_attempts"])  # fmt: skip
+    if asked != found:
+        raise IdempotencyConflict(
+            f"idempotency_key {body.idempotency_key!r} was first used for a different task "
+            f"({row['task_id']}); use a new key for new work"
+        )
 
 
 async def create_tasks(pool: Pool, tasks: list[v1.TaskCreate], max_attempts: int) -> v1.TaskBatchCreated:
@@ -108,7 +122,11 @@ async def create_tasks(pool: Pool, tasks: list[v1.TaskCreate], max_attempts: int
     async with transaction(pool) as conn:
         inserted = {r["task_id"] for r in await conn.fetch(INSERT_MANY, *columns)}
         keys = [t.idempotency_key for t, i in zip(tasks, ids, strict=True) if i not in inserted]
-        existing = {r["idempotency_key"]: r["task_id"] for r in await conn.fetch(SELECT_BY_KEYS, keys)}
+        rows = {r["idempotency_key"]: r for r in await conn.fetch(SELECT_BY_KEYS, keys)}
+        for task, task_id in zip(tasks, ids, strict=True):
+            if task_id not in inserted:  # raising here rolls the whole batch back
+                _check_same_work(task, rows[task.idempotency_key], max_attempts)
+        existing = {key: row["task_id"] for key, row in rows.items()}
     task_ids = [i if i in inserted else existing[t.idempotency_key] for t, i in zip(tasks, ids, strict=True)]
     return v1.TaskBatchCreated(
         task_ids=task_ids, tasks_created=len(inserted), tasks_existing=len(tasks) - len(inserted)
