@@ -37,7 +37,9 @@ async def lease_plan(dsn: str) -> list[str]:
         owner = await conn.fetchval("SELECT client_id FROM clients LIMIT 1")
         tx = conn.transaction()
         await tx.start()
-        rows = await conn.fetch("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + sql.LEASE, 1, owner, "plan", 60.0)
+        rows = await conn.fetch(
+            "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + sql.LEASE, 1, owner, "plan", 60.0, 1_000_000
+        )
         await tx.rollback()
         return [r[0] for r in rows]
     finally:

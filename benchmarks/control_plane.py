@@ -168,7 +168,7 @@ async def drain_sql(dsn: str, clients: int, batch: int) -> Run:
         while True:
             async with pool.acquire() as conn:
                 started = time.perf_counter()
-                rows = await conn.fetch(sql.LEASE, batch, owner, session, 300.0)
+                rows = await conn.fetch(sql.LEASE, batch, owner, session, 300.0, 1_000_000)
                 lease_ms.append((time.perf_counter() - started) * 1000)
             if not rows:
                 return

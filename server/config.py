@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     lease_seconds: Annotated[float, Field(ge=1, le=86_400)] = 300
     max_attempts: Annotated[int, Field(ge=1, le=v1.MAX_ATTEMPTS_BOUND)] = 5
     max_job_tasks: Annotated[int, Field(ge=1, le=v1.MAX_JOB_COUNT)] = v1.MAX_JOB_COUNT
+    # Leases one client may hold at once (a client asks for at most MAX_LEASE_TASKS per call).
+    max_leases_per_client: Annotated[int, Field(ge=1, le=1_000_000)] = 100
     retry_backoff_seconds: Annotated[float, Field(ge=0, le=86_400)] = 30
     retry_backoff_max_seconds: Annotated[float, Field(ge=0, le=7 * 86_400)] = 3_600
     reap_interval_seconds: Annotated[float, Field(gt=0, le=3_600)] = 1.0

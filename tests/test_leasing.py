@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import asyncpg
+import pytest
 
 from conftest import Gate, gate_settings, start_gate
 
@@ -36,7 +37,16 @@ async def lease_until(gate: Gate, headers: dict[str, str], timeout: float = 10) 
     return r.json()  # type: ignore[no-any-return]
 
 
-async def test_sixteen_clients_never_share_a_task(gate: Gate) -> None:
+@pytest.fixture
+async def roomy_gate(db_dsn: str, tmp_path: Any) -> Any:
+    """A gate whose clients may each hold the whole queue (MAX_LEASES_PER_CLIENT out of the way)."""
+    settings = gate_settings(storage_url=str(tmp_path / "store"), max_leases_per_client=10_000)
+    async for gate in start_gate(db_dsn, settings):
+        yield gate
+
+
+async def test_sixteen_clients_never_share_a_task(roomy_gate: Gate) -> None:
+    gate = roomy_gate
     for _ in range(2):
         r = await gate.http.post(
             "/api/v1/tasks/batch",
@@ -524,3 +534,20 @@ async def test_overlapping_batch_completions_do_not_deadlock(gate: Gate) -> None
     assert all(r.status_code == 200 for r in replies), [r.text for r in replies]
     (row,) = await gate.sql("SELECT count(*) AS n FROM task_events WHERE event = 'completed'")
     assert row["n"] == 60
+
+
+async def test_one_client_cannot_hoard_the_queue(db_dsn: str, tmp_path: Any) -> None:
+    """MAX_LEASES_PER_CLIENT: what a client holds counts against it; other clients still get work."""
+    settings = gate_settings(storage_url=str(tmp_path / "store"), max_leases_per_client=3)
+    async for gate in start_gate(db_dsn, settings):
+        for _ in range(8):
+            await gate.create()
+        hoarder, other = await gate.register("hoarder"), await gate.register("other")
+        first = await gate.lease(hoarder, max_tasks=10)
+        assert len(first.json()["tasks"]) == 3
+        assert (await gate.lease(hoarder, max_tasks=10)).status_code == 204
+        assert len((await gate.lease(other, max_tasks=2)).json()["tasks"]) == 2
+        done = first.json()["tasks"][0]
+        body = {"task_id": done["task_id"], "lease_token": done["lease_token"]}
+        assert (await gate.http.post("/api/v1/tasks/complete", headers=hoarder, json=body)).status_code == 200
+        assert len((await gate.lease(hoarder, max_tasks=10)).json()["tasks"]) == 1

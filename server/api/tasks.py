@@ -67,6 +67,7 @@ async def _lease(
             session_id=session_id,
             max_tasks=max_tasks,
             lease_seconds=state.settings.lease_seconds,
+            max_held=state.settings.max_leases_per_client,
         )
         state.metrics.lease_latency.observe(time.perf_counter() - started)
         if leased or not await _woken(state, request, wake, deadline):

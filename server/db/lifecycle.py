@@ -62,14 +62,18 @@ def lease_fence(*, lease: str, owner: str, session: str, row: str = "") -> str:
 
 
 LEASE = f"""
-WITH candidates AS (
-    -- Walk tasks_leasable (priority, then age) and stop after $1 rows.
+WITH held AS (
+    -- MAX_LEASES_PER_CLIENT ($5): what the caller holds already counts against it, so one
+    -- client cannot lease the whole queue (tasks_assigned_to; the admin, NULL, holds none).
+    SELECT count(*) AS n FROM tasks WHERE assigned_to = $2 AND status = 'assigned'
+), candidates AS (
+    -- Walk tasks_leasable (priority, then age) and stop after $1 rows (fewer at the cap).
     -- SKIP LOCKED lets concurrent leasers pass over rows another transaction
     -- is claiming instead of queueing behind it, so no task goes out twice.
     SELECT task_id FROM tasks
     WHERE status = 'pending' AND run_after <= now()
     ORDER BY priority DESC, task_seq
-    LIMIT $1
+    LIMIT greatest(0, least($1, $5 - (SELECT n FROM held)))
     FOR UPDATE SKIP LOCKED
 ), leased AS (
     -- Attempts count leases, so an expired lease is already a spent attempt.
@@ -295,10 +299,17 @@ async def any_leasable(pool: Pool) -> bool:
 
 
 async def lease_tasks(
-    pool: Pool, *, owner: UUID | None, session_id: str | None, max_tasks: int, lease_seconds: float
+    pool: Pool,
+    *,
+    owner: UUID | None,
+    session_id: str | None,
+    max_tasks: int,
+    lease_seconds: float,
+    max_held: int,
 ) -> list[v1.LeasedTask]:
+    """Lease up to `max_tasks`, and never so many that the caller holds more than `max_held`."""
     async with connection(pool) as conn:
-        records = await conn.fetch(LEASE, max_tasks, owner, session_id, lease_seconds)
+        records = await conn.fetch(LEASE, max_tasks, owner, session_id, lease_seconds, max_held)
     return [to_leased(r) for r in records]
 
 
