@@ -47,6 +47,7 @@ ERRORS: dict[ErrorCode, type[ClientError]] = {
     C.TOO_LARGE: InvalidRequest,
     C.UNSUPPORTED_ENCODING: InvalidRequest,
     C.LEASE_REQUIRED: InvalidRequest,
+    C.NOT_IN_TASK: InvalidRequest,
     C.ROUTE_NOT_FOUND: InvalidRequest,
     C.METHOD_NOT_ALLOWED: InvalidRequest,
     C.CHECKSUM_MISMATCH: GateRefused,

@@ -49,6 +49,7 @@ class ErrorCode(StrEnum):
     INVALID_FIELD = "invalid_field"  # the body, a query or a header breaks the schema
     WRONG_STORAGE_KEY = "wrong_storage_key"  # a reported key or URL is not the document's
     INVALID_KEY = "invalid_key"  # a storage key that is malformed or would leave the root
+    NOT_IN_TASK = "not_in_task"  # a reported or uploaded doc_id the leased task does not contain
     LEASE_REQUIRED = "lease_required"  # a client upload without task_id and X-Lease-Token
     UNSUPPORTED_ENCODING = "unsupported_encoding"
     JOB_TOO_LARGE = "job_too_large"  # over MAX_JOB_TASKS

@@ -17,6 +17,7 @@ status and wire code (``protocol.errors.ErrorCode``).
     ├── PayloadTooLarge         413 too_large
     ├── Unprocessable           422 invalid_field
     │   ├── WrongStorageKey     422 wrong_storage_key
+    │   ├── NotInTask           422 not_in_task
     │   ├── LeaseRequired       422 lease_required
     │   ├── UnsupportedEncoding 422 unsupported_encoding
     │   └── JobTooLarge         422 job_too_large
@@ -102,6 +103,10 @@ class WrongStorageKey(Unprocessable):
     """A reported storage_key or storage_url is not the document's."""
 
 
+class NotInTask(Unprocessable):
+    """A reported or uploaded document is not one of the task's."""
+
+
 class LeaseRequired(Unprocessable):
     """A client upload needs ?task_id= and the X-Lease-Token header."""
 
@@ -145,6 +150,7 @@ ERRORS: dict[type[Exception], tuple[int, ErrorCode]] = {
     PayloadTooLarge: (413, C.TOO_LARGE),
     Unprocessable: (422, C.INVALID_FIELD),
     WrongStorageKey: (422, C.WRONG_STORAGE_KEY),
+    NotInTask: (422, C.NOT_IN_TASK),
     LeaseRequired: (422, C.LEASE_REQUIRED),
     UnsupportedEncoding: (422, C.UNSUPPORTED_ENCODING),
     JobTooLarge: (422, C.JOB_TOO_LARGE),

@@ -112,6 +112,16 @@ async def _key_reused(gate: Gate, ctx: dict[str, Any]) -> httpx.Response:
     return await gate.http.post(url, headers=gate.admin, json=body | {"search_params": {"a": 2}})
 
 
+async def _stray_report(gate: Gate, ctx: dict[str, Any]) -> httpx.Response:
+    params = {"url_template": "https://h/{id}", "start_id": 100, "count": 5}
+    await gate.http.post(
+        paths.url(paths.TASK_CREATE), headers=gate.admin, json={"source": "id_range", "params": params}
+    )
+    task = (await gate.lease(ctx["client"])).json()
+    body = {"task_id": task["task_id"], "documents": [{"doc_id": "7", "status": "failed", "error": "x"}]}
+    return await gate.http.post(paths.url(paths.TASK_COMPLETE), headers=ctx["client"], json=body)
+
+
 def _raw(who: str, content: bytes, **headers: str) -> Send:
     return _req("PUT", "/api/v1/documents/9/raw?ext=.txt", who, content=content, headers=headers)
 
@@ -168,6 +178,7 @@ ROWS = [
     ),
     Row(C.INVALID_KEY, 422, _req("GET", "/api/v1/storage/objects/a//b"), CE.InvalidRequest, SE.KeyRefused),
     Row(C.LEASE_REQUIRED, 422, _raw("client", b"x"), CE.InvalidRequest, SE.WriteRefused),
+    Row(C.NOT_IN_TASK, 422, _stray_report, CE.InvalidRequest, SE.WriteRefused),
     Row(
         C.UNSUPPORTED_ENCODING,
         422,

@@ -16,7 +16,7 @@ from server.db import documents as db
 from server.db import lifecycle
 from server.db.lifecycle import Caller
 from server.deps import AdminDep, PrincipalDep, StateDep
-from server.errors import LeaseLost, LeaseRequired, PayloadTooLarge, UnsupportedEncoding, UploadInterrupted
+from server.errors import LeaseRequired, PayloadTooLarge, UnsupportedEncoding, UploadInterrupted
 from storage import PutOptions
 from storage.base import Fence
 from storage.errors import ObjectMissing
@@ -85,8 +85,7 @@ async def upload_document(
     if not principal.is_admin:
         if task_id is None or x_lease_token is None:
             raise LeaseRequired()
-        if not await lifecycle.lease_is_current(state.pool, task_id, x_lease_token, Caller(principal.owner)):
-            raise LeaseLost(f"lease on task {task_id} is not current; the upload was refused")
+        await lifecycle.check_upload(state.pool, task_id, x_lease_token, Caller(principal.owner), doc_id)
     gzipped = (content_encoding or "identity").lower() == "gzip"
     if not gzipped and (content_encoding or "identity").lower() != "identity":
         raise UnsupportedEncoding()

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import Any
-from uuid import UUID
 
 from protocol import v1
 from server.db.pool import Connection, Pool, connection
-from server.documents import Reports
+from server.documents import Reports, check_in_task
 from server.errors import DocumentNotFound
 
 # First record wins: documents are written once, so a later report of the same
@@ -41,8 +40,10 @@ KNOWN = "SELECT doc_id FROM documents WHERE doc_id = ANY($1::text[])"
 
 
 async def record(conn: Connection, task: Any, reports: Reports) -> None:
-    """Record what a fenced write reported; `task` is the row that write returned."""
+    """Record what a fenced write reported; `task` is the row that write returned. A document
+    the task does not contain refuses the whole write (the caller's transaction rolls back)."""
     recorded, failed = reports.recorded, reports.failed
+    check_in_task(task, [str(d.doc_id) for d in (*recorded, *failed)])
     if recorded:
         await conn.execute(
             RECORD,
@@ -80,20 +81,6 @@ async def get_document(pool: Pool, doc_id: str) -> v1.Document:
 async def known_documents(pool: Pool, doc_ids: list[str]) -> list[str]:
     async with connection(pool) as conn:
         return [r["doc_id"] for r in await conn.fetch(KNOWN, doc_ids)]
-
-
-async def lease_is_current(pool: Pool, task_id: UUID, lease_token: UUID, owner: UUID | None) -> bool:
-    async with connection(pool) as conn:
-        return bool(
-            await conn.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM tasks WHERE task_id = $1 AND lease_token = $2 "
-                "AND status = 'assigned' AND lease_expires_at > now() "
-                "AND ($3::uuid IS NULL OR assigned_to = $3))",
-                task_id,
-                lease_token,
-                owner,
-            )
-        )
 
 
 PAGE = """

@@ -26,7 +26,7 @@ from protocol import v1
 from server.db import documents
 from server.db.pool import Connection, Pool, connection, transaction
 from server.db.tasks import GET, TASK_COLUMNS, to_leased, to_task
-from server.documents import NO_REPORTS, Reports
+from server.documents import NO_REPORTS, Reports, check_in_task
 from server.errors import Conflict, JobNotFound, LeaseLost, NotYourTask
 
 
@@ -171,8 +171,8 @@ WITH failed AS (
 SELECT {TASK_COLUMNS} FROM failed
 """
 
-# A lease is current for an upload through the gate: the same fence, read-only.
-LEASE_IS_CURRENT = f"SELECT EXISTS (SELECT 1 FROM tasks WHERE {FENCE})"
+# The task an upload through the gate belongs to, if its lease is current: the same fence, read-only.
+CURRENT_LEASE = f"SELECT task_id, source, params FROM tasks WHERE {FENCE}"
 
 # A heartbeat extends only the leases of the calling process (session), so a
 # client restarted under the same key never keeps its dead predecessor's
@@ -439,10 +439,13 @@ async def _fenced_write(
     raise LeaseLost(f"task {task_id} is completed; {too_late}")
 
 
-async def lease_is_current(pool: Pool, task_id: UUID, lease_token: UUID, caller: Caller) -> bool:
+async def check_upload(pool: Pool, task_id: UUID, lease_token: UUID, caller: Caller, doc_id: str) -> None:
+    """An upload needs the current lease of a task that contains the document."""
     async with connection(pool) as conn:
-        args = (task_id, lease_token, caller.owner, caller.session_id)
-        return bool(await conn.fetchval(LEASE_IS_CURRENT, *args))
+        task = await conn.fetchrow(CURRENT_LEASE, task_id, lease_token, caller.owner, caller.session_id)
+    if task is None:
+        raise LeaseLost(f"lease on task {task_id} is not current; the upload was refused")
+    check_in_task(task, [doc_id])
 
 
 async def extend_leases(
