@@ -16,11 +16,13 @@ import contextlib
 import logging
 import random
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+from client.bodies import refusal
 from client.config import ClientConfig
 from client.download import Body, DocumentFailed, Fetcher
 from client.errors import ClientError, GateUnavailable, LeaseLost, TaskGone
@@ -324,7 +326,7 @@ class Worker:
                 ext=ref.ext,
                 fence=Fence(str(run.task.task_id), str(run.task.lease_token)),
             )
-            return await self.store.put(key, body.chunks, options)
+            return await self.store.put(key, await _checked_body(body, ref, run.task.params), options)
 
         try:
             stored = await self.fetcher.fetch(ref.url, sink)
@@ -433,6 +435,22 @@ class Worker:
             log.warning(
                 "task %s: hand-back incomplete (%s); it returns after its lease", run.task.task_id, exc
             )
+
+
+async def _checked_body(body: Body, ref: DocRef, params: dict[str, Any]) -> AsyncIterator[bytes]:
+    """The body's chunks, once its first one shows it is the document (`client.bodies`)."""
+    first = await anext(aiter(body.chunks), b"")
+    reason = refusal(ref.ext, body.content_type, first, params)
+    if reason is not None:  # a block page may be gone next time: a transient failure
+        raise DocumentFailed(reason, permanent=False)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        if first:
+            yield first
+        async for chunk in body.chunks:
+            yield chunk
+
+    return chunks()
 
 
 def _leaf(exc: BaseException) -> BaseException:
