@@ -77,6 +77,10 @@ async def run(config: ClientConfig) -> int:
             await gate.check()
         except ClientError as exc:
             raise ConfigError(f"cannot use the gate at {config.api_url} (--api-url): {exc.message}") from None
+        try:
+            await store.probe()
+        except StorageError as exc:
+            raise ConfigError(f"cannot write to the store (--storage {store.url}): {exc.message}") from None
         with contextlib.suppress(StorageError):
             swept = await store.sweep(3600)
             if swept:

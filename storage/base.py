@@ -239,6 +239,13 @@ class Storage(ABC):
     def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
         """Every stored document under prefix (no temporary or staging objects)."""
 
+    async def probe(self) -> None:
+        """Prove the store takes writes (a scratch object written and removed where no listing
+        sees it); raise StorageError saying why not. A client calls it before it leases work,
+        so a store it cannot write to stops it at start instead of failing every document.
+        By default nothing to prove (memory; the gate, whose uploads need a lease)."""
+        return None
+
     async def sweep(self, older_than: float = 3600) -> int:
         """Remove leftovers of interrupted writes older than `older_than` seconds; return how many."""
         return 0

@@ -91,6 +91,19 @@ class LocalStorage(Storage):
             raise
         return self.stored(key, encoder.digest, options)
 
+    async def probe(self) -> None:
+        await self._blocking(self._probe, what="probe write")
+
+    def _probe(self) -> None:
+        tmp = self.root / f"{TMP_PREFIX}probe-{uuid.uuid4().hex}"  # a leftover is swept like any temp file
+        with _create(tmp) as handle:
+            try:
+                handle.write(b"docgate probe")
+                os.fsync(handle.fileno())
+            except OSError as exc:
+                raise StorageUnavailable(f"cannot write in {self.root}: {exc.strerror}") from None
+        tmp.unlink(missing_ok=True)
+
     def _create(self, tmp: Path) -> BinaryIO:
         self._inside(tmp)
         return _create(tmp)

@@ -18,6 +18,10 @@ class MirrorStorage(Storage):
         self.secondary = secondary
         self.url = primary.url
 
+    async def probe(self) -> None:
+        await self.primary.probe()
+        await self.secondary.probe()
+
     async def put(self, key: str, chunks: Chunks, options: PutOptions | None = None) -> StoredObject:
         options = options or PutOptions()
         try:

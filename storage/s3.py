@@ -90,6 +90,13 @@ class S3Storage(Storage):
         except botocore.exceptions.BotoCoreError as exc:
             raise StorageUnavailable(f"{what} on {self.url} failed: {exc}") from None
 
+    async def probe(self) -> None:
+        # Under the staging prefix: never listed as a document, swept if the delete is refused.
+        scratch = f"{self.prefix}{STAGING}probe-{uuid.uuid4().hex}"
+        await self._call("put_object", Key=scratch, Body=b"docgate probe")
+        with contextlib.suppress(StorageError):
+            await self._call("delete_object", Key=scratch)
+
     async def put(self, key: str, chunks: Chunks, options: PutOptions | None = None) -> StoredObject:
         options = options or PutOptions()
         final = self._key(key)

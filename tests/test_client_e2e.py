@@ -311,3 +311,18 @@ def test_a_second_signal_exits_at_once(cluster: Cluster, tmp_path: Path) -> None
         assert time.monotonic() - started < 5
     finally:
         origin.stop()
+
+
+def test_a_store_it_cannot_write_stops_the_client_at_start(cluster: Cluster, tmp_path: Path) -> None:
+    """The store is probed before any lease: a client that cannot store burns no task's attempts."""
+    origin = Origin(tmp_path)
+    try:
+        cluster.job(origin, 1, 3)
+        cluster.client("broken-store", "--exit-when-idle", "--storage", "file:///proc/docgate-store")
+        assert cluster.wait_clients(60) == [2]
+    finally:
+        origin.stop()
+    log = cluster.log_of(0)
+    assert "cannot write to the store (--storage" in log and "Traceback" not in log
+    attempts = cluster.sql("SELECT sum(attempts) AS n FROM tasks")[0]["n"]
+    assert attempts == 0  # nothing was leased

@@ -13,7 +13,7 @@ import pytest
 from conftest import ADMIN_KEY, gate_settings, make_bucket, start_gate
 from storage import PutOptions, Storage
 from storage.base import from_bytes
-from storage.errors import AlreadyStored, ChecksumMismatch, KeyRefused, ObjectMissing, TooLarge
+from storage.errors import AlreadyStored, ChecksumMismatch, KeyRefused, ObjectMissing, StorageError, TooLarge
 from storage.gate import GateStorage
 from storage.keys import document_key
 from storage.local import TMP_PREFIX, LocalStorage
@@ -153,3 +153,30 @@ async def test_unsafe_keys_are_refused(keyed_store: Storage, key: str) -> None:
         await keyed_store.put(key, from_bytes(b"x"), opts(1))
     with pytest.raises(KeyRefused):
         await keyed_store.stat(key)
+
+
+async def test_a_store_that_takes_writes_passes_its_probe_and_keeps_no_trace(store: Storage) -> None:
+    await store.probe()
+    assert [o async for o in store.list()] == []
+
+
+@pytest.mark.parametrize("where", ["/proc/docgate-store", "/dev/null/store"])
+async def test_a_store_that_cannot_be_written_fails_its_probe(where: str) -> None:
+    """As root every folder is writable, so the unwritable places are ones no one can write: a
+    folder under /proc, a folder under a device file."""
+    store = LocalStorage(where)
+    try:
+        with pytest.raises(StorageError) as refused:
+            await store.probe()
+    finally:
+        await store.close()
+    assert where in refused.value.message or "cannot" in refused.value.message
+
+
+async def test_a_missing_bucket_fails_its_probe(s3_endpoint: str) -> None:
+    store = S3Storage("no-such-bucket-anywhere", "raw", endpoint_url=s3_endpoint)
+    try:
+        with pytest.raises(StorageError):
+            await store.probe()
+    finally:
+        await store.close()
