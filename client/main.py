@@ -107,6 +107,8 @@ async def run(config: ClientConfig) -> int:
         await gate.close()
         await store.close()
     print(f"docgate client: {stats.line()}", file=sys.stderr, flush=True)
+    if worker.key_rejected is not None:
+        raise ConfigError(f"the gate no longer takes this key (--api-key): {worker.key_rejected.message}")
     return 0
 
 

@@ -25,7 +25,7 @@ from uuid import UUID
 from client.bodies import refusal
 from client.config import ClientConfig
 from client.download import Body, DocumentFailed, Fetcher
-from client.errors import ClientError, GateUnavailable, LeaseLost, TaskGone
+from client.errors import ClientError, GateUnavailable, KeyRejected, LeaseLost, TaskGone
 from client.gate import GateAPI
 from client.progress import Stats
 from client.sources import DocRef, Source, SourceError
@@ -98,6 +98,7 @@ class Worker:
         self.runs: dict[UUID, asyncio.Task[None]] = {}
         self.task_runs: dict[UUID, TaskRun] = {}
         self.stopping = asyncio.Event()
+        self.key_rejected: KeyRejected | None = None  # the key was revoked or rotated: stop
         self.heartbeat_every = config.heartbeat_interval
 
     # ---- the lease loop
@@ -144,10 +145,20 @@ class Worker:
             return None
         try:
             return request.result()
+        except KeyRejected as exc:
+            self._stop_for(exc)
+            return None
         except ClientError as exc:
             log.warning("cannot lease: %s", exc.message)
             await self._wait_any([], seconds=self.config.poll_interval)
             return None
+
+    def _stop_for(self, exc: KeyRejected) -> None:
+        """A key the gate no longer takes (revoked, rotated) will not come back: stop, hand back."""
+        if self.key_rejected is None:
+            log.error("the gate refuses this client's key; stopping: %s", exc.message)
+            self.key_rejected = exc
+        self.stopping.set()
 
     async def _wait_any(self, tasks: list[asyncio.Task[None]], seconds: float | None = None) -> None:
         """Until one of tasks ends, a stop is asked for, or `seconds` pass."""
@@ -190,6 +201,9 @@ class Worker:
             await asyncio.sleep(self.heartbeat_every)
             try:
                 cancelled = await self.gate.heartbeat(self.stats.per_minute(), list(self.runs))
+            except KeyRejected as exc:
+                self._stop_for(exc)
+                continue
             except ClientError as exc:
                 log.warning("heartbeat failed: %s", exc.message)
                 continue

@@ -32,6 +32,7 @@ class ErrorCode(StrEnum):
     # 404
     NOT_YOUR_TASK = "not_your_task"  # no such task among those this key may touch
     JOB_NOT_FOUND = "job_not_found"
+    CLIENT_NOT_FOUND = "client_not_found"
     DOCUMENT_NOT_FOUND = "document_not_found"
     OBJECT_MISSING = "object_missing"  # nothing in storage under that key
     ROUTE_NOT_FOUND = "route_not_found"

@@ -22,6 +22,8 @@ TASK = "/tasks/{task_id}"
 # clients
 CLIENT_REGISTER = "/clients/register"
 CLIENT_HEARTBEAT = "/clients/heartbeat"
+CLIENT = "/clients/{client_id}"
+CLIENT_ROTATE_KEY = "/clients/{client_id}/rotate-key"
 # documents and storage
 DOCUMENTS_KNOWN = "/documents/known"
 DOCUMENT = "/documents/{doc_id}"

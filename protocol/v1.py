@@ -77,6 +77,7 @@ class DocumentStatus(StrEnum):
 class ClientStatus(StrEnum):
     ACTIVE = "active"
     STALE = "stale"
+    REVOKED = "revoked"
 
 
 # ---- validated scalar types
@@ -491,6 +492,13 @@ class ClientInfo(Reply):
     status: ClientStatus
     tasks_held: int
     docs_per_minute: float | None
+    revoked_at: datetime | None = None
+
+
+class ClientRevoked(Reply):
+    client_id: UUID
+    revoked_at: datetime
+    tasks_handed_back: int = Field(description="Leases the client held, back to pending (attempt not spent).")
 
 
 class ClientList(Reply):

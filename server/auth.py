@@ -77,6 +77,13 @@ class Authenticator:
             return ANONYMOUS_ADMIN
         return principal
 
+    def forget(self, client_id: UUID) -> None:
+        """Drop a client's cached look-ups here (a revoked or rotated key); other gates drop
+        theirs within CACHE_SECONDS."""
+        for digest, (principal, _) in list(self._cache.items()):
+            if principal.client_id == client_id:
+                del self._cache[digest]
+
     def _cached(self, digest: bytes) -> Principal | None:
         hit = self._cache.get(digest)
         if hit is None or hit[1] < time.monotonic():

@@ -9,6 +9,7 @@ status and wire code (``protocol.errors.ErrorCode``).
     ├── NotFound                404 route_not_found
     │   ├── NotYourTask         404 not_your_task
     │   ├── JobNotFound         404 job_not_found
+    │   ├── ClientNotFound      404 client_not_found
     │   └── DocumentNotFound    404 document_not_found
     ├── Conflict                409 invalid_state
     │   ├── LeaseLost           409 lease_lost
@@ -69,6 +70,10 @@ class NotYourTask(NotFound):
 
 class JobNotFound(NotFound):
     """No such job."""
+
+
+class ClientNotFound(NotFound):
+    """No such client."""
 
 
 class DocumentNotFound(NotFound):
@@ -142,6 +147,7 @@ ERRORS: dict[type[Exception], tuple[int, ErrorCode]] = {
     NotFound: (404, C.ROUTE_NOT_FOUND),
     NotYourTask: (404, C.NOT_YOUR_TASK),
     JobNotFound: (404, C.JOB_NOT_FOUND),
+    ClientNotFound: (404, C.CLIENT_NOT_FOUND),
     DocumentNotFound: (404, C.DOCUMENT_NOT_FOUND),
     Conflict: (409, C.INVALID_STATE),
     LeaseLost: (409, C.LEASE_LOST),

@@ -72,7 +72,8 @@ def test_dashboard_in_a_real_browser(browser, cluster: Cluster, tmp_path: Path) 
     page = browser.new_page(viewport={"width": 1300, "height": 1000})
     try:
         # A task that fails for good, to retry from the page.
-        doomed = cluster.post("/api/v1/tasks/create", {"source": "urls", "params": {}, "max_attempts": 1})
+        gone = {"urls": [{"doc_id": "gone", "url": "http://127.0.0.1:9/gone"}]}
+        doomed = cluster.post("/api/v1/tasks/create", {"source": "urls", "params": gone, "max_attempts": 1})
         key = cluster.register("worker")
         leased = httpx.post(cluster.url + "/api/v1/tasks/request", headers={"X-API-Key": key}).json()
         httpx.post(
@@ -131,6 +132,20 @@ def test_dashboard_in_a_real_browser(browser, cluster: Cluster, tmp_path: Path) 
             f"tr[data-job='{second}'] button[data-action='cancel-job']",
             lambda: cluster.get(f"/api/v1/jobs/{second}")["counts"]["cancelled"] == 10,
         )
+
+        # Revoke a client's key through the page: the key stops, its row says so.
+        worker_id = next(
+            c["client_id"] for c in cluster.get("/api/v1/clients")["clients"] if c["client_name"] == "worker"
+        )
+        click_until(
+            page,
+            f"tr[data-client='{worker_id}'] button[data-action='revoke-client']",
+            lambda: (
+                httpx.post(cluster.url + "/api/v1/clients/heartbeat", headers={"X-API-Key": key}).status_code
+                == 401
+            ),
+        )
+        page.wait_for_selector(f"tr[data-client='{worker_id}'] td.revoked")
 
         # Find a task by id.
         page.fill("#task-search", doomed["task_id"])

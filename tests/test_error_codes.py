@@ -137,6 +137,9 @@ ROWS = [
     Row(C.UNAUTHORIZED, 401, _req("GET", "/api/v1/tasks", "nobody"), CE.KeyRejected, SE.WriteRefused),
     Row(C.FORBIDDEN, 403, _req("GET", "/api/v1/tasks", "client"), CE.KeyRejected, SE.WriteRefused),
     Row(C.NOT_YOUR_TASK, 404, _req("GET", f"/api/v1/tasks/{UNKNOWN}"), CE.NotYourTask, SE.StaleLease),
+    Row(
+        C.CLIENT_NOT_FOUND, 404, _req("DELETE", f"/api/v1/clients/{UNKNOWN}"), CE.GateRefused, SE.WriteRefused
+    ),
     Row(C.JOB_NOT_FOUND, 404, _req("GET", f"/api/v1/jobs/{UNKNOWN}"), CE.GateRefused, SE.WriteRefused),
     Row(C.DOCUMENT_NOT_FOUND, 404, _req("GET", "/api/v1/documents/404"), CE.GateRefused, SE.WriteRefused),
     Row(

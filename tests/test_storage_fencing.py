@@ -108,7 +108,8 @@ async def test_stale_holder_cannot_replace_the_current_holders_document(
 
 async def test_a_stale_lease_cannot_upload_through_the_gate(gate: Gate) -> None:
     old, new = await gate.register("old"), await gate.register("new")
-    await gate.create(source="urls", params={})
+    urls = [{"doc_id": "55", "url": "https://registry.example/55.txt"}]
+    await gate.create(source="urls", params={"urls": urls})
     first = (await gate.lease(old)).json()
     await gate.sql("UPDATE tasks SET lease_expires_at = now() - interval '1 second'")
     second = (await gate.lease(new, wait=10)).json()
@@ -122,12 +123,12 @@ async def test_a_stale_lease_cannot_upload_through_the_gate(gate: Gate) -> None:
         )
 
     r = await upload(old, first, b"stale")
-    assert r.status_code == 409 and "lease" in r.json()["detail"]
+    assert (r.status_code, r.json()["code"]) == (409, "lease_lost") and "lease" in r.json()["detail"]
     r = await upload(new, second, b"fresh")
     assert r.status_code == 201, r.text
     assert r.json()["storage_key"] == "0/55.txt"
     r = await upload(new, second, b"again")
-    assert r.status_code == 409 and "already stored" in r.json()["detail"]
+    assert (r.status_code, r.json()["code"]) == (409, "already_stored")
     r = await gate.http.get("/api/v1/storage/objects/0/55.txt", headers=gate.admin)
     assert r.content == b"fresh"
     r = await gate.http.put("/api/v1/documents/56/raw", headers=new, content=b"no lease")

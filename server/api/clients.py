@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated
+from uuid import UUID
 
 from fastapi import APIRouter, Body, Query
 
@@ -36,6 +37,25 @@ async def heartbeat(
     if principal.client_id is None:  # the admin holds no leases
         return v1.HeartbeatReply(leases_extended=0, lease_expires_at=None, cancelled_task_ids=[])
     return await db.heartbeat(state.pool, principal.client_id, body, state.settings.lease_seconds)
+
+
+@router.delete(paths.CLIENT, response_model=v1.ClientRevoked)
+async def revoke_client(client_id: UUID, state: StateDep, _: AdminDep) -> v1.ClientRevoked:
+    """Revoke the client's key: 401 on this gate at once and on every other within 10 s (their
+    look-up caches), no lease from now on anywhere, and its leases back to pending."""
+    revoked = await db.revoke_client(state.pool, client_id)
+    state.auth.forget(client_id)
+    return revoked
+
+
+@router.post(paths.CLIENT_ROTATE_KEY, response_model=v1.ClientRegistered)
+async def rotate_key(client_id: UUID, state: StateDep, _: AdminDep) -> v1.ClientRegistered:
+    """A new key for the client, shown once; the old one stops as a revoked one does. Its leases
+    stay: the client restarted with the new key hands them back or lets them run out."""
+    key = new_key()
+    client_id, name, host = await db.rotate_key(state.pool, client_id, hash_key(key))
+    state.auth.forget(client_id)
+    return v1.ClientRegistered(client_id=client_id, client_name=name, client_host=host, api_key=key)
 
 
 @router.get("/clients", response_model=v1.ClientList)

@@ -11,7 +11,7 @@ import asyncpg
 from protocol import v1
 from server.db import lifecycle
 from server.db.pool import Pool, connection, transaction
-from server.errors import KeyInUse
+from server.errors import ClientNotFound, Conflict, KeyInUse
 
 REGISTER = """
 INSERT INTO clients (client_name, client_host, api_key_hash)
@@ -23,7 +23,7 @@ FIND_BY_KEY = """
 SELECT 'admin' AS role, NULL::uuid AS client_id, NULL AS client_name
 FROM admin_keys WHERE key_hash = $1
 UNION ALL
-SELECT 'client', client_id, client_name FROM clients WHERE api_key_hash = $1
+SELECT 'client', client_id, client_name FROM clients WHERE api_key_hash = $1 AND revoked_at IS NULL
 LIMIT 1
 """
 
@@ -43,10 +43,12 @@ WHERE event = 'cancelled' AND client_id = $1 AND at >= $2
 LIST = """
 SELECT c.client_id, c.client_name, c.client_host, c.created_at, c.last_heartbeat_at,
        c.docs_per_minute,
-       CASE WHEN c.last_heartbeat_at > now() - make_interval(secs => $1::float8)
+       CASE WHEN c.revoked_at IS NOT NULL THEN 'revoked'
+            WHEN c.last_heartbeat_at > now() - make_interval(secs => $1::float8)
             THEN 'active' ELSE 'stale' END AS status,
        (SELECT count(*) FROM tasks t
-        WHERE t.assigned_to = c.client_id AND t.status = 'assigned') AS tasks_held
+        WHERE t.assigned_to = c.client_id AND t.status = 'assigned') AS tasks_held,
+       c.revoked_at
 FROM clients c
 ORDER BY c.created_at
 LIMIT $2
@@ -71,6 +73,41 @@ async def register_client(
     except asyncpg.UniqueViolationError:
         raise KeyInUse() from None
     assert record is not None  # INSERT … RETURNING always returns the row
+    return record["client_id"], record["client_name"], record["client_host"]
+
+
+REVOKE = """
+UPDATE clients SET revoked_at = coalesce(revoked_at, now()) WHERE client_id = $1
+RETURNING client_id, revoked_at
+"""
+
+ROTATE = """
+UPDATE clients SET api_key_hash = $2 WHERE client_id = $1 AND revoked_at IS NULL
+RETURNING client_id, client_name, client_host
+"""
+
+
+async def revoke_client(pool: Pool, client_id: UUID) -> v1.ClientRevoked:
+    """Revoke the key and hand back the client's leases, in one transaction."""
+    async with transaction(pool) as conn:
+        record = await conn.fetchrow(REVOKE, client_id)
+        if record is None:
+            raise ClientNotFound(f"client {client_id} not found")
+        handed = await lifecycle.hand_back_client(conn, client_id)
+    return v1.ClientRevoked(client_id=client_id, revoked_at=record["revoked_at"], tasks_handed_back=handed)
+
+
+async def rotate_key(pool: Pool, client_id: UUID, key_hash: bytes) -> tuple[UUID, str, str | None]:
+    """Give the client a new key; the old one stops working (within the look-up cache's bound)."""
+    async with connection(pool) as conn:
+        record = await conn.fetchrow(ROTATE, client_id, key_hash)
+        if record is None:
+            exists = await conn.fetchval(
+                "SELECT revoked_at IS NOT NULL FROM clients WHERE client_id = $1", client_id
+            )
+            if exists is None:
+                raise ClientNotFound(f"client {client_id} not found")
+            raise Conflict(f"client {client_id} is revoked; register a new client instead")
     return record["client_id"], record["client_name"], record["client_host"]
 
 

@@ -65,7 +65,10 @@ LEASE = f"""
 WITH held AS (
     -- MAX_LEASES_PER_CLIENT ($5): what the caller holds already counts against it, so one
     -- client cannot lease the whole queue (tasks_assigned_to; the admin, NULL, holds none).
-    SELECT count(*) AS n FROM tasks WHERE assigned_to = $2 AND status = 'assigned'
+    -- A revoked client may hold nothing, from the moment it is revoked, on every gate.
+    SELECT CASE WHEN EXISTS (SELECT 1 FROM clients WHERE client_id = $2 AND revoked_at IS NOT NULL)
+                THEN $5 ELSE count(*) END AS n
+    FROM tasks WHERE assigned_to = $2 AND status = 'assigned'
 ), candidates AS (
     -- Walk tasks_leasable (priority, then age) and stop after $1 rows (fewer at the cap).
     -- SKIP LOCKED lets concurrent leasers pass over rows another transaction
@@ -276,6 +279,22 @@ WITH picked AS (
 SELECT count(*) FROM retried
 """
 
+# A revoked client's leases go back to pending at once, the attempt they spent given back (the
+# client did not fail the work; the operator took it away).
+HAND_BACK_CLIENT = """
+WITH handed AS (
+    UPDATE tasks
+    SET status = 'pending', attempts = greatest(attempts - 1, 0), run_after = now(),
+        lease_expires_at = NULL, session_id = NULL, updated_at = now()
+    WHERE assigned_to = $1 AND status = 'assigned'
+    RETURNING task_id, assigned_to, lease_token
+), logged AS (
+    INSERT INTO task_events (task_id, event, client_id, lease_token, detail)
+    SELECT task_id, 'handed_back', assigned_to, lease_token, 'client revoked' FROM handed
+)
+SELECT count(*) FROM handed
+"""
+
 # Is anything leasable now? The long-poll's fallback probe: the same rows LEASE would walk.
 ANY_LEASABLE = "SELECT EXISTS (SELECT 1 FROM tasks WHERE status = 'pending' AND run_after <= now())"
 NOTIFY = "SELECT pg_notify('docgate_tasks', '')"
@@ -458,6 +477,14 @@ async def extend_leases(
     """A heartbeat's extension (inside the heartbeat's transaction); the new expiries."""
     rows = await conn.fetch(EXTEND, client_id, session_id, lease_seconds, task_ids)
     return [r["lease_expires_at"] for r in rows]
+
+
+async def hand_back_client(conn: Connection, client_id: UUID) -> int:
+    """Every lease of a revoked client back to pending (inside the revocation's transaction)."""
+    handed: int = await conn.fetchval(HAND_BACK_CLIENT, client_id)
+    if handed:
+        await conn.execute(NOTIFY)
+    return handed
 
 
 async def reap_expired(pool: Pool, backoff: Backoff) -> int:

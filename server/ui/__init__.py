@@ -20,8 +20,8 @@ from fastapi import APIRouter, Cookie, Header, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from server.db import clients, lifecycle
 from server.db import dashboard as data
-from server.db import lifecycle
 from server.db import tasks as db_tasks
 from server.deps import StateDep
 from server.errors import DocgateError, Forbidden, NotFound, Unauthorized, Unprocessable
@@ -142,4 +142,8 @@ async def _run_action(state: GateState, action: str, target: Any) -> dict[str, A
         return {"status": (await lifecycle.cancel_task(state.pool, ident)).status.value}
     if action == "cancel-job":
         return {"cancelled": await lifecycle.cancel_job(state.pool, ident)}
+    if action == "revoke-client":
+        revoked = await clients.revoke_client(state.pool, ident)
+        state.auth.forget(ident)
+        return {"tasks_handed_back": revoked.tasks_handed_back}
     raise NotFound(f"unknown action {action!r}")
