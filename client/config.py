@@ -8,7 +8,6 @@ A wrong value stops the client with one line naming the flag. The seed's `--db-h
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import socket
 import uuid
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_valid
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from client.errors import ConfigError
+from client.guard import parse_allowance
 from common.settings import describe_validation_error
 from protocol import v1
 
@@ -102,10 +102,7 @@ class ClientConfig(BaseSettings):
     def _networks(cls, value: Any) -> Any:
         networks = [n.strip() for n in value.split(",") if n.strip()] if isinstance(value, str) else value
         for network in networks:
-            try:
-                ipaddress.ip_network(network, strict=False)
-            except ValueError:
-                raise ValueError(f"{network!r} is not a CIDR range like 127.0.0.0/8") from None
+            parse_allowance(network)  # its ValueError names what is wrong
         return tuple(networks)
 
     @field_validator("ca_cert")
@@ -166,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--allow-network",
         action="append",
-        help="private range the client may fetch from (repeatable), e.g. 127.0.0.0/8",
+        help="private range the client may fetch from (repeatable), e.g. 127.0.0.0/8, "
+        "or with ports: 127.0.0.1/32:8000 or 10.0.0.0/8:8000-8100",
     )
     for name in IGNORED_FLAGS:
         p.add_argument("--" + name.replace("_", "-"), help="accepted for the seed's command lines; ignored")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -48,18 +49,58 @@ def embedded_v4(ip: Address) -> ipaddress.IPv4Address | None:
     return None
 
 
+@dataclass(frozen=True)
+class Allowance:
+    """One --allow-network value: a range, and optionally the ports open in it."""
+
+    network: Network
+    low: int = 0
+    high: int = 65535
+
+    def covers(self, ip: Address, port: int | None) -> bool:
+        in_range = ip.version == self.network.version and ip in self.network
+        return in_range and (port is None or self.low <= port <= self.high)
+
+
+def parse_allowance(text: str) -> Allowance:
+    """CIDR, CIDR:PORT or CIDR:LOW-HIGH (IPv6 in brackets when a port follows: [::1/128]:8000)."""
+    text = text.strip()
+    if text.startswith("["):
+        network, _, rest = text[1:].partition("]")
+        ports = rest.removeprefix(":") if rest.startswith(":") else None
+        if rest and ports is None:
+            raise ValueError(f"{text!r}: after ] comes :PORT or :LOW-HIGH")
+    elif text.count(":") == 1:
+        network, ports = text.split(":")
+    else:
+        network, ports = text, None
+    try:
+        net = ipaddress.ip_network(network, strict=False)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a CIDR range like 127.0.0.0/8 (or 127.0.0.0/8:8000-8100)"
+        ) from None
+    if ports is None:
+        return Allowance(net)
+    low, _, high = ports.partition("-")
+    if not (low.isdigit() and (high or low).isdigit()) or not 1 <= int(low) <= int(high or low) <= 65535:
+        raise ValueError(f"{text!r}: ports are PORT or LOW-HIGH between 1 and 65535")
+    return Allowance(net, int(low), int(high or low))
+
+
 class Policy:
-    """Which addresses may be fetched from: public ones, plus the allowed networks."""
+    """Which addresses may be fetched from: public ones, plus the allowed networks (and ports)."""
 
     def __init__(self, allowed: Iterable[str] = ()) -> None:
-        self.allowed: list[Network] = [ipaddress.ip_network(n, strict=False) for n in allowed]
+        self.allowed = [parse_allowance(a) for a in allowed]
 
-    def permits(self, ip: Address) -> bool:
-        if any(ip in net for net in self.allowed if net.version == ip.version):
+    def permits(self, ip: Address, port: int | None = None) -> bool:
+        """May `ip` be fetched from (on `port`, when known)?"""
+        if any(a.covers(ip, port) for a in self.allowed):
             return True
         inner = embedded_v4(ip)
         if inner is not None:
-            return self.permits(inner)
+            return self.permits(inner, port)
         return ip.is_global and not ip.is_multicast
 
     def check_url(self, url: URL) -> None:
@@ -74,7 +115,7 @@ class Policy:
         if not host:
             raise Refused("URL has no host")
         ip = literal_address(host)
-        if ip is not None and not self.permits(ip):
+        if ip is not None and not self.permits(ip, url.port):
             raise Refused(f"{host} is {ip}, not a public address (see --allow-network)")
 
 
@@ -111,7 +152,7 @@ class GuardedResolver(AbstractResolver):
         refused = []
         for fam, _, proto, _, sockaddr in infos:
             ip = ipaddress.ip_address(sockaddr[0])
-            if not self.policy.permits(ip):
+            if not self.policy.permits(ip, port or None):
                 refused.append(str(ip))
                 continue
             results.append(_result(host, str(ip), port, fam, proto))

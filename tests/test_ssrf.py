@@ -132,3 +132,48 @@ async def test_allow_network_lets_the_local_origin_through(redirector: str) -> N
     finally:
         await refused.close()
         await allowed.close()
+
+
+async def test_allow_network_with_a_port_opens_only_that_port(trap: Trap, redirector: str) -> None:
+    """127.0.0.0/8:PORT opens the local origin without opening every loopback service."""
+    port = int(redirector.rsplit(":", 1)[1])
+    scoped = fetcher(f"127.0.0.0/8:{port}")
+    ranged = fetcher(f"127.0.0.2/32:{port}-{port}")
+    try:
+        assert await scoped.fetch(redirector + "/ok", read) == b"public document"
+        assert await ranged.fetch(redirector + "/ok", read) == b"public document"
+        with pytest.raises(DocumentFailed) as caught:
+            await scoped.fetch(f"http://127.0.0.1:{trap.port}/x", read)  # another port of the range
+        with pytest.raises(DocumentFailed):
+            await scoped.fetch(redirector + "/bounce", read)  # a redirect to another port
+    finally:
+        await scoped.close()
+        await ranged.close()
+    assert caught.value.permanent and "refused" in caught.value.reason
+    await asyncio.sleep(0.15)
+    assert trap.accepted == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [
+        ("127.0.0.0/8", True),
+        ("127.0.0.1/32:8000", True),
+        ("10.0.0.0/8:8000-8100", True),
+        ("[::1/128]:8000", True),
+        ("::1/128", True),
+        ("127.0.0.0/8:0", False),
+        ("127.0.0.0/8:9-1", False),
+        ("127.0.0.0/8:x", False),
+        ("127.0.0.0/33", False),
+        ("[::1/128]8000", False),
+    ],
+)
+def test_allowance_syntax(text: str, ok: bool) -> None:
+    from client.guard import parse_allowance
+
+    if ok:
+        parse_allowance(text)
+    else:
+        with pytest.raises(ValueError):
+            parse_allowance(text)
