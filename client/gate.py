@@ -164,9 +164,13 @@ class GateAPI:
         )  # fmt: skip
         return await self._model(v1.Task, "POST", paths.url(paths.TASK_COMPLETE), body)
 
-    async def fail(self, task: v1.LeasedTask, error: str, retryable: bool) -> v1.Task:
+    async def fail(
+        self, task: v1.LeasedTask, error: str, retryable: bool, *, attempt_spent: bool = True
+    ) -> v1.Task:
         reason = v1.clip(error, v1.MAX_TEXT) or "no reason given"
-        body = v1.TaskFail(lease_token=task.lease_token, error=reason, retryable=retryable)
+        body = v1.TaskFail(
+            lease_token=task.lease_token, error=reason, retryable=retryable, attempt_spent=attempt_spent
+        )
         path = paths.url(paths.TASK_FAIL, task_id=task.task_id)
         return await self._model(v1.Task, "POST", path, body, attempts=3)
 

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import random
 import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -49,6 +50,7 @@ REPORT_BATCH = 100
 KNOWN_BATCH = 200
 HAND_BACK_SECONDS = 15.0
 STORAGE_RETRY_SECONDS = (0.5, 1.0, 2.0, 4.0, 8.0)  # then the document counts as failed transiently
+STORAGE_PAUSE_SECONDS, STORAGE_PAUSE_MAX = 10.0, 300.0  # no leasing while the store keeps failing
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class TaskRun:
     # doc_ids from the source that the gate would refuse: counted as failed, never reported
     unreportable: list[str] = field(default_factory=list)
     cancelled_by_gate: bool = False
+    storage_failed: bool = False  # a document failed because the store did, not the origin
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def counts(self) -> v1.Counts:
@@ -99,6 +102,8 @@ class Worker:
         self.task_runs: dict[UUID, TaskRun] = {}
         self.stopping = asyncio.Event()
         self.key_rejected: KeyRejected | None = None  # the key was revoked or rotated: stop
+        self.storage_pauses = 0  # tasks handed back in a row because the store failed
+        self.leasing_resumes_at = 0.0  # monotonic time; no lease before it
         self.heartbeat_every = config.heartbeat_interval
 
     # ---- the lease loop
@@ -118,6 +123,10 @@ class Worker:
             free = self.config.max_tasks - len(self.runs)
             if free <= 0:
                 await self._wait_any(list(self.runs.values()))
+                continue
+            paused = self.leasing_resumes_at - time.monotonic()
+            if paused > 0:
+                await self._wait_any(list(self.runs.values()), seconds=paused)
                 continue
             # Long-poll only when idle; while busy, just top up.
             wait = 0.0 if self.runs else min(self.config.poll_interval, v1.MAX_WAIT_SECONDS)
@@ -301,6 +310,7 @@ class Worker:
         except (KeyRefused, WriteRefused) as exc:
             report = self._failure(run, ref, exc.message, True)
         except StorageError as exc:
+            run.storage_failed = True
             report = self._failure(run, ref, f"storage: {exc.message}", False)
         if report is not None:
             run.pending.append(report)
@@ -390,6 +400,16 @@ class Worker:
 
     async def _finish(self, run: TaskRun) -> None:
         task = run.task
+        if run.transient and run.storage_failed:
+            # Our store failed, not the work: give the task back without spending its attempt
+            # (never complete it with its documents failed), and pause before leasing more.
+            await self._report(run)
+            first = run.transient[0]
+            reason = f"the client's store failed ({first.ref.doc_id}: {first.reason})"
+            await self._give_up(run, reason, retryable=True, attempt_spent=False)
+            self._pause_for_storage()
+            return
+        self.storage_pauses = 0
         if run.transient and task.attempts < task.max_attempts:
             await self._report(run)
             await self._give_up(
@@ -425,9 +445,17 @@ class Worker:
             summary["unreportable_doc_ids"] = run.unreportable[:20]
         return summary
 
-    async def _give_up(self, run: TaskRun, error: str, retryable: bool) -> None:
+    def _pause_for_storage(self) -> None:
+        """Lease nothing for a while (10 s, doubling to 5 min) while the store keeps failing, so a
+        broken store does not churn through the queue."""
+        delay = min(STORAGE_PAUSE_MAX, STORAGE_PAUSE_SECONDS * 2**self.storage_pauses)
+        self.storage_pauses += 1
+        self.leasing_resumes_at = max(self.leasing_resumes_at, time.monotonic() + delay)
+        log.warning("storage is failing; leasing nothing for %.0f s", delay)
+
+    async def _give_up(self, run: TaskRun, error: str, retryable: bool, attempt_spent: bool = True) -> None:
         try:
-            await self.gate.fail(run.task, error, retryable)
+            await self.gate.fail(run.task, error, retryable, attempt_spent=attempt_spent)
         except ClientError as exc:
             log.warning(
                 "task %s: could not report failure (%s); it returns after its lease",

@@ -420,6 +420,11 @@ class TaskFail(Request):
     lease_token: LeaseToken = None
     error: Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT), AfterValidator(_no_nul)]
     retryable: bool = True
+    attempt_spent: bool = Field(
+        True,
+        description="false: hand the task back without spending the attempt — the failure was the "
+        "client's (its store), not the work's",
+    )
 
 
 class Cancelled(Reply):

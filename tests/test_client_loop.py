@@ -212,3 +212,61 @@ async def test_a_short_storage_outage_spends_no_attempt(gate: Gate, tmp_path: Pa
     assert stats.stored == 100 and stats.failed == 0
     rows = await gate.sql("SELECT status, attempts FROM tasks")
     assert [(r["status"], r["attempts"]) for r in rows] == [("completed", 1)] * 10
+
+
+async def test_a_long_storage_outage_hands_tasks_back_without_spending_attempts(
+    gate: Gate, tmp_path: Path
+) -> None:
+    """A store that fails past the client's retry window: the client hands its tasks back with the
+    attempt given back (attempt_spent=false), leases nothing for a while, and finishes every task
+    on what the gate counts as its first attempt once the store is back — never completing a task
+    with its documents failed."""
+    origin = Origin(tmp_path, "--size", "2048")
+    key = (await gate.register("long-outage"))["X-API-Key"]
+    job = {
+        "source": "id_range",
+        "chunk_size": 10,
+        "max_attempts": 2,
+        "params": {"url_template": origin.url + "/doc/{id}.bin", "start_id": 1, "count": 40, "ext": ".bin"},
+    }
+    await gate.http.post("/api/v1/jobs", headers=gate.admin, json=job)
+    config = ClientConfig(
+        api_url="http://gate",
+        api_key=key,
+        concurrency=8,
+        max_tasks=2,
+        exit_when_idle=True,
+        allow_network=("127.0.0.0/8",),
+        poll_interval=0.2,
+        heartbeat_interval=1,
+    )
+    api = GateAPI("http://gate", key, config.session_id, transport=gate.transport)
+    store = OutageStorage(tmp_path / "store", seconds=25)
+    fetcher = Fetcher(
+        Policy(config.allow_network),
+        concurrency=8,
+        per_host_connections=8,
+        per_host_rate=None,
+        retries=2,
+        timeout=30,
+        max_size=1 << 20,
+    )
+    stats = Stats()
+    worker = Worker(config, api, store, fetcher, load_sources(SourceContext(fetcher)), stats)
+    try:
+        await worker.run()
+    finally:
+        await fetcher.close()
+        await api.close()
+        await store.close()
+        origin.stop()
+    handed = await gate.sql("SELECT min(at) AS first FROM task_events WHERE event = 'retry_scheduled'")
+    assert handed[0]["first"] is not None, "the outage outlasted the retries: tasks were handed back"
+    rows = await gate.sql("SELECT status, attempts, documents_failed FROM tasks")
+    assert [(r["status"], r["attempts"], r["documents_failed"]) for r in rows] == [("completed", 1, 0)] * 4
+    assert stats.stored == 40
+    # After handing back, it leased nothing for its pause (10 s; half of it is a generous floor).
+    (next_lease,) = await gate.sql(
+        "SELECT min(at) AS at FROM task_events WHERE event = 'leased' AND at > $1", handed[0]["first"]
+    )
+    assert (next_lease["at"] - handed[0]["first"]).total_seconds() >= 5

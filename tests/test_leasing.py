@@ -551,3 +551,16 @@ async def test_one_client_cannot_hoard_the_queue(db_dsn: str, tmp_path: Any) -> 
         body = {"task_id": done["task_id"], "lease_token": done["lease_token"]}
         assert (await gate.http.post("/api/v1/tasks/complete", headers=hoarder, json=body)).status_code == 200
         assert len((await gate.lease(hoarder, max_tasks=10)).json()["tasks"]) == 1
+
+
+async def test_a_hand_back_may_give_the_attempt_back(gate: Gate) -> None:
+    client = await gate.register()
+    task_id = (await gate.create(max_attempts=1))["task_id"]
+    leased = (await gate.lease(client)).json()
+    body = {"lease_token": leased["lease_token"], "error": "store down", "attempt_spent": False}
+    r = await gate.http.post(f"/api/v1/tasks/{task_id}/fail", headers=client, json=body)
+    assert r.status_code == 200 and (r.json()["status"], r.json()["attempts"]) == ("pending", 0)
+    leased = (await gate.lease(client, wait=5)).json()
+    body = {"lease_token": leased["lease_token"], "error": "origin 503"}  # spent: the last attempt
+    r = await gate.http.post(f"/api/v1/tasks/{task_id}/fail", headers=client, json=body)
+    assert (r.json()["status"], r.json()["attempts"]) == ("failed", 1)

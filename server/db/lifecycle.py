@@ -155,14 +155,17 @@ WHERE {FENCE}
 RETURNING {TASK_COLUMNS}
 """
 
+# $9 false: the attempt is given back (the client's store failed, not the work). SET sees the
+# old row, so every condition uses the attempts the task ends up with.
 FAIL = f"""
 WITH failed AS (
     UPDATE tasks
-    SET status = CASE WHEN $5 AND attempts < max_attempts THEN 'pending' ELSE 'failed' END,
-        run_after = CASE WHEN $5 AND attempts < max_attempts
+    SET attempts = attempts - (NOT $9)::int,
+        status = CASE WHEN $5 AND attempts - (NOT $9)::int < max_attempts THEN 'pending' ELSE 'failed' END,
+        run_after = CASE WHEN $5 AND attempts - (NOT $9)::int < max_attempts
                          THEN {backoff(base="$7", cap="$8")}
                          ELSE run_after END,
-        completed_at = CASE WHEN $5 AND attempts < max_attempts THEN NULL ELSE now() END,
+        completed_at = CASE WHEN $5 AND attempts - (NOT $9)::int < max_attempts THEN NULL ELSE now() END,
         last_error = $6, lease_expires_at = NULL, session_id = NULL, updated_at = now()
     WHERE {FENCE}
     RETURNING *
@@ -439,7 +442,10 @@ async def fail_task(
     pool: Pool, task_id: UUID, body: v1.TaskFail, caller: Caller, backoff: Backoff
 ) -> v1.Task:
     delay = (backoff.base_seconds, backoff.cap_seconds)
-    args = (task_id, body.lease_token, caller.owner, caller.session_id, body.retryable, body.error, *delay)
+    args = (
+        task_id, body.lease_token, caller.owner, caller.session_id, body.retryable, body.error, *delay,
+        body.attempt_spent,
+    )  # fmt: skip
     return await _fenced_write(pool, FAIL, args, caller, NO_REPORTS, "it can no longer fail")
 
 
