@@ -61,6 +61,7 @@ class ClientConfig(BaseSettings):
     search_url: str | None = None
     link_pattern: str | None = None
     progress: Literal["auto", "bar", "log"] = "auto"
+    verify_existing: Literal["hash", "fetch"] = "hash"
     # Not a setting: who this process is to the gate, new at every start (X-Session-Id).
     _session_id: str = PrivateAttr(default_factory=lambda: uuid.uuid4().hex)
 
@@ -141,6 +142,8 @@ FLAGS: dict[str, str] = {
     "search_url": "search listing URL for `search` tasks, with {page}",
     "link_pattern": "regex finding document links in a listing (groups: url, id, ext)",
     "progress": "auto | bar | log: live bar on a terminal, else a line every 10 s",
+    "verify_existing": "hash | fetch: an unrecorded object found in the store is read back and hashed "
+    "(default), or also compared with what the origin serves (fetch: for stores others can write)",
 }
 
 

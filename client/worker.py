@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import random
-import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -365,20 +366,34 @@ class Worker:
         return v1.DocumentReport.of_stored(ref.doc_id, stored, url=ref.url, status=v1.DocumentStatus.STORED)
 
     async def _skipped(self, run: TaskRun, ref: DocRef, info: ObjectInfo) -> v1.DocumentReport:
-        """Already in storage: not fetched; reported with proof so the gate records it."""
-        sha, size = info.sha256, info.size
-        # A store's metadata is not proof (anyone with the bucket can set it): hash the bytes
-        # unless the sha256 kept beside them is at least well-formed.
-        if sha is None or not re.fullmatch(v1.SHA256_PATTERN, sha) or info.key.endswith(GZIP_EXT):
-            digest = await digest_of(self.store, info.key)
-            sha, size = digest.sha256, digest.size
+        """In storage, but no record vouches for it: read back and hashed (a store's metadata is no
+        proof: whoever can write the store can set it), and with --verify-existing fetch compared
+        with what the origin serves, before it is reported as skipped."""
+        digest = await digest_of(self.store, info.key)
+        if self.config.verify_existing == "fetch":
+            served = await self.fetcher.fetch(ref.url, partial(self._origin_sha256, ref, run.task.params))
+            if served != digest.sha256:
+                raise DocumentFailed(
+                    f"the store holds other bytes at {info.key} (sha256 {digest.sha256[:12]}…) than the "
+                    f"origin serves ({served[:12]}…); not recorded: remove the object to fetch it again",
+                    permanent=True,
+                )
         run.skipped += 1
         self.stats.skipped += 1
         stored = v1.StoredDocument(
-            storage_key=info.key, storage_url=self.store.url_for(info.key), sha256=sha, size=size,
-            compressed=info.key.endswith(GZIP_EXT),
+            storage_key=info.key, storage_url=self.store.url_for(info.key), sha256=digest.sha256,
+            size=digest.size, compressed=info.key.endswith(GZIP_EXT),
         )  # fmt: skip
         return v1.DocumentReport.of_stored(ref.doc_id, stored, url=ref.url, status=v1.DocumentStatus.SKIPPED)
+
+    async def _origin_sha256(self, ref: DocRef, params: dict[str, Any], body: Body) -> str:
+        hasher, size = hashlib.sha256(), 0
+        async for chunk in await _checked_body(body, ref, params):
+            size += len(chunk)
+            if size > self.config.max_document_size:
+                raise DocumentFailed(f"over --max-document-size ({self.config.max_document_size})", True)
+            await asyncio.to_thread(hasher.update, chunk)
+        return hasher.hexdigest()
 
     def _failure(self, run: TaskRun, ref: DocRef, reason: str, permanent: bool) -> v1.DocumentReport | None:
         if not permanent:

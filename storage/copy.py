@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from storage.base import ObjectInfo, PutOptions, Storage
-from storage.errors import StorageError
+from storage.errors import CorruptGzip, StorageError
 from storage.keys import GZIP_EXT
 
 
@@ -41,6 +41,8 @@ async def digest_of(store: Storage, key: str) -> Digest:
         tail = inflate.flush()
         size += len(tail)
         hasher.update(tail)
+        if not inflate.eof or inflate.unused_data:
+            raise CorruptGzip(f"{key} is not one whole gzip stream")
     return Digest(hasher.hexdigest(), size)
 
 

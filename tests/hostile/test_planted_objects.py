@@ -1,0 +1,126 @@
+"""An object found in the store that no record vouches for is not trusted blindly.
+
+The store holds, before the client runs: document 1 exactly as the origin serves it; document 2
+planted (other bytes) under metadata that claims the origin's sha256 — what anyone who can write
+the bucket could leave. Document 3 is not there. With the default `--verify-existing hash` the
+client reads each object back and hashes it, so a record never carries a sha256 the bytes do not
+have; with `fetch` it also compares with the origin, and the planted object is never recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from client.config import ClientConfig
+from client.download import Fetcher
+from client.gate import GateAPI
+from client.guard import Policy
+from client.progress import Stats
+from client.sources import SourceContext, load_sources
+from client.worker import Worker
+from conftest import Gate
+from storage.local import LocalStorage
+
+
+def body_of(doc_id: int) -> bytes:
+    return f"the registry's document {doc_id}\n".encode() * 20
+
+
+PLANTED = b"not what the registry published"
+
+
+class ForgingStore(LocalStorage):
+    """A store whose metadata lies: it claims the origin's sha256 for the planted object."""
+
+    async def stat(self, key: str) -> Any:
+        info = await super().stat(key)
+        if info is not None and key == "0/2.txt":
+            return info.model_copy(update={"sha256": hashlib.sha256(body_of(2)).hexdigest()})
+        return info
+
+
+@pytest.fixture
+async def origin() -> AsyncIterator[tuple[str, Counter[int]]]:
+    served: Counter[int] = Counter()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.readuntil(b"\r\n\r\n")
+        doc_id = int(request.split(b" ")[1].rsplit(b"/", 1)[1].split(b".")[0])
+        served[doc_id] += 1
+        body = body_of(doc_id)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n" % len(body))
+        writer.write(b"Connection: close\r\n\r\n" + body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", served
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.parametrize("mode", ["hash", "fetch"])
+async def test_an_unvouched_object_is_verified(gate: Gate, origin: Any, tmp_path: Path, mode: str) -> None:
+    url, served = origin
+    root = tmp_path / "store"
+    (root / "0").mkdir(parents=True)
+    (root / "0" / "1.txt").write_bytes(body_of(1))
+    (root / "0" / "2.txt").write_bytes(PLANTED)
+    key = (await gate.register("verifier"))["X-API-Key"]
+    job = {
+        "source": "id_range",
+        "max_attempts": 1,
+        "params": {"url_template": url + "/doc/{id}.txt", "start_id": 1, "count": 3, "ext": ".txt"},
+    }
+    assert (await gate.http.post("/api/v1/jobs", headers=gate.admin, json=job)).status_code == 201
+    config = ClientConfig(
+        api_url="http://gate",
+        api_key=key,
+        exit_when_idle=True,
+        allow_network=("127.0.0.0/8",),
+        poll_interval=0.2,
+        heartbeat_interval=1,
+        verify_existing=mode,
+        _env_file=None,
+    )  # type: ignore[call-arg]
+    api = GateAPI("http://gate", key, config.session_id, transport=gate.transport)
+    store = ForgingStore(root)
+    fetcher = Fetcher(
+        Policy(config.allow_network),
+        concurrency=4,
+        per_host_connections=4,
+        per_host_rate=None,
+        retries=0,
+        timeout=10,
+        max_size=1 << 20,
+    )
+    try:
+        await asyncio.wait_for(
+            Worker(config, api, store, fetcher, load_sources(SourceContext(fetcher)), Stats()).run(), 60
+        )
+    finally:
+        await fetcher.close()
+        await api.close()
+        await store.close()
+
+    rows = {r["doc_id"]: r["sha256"] for r in await gate.sql("SELECT doc_id, sha256 FROM documents")}
+    assert (
+        rows["1"] == hashlib.sha256(body_of(1)).hexdigest()
+        and rows["3"] == hashlib.sha256(body_of(3)).hexdigest()
+    )
+    if mode == "hash":
+        # Recorded as what it is, never under the sha256 its metadata claims; the origin is spared.
+        assert rows["2"] == hashlib.sha256(PLANTED).hexdigest()
+        assert served == Counter({3: 1})
+    else:
+        assert "2" not in rows
+        (failure,) = await gate.sql("SELECT doc_id, error FROM document_failures")
+        assert failure["doc_id"] == "2" and "other bytes" in failure["error"]
+        assert served == Counter({1: 1, 2: 1, 3: 1})
