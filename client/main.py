@@ -20,6 +20,7 @@ from client.sources import SourceContext, load_sources
 from client.worker import Worker
 from common.logs import setup_logging, stop_logging
 from storage import Deadline, Storage, StorageError, open_storage
+from storage.errors import StorageRefused
 
 try:
     import uvloop
@@ -77,10 +78,7 @@ async def run(config: ClientConfig) -> int:
             await gate.check()
         except ClientError as exc:
             raise ConfigError(f"cannot use the gate at {config.api_url} (--api-url): {exc.message}") from None
-        try:
-            await store.probe()
-        except StorageError as exc:
-            raise ConfigError(f"cannot write to the store (--storage {store.url}): {exc.message}") from None
+        await _probe(store)
         with contextlib.suppress(StorageError):
             swept = await store.sweep(3600)
             if swept:
@@ -110,6 +108,27 @@ async def run(config: ClientConfig) -> int:
     if worker.key_rejected is not None:
         raise ConfigError(f"the gate no longer takes this key (--api-key): {worker.key_rejected.message}")
     return 0
+
+
+PROBE_RETRY_SECONDS = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+
+
+async def _probe(store: Storage) -> None:
+    """Prove the store takes writes before leasing anything. A refusal (credentials, permissions, a
+    missing bucket, a read-only path) stops the client at once; an outage is waited out a minute."""
+    for delay in (*PROBE_RETRY_SECONDS, None):
+        try:
+            await store.probe()
+            return
+        except StorageRefused as exc:
+            raise ConfigError(f"cannot write to the store (--storage {store.url}): {exc.message}") from None
+        except StorageError as exc:
+            if delay is None:
+                raise ConfigError(
+                    f"the store is unreachable (--storage {store.url}): {exc.message}"
+                ) from None
+            log.warning("store unreachable (%s); trying again in %.0f s", exc.message, delay)
+            await asyncio.sleep(delay)
 
 
 def _install_signals(worker: Worker) -> None:

@@ -59,3 +59,7 @@ class StorageTimeout(StorageError):
 
 class StorageUnavailable(StorageError):
     """The storage backend failed."""
+
+
+class StorageRefused(StorageUnavailable):
+    """The store refuses this client (credentials, permissions, a missing bucket, a read-only path)."""

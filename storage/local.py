@@ -32,7 +32,14 @@ from storage.base import (
     Storage,
     StoredObject,
 )
-from storage.errors import AlreadyStored, KeyRefused, ObjectMissing, StorageError, StorageUnavailable
+from storage.errors import (
+    AlreadyStored,
+    KeyRefused,
+    ObjectMissing,
+    StorageError,
+    StorageRefused,
+    StorageUnavailable,
+)
 from storage.keys import check_key
 
 TMP_PREFIX = ".docgate-tmp-"
@@ -96,13 +103,14 @@ class LocalStorage(Storage):
 
     def _probe(self) -> None:
         tmp = self.root / f"{TMP_PREFIX}probe-{uuid.uuid4().hex}"  # a leftover is swept like any temp file
-        with _create(tmp) as handle:
-            try:
+        try:
+            with _create(tmp) as handle:
                 handle.write(b"docgate probe")
                 os.fsync(handle.fileno())
-            except OSError as exc:
-                raise StorageUnavailable(f"cannot write in {self.root}: {exc.strerror}") from None
-        tmp.unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
+        except (OSError, StorageUnavailable) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else exc.message
+            raise StorageRefused(f"cannot write in {self.root}: {reason}") from None
 
     def _create(self, tmp: Path) -> BinaryIO:
         self._inside(tmp)

@@ -30,7 +30,7 @@ import botocore.config
 import botocore.exceptions
 
 from storage.base import CHUNK, Chunks, Deadline, Encoder, ObjectInfo, PutOptions, Storage, StoredObject
-from storage.errors import AlreadyStored, ObjectMissing, StorageError, StorageUnavailable
+from storage.errors import AlreadyStored, ObjectMissing, StorageError, StorageRefused, StorageUnavailable
 from storage.keys import check_key
 
 STAGING = ".docgate-staging/"
@@ -271,12 +271,21 @@ def _once(options: PutOptions) -> dict[str, Any]:
     return {} if options.overwrite else {"IfNoneMatch": "*"}
 
 
+# Answers that waiting will not change (a missing bucket is a 404, so it is named before that).
+REFUSALS = {
+    "AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket",
+    "InvalidBucketName", "AccountProblem", "Unauthorized",
+}  # fmt: skip
+
+
 def _wrap(exc: botocore.exceptions.ClientError, key: str) -> StorageError:
     error = exc.response.get("Error", {})
     code = str(error.get("Code", ""))
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     if code in {"PreconditionFailed", "ConditionalRequestConflict"} or status == 412:
         return AlreadyStored(f"{key} is already stored")
+    if code in REFUSALS or status == 403:
+        return StorageRefused(f"S3 {code or status}: {error.get('Message', '')}".strip())
     if code in {"NoSuchKey", "404", "NotFound"} or status == 404:
         return ObjectMissing(f"no object at {key}")
     return StorageUnavailable(f"S3 {code or status}: {error.get('Message', '')}".strip())

@@ -26,6 +26,16 @@ from storage.s3 import STAGING
 
 ACK = re.compile(r"task ([0-9a-f-]{36}) completed \(lease ([0-9a-f-]{36})\)")
 STALE_REFUSED = re.compile(r"POST /api/v1/tasks/\S+ 409 ")
+LIE_REFUSED = re.compile(r"LIE refused")
+LIE_ACCEPTED = re.compile(r"LIE ACCEPTED")
+# Documents no task contains: what a lying client would have planted (chaos jobs are id ranges).
+OUTSIDE_EVERY_TASK = """
+SELECT count(*) FROM documents d WHERE NOT EXISTS (
+    SELECT 1 FROM tasks t WHERE t.source = 'id_range' AND d.doc_id ~ '^[0-9]+$'
+      AND d.doc_id::bigint >= (t.params->>'start_id')::bigint
+      AND d.doc_id::bigint < (t.params->>'start_id')::bigint + (t.params->>'count')::bigint
+)
+"""
 
 
 @dataclass
@@ -51,6 +61,7 @@ def _fetch(dsn: str) -> dict[str, list[asyncpg.Record]]:
                 ),
                 "leases": await conn.fetch("SELECT count(*) FROM task_events WHERE event = 'leased'"),
                 "documents": await conn.fetch("SELECT doc_id, storage_key, sha256, size FROM documents"),
+                "outside": await conn.fetch(OUTSIDE_EVERY_TASK),
             }
         finally:
             await conn.close()
@@ -102,6 +113,15 @@ def check(run: Run, s3: Any) -> list[Figure]:
         "≥ 1" if zombies else "(no zombie)",
         refused >= 1 or not zombies,
     )
+
+    logs = [log.read_text(errors="replace") for log in run.client_logs]
+    told = sum(len(LIE_REFUSED.findall(t)) + len(LIE_ACCEPTED.findall(t)) for t in logs)
+    accepted = sum(len(LIE_ACCEPTED.findall(t)) for t in logs)
+    outside = db["outside"][0][0]
+    if run.plan.liars:
+        figure("lies told by the liar clients", told, "≥ 1", told >= 1)
+    figure("lies accepted", accepted, "= 0", accepted == 0)
+    figure("recorded documents that no task contains", outside, "= 0", outside == 0)
 
     leases = db["leases"][0][0]
     claims = leases / total if total else 0.0

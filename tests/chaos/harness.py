@@ -69,6 +69,7 @@ class Plan:
     client_variant: str | None = None
     sweep: bool = True
     spare_first: bool = False  # never kill gate 0 or client 0 (the soak watches their memory)
+    liars: int = 0  # the last `liars` clients run the `liar` variant (they lie while they work)
 
 
 @dataclass
@@ -236,7 +237,7 @@ class Cluster:
         self.run.client_logs.append(log)
         self.clients[i] = self._spawn(
             _command(
-                self.plan.client_variant,
+                "liar" if i >= self.plan.clients - self.plan.liars else self.plan.client_variant,
                 "client",
                 "--api-url",
                 self._gate_url(i),

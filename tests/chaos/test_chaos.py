@@ -47,7 +47,7 @@ def judged(cluster: Cluster) -> list[str]:
 
 @pytest.mark.timeout(400)
 def test_quick_seed_loses_nothing(cluster_for) -> None:  # type: ignore[no-untyped-def]
-    plan = Plan(seed=7, tasks=300, clients=4, lease_seconds=5, fault_gap=(1.5, 3.0), deadline=200)
+    plan = Plan(seed=7, tasks=300, clients=4, lease_seconds=5, fault_gap=(1.5, 3.0), deadline=200, liars=1)
     cluster = cluster_for(plan)
     assert judged(cluster) == []
     assert cluster.run.finished
@@ -58,7 +58,7 @@ def test_quick_seed_loses_nothing(cluster_for) -> None:  # type: ignore[no-untyp
 @pytest.mark.timeout(420)
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_full_seed_loses_nothing(cluster_for, seed: int) -> None:  # type: ignore[no-untyped-def]
-    plan = Plan(seed=seed)
+    plan = Plan(seed=seed, liars=2)
     cluster = cluster_for(plan)
     assert judged(cluster) == []
     assert cluster.run.finished and cluster.run.seconds < 300
@@ -73,6 +73,7 @@ CONTROLS = [
     ("blocking", None, ("kill_client",), "event-loop stall"),
     ("temp-key", "temp-key", ("kill_client",), "recorded keys naming a temporary file"),
     (None, "overwrite", ("kill_client",), "recorded documents not whole"),
+    ("no-membership", "liar", ("kill_client",), "lies accepted"),
 ]
 
 

@@ -37,6 +37,13 @@ def no_fence() -> None:
         setattr(lifecycle, name, getattr(lifecycle, name).replace(lifecycle.FENCE, loose))
 
 
+def no_membership() -> None:
+    """A gate that records whatever a client reports, in its task or not (the liar's control)."""
+    from server.db import documents, lifecycle
+
+    documents.check_in_task = lifecycle.check_in_task = lambda task, doc_ids: None  # type: ignore[assignment]
+
+
 def eager_reaper() -> None:
     from server.db import lifecycle
 
@@ -108,7 +115,63 @@ def overwrite() -> None:
     S3Storage.put = put  # type: ignore[method-assign]
 
 
+def liar() -> None:
+    """A client that lies on purpose while it works honestly: before every other progress report it
+    sends one lie as a report of its own — a document its task does not contain, with a made-up
+    sha256, or a report on a task it does not hold — and logs what the gate made of it."""
+    import hashlib
+    import logging
+    import random
+
+    from client.errors import ClientError
+    from client.gate import GateAPI
+    from protocol import v1
+
+    log = logging.getLogger("docgate.client.liar")
+    real = GateAPI.progress
+    told = [0]
+
+    def stray(task: Any) -> v1.DocumentReport:
+        doc_id = str(900_000_000 + random.randrange(1_000_000))  # no chaos job reaches these ids
+        fake = v1.StoredDocument(
+            storage_key=f"{int(doc_id) // 50_000}/{doc_id}.bin",
+            storage_url=f"s3://planted/{int(doc_id) // 50_000}/{doc_id}.bin",
+            sha256=hashlib.sha256(doc_id.encode()).hexdigest(),
+            size=len(doc_id),
+        )
+        return v1.DocumentReport.of_stored(doc_id, fake, url=None, status=v1.DocumentStatus.STORED)
+
+    real_complete = GateAPI.complete
+
+    async def lie(self: GateAPI, task: Any, counts: Any) -> None:
+        told[0] += 1
+        if told[0] % 2:
+            return
+        if told[0] % 4 == 0:
+            what, target = "outside its task", task
+        else:
+            what, target = "on a task it does not hold", task.model_copy(update={"task_id": uuid.uuid4()})
+        try:
+            await real(self, target, counts, [stray(task)])
+        except ClientError as exc:
+            log.warning("LIE refused (%s): %s", what, exc.message[:80])
+        else:
+            log.warning("LIE ACCEPTED (%s)", what)
+
+    async def progress(self: GateAPI, task: Any, counts: Any, docs: Any) -> Any:
+        await lie(self, task, counts)
+        return await real(self, task, counts, docs)
+
+    async def complete(self: GateAPI, task: Any, counts: Any, docs: Any, summary: Any) -> Any:
+        await lie(self, task, counts)
+        return await real_complete(self, task, counts, docs, summary)
+
+    GateAPI.progress, GateAPI.complete = progress, complete  # type: ignore[method-assign]
+
+
 VARIANTS = {
+    "liar": liar,
+    "no-membership": no_membership,
     "no-fence": no_fence,
     "eager-reaper": eager_reaper,
     "no-reaper": no_reaper,
