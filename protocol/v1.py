@@ -25,7 +25,6 @@ from pydantic import (
     model_validator,
 )
 
-from protocol.errors import ErrorBody as ErrorBody
 from protocol.errors import ErrorCode
 
 # ---- bounds (documented in the README; every one shows up in its 422 message)
