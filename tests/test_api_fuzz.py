@@ -16,8 +16,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cluster import ADMIN
 
+from cluster import ADMIN
 from conftest import free_port
 from processes import CLEAN_ENV, GateProcess, docgate
 

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cluster import Cluster, Origin
 
+from cluster import Cluster, Origin
 from docgate.origin import content_for, listing_ids
 from processes import CLEAN_ENV, REPO, docgate
 

@@ -16,18 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster import Origin
 
-from client.config import ClientConfig
-from client.download import Fetcher
-from client.gate import GateAPI
-from client.guard import Policy
-from client.progress import Stats
-from client.sources import SourceContext, load_sources
-from client.worker import Worker
+from cluster import Origin
 from conftest import Gate
 from storage.errors import StorageUnavailable
 from storage.local import LocalStorage
+from worker_harness import id_range_job, in_process_worker
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -83,56 +77,20 @@ sys.addaudithook(_audit)
 async def test_storing_500_documents_never_stalls_the_loop(gate: Gate, tmp_path: Path, compress: str) -> None:
     origin = Origin(tmp_path, "--size", "65536")
     key = (await gate.register("inproc"))["X-API-Key"]
-    await gate.http.post(
-        "/api/v1/jobs",
-        headers=gate.admin,
-        json={
-            "source": "id_range",
-            "chunk_size": 50,
-            "params": {
-                "url_template": origin.url + "/doc/{id}.bin",
-                "start_id": 1,
-                "count": 500,
-                "ext": ".bin",
-            },
-        },
-    )
-    config = ClientConfig(
-        api_url="http://gate",
-        api_key=key,
-        concurrency=32,
-        max_tasks=4,
-        exit_when_idle=True,
-        compress=compress,
-        allow_network=("127.0.0.0/8",),
-        poll_interval=0.2,
-        heartbeat_interval=1,
-    )
-    api = GateAPI("http://gate", key, config.session_id, transport=gate.transport)
-    store = LocalStorage(tmp_path / "store")
-    fetcher = Fetcher(
-        Policy(config.allow_network),
-        concurrency=32,
-        per_host_connections=32,
-        per_host_rate=None,
-        retries=2,
-        timeout=30,
-        max_size=1 << 20,
-    )
-    stats = Stats()
-    worker = Worker(config, api, store, fetcher, load_sources(SourceContext(fetcher)), stats)
+    await id_range_job(gate, origin.url + "/doc/{id}.bin", 500, chunk_size=50)
     root = tmp_path / "store"
     try:
-        with FileCalls(tmp_path) as probe:  # the negative control: a write on the loop is seen
-            (tmp_path / "probe").write_bytes(b"x")
-        assert probe.on_loop() == [("open", str(tmp_path / "probe"))]
-        with FileCalls(root) as calls:
-            await worker.run()
+        async with in_process_worker(
+            gate, key, LocalStorage(root), concurrency=32, max_tasks=4, compress=compress
+        ) as worker:
+            with FileCalls(tmp_path) as probe:  # the negative control: a write on the loop is seen
+                (tmp_path / "probe").write_bytes(b"x")
+            assert probe.on_loop() == [("open", str(tmp_path / "probe"))]
+            with FileCalls(root) as calls:
+                await worker.run()
     finally:
-        await fetcher.close()
-        await api.close()
-        await store.close()
         origin.stop()
+    stats = worker.stats
     assert stats.stored == 500 and stats.failed == 0
     assert sum(1 for event, _, _ in calls.calls if event == "open") >= 500  # every document was seen
     assert sum(1 for event, _, _ in calls.calls if event == "os.link") == 500
@@ -165,49 +123,14 @@ async def test_a_short_storage_outage_spends_no_attempt(gate: Gate, tmp_path: Pa
     """Regression (chaos run): during a storage outage clients handed back every task they leased."""
     origin = Origin(tmp_path, "--size", "2048")
     key = (await gate.register("outage"))["X-API-Key"]
-    await gate.http.post(
-        "/api/v1/jobs",
-        headers=gate.admin,
-        json={
-            "source": "id_range",
-            "chunk_size": 10,
-            "params": {
-                "url_template": origin.url + "/doc/{id}.bin",
-                "start_id": 1,
-                "count": 100,
-                "ext": ".bin",
-            },
-        },
-    )
-    config = ClientConfig(
-        api_url="http://gate",
-        api_key=key,
-        concurrency=8,
-        max_tasks=4,
-        exit_when_idle=True,
-        allow_network=("127.0.0.0/8",),
-        poll_interval=0.2,
-        heartbeat_interval=1,
-    )
-    api = GateAPI("http://gate", key, config.session_id, transport=gate.transport)
+    await id_range_job(gate, origin.url + "/doc/{id}.bin", 100, chunk_size=10)
     store = OutageStorage(tmp_path / "store", seconds=3)
-    fetcher = Fetcher(
-        Policy(config.allow_network),
-        concurrency=8,
-        per_host_connections=8,
-        per_host_rate=None,
-        retries=2,
-        timeout=30,
-        max_size=1 << 20,
-    )
-    stats = Stats()
     try:
-        await Worker(config, api, store, fetcher, load_sources(SourceContext(fetcher)), stats).run()
+        async with in_process_worker(gate, key, store, concurrency=8, max_tasks=4) as worker:
+            await worker.run()
     finally:
-        await fetcher.close()
-        await api.close()
-        await store.close()
         origin.stop()
+    stats = worker.stats
     assert store.refused > 0, "the outage happened"
     assert stats.stored == 100 and stats.failed == 0
     rows = await gate.sql("SELECT status, attempts FROM tasks")
@@ -223,43 +146,14 @@ async def test_a_long_storage_outage_hands_tasks_back_without_spending_attempts(
     with its documents failed."""
     origin = Origin(tmp_path, "--size", "2048")
     key = (await gate.register("long-outage"))["X-API-Key"]
-    job = {
-        "source": "id_range",
-        "chunk_size": 10,
-        "max_attempts": 2,
-        "params": {"url_template": origin.url + "/doc/{id}.bin", "start_id": 1, "count": 40, "ext": ".bin"},
-    }
-    await gate.http.post("/api/v1/jobs", headers=gate.admin, json=job)
-    config = ClientConfig(
-        api_url="http://gate",
-        api_key=key,
-        concurrency=8,
-        max_tasks=2,
-        exit_when_idle=True,
-        allow_network=("127.0.0.0/8",),
-        poll_interval=0.2,
-        heartbeat_interval=1,
-    )
-    api = GateAPI("http://gate", key, config.session_id, transport=gate.transport)
+    await id_range_job(gate, origin.url + "/doc/{id}.bin", 40, chunk_size=10, max_attempts=2)
     store = OutageStorage(tmp_path / "store", seconds=25)
-    fetcher = Fetcher(
-        Policy(config.allow_network),
-        concurrency=8,
-        per_host_connections=8,
-        per_host_rate=None,
-        retries=2,
-        timeout=30,
-        max_size=1 << 20,
-    )
-    stats = Stats()
-    worker = Worker(config, api, store, fetcher, load_sources(SourceContext(fetcher)), stats)
     try:
-        await worker.run()
+        async with in_process_worker(gate, key, store, concurrency=8, max_tasks=2) as worker:
+            await worker.run()
     finally:
-        await fetcher.close()
-        await api.close()
-        await store.close()
         origin.stop()
+    stats = worker.stats
     handed = await gate.sql("SELECT min(at) AS first FROM task_events WHERE event = 'retry_scheduled'")
     assert handed[0]["first"] is not None, "the outage outlasted the retries: tasks were handed back"
     rows = await gate.sql("SELECT status, attempts, documents_failed FROM tasks")

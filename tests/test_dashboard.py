@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from cluster import ADMIN, Cluster, Origin
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

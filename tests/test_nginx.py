@@ -22,8 +22,8 @@ from pathlib import Path
 import aiohttp
 import httpx
 import pytest
-from cluster import ADMIN, Origin
 
+from cluster import ADMIN, Origin
 from conftest import free_port
 from processes import CLEAN_ENV, REPO, GateProcess, docgate
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cluster import ADMIN, Cluster, Origin
 from prometheus_client.parser import text_string_to_metric_families
 
+from cluster import ADMIN, Cluster, Origin
 from conftest import free_port, make_bucket
 from processes import CLEAN_ENV, REPO, GateProcess, docgate
 

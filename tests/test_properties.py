@@ -18,11 +18,11 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from cluster import ADMIN
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from cluster import ADMIN
 from conftest import copy_database, free_port, run_aside
 from processes import GateProcess, docgate
 from server.db.lifecycle import backoff

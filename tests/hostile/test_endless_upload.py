@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from cluster import ADMIN, Cluster
 
 LIMIT = 32 << 20  # MAX_UPLOAD_BYTES for this gate

@@ -18,15 +18,9 @@ from pathlib import Path
 import pytest
 
 from client.bodies import refusal
-from client.config import ClientConfig
-from client.download import Fetcher
-from client.gate import GateAPI
-from client.guard import Policy
-from client.progress import Stats
-from client.sources import SourceContext, load_sources
-from client.worker import Worker
 from conftest import Gate
 from storage.local import LocalStorage
+from worker_harness import id_range_job, in_process_worker
 
 BLOCK_PAGE = (
     b"<!DOCTYPE html><html><title>429</title><body>Too many requests. Solve the captcha.</body></html>"
@@ -66,40 +60,11 @@ async def origin() -> AsyncIterator[str]:
 
 async def test_odd_documents_fail_alone(gate: Gate, origin: str, tmp_path: Path) -> None:
     key = (await gate.register("odd"))["X-API-Key"]
-    job = {
-        "source": "id_range",
-        "chunk_size": 10,
-        "max_attempts": 1,
-        "params": {"url_template": origin + "/doc/{id}.bin", "start_id": 1, "count": 6, "ext": ".bin"},
-    }
-    assert (await gate.http.post("/api/v1/jobs", headers=gate.admin, json=job)).status_code == 201
-    config = ClientConfig(
-        api_url="http://gate",
-        api_key=key,
-        exit_when_idle=True,
-        allow_network=("127.0.0.0/8",),
-        poll_interval=0.2,
-        heartbeat_interval=1,
-        _env_file=None,
-    )  # type: ignore[call-arg]
-    api = GateAPI("http://gate", key, config.session_id, transport=gate.transport)
-    store = LocalStorage(tmp_path / "store")
-    fetcher = Fetcher(
-        Policy(config.allow_network),
-        concurrency=4,
-        per_host_connections=4,
-        per_host_rate=None,
-        retries=0,
-        timeout=10,
-        max_size=1 << 20,
-    )
-    worker = Worker(config, api, store, fetcher, load_sources(SourceContext(fetcher)), Stats())
-    try:
+    await id_range_job(gate, origin + "/doc/{id}.bin", 6, chunk_size=10, max_attempts=1)
+    async with in_process_worker(
+        gate, key, LocalStorage(tmp_path / "store"), retries=0, timeout=10
+    ) as worker:
         await asyncio.wait_for(worker.run(), 60)
-    finally:
-        await fetcher.close()
-        await api.close()
-        await store.close()
 
     (task,) = await gate.sql("SELECT status, documents_downloaded, documents_failed FROM tasks")
     assert (task["status"], task["documents_downloaded"], task["documents_failed"]) == ("completed", 4, 2)

@@ -18,15 +18,9 @@ from typing import Any
 
 import pytest
 
-from client.config import ClientConfig
-from client.download import Fetcher
-from client.gate import GateAPI
-from client.guard import Policy
-from client.progress import Stats
-from client.sources import SourceContext, load_sources
-from client.worker import Worker
 from conftest import Gate
 from storage.local import LocalStorage
+from worker_harness import id_range_job, in_process_worker
 
 
 def body_of(doc_id: int) -> bytes:
@@ -74,41 +68,10 @@ async def test_an_unvouched_object_is_verified(gate: Gate, origin: Any, tmp_path
     (root / "0" / "1.txt").write_bytes(body_of(1))
     (root / "0" / "2.txt").write_bytes(PLANTED)
     key = (await gate.register("verifier"))["X-API-Key"]
-    job = {
-        "source": "id_range",
-        "max_attempts": 1,
-        "params": {"url_template": url + "/doc/{id}.txt", "start_id": 1, "count": 3, "ext": ".txt"},
-    }
-    assert (await gate.http.post("/api/v1/jobs", headers=gate.admin, json=job)).status_code == 201
-    config = ClientConfig(
-        api_url="http://gate",
-        api_key=key,
-        exit_when_idle=True,
-        allow_network=("127.0.0.0/8",),
-        poll_interval=0.2,
-        heartbeat_interval=1,
-        verify_existing=mode,
-        _env_file=None,
-    )  # type: ignore[call-arg]
-    api = GateAPI("http://gate", key, config.session_id, transport=gate.transport)
+    await id_range_job(gate, url + "/doc/{id}.txt", 3, max_attempts=1)
     store = ForgingStore(root)
-    fetcher = Fetcher(
-        Policy(config.allow_network),
-        concurrency=4,
-        per_host_connections=4,
-        per_host_rate=None,
-        retries=0,
-        timeout=10,
-        max_size=1 << 20,
-    )
-    try:
-        await asyncio.wait_for(
-            Worker(config, api, store, fetcher, load_sources(SourceContext(fetcher)), Stats()).run(), 60
-        )
-    finally:
-        await fetcher.close()
-        await api.close()
-        await store.close()
+    async with in_process_worker(gate, key, store, retries=0, timeout=10, verify_existing=mode) as worker:
+        await asyncio.wait_for(worker.run(), 60)
 
     rows = {r["doc_id"]: r["sha256"] for r in await gate.sql("SELECT doc_id, sha256 FROM documents")}
     assert (
