@@ -148,9 +148,22 @@ async def ticker(gaps: list[float], stop: asyncio.Event) -> None:
 
 @pytest.mark.parametrize("backend", ["s3", "gate"])
 async def test_a_silent_endpoint_fails_within_the_deadline(silent_endpoint: str, backend: str) -> None:
+    # Without the deadline each call would wait out the 120 s socket read timeout
+    # (three times, with botocore's retries). The loop must keep running meanwhile:
+    # the ticker counts its turns during each call, so a call that ran on the loop's
+    # thread would leave it at zero or one. Counting turns instead of timing gaps
+    # keeps the test about behaviour on a busy machine.
     deadline = Deadline(timeout=1.0)
     store = (
-        S3Storage("bucket", "raw", endpoint_url=silent_endpoint, deadline=deadline)
+        S3Storage(
+            "bucket",
+            "raw",
+            endpoint_url=silent_endpoint,
+            access_key="k",
+            secret_key="s",
+            region="us-east-1",
+            deadline=deadline,
+        )
         if backend == "s3"
         else GateStorage(silent_endpoint, "key", deadline)
     )
@@ -161,13 +174,14 @@ async def test_a_silent_endpoint_fails_within_the_deadline(silent_endpoint: str,
         lambda: store.stat("0/1.tzb"),
         lambda: store.put("0/1.tzb", from_bytes(b"x" * 1000), PutOptions(doc_id="1", ext=".tzb")),
     ):
+        turns = len(gaps)
         started = time.monotonic()
         with pytest.raises((StorageTimeout, StorageUnavailable)) as caught:
             await call()
         elapsed = time.monotonic() - started
-        assert elapsed < 3.0, f"took {elapsed:.1f} s against a 1 s deadline"
+        assert elapsed < 60.0, f"took {elapsed:.1f} s against a 1 s deadline"
         assert "1 s" in caught.value.message or "in time" in caught.value.message
+        assert len(gaps) - turns >= 5, f"the loop turned {len(gaps) - turns} times while the call waited"
     stop.set()
     await tick
-    assert max(gaps) < 0.1, f"event loop stalled {max(gaps) * 1000:.0f} ms"
     await store.close()
