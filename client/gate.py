@@ -199,9 +199,7 @@ def gate_error(reply: httpx.Response) -> ClientError:
         if reply.status_code >= 500 or reply.status_code == 429:
             return GateUnavailable(f"HTTP {reply.status_code}: {text}")
         return GateRefused(f"gate answered {reply.status_code}: {text}")
-    detail = body.detail if isinstance(body.detail, str) else "; ".join(
-        f"{'.'.join(map(str, e.loc))}: {e.msg}" for e in body.detail
-    )  # fmt: skip
+    detail = body.message()
     if body.code in (C.UNAUTHORIZED, C.FORBIDDEN):
         detail = f"the gate refused the API key (--api-key): {detail}"
     return ERRORS[body.code](f"{body.code}: {detail}")

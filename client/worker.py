@@ -18,7 +18,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -32,9 +32,9 @@ from client.gate import GateAPI
 from client.progress import Stats
 from client.sources import DocRef, Source, SourceError
 from protocol import v1
+from protocol.scope import TaskScope
 from storage import PutOptions, Storage, StorageError
-from storage.base import Fence, ObjectInfo
-from storage.copy import digest_of
+from storage.base import Fence
 from storage.errors import (
     AlreadyStored,
     KeyRefused,
@@ -44,7 +44,7 @@ from storage.errors import (
     TooLarge,
     WriteRefused,
 )
-from storage.keys import GZIP_EXT, document_key
+from storage.keys import document_key
 
 log = logging.getLogger("docgate.client")
 REPORT_BATCH = 100
@@ -75,6 +75,10 @@ class TaskRun:
     cancelled_by_gate: bool = False
     storage_failed: bool = False  # a document failed because the store did, not the origin
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    scope: TaskScope = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.scope = TaskScope.of(self.task.source, self.task.params)
 
     def counts(self) -> v1.Counts:
         return v1.Counts(
@@ -286,16 +290,27 @@ class Worker:
             child.add_done_callback(lambda _: self.slots.release())
 
     def _reportable(self, run: TaskRun, ref: DocRef) -> bool:
-        """A doc_id the gate would refuse can be neither stored nor reported: count it as failed."""
-        if v1.is_doc_id(ref.doc_id):
-            return True
-        run.failed += 1
-        self.stats.failed += 1
-        run.unreportable.append(ref.doc_id[:200])
-        log.warning(
-            "task %s: the source gave a doc_id the gate refuses: %r", run.task.task_id, ref.doc_id[:200]
-        )
-        return False
+        """A doc_id the gate would refuse can be neither stored nor reported: count it as failed.
+        A link off the task's hosts is not fetched: failed with the reason, its URL left out of
+        the report (the gate would refuse it), so the operator sees it and can name the host in
+        params.document_hosts."""
+        if not v1.is_doc_id(ref.doc_id):
+            run.failed += 1
+            self.stats.failed += 1
+            run.unreportable.append(ref.doc_id[:200])
+            log.warning(
+                "task %s: the source gave a doc_id the gate refuses: %r", run.task.task_id, ref.doc_id[:200]
+            )
+            return False
+        if not run.scope.on_origin(ref.url):
+            hosts = ", ".join(sorted(run.scope.hosts or ()))
+            report = self._failure(
+                run, ref, f"{ref.url} is not on the task's hosts ({hosts}); not fetched", True
+            )
+            assert report is not None
+            run.pending.append(report.model_copy(update={"url": None}))
+            return False
+        return True
 
     async def _document(self, run: TaskRun, ref: DocRef) -> None:
         report: v1.DocumentReport | None
@@ -338,25 +353,21 @@ class Worker:
     async def _store(self, run: TaskRun, ref: DocRef) -> v1.DocumentReport:
         compress = self.config.compress == "gzip"
         key = document_key(ref.doc_id, ref.ext, shard_size=self.config.shard_size, compressed=compress)
-        existing = await self.store.stat(key)
+        fence = Fence(str(run.task.task_id), str(run.task.lease_token))
+        limit = self.config.max_document_size
+        found = PutOptions(max_size=limit, doc_id=ref.doc_id, ext=ref.ext, fence=fence)
+        existing = await self.store.verified(key, found)
         if existing is not None:
             return await self._skipped(run, ref, existing)
 
         async def sink(body: Body) -> v1.StoredDocument:
-            options = PutOptions(
-                content_type=body.content_type,
-                compress=compress,
-                max_size=self.config.max_document_size,
-                doc_id=ref.doc_id,
-                ext=ref.ext,
-                fence=Fence(str(run.task.task_id), str(run.task.lease_token)),
-            )
+            options = replace(found, content_type=body.content_type, compress=compress)
             return await self.store.put(key, await _checked_body(body, ref, run.task.params), options)
 
         try:
             stored = await self.fetcher.fetch(ref.url, sink)
         except AlreadyStored:
-            again = await self.store.stat(key)
+            again = await self.store.verified(key, found)
             if again is None:
                 raise
             return await self._skipped(run, ref, again)
@@ -365,25 +376,22 @@ class Worker:
         self.stats.bytes += stored.size
         return v1.DocumentReport.of_stored(ref.doc_id, stored, url=ref.url, status=v1.DocumentStatus.STORED)
 
-    async def _skipped(self, run: TaskRun, ref: DocRef, info: ObjectInfo) -> v1.DocumentReport:
-        """In storage, but no record vouches for it: read back and hashed (a store's metadata is no
-        proof: whoever can write the store can set it), and with --verify-existing fetch compared
-        with what the origin serves, before it is reported as skipped."""
-        digest = await digest_of(self.store, info.key)
+    async def _skipped(self, run: TaskRun, ref: DocRef, stored: v1.StoredDocument) -> v1.DocumentReport:
+        """In storage, but no record vouches for it: the store read it back and hashed it (a
+        store's metadata is no proof: whoever can write the store can set it), and with
+        --verify-existing fetch it is compared with what the origin serves, before it is reported
+        as skipped."""
         if self.config.verify_existing == "fetch":
             served = await self.fetcher.fetch(ref.url, partial(self._origin_sha256, ref, run.task.params))
-            if served != digest.sha256:
+            if served != stored.sha256:
                 raise DocumentFailed(
-                    f"the store holds other bytes at {info.key} (sha256 {digest.sha256[:12]}…) than the "
-                    f"origin serves ({served[:12]}…); not recorded: remove the object to fetch it again",
+                    f"the store holds other bytes at {stored.storage_key} (sha256 {stored.sha256[:12]}…) "
+                    f"than the origin serves ({served[:12]}…); not recorded: remove the object to "
+                    "fetch it again",
                     permanent=True,
                 )
         run.skipped += 1
         self.stats.skipped += 1
-        stored = v1.StoredDocument(
-            storage_key=info.key, storage_url=self.store.url_for(info.key), sha256=digest.sha256,
-            size=digest.size, compressed=info.key.endswith(GZIP_EXT),
-        )  # fmt: skip
         return v1.DocumentReport.of_stored(ref.doc_id, stored, url=ref.url, status=v1.DocumentStatus.SKIPPED)
 
     async def _origin_sha256(self, ref: DocRef, params: dict[str, Any], body: Body) -> str:

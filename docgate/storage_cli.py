@@ -22,7 +22,8 @@ from rich.progress import (
 
 from server.config import Settings
 from storage import Deadline, Storage, StorageError, open_storage
-from storage.copy import copy_store, count, digest_of
+from storage.base import digest_of
+from storage.copy import copy_store, count
 
 console = Console(stderr=True)
 

@@ -75,6 +75,12 @@ class ErrorBody(BaseModel):
     )
     code: ErrorCode = Field(description="What was wrong, for programs: stable across versions.")
 
+    def message(self) -> str:
+        """The detail as one line: a field list reads `header.X-Lease-Token: Input should be…`."""
+        if isinstance(self.detail, str):
+            return self.detail
+        return "; ".join(f"{'.'.join(map(str, e.loc))}: {e.msg}" for e in self.detail)
+
 
 def error_body(code: ErrorCode, detail: str | list[dict[str, Any]]) -> dict[str, Any]:
     """The JSON of an error reply (plain dicts, so a reply needs no model round trip)."""

@@ -28,6 +28,7 @@ CLIENT_ROTATE_KEY = "/clients/{client_id}/rotate-key"
 DOCUMENTS_KNOWN = "/documents/known"
 DOCUMENT = "/documents/{doc_id}"
 DOCUMENT_RAW = "/documents/{doc_id}/raw"
+DOCUMENT_STORED = "/documents/{doc_id}/stored"  # under a lease: what the gate's store holds
 STORAGE_OBJECTS = "/storage/objects"
 STORAGE_OBJECT = "/storage/objects/{key:path}"
 # outside the prefix

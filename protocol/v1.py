@@ -528,20 +528,67 @@ def _http_url(value: str) -> str:
     return value
 
 
+def _listing(value: str) -> str:
+    _no_nul(value)
+    if "{page}" not in value:
+        raise ValueError("listing_url must contain {page}")
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError("listing_url must be an http:// or https:// URL")
+    return value
+
+
+def _regex(value: str) -> str:
+    _no_nul(value)
+    try:
+        compiled = re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"link_pattern is not a regular expression: {exc}") from None
+    if not {"url", "id"} <= set(compiled.groupindex):
+        raise ValueError("link_pattern needs the named groups url and id (ext is optional)")
+    return value
+
+
+# A host name as the gate compares it (lower case, IDNA's ASCII form); `*.` in front for any
+# subdomain. What a search task's documents may be on besides its listing's host.
+HOST_PATTERN = r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+MAX_HOSTS = 100
+MAX_MEDIA_TYPES = 20
+HostPattern = Annotated[str, StringConstraints(max_length=253, pattern=HOST_PATTERN)]
+MediaRange = Annotated[
+    str,
+    StringConstraints(
+        max_length=MAX_CONTENT_TYPE, pattern=r"^[A-Za-z0-9!#$&^_.+*-]+/[A-Za-z0-9!#$&^_.+*-]+$"
+    ),
+]
 UrlTemplate = Annotated[str, StringConstraints(min_length=1, max_length=MAX_URL), AfterValidator(_template)]
+ListingUrl = Annotated[str, StringConstraints(min_length=1, max_length=MAX_URL), AfterValidator(_listing)]
+LinkPattern = Annotated[str, StringConstraints(min_length=1, max_length=1_000), AfterValidator(_regex)]
 HttpUrl = Annotated[str, StringConstraints(min_length=1, max_length=MAX_URL), AfterValidator(_http_url)]
 StartId = Annotated[int, Field(ge=0, le=2**62)]
 Ext = Annotated[str, StringConstraints(pattern=EXT_PATTERN)]
 
 
-class IdRangeParams(Request):
+class TaskParams(Request):
+    """What the params of every built-in source may also say."""
+
+    expect_content_type: (
+        Annotated[list[MediaRange], Field(min_length=1, max_length=MAX_MEDIA_TYPES)] | None
+    ) = Field(
+        default=None,
+        description="Media types a 200 must declare to be stored as the document "
+        "(`application/pdf`, `image/*`, `*/*` for anything); by default an HTML page where the "
+        "extension says otherwise is refused.",
+    )
+
+
+class IdRangeParams(TaskParams):
     url_template: UrlTemplate
     start_id: StartId
     count: Annotated[int, Field(ge=1, le=MAX_JOB_COUNT)]
     ext: Ext = ""
 
 
-class IdRangeTaskParams(Request):
+class IdRangeTaskParams(TaskParams):
     """An id_range task's params: a range (start_id, count) or a list of ids, as a job's tasks
     carry them; checked the same way when a task is created directly."""
 
@@ -564,15 +611,32 @@ class UrlItem(Request):
     ext: Ext | None = None
 
 
-class UrlsTaskParams(Request):
+class UrlsTaskParams(TaskParams):
     """A urls task's params: the documents, each with its URL."""
 
     urls: Annotated[list[UrlItem], Field(min_length=1, max_length=MAX_DOCUMENTS_PER_TASK)]
     ext: Ext = ""
 
 
+class SearchTaskParams(TaskParams):
+    """A search task's params; without listing_url the client's --search-url is used, and the
+    gate cannot tell which host the task's documents are on."""
+
+    listing_url: ListingUrl | None = None
+    link_pattern: LinkPattern | None = None
+    document_hosts: Annotated[list[HostPattern], Field(max_length=MAX_HOSTS)] | None = Field(
+        default=None,
+        description="Hosts the documents may be on besides the listing's (`*.example.org` for "
+        "any subdomain); a report of a document elsewhere is refused as not_in_task.",
+    )
+
+
 # The built-in sources whose params the gate can check (a plugin source's are its own).
-SOURCE_PARAMS: dict[str, type[Request]] = {"id_range": IdRangeTaskParams, "urls": UrlsTaskParams}
+SOURCE_PARAMS: dict[str, type[Request]] = {
+    "id_range": IdRangeTaskParams,
+    "urls": UrlsTaskParams,
+    "search": SearchTaskParams,
+}
 
 
 class JobCreate(Request):

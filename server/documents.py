@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from protocol import v1
+from protocol.scope import TaskScope
 from server.errors import NotInTask, WrongStorageKey
 from storage.errors import KeyRefused
 from storage.keys import GZIP_EXT, document_key, ext_of
@@ -60,30 +62,23 @@ def _recorded(doc: v1.DocumentReport, shard_size: int, store_url: str) -> v1.Doc
     return doc if doc.storage_url == url else doc.model_copy(update={"storage_url": url})
 
 
-def task_contains(source: str, params: dict[str, Any], doc_id: str) -> bool | None:
-    """Is doc_id one of the task's documents? None when the gate cannot know (a search, a
-    plugin source: their documents are found by the client)."""
-    if source == "id_range":
-        if "ids" in params:
-            return doc_id in {str(i) for i in params["ids"]}
-        start, count = params.get("start_id"), params.get("count")
-        if not (doc_id.isdigit() and str(int(doc_id)) == doc_id and isinstance(start, int)):
-            return False
-        return isinstance(count, int) and start <= int(doc_id) < start + count
-    if source == "urls":
-        return doc_id in {
-            str(item.get("doc_id")) for item in params.get("urls", []) if isinstance(item, dict)
-        }
-    return None
-
-
-def check_in_task(task: Any, doc_ids: list[str]) -> None:
+def check_in_task(task: Any, doc_ids: list[str], reports: Sequence[v1.DocumentReport] = ()) -> None:
     """Refuse documents the task (anything with task_id, source and params, as a row has them)
-    does not contain: a client stores and reports only documents of the task it holds."""
-    stray = [d for d in doc_ids if task_contains(task["source"], task["params"] or {}, d) is False]
+    does not contain, or whose URL is not on the task's hosts: a client stores and reports only
+    documents of the task it holds."""
+    scope = TaskScope.of(task["source"], task["params"] or {})
+    stray = [d for d in doc_ids if scope.contains(d) is False]
     if stray:
         more = f" and {len(stray) - 5} more" if len(stray) > 5 else ""
         shown = ", ".join(repr(d) for d in stray[:5]) + more
         raise NotInTask(
             f"task {task['task_id']} ({task['source']}) has no document {shown}; nothing was changed"
+        )
+    elsewhere = [d for d in reports if not scope.on_origin(d.url)]
+    if elsewhere:
+        first = elsewhere[0]
+        hosts = ", ".join(sorted(scope.hosts or ()))
+        raise NotInTask(
+            f"document {first.doc_id!r} of task {task['task_id']} was reported from {first.url!r}, "
+            f"which is not on the task's hosts ({hosts}); nothing was changed"
         )

@@ -24,6 +24,7 @@ from typing import TypeVar, overload
 
 from protocol import v1
 from storage.errors import ChecksumMismatch, CorruptGzip, StorageTimeout, TooLarge
+from storage.keys import GZIP_EXT
 
 T = TypeVar("T")
 Chunks = AsyncIterable[bytes]
@@ -83,6 +84,10 @@ class Digest:
         self._hash.update(chunk)
 
     def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+    @property
+    def sha256(self) -> str:
         return self._hash.hexdigest()
 
     def check(self, expected: str | None) -> None:
@@ -239,6 +244,17 @@ class Storage(ABC):
     def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
         """Every stored document under prefix (no temporary or staging objects)."""
 
+    async def verified(self, key: str, options: PutOptions | None = None) -> StoredObject | None:
+        """The document at `key` as its bytes really are (read back and hashed: a store's metadata
+        is no proof, whoever can write the store can set it), or None when there is none. What a
+        client reports as `skipped` when it finds a document already stored. `options` say which
+        document the key stands for (the gate's store answers only under the task's lease); their
+        `max_size` bounds the read."""
+        if await self.stat(key) is None:
+            return None
+        digest = await digest_of(self, key, (options or PutOptions()).max_size)
+        return self.stored(key, digest, PutOptions(compress=key.endswith(GZIP_EXT)))
+
     async def probe(self) -> None:
         """Prove the store takes writes (a scratch object written and removed where no listing
         sees it); raise StorageError saying why not. A client calls it before it leases work,
@@ -252,3 +268,18 @@ class Storage(ABC):
 
     async def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
+
+
+async def digest_of(store: Storage, key: str, max_size: int | None = None) -> Digest:
+    """sha256 and size of the original document at `key` (a .gz object is inflated first, and
+    must be one whole gzip stream); past `max_size` original bytes, TooLarge."""
+    digest = Digest(max_size)
+    inflate = zlib.decompressobj(31) if key.endswith(GZIP_EXT) else None
+    async for chunk in store.open(key):
+        data = inflate.decompress(chunk) if inflate else chunk
+        await asyncio.to_thread(digest.update, data)
+    if inflate is not None:
+        digest.update(inflate.flush())
+        if not inflate.eof or inflate.unused_data:
+            raise CorruptGzip(f"{key} is not one whole gzip stream")
+    return digest

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from storage.base import ObjectInfo, PutOptions, Storage
-from storage.errors import CorruptGzip, StorageError
+from storage.base import ObjectInfo, PutOptions, Storage, digest_of
+from storage.errors import StorageError
 from storage.keys import GZIP_EXT
 
 
@@ -20,30 +18,6 @@ class CopySummary:
     failed: int = 0
     bytes_copied: int = 0
     errors: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Digest:
-    sha256: str
-    size: int
-
-
-async def digest_of(store: Storage, key: str) -> Digest:
-    """sha256 and size of the original document (a .gz object is inflated first)."""
-    hasher = hashlib.sha256()
-    inflate = zlib.decompressobj(31) if key.endswith(GZIP_EXT) else None
-    size = 0
-    async for chunk in store.open(key):
-        data = inflate.decompress(chunk) if inflate else chunk
-        size += len(data)
-        await asyncio.to_thread(hasher.update, data)
-    if inflate is not None:
-        tail = inflate.flush()
-        size += len(tail)
-        hasher.update(tail)
-        if not inflate.eof or inflate.unused_data:
-            raise CorruptGzip(f"{key} is not one whole gzip stream")
-    return Digest(hasher.hexdigest(), size)
 
 
 async def known_sha(store: Storage, info: ObjectInfo) -> str:

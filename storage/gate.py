@@ -3,7 +3,9 @@
 The client streams each document to ``PUT /api/v1/documents/{doc_id}/raw``
 with its lease; the gate checks the lease, writes to its own store (write-once)
 and answers with what it stored. Reads and listing go through the gate's
-``/api/v1/storage/objects`` endpoints.
+``/api/v1/storage/objects`` endpoints, which are the operator's (an admin key); what a
+client finds already stored comes from ``GET /api/v1/documents/{doc_id}/stored``, under
+its lease, read back and hashed by the gate.
 """
 
 from __future__ import annotations
@@ -128,6 +130,24 @@ class GateStorage(Storage):
         except httpx.HTTPError as exc:
             raise StorageUnavailable(f"gate read failed: {exc}") from None
 
+    async def verified(self, key: str, options: PutOptions | None = None) -> StoredObject | None:
+        """The gate reads its own store back: what it holds for this document of the leased task."""
+        options = options or PutOptions()
+        if options.doc_id is None:
+            raise KeyRefused("the gate stores documents by doc_id: PutOptions.doc_id is required")
+        params: dict[str, str] = {"ext": options.ext or ""}
+        headers: dict[str, str] = {}
+        if options.fence:
+            params["task_id"] = options.fence.task_id
+            headers[paths.LEASE_HEADER] = options.fence.lease_token
+        try:
+            reply = await self._send(
+                "GET", paths.url(paths.DOCUMENT_STORED, doc_id=options.doc_id), params=params, headers=headers
+            )
+        except ObjectMissing:
+            return None
+        return StoredObject.model_validate_json(reply.content)
+
     async def stat(self, key: str) -> ObjectInfo | None:
         try:
             reply = await self._send("HEAD", paths.object_url(check_key(key)))
@@ -164,7 +184,7 @@ def _error(reply: httpx.Response) -> StorageError:
         kind: type[StorageError] = StorageUnavailable if unavailable else WriteRefused
         return kind(f"gate answered {reply.status_code}: {reply.text[:200] or reply.reason_phrase}")
     kind = ERRORS.get(body.code, WriteRefused)
-    return kind(f"gate answered {reply.status_code} {body.code}: {body.detail}")
+    return kind(f"gate answered {reply.status_code} {body.code}: {body.message()}")
 
 
 async def _limited(chunks: Chunks, max_size: int) -> AsyncIterator[bytes]:

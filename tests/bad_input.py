@@ -394,4 +394,56 @@ CASES = [
         {"source": "urls", "params": {"urls": [{"doc_id": "a", "url": "ftp://h/a"}]}},
         mentions="http",
     ),
+    Case(
+        "search task whose listing has no {page}",
+        "POST",
+        CREATE,
+        "admin",
+        {"params": {"listing_url": "https://registry.example/search"}},
+        mentions="{page}",
+    ),
+    Case(
+        "search task with a link pattern that is no regex",
+        "POST",
+        CREATE,
+        "admin",
+        {"params": {"listing_url": "https://r.example/?p={page}", "link_pattern": "(?P<url>["}},
+        mentions="regular expression",
+    ),
+    Case(
+        "search task with a link pattern without its groups",
+        "POST",
+        CREATE,
+        "admin",
+        {"params": {"listing_url": "https://r.example/?p={page}", "link_pattern": "href=(.*)"}},
+        mentions="named groups",
+    ),
+    Case(
+        "search task with a URL where a host belongs",
+        "POST",
+        "/api/v1/tasks/batch",
+        "admin",
+        {
+            "tasks": [
+                {"params": {"listing_url": "https://r.example/?p={page}", "document_hosts": ["https://x/"]}}
+            ]
+        },
+        mentions="document_hosts",
+    ),
+    Case(
+        "search task with an unknown param",
+        "POST",
+        CREATE,
+        "admin",
+        {"params": {"listing_url": "https://r.example/?p={page}", "listing": "typo"}},
+        mentions="listing",
+    ),
+    Case(
+        "a job expecting a media type that is no media type",
+        "POST",
+        "/api/v1/jobs",
+        "admin",
+        {"source": "id_range", "params": JOB_PARAMS | {"expect_content_type": ["pdf"]}},
+        mentions="expect_content_type",
+    ),
 ]

@@ -318,3 +318,51 @@ async def test_an_upload_cut_short_stores_nothing(gate: Gate) -> None:
         await gate.http.put("/api/v1/documents/8/raw", headers=gate.admin, content=half())
     r = await gate.http.get("/api/v1/storage/objects", headers=gate.admin)
     assert r.json()["objects"] == []
+
+
+async def test_a_jobs_expected_content_type_reaches_every_task(gate: Gate) -> None:
+    """`params.expect_content_type` of a job is what each of its tasks carries, chunked, only_missing
+    or refetched (the client's 200-is-not-the-document check reads it from the task)."""
+    expect = ["application/pdf", "image/*"]
+    params = {"url_template": "http://origin/{id}", "start_id": 1, "count": 5, "ext": ".pdf"}
+    created = []
+    for only_missing in (False, True):
+        body = {"source": "id_range", "chunk_size": 2, "only_missing": only_missing}
+        r = await gate.http.post(
+            "/api/v1/jobs",
+            headers=gate.admin,
+            json=body | {"params": params | {"expect_content_type": expect}},
+        )
+        assert r.status_code == 201, r.text
+        created.append(r.json()["job_id"])
+    plain = await gate.http.post(
+        "/api/v1/jobs", headers=gate.admin, json={"source": "id_range", "params": params}
+    )
+    rows = await gate.sql("SELECT job_id, params FROM tasks")
+    carried = [json.loads(p)["expect_content_type"] for j, p in rows if str(j) in created]
+    assert carried == [expect] * 6
+    assert all(
+        "expect_content_type" not in json.loads(p) for j, p in rows if str(j) == plain.json()["job_id"]
+    )
+
+    client = await gate.register()
+    task = (await gate.lease(client)).json()
+    failed = [{"doc_id": i, "status": "failed", "error": "HTTP 503"} for i in (1, 2)]
+    done = {"task_id": task["task_id"], "lease_token": task["lease_token"], "documents": failed}
+    assert (await gate.http.post("/api/v1/tasks/complete", headers=client, json=done)).status_code == 200
+    r = await gate.http.post(f"/api/v1/jobs/{task['job_id']}/refetch-failed", headers=gate.admin, json={})
+    assert r.json()["tasks_created"] == 1
+    (again,) = await gate.sql("SELECT params FROM tasks ORDER BY task_seq DESC LIMIT 1")
+    assert json.loads(again[0])["expect_content_type"] == expect
+
+
+async def test_a_search_task_with_every_param_is_accepted(gate: Gate) -> None:
+    params = {
+        "listing_url": "https://registry.example/search?page={page}",
+        "link_pattern": r'href="(?P<url>/doc/(?P<id>\d+)(?P<ext>\.pdf))"',
+        "document_hosts": ["files.example.net", "*.cdn.example"],
+        "expect_content_type": ["application/pdf"],
+    }
+    r = await gate.http.post("/api/v1/tasks/create", headers=gate.admin, json={"params": params})
+    assert r.status_code == 201, r.text
+    assert r.json()["params"] == params

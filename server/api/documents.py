@@ -33,7 +33,7 @@ async def get_document(doc_id: DocIdPath, state: StateDep, _: AdminDep) -> v1.Do
 
 
 @router.get(
-    "/documents/{doc_id}/raw",
+    paths.DOCUMENT_RAW,
     response_class=StreamingResponse,
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
@@ -109,6 +109,37 @@ async def upload_document(
         # left to read an answer; say so without logging a server error.
         raise UploadInterrupted() from None
     return JSONResponse(stored.model_dump(), status_code=201)
+
+
+@router.get(paths.DOCUMENT_STORED, response_model=v1.StoredDocument)
+async def stored_document(
+    doc_id: DocIdPath,
+    state: StateDep,
+    principal: PrincipalDep,
+    ext: Annotated[str, Query(pattern=v1.EXT_PATTERN)] = "",
+    task_id: UUID | None = None,
+    x_lease_token: Annotated[UUID | None, Header(alias=paths.LEASE_HEADER)] = None,
+) -> v1.StoredDocument:
+    """What the gate's store already holds for a document of the task a client leases, read back
+    and hashed unless a record vouches for it (404 object_missing when nothing is there): what a
+    `--storage gate` client reports as skipped. A client may ask only under the task's lease, and
+    only for the task's documents; the storage-objects API stays the operator's."""
+    settings = state.settings
+    if not principal.is_admin:
+        if task_id is None or x_lease_token is None:
+            raise LeaseRequired()
+        await lifecycle.check_upload(state.pool, task_id, x_lease_token, Caller(principal.owner), doc_id)
+    keys = [document_key(doc_id, ext, shard_size=settings.shard_size)]
+    if settings.upload_gzip is UploadGzip.KEEP:
+        keys.append(document_key(doc_id, ext, shard_size=settings.shard_size, compressed=True))
+    for key in keys:
+        recorded = await db.recorded_at(state.pool, doc_id, key)
+        if recorded is not None:
+            return recorded
+        found = await state.store.verified(key, PutOptions(max_size=settings.max_upload_bytes))
+        if found is not None:
+            return found
+    raise ObjectMissing(f"the gate's store holds no document {doc_id} with ext {ext!r}")
 
 
 @router.post(paths.DOCUMENTS_KNOWN, response_model=v1.KnownDocumentsReply)

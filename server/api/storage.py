@@ -1,4 +1,5 @@
-"""The gate's own store, by key: for `--storage gate` clients, `docgate storage`, and operators."""
+"""The gate's own store, by key: for operators and `docgate storage` (admin only; a `--storage gate`
+client asks about its task's documents through GET /api/v1/documents/{doc_id}/stored)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from protocol import paths, v1
 from server.api.documents import started
-from server.deps import AdminDep, PrincipalDep, StateDep
+from server.deps import AdminDep, StateDep
 from storage.errors import ObjectMissing
 from storage.keys import check_key
 
@@ -35,7 +36,7 @@ async def list_objects(
 
 
 @router.head(paths.STORAGE_OBJECT)
-async def stat_object(key: str, state: StateDep, _: PrincipalDep) -> Response:
+async def stat_object(key: str, state: StateDep, _: AdminDep) -> Response:
     info = await state.store.stat(check_key(key))
     if info is None:
         raise ObjectMissing(f"no object at {key}")

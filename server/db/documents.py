@@ -43,7 +43,7 @@ async def record(conn: Connection, task: Any, reports: Reports) -> None:
     """Record what a fenced write reported; `task` is the row that write returned. A document
     the task does not contain refuses the whole write (the caller's transaction rolls back)."""
     recorded, failed = reports.recorded, reports.failed
-    check_in_task(task, [str(d.doc_id) for d in (*recorded, *failed)])
+    check_in_task(task, [str(d.doc_id) for d in (*recorded, *failed)], (*recorded, *failed))
     if recorded:
         await conn.execute(
             RECORD,
@@ -76,6 +76,19 @@ async def get_document(pool: Pool, doc_id: str) -> v1.Document:
     if row is None:
         raise DocumentNotFound(f"document {doc_id} not found")
     return v1.Document.model_validate(dict(row))
+
+
+RECORDED_AT = """
+SELECT storage_key, storage_url, sha256, size, content_type, compressed FROM documents
+WHERE doc_id = $1 AND storage_key = $2
+"""
+
+
+async def recorded_at(pool: Pool, doc_id: str, storage_key: str) -> v1.StoredDocument | None:
+    """The record of `doc_id` if it vouches for the object at `storage_key`."""
+    async with connection(pool) as conn:
+        row = await conn.fetchrow(RECORDED_AT, doc_id, storage_key)
+    return None if row is None else v1.StoredDocument.model_validate(dict(row))
 
 
 async def known_documents(pool: Pool, doc_ids: list[str]) -> list[str]:

@@ -24,7 +24,7 @@ INSERT INTO tasks (job_id, source, params, max_documents, priority, max_attempts
 SELECT $1, 'id_range',
        jsonb_build_object('url_template', $2::text, 'start_id', $3::bigint + g * $4::bigint,
                           'count', least($4::bigint, $5::bigint - g * $4::bigint),
-                          'ext', $6::text),
+                          'ext', $6::text) || $10::jsonb,
        least($4::bigint, $5::bigint - g * $4::bigint), $7, $8
 FROM generate_series(0::bigint, $9::bigint - 1) AS g
 """
@@ -40,7 +40,7 @@ WITH missing AS (
 )
 INSERT INTO tasks (job_id, source, params, max_documents, priority, max_attempts)
 SELECT $1, 'id_range',
-       jsonb_build_object('url_template', $2::text, 'ids', to_jsonb(ids), 'ext', $6::text),
+       jsonb_build_object('url_template', $2::text, 'ids', to_jsonb(ids), 'ext', $6::text) || $9::jsonb,
        cardinality(ids), $7, $8
 FROM chunks ORDER BY grp
 """
@@ -59,12 +59,15 @@ WITH failed AS (
 INSERT INTO tasks (job_id, source, params, max_documents, priority, max_attempts)
 SELECT j.job_id, j.source,
        jsonb_build_object('url_template', j.params->>'url_template', 'ids', to_jsonb(c.ids),
-                          'ext', coalesce(j.params->>'ext', '')),
+                          'ext', coalesce(j.params->>'ext', ''))
+       || jsonb_strip_nulls(jsonb_build_object('expect_content_type', j.params->'expect_content_type')),
        cardinality(c.ids), j.priority, $3
 FROM chunks c CROSS JOIN jobs j
 WHERE j.job_id = $1
 ORDER BY c.grp
 """
+
+TASK_EXTRAS = ("expect_content_type",)
 
 ADD_TOTAL = "UPDATE jobs SET tasks_total = tasks_total + $2 WHERE job_id = $1"
 
@@ -85,12 +88,15 @@ FROM tasks WHERE job_id = $1 GROUP BY status
 async def create_job(pool: Pool, body: v1.JobCreate, max_attempts: int) -> tuple[v1.JobCreated, bool]:
     """Create the job and its tasks atomically; an idempotent repeat returns the first job."""
     p = body.params
+    params = p.model_dump(exclude_none=True)
+    # What every task of the job carries besides its range.
+    extras = {k: params[k] for k in TASK_EXTRAS if k in params}
     chunks = -(-p.count // body.chunk_size)
     async with transaction(pool) as conn:
         job_id = await conn.fetchval(
             INSERT_JOB,
             body.source,
-            p.model_dump(),
+            params,
             body.chunk_size,
             body.priority,
             chunks,
@@ -99,7 +105,7 @@ async def create_job(pool: Pool, body: v1.JobCreate, max_attempts: int) -> tuple
         if job_id is None:
             existing = await conn.fetchrow(BY_KEY, body.idempotency_key)
             assert existing is not None  # ON CONFLICT waited for the first insert to commit
-            asked = (body.source, p.model_dump(), body.chunk_size, body.priority)
+            asked = (body.source, params, body.chunk_size, body.priority)
             found = (existing["source"], existing["params"], existing["chunk_size"], existing["priority"])
             if found != asked:
                 raise IdempotencyConflict(
@@ -119,6 +125,7 @@ async def create_job(pool: Pool, body: v1.JobCreate, max_attempts: int) -> tuple
                 p.ext,
                 body.priority,
                 attempts,
+                extras,
                 timeout=BULK_TIMEOUT,
             )
             chunks = _inserted(status)
@@ -135,6 +142,7 @@ async def create_job(pool: Pool, body: v1.JobCreate, max_attempts: int) -> tuple
                 body.priority,
                 attempts,
                 chunks,
+                extras,
                 timeout=BULK_TIMEOUT,
             )
     return v1.JobCreated(job_id=job_id, tasks_created=chunks), True

@@ -2,8 +2,9 @@
 
 A client holding any lease used to be able to record, fail or upload any doc_id — another job's,
 another task's — and the archive served what it planted as genuine. Now every report and upload
-is checked against the task it is fenced by: an id_range task's range or ids, a urls task's list.
-A lie is refused whole (422 not_in_task) and changes nothing.
+is checked against the task it is fenced by: an id_range task's range or ids, a urls task's list,
+and the URL each document came from against the task's hosts (a search task's listing host and
+`document_hosts`). A lie is refused whole (422 not_in_task) and changes nothing.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ BODY = b"planted bytes"
 SHA = hashlib.sha256(BODY).hexdigest()
 
 
-def stored(doc_id: str, ext: str = ".txt") -> dict[str, Any]:
+def stored(doc_id: str, ext: str = ".txt", url: str | None = None) -> dict[str, Any]:
     return {"doc_id": doc_id, "storage_key": document_key(doc_id, ext, shard_size=50_000), "sha256": SHA,
-            "size": len(BODY)}  # fmt: skip
+            "size": len(BODY)} | ({"url": url} if url else {})  # fmt: skip
 
 
 def failed(doc_id: str) -> dict[str, Any]:
@@ -41,7 +42,17 @@ class Lie:
 RANGE = {"url_template": "https://registry.example/{id}", "start_id": 100, "count": 10, "ext": ".txt"}
 IDS = {"url_template": "https://registry.example/{id}", "ids": ["7", "x-9"], "ext": ".txt"}
 URLS = {"urls": [{"doc_id": "a-1", "url": "https://registry.example/a-1.txt"}], "ext": ".txt"}
-PARAMS = {"range": ("id_range", RANGE), "ids": ("id_range", IDS), "urls": ("urls", URLS)}
+SEARCH = {"listing_url": "https://registry.example/search?page={page}"}
+SEARCH_CDN = SEARCH | {"document_hosts": ["files.example.net", "*.cdn.example"]}
+PARAMS = {
+    "range": ("id_range", RANGE),
+    "ids": ("id_range", IDS),
+    "urls": ("urls", URLS),
+    "search": ("search", SEARCH),
+    "search+hosts": ("search", SEARCH_CDN),
+    "search, client's listing": ("search", {}),
+}
+R = "https://registry.example/"
 LIES = [
     Lie("control: a document of the range", "range", [stored("105")], True),
     Lie("control: a failure in the range", "range", [failed("109")], True),
@@ -56,6 +67,34 @@ LIES = [
     Lie("an id not in the list", "ids", [stored("8")], False),
     Lie("control: a url of the task", "urls", [stored("a-1")], True),
     Lie("a doc_id not among the urls", "urls", [stored("a-2")], False),
+    # The URL a document was fetched from must be on the task's hosts (what a search task's
+    # listing is on, or names in document_hosts): the gate knows no search task's doc_ids.
+    Lie("control: a range document from the template's host", "range", [stored("105", url=R + "105")],
+        True),
+    Lie("a range document reported from another host", "range",
+        [stored("105", url="https://evil.example/105")], False),
+    Lie("control: a search document on the listing's host", "search", [stored("d1", url=R + "d/d1.txt")],
+        True),
+    Lie("control: on a subdomain of the listing's host", "search",
+        [stored("d1", url="https://www.registry.example/d1.txt")], True),
+    Lie("control: the host in another case, with a final dot", "search",
+        [stored("d1", url="HTTPS://Registry.Example./d1.txt")], True),
+    Lie("a search document from another host", "search",
+        [stored("d1", url="https://evil.example/d1.txt")], False),
+    Lie("a host that only ends like the listing's", "search",
+        [stored("d1", url="https://evilregistry.example/d1.txt")], False),
+    Lie("the listing's host as userinfo", "search",
+        [stored("d1", url="https://registry.example@evil.example/d1.txt")], False),
+    Lie("a search document without a host", "search", [stored("d1", url="file:///etc/passwd")], False),
+    Lie("a failure reported from another host", "search",
+        [failed("d2") | {"url": "https://evil.example/d2"}], False),
+    Lie("control: on a host the task names", "search+hosts",
+        [stored("d1", url="https://files.example.net/d1.txt"), stored("d2", url="https://a.cdn.example/d2")],
+        True),
+    Lie("a wildcard does not cover the bare domain", "search+hosts",
+        [stored("d1", url="https://cdn.example/d1.txt")], False),
+    Lie("control: a search whose listing the gate does not know takes any host", "search, client's listing",
+        [stored("d1", url="https://anywhere.example/d1.txt")], True),
 ]  # fmt: skip
 
 SNAPSHOT = "SELECT (SELECT count(*) FROM documents), (SELECT count(*) FROM document_failures)"

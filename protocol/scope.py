@@ -1,0 +1,91 @@
+"""Which documents a task is about, as far as anyone but the client can tell: the gate checks
+every report and upload against it, and the client leaves out what the gate would refuse.
+
+An `id_range` task names its ids (a range or a list) and a `urls` task its list; a `search`
+task's documents are found by the client, so only their hosts can be checked: the listing's
+host (and its subdomains; the bare domain of a `www.` listing) plus `params.document_hosts`.
+A search task without `listing_url` (the client's --search-url) and a plugin source's task
+leave both unknown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+
+@dataclass(frozen=True)
+class TaskScope:
+    """What the gate knows of a task's documents: their ids (None: a search or a plugin source,
+    whose documents the client finds) and the hosts their URLs may be on (None: unknown, as
+    for a search task whose listing comes from the client's --search-url)."""
+
+    doc_ids: frozenset[str] | range | None
+    hosts: frozenset[str] | None
+
+    @classmethod
+    def of(cls, source: str, params: dict[str, Any]) -> TaskScope:
+        if source == "id_range":
+            template = params.get("url_template")
+            hosts = _hosts([template] if isinstance(template, str) else [])
+            if "ids" in params:
+                return cls(frozenset(str(i) for i in params["ids"]), hosts)
+            start, count = params.get("start_id"), params.get("count")
+            if isinstance(start, int) and isinstance(count, int):
+                return cls(range(start, start + count), hosts)
+            return cls(frozenset(), hosts)
+        if source == "urls":
+            items = [i for i in params.get("urls", []) if isinstance(i, dict)]
+            urls = [i["url"] for i in items if isinstance(i.get("url"), str)]
+            return cls(frozenset(str(i.get("doc_id")) for i in items), _hosts(urls))
+        if source == "search" and isinstance(params.get("listing_url"), str):
+            listing = _hosts([params["listing_url"]]) or frozenset()
+            extra = params.get("document_hosts") or []
+            return cls(None, listing | {h for h in extra if isinstance(h, str)})
+        return cls(None, None)
+
+    def contains(self, doc_id: str) -> bool | None:
+        """Is doc_id one of the task's documents? None when the gate cannot know."""
+        if self.doc_ids is None:
+            return None
+        if isinstance(self.doc_ids, range):
+            return doc_id.isdigit() and str(int(doc_id)) == doc_id and int(doc_id) in self.doc_ids
+        return doc_id in self.doc_ids
+
+    def on_origin(self, url: str | None) -> bool:
+        """Is the document's URL on one of the task's hosts (or subdomains of its listing's)?"""
+        if self.hosts is None or url is None:
+            return True
+        host = host_of(url)
+        if host is None:
+            return False
+        for allowed in self.hosts:
+            if allowed.startswith("*."):
+                if host.endswith(allowed[1:]):
+                    return True
+            elif host == allowed or host.endswith("." + allowed) or allowed == "www." + host:
+                return True
+        return False
+
+
+def host_of(url: str) -> str | None:
+    """The URL's host as the gate compares hosts: lower case, IDNA's ASCII form, no final dot."""
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return None
+    if not host:
+        return None
+    try:
+        return host.rstrip(".").encode("idna").decode("ascii")
+    except UnicodeError:
+        return host.rstrip(".")
+
+
+def _hosts(urls: list[str]) -> frozenset[str] | None:
+    """The hosts of these URLs; None (unknown) if any has none or a placeholder in its host."""
+    hosts = [host_of(url) for url in urls]
+    if not hosts or any(h is None or "{" in h for h in hosts):
+        return None
+    return frozenset(h for h in hosts if h is not None)
