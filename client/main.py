@@ -19,6 +19,7 @@ from client.progress import ProgressView, Stats
 from client.sources import SourceContext, load_sources
 from client.worker import Worker
 from common.logs import setup_logging, stop_logging
+from common.settings import environment
 from storage import Deadline, Storage, StorageError, open_storage
 from storage.errors import StorageRefused
 
@@ -53,7 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def open_store(config: ClientConfig) -> Storage:
     try:
         return open_storage(
-            config.storage_url, deadline=Deadline(), api_url=config.api_url, api_key=config.api_key_value
+            config.storage_url,
+            deadline=Deadline(),
+            api_url=config.api_url,
+            api_key=config.api_key_value,
+            env=environment(),
         )
     except StorageError as exc:
         raise ConfigError(f"--storage: {exc.message}") from None

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 
+from dotenv import dotenv_values
 from pydantic import ValidationError
 
 
@@ -15,3 +18,15 @@ def describe_validation_error(exc: ValidationError, name_of: Callable[[str], str
     if field and error["type"] == "missing":
         return f"setting {name_of(field)} is required"
     return f"setting {name_of(field)} is invalid: {message}" if field else message
+
+
+def environment(env_file: str | os.PathLike[str] = ".env") -> dict[str, str]:
+    """The process environment over the variables of `env_file` (when there is one): what the
+    storage URL's variables (B2_*, AWS_*, STORAGE_CONDITIONAL_WRITES) are read from, so a `.env`
+    written after `.env.example` reaches the store as it reaches the settings."""
+    found = (
+        {k: v for k, v in dotenv_values(env_file).items() if v is not None}
+        if Path(env_file).is_file()
+        else {}
+    )
+    return found | dict(os.environ)

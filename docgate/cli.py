@@ -107,6 +107,7 @@ def run_server(args: argparse.Namespace) -> int:
     from server.observe import RequestIdFilter
 
     setup_logging(settings.log_level, settings.log_format, filters=(RequestIdFilter(),))
+    asyncio.run(settings.open_store().close())  # a bad STORAGE_URL stops here, in one line
     import uvicorn
 
     # uvicorn re-raises the signal that stopped it once it has shut down; make

@@ -20,6 +20,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from common.settings import environment
 from server.config import Settings
 from storage import Deadline, Storage, StorageError, open_storage
 from storage.base import digest_of
@@ -50,7 +51,8 @@ def add_commands(sub: Any) -> None:
 
 def _open(url: str) -> Storage:
     settings = Settings.load()
-    return open_storage(url, deadline=Deadline(settings.storage_timeout_seconds, settings.storage_min_rate))
+    deadline = Deadline(settings.storage_timeout_seconds, settings.storage_min_rate)
+    return open_storage(url, deadline=deadline, env=environment())
 
 
 def _progress() -> Progress:
@@ -104,11 +106,13 @@ def run_verify(args: argparse.Namespace) -> int:
     store = _open(args.store or settings.store_url)
     from docgate.cli import database
 
+    # Records pin versions of the gate's own store; another store (a migrated copy) has its own.
+    pinned = args.store in (None, settings.store_url)
     with database(settings) as dsn:
-        return asyncio.run(_closing([store], lambda: _verify(store, dsn, args.workers)))
+        return asyncio.run(_closing([store], lambda: _verify(store, dsn, args.workers, pinned)))
 
 
-async def _verify(store: Storage, dsn: str, workers: int) -> int:
+async def _verify(store: Storage, dsn: str, workers: int, pinned: bool) -> int:
     from server.db.documents import iter_documents
     from server.db.pool import create_pool
 
@@ -120,7 +124,7 @@ async def _verify(store: Storage, dsn: str, workers: int) -> int:
     async def check(row: Any) -> None:
         nonlocal checked
         async with limit:
-            problem = await _check_document(store, row)
+            problem = await _check_document(store, row, pinned)
         checked += 1
         if problem:
             problems.append(problem)
@@ -139,19 +143,30 @@ async def _verify(store: Storage, dsn: str, workers: int) -> int:
     return 1 if problems else 0
 
 
-async def _check_document(store: Storage, row: Any) -> str | None:
-    key = row["storage_key"]
+async def _check_document(store: Storage, row: Any, pinned: bool = True) -> str | None:
+    """The recorded version whole, with its size and sha256; and, on a versioned store, no later
+    version at the key holding other bytes (what a reader by key alone would get)."""
+    key, version = row["storage_key"], row["version_id"] if pinned else None
     try:
-        if await store.stat(key) is None:
+        if await store.stat(key, version) is None:
             return f"missing {key} (doc_id {row['doc_id']})"
-        found = await digest_of(store, key)
+        found = await digest_of(store, key, version_id=version)
+        if found.sha256 != row["sha256"] or found.size != row["size"]:
+            return (
+                f"wrong {key} (doc_id {row['doc_id']}): sha256 {found.sha256} size {found.size}, "
+                f"recorded {row['sha256']} size {row['size']}"
+            )
+        latest = await store.stat(key) if version else None
+        if latest is not None and latest.version_id not in (None, version):
+            later = await digest_of(store, key, version_id=latest.version_id)
+            if later.sha256 != row["sha256"]:
+                return (
+                    f"shadowed {key} (doc_id {row['doc_id']}): a later write (version "
+                    f"{latest.version_id}) holds other bytes (sha256 {later.sha256}); the gate "
+                    f"serves the recorded version {version}, readers by key alone get the later one"
+                )
     except StorageError as exc:
         return f"unreadable {key} (doc_id {row['doc_id']}): {exc.message}"
-    if found.sha256 != row["sha256"] or found.size != row["size"]:
-        return (
-            f"wrong {key} (doc_id {row['doc_id']}): sha256 {found.sha256} size {found.size}, "
-            f"recorded {row['sha256']} size {row['size']}"
-        )
     return None
 
 

@@ -123,6 +123,8 @@ SourceName = Annotated[str, StringConstraints(pattern=SOURCE_PATTERN)]
 IdempotencyKey = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_no_nul)]
 StorageKeyText = Annotated[str, StringConstraints(max_length=MAX_STORAGE_KEY), AfterValidator(_no_nul)]
 StorageUrlText = Annotated[str, StringConstraints(max_length=MAX_STORAGE_URL), AfterValidator(_no_nul)]
+# An object version as S3 and B2 spell them (visible ASCII; AWS allows up to 1,024 bytes).
+VersionIdText = Annotated[str, StringConstraints(pattern=r"^[!-~]{1,1024}$")]
 UrlText = Annotated[str, StringConstraints(max_length=MAX_URL), AfterValidator(_no_nul)]
 
 
@@ -308,6 +310,7 @@ class DocumentReport(Request):
     size: Annotated[int, Field(ge=0, le=MAX_SIZE)] | None = None
     content_type: ContentTypeText | None = None
     compressed: bool = False
+    version_id: VersionIdText | None = None
     status: Annotated[DocumentStatus, Field(strict=False)] = DocumentStatus.STORED
     error: Text | None = None
 
@@ -691,6 +694,11 @@ class StoredDocument(Reply):
     size: int
     content_type: str | None = None
     compressed: bool = False
+    version_id: str | None = Field(
+        default=None,
+        description="The object version the document is (a versioned bucket's x-amz-version-id): "
+        "what the gate serves and verifies, whatever was written at the key after it.",
+    )
 
 
 class Document(StoredDocument):
@@ -721,6 +729,7 @@ class StorageObject(Reply):
     key: str
     size: int
     sha256: str | None = None
+    version_id: str | None = None  # a versioned bucket's version of the object (B2 keeps every one)
 
 
 class StorageObjectList(Reply):

@@ -31,7 +31,7 @@ from server.state import GateState
 from server.ui import router as ui_router
 from server.version import VERSION
 from server.wakeup import TaskWakeup
-from storage import Deadline, StorageError, open_storage
+from storage import Storage, StorageError
 
 log = logging.getLogger("docgate.gate")
 
@@ -88,10 +88,7 @@ def _lifespan(
         try:
             await bootstrap.prepare_database(pool, settings, apply_migrations=apply_migrations)
             admin_key = settings.admin_api_key.get_secret_value() if settings.admin_api_key else None
-            store = open_storage(
-                settings.store_url,
-                deadline=Deadline(settings.storage_timeout_seconds, settings.storage_min_rate),
-            )
+            store = settings.open_store()
             state = GateState(
                 settings=settings,
                 pool=pool,
@@ -103,6 +100,7 @@ def _lifespan(
             app.state.gate = state
             state.wakeup.start(partial(lifecycle.any_leasable, pool), settings.poll_fallback_seconds)
             background = [
+                asyncio.create_task(_probe(store), name="docgate-store-probe"),
                 asyncio.create_task(_housekeeping(state), name="docgate-housekeeping"),
                 asyncio.create_task(_watch_loop(metrics), name="docgate-loop-lag"),
             ]
@@ -119,6 +117,16 @@ def _lifespan(
             await pool.close()
 
     return lifespan
+
+
+async def _probe(store: Storage) -> None:
+    """Find out at start whether the store takes writes and honours conditional writes (an S3
+    endpoint that does not gets the version fence); a failure is logged, not fatal: the gate
+    still leases work, and uploads through it say what is wrong."""
+    try:
+        await store.probe()
+    except StorageError as exc:
+        log.error("the store %s refused a probe write: %s", store.url, exc.message)
 
 
 async def _housekeeping(state: GateState) -> None:

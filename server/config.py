@@ -10,9 +10,10 @@ from urllib.parse import quote
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from common.settings import describe_validation_error
+from common.settings import describe_validation_error, environment
 from protocol import v1
 from server.errors import SettingError
+from storage import Deadline, Storage, StorageError, open_storage
 
 
 class LogFormat(StrEnum):
@@ -91,6 +92,18 @@ class Settings(BaseSettings):
     @property
     def store_url(self) -> str:
         return self.storage_url or str((self.data_dir / "documents").resolve())
+
+    def open_store(self) -> Storage:
+        """The gate's store; a bad STORAGE_URL or a missing variable it needs (B2_*, read from
+        the environment and `.env`) raises SettingError naming it."""
+        try:
+            return open_storage(
+                self.store_url,
+                deadline=Deadline(self.storage_timeout_seconds, self.storage_min_rate),
+                env=environment(),
+            )
+        except StorageError as exc:
+            raise SettingError(f"setting STORAGE_URL: {exc.message}") from None
 
     def external_dsn(self) -> str | None:
         if self.database_url is not None:

@@ -70,11 +70,22 @@ def _local(path: str, deadline: Deadline | None) -> Storage:
 def _s3(scheme: str, bucket: str, prefix: str, deadline: Deadline | None, env: Mapping[str, str]) -> Storage:
     from storage.s3 import S3Storage
 
+    conditional = _conditional_writes(env)
     if scheme == "s3":
         if not bucket:
             raise StorageSettingError("storage URL s3:// needs a bucket: s3://bucket/prefix")
-        # Endpoint, region and keys come from boto3's usual chain (AWS_ENDPOINT_URL, AWS_* …).
-        return S3Storage(bucket, prefix, deadline=deadline)
+        # Endpoint, region and keys: AWS_* from the settings' environment (.env included), else
+        # boto3's usual chain (~/.aws, instance roles …).
+        return S3Storage(
+            bucket,
+            prefix,
+            endpoint_url=env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL"),
+            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
+            access_key=env.get("AWS_ACCESS_KEY_ID"),
+            secret_key=env.get("AWS_SECRET_ACCESS_KEY"),
+            deadline=deadline,
+            conditional_writes=conditional,
+        )
     bucket = bucket or env.get("B2_BUCKET_NAME", "")
     missing = [
         name
@@ -103,4 +114,16 @@ def _s3(scheme: str, bucket: str, prefix: str, deadline: Deadline | None, env: M
         access_key=env["B2_APPLICATION_KEY_ID"],
         secret_key=env["B2_APPLICATION_KEY"],
         deadline=deadline,
+        conditional_writes=conditional,
     )
+
+
+CONDITIONAL = {"auto": None, "on": True, "off": False}
+
+
+def _conditional_writes(env: Mapping[str, str]) -> bool | None:
+    """STORAGE_CONDITIONAL_WRITES: auto (find out: the probe, or the first 501), on, off."""
+    value = env.get("STORAGE_CONDITIONAL_WRITES", "auto").strip().lower()
+    if value not in CONDITIONAL:
+        raise StorageSettingError("setting STORAGE_CONDITIONAL_WRITES must be auto, on or off")
+    return CONDITIONAL[value]

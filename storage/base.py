@@ -229,12 +229,14 @@ class Storage(ABC):
         """Store the stream under key, atomically; AlreadyStored if the key is taken (write-once)."""
 
     @abstractmethod
-    def open(self, key: str) -> AsyncIterator[bytes]:
-        """The stored bytes as they are (still gzipped for compressed documents)."""
+    def open(self, key: str, version_id: str | None = None) -> AsyncIterator[bytes]:
+        """The stored bytes as they are (still gzipped for compressed documents); with
+        `version_id`, that version of the object (stores that keep no versions ignore it)."""
 
     @abstractmethod
-    async def stat(self, key: str) -> ObjectInfo | None:
-        """Size (and sha256 when known) of the object, or None."""
+    async def stat(self, key: str, version_id: str | None = None) -> ObjectInfo | None:
+        """Size (and sha256 when known, and the version on a versioned store) of the object,
+        or of that version of it; None if there is none."""
 
     @abstractmethod
     async def delete(self, key: str) -> None:
@@ -250,10 +252,12 @@ class Storage(ABC):
         client reports as `skipped` when it finds a document already stored. `options` say which
         document the key stands for (the gate's store answers only under the task's lease); their
         `max_size` bounds the read."""
-        if await self.stat(key) is None:
+        info = await self.stat(key)
+        if info is None:
             return None
-        digest = await digest_of(self, key, (options or PutOptions()).max_size)
-        return self.stored(key, digest, PutOptions(compress=key.endswith(GZIP_EXT)))
+        digest = await digest_of(self, key, (options or PutOptions()).max_size, info.version_id)
+        found = self.stored(key, digest, PutOptions(compress=key.endswith(GZIP_EXT)))
+        return found.model_copy(update={"version_id": info.version_id}) if info.version_id else found
 
     async def probe(self) -> None:
         """Prove the store takes writes (a scratch object written and removed where no listing
@@ -270,12 +274,15 @@ class Storage(ABC):
         self._threads.shutdown(wait=False, cancel_futures=True)
 
 
-async def digest_of(store: Storage, key: str, max_size: int | None = None) -> Digest:
-    """sha256 and size of the original document at `key` (a .gz object is inflated first, and
-    must be one whole gzip stream); past `max_size` original bytes, TooLarge."""
+async def digest_of(
+    store: Storage, key: str, max_size: int | None = None, version_id: str | None = None
+) -> Digest:
+    """sha256 and size of the original document at `key` (that version of it, on a versioned
+    store; a .gz object is inflated first, and must be one whole gzip stream); past `max_size`
+    original bytes, TooLarge."""
     digest = Digest(max_size)
     inflate = zlib.decompressobj(31) if key.endswith(GZIP_EXT) else None
-    async for chunk in store.open(key):
+    async for chunk in store.open(key, version_id):
         data = inflate.decompress(chunk) if inflate else chunk
         await asyncio.to_thread(digest.update, data)
     if inflate is not None:

@@ -63,3 +63,7 @@ class StorageUnavailable(StorageError):
 
 class StorageRefused(StorageUnavailable):
     """The store refuses this client (credentials, permissions, a missing bucket, a read-only path)."""
+
+
+class Unsupported(StorageRefused):
+    """The endpoint does not implement what the request asked for (S3's 501 NotImplemented)."""

@@ -118,7 +118,7 @@ class GateStorage(Storage):
             raise _error(reply)
         return reply
 
-    async def open(self, key: str) -> AsyncIterator[bytes]:
+    async def open(self, key: str, version_id: str | None = None) -> AsyncIterator[bytes]:
         url = self.api + paths.object_url(check_key(key))
         try:
             async with self.http.stream("GET", url, headers=self._headers) as reply:
@@ -148,7 +148,7 @@ class GateStorage(Storage):
             return None
         return StoredObject.model_validate_json(reply.content)
 
-    async def stat(self, key: str) -> ObjectInfo | None:
+    async def stat(self, key: str, version_id: str | None = None) -> ObjectInfo | None:
         try:
             reply = await self._send("HEAD", paths.object_url(check_key(key)))
         except ObjectMissing:

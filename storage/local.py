@@ -130,7 +130,7 @@ class LocalStorage(Storage):
             _discard(handle, tmp)
             raise
 
-    async def open(self, key: str) -> AsyncIterator[bytes]:
+    async def open(self, key: str, version_id: str | None = None) -> AsyncIterator[bytes]:
         path = self._path(key)
         try:
             handle = await self._blocking(lambda: self._inside(path).open("rb"), what="open")
@@ -144,7 +144,7 @@ class LocalStorage(Storage):
         finally:
             handle.close()  # a read-only close does no I/O worth a thread
 
-    async def stat(self, key: str) -> ObjectInfo | None:
+    async def stat(self, key: str, version_id: str | None = None) -> ObjectInfo | None:
         path = self._path(key)
         return await self._blocking(lambda: _stat(key, self._inside(path)), what="stat")
 

@@ -29,7 +29,7 @@ class MemoryStorage(Storage):
         self.objects[key] = (bytes(body), encoder.digest.hexdigest())
         return self.stored(key, encoder.digest, options)
 
-    async def open(self, key: str) -> AsyncIterator[bytes]:
+    async def open(self, key: str, version_id: str | None = None) -> AsyncIterator[bytes]:
         check_key(key)
         if key not in self.objects:
             raise ObjectMissing(f"no object at {key}")
@@ -37,7 +37,7 @@ class MemoryStorage(Storage):
         for start in range(0, len(data), CHUNK):
             yield data[start : start + CHUNK]
 
-    async def stat(self, key: str) -> ObjectInfo | None:
+    async def stat(self, key: str, version_id: str | None = None) -> ObjectInfo | None:
         check_key(key)
         if key not in self.objects:
             return None

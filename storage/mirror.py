@@ -47,9 +47,10 @@ class MirrorStorage(Storage):
         with contextlib.suppress(AlreadyStored):  # another writer got there first
             await self.secondary.put(key, self.primary.open(key), copy)
 
-    async def open(self, key: str) -> AsyncIterator[bytes]:
+    async def open(self, key: str, version_id: str | None = None) -> AsyncIterator[bytes]:
+        # A version is the primary's (what a put reported); the secondary holds its own.
         try:
-            stream = self.primary.open(key)
+            stream = self.primary.open(key, version_id)
             first = await anext(stream, b"")
         except (ObjectMissing, StorageError):
             async for chunk in self.secondary.open(key):
@@ -60,9 +61,9 @@ class MirrorStorage(Storage):
         async for chunk in stream:
             yield chunk
 
-    async def stat(self, key: str) -> ObjectInfo | None:
+    async def stat(self, key: str, version_id: str | None = None) -> ObjectInfo | None:
         try:
-            info = await self.primary.stat(key)
+            info = await self.primary.stat(key, version_id)
         except StorageError:
             info = None
         return info if info is not None else await self.secondary.stat(key)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from functools import partial
@@ -30,7 +31,14 @@ import botocore.config
 import botocore.exceptions
 
 from storage.base import CHUNK, Chunks, Deadline, Encoder, ObjectInfo, PutOptions, Storage, StoredObject
-from storage.errors import AlreadyStored, ObjectMissing, StorageError, StorageRefused, StorageUnavailable
+from storage.errors import (
+    AlreadyStored,
+    ObjectMissing,
+    StorageError,
+    StorageRefused,
+    StorageUnavailable,
+    Unsupported,
+)
 from storage.keys import check_key
 
 STAGING = ".docgate-staging/"
@@ -38,6 +46,7 @@ PART_SIZE = 8 << 20
 COPY_PART = 512 << 20
 SHA_META = "sha256"
 READ_TIMEOUT = 120.0
+log = logging.getLogger("docgate.storage")
 
 
 class S3Storage(Storage):
@@ -54,8 +63,12 @@ class S3Storage(Storage):
         deadline: Deadline | None = None,
         threads: int = 16,
         part_size: int = PART_SIZE,
+        conditional_writes: bool | None = None,
     ) -> None:
         super().__init__(deadline, threads)
+        # Does the endpoint honour If-None-Match: * (the write-once fence)? None: find out, by
+        # the probe or by the first write it refuses with 501 NotImplemented (Backblaze B2).
+        self.conditional = conditional_writes
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.url = f"{scheme}://{bucket}/{self.prefix}".rstrip("/")
@@ -91,11 +104,62 @@ class S3Storage(Storage):
             raise StorageUnavailable(f"{what} on {self.url} failed: {exc}") from None
 
     async def probe(self) -> None:
+        """Prove the store takes writes, and learn whether it honours conditional writes: a
+        second If-None-Match: * write over the scratch object must be refused. An endpoint that
+        answers 501 (B2), or that takes it (one that ignores the header), gets the version fence."""
         # Under the staging prefix: never listed as a document, swept if the delete is refused.
         scratch = f"{self.prefix}{STAGING}probe-{uuid.uuid4().hex}"
-        await self._call("put_object", Key=scratch, Body=b"docgate probe")
-        with contextlib.suppress(StorageError):
-            await self._call("delete_object", Key=scratch)
+        versions = [(await self._call("put_object", Key=scratch, Body=b"docgate probe")).get("VersionId")]
+        try:
+            if self.conditional is None:
+                try:
+                    again = await self._call("put_object", Key=scratch, Body=b"again", IfNoneMatch="*")
+                except AlreadyStored:
+                    self.conditional = True
+                except Unsupported:
+                    self._without_conditional_writes("it answers 501 NotImplemented to If-None-Match")
+                else:
+                    versions.append(again.get("VersionId"))
+                    self._without_conditional_writes("it let If-None-Match: * replace an existing object")
+        finally:
+            with contextlib.suppress(StorageError):
+                for version in versions:  # on a versioned bucket a plain delete only hides the object
+                    await self._call("delete_object", Key=scratch, **_version(version))
+
+    def _without_conditional_writes(self, why: str) -> None:
+        self.conditional = False
+        log.warning(
+            "%s has no conditional writes (%s): each document's record pins the object version "
+            "written, and a key found taken is refused before the write (see README, Storage)",
+            self.url,
+            why,
+        )
+
+    async def _publish(self, method: str, final: str, options: PutOptions, **kwargs: Any) -> dict[str, Any]:
+        """The call that makes the object appear at its final key, behind the write-once fence
+        this endpoint has: If-None-Match: * where it is honoured; elsewhere a check that the key
+        is free just before the write (not atomic: what a racing late writer leaves is a newer
+        version, which the record's version_id keeps from being served)."""
+        if options.overwrite:
+            reply: dict[str, Any] = await self._call(method, Key=final, **kwargs)
+            return reply
+        if self.conditional is not False:
+            try:
+                reply = await self._call(method, Key=final, IfNoneMatch="*", **kwargs)
+                return reply
+            except Unsupported:
+                self._without_conditional_writes("it answered 501 NotImplemented to If-None-Match")
+        if await self._head(final) is not None:
+            raise AlreadyStored(f"{final[len(self.prefix) :]} is already stored")
+        reply = await self._call(method, Key=final, **kwargs)
+        return reply
+
+    async def _head(self, final: str, version_id: str | None = None) -> dict[str, Any] | None:
+        try:
+            head: dict[str, Any] = await self._call("head_object", Key=final, **_version(version_id))
+        except ObjectMissing:
+            return None
+        return head
 
     async def put(self, key: str, chunks: Chunks, options: PutOptions | None = None) -> StoredObject:
         options = options or PutOptions()
@@ -106,20 +170,26 @@ class S3Storage(Storage):
         async for chunk in stream:
             buffer += await self._blocking(partial(encoder.feed, chunk), len(chunk), "hash")
             if len(buffer) >= self.part_size:
-                await self._put_large(final, buffer, stream, encoder, options)
                 break
         else:
             buffer += encoder.finish()
             encoder.digest.check(options.expected_sha256)
-            await self._call(
+            reply = await self._publish(
                 "put_object",
+                final,
+                options,
                 size=len(buffer),
-                Key=final,
                 Body=bytes(buffer),
                 **self._meta(encoder, options),
-                **_once(options),
             )
-        return self.stored(key, encoder.digest, options)
+            return self._stored(key, encoder, options, reply)
+        reply = await self._put_large(final, buffer, stream, encoder, options)
+        return self._stored(key, encoder, options, reply)
+
+    def _stored(self, key: str, encoder: Encoder, options: PutOptions, reply: dict[str, Any]) -> StoredObject:
+        stored = self.stored(key, encoder.digest, options)
+        version = reply.get("VersionId")
+        return stored.model_copy(update={"version_id": version}) if version else stored
 
     def _meta(self, encoder: Encoder, options: PutOptions) -> dict[str, Any]:
         meta: dict[str, Any] = {
@@ -138,12 +208,12 @@ class S3Storage(Storage):
         rest: AsyncIterator[bytes],
         encoder: Encoder,
         options: PutOptions,
-    ) -> None:
+    ) -> dict[str, Any]:
         staging = f"{self.prefix}{STAGING}{uuid.uuid4().hex}"
         try:
             total = await self._upload_staging(staging, buffer, rest, encoder)
             encoder.digest.check(options.expected_sha256)
-            await self._copy_to_final(staging, final, total, encoder, options)
+            return await self._copy_to_final(staging, final, total, encoder, options)
         finally:
             await self._call("delete_object", Key=staging)
 
@@ -185,7 +255,7 @@ class S3Storage(Storage):
 
     async def _copy_to_final(
         self, staging: str, final: str, total: int, encoder: Encoder, options: PutOptions
-    ) -> None:
+    ) -> dict[str, Any]:
         upload = (await self._call("create_multipart_upload", Key=final, **self._meta(encoder, options)))[
             "UploadId"
         ]
@@ -203,13 +273,13 @@ class S3Storage(Storage):
                     CopySourceRange=f"bytes={start}-{end}",
                 )
                 parts.append({"PartNumber": number, "ETag": reply["CopyPartResult"]["ETag"]})
-            await self._call(
+            return await self._publish(
                 "complete_multipart_upload",
+                final,
+                options,
                 size=total,
-                Key=final,
                 UploadId=upload,
                 MultipartUpload={"Parts": parts},
-                **_once(options),
             )
         except BaseException:
             await self._abort(final, upload)
@@ -219,21 +289,23 @@ class S3Storage(Storage):
         with contextlib.suppress(StorageError):  # else sweep() aborts it later
             await self._call("abort_multipart_upload", Key=key, UploadId=upload)
 
-    async def open(self, key: str) -> AsyncIterator[bytes]:
-        body = (await self._call("get_object", Key=self._key(key)))["Body"]
+    async def open(self, key: str, version_id: str | None = None) -> AsyncIterator[bytes]:
+        body = (await self._call("get_object", Key=self._key(key), **_version(version_id)))["Body"]
         try:
             while chunk := await self._blocking(lambda: body.read(CHUNK), CHUNK, "read"):
                 yield chunk
         finally:
             body.close()  # releases the connection; no I/O to wait on
 
-    async def stat(self, key: str) -> ObjectInfo | None:
-        try:
-            head = await self._call("head_object", Key=self._key(key))
-        except ObjectMissing:
+    async def stat(self, key: str, version_id: str | None = None) -> ObjectInfo | None:
+        head = await self._head(self._key(key), version_id)
+        if head is None:
             return None
         sha256 = head.get("Metadata", {}).get(SHA_META)
-        return ObjectInfo(key=key, size=int(head["ContentLength"]), sha256=sha256)
+        version = head.get("VersionId")
+        if version == "null":  # an unversioned bucket's answer
+            version = None
+        return ObjectInfo(key=key, size=int(head["ContentLength"]), sha256=sha256, version_id=version)
 
     async def delete(self, key: str) -> None:
         await self._call("delete_object", Key=self._key(key))
@@ -266,9 +338,8 @@ class S3Storage(Storage):
         return removed
 
 
-def _once(options: PutOptions) -> dict[str, Any]:
-    # The write-once fence: the PUT or the completion fails if the key is taken.
-    return {} if options.overwrite else {"IfNoneMatch": "*"}
+def _version(version_id: str | None) -> dict[str, Any]:
+    return {"VersionId": version_id} if version_id else {}
 
 
 # Answers that waiting will not change (a missing bucket is a 404, so it is named before that).
@@ -284,6 +355,8 @@ def _wrap(exc: botocore.exceptions.ClientError, key: str) -> StorageError:
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     if code in {"PreconditionFailed", "ConditionalRequestConflict"} or status == 412:
         return AlreadyStored(f"{key} is already stored")
+    if code == "NotImplemented" or status == 501:
+        return Unsupported(f"S3 {code or status}: {error.get('Message', '')}".strip())
     if code in REFUSALS or status == 403:
         return StorageRefused(f"S3 {code or status}: {error.get('Message', '')}".strip())
     if code in {"NoSuchKey", "404", "NotFound"} or status == 404:

@@ -194,6 +194,21 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log.close()
 
 
+@pytest.fixture(scope="session")
+def b2_url(s3_endpoint: str) -> Iterator[str]:
+    """Backblaze B2's S3 dialect in front of moto (tests/b2_dialect.py)."""
+    from b2_dialect import b2_endpoint
+
+    with b2_endpoint(s3_endpoint) as (url, _):
+        yield url
+
+
+def make_b2_bucket(endpoint: str) -> str:
+    from b2_dialect import b2_bucket
+
+    return b2_bucket(endpoint, f"b2-{next(_counter)}-{os.getpid()}")
+
+
 def make_bucket(endpoint: str) -> str:
     import boto3
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ADMIN_KEY, gate_settings, make_bucket, start_gate
+from conftest import ADMIN_KEY, gate_settings, make_b2_bucket, make_bucket, start_gate
 from storage import PutOptions, Storage
 from storage.base import from_bytes
 from storage.errors import AlreadyStored, ChecksumMismatch, KeyRefused, ObjectMissing, StorageError, TooLarge
@@ -21,7 +21,7 @@ from storage.memory import MemoryStorage
 from storage.mirror import MirrorStorage
 from storage.s3 import S3Storage
 
-BACKENDS = ["memory", "local", "s3", "gate", "mirror"]
+BACKENDS = ["memory", "local", "s3", "b2", "gate", "mirror"]
 
 
 def payload(size: int, seed: int = 1) -> bytes:
@@ -48,6 +48,14 @@ async def open_backend(kind: str, request: pytest.FixtureRequest, tmp_path: Path
             make_bucket(request.getfixturevalue("s3_endpoint")),
             "raw",
             endpoint_url=request.getfixturevalue("s3_endpoint"),
+            part_size=5 << 20,
+        ),
+        # Backblaze B2's dialect (tests/b2_dialect.py): no conditional writes, every bucket versioned.
+        "b2": lambda: S3Storage(
+            make_b2_bucket(request.getfixturevalue("s3_endpoint")),
+            "raw",
+            endpoint_url=request.getfixturevalue("b2_url"),
+            scheme="b2",
             part_size=5 << 20,
         ),
         "mirror": lambda: MirrorStorage(

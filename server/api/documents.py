@@ -40,14 +40,15 @@ async def get_document(doc_id: DocIdPath, state: StateDep, _: AdminDep) -> v1.Do
 async def read_document(doc_id: DocIdPath, state: StateDep, _: AdminDep) -> StreamingResponse:
     """The stored bytes; a compressed document is sent with Content-Encoding: gzip."""
     doc = await db.get_document(state.pool, doc_id)
-    info = await state.store.stat(doc.storage_key)
+    # The recorded version, on a versioned store: never what a late writer put at the key after it.
+    info = await state.store.stat(doc.storage_key, doc.version_id)
     if info is None:
         raise ObjectMissing(f"document {doc_id} is recorded at {doc.storage_key} but missing from storage")
     headers = {"Content-Length": str(info.size), paths.SHA256_HEADER: doc.sha256}
     if doc.compressed:
         headers["Content-Encoding"] = "gzip"
     return StreamingResponse(
-        await started(state.store.open(doc.storage_key)),
+        await started(state.store.open(doc.storage_key, doc.version_id)),
         headers=headers,
         media_type=doc.content_type or "application/octet-stream",
     )

@@ -14,11 +14,12 @@ from server.errors import DocumentNotFound
 # doc_id describes the same stored object.
 RECORD = """
 INSERT INTO documents (doc_id, source, storage_key, storage_url, sha256, size, content_type,
-                       compressed, task_id, job_id, client_id)
+                       compressed, version_id, task_id, job_id, client_id)
 SELECT d.doc_id, $1, d.storage_key, d.storage_url, d.sha256, d.size, d.content_type,
-       d.compressed, $2, $3, $4
-FROM unnest($5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[], $11::bool[])
-     AS d(doc_id, storage_key, storage_url, sha256, size, content_type, compressed)
+       d.compressed, d.version_id, $2, $3, $4
+FROM unnest($5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[], $11::bool[],
+            $12::text[])
+     AS d(doc_id, storage_key, storage_url, sha256, size, content_type, compressed, version_id)
 ON CONFLICT (doc_id) DO NOTHING
 """
 
@@ -58,6 +59,7 @@ async def record(conn: Connection, task: Any, reports: Reports) -> None:
             [d.size for d in recorded],
             [d.content_type for d in recorded],
             [d.compressed for d in recorded],
+            [d.version_id for d in recorded],
         )
     if failed:
         await conn.execute(
@@ -79,7 +81,7 @@ async def get_document(pool: Pool, doc_id: str) -> v1.Document:
 
 
 RECORDED_AT = """
-SELECT storage_key, storage_url, sha256, size, content_type, compressed FROM documents
+SELECT storage_key, storage_url, sha256, size, content_type, compressed, version_id FROM documents
 WHERE doc_id = $1 AND storage_key = $2
 """
 
@@ -97,7 +99,7 @@ async def known_documents(pool: Pool, doc_ids: list[str]) -> list[str]:
 
 
 PAGE = """
-SELECT doc_id, storage_key, sha256, size, compressed FROM documents
+SELECT doc_id, storage_key, sha256, size, compressed, version_id FROM documents
 WHERE doc_id > $1 ORDER BY doc_id LIMIT $2
 """
 
