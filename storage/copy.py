@@ -21,13 +21,27 @@ class CopySummary:
 
 
 async def known_sha(store: Storage, info: ObjectInfo) -> str:
-    return info.sha256 or (await digest_of(store, info.key)).sha256
+    """The object's sha256 as the store keeps it (a listing, else its metadata: an S3 HEAD, a
+    local file's attribute), read and hashed only when the store kept none. A copy whose bytes
+    do not match it is refused at the destination (expected_sha256), so a wrong one costs a
+    failed copy, never a wrong object."""
+    if info.sha256:
+        return info.sha256
+    there = await store.stat(info.key)
+    if there is not None and there.sha256:
+        return there.sha256
+    return (await digest_of(store, info.key)).sha256
 
 
 async def copy_one(src: Storage, dst: Storage, info: ObjectInfo, dry_run: bool) -> bool:
     """Copy one object unless DST already holds it with the same sha256; True if copied."""
     there = await dst.stat(info.key)
-    if there is not None and await known_sha(dst, there) == await known_sha(src, info):
+    # The same stored size (gzip stays gzip) and sha256: a copy cut short is never taken as done.
+    if (
+        there is not None
+        and there.size == info.size
+        and await known_sha(dst, there) == await known_sha(src, info)
+    ):
         return False
     if dry_run:
         return True

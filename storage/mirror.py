@@ -22,6 +22,14 @@ class MirrorStorage(Storage):
         await self.primary.probe()
         await self.secondary.probe()
 
+    async def verified(self, key: str, options: PutOptions | None = None) -> StoredObject | None:
+        """What the primary holds; and the secondary catches up on it here, so a document whose
+        copy failed once (the secondary was down) reaches it when its task runs again."""
+        found = await self.primary.verified(key, options)
+        if found is not None:
+            await self._ensure_secondary(key, PutOptions(compress=found.compressed))
+        return found
+
     async def put(self, key: str, chunks: Chunks, options: PutOptions | None = None) -> StoredObject:
         options = options or PutOptions()
         try:

@@ -18,6 +18,7 @@ Interrupted uploads leave staging objects or open multipart uploads, which
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import logging
@@ -44,6 +45,7 @@ from storage.keys import check_key
 STAGING = ".docgate-staging/"
 PART_SIZE = 8 << 20
 COPY_PART = 512 << 20
+SWEEP_CONCURRENCY = 16
 SHA_META = "sha256"
 READ_TIMEOUT = 120.0
 log = logging.getLogger("docgate.storage")
@@ -210,16 +212,17 @@ class S3Storage(Storage):
         options: PutOptions,
     ) -> dict[str, Any]:
         staging = f"{self.prefix}{STAGING}{uuid.uuid4().hex}"
+        total, version = await self._upload_staging(staging, buffer, rest, encoder)  # aborted if it fails
         try:
-            total = await self._upload_staging(staging, buffer, rest, encoder)
             encoder.digest.check(options.expected_sha256)
             return await self._copy_to_final(staging, final, total, encoder, options)
         finally:
-            await self._call("delete_object", Key=staging)
+            # By version where the bucket keeps versions: a delete by name would only hide it.
+            await self._call("delete_object", Key=staging, **_version(version))
 
     async def _upload_staging(
         self, staging: str, buffer: bytearray, rest: AsyncIterator[bytes], encoder: Encoder
-    ) -> int:
+    ) -> tuple[int, str | None]:
         upload = (await self._call("create_multipart_upload", Key=staging))["UploadId"]
         parts: list[dict[str, Any]] = []
         total = 0
@@ -235,7 +238,7 @@ class S3Storage(Storage):
                 parts.append(await self._part(staging, upload, len(parts) + 1, bytes(buffer)))
                 total += len(buffer)
             # Completion assembles the parts server-side: its time grows with the size.
-            await self._call(
+            done = await self._call(
                 "complete_multipart_upload",
                 size=total,
                 Key=staging,
@@ -245,7 +248,7 @@ class S3Storage(Storage):
         except BaseException:
             await self._abort(staging, upload)
             raise
-        return total
+        return total, done.get("VersionId")
 
     async def _part(self, key: str, upload: str, number: int, body: bytes) -> dict[str, Any]:
         reply = await self._call(
@@ -324,18 +327,40 @@ class S3Storage(Storage):
 
     async def sweep(self, older_than: float = 3600) -> int:
         cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than)
-        removed = 0
-        uploads = await self._call("list_multipart_uploads", Prefix=self.prefix)
-        for upload in uploads.get("Uploads", []):
-            if upload["Initiated"] <= cutoff:
-                await self._abort(upload["Key"], upload["UploadId"])
-                removed += 1
-        page = await self._call("list_objects_v2", Prefix=self.prefix + STAGING)
-        for item in page.get("Contents", []):
-            if item["LastModified"] <= cutoff:
-                await self._call("delete_object", Key=item["Key"])
-                removed += 1
-        return removed
+        # Every page first (a listing holds at most 1,000), then the removals: removing while
+        # paging moves the markers the next page starts from.
+        uploads = [
+            (u["Key"], u["UploadId"])
+            async for u in self._pages("list_multipart_uploads", "Uploads", ("KeyMarker", "UploadIdMarker"))
+            if u["Initiated"] <= cutoff
+        ]
+        # Staging leftovers by version: on a versioned bucket (B2 keeps every version) a delete by
+        # name only hides an object, and the hidden bytes would stay, billed, for good.
+        leftovers = [
+            (v["Key"], v["VersionId"])
+            async for v in self._pages(
+                "list_object_versions", "Versions", ("KeyMarker", "VersionIdMarker"), STAGING, "DeleteMarkers"
+            )
+            if v["LastModified"] <= cutoff
+        ]
+        calls = [partial(self._abort, k, u) for k, u in uploads]
+        calls += [partial(self._call, "delete_object", Key=k, VersionId=v) for k, v in leftovers]
+        for start in range(0, len(calls), SWEEP_CONCURRENCY):
+            await asyncio.gather(*(call() for call in calls[start : start + SWEEP_CONCURRENCY]))
+        return len(calls)
+
+    async def _pages(
+        self, method: str, field: str, markers: tuple[str, str], under: str = "", also: str = ""
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every item of a paged S3 listing under the prefix (`field`, and `also` if given)."""
+        marker: dict[str, Any] = {}
+        while True:
+            page = await self._call(method, Prefix=self.prefix + under, **marker)
+            for item in (*page.get(field, []), *(page.get(also, []) if also else [])):
+                yield item
+            if not page.get("IsTruncated"):
+                return
+            marker = {m: page["Next" + m] for m in markers}
 
 
 def _version(version_id: str | None) -> dict[str, Any]:
