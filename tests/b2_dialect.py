@@ -94,6 +94,13 @@ class B2Dialect(BaseHTTPRequestHandler):
         pass
 
 
+class _Forgetful(list[tuple[str, str, dict[str, str]]]):
+    """A long run's record of requests: kept by no one."""
+
+    def append(self, item: tuple[str, str, dict[str, str]]) -> None:
+        pass
+
+
 @contextmanager
 def b2_endpoint(moto_url: str) -> Iterator[tuple[str, type[B2Dialect]]]:
     """A B2-dialect endpoint in front of moto: its URL and the handler class (with `seen`)."""
@@ -124,3 +131,13 @@ def b2_env(endpoint: str, bucket: str) -> dict[str, str]:
         "B2_APPLICATION_KEY_ID": "test-key-id",
         "B2_APPLICATION_KEY": "test-secret",
     }
+
+
+if __name__ == "__main__":  # python tests/b2_dialect.py LISTEN_PORT UPSTREAM_URL (the chaos run's)
+    import sys
+
+    handler = type("B2DialectFor", (B2Dialect,), {"upstream": sys.argv[2], "seen": []})
+    handler.seen = _Forgetful()
+    server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), handler)
+    print("ready", flush=True)
+    server.serve_forever()

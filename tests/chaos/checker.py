@@ -60,7 +60,9 @@ def _fetch(dsn: str) -> dict[str, list[asyncpg.Record]]:
                     "SELECT task_id::text, lease_token::text FROM tasks WHERE status = 'completed'"
                 ),
                 "leases": await conn.fetch("SELECT count(*) FROM task_events WHERE event = 'leased'"),
-                "documents": await conn.fetch("SELECT doc_id, storage_key, sha256, size FROM documents"),
+                "documents": await conn.fetch(
+                    "SELECT doc_id, storage_key, sha256, size, version_id FROM documents"
+                ),
                 "outside": await conn.fetch(OUTSIDE_EVERY_TASK),
             }
         finally:
@@ -134,7 +136,9 @@ def check(run: Run, s3: Any) -> list[Figure]:
 
     def verify(doc: asyncpg.Record) -> str:
         try:
-            body = s3.get_object(Bucket=BUCKET, Key=doc["storage_key"])["Body"].read()
+            # The recorded version: on the b2 dialect a late writer may have added a newer one.
+            version = {"VersionId": doc["version_id"]} if doc["version_id"] else {}
+            body = s3.get_object(Bucket=BUCKET, Key=doc["storage_key"], **version)["Body"].read()
         except s3.exceptions.NoSuchKey:
             return "missing"
         if len(body) != doc["size"] or hashlib.sha256(body).hexdigest() != doc["sha256"]:
@@ -149,10 +153,11 @@ def check(run: Run, s3: Any) -> list[Figure]:
     for verdict in ("missing", "not whole", "not the origin's bytes"):
         n = verdicts.count(verdict)
         figure(f"recorded documents {verdict} in storage", n, "= 0", n == 0)
+    figures += _version_figures(s3, docs, run.versioned)
     figure("recorded keys naming a temporary file", temp_keys, "= 0", temp_keys == 0)
     figure("recorded keys not <id // 50000>/<id>.bin", wrong_keys, "= 0", wrong_keys == 0)
 
-    staged = s3.list_objects_v2(Bucket=BUCKET, Prefix=STAGING).get("KeyCount", 0)
+    staged = _staged(s3, run.versioned)
     uploads = len(s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []))
     figure(
         "orphan temp objects and open uploads after the sweep", staged + uploads, "= 0", staged + uploads == 0
@@ -162,6 +167,33 @@ def check(run: Run, s3: Any) -> list[Figure]:
     p99 = _p99(run.loop_lag)
     figure("gate event-loop stall p99 (s)", p99, "< 0.1", p99 < 0.1)
     return figures
+
+
+def _version_figures(s3: Any, docs: list[Any], versioned: bool) -> list[Figure]:
+    """Without conditional writes (the b2 dialect) the record's version is the fence: every record
+    pins one; keys a later write (a zombie's) topped with a newer version are counted (the gate
+    serves the recorded one, which the check above read back)."""
+    if not versioned:
+        return []
+    latest: dict[str, str] = {}
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=BUCKET):
+        for v in page.get("Versions", []):
+            if v["IsLatest"]:
+                latest[v["Key"]] = v["VersionId"]
+    unpinned = sum(1 for d in docs if not d["version_id"])
+    shadowed = sum(1 for d in docs if d["version_id"] and latest.get(d["storage_key"]) != d["version_id"])
+    return [
+        Figure("records without their object version (b2)", unpinned, "= 0", unpinned == 0),
+        Figure("keys a later version tops (b2; the recorded one is served)", shadowed, "(reported)", True),
+    ]
+
+
+def _staged(s3: Any, versioned: bool) -> int:
+    """Staging objects left; on a versioned bucket every version and delete marker (bytes too)."""
+    if not versioned:
+        return int(s3.list_objects_v2(Bucket=BUCKET, Prefix=STAGING).get("KeyCount", 0))
+    left = s3.list_object_versions(Bucket=BUCKET, Prefix=STAGING)
+    return len(left.get("Versions", [])) + len(left.get("DeleteMarkers", []))
 
 
 def _p99(histograms: list[dict[str, float]]) -> float:

@@ -70,6 +70,7 @@ class Plan:
     sweep: bool = True
     spare_first: bool = False  # never kill gate 0 or client 0 (the soak watches their memory)
     liars: int = 0  # the last `liars` clients run the `liar` variant (they lie while they work)
+    dialect: str = "s3"  # "b2": Backblaze B2's (tests/b2_dialect.py) between the stores and the faults
 
 
 @dataclass
@@ -85,6 +86,7 @@ class Run:
     loop_lag: list[dict[str, float]] = field(default_factory=list)
     origin: str = ""
     s3_url: str = ""
+    versioned: bool = False  # records pin object versions (the b2 dialect)
     memory: list[dict[str, Any]] = field(default_factory=list)
     tasks_created: int = 0
 
@@ -155,6 +157,32 @@ class Cluster:
         self.run.s3_url = self.moto
         self.s3_env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{proxy_port}"}
         self.s3().create_bucket(Bucket=BUCKET)
+        self.store_url = f"s3://{BUCKET}"
+        if self.plan.dialect == "b2":
+            # No conditional writes, a versioned bucket: the fence is the recorded version_id.
+            self.s3().put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+            b2_port = free_port()
+            b2 = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(REPO / "tests" / "b2_dialect.py"),
+                    str(b2_port),
+                    f"http://127.0.0.1:{proxy_port}",
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+            self.procs.append(b2)
+            assert b2.stdout is not None and b2.stdout.readline().strip() == "ready"
+            b2.stdout.close()
+            self.s3_env |= {
+                "B2_ENDPOINT": f"http://127.0.0.1:{b2_port}",
+                "B2_APPLICATION_KEY_ID": "chaos",
+                "B2_APPLICATION_KEY": "chaos",
+            }
+            self.store_url = f"b2://{BUCKET}"
+            self.run.versioned = True
 
     def s3(self) -> Any:
         import boto3
@@ -203,7 +231,7 @@ class Cluster:
                 "DATABASE_URL": self.dsn,
                 "API_PORT": str(port),
                 "ADMIN_API_KEY": ADMIN,
-                "STORAGE_URL": f"s3://{BUCKET}",
+                "STORAGE_URL": self.store_url,
                 "LEASE_SECONDS": str(self.plan.lease_seconds),
                 "RETRY_BACKOFF_SECONDS": "0.2",
                 "RETRY_BACKOFF_MAX_SECONDS": "1",
@@ -246,7 +274,7 @@ class Cluster:
                 "--client-name",
                 f"chaos-{i}",
                 "--storage",
-                f"s3://{BUCKET}",
+                self.store_url,
                 "--allow-network",
                 "127.0.0.0/8",
                 "--progress",

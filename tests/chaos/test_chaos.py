@@ -40,6 +40,7 @@ def judged(cluster: Cluster) -> list[str]:
     RESULTS.mkdir(parents=True, exist_ok=True)
     plan = run.plan
     label = plan.gate_variant or plan.client_variant or ("real" if plan.sweep else "no-sweep")
+    label += "-b2" if plan.dialect == "b2" else ""
     (RESULTS / f"seed-{plan.seed}-{label}.txt").write_text(report + "\n")
     dump(run, RESULTS / f"seed-{run.plan.seed}.json")
     return violations(figures)
@@ -48,6 +49,19 @@ def judged(cluster: Cluster) -> list[str]:
 @pytest.mark.timeout(400)
 def test_quick_seed_loses_nothing(cluster_for) -> None:  # type: ignore[no-untyped-def]
     plan = Plan(seed=7, tasks=300, clients=4, lease_seconds=5, fault_gap=(1.5, 3.0), deadline=200, liars=1)
+    cluster = cluster_for(plan)
+    assert judged(cluster) == []
+    assert cluster.run.finished
+    assert set(cluster.run.fired) == set(plan.faults), "every fault fired at least once"
+
+
+@pytest.mark.timeout(400)
+def test_a_b2_seed_loses_nothing(cluster_for) -> None:  # type: ignore[no-untyped-def]
+    """The same faults, zombies included, on Backblaze B2's dialect: no conditional writes, a
+    versioned bucket; every record pins the version it reported."""
+    plan = Plan(
+        seed=21, tasks=100, clients=3, lease_seconds=8, fault_gap=(2.0, 4.0), deadline=200, dialect="b2"
+    )
     cluster = cluster_for(plan)
     assert judged(cluster) == []
     assert cluster.run.finished
