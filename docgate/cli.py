@@ -150,21 +150,29 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 
 def _check_database(dsn: str) -> None:
+    _migrate(dsn)
+
+
+def _migrate(dsn: str) -> list[str]:
+    """Apply what is missing; an unreachable server, a database that does not exist or a refused
+    login is one line naming the settings."""
+    import asyncpg
+
     from server.db.migrate import migrate_dsn
 
     try:
-        asyncio.run(migrate_dsn(dsn))
+        return asyncio.run(migrate_dsn(dsn))
     except (OSError, TimeoutError) as exc:
         raise DocgateError(f"cannot reach PostgreSQL (DATABASE_URL / DB_*): {exc}") from None
+    except asyncpg.PostgresError as exc:
+        raise DocgateError(f"PostgreSQL refused the connection (DATABASE_URL / DB_*): {exc}") from None
 
 
 def run_migrate(args: argparse.Namespace) -> int:
     settings = Settings.load()
     setup_logging(settings.log_level, settings.log_format)
-    from server.db.migrate import migrate_dsn
-
     with database(settings) as dsn:
-        applied = asyncio.run(migrate_dsn(dsn))
+        applied = _migrate(dsn)
     print("applied: " + ", ".join(applied) if applied else "database is up to date")
     return 0
 

@@ -287,3 +287,33 @@ async def test_the_seed_flow_local_disk_then_b2(
         for doc_id in (1, n // 2, n):
             raw = await gate.http.get(f"/api/v1/documents/{doc_id}/raw", headers=gate.admin)
             assert raw.status_code == 200 and raw.content == body_of(doc_id)
+
+
+def test_b2_variables_in_dotenv_reach_the_store(
+    tmp_path: Path, db_dsn: str, b2_url: str, bucket: str
+) -> None:
+    """`.env.example` invites B2_* in `.env`: the CLI (and the gate and client, which open their
+    store the same way) read them from there, not only from the environment."""
+    lines = [f"{k}={v}" for k, v in b2_env(b2_url, bucket).items()]
+    (tmp_path / ".env").write_text(
+        "\n".join([*lines, f"STORAGE_URL=b2://{bucket}/raw", f"DATABASE_URL={db_dsn}"])
+    )
+    s3 = boto3.client("s3", endpoint_url=b2_url)
+    s3.put_object(Bucket=bucket, Key=f"raw/{STAGING}left-over", Body=b"x")
+    sweep = subprocess.run(
+        [*docgate("storage", "sweep", f"b2://{bucket}/raw", "--older-than", "0")],
+        env=CLEAN_ENV | {"PYTHONPATH": str(REPO)}, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert sweep.returncode == 0, sweep.stdout + sweep.stderr
+    verify = subprocess.run(
+        docgate("storage", "verify"), env=CLEAN_ENV | {"PYTHONPATH": str(REPO)}, cwd=tmp_path,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert verify.returncode == 0 and f"in b2://{bucket}/raw" in verify.stdout, verify.stdout + verify.stderr
+    # Control: without the file the same command names what is missing, in one line.
+    (tmp_path / ".env").unlink()
+    bare = subprocess.run(
+        [*docgate("storage", "sweep", f"b2://{bucket}/raw")], env=CLEAN_ENV | {"PYTHONPATH": str(REPO)},
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert bare.returncode == 2 and "B2_ENDPOINT" in bare.stderr and "Traceback" not in bare.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -96,6 +97,9 @@ def test_restart_keeps_tasks_and_expired_leases_come_back(tmp_path: Path) -> Non
         ({"DB_POOL_MIN": "50", "DB_POOL_MAX": "5"}, "DB_POOL_MIN"),
         ({"ADMIN_API_KEY": "short"}, "ADMIN_API_KEY"),
         ({"DATABASE_URL": "postgresql://u:secretpw@127.0.0.1:1/x"}, "DATABASE_URL"),
+        ({"STORAGE_URL": "b2://bucket/raw"}, "B2_ENDPOINT, B2_APPLICATION_KEY_ID, B2_APPLICATION_KEY"),
+        ({"STORAGE_URL": "ftp://host/raw"}, "STORAGE_URL"),
+        ({"STORAGE_URL": "s3://b", "STORAGE_CONDITIONAL_WRITES": "maybe"}, "STORAGE_CONDITIONAL_WRITES"),
     ],
 )
 def test_a_bad_setting_stops_start_up_with_one_line(tmp_path: Path, env: dict[str, str], named: str) -> None:
@@ -112,3 +116,18 @@ def test_a_bad_setting_stops_start_up_with_one_line(tmp_path: Path, env: dict[st
     assert len(lines) == 1, result.stderr
     assert named in lines[0] and "Traceback" not in result.stderr
     assert "secretpw" not in result.stderr + result.stdout
+
+
+def test_a_database_that_does_not_exist_is_one_line(tmp_path: Path, db_dsn: str) -> None:
+    missing = urlsplit(db_dsn)._replace(path="/no_such_database").geturl()
+    result = subprocess.run(
+        docgate("server"),
+        env=CLEAN_ENV | {"DATA_DIR": str(tmp_path), "DATABASE_URL": missing},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "DATABASE_URL" in lines[0] and "no_such_database" in lines[0]
