@@ -61,6 +61,8 @@ def main() -> None:
         "API_PORT": str(gate_port),
         "ADMIN_API_KEY": ADMIN,
         "LOG_LEVEL": "WARNING",
+        "HOST_RATE_LIMIT": "0",  # a local origin: no per-host budget
+        "HOST_CONNECTIONS": "0",
     }
     gate = subprocess.Popen(docgate("server"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     origin = subprocess.Popen(

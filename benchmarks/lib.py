@@ -226,6 +226,9 @@ def _start_gate(
         "ADMIN_API_KEY": ADMIN,
         "LOG_LEVEL": "WARNING",
         "DB_POOL_MAX": "20",
+        # Benchmarks measure docgate, not a registry's budget: their origins are local.
+        "HOST_RATE_LIMIT": "0",
+        "HOST_CONNECTIONS": "0",
         **(env or {}),
     }
     proc = procs.start(

@@ -21,11 +21,12 @@ import aiohttp
 from yarl import URL
 
 from client.guard import GuardedResolver, Policy, Refused
-from client.limits import HostLimiter
+from client.limits import Ask, FleetLimits, host_key
 
 T = TypeVar("T")
 REDIRECTS = {301, 302, 303, 307, 308}
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+THROTTLED = {429, 503}  # slow the whole fleet down for that host
 MAX_REDIRECTS = 5
 MAX_RETRY_AFTER = 300.0
 READ_CHUNK = 1 << 20
@@ -59,12 +60,14 @@ class Fetcher:
         retries: int,
         timeout: float,
         max_size: int,
+        grants: Ask | None = None,
     ) -> None:
         self.policy = policy
         self.retries = retries
         self.timeout = timeout
         self.max_size = max_size
-        self.limiter = HostLimiter(per_host_connections, per_host_rate)
+        # With `grants` (the gate's), each host's fleet-wide budget limits this client too.
+        self.limiter = FleetLimits(per_host_connections, per_host_rate, grants)
         self._concurrency = concurrency
         self._session: aiohttp.ClientSession | None = None
 
@@ -91,6 +94,7 @@ class Fetcher:
         return self._session
 
     async def close(self) -> None:
+        await self.limiter.close()
         if self._session is not None:
             await self._session.close()
 
@@ -103,7 +107,10 @@ class Fetcher:
             except _Retry as retry:
                 if attempt == self.retries:
                     raise DocumentFailed(f"{retry.reason} (after {attempt + 1} attempts)", False) from None
-                await asyncio.sleep(retry.delay if retry.delay is not None else _backoff(attempt))
+                # Retry-After spread by up to a half: every client told to wait must not return at once.
+                await asyncio.sleep(
+                    retry.delay * random.uniform(1.0, 1.5) if retry.delay is not None else _backoff(attempt)
+                )
             except TimeoutError:
                 if attempt == self.retries:
                     raise DocumentFailed(f"timed out after {self.timeout:g} s", False) from None
@@ -118,9 +125,11 @@ class Fetcher:
                 self.policy.check_url(target)
             except Refused as exc:
                 raise DocumentFailed(f"refused: {exc}", True) from None
-            async with self.limiter.slot(target.raw_host or ""):
+            host = host_key(target)
+            async with self.limiter.slot(host):
                 try:
                     async with self.session.get(target, allow_redirects=False) as reply:
+                        self._record(host, reply)
                         if reply.status in REDIRECTS and "Location" in reply.headers:
                             target = target.join(_parsed(reply.headers["Location"]))
                             continue
@@ -135,8 +144,21 @@ class Fetcher:
                 except (aiohttp.ClientError, ConnectionError) as exc:
                     if isinstance(exc.__cause__, Refused) or isinstance(exc.__context__, Refused):
                         raise DocumentFailed(f"refused: {exc.__cause__ or exc.__context__}", True) from None
+                    self.limiter.record(host, "error")
                     raise _Retry(f"{type(exc).__name__}: {exc}") from None
+                except TimeoutError:
+                    self.limiter.record(host, "error")
+                    raise
         raise DocumentFailed(f"more than {MAX_REDIRECTS} redirects", True)
+
+    def _record(self, host: str, reply: aiohttp.ClientResponse) -> None:
+        """Tell the fleet's budget for this host what it answered."""
+        if reply.status in THROTTLED:
+            self.limiter.record(host, "throttled", retry_after(reply.headers.get("Retry-After")))
+        elif reply.status in RETRY_STATUS:
+            self.limiter.record(host, "error")
+        else:
+            self.limiter.record(host, "ok")
 
     def _check_status(self, reply: aiohttp.ClientResponse) -> None:
         if reply.status == 200:

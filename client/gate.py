@@ -22,7 +22,7 @@ from client.errors import (
     LeaseLost,
     NotYourTask,
 )
-from protocol import paths, v1
+from protocol import hosts, paths, v1
 from protocol.errors import ErrorCode, parse_error
 
 log = logging.getLogger("docgate.client.gate")
@@ -180,6 +180,11 @@ class GateAPI:
         path = paths.url(paths.CLIENT_HEARTBEAT)
         reply = await self._model(v1.HeartbeatReply, "POST", path, body, attempts=2)
         return reply.cancelled_task_ids
+
+    async def grants(self, reports: list[hosts.HostReport]) -> hosts.GrantReply:
+        """This client's shares of the hosts' budgets, with what it saw since it last asked."""
+        body = hosts.GrantRequest(hosts=reports)
+        return await self._model(hosts.GrantReply, "POST", paths.url(paths.HOST_GRANTS), body, attempts=1)
 
     async def known(self, doc_ids: list[str]) -> set[str]:
         known: set[str] = set()

@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from yarl import URL
+
+from client.errors import ClientError, InvalidRequest
+from protocol import hosts
+
+log = logging.getLogger("docgate.client")
 
 
 class TokenBucket:
@@ -46,3 +57,196 @@ class HostLimiter:
             if self.rate:
                 await self._buckets.setdefault(host, TokenBucket(self.rate)).take()
             yield
+
+
+class Slots:
+    """At most `limit` holders at once (None: any number); the limit can change while held."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.held = 0
+        self._changed = asyncio.Condition()
+
+    async def set_limit(self, limit: int | None) -> None:
+        async with self._changed:
+            self.limit = limit
+            self._changed.notify_all()
+
+    @asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.limit is None or self.held < self.limit)
+            self.held += 1
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self.held -= 1
+                self._changed.notify_all()
+
+
+Ask = Callable[[list[hosts.HostReport]], Awaitable[hosts.GrantReply]]
+FIRST_GRANT_SECONDS = 5.0  # a new host waits this long for its first grant, then goes on by local limits
+IDLE_SECONDS = 10.0  # a host not fetched from for this long is no longer reported
+
+
+@dataclass
+class HostState:
+    """One origin host as this client sees it: its grant, and what it saw since it last asked."""
+
+    slots: Slots
+    bucket: TokenBucket | None
+    granted: asyncio.Event = field(default_factory=asyncio.Event)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)  # a grant arrived
+    paused: bool = False
+    resume_at: float = 0.0
+    used_at: float = field(default_factory=time.monotonic)
+    ok: int = 0
+    throttled: int = 0
+    errors: int = 0
+    retry_after: float | None = None
+
+    def report(self, host: str) -> hosts.HostReport:
+        report = hosts.HostReport(
+            host=host, ok=self.ok, throttled=self.throttled, errors=self.errors, retry_after=self.retry_after
+        )
+        self.ok = self.throttled = self.errors = 0
+        self.retry_after = None
+        return report
+
+
+class FleetLimits:
+    """Per origin host: this client's own ceilings (`connections`, `rate`: --connections-per-host,
+    --per-host-limit) and, with `ask` (the gate's grants), its share of the fleet's budget, asked
+    for about once a second for the hosts it is fetching from, with the 429s, errors and healthy
+    answers it saw. A host the gate pauses, or that sent Retry-After to anyone, starts nothing."""
+
+    def __init__(self, connections: int, rate: float | None, ask: Ask | None = None) -> None:
+        self.connections = connections
+        self.rate = rate
+        self.ask = ask
+        self.hosts: dict[str, HostState] = {}
+        self._loop: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    def _state(self, host: str) -> HostState:
+        state = self.hosts.get(host)
+        if state is None:
+            bucket = TokenBucket(self.rate) if self.rate else None
+            state = self.hosts[host] = HostState(Slots(self.connections), bucket)
+            if self.ask is None:
+                state.granted.set()
+            else:
+                self._wake.set()
+                if self._loop is None:
+                    self._loop = asyncio.create_task(self._asking(), name="docgate-host-grants")
+        return state
+
+    @asynccontextmanager
+    async def slot(self, host: str) -> AsyncIterator[None]:
+        state = self._state(host)
+        state.used_at = time.monotonic()
+        if not state.granted.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.granted.wait(), FIRST_GRANT_SECONDS)
+        await _until_open(state)
+        async with state.slots.hold():
+            if state.bucket is not None:
+                await state.bucket.take()
+            state.used_at = time.monotonic()
+            yield
+
+    def record(self, host: str, outcome: str, retry_after: float | None = None) -> None:
+        """What one answer was: "ok", "throttled" (429/503) or "error" (5xx, timeout, reset)."""
+        state = self.hosts.get(host)
+        if state is None:
+            return
+        if outcome == "ok":
+            state.ok += 1
+        elif outcome == "throttled":
+            state.throttled += 1
+            if retry_after:
+                state.retry_after = max(retry_after, state.retry_after or 0.0)
+                state.resume_at = max(state.resume_at, time.monotonic() + _spread(retry_after))
+        else:
+            state.errors += 1
+        if outcome != "ok":
+            self._wake.set()  # the fleet should hear of trouble at once
+
+    async def _asking(self) -> None:
+        refresh = 1.0
+        while self.ask is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), refresh)
+            self._wake.clear()
+            now = time.monotonic()
+            active = {h: s for h, s in self.hosts.items() if now - s.used_at < IDLE_SECONDS}
+            if not active:
+                continue
+            reports = [state.report(host) for host, state in active.items()]
+            try:
+                reply = await self.ask(reports[: hosts.MAX_HOSTS_PER_GRANT])
+            except ClientError as exc:
+                if isinstance(exc, InvalidRequest) and "route_not_found" in exc.message:
+                    log.warning("the gate hands out no host budgets (an older gate); local limits only")
+                    self.ask = None
+                else:
+                    log.debug("host grants: %s", exc.message)
+                for state in active.values():
+                    state.granted.set()  # go on by the last grant, or local limits
+                continue
+            refresh = max(0.2, min(reply.refresh_seconds, 5.0))
+            for grant in reply.grants:
+                await self._apply(grant)
+
+    async def _apply(self, grant: hosts.HostGrant) -> None:
+        state = self.hosts.get(grant.host)
+        if state is None:
+            return
+        rate = _lower(self.rate, grant.requests_per_second)
+        if rate is None:
+            state.bucket = None
+        elif state.bucket is None:
+            state.bucket = TokenBucket(rate)
+        else:
+            state.bucket.rate = rate
+        limit = _lower(self.connections, grant.max_connections)
+        await state.slots.set_limit(None if limit is None else max(1, int(limit)))
+        state.paused = grant.paused
+        if grant.wait_seconds:
+            state.resume_at = max(state.resume_at, time.monotonic() + _spread(grant.wait_seconds))
+        state.granted.set()
+        state.changed.set()
+
+    async def close(self) -> None:
+        if self._loop is not None:
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
+
+
+async def _until_open(state: HostState) -> None:
+    """Wait while the host is paused (by the gate) or told us to wait (Retry-After)."""
+    while (delay := state.resume_at - time.monotonic()) > 0 or state.paused:
+        state.changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(state.changed.wait(), min(1.0, max(0.05, delay)))
+
+
+def _spread(seconds: float) -> float:
+    """A pause's end, spread by up to a half: a fleet told to wait must not come back as one burst."""
+    return seconds * random.uniform(1.0, 1.5)
+
+
+def _lower(mine: float | None, granted: float | None) -> float | None:
+    if mine is None or mine <= 0:
+        return granted
+    return mine if granted is None else min(mine, granted)
+
+
+def host_key(url: URL) -> str:
+    """The host a budget is for: lower case, IDNA ASCII, `:port` when not the scheme's default."""
+    host = (url.raw_host or "").lower().rstrip(".")
+    if ":" in host:
+        host = f"[{host}]"
+    return host if url.is_default_port() else f"{host}:{url.port}"

@@ -76,6 +76,7 @@ async def run(config: ClientConfig) -> int:
         retries=config.retries,
         timeout=config.download_timeout,
         max_size=config.max_document_size,
+        grants=gate.grants,  # the fleet's budget per origin host, held by the gate
     )
     stats = Stats()
     try:

@@ -110,6 +110,9 @@ def _demo(args: argparse.Namespace, data: Path, processes: Processes) -> int:
         | {
             "DATA_DIR": str(data),
             "API_PORT": str(gate_port),
+            # The demo's origin is its own, on this machine: no per-host budget.
+            "HOST_RATE_LIMIT": "0",
+            "HOST_CONNECTIONS": "0",
             "ADMIN_API_KEY": admin,
             "STORAGE_URL": str(store),
             "LOG_LEVEL": "WARNING",

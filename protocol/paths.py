@@ -31,6 +31,10 @@ DOCUMENT_RAW = "/documents/{doc_id}/raw"
 DOCUMENT_STORED = "/documents/{doc_id}/stored"  # under a lease: what the gate's store holds
 STORAGE_OBJECTS = "/storage/objects"
 STORAGE_OBJECT = "/storage/objects/{key:path}"
+# politeness: budgets per origin host
+HOSTS = "/hosts"
+HOST_GRANTS = "/hosts/grants"
+HOST = "/hosts/{host}"
 # outside the prefix
 HEALTH = "/health"
 

@@ -22,7 +22,7 @@ from server import bootstrap
 from server.api import api_router
 from server.auth import Authenticator
 from server.config import Settings
-from server.db import lifecycle, stats
+from server.db import hosts, lifecycle, stats
 from server.db.pool import create_pool
 from server.errors import DatabaseUnavailable, DocgateError, status_and_code
 from server.metrics import Metrics
@@ -131,6 +131,7 @@ async def _probe(store: Storage) -> None:
 
 async def _housekeeping(state: GateState) -> None:
     """Expire dead leases and fold status counts, on every gate (SKIP LOCKED keeps them apart)."""
+    rounds = 0
     while True:
         try:
             expired = await lifecycle.reap_expired(state.pool, state.backoff)
@@ -138,6 +139,9 @@ async def _housekeeping(state: GateState) -> None:
             if expired:
                 log.info("expired %d leases", expired)
             await stats.fold_counts(state.pool)
+            rounds += 1
+            if rounds % 60 == 0:
+                await hosts.forget(state.pool)
         except DatabaseUnavailable:
             log.warning("database unavailable; housekeeping will retry")
         except Exception:  # keep the loop alive whatever one round hits

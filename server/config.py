@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     poll_fallback_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
     client_stale_seconds: Annotated[float, Field(gt=0)] = 180
 
+    # Politeness across the fleet: per origin host, summed over every client (0 = no limit).
+    host_rate_limit: Annotated[float, Field(ge=0, le=100_000)] = 10
+    host_connections: Annotated[int, Field(ge=0, le=100_000)] = 16
+
     storage_url: str | None = None  # default: DATA_DIR/documents
     shard_size: Annotated[int, Field(ge=1, le=1 << 40)] = 50_000
     storage_timeout_seconds: Annotated[float, Field(gt=0, le=3_600)] = 15

@@ -108,6 +108,9 @@ def gate_settings(**overrides: Any) -> Settings:
         "poll_fallback_seconds": 0.5,
         "db_pool_max": 20,
         "max_job_tasks": 1_000_000,
+        # The tests' origins are their own: no fleet budget unless a test sets one.
+        "host_rate_limit": 0,
+        "host_connections": 0,
         "data_dir": "/nonexistent-data-dir-for-tests",
         "_env_file": None,
     }

@@ -30,7 +30,8 @@ class GateProcess:
         self._out = self.log.open("wb")
         self.proc = subprocess.Popen(
             argv,
-            env=CLEAN_ENV | env,
+            # The tests' origins are their own: no fleet budget unless a test sets one.
+            env=CLEAN_ENV | {"HOST_RATE_LIMIT": "0", "HOST_CONNECTIONS": "0"} | env,
             cwd=REPO,
             stdout=self._out,
             stderr=subprocess.STDOUT,

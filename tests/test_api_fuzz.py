@@ -75,7 +75,9 @@ def test_no_operation_answers_5xx_or_breaks_its_schema(db_dsn: str, tmp_path: Pa
             "API_PORT": str(port),
             "ADMIN_API_KEY": ADMIN,
             "STORAGE_URL": str(tmp_path / "store"),
-            "MAX_JOB_TASKS": "10000",
+            "MAX_JOB_TASKS": "100000",
+            # A lease must always find work: past the hoarding cap a long poll waits out `wait`.
+            "MAX_LEASES_PER_CLIENT": "1000000",
             "LOG_LEVEL": "WARNING",
         },
         port,
@@ -92,7 +94,7 @@ def test_no_operation_answers_5xx_or_breaks_its_schema(db_dsn: str, tmp_path: Pa
             json={
                 "source": "id_range",
                 "chunk_size": 1,
-                "params": {"url_template": "http://127.0.0.1:9/{id}", "start_id": 1, "count": 5000},
+                "params": {"url_template": "http://127.0.0.1:9/{id}", "start_id": 1, "count": 100_000},
             },
         )
         assert r.status_code == 201, r.text

@@ -55,6 +55,7 @@ async def in_process_worker(
         retries=retries,
         timeout=timeout,
         max_size=1 << 20,
+        grants=api.grants,
     )
     try:
         yield Worker(config, api, store, fetcher, load_sources(SourceContext(fetcher)), Stats())

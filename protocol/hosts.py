@@ -1,0 +1,81 @@
+"""Politeness across the fleet, on the wire: what a client reports about each origin host it
+fetches from, the share of that host's budget the gate grants it, and the operator's view.
+
+The gate holds one budget per origin host (requests per second and requests in flight, summed
+over every client); a client asks for its grant about once a second for the hosts it is
+working on, with what it saw since it last asked, and never exceeds what it was granted.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import Field, StringConstraints
+
+from protocol.v1 import Reply, Request
+
+# An origin host as budgets name it: lower case, IDNA's ASCII form, `:port` when not the
+# scheme's default (two origins on one address are two hosts), IPv6 in brackets.
+HOST_KEY_PATTERN = r"^(\[[0-9a-f:.]{2,45}\]|[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?)(:[0-9]{1,5})?$"
+HostKey = Annotated[str, StringConstraints(max_length=262, pattern=HOST_KEY_PATTERN)]
+MAX_HOSTS_PER_GRANT = 100
+MAX_COUNT = 1_000_000
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+
+
+class HostReport(Request):
+    """What a client saw from one host since its last grant request."""
+
+    host: HostKey
+    ok: Count = 0  # answers that were what was asked for
+    throttled: Count = 0  # 429, 503
+    errors: Count = 0  # other 5xx, timeouts, resets
+    retry_after: Annotated[float, Field(ge=0, le=3_600)] | None = None  # the longest one seen
+
+
+class GrantRequest(Request):
+    hosts: Annotated[list[HostReport], Field(max_length=MAX_HOSTS_PER_GRANT)]
+
+
+class HostGrant(Reply):
+    host: str
+    requests_per_second: float | None = Field(description="this client's share; null: no limit")
+    max_connections: int | None = Field(
+        description="this client's share of requests in flight; null: no limit"
+    )
+    paused: bool = False
+    wait_seconds: float = Field(0.0, description="start nothing on this host before this many seconds")
+
+
+class GrantReply(Reply):
+    grants: list[HostGrant]
+    refresh_seconds: float = Field(description="ask again within this many seconds")
+
+
+class HostSettings(Request):
+    """An operator's override for one host; a null field takes the gate's default again."""
+
+    requests_per_second: Annotated[float, Field(ge=0, le=100_000)] | None = None
+    max_connections: Annotated[int, Field(ge=0, le=100_000)] | None = None
+    paused: bool = False
+
+
+class HostInfo(Reply):
+    host: str
+    requests_per_second: float | None = Field(
+        description="the budget (override or HOST_RATE_LIMIT); null: none"
+    )
+    max_connections: int | None
+    effective_rate: float | None = Field(description="the budget after the fleet's back-off")
+    paused: bool
+    paused_reason: str | None
+    pause_until: datetime | None
+    clients_active: int
+    ok: int = Field(description="answers reported over the last 5 minutes")
+    throttled: int
+    errors: int
+
+
+class HostList(Reply):
+    hosts: list[HostInfo]

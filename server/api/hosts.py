@@ -1,0 +1,43 @@
+"""Politeness budgets per origin host: grants (clients), the list and overrides (operators)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Path, Response
+
+from protocol import hosts as wire
+from protocol import paths
+from server.db import hosts as db
+from server.deps import AdminDep, PrincipalDep, SessionHeader, StateDep
+
+router = APIRouter()
+HostPath = Annotated[str, Path(pattern=wire.HOST_KEY_PATTERN, max_length=262)]
+# With ENABLE_AUTH=false every caller is the admin: sessions tell its clients apart.
+NO_CLIENT = UUID(int=0)
+
+
+def defaults(state: StateDep) -> db.Defaults:
+    return db.Defaults(state.settings.host_rate_limit, state.settings.host_connections)
+
+
+@router.post(paths.HOST_GRANTS, response_model=wire.GrantReply)
+async def grants(
+    body: wire.GrantRequest, state: StateDep, principal: PrincipalDep, session_id: SessionHeader = None
+) -> wire.GrantReply:
+    """This client's share of each host's budget, given what it saw since it last asked."""
+    client_id = principal.client_id or NO_CLIENT
+    return await db.grants(state.pool, client_id, session_id, body, defaults(state))
+
+
+@router.get(paths.HOSTS, response_model=wire.HostList)
+async def list_hosts(state: StateDep, _: AdminDep) -> wire.HostList:
+    return await db.list_hosts(state.pool, defaults(state))
+
+
+@router.put(paths.HOST, status_code=204)
+async def set_host(host: HostPath, body: wire.HostSettings, state: StateDep, _: AdminDep) -> Response:
+    """Override a host's budget, or pause it (clients start nothing there until it is resumed)."""
+    await db.set_host(state.pool, host, body)
+    return Response(status_code=204)

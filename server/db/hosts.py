@@ -1,0 +1,195 @@
+"""Budgets per origin host, shared by the fleet: grants, the back-off, the operator's overrides.
+
+A host's budget is `requests_per_second` and `max_connections` (an override, else the gate's
+HOST_RATE_LIMIT / HOST_CONNECTIONS; 0 = no limit). Its effective rate starts at the budget, is
+halved (at most once a second, never below 2 % of the budget) when a client reports 429/503
+answers, timeouts or resets, and grows back on healthy answers: by 5 % of the budget per second
+up to 80 % of the rate the trouble came at; it stays there for HOLD_SECONDS, then creeps on by
+0.5 % of the budget per second (a registry's limit is most likely where it was).
+Each client working on the host (seen in the last ACTIVE_SECONDS) gets an equal share; the
+rows live in PostgreSQL, so every gate hands out the same shares.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from protocol import hosts as wire
+from server.db.pool import Connection, Pool, connection, transaction
+
+ACTIVE_SECONDS = 3.0  # a client that asked within this long counts towards a host's share
+REFRESH_SECONDS = 1.0  # how often a client asks
+DECREASE = 0.5
+INCREASE = 0.05  # of the budget, per second of healthy answers, well below the last trouble
+NEAR = 0.005  # the same, near or above the rate the last trouble came at (after HOLD_SECONDS)
+BELOW = 0.8  # of the rate the last trouble came at: where the fast increase stops
+HOLD_SECONDS = 30.0
+FLOOR = 0.02  # of the budget
+
+SEEN = """
+INSERT INTO host_clients (host, client_id, session_id, seen_at) VALUES ($1, $2, $3, now())
+ON CONFLICT (host, client_id, session_id) DO UPDATE SET seen_at = now()
+"""
+ROW = """
+INSERT INTO hosts (host) VALUES ($1) ON CONFLICT (host) DO NOTHING;
+"""
+LOCK = "SELECT *, now() AS now FROM hosts WHERE host = $1 FOR UPDATE"
+ACTIVE = """
+SELECT count(*) FROM host_clients WHERE host = $1 AND seen_at > now() - make_interval(secs => $2)
+"""
+ADJUST = """
+UPDATE hosts SET effective_rate = $2, ceiling = $3, pause_until = $4, adjusted_at = $5,
+    troubled_at = CASE WHEN $6 THEN $5 ELSE troubled_at END
+WHERE host = $1
+"""
+COUNT = """
+INSERT INTO host_stats (host, minute, ok, throttled, errors)
+VALUES ($1, date_trunc('minute', now()), $2, $3, $4)
+ON CONFLICT (host, minute) DO UPDATE SET ok = host_stats.ok + excluded.ok,
+    throttled = host_stats.throttled + excluded.throttled, errors = host_stats.errors + excluded.errors
+"""
+LIST = """
+SELECT h.*, now() AS now,
+       (SELECT count(*) FROM host_clients c WHERE c.host = h.host
+         AND c.seen_at > now() - make_interval(secs => $1)) AS clients_active,
+       coalesce(s.ok, 0) AS ok, coalesce(s.throttled, 0) AS throttled, coalesce(s.errors, 0) AS errors
+FROM hosts h
+LEFT JOIN (SELECT host, sum(ok) AS ok, sum(throttled) AS throttled, sum(errors) AS errors
+           FROM host_stats WHERE minute > now() - interval '5 minutes' GROUP BY host) s ON s.host = h.host
+ORDER BY h.host
+"""
+SET = """
+INSERT INTO hosts (host, requests_per_second, max_connections, paused, paused_reason)
+VALUES ($1, $2, $3, $4, CASE WHEN $4 THEN 'paused by an operator' END)
+ON CONFLICT (host) DO UPDATE SET requests_per_second = $2, max_connections = $3, paused = $4,
+    paused_reason = CASE WHEN $4 THEN 'paused by an operator' END,
+    effective_rate = NULL, ceiling = NULL, adjusted_at = now()
+"""
+FORGET = "DELETE FROM host_clients WHERE seen_at < now() - interval '1 minute'"
+FORGET_STATS = "DELETE FROM host_stats WHERE minute < now() - interval '2 hours'"
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """The gate's settings: HOST_RATE_LIMIT and HOST_CONNECTIONS (0 = no limit)."""
+
+    requests_per_second: float
+    max_connections: int
+
+
+def budget(value: float | None, default: float) -> float | None:
+    chosen = default if value is None else value
+    return chosen if chosen > 0 else None
+
+
+async def grants(
+    pool: Pool, client_id: UUID, session_id: str | None, body: wire.GrantRequest, defaults: Defaults
+) -> wire.GrantReply:
+    """Record what the client saw, adjust each host's rate, and answer with its shares."""
+    answers = []
+    async with transaction(pool) as conn:
+        # A fixed order: two clients reporting the same hosts never wait on each other's locks.
+        for report in sorted(body.hosts, key=lambda r: r.host):
+            answers.append(await _grant(conn, client_id, session_id or "", report, defaults))
+    return wire.GrantReply(grants=answers, refresh_seconds=REFRESH_SECONDS)
+
+
+async def _grant(
+    conn: Connection, client_id: UUID, session_id: str, report: wire.HostReport, defaults: Defaults
+) -> wire.HostGrant:
+    await conn.execute(SEEN, report.host, client_id, session_id)
+    await conn.execute(ROW, report.host)
+    row = await conn.fetchrow(LOCK, report.host)
+    assert row is not None
+    now: datetime = row["now"]
+    rate = budget(row["requests_per_second"], defaults.requests_per_second)
+    effective, ceiling, adjusted = _adjusted(rate, row, now, report)
+    troubled = adjusted == now and bool(report.throttled or report.errors)
+    pause_until = row["pause_until"]
+    if report.retry_after:
+        until = now + timedelta(seconds=report.retry_after)
+        pause_until = until if pause_until is None or until > pause_until else pause_until
+    await conn.execute(ADJUST, report.host, effective, ceiling, pause_until, adjusted, troubled)
+    if report.ok or report.throttled or report.errors:
+        await conn.execute(COUNT, report.host, report.ok, report.throttled, report.errors)
+    active = max(1, int(await conn.fetchval(ACTIVE, report.host, ACTIVE_SECONDS)))
+    connections = budget(row["max_connections"], defaults.max_connections)
+    wait = (pause_until - now).total_seconds() if pause_until is not None else 0.0
+    return wire.HostGrant(
+        host=report.host,
+        requests_per_second=None if effective is None else effective / active,
+        max_connections=None if connections is None else max(1, int(connections) // active),
+        paused=row["paused"],
+        wait_seconds=max(0.0, wait),
+    )
+
+
+def _adjusted(
+    rate: float | None, row: Any, now: datetime, report: wire.HostReport
+) -> tuple[float | None, float | None, datetime]:
+    """Multiplicative decrease on trouble, additive increase on health, within [floor, budget]:
+    the new effective rate, the rate trouble last came at, when it was adjusted."""
+    adjusted_at: datetime = row["adjusted_at"]
+    ceiling: float | None = row["ceiling"]
+    if rate is None:
+        return None, None, now
+    current = min(rate, row["effective_rate"] if row["effective_rate"] is not None else rate)
+    elapsed = (now - adjusted_at).total_seconds()
+    if report.throttled or report.errors:
+        if elapsed < 1.0:
+            return current, ceiling, adjusted_at  # one halving a second, however many report it
+        return max(rate * FLOOR, current * DECREASE), current, now
+    if report.ok and current < rate:
+        grown = current + rate * INCREASE * min(elapsed, 10.0)
+        if ceiling is not None:
+            held = (
+                row["troubled_at"] is not None and (now - row["troubled_at"]).total_seconds() < HOLD_SECONDS
+            )
+            if held:
+                grown = max(current, min(grown, BELOW * ceiling))
+            elif current >= BELOW * ceiling:
+                grown = current + rate * NEAR * min(elapsed, 10.0)
+        return min(rate, grown), ceiling, now
+    return current, ceiling, now if report.ok else adjusted_at
+
+
+async def list_hosts(pool: Pool, defaults: Defaults) -> wire.HostList:
+    async with connection(pool) as conn:
+        rows = await conn.fetch(LIST, ACTIVE_SECONDS)
+    hosts = []
+    for row in rows:
+        rate = budget(row["requests_per_second"], defaults.requests_per_second)
+        connections = budget(row["max_connections"], defaults.max_connections)
+        effective = None if rate is None else min(rate, row["effective_rate"] or rate)
+        until = row["pause_until"]
+        hosts.append(
+            wire.HostInfo(
+                host=row["host"],
+                requests_per_second=rate,
+                max_connections=None if connections is None else int(connections),
+                effective_rate=effective,
+                paused=row["paused"],
+                paused_reason=row["paused_reason"],
+                pause_until=until if until is not None and until > row["now"] else None,
+                clients_active=row["clients_active"],
+                ok=row["ok"],
+                throttled=row["throttled"],
+                errors=row["errors"],
+            )
+        )
+    return wire.HostList(hosts=hosts)
+
+
+async def set_host(pool: Pool, host: str, body: wire.HostSettings) -> None:
+    async with connection(pool) as conn:
+        await conn.execute(SET, host, body.requests_per_second, body.max_connections, body.paused)
+
+
+async def forget(pool: Pool) -> None:
+    """Housekeeping: clients long gone from a host, stats past two hours."""
+    async with connection(pool) as conn:
+        await conn.execute(FORGET)
+        await conn.execute(FORGET_STATS)

@@ -1,0 +1,149 @@
+"""Polite as one fleet: a gate, five client processes and an origin written here that counts
+every request it gets, by the second.
+
+Each client alone would run 16 requests at once (`--concurrency 16`, no per-client limit); the
+gate holds the host's budget (HOST_RATE_LIMIT) and grants each client working on the host an
+equal share, about once a second; 429 answers from any client halve the fleet's rate for that
+host, and Retry-After pauses it for everyone.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from cluster import Cluster
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@dataclass
+class Counts:
+    """When each request came, and which were answered 429."""
+
+    at: list[float] = field(default_factory=list)
+    throttled: list[float] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class CountingOrigin(BaseHTTPRequestHandler):
+    """Documents at /doc/<id>.bin; with `limit`, a 429 (Retry-After: 1) to any request past
+    `limit` in the last second, as registries throttle."""
+
+    protocol_version = "HTTP/1.1"
+    counts = Counts()
+    limit: int | None = None
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        now = time.monotonic()
+        with self.counts.lock:
+            recent = sum(1 for t in self.counts.at[-200:] if now - t < 1.0)
+            self.counts.at.append(now)
+            throttle = self.limit is not None and recent >= self.limit
+            if throttle:
+                self.counts.throttled.append(now)
+        if throttle:
+            self.send_response(429)
+            self.send_header("Retry-After", "1")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        time.sleep(0.02)  # a registry takes a moment to answer
+        body = (self.path.encode() + b"\n") * 50
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def origin() -> Iterator[tuple[str, type[CountingOrigin]]]:
+    handler = type("Counting", (CountingOrigin,), {"counts": Counts(), "limit": None})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    server.shutdown()
+    server.server_close()
+
+
+def run_job(tmp_path: Path, db_dsn: str, url: str, count: int, **settings: str) -> Cluster:
+    cluster = Cluster(tmp_path, db_dsn, **settings)
+    params = {"url_template": url + "/doc/{id}.bin", "start_id": 1, "count": count, "ext": ".bin"}
+    cluster.post("/api/v1/jobs", {"source": "id_range", "chunk_size": 10, "params": params})
+    for i in range(5):
+        cluster.client(f"polite-{i}", "--exit-when-idle", "--concurrency", "16", "--max-tasks", "4")
+    assert cluster.wait_clients(240) == [0] * 5
+    return cluster
+
+
+def windows(times: list[float], start: float, end: float, width: float = 2.0) -> list[int]:
+    """Requests in each `width`-second window from start to end, sliding by a quarter second."""
+    out = []
+    t = start
+    while t + width <= end:
+        out.append(sum(1 for x in times if t <= x < t + width))
+        t += 0.25
+    return out
+
+
+def test_five_clients_share_one_hosts_budget(tmp_path: Path, db_dsn: str, origin: tuple[str, type]) -> None:
+    url, handler = origin
+    cluster = run_job(tmp_path, db_dsn, url, 360, HOST_RATE_LIMIT="20")
+    try:
+        times = handler.counts.at
+        assert len(times) >= 360
+        first, last = times[0], times[-1]
+        busiest = max(windows(times, first + 3.0, last))
+        assert busiest <= 2 * 26, f"{busiest} requests in one 2-second window (budget 20/s)"
+        rate = len(times) / (last - first)
+        assert rate >= 12, f"only {rate:.1f} requests per second on average (budget 20/s)"
+        assert cluster.sql("SELECT count(*) AS n FROM documents")[0]["n"] == 360
+        host = cluster.get("/api/v1/hosts")["hosts"]
+        assert [h["requests_per_second"] for h in host] == [20.0] and host[0]["ok"] >= 360
+    finally:
+        cluster.stop()
+
+
+def test_a_throttling_origin_slows_the_fleet_and_loses_nothing(
+    tmp_path: Path, db_dsn: str, origin: tuple[str, type]
+) -> None:
+    """429 whenever it got more than 15 requests in the last second, under a budget of 60/s:
+    the fleet backs off together, and nothing fails because of a 429."""
+    url, handler = origin
+    handler.limit = 15
+    cluster = run_job(tmp_path, db_dsn, url, 400, HOST_RATE_LIMIT="60")
+    try:
+        times, throttled = handler.counts.at, handler.counts.throttled
+        middle = times[0] + (times[-1] - times[0]) / 2
+        late = [t for t in times if t >= middle]
+        late_429 = [t for t in throttled if t >= middle]
+        start = times[0]
+        seconds = [
+            (
+                sum(1 for t in times if s <= t - start < s + 1),
+                sum(1 for t in throttled if s <= t - start < s + 1),
+            )
+            for s in range(int(times[-1] - start) + 1)
+        ]
+        assert len(late_429) < 0.10 * len(late), (
+            f"{len(late_429)} of {len(late)} answers were 429s late in the run; "
+            f"(requests, 429s) second by second: {seconds}"
+        )
+        rows = cluster.sql("SELECT count(*) AS n FROM documents")
+        assert rows[0]["n"] == 400
+        failed = cluster.sql("SELECT count(*) AS n FROM document_failures")
+        assert failed[0]["n"] == 0
+    finally:
+        cluster.stop()
