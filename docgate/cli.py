@@ -55,11 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     migrate = db.add_parser("migrate", help="apply pending migrations and exit")
     migrate.set_defaults(run=run_migrate)
 
-    from docgate import clients_cli, demo, origin
+    from docgate import clients_cli, demo, hosts_cli, origin
     from docgate.storage_cli import add_commands
 
     add_commands(sub)
     clients_cli.add_commands(sub)
+    hosts_cli.add_commands(sub)
     origin.add_command(sub)
     demo.add_command(sub)
 

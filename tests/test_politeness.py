@@ -147,3 +147,64 @@ def test_a_throttling_origin_slows_the_fleet_and_loses_nothing(
         assert failed[0]["n"] == 0
     finally:
         cluster.stop()
+
+
+async def test_grants_share_the_budget_and_carry_the_fleets_back_off(db_dsn: str, tmp_path: Path) -> None:
+    """The grant exchange against an in-process gate: equal shares for the clients working on a
+    host, a throttle report halves the fleet's rate, Retry-After makes everyone wait, an operator
+    pauses and overrides; clients cannot touch the overrides."""
+    from conftest import gate_settings, start_gate
+
+    settings = gate_settings(storage_url=str(tmp_path / "store"), host_rate_limit=10, host_connections=8)
+    async for gate in start_gate(db_dsn, settings):
+        a, b = await gate.register("a"), await gate.register("b")
+        ask = "/api/v1/hosts/grants"
+        one = {"hosts": [{"host": "registry.example", "ok": 5}]}
+        first = (await gate.http.post(ask, headers=a, json=one)).json()["grants"][0]
+        assert (first["requests_per_second"], first["max_connections"]) == (10.0, 8)
+        shared = (await gate.http.post(ask, headers=b, json=one)).json()["grants"][0]
+        assert (shared["requests_per_second"], shared["max_connections"]) == (5.0, 4)
+
+        hit = {"hosts": [{"host": "registry.example", "throttled": 3, "retry_after": 20}]}
+        await gate.http.post(ask, headers=a, json=hit)
+        after = (await gate.http.post(ask, headers=b, json=one)).json()["grants"][0]
+        assert after["requests_per_second"] < 3 and after["wait_seconds"] > 10  # b heard of a's 429s
+
+        refused = await gate.http.put("/api/v1/hosts/registry.example", headers=a, json={"paused": True})
+        assert (refused.status_code, refused.json()["code"]) == (403, "forbidden")
+        bad = await gate.http.put("/api/v1/hosts/not a host", headers=gate.admin, json={})
+        assert bad.status_code == 422
+        put = await gate.http.put(
+            "/api/v1/hosts/registry.example",
+            headers=gate.admin,
+            json={"requests_per_second": 40, "paused": True},
+        )
+        assert put.status_code == 204
+        paused = (await gate.http.post(ask, headers=a, json=one)).json()["grants"][0]
+        assert paused["paused"] and paused["requests_per_second"] == 20.0  # 40 between a and b
+        (listed,) = (await gate.http.get("/api/v1/hosts", headers=gate.admin)).json()["hosts"]
+        assert listed["paused"] and listed["requests_per_second"] == 40 and listed["throttled"] == 3
+        assert listed["clients_active"] == 2 and listed["ok"] >= 15
+
+
+def test_the_hosts_command(tmp_path: Path, db_dsn: str) -> None:
+    import subprocess
+
+    from processes import CLEAN_ENV, REPO, docgate
+
+    env = CLEAN_ENV | {"DATABASE_URL": db_dsn}
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            docgate("hosts", *argv), env=env, cwd=REPO, capture_output=True, text=True, timeout=60
+        )
+
+    assert run("set", "Registry.Example:8443", "--rate", "3").returncode == 0
+    assert run("pause", "registry.example:8443").returncode == 0
+    listed = run("list")
+    assert listed.returncode == 0 and "registry.example:8443" in listed.stdout
+    assert "budget 3/s" in listed.stdout and "paused" in listed.stdout
+    assert run("resume", "registry.example:8443").returncode == 0
+    assert "running" in run("list").stdout
+    bad = run("pause", "no such host!")
+    assert bad.returncode == 2 and "is not a host name" in bad.stderr and "Traceback" not in bad.stderr

@@ -68,6 +68,15 @@ ON CONFLICT (host) DO UPDATE SET requests_per_second = $2, max_connections = $3,
     paused_reason = CASE WHEN $4 THEN 'paused by an operator' END,
     effective_rate = NULL, ceiling = NULL, adjusted_at = now()
 """
+PAUSE = """
+INSERT INTO hosts (host, paused, paused_reason) VALUES ($1, $2, CASE WHEN $2 THEN $3 END)
+ON CONFLICT (host) DO UPDATE SET paused = $2, paused_reason = CASE WHEN $2 THEN $3 END
+"""
+BUDGET = """
+INSERT INTO hosts (host, requests_per_second, max_connections) VALUES ($1, $2, $3)
+ON CONFLICT (host) DO UPDATE SET requests_per_second = $2, max_connections = $3,
+    effective_rate = NULL, ceiling = NULL, adjusted_at = now()
+"""
 FORGET = "DELETE FROM host_clients WHERE seen_at < now() - interval '1 minute'"
 FORGET_STATS = "DELETE FROM host_stats WHERE minute < now() - interval '2 hours'"
 
@@ -139,7 +148,8 @@ def _adjusted(
     current = min(rate, row["effective_rate"] if row["effective_rate"] is not None else rate)
     elapsed = (now - adjusted_at).total_seconds()
     if report.throttled or report.errors:
-        if elapsed < 1.0:
+        troubled_at = row["troubled_at"]
+        if troubled_at is not None and (now - troubled_at).total_seconds() < 1.0:
             return current, ceiling, adjusted_at  # one halving a second, however many report it
         return max(rate * FLOOR, current * DECREASE), current, now
     if report.ok and current < rate:
@@ -186,6 +196,20 @@ async def list_hosts(pool: Pool, defaults: Defaults) -> wire.HostList:
 async def set_host(pool: Pool, host: str, body: wire.HostSettings) -> None:
     async with connection(pool) as conn:
         await conn.execute(SET, host, body.requests_per_second, body.max_connections, body.paused)
+
+
+async def pause(pool: Pool, host: str, paused: bool, reason: str = "paused by an operator") -> None:
+    """Pause a host (clients start nothing there) or resume it, keeping its budget."""
+    async with connection(pool) as conn:
+        await conn.execute(PAUSE, host, paused, reason)
+
+
+async def set_budget(
+    pool: Pool, host: str, requests_per_second: float | None, max_connections: int | None
+) -> None:
+    """Override a host's budget (None: the gate's default), keeping whether it is paused."""
+    async with connection(pool) as conn:
+        await conn.execute(BUDGET, host, requests_per_second, max_connections)
 
 
 async def forget(pool: Pool) -> None:
