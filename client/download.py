@@ -9,6 +9,7 @@ Retries, with exponential backoff and jitter, on connection errors, timeouts,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import random
 import time
@@ -36,10 +37,11 @@ READ_BUFFER = 1 << 20  # per connection; aiohttp's default 64 KiB cut large bodi
 class DocumentFailed(Exception):
     """The document could not be fetched; `permanent` says whether trying again could help."""
 
-    def __init__(self, reason: str, permanent: bool) -> None:
+    def __init__(self, reason: str, permanent: bool, blocked: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.permanent = permanent
+        self.blocked = blocked  # the origin answered, but not with the document (a block page)
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,9 @@ class Fetcher:
     async def fetch(self, url: str, sink: Callable[[Body], Awaitable[T]]) -> T:
         """Fetch url (retrying) and hand its body to sink; sink's result is returned."""
         for attempt in range(self.retries + 1):
+            # A paused host (the gate's, or a Retry-After) is waited out before the attempt's clock.
+            with contextlib.suppress(ValueError):
+                await self.limiter.until_open(host_key(_parsed(url)))
             try:
                 async with asyncio.timeout(self.timeout):
                     return await self._attempt(url, sink)
@@ -133,8 +138,7 @@ class Fetcher:
                         if reply.status in REDIRECTS and "Location" in reply.headers:
                             target = target.join(_parsed(reply.headers["Location"]))
                             continue
-                        self._check_status(reply)
-                        return await sink(self._body(reply))
+                        return await self._deliver(host, reply, sink)
                 except Refused as exc:
                     raise DocumentFailed(f"refused: {exc}", True) from None
                 except aiohttp.InvalidURL as exc:
@@ -150,6 +154,17 @@ class Fetcher:
                     self.limiter.record(host, "error")
                     raise
         raise DocumentFailed(f"more than {MAX_REDIRECTS} redirects", True)
+
+    async def _deliver(
+        self, host: str, reply: aiohttp.ClientResponse, sink: Callable[[Body], Awaitable[T]]
+    ) -> T:
+        self._check_status(reply)
+        try:
+            return await sink(self._body(reply))
+        except DocumentFailed as exc:
+            if exc.blocked:  # the host's budget hears of block pages too
+                self.limiter.record(host, "blocked")
+            raise
 
     def _record(self, host: str, reply: aiohttp.ClientResponse) -> None:
         """Tell the fleet's budget for this host what it answered."""

@@ -104,13 +104,19 @@ class HostState:
     ok: int = 0
     throttled: int = 0
     errors: int = 0
+    blocked: int = 0
     retry_after: float | None = None
 
     def report(self, host: str) -> hosts.HostReport:
         report = hosts.HostReport(
-            host=host, ok=self.ok, throttled=self.throttled, errors=self.errors, retry_after=self.retry_after
+            host=host,
+            ok=self.ok,
+            throttled=self.throttled,
+            errors=self.errors,
+            blocked=self.blocked,
+            retry_after=self.retry_after,
         )
-        self.ok = self.throttled = self.errors = 0
+        self.ok = self.throttled = self.errors = self.blocked = 0
         self.retry_after = None
         return report
 
@@ -149,20 +155,32 @@ class FleetLimits:
         if not state.granted.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(state.granted.wait(), FIRST_GRANT_SECONDS)
-        await _until_open(state)
+        await self.until_open(host)
         async with state.slots.hold():
             if state.bucket is not None:
                 await state.bucket.take()
             state.used_at = time.monotonic()
             yield
 
+    async def until_open(self, host: str) -> None:
+        """Wait while the host is paused (by the gate) or told us to wait (Retry-After)."""
+        state = self._state(host)
+        if not state.granted.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.granted.wait(), FIRST_GRANT_SECONDS)
+        await _until_open(state)
+
     def record(self, host: str, outcome: str, retry_after: float | None = None) -> None:
-        """What one answer was: "ok", "throttled" (429/503) or "error" (5xx, timeout, reset)."""
+        """What one answer was: "ok", "throttled" (429/503), "error" (5xx, timeout, reset), or
+        "blocked" (a 200 that was not the document: it was counted ok when its status came)."""
         state = self.hosts.get(host)
         if state is None:
             return
         if outcome == "ok":
             state.ok += 1
+        elif outcome == "blocked":
+            state.ok = max(0, state.ok - 1)
+            state.blocked += 1
         elif outcome == "throttled":
             state.throttled += 1
             if retry_after:
@@ -228,6 +246,7 @@ class FleetLimits:
 async def _until_open(state: HostState) -> None:
     """Wait while the host is paused (by the gate) or told us to wait (Retry-After)."""
     while (delay := state.resume_at - time.monotonic()) > 0 or state.paused:
+        state.used_at = time.monotonic()  # still working on it: keep asking, to hear of a resume
         state.changed.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(state.changed.wait(), min(1.0, max(0.05, delay)))

@@ -507,7 +507,7 @@ async def _checked_body(body: Body, ref: DocRef, params: dict[str, Any]) -> Asyn
     first = await anext(aiter(body.chunks), b"")
     reason = refusal(ref.ext, body.content_type, first, params)
     if reason is not None:  # a block page may be gone next time: a transient failure
-        raise DocumentFailed(reason, permanent=False)
+        raise DocumentFailed(reason, permanent=False, blocked=True)
 
     async def chunks() -> AsyncIterator[bytes]:
         if first:

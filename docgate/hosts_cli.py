@@ -48,7 +48,7 @@ def run_list(args: argparse.Namespace) -> int:
         state = f"paused ({h.paused_reason})" if h.paused else "running"
         print(
             f"{h.host:<40} budget {budget:<10} now {rate:<8} {h.clients_active:>3} clients  "
-            f"5 min: {h.ok} ok, {h.throttled} throttled, {h.errors} errors  {state}"
+            f"5 min: {h.ok} ok, {h.throttled} throttled, {h.errors} errors, {h.blocked} blocked  {state}"
         )
     return 0
 

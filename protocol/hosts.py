@@ -31,6 +31,7 @@ class HostReport(Request):
     ok: Count = 0  # answers that were what was asked for
     throttled: Count = 0  # 429, 503
     errors: Count = 0  # other 5xx, timeouts, resets
+    blocked: Count = 0  # a 200 that was not the document (a captcha, a "too many requests" page)
     retry_after: Annotated[float, Field(ge=0, le=3_600)] | None = None  # the longest one seen
 
 
@@ -75,6 +76,7 @@ class HostInfo(Reply):
     ok: int = Field(description="answers reported over the last 5 minutes")
     throttled: int
     errors: int
+    blocked: int = 0
 
 
 class HostList(Reply):

@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     # Politeness across the fleet: per origin host, summed over every client (0 = no limit).
     host_rate_limit: Annotated[float, Field(ge=0, le=100_000)] = 10
     host_connections: Annotated[int, Field(ge=0, le=100_000)] = 16
+    # The dead-man switch: a host pauses by itself when more than this share of its answers over
+    # the last 5 minutes (at least HOST_PAUSE_MIN_ANSWERS of them) were blocks or errors.
+    host_pause_ratio: Annotated[float, Field(gt=0, le=1)] = 0.5
+    host_pause_min_answers: Annotated[int, Field(ge=1)] = 20
 
     storage_url: str | None = None  # default: DATA_DIR/documents
     shard_size: Annotated[int, Field(ge=1, le=1 << 40)] = 50_000

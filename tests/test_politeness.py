@@ -208,3 +208,80 @@ def test_the_hosts_command(tmp_path: Path, db_dsn: str) -> None:
     assert "running" in run("list").stdout
     bad = run("pause", "no such host!")
     assert bad.returncode == 2 and "is not a host name" in bad.stderr and "Traceback" not in bad.stderr
+
+
+class CaptchaOrigin(CountingOrigin):
+    """Serves documents until `captcha` is set, then a captcha page with status 200, as a
+    registry does to a fleet it has decided is a bot."""
+
+    captcha = threading.Event()
+    served: dict[str, int] = {}
+
+    def do_GET(self) -> None:  # noqa: N802
+        with self.counts.lock:
+            self.counts.at.append(time.monotonic())
+            self.served[self.path] = self.served.get(self.path, 0) + 1
+            if len(self.counts.at) == 60:
+                self.captcha.set()
+        if self.captcha.is_set():
+            page = b"<!DOCTYPE html><html><body>Please prove you are human: captcha</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+            return
+        body = (self.path.encode() + b"\n") * 50
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_a_captcha_wall_pauses_the_host_by_itself(tmp_path: Path, db_dsn: str) -> None:
+    """Halfway, the origin answers every request with a captcha page under status 200: none is
+    stored, the host pauses by itself within a bounded number of answers, and once the origin
+    recovers and an operator resumes it, the job completes with every document whole."""
+    import httpx
+
+    handler = type(
+        "Captcha", (CaptchaOrigin,), {"counts": Counts(), "captcha": threading.Event(), "served": {}}
+    )
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    cluster = Cluster(tmp_path, db_dsn, HOST_RATE_LIMIT="30", HOST_PAUSE_MIN_ANSWERS="20")
+    try:
+        params = {"url_template": url + "/doc/{id}.bin", "start_id": 1, "count": 200, "ext": ".bin"}
+        cluster.post(
+            "/api/v1/jobs", {"source": "id_range", "chunk_size": 10, "max_attempts": 20, "params": params}
+        )
+        for i in range(2):
+            cluster.client(f"walled-{i}", "--exit-when-idle", "--concurrency", "8")
+        host = url.removeprefix("http://")
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            (info,) = cluster.get("/api/v1/hosts")["hosts"] or [{"paused": False}]
+            if info["paused"]:
+                break
+            time.sleep(0.2)
+        assert info["paused"] and "paused by itself" in info["paused_reason"], info
+        walled = len(handler.counts.at) - 60
+        time.sleep(3)  # paused: the fleet sends (almost) nothing more
+        assert len(handler.counts.at) - 60 - walled <= 20, "the fleet kept fetching from a paused host"
+        assert walled < 150, f"{walled} captcha pages served before the host paused"
+
+        handler.captcha.clear()  # the registry lets the fleet in again; the operator resumes
+        r = httpx.put(f"{cluster.url}/api/v1/hosts/{host}", headers=cluster.admin, json={}, timeout=10)
+        assert r.status_code == 204
+        assert cluster.wait_clients(180) == [0, 0]
+        rows = cluster.sql("SELECT doc_id, size FROM documents")
+        assert len(rows) == 200 and all(r["size"] == len(f"/doc/{r['doc_id']}.bin\n") * 50 for r in rows)
+        stored = b"".join(p.read_bytes() for p in cluster.store.rglob("*.bin"))
+        assert b"captcha" not in stored
+    finally:
+        cluster.stop()
+        server.shutdown()
+        server.server_close()

@@ -35,6 +35,7 @@ CREATE TABLE host_stats (
     ok        bigint NOT NULL DEFAULT 0,
     throttled bigint NOT NULL DEFAULT 0,
     errors    bigint NOT NULL DEFAULT 0,
+    blocked   bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (host, minute)
 );
 

@@ -19,7 +19,8 @@ NO_CLIENT = UUID(int=0)
 
 
 def defaults(state: StateDep) -> db.Defaults:
-    return db.Defaults(state.settings.host_rate_limit, state.settings.host_connections)
+    s = state.settings
+    return db.Defaults(s.host_rate_limit, s.host_connections, s.host_pause_ratio, s.host_pause_min_answers)
 
 
 @router.post(paths.HOST_GRANTS, response_model=wire.GrantReply)

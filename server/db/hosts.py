@@ -12,6 +12,7 @@ rows live in PostgreSQL, so every gate hands out the same shares.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,6 +21,7 @@ from uuid import UUID
 from protocol import hosts as wire
 from server.db.pool import Connection, Pool, connection, transaction
 
+log = logging.getLogger("docgate.gate")
 ACTIVE_SECONDS = 3.0  # a client that asked within this long counts towards a host's share
 REFRESH_SECONDS = 1.0  # how often a client asks
 DECREASE = 0.5
@@ -46,18 +48,27 @@ UPDATE hosts SET effective_rate = $2, ceiling = $3, pause_until = $4, adjusted_a
 WHERE host = $1
 """
 COUNT = """
-INSERT INTO host_stats (host, minute, ok, throttled, errors)
-VALUES ($1, date_trunc('minute', now()), $2, $3, $4)
+INSERT INTO host_stats (host, minute, ok, throttled, errors, blocked)
+VALUES ($1, date_trunc('minute', now()), $2, $3, $4, $5)
 ON CONFLICT (host, minute) DO UPDATE SET ok = host_stats.ok + excluded.ok,
-    throttled = host_stats.throttled + excluded.throttled, errors = host_stats.errors + excluded.errors
+    throttled = host_stats.throttled + excluded.throttled, errors = host_stats.errors + excluded.errors,
+    blocked = host_stats.blocked + excluded.blocked
 """
+RECENT = """
+SELECT coalesce(sum(ok + throttled + errors + blocked), 0) AS answers,
+       coalesce(sum(errors + blocked), 0) AS bad, coalesce(sum(blocked), 0) AS blocked
+FROM host_stats WHERE host = $1 AND minute > now() - interval '5 minutes'
+"""
+AUTO_PAUSE = "UPDATE hosts SET paused = true, paused_reason = $2 WHERE host = $1 AND NOT paused"
 LIST = """
 SELECT h.*, now() AS now,
        (SELECT count(*) FROM host_clients c WHERE c.host = h.host
          AND c.seen_at > now() - make_interval(secs => $1)) AS clients_active,
-       coalesce(s.ok, 0) AS ok, coalesce(s.throttled, 0) AS throttled, coalesce(s.errors, 0) AS errors
+       coalesce(s.ok, 0) AS ok, coalesce(s.throttled, 0) AS throttled, coalesce(s.errors, 0) AS errors,
+       coalesce(s.blocked, 0) AS blocked
 FROM hosts h
-LEFT JOIN (SELECT host, sum(ok) AS ok, sum(throttled) AS throttled, sum(errors) AS errors
+LEFT JOIN (SELECT host, sum(ok) AS ok, sum(throttled) AS throttled, sum(errors) AS errors,
+                  sum(blocked) AS blocked
            FROM host_stats WHERE minute > now() - interval '5 minutes' GROUP BY host) s ON s.host = h.host
 ORDER BY h.host
 """
@@ -77,6 +88,7 @@ INSERT INTO hosts (host, requests_per_second, max_connections) VALUES ($1, $2, $
 ON CONFLICT (host) DO UPDATE SET requests_per_second = $2, max_connections = $3,
     effective_rate = NULL, ceiling = NULL, adjusted_at = now()
 """
+CLEAR_STATS = "DELETE FROM host_stats WHERE host = $1"
 FORGET = "DELETE FROM host_clients WHERE seen_at < now() - interval '1 minute'"
 FORGET_STATS = "DELETE FROM host_stats WHERE minute < now() - interval '2 hours'"
 
@@ -87,6 +99,8 @@ class Defaults:
 
     requests_per_second: float
     max_connections: int
+    pause_ratio: float = 0.5  # HOST_PAUSE_RATIO: blocks and errors over answers that pause a host
+    pause_min_answers: int = 20  # HOST_PAUSE_MIN_ANSWERS: answers counted before it can
 
 
 def budget(value: float | None, default: float) -> float | None:
@@ -122,8 +136,12 @@ async def _grant(
         until = now + timedelta(seconds=report.retry_after)
         pause_until = until if pause_until is None or until > pause_until else pause_until
     await conn.execute(ADJUST, report.host, effective, ceiling, pause_until, adjusted, troubled)
-    if report.ok or report.throttled or report.errors:
-        await conn.execute(COUNT, report.host, report.ok, report.throttled, report.errors)
+    paused, reason = row["paused"], row["paused_reason"]
+    if report.ok or report.throttled or report.errors or report.blocked:
+        await conn.execute(COUNT, report.host, report.ok, report.throttled, report.errors, report.blocked)
+    if (report.errors or report.blocked) and not paused:
+        reason = await _dead_man(conn, report.host, defaults)
+        paused = reason is not None
     active = max(1, int(await conn.fetchval(ACTIVE, report.host, ACTIVE_SECONDS)))
     connections = budget(row["max_connections"], defaults.max_connections)
     wait = (pause_until - now).total_seconds() if pause_until is not None else 0.0
@@ -131,9 +149,26 @@ async def _grant(
         host=report.host,
         requests_per_second=None if effective is None else effective / active,
         max_connections=None if connections is None else max(1, int(connections) // active),
-        paused=row["paused"],
+        paused=paused,
         wait_seconds=max(0.0, wait),
     )
+
+
+async def _dead_man(conn: Connection, host: str, defaults: Defaults) -> str | None:
+    """Pause a host by itself when most of its recent answers are blocks or errors: a registry
+    serving captchas or failing must not be hammered until an operator notices. The reason."""
+    recent = await conn.fetchrow(RECENT, host)
+    assert recent is not None
+    answers, bad = int(recent["answers"]), int(recent["bad"])
+    if answers < defaults.pause_min_answers or bad <= defaults.pause_ratio * answers:
+        return None
+    reason = (
+        f"paused by itself: {bad} of the last {answers} answers (5 minutes) were blocks or errors "
+        f"({recent['blocked']} blocks); resume with `docgate hosts resume {host}`"
+    )
+    await conn.execute(AUTO_PAUSE, host, reason)
+    log.warning("host %s %s", host, reason)
+    return reason
 
 
 def _adjusted(
@@ -188,20 +223,26 @@ async def list_hosts(pool: Pool, defaults: Defaults) -> wire.HostList:
                 ok=row["ok"],
                 throttled=row["throttled"],
                 errors=row["errors"],
+                blocked=row["blocked"],
             )
         )
     return wire.HostList(hosts=hosts)
 
 
 async def set_host(pool: Pool, host: str, body: wire.HostSettings) -> None:
-    async with connection(pool) as conn:
+    async with transaction(pool) as conn:
         await conn.execute(SET, host, body.requests_per_second, body.max_connections, body.paused)
+        if not body.paused:
+            await conn.execute(CLEAR_STATS, host)
 
 
 async def pause(pool: Pool, host: str, paused: bool, reason: str = "paused by an operator") -> None:
-    """Pause a host (clients start nothing there) or resume it, keeping its budget."""
-    async with connection(pool) as conn:
+    """Pause a host (clients start nothing there) or resume it, keeping its budget. A resumed
+    host starts a new count of answers (the dead-man switch judges it afresh)."""
+    async with transaction(pool) as conn:
         await conn.execute(PAUSE, host, paused, reason)
+        if not paused:
+            await conn.execute(CLEAR_STATS, host)
 
 
 async def set_budget(
