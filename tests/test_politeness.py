@@ -9,6 +9,7 @@ host, and Retry-After pauses it for everyone.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -285,3 +286,41 @@ def test_a_captcha_wall_pauses_the_host_by_itself(tmp_path: Path, db_dsn: str) -
         cluster.stop()
         server.shutdown()
         server.server_close()
+
+
+def test_shares_follow_clients_joining_and_dying(
+    tmp_path: Path, db_dsn: str, origin: tuple[str, type]
+) -> None:
+    """Two clients, then three more joining, then one killed with -9: the budget is never
+    exceeded past a small burst, and not left unused (the dead client's share goes to the
+    others within seconds: it stops asking, and shares count only clients that asked lately)."""
+    import signal
+
+    url, handler = origin
+    cluster = Cluster(tmp_path, db_dsn, HOST_RATE_LIMIT="20")
+    try:
+        params = {"url_template": url + "/doc/{id}.bin", "start_id": 1, "count": 500, "ext": ".bin"}
+        cluster.post("/api/v1/jobs", {"source": "id_range", "chunk_size": 10, "params": params})
+        flags = ("--exit-when-idle", "--concurrency", "16", "--max-tasks", "2")
+        for i in range(2):
+            cluster.client(f"early-{i}", *flags)
+        time.sleep(5)
+        joined = [cluster.client(f"late-{i}", *flags) for i in range(3)]
+        time.sleep(5)
+        victim = joined[0]
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait(10)
+        killed_at = time.monotonic()
+        codes = cluster.wait_clients(240)
+        assert [c for c in codes if c != -signal.SIGKILL] == [0, 0, 0, 0]
+        times = handler.counts.at
+        busiest = max(windows(times, times[0] + 3.0, times[-1]))
+        assert busiest <= 2 * 26, f"{busiest} requests in one 2-second window (budget 20/s)"
+        # From 4 s after the kill to the end of the job's bulk, the four survivors use the budget.
+        after = [t for t in times if killed_at + 4 <= t < times[-1] - 2]
+        if len(after) > 40:
+            rate = len(after) / (after[-1] - after[0])
+            assert rate >= 12, f"only {rate:.1f} requests per second after a client died (budget 20/s)"
+        assert cluster.sql("SELECT count(*) AS n FROM documents")[0]["n"] == 500
+    finally:
+        cluster.stop()
