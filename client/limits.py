@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -106,6 +107,7 @@ class HostState:
     errors: int = 0
     blocked: int = 0
     retry_after: float | None = None
+    asks: bool = True  # reported to the gate (a host name the gate takes)
 
     def report(self, host: str) -> hosts.HostReport:
         report = hosts.HostReport(
@@ -140,8 +142,9 @@ class FleetLimits:
         if state is None:
             bucket = TokenBucket(self.rate) if self.rate else None
             state = self.hosts[host] = HostState(Slots(self.connections), bucket)
-            if self.ask is None:
-                state.granted.set()
+            if self.ask is None or not re.match(hosts.HOST_KEY_PATTERN, host):
+                state.granted.set()  # no budget to ask for (a URL without a proper host is refused later)
+                state.asks = False
             else:
                 self._wake.set()
                 if self._loop is None:
@@ -198,18 +201,19 @@ class FleetLimits:
                 await asyncio.wait_for(self._wake.wait(), refresh)
             self._wake.clear()
             now = time.monotonic()
-            active = {h: s for h, s in self.hosts.items() if now - s.used_at < IDLE_SECONDS}
+            active = {h: s for h, s in self.hosts.items() if s.asks and now - s.used_at < IDLE_SECONDS}
             if not active:
                 continue
             reports = [state.report(host) for host, state in active.items()]
             try:
                 reply = await self.ask(reports[: hosts.MAX_HOSTS_PER_GRANT])
-            except ClientError as exc:
-                if isinstance(exc, InvalidRequest) and "route_not_found" in exc.message:
+            except (ClientError, ValueError) as exc:  # ValueError: a reply that is not a grant
+                message = exc.message if isinstance(exc, ClientError) else str(exc)[:200]
+                if isinstance(exc, InvalidRequest) and "route_not_found" in message:
                     log.warning("the gate hands out no host budgets (an older gate); local limits only")
                     self.ask = None
                 else:
-                    log.debug("host grants: %s", exc.message)
+                    log.debug("host grants: %s", message)
                 for state in active.values():
                     state.granted.set()  # go on by the last grant, or local limits
                 continue

@@ -324,3 +324,31 @@ def test_shares_follow_clients_joining_and_dying(
         assert cluster.sql("SELECT count(*) AS n FROM documents")[0]["n"] == 500
     finally:
         cluster.stop()
+
+
+async def test_a_client_goes_on_by_its_own_limits_when_grants_fail() -> None:
+    """No grant endpoint (an older gate), a gate that fails, or a host the gate would not take:
+    the client fetches by its own limits instead of waiting on a grant that never comes."""
+    import asyncio
+
+    from client.errors import GateUnavailable, InvalidRequest
+    from client.limits import FleetLimits
+
+    asked: list[list[str]] = []
+
+    async def older_gate(reports: list) -> None:  # type: ignore[type-arg]
+        asked.append([r.host for r in reports])
+        raise InvalidRequest("route_not_found: no route GET /api/v1/hosts/grants")
+
+    async def failing(reports: list) -> None:  # type: ignore[type-arg]
+        asked.append([r.host for r in reports])
+        raise GateUnavailable("HTTP 503")
+
+    for ask in (older_gate, failing):
+        limits = FleetLimits(4, None, ask)  # type: ignore[arg-type]
+        for host in ("registry.example", ""):
+            async with asyncio.timeout(3):  # well under the 5 s a first grant may take
+                async with limits.slot(host):
+                    pass
+        await limits.close()
+    assert asked == [["registry.example"], ["registry.example"]]  # "" is never reported
