@@ -19,7 +19,7 @@ import uvloop
 
 from benchmarks.lib import RESULTS, postgres, processes
 
-SCENARIOS = ("control_plane", "creation", "backlog", "dashboard", "data_plane", "many_clients")
+SCENARIOS = ("control_plane", "creation", "backlog", "dashboard", "data_plane", "many_clients", "grants")
 
 
 def main() -> None:
