@@ -117,7 +117,9 @@ def test_dashboard_in_a_real_browser(browser, cluster: Cluster, tmp_path: Path) 
             lambda: cluster.get(f"/api/v1/tasks/{doomed['task_id']}")["status"] != "failed",
         )
 
-        # Cancel a job through the page.
+        # Cancel a job through the page: one no client is working on (the runner ran out of work
+        # and left), so it cannot finish before the click lands.
+        assert cluster.wait_clients(120) == [0]
         second = cluster.post(
             "/api/v1/jobs",
             {
