@@ -3,7 +3,9 @@ outage, odd-document and planted-object tests share."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -63,3 +65,27 @@ async def in_process_worker(
         await fetcher.close()
         await api.close()
         await store.close()
+
+
+@asynccontextmanager
+async def document_origin(body_of: Callable[[int], bytes]) -> AsyncIterator[tuple[str, Counter[int]]]:
+    """An origin serving `body_of(id)` at /doc/<id>.<ext> (text/plain), one answer a connection:
+    its URL, and how often each id was served."""
+    served: Counter[int] = Counter()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.readuntil(b"\r\n\r\n")
+        doc_id = int(request.split(b" ")[1].rsplit(b"/", 1)[1].split(b".")[0])
+        served[doc_id] += 1
+        body = body_of(doc_id)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n" % len(body))
+        writer.write(b"Connection: close\r\n\r\n" + body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", served
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -24,7 +24,7 @@ from protocol import paths, v1
 from storage.base import Fence, PutOptions, from_bytes
 from storage.errors import StaleLease, WriteRefused
 from storage.gate import GateStorage
-from worker_harness import id_range_job, in_process_worker
+from worker_harness import document_origin, id_range_job, in_process_worker
 
 OBJECT = "/api/v1/storage/objects/0/1.txt"
 
@@ -116,33 +116,16 @@ async def test_a_gate_client_finds_planted_objects_verified(gate: Gate, tmp_path
     """The planted-object case through `--storage gate`: the gate holds the origin's document 1
     and planted bytes for document 2; it hashes both itself, so the record of 2 carries the
     planted bytes' sha256 (hash) or 2 is failed (fetch) — never recorded as the origin's copy."""
-    served: list[int] = []
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        request = await reader.readuntil(b"\r\n\r\n")
-        doc_id = int(request.split(b" ")[1].rsplit(b"/", 1)[1].split(b".")[0])
-        served.append(doc_id)
-        body = body_of(doc_id)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n" % len(body))
-        writer.write(b"Connection: close\r\n\r\n" + body)
-        await writer.drain()
-        writer.close()
-
-    origin = await asyncio.start_server(serve, "127.0.0.1", 0)
-    url = f"http://127.0.0.1:{origin.sockets[0].getsockname()[1]}"
     root = tmp_path / "gate-store" / "0"
     root.mkdir(parents=True)
     (root / "1.txt").write_bytes(body_of(1))
     (root / "2.txt").write_bytes(b"planted")
     key = (await gate.register("gate-client"))["X-API-Key"]
-    await id_range_job(gate, url + "/doc/{id}.txt", 3, max_attempts=1)
     store = GateStorage("http://gate", key, http=_http(gate))
-    try:
+    async with document_origin(body_of) as (url, served):
+        await id_range_job(gate, url + "/doc/{id}.txt", 3, max_attempts=1)
         async with in_process_worker(gate, key, store, retries=0, timeout=10, verify_existing=mode) as worker:
             await asyncio.wait_for(worker.run(), 60)
-    finally:
-        origin.close()
-        await origin.wait_closed()
 
     rows = {r["doc_id"]: r["sha256"] for r in await gate.sql("SELECT doc_id, sha256 FROM documents")}
     assert rows["1"] == hashlib.sha256(body_of(1)).hexdigest()

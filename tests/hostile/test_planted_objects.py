@@ -20,7 +20,7 @@ import pytest
 
 from conftest import Gate
 from storage.local import LocalStorage
-from worker_harness import id_range_job, in_process_worker
+from worker_harness import document_origin, id_range_job, in_process_worker
 
 
 def body_of(doc_id: int) -> bytes:
@@ -42,22 +42,8 @@ class ForgingStore(LocalStorage):
 
 @pytest.fixture
 async def origin() -> AsyncIterator[tuple[str, Counter[int]]]:
-    served: Counter[int] = Counter()
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        request = await reader.readuntil(b"\r\n\r\n")
-        doc_id = int(request.split(b" ")[1].rsplit(b"/", 1)[1].split(b".")[0])
-        served[doc_id] += 1
-        body = body_of(doc_id)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n" % len(body))
-        writer.write(b"Connection: close\r\n\r\n" + body)
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", served
-    server.close()
-    await server.wait_closed()
+    async with document_origin(body_of) as served:
+        yield served
 
 
 @pytest.mark.parametrize("mode", ["hash", "fetch"])
