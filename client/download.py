@@ -22,7 +22,7 @@ import aiohttp
 from yarl import URL
 
 from client.guard import GuardedResolver, Policy, Refused
-from client.limits import Ask, FleetLimits, host_key
+from client.limits import Ask, Cap, FleetLimits, host_key
 
 T = TypeVar("T")
 REDIRECTS = {301, 302, 303, 307, 308}
@@ -42,6 +42,15 @@ class DocumentFailed(Exception):
         self.reason = reason
         self.permanent = permanent
         self.blocked = blocked  # the origin answered, but not with the document (a block page)
+
+
+@dataclass(frozen=True)
+class Asked:
+    """What a task says about fetching its documents: statuses that mean a block (params
+    `block_statuses`), and its job's politeness (requests per second, connections)."""
+
+    block_statuses: frozenset[int] = frozenset()
+    cap: Cap | None = None
 
 
 @dataclass(frozen=True)
@@ -100,7 +109,7 @@ class Fetcher:
         if self._session is not None:
             await self._session.close()
 
-    async def fetch(self, url: str, sink: Callable[[Body], Awaitable[T]]) -> T:
+    async def fetch(self, url: str, sink: Callable[[Body], Awaitable[T]], asked: Asked = Asked()) -> T:
         """Fetch url (retrying) and hand its body to sink; sink's result is returned."""
         for attempt in range(self.retries + 1):
             # A paused host (the gate's, or a Retry-After) is waited out before the attempt's clock.
@@ -108,7 +117,7 @@ class Fetcher:
                 await self.limiter.until_open(host_key(_parsed(url)))
             try:
                 async with asyncio.timeout(self.timeout):
-                    return await self._attempt(url, sink)
+                    return await self._attempt(url, sink, asked)
             except _Retry as retry:
                 if attempt == self.retries:
                     raise DocumentFailed(f"{retry.reason} (after {attempt + 1} attempts)", False) from None
@@ -122,7 +131,7 @@ class Fetcher:
                 await asyncio.sleep(_backoff(attempt))
         raise AssertionError("unreachable")
 
-    async def _attempt(self, url: str, sink: Callable[[Body], Awaitable[T]]) -> T:
+    async def _attempt(self, url: str, sink: Callable[[Body], Awaitable[T]], asked: Asked) -> T:
         target = _parsed(url)
         for _ in range(MAX_REDIRECTS + 1):
             # The URL object judged is the one requested: no second parse to disagree with the guard.
@@ -131,14 +140,14 @@ class Fetcher:
             except Refused as exc:
                 raise DocumentFailed(f"refused: {exc}", True) from None
             host = host_key(target)
-            async with self.limiter.slot(host):
+            async with self.limiter.slot(host, asked.cap):
                 try:
                     async with self.session.get(target, allow_redirects=False) as reply:
                         self._record(host, reply)
                         if reply.status in REDIRECTS and "Location" in reply.headers:
                             target = target.join(_parsed(reply.headers["Location"]))
                             continue
-                        return await self._deliver(host, reply, sink)
+                        return await self._deliver(host, reply, sink, asked)
                 except Refused as exc:
                     raise DocumentFailed(f"refused: {exc}", True) from None
                 except aiohttp.InvalidURL as exc:
@@ -156,10 +165,12 @@ class Fetcher:
         raise DocumentFailed(f"more than {MAX_REDIRECTS} redirects", True)
 
     async def _deliver(
-        self, host: str, reply: aiohttp.ClientResponse, sink: Callable[[Body], Awaitable[T]]
+        self, host: str, reply: aiohttp.ClientResponse, sink: Callable[[Body], Awaitable[T]], asked: Asked
     ) -> T:
-        self._check_status(reply)
         try:
+            if reply.status in asked.block_statuses:
+                raise DocumentFailed(f"HTTP {reply.status}: a block (the task's block_statuses)", False, True)
+            self._check_status(reply)
             return await sink(self._body(reply))
         except DocumentFailed as exc:
             if exc.blocked:  # the host's budget hears of block pages too
@@ -199,7 +210,7 @@ class Fetcher:
         length = reply.content_length if encoding in ("", "identity") else None
         return Body(chunks, reply.headers.get("Content-Type"), length)
 
-    async def text(self, url: str) -> tuple[str, str]:
+    async def text(self, url: str, asked: Asked = Asked()) -> tuple[str, str]:
         """A listing page as text, and the URL it came from after redirects."""
         final = url
 
@@ -211,7 +222,7 @@ class Fetcher:
                     raise DocumentFailed("listing page over --max-document-size", True)
             return data.decode("utf-8", errors="replace")
 
-        return await self.fetch(final, read), final
+        return await self.fetch(final, read, asked), final
 
 
 class _Retry(Exception):

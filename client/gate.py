@@ -165,11 +165,21 @@ class GateAPI:
         return await self._model(v1.Task, "POST", paths.url(paths.TASK_COMPLETE), body)
 
     async def fail(
-        self, task: v1.LeasedTask, error: str, retryable: bool, *, attempt_spent: bool = True
+        self,
+        task: v1.LeasedTask,
+        error: str,
+        retryable: bool,
+        *,
+        attempt_spent: bool = True,
+        blocked: int = 0,
     ) -> v1.Task:
         reason = v1.clip(error, v1.MAX_TEXT) or "no reason given"
         body = v1.TaskFail(
-            lease_token=task.lease_token, error=reason, retryable=retryable, attempt_spent=attempt_spent
+            lease_token=task.lease_token,
+            error=reason,
+            retryable=retryable,
+            attempt_spent=attempt_spent,
+            blocked=min(blocked, v1.MAX_DOCUMENTS_PER_TASK),
         )
         path = paths.url(paths.TASK_FAIL, task_id=task.task_id)
         return await self._model(v1.Task, "POST", path, body, attempts=3)

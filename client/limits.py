@@ -16,6 +16,7 @@ from yarl import URL
 
 from client.errors import ClientError, InvalidRequest
 from protocol import hosts
+from protocol.v1 import Politeness
 
 log = logging.getLogger("docgate.client")
 
@@ -87,8 +88,9 @@ class Slots:
 
 
 Ask = Callable[[list[hosts.HostReport]], Awaitable[hosts.GrantReply]]
-FIRST_GRANT_SECONDS = 5.0  # a new host waits this long for its first grant, then goes on by local limits
 IDLE_SECONDS = 10.0  # a host not fetched from for this long is no longer reported
+WARN_SECONDS = 30.0  # how often a client waiting on the gate's grants says so
+Cap = tuple[float | None, int | None]  # a job's politeness: requests per second, connections
 
 
 @dataclass
@@ -97,10 +99,12 @@ class HostState:
 
     slots: Slots
     bucket: TokenBucket | None
-    granted: asyncio.Event = field(default_factory=asyncio.Event)
     changed: asyncio.Event = field(default_factory=asyncio.Event)  # a grant arrived
     paused: bool = False
+    held: bool = False  # granted no rate for now: the others still hold the budget
+    expires_at: float | None = None  # the grant's limits hold until then (None: no grant needed)
     resume_at: float = 0.0
+    caps: dict[Cap, float] = field(default_factory=dict)  # jobs' politeness, when last used
     used_at: float = field(default_factory=time.monotonic)
     ok: int = 0
     throttled: int = 0
@@ -109,7 +113,21 @@ class HostState:
     retry_after: float | None = None
     asks: bool = True  # reported to the gate (a host name the gate takes)
 
-    def report(self, host: str) -> hosts.HostReport:
+    def closed(self, now: float) -> bool:
+        """Whether nothing may start now: paused, held back, told to wait, or without a grant."""
+        expired = self.expires_at is not None and now >= self.expires_at
+        return self.paused or self.held or expired or now < self.resume_at
+
+    def report(self, host: str, now: float) -> hosts.HostReport:
+        for cap in [c for c, used in self.caps.items() if now - used > IDLE_SECONDS]:
+            del self.caps[cap]
+        rates = [r for r, _ in self.caps if r is not None]
+        slots = [c for _, c in self.caps if c is not None]
+        politeness = None
+        if rates or slots:
+            politeness = Politeness(
+                requests_per_second=min(rates, default=None), max_connections=min(slots, default=None)
+            )
         report = hosts.HostReport(
             host=host,
             ok=self.ok,
@@ -117,6 +135,7 @@ class HostState:
             errors=self.errors,
             blocked=self.blocked,
             retry_after=self.retry_after,
+            politeness=politeness,
         )
         self.ok = self.throttled = self.errors = self.blocked = 0
         self.retry_after = None
@@ -127,7 +146,9 @@ class FleetLimits:
     """Per origin host: this client's own ceilings (`connections`, `rate`: --connections-per-host,
     --per-host-limit) and, with `ask` (the gate's grants), its share of the fleet's budget, asked
     for about once a second for the hosts it is fetching from, with the 429s, errors and healthy
-    answers it saw. A host the gate pauses, or that sent Retry-After to anyone, starts nothing."""
+    answers it saw. A host the gate pauses, or that sent Retry-After to anyone, starts nothing;
+    nor does one whose grant ran out (`valid_seconds`) before the gate answered again, since the
+    gate then gives this client's share to the others."""
 
     def __init__(self, connections: int, rate: float | None, ask: Ask | None = None) -> None:
         self.connections = connections
@@ -143,22 +164,25 @@ class FleetLimits:
             bucket = TokenBucket(self.rate) if self.rate else None
             state = self.hosts[host] = HostState(Slots(self.connections), bucket)
             if self.ask is None or not re.match(hosts.HOST_KEY_PATTERN, host):
-                state.granted.set()  # no budget to ask for (a URL without a proper host is refused later)
-                state.asks = False
+                state.asks = False  # no budget to ask for (a URL without a proper host is refused later)
             else:
+                state.expires_at = 0.0  # nothing starts before the first grant
                 self._wake.set()
                 if self._loop is None:
                     self._loop = asyncio.create_task(self._asking(), name="docgate-host-grants")
         return state
 
     @asynccontextmanager
-    async def slot(self, host: str) -> AsyncIterator[None]:
+    async def slot(self, host: str, cap: Cap | None = None) -> AsyncIterator[None]:
+        """Hold one of the host's connections and one of its starts; `cap`: the job's politeness,
+        reported to the gate, which holds the host's fleet to the strictest cap in use."""
         state = self._state(host)
         state.used_at = time.monotonic()
-        if not state.granted.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(state.granted.wait(), FIRST_GRANT_SECONDS)
-        await self.until_open(host)
+        if cap is not None and cap != (None, None):
+            if cap not in state.caps:
+                self._wake.set()
+            state.caps[cap] = state.used_at
+        await _until_open(state)
         async with state.slots.hold():
             if state.bucket is not None:
                 await state.bucket.take()
@@ -166,12 +190,9 @@ class FleetLimits:
             yield
 
     async def until_open(self, host: str) -> None:
-        """Wait while the host is paused (by the gate) or told us to wait (Retry-After)."""
-        state = self._state(host)
-        if not state.granted.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(state.granted.wait(), FIRST_GRANT_SECONDS)
-        await _until_open(state)
+        """Wait while the host is paused (by the gate), told us to wait (Retry-After), or has
+        no current grant."""
+        await _until_open(self._state(host))
 
     def record(self, host: str, outcome: str, retry_after: float | None = None) -> None:
         """What one answer was: "ok", "throttled" (429/503), "error" (5xx, timeout, reset), or
@@ -196,15 +217,16 @@ class FleetLimits:
 
     async def _asking(self) -> None:
         refresh = 1.0
+        warned = 0.0
         while self.ask is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), refresh)
             self._wake.clear()
-            now = time.monotonic()
-            active = {h: s for h, s in self.hosts.items() if s.asks and now - s.used_at < IDLE_SECONDS}
+            asked_at = time.monotonic()
+            active = {h: s for h, s in self.hosts.items() if s.asks and asked_at - s.used_at < IDLE_SECONDS}
             if not active:
                 continue
-            reports = [state.report(host) for host, state in active.items()]
+            reports = [state.report(host, asked_at) for host, state in active.items()]
             try:
                 reply = await self.ask(reports[: hosts.MAX_HOSTS_PER_GRANT])
             except (ClientError, ValueError) as exc:  # ValueError: a reply that is not a grant
@@ -212,32 +234,39 @@ class FleetLimits:
                 if isinstance(exc, InvalidRequest) and "route_not_found" in message:
                     log.warning("the gate hands out no host budgets (an older gate); local limits only")
                     self.ask = None
-                else:
-                    log.debug("host grants: %s", message)
-                for state in active.values():
-                    state.granted.set()  # go on by the last grant, or local limits
+                    for state in self.hosts.values():
+                        state.expires_at, state.held = None, False
+                        state.changed.set()
+                elif time.monotonic() - warned > WARN_SECONDS:
+                    warned = time.monotonic()
+                    log.warning("host grants: %s (hosts with a budget wait for the gate)", message)
+                refresh = 1.0
                 continue
             refresh = max(0.2, min(reply.refresh_seconds, 5.0))
             for grant in reply.grants:
-                await self._apply(grant)
+                await self._apply(grant, asked_at + max(0.0, min(reply.valid_seconds, 60.0)))
 
-    async def _apply(self, grant: hosts.HostGrant) -> None:
+    async def _apply(self, grant: hosts.HostGrant, valid_until: float) -> None:
         state = self.hosts.get(grant.host)
         if state is None:
             return
         rate = _lower(self.rate, grant.requests_per_second)
+        state.held = (rate is not None and rate <= 0) or grant.max_connections == 0
         if rate is None:
             state.bucket = None
+        elif state.held:
+            pass  # the bucket keeps its rate for when a share comes
         elif state.bucket is None:
             state.bucket = TokenBucket(rate)
         else:
             state.bucket.rate = rate
         limit = _lower(self.connections, grant.max_connections)
         await state.slots.set_limit(None if limit is None else max(1, int(limit)))
+        limited = grant.requests_per_second is not None or grant.max_connections is not None
+        state.expires_at = valid_until if limited else None
         state.paused = grant.paused
         if grant.wait_seconds:
             state.resume_at = max(state.resume_at, time.monotonic() + _spread(grant.wait_seconds))
-        state.granted.set()
         state.changed.set()
 
     async def close(self) -> None:
@@ -248,10 +277,12 @@ class FleetLimits:
 
 
 async def _until_open(state: HostState) -> None:
-    """Wait while the host is paused (by the gate) or told us to wait (Retry-After)."""
-    while (delay := state.resume_at - time.monotonic()) > 0 or state.paused:
-        state.used_at = time.monotonic()  # still working on it: keep asking, to hear of a resume
+    """Wait while the host is paused (by the gate), told us to wait (Retry-After), is held back,
+    or has no current grant."""
+    while state.closed(now := time.monotonic()):
+        state.used_at = now  # still working on it: keep asking, to hear of a resume
         state.changed.clear()
+        delay = state.resume_at - now
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(state.changed.wait(), min(1.0, max(0.05, delay)))
 

@@ -17,14 +17,13 @@ import hashlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 from uuid import UUID
 
-from client.bodies import refusal
+from client import bodies
 from client.config import ClientConfig
 from client.download import Body, DocumentFailed, Fetcher
 from client.errors import ClientError, GateUnavailable, KeyRejected, LeaseLost, TaskGone
@@ -60,6 +59,7 @@ class TransientFailure:
 
     ref: DocRef
     reason: str
+    blocked: bool = False  # a block page (client.bodies): the job's dead-man switch counts it
 
 
 @dataclass
@@ -257,6 +257,9 @@ class Worker:
                 )
             elif isinstance(problem, SourceError):
                 await self._give_up(run, str(problem), retryable=False)
+            elif isinstance(problem, DocumentFailed):  # a listing page could not be had, or was a block
+                blocked = 1 + sum(f.blocked for f in run.transient) if problem.blocked else 0
+                await self._give_up(run, problem.reason, retryable=not problem.permanent, blocked=blocked)
             elif isinstance(problem, GateUnavailable):
                 log.error(
                     "task %s: gate unreachable (%s); the task returns after its lease", task.task_id, problem
@@ -317,7 +320,7 @@ class Worker:
         try:
             report = await self._store_retrying(run, ref)
         except DocumentFailed as exc:
-            report = self._failure(run, ref, exc.reason, exc.permanent)
+            report = self._failure(run, ref, exc.reason, exc.permanent, exc.blocked)
         except TooLarge:
             limit = self.config.max_document_size
             report = self._failure(run, ref, f"over --max-document-size ({limit})", True)
@@ -362,10 +365,10 @@ class Worker:
 
         async def sink(body: Body) -> v1.StoredDocument:
             options = replace(found, content_type=body.content_type, compress=compress)
-            return await self.store.put(key, await _checked_body(body, ref, run.task.params), options)
+            return await self.store.put(key, await bodies.checked(body, ref.ext, run.task.params), options)
 
         try:
-            stored = await self.fetcher.fetch(ref.url, sink)
+            stored = await self.fetcher.fetch(ref.url, sink, bodies.asked(run.task.params))
         except AlreadyStored:
             again = await self.store.verified(key, found)
             if again is None:
@@ -382,7 +385,10 @@ class Worker:
         --verify-existing fetch it is compared with what the origin serves, before it is reported
         as skipped."""
         if self.config.verify_existing == "fetch":
-            served = await self.fetcher.fetch(ref.url, partial(self._origin_sha256, ref, run.task.params))
+            params = run.task.params
+            served = await self.fetcher.fetch(
+                ref.url, partial(self._origin_sha256, ref, params), bodies.asked(params)
+            )
             if served != stored.sha256:
                 raise DocumentFailed(
                     f"the store holds other bytes at {stored.storage_key} (sha256 {stored.sha256[:12]}…) "
@@ -396,16 +402,18 @@ class Worker:
 
     async def _origin_sha256(self, ref: DocRef, params: dict[str, Any], body: Body) -> str:
         hasher, size = hashlib.sha256(), 0
-        async for chunk in await _checked_body(body, ref, params):
+        async for chunk in await bodies.checked(body, ref.ext, params):
             size += len(chunk)
             if size > self.config.max_document_size:
                 raise DocumentFailed(f"over --max-document-size ({self.config.max_document_size})", True)
             await asyncio.to_thread(hasher.update, chunk)
         return hasher.hexdigest()
 
-    def _failure(self, run: TaskRun, ref: DocRef, reason: str, permanent: bool) -> v1.DocumentReport | None:
+    def _failure(
+        self, run: TaskRun, ref: DocRef, reason: str, permanent: bool, blocked: bool = False
+    ) -> v1.DocumentReport | None:
         if not permanent:
-            run.transient.append(TransientFailure(ref, reason))
+            run.transient.append(TransientFailure(ref, reason, blocked))
             return None
         run.failed += 1
         self.stats.failed += 1
@@ -476,9 +484,18 @@ class Worker:
         self.leasing_resumes_at = max(self.leasing_resumes_at, time.monotonic() + delay)
         log.warning("storage is failing; leasing nothing for %.0f s", delay)
 
-    async def _give_up(self, run: TaskRun, error: str, retryable: bool, attempt_spent: bool = True) -> None:
+    async def _give_up(
+        self,
+        run: TaskRun,
+        error: str,
+        retryable: bool,
+        attempt_spent: bool = True,
+        blocked: int | None = None,
+    ) -> None:
+        if blocked is None:
+            blocked = sum(f.blocked for f in run.transient)
         try:
-            await self.gate.fail(run.task, error, retryable, attempt_spent=attempt_spent)
+            await self.gate.fail(run.task, error, retryable, attempt_spent=attempt_spent, blocked=blocked)
         except ClientError as exc:
             log.warning(
                 "task %s: could not report failure (%s); it returns after its lease",
@@ -500,22 +517,6 @@ class Worker:
             log.warning(
                 "task %s: hand-back incomplete (%s); it returns after its lease", run.task.task_id, exc
             )
-
-
-async def _checked_body(body: Body, ref: DocRef, params: dict[str, Any]) -> AsyncIterator[bytes]:
-    """The body's chunks, once its first one shows it is the document (`client.bodies`)."""
-    first = await anext(aiter(body.chunks), b"")
-    reason = refusal(ref.ext, body.content_type, first, params)
-    if reason is not None:  # a block page may be gone next time: a transient failure
-        raise DocumentFailed(reason, permanent=False, blocked=True)
-
-    async def chunks() -> AsyncIterator[bytes]:
-        if first:
-            yield first
-        async for chunk in body.chunks:
-            yield chunk
-
-    return chunks()
 
 
 def _leaf(exc: BaseException) -> BaseException:

@@ -13,7 +13,7 @@ from typing import Annotated
 
 from pydantic import Field, StringConstraints
 
-from protocol.v1 import Reply, Request
+from protocol.v1 import Politeness, Reply, Request
 
 # An origin host as budgets name it: lower case, IDNA's ASCII form, `:port` when not the
 # scheme's default (two origins on one address are two hosts), IPv6 in brackets.
@@ -33,6 +33,7 @@ class HostReport(Request):
     errors: Count = 0  # other 5xx, timeouts, resets
     blocked: Count = 0  # a 200 that was not the document (a captcha, a "too many requests" page)
     retry_after: Annotated[float, Field(ge=0, le=3_600)] | None = None  # the longest one seen
+    politeness: Politeness | None = None  # the strictest of the client's jobs working on the host
 
 
 class GrantRequest(Request):
@@ -41,9 +42,13 @@ class GrantRequest(Request):
 
 class HostGrant(Reply):
     host: str
-    requests_per_second: float | None = Field(description="this client's share; null: no limit")
+    requests_per_second: float | None = Field(
+        description="this client's share; 0: start nothing until the next grant (the others "
+        "still hold the budget); null: no limit"
+    )
     max_connections: int | None = Field(
-        description="this client's share of requests in flight; null: no limit"
+        description="this client's share of requests in flight; 0: start nothing until the next "
+        "grant; null: no limit"
     )
     paused: bool = False
     wait_seconds: float = Field(0.0, description="start nothing on this host before this many seconds")
@@ -52,6 +57,12 @@ class HostGrant(Reply):
 class GrantReply(Reply):
     grants: list[HostGrant]
     refresh_seconds: float = Field(description="ask again within this many seconds")
+    valid_seconds: float = Field(
+        3.0,
+        description="a grant with a limit holds this long after it was asked for; past it the "
+        "client starts nothing on the host until it hears again (the gate gives a silent "
+        "client's share to the others)",
+    )
 
 
 class HostSettings(Request):

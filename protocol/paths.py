@@ -19,6 +19,9 @@ TASK_COMPLETE_BATCH = "/tasks/complete/batch"
 TASK_PROGRESS = "/tasks/{task_id}/progress"
 TASK_FAIL = "/tasks/{task_id}/fail"
 TASK = "/tasks/{task_id}"
+# jobs
+JOB_PAUSE = "/jobs/{job_id}/pause"
+JOB_RESUME = "/jobs/{job_id}/resume"
 # clients
 CLIENT_REGISTER = "/clients/register"
 CLIENT_HEARTBEAT = "/clients/heartbeat"

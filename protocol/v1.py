@@ -427,6 +427,13 @@ class TaskFail(Request):
         description="false: hand the task back without spending the attempt — the failure was the "
         "client's (its store), not the work's",
     )
+    blocked: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_DOCUMENTS_PER_TASK,
+        description="How many of the attempt's documents (or listing pages) were block pages: "
+        "the job's dead-man switch counts them against its recent answers.",
+    )
 
 
 class Cancelled(Reply):
@@ -571,8 +578,23 @@ StartId = Annotated[int, Field(ge=0, le=2**62)]
 Ext = Annotated[str, StringConstraints(pattern=EXT_PATTERN)]
 
 
+MAX_PATTERNS = 20
+BytePattern = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+Status = Annotated[int, Field(ge=100, le=599)]
+
+
+class Politeness(Request):
+    """A job's own budget for the hosts its tasks fetch from, summed over the fleet; the
+    strictest of a host's working jobs, the host's budget and HOST_RATE_LIMIT applies."""
+
+    requests_per_second: Annotated[float, Field(gt=0, le=100_000, strict=False)] | None = None
+    max_connections: Annotated[int, Field(ge=1, le=100_000)] | None = None
+
+
 class TaskParams(Request):
-    """What the params of every built-in source may also say."""
+    """What the params of every built-in source may also say: what a 200 must look like to be
+    stored as the document (otherwise it is a block: not stored, counted against the host, the
+    document tried again later), and the job's politeness."""
 
     expect_content_type: (
         Annotated[list[MediaRange], Field(min_length=1, max_length=MAX_MEDIA_TYPES)] | None
@@ -582,6 +604,36 @@ class TaskParams(Request):
         "(`application/pdf`, `image/*`, `*/*` for anything); by default an HTML page where the "
         "extension says otherwise is refused.",
     )
+    min_size: Annotated[int, Field(ge=0, le=2**53)] | None = Field(
+        default=None, description="A body shorter than this many bytes is a block page, not the document."
+    )
+    max_size: Annotated[int, Field(ge=1, le=2**53)] | None = Field(
+        default=None, description="A body longer than this many bytes is a block, not the document."
+    )
+    block_patterns: Annotated[list[BytePattern], Field(max_length=MAX_PATTERNS)] | None = Field(
+        default=None,
+        description='Texts that mark a block page (a captcha, "too many requests") when found, '
+        "case-insensitively, in the first KiB of a body.",
+    )
+    require_patterns: Annotated[list[BytePattern], Field(max_length=MAX_PATTERNS)] | None = Field(
+        default=None,
+        description="Texts of which one must appear, case-insensitively, in the first KiB of a "
+        "body for it to be the document (`%PDF-`, `<decision`).",
+    )
+    block_statuses: Annotated[list[Status], Field(max_length=MAX_PATTERNS)] | None = Field(
+        default=None,
+        description="HTTP statuses that mean the origin is blocking the fleet (403, 451, …): "
+        "counted as blocks and tried again later, not failed as missing.",
+    )
+    politeness: Politeness | None = None
+
+    @model_validator(mode="after")
+    def _sizes(self) -> TaskParams:
+        if self.min_size is not None and self.max_size is not None and self.min_size > self.max_size:
+            raise ValueError("min_size is larger than max_size")
+        if self.block_statuses and any(200 <= s < 300 for s in self.block_statuses):
+            raise ValueError("block_statuses cannot hold a 2xx status (use the content rules)")
+        return self
 
 
 class IdRangeParams(TaskParams):
@@ -632,6 +684,14 @@ class SearchTaskParams(TaskParams):
         description="Hosts the documents may be on besides the listing's (`*.example.org` for "
         "any subdomain); a report of a document elsewhere is refused as not_in_task.",
     )
+    page_size: Annotated[int, Field(ge=1, le=10_000)] | None = Field(
+        default=None, description="Links on a full listing page: an empty page after a full one is a block."
+    )
+    empty_page: Literal["block", "end"] = Field(
+        default="block",
+        description="`end`: a listing page without links always ends the task; `block` (the "
+        "default): after full pages it is taken for a block page and the task tried again later.",
+    )
 
 
 # The built-in sources whose params the gate can check (a plugin source's are its own).
@@ -653,6 +713,24 @@ class JobCreate(Request):
     max_attempts: Attempts | None = None
     idempotency_key: IdempotencyKey | None = None
     only_missing: bool = False
+    politeness: Politeness | None = Field(
+        default=None, description="The same as params.politeness: the job's own budget per host."
+    )
+
+    @model_validator(mode="after")
+    def _politeness(self) -> JobCreate:
+        if self.politeness is not None:
+            if self.params.politeness is not None and self.params.politeness != self.politeness:
+                raise ValueError("politeness and params.politeness disagree: give one")
+            self.params.politeness = self.politeness
+            self.politeness = None
+        return self
+
+
+class JobPause(Request):
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=500), AfterValidator(_no_nul)] = (
+        "paused by an operator"
+    )
 
 
 class Refetch(Request):
@@ -671,6 +749,9 @@ class Job(Reply):
     chunk_size: int
     priority: int
     tasks_total: int
+    paused: bool = Field(False, description="no task of the job is leased until it is resumed")
+    paused_reason: str | None = None
+    paused_at: datetime | None = None
     counts: dict[TaskStatus, int]
     documents_downloaded: int
     documents_failed: int
@@ -745,6 +826,8 @@ class JobProgress(Reply):
     source: str
     url_template: str
     tasks_total: int
+    paused: bool = False
+    paused_reason: str | None = None
     counts: dict[str, int]
     documents: int
     progress: float

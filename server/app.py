@@ -22,7 +22,7 @@ from server import bootstrap
 from server.api import api_router
 from server.auth import Authenticator
 from server.config import Settings
-from server.db import hosts, lifecycle, stats
+from server.db import hosts, lifecycle, pausing, stats
 from server.db.pool import create_pool
 from server.errors import DatabaseUnavailable, DocgateError, status_and_code
 from server.metrics import Metrics
@@ -139,6 +139,7 @@ async def _housekeeping(state: GateState) -> None:
             if expired:
                 log.info("expired %d leases", expired)
             await stats.fold_counts(state.pool)
+            await pausing.hold_returned(state.pool)
             rounds += 1
             if rounds % 60 == 0:
                 await hosts.forget(state.pool)

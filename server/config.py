@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     # the last 5 minutes (at least HOST_PAUSE_MIN_ANSWERS of them) were blocks or errors.
     host_pause_ratio: Annotated[float, Field(gt=0, le=1)] = 0.5
     host_pause_min_answers: Annotated[int, Field(ge=1)] = 20
+    # The same for a job: it pauses by itself when more than JOB_PAUSE_RATIO of its answers over
+    # the last 5 minutes (at least JOB_PAUSE_MIN_ANSWERS) were block pages.
+    job_pause_ratio: Annotated[float, Field(gt=0, le=1)] = 0.5
+    job_pause_min_answers: Annotated[int, Field(ge=1)] = 20
 
     storage_url: str | None = None  # default: DATA_DIR/documents
     shard_size: Annotated[int, Field(ge=1, le=1 << 40)] = 50_000

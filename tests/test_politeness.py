@@ -111,6 +111,7 @@ def test_five_clients_share_one_hosts_budget(tmp_path: Path, db_dsn: str, origin
         assert len(times) >= 360
         first, last = times[0], times[-1]
         busiest = max(windows(times, first + 3.0, last))
+        print(f"busiest 2-second window: {busiest} requests")
         assert busiest <= 2 * 26, f"{busiest} requests in one 2-second window (budget 20/s)"
         rate = len(times) / (last - first)
         assert rate >= 12, f"only {rate:.1f} requests per second on average (budget 20/s)"
@@ -169,6 +170,11 @@ async def test_grants_share_the_budget_and_carry_the_fleets_back_off(db_dsn: str
         one = {"hosts": [{"host": "registry.example", "ok": 5}]}
         first = (await gate.http.post(ask, headers=a, json=one)).json()["grants"][0]
         assert (first["requests_per_second"], first["max_connections"]) == (10.0, 8)
+        # b joins: a still holds the whole budget until it asks again, so b gets what is left.
+        joined = (await gate.http.post(ask, headers=b, json=one)).json()["grants"][0]
+        assert (joined["requests_per_second"], joined["max_connections"]) == (0.0, 0)
+        shrunk = (await gate.http.post(ask, headers=a, json=one)).json()["grants"][0]
+        assert (shrunk["requests_per_second"], shrunk["max_connections"]) == (5.0, 4)
         shared = (await gate.http.post(ask, headers=b, json=one)).json()["grants"][0]
         assert (shared["requests_per_second"], shared["max_connections"]) == (5.0, 4)
 
@@ -316,6 +322,7 @@ def test_shares_follow_clients_joining_and_dying(
         assert [c for c in codes if c != -signal.SIGKILL] == [0, 0, 0, 0]
         times = handler.counts.at
         busiest = max(windows(times, times[0] + 3.0, times[-1]))
+        print(f"busiest 2-second window: {busiest} requests")
         assert busiest <= 2 * 26, f"{busiest} requests in one 2-second window (budget 20/s)"
         # From 4 s after the kill to the end of the job's bulk, the four survivors use the budget.
         after = [t for t in times if killed_at + 4 <= t < times[-1] - 2]
@@ -327,13 +334,52 @@ def test_shares_follow_clients_joining_and_dying(
         cluster.stop()
 
 
-async def test_a_client_goes_on_by_its_own_limits_when_grants_fail() -> None:
-    """No grant endpoint (an older gate), a gate that fails, or a host the gate would not take:
-    the client fetches by its own limits instead of waiting on a grant that never comes."""
+async def test_grants_held_at_once_never_sum_past_the_budget(db_dsn: str, tmp_path: Path) -> None:
+    """Clients joining, asking in any order: the grants each holds at any moment (its last
+    answer) sum to at most the budget, and within two rounds every client has its equal share.
+    Negative control: the shares alone (budget / clients, what a newcomer would get if the
+    others' grants were not counted) overshoot when three join two."""
+    import random
+
+    from conftest import gate_settings, start_gate
+
+    settings = gate_settings(storage_url=str(tmp_path / "store"), host_rate_limit=20, host_connections=16)
+    async for gate in start_gate(db_dsn, settings):
+        keys = [await gate.register(f"c{i}") for i in range(5)]
+        held: dict[int, tuple[float, int]] = {}
+        one = {"hosts": [{"host": "registry.example", "ok": 1}]}
+        rng = random.Random(7)
+
+        async def ask(i: int) -> None:
+            reply = await gate.http.post("/api/v1/hosts/grants", headers=keys[i], json=one)
+            grant = reply.json()["grants"][0]
+            held[i] = (grant["requests_per_second"], grant["max_connections"])
+            assert sum(r for r, _ in held.values()) <= 20 + 1e-9, held
+            assert sum(c for _, c in held.values()) <= 16, held
+
+        for _ in range(3):  # two clients settle
+            for i in (0, 1):
+                await ask(i)
+        naive = 20 / 2 * 2 + 3 * (20 / 5)  # the two keep 10 each while three newcomers take 4
+        assert naive > 20
+        for _ in range(4):  # three more join; everyone asks in a shuffled order each round
+            order = list(range(5))
+            rng.shuffle(order)
+            for i in order:
+                await ask(i)
+        assert all(abs(rate - 4.0) < 1e-9 for rate, _ in held.values()), held
+        assert all(slots == 3 for _, slots in held.values()), held
+
+
+async def test_a_client_waits_for_its_grant_and_goes_on_without_an_older_gate() -> None:
+    """A gate that fails to answer: a host with a budget starts nothing until a grant comes
+    (the gate gives a silent client's share to the others). No grant endpoint at all (an older
+    gate) or a host the gate would not take: the client goes on by its own limits."""
     import asyncio
 
     from client.errors import GateUnavailable, InvalidRequest
     from client.limits import FleetLimits
+    from protocol import hosts
 
     asked: list[list[str]] = []
 
@@ -341,15 +387,38 @@ async def test_a_client_goes_on_by_its_own_limits_when_grants_fail() -> None:
         asked.append([r.host for r in reports])
         raise InvalidRequest("route_not_found: no route GET /api/v1/hosts/grants")
 
-    async def failing(reports: list) -> None:  # type: ignore[type-arg]
-        asked.append([r.host for r in reports])
-        raise GateUnavailable("HTTP 503")
+    limits = FleetLimits(4, None, older_gate)  # type: ignore[arg-type]
+    for host in ("registry.example", ""):
+        async with asyncio.timeout(3):
+            async with limits.slot(host):
+                pass
+    await limits.close()
+    assert asked == [["registry.example"]]  # "" is never reported
 
-    for ask in (older_gate, failing):
-        limits = FleetLimits(4, None, ask)  # type: ignore[arg-type]
-        for host in ("registry.example", ""):
-            async with asyncio.timeout(3):  # well under the 5 s a first grant may take
-                async with limits.slot(host):
-                    pass
-        await limits.close()
-    assert asked == [["registry.example"], ["registry.example"]]  # "" is never reported
+    down = True
+
+    async def flaky(reports: list[hosts.HostReport]) -> hosts.GrantReply:
+        if down:
+            raise GateUnavailable("HTTP 503")
+        grant = hosts.HostGrant(host="registry.example", requests_per_second=5.0, max_connections=2)
+        return hosts.GrantReply(grants=[grant], refresh_seconds=0.2, valid_seconds=1.0)
+
+    limits = FleetLimits(4, None, flaky)
+
+    async def fetch_one() -> None:
+        async with limits.slot("registry.example"):
+            pass
+
+    waiting = asyncio.create_task(fetch_one())
+    await asyncio.sleep(2.5)
+    assert not waiting.done(), "a host with a budget was fetched from without a grant"
+    down = False
+    async with asyncio.timeout(10):
+        await waiting  # the grant came: the request goes
+    down = True  # the gate stops answering: the grant runs out after valid_seconds
+    await asyncio.sleep(2.0)
+    late = asyncio.create_task(fetch_one())
+    await asyncio.sleep(1.0)
+    assert not late.done(), "a grant was used past its valid_seconds"
+    late.cancel()
+    await limits.close()

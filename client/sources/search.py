@@ -5,15 +5,30 @@ as query parameters), pick document links with `link_pattern`, and stop at
 `max_documents` or at a page with no new links. Both come from the task's
 params, else from the client's --search-url / --link-pattern. A listing may
 also be JSON: {"documents": [{"doc_id": …, "url": …}, …]}.
+
+A page without links where more were expected — `max_documents` not reached, and the pages
+before it full (`params.page_size` links, or without it at least two pages, all with the same
+number of links) — is taken for a block page (a throttled registry's empty results), not the
+end: the task is tried again later and the host's budget hears of it. A listing whose last page
+is exactly full looks the same; `params.empty_page: "end"` says a page without links always
+ends the listing. A listing page holding one of the task's
+`block_patterns` in its first KiB is a block too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import AsyncIterator
+from typing import NoReturn
 from urllib.parse import urlencode, urljoin
 
+from yarl import URL
+
+from client import bodies
+from client.download import DocumentFailed
+from client.limits import host_key
 from client.sources import DocRef, SourceContext, SourceError
 from protocol import v1
 
@@ -31,16 +46,41 @@ class SearchSource:
         pattern = re.compile(task.params.get("link_pattern") or self.context.link_pattern or DEFAULT_LINK)
         seen: set[str] = set()
         page = task.start_page
+        counts: list[int] = []
         while len(seen) < task.max_documents:
             url = page_url(listing, page, task.search_params)
-            text, final = await self.context.fetcher.text(url)
+            text, final = await self.context.fetcher.text(url, bodies.asked(task.params))
+            self._blocked(text, final, task.params, page)
             fresh = [ref for ref in links(text, final, pattern) if ref.doc_id not in seen]
             if not fresh:
+                if _expected_more(counts, task.params):
+                    self._block(final, f"page {page} has no documents after full pages ({counts[-1]} links)")
                 return
+            counts.append(len(fresh))
             for ref in fresh[: task.max_documents - len(seen)]:
                 seen.add(ref.doc_id)
                 yield ref
             page += 1
+
+    def _blocked(self, text: str, url: str, params: dict[str, object], page: int) -> None:
+        head = text[:4096].encode()[: bodies.HEAD].lower()
+        for pattern in bodies.texts(params, "block_patterns"):
+            if pattern in head:
+                self._block(url, f"page {page} holds {pattern.decode()!r} (the task's block_patterns)")
+
+    def _block(self, url: str, reason: str) -> NoReturn:
+        with contextlib.suppress(ValueError):
+            self.context.fetcher.limiter.record(host_key(URL(url)), "blocked")
+        raise DocumentFailed(f"a block page, not the listing's end: {reason}", permanent=False, blocked=True)
+
+
+def _expected_more(counts: list[int], params: dict[str, object]) -> bool:
+    if not counts or params.get("empty_page") == "end":
+        return False
+    size = params.get("page_size")
+    if isinstance(size, int) and size > 0:
+        return counts[-1] >= size
+    return len(counts) >= 2 and len(set(counts)) == 1
 
 
 def page_url(listing: str, page: int, search_params: dict[str, object]) -> str:

@@ -7,9 +7,9 @@ from uuid import UUID
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from protocol import v1
+from protocol import paths, v1
 from server.db import jobs as db
-from server.db import lifecycle
+from server.db import lifecycle, pausing
 from server.deps import AdminDep, StateDep
 from server.errors import JobTooLarge
 
@@ -46,6 +46,20 @@ async def refetch_failed(
     """Turn the job's failed, still-missing documents into new tasks."""
     chunk_size = (body or v1.Refetch()).chunk_size
     return await db.refetch_failed(state.pool, job_id, chunk_size, state.settings.max_attempts)
+
+
+@router.post(paths.JOB_PAUSE, response_model=v1.Job)
+async def pause_job(job_id: UUID, state: StateDep, _: AdminDep, body: v1.JobPause | None = None) -> v1.Job:
+    """Lease none of the job's tasks until it is resumed (tasks out on lease finish as they do)."""
+    await pausing.pause_job(state.pool, job_id, (body or v1.JobPause()).reason)
+    return await db.get_job(state.pool, job_id)
+
+
+@router.post(paths.JOB_RESUME, response_model=v1.Job)
+async def resume_job(job_id: UUID, state: StateDep, _: AdminDep) -> v1.Job:
+    """Lease the job's tasks again, at once; a job paused by itself is judged afresh."""
+    await pausing.resume_job(state.pool, job_id)
+    return await db.get_job(state.pool, job_id)
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=v1.Cancelled)

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from protocol import paths, v1
 from server.auth import Principal
-from server.db import dashboard, lifecycle, stats
+from server.db import dashboard, lifecycle, pausing, stats
 from server.db import tasks as db
 from server.db.lifecycle import Caller
 from server.deps import AdminDep, PrincipalDep, SessionHeader, StateDep
@@ -208,6 +208,11 @@ async def fail_task(
     with state.metrics.counting_refusals():
         task = await lifecycle.fail_task(state.pool, task_id, body, caller, state.backoff)
     state.metrics.failures.labels(str(task.status is v1.TaskStatus.FAILED).lower()).inc()
+    if body.blocked and task.job_id is not None:  # the job's dead-man switch
+        s = state.settings
+        await pausing.judge(
+            state.pool, task.job_id, pausing.Switch(s.job_pause_ratio, s.job_pause_min_answers)
+        )
     return task
 
 

@@ -18,7 +18,7 @@ GROUP BY 1
 """
 
 RECENT_JOBS = """
-SELECT job_id, source, params, chunk_size, priority, tasks_total, created_at
+SELECT job_id, source, params, chunk_size, priority, tasks_total, created_at, paused, paused_reason
 FROM jobs ORDER BY created_at DESC LIMIT $1
 """
 
@@ -80,6 +80,8 @@ def _job_row(job: Any, found: dict[str, int], finished_10min: int) -> v1.JobProg
         source=job["source"],
         url_template=str(params.get("url_template", "")),
         tasks_total=job["tasks_total"],
+        paused=job["paused"],
+        paused_reason=job["paused_reason"],
         counts=counts,
         documents=found.get(prefix + "documents", 0),
         progress=min(done / total, 1.0),

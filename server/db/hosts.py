@@ -6,8 +6,13 @@ halved (at most once a second, never below 2 % of the budget) when a client repo
 answers, timeouts or resets, and grows back on healthy answers: by 5 % of the budget per second
 up to 80 % of the rate the trouble came at; it stays there for HOLD_SECONDS, then creeps on by
 0.5 % of the budget per second (a registry's limit is most likely where it was).
-Each client working on the host (seen in the last ACTIVE_SECONDS) gets an equal share; the
-rows live in PostgreSQL, so every gate hands out the same shares.
+Each client working on the host (seen in the last ACTIVE_SECONDS) gets an equal share, but
+never more than the others' last grants leave: a newcomer gets what is left until the others
+ask again (within REFRESH_SECONDS) and shrink to their shares, so the grants held at any moment
+sum to at most the budget. A client's grant holds for ACTIVE_SECONDS; one that stops asking
+stops using it (`GrantReply.valid_seconds`), and its share goes to the others. The strictest
+`politeness` of the jobs the host's active clients work on lowers its budget. The rows live in
+PostgreSQL, so every gate hands out the same shares.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 from uuid import UUID
 
 from protocol import hosts as wire
+from protocol import v1
 from server.db.pool import Connection, Pool, connection, transaction
 
 log = logging.getLogger("docgate.gate")
@@ -32,15 +38,27 @@ HOLD_SECONDS = 30.0
 FLOOR = 0.02  # of the budget
 
 SEEN = """
-INSERT INTO host_clients (host, client_id, session_id, seen_at) VALUES ($1, $2, $3, now())
-ON CONFLICT (host, client_id, session_id) DO UPDATE SET seen_at = now()
+INSERT INTO host_clients (host, client_id, session_id, seen_at, cap_rate, cap_connections)
+VALUES ($1, $2, $3, now(), $4, $5)
+ON CONFLICT (host, client_id, session_id) DO UPDATE
+SET seen_at = now(), cap_rate = $4, cap_connections = $5
 """
 ROW = """
 INSERT INTO hosts (host) VALUES ($1) ON CONFLICT (host) DO NOTHING;
 """
 LOCK = "SELECT *, now() AS now FROM hosts WHERE host = $1 FOR UPDATE"
-ACTIVE = """
-SELECT count(*) FROM host_clients WHERE host = $1 AND seen_at > now() - make_interval(secs => $2)
+# The clients working on the host, what the others were granted, the strictest job politeness.
+SHARES = """
+SELECT count(*) AS active,
+       coalesce(sum(rate) FILTER (WHERE NOT mine), 0) AS others_rate,
+       coalesce(sum(connections) FILTER (WHERE NOT mine), 0) AS others_connections,
+       min(cap_rate) AS cap_rate, min(cap_connections) AS cap_connections
+FROM (SELECT *, (client_id = $2 AND session_id = $3) AS mine FROM host_clients
+      WHERE host = $1 AND seen_at > now() - make_interval(secs => $4)) c
+"""
+GRANTED = """
+UPDATE host_clients SET rate = $4, connections = $5
+WHERE host = $1 AND client_id = $2 AND session_id = $3
 """
 ADJUST = """
 UPDATE hosts SET effective_rate = $2, ceiling = $3, pause_until = $4, adjusted_at = $5,
@@ -117,17 +135,20 @@ async def grants(
         # A fixed order: two clients reporting the same hosts never wait on each other's locks.
         for report in sorted(body.hosts, key=lambda r: r.host):
             answers.append(await _grant(conn, client_id, session_id or "", report, defaults))
-    return wire.GrantReply(grants=answers, refresh_seconds=REFRESH_SECONDS)
+    return wire.GrantReply(grants=answers, refresh_seconds=REFRESH_SECONDS, valid_seconds=ACTIVE_SECONDS)
 
 
 async def _grant(
     conn: Connection, client_id: UUID, session_id: str, report: wire.HostReport, defaults: Defaults
 ) -> wire.HostGrant:
-    await conn.execute(SEEN, report.host, client_id, session_id)
+    cap = report.politeness or v1.Politeness()
+    await conn.execute(SEEN, report.host, client_id, session_id, cap.requests_per_second, cap.max_connections)
     await conn.execute(ROW, report.host)
     row = await conn.fetchrow(LOCK, report.host)
     assert row is not None
     now: datetime = row["now"]
+    shares = await conn.fetchrow(SHARES, report.host, client_id, session_id, ACTIVE_SECONDS)
+    assert shares is not None
     rate = budget(row["requests_per_second"], defaults.requests_per_second)
     effective, ceiling, adjusted = _adjusted(rate, row, now, report)
     troubled = adjusted == now and bool(report.throttled or report.errors)
@@ -142,16 +163,31 @@ async def _grant(
     if (report.errors or report.blocked) and not paused:
         reason = await _dead_man(conn, report.host, defaults)
         paused = reason is not None
-    active = max(1, int(await conn.fetchval(ACTIVE, report.host, ACTIVE_SECONDS)))
-    connections = budget(row["max_connections"], defaults.max_connections)
+    effective = _lowest(effective, shares["cap_rate"])  # the back-off runs on the host's own budget
+    active = max(1, int(shares["active"]))
+    connections = _lowest(budget(row["max_connections"], defaults.max_connections), shares["cap_connections"])
+    share = (
+        None if effective is None else max(0.0, min(effective / active, effective - shares["others_rate"]))
+    )
+    slots = None
+    if connections is not None:  # more clients than connections: one each (HOST_CONNECTIONS says so)
+        left = int(connections) - int(shares["others_connections"])
+        slots = max(0, min(int(connections) // active, left)) if active <= connections else 1
+    await conn.execute(GRANTED, report.host, client_id, session_id, share, slots)
     wait = (pause_until - now).total_seconds() if pause_until is not None else 0.0
     return wire.HostGrant(
         host=report.host,
-        requests_per_second=None if effective is None else effective / active,
-        max_connections=None if connections is None else max(1, int(connections) // active),
+        requests_per_second=share,
+        max_connections=slots,
         paused=paused,
         wait_seconds=max(0.0, wait),
     )
+
+
+def _lowest(value: float | None, cap: float | None) -> float | None:
+    if cap is None:
+        return value
+    return cap if value is None else min(value, cap)
 
 
 async def _dead_man(conn: Connection, host: str, defaults: Defaults) -> str | None:

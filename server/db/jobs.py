@@ -60,14 +60,17 @@ INSERT INTO tasks (job_id, source, params, max_documents, priority, max_attempts
 SELECT j.job_id, j.source,
        jsonb_build_object('url_template', j.params->>'url_template', 'ids', to_jsonb(c.ids),
                           'ext', coalesce(j.params->>'ext', ''))
-       || jsonb_strip_nulls(jsonb_build_object('expect_content_type', j.params->'expect_content_type')),
+       || jsonb_strip_nulls(jsonb_build_object({extras})),
        cardinality(c.ids), j.priority, $3
 FROM chunks c CROSS JOIN jobs j
 WHERE j.job_id = $1
 ORDER BY c.grp
 """
 
-TASK_EXTRAS = ("expect_content_type",)
+# What every task of a job carries from the job's params besides its range: the content rules
+# and the job's politeness (protocol.v1.TaskParams).
+TASK_EXTRAS = tuple(v1.TaskParams.model_fields)
+INSERT_REFETCH = INSERT_REFETCH.format(extras=", ".join(f"'{k}', j.params->'{k}'" for k in TASK_EXTRAS))
 
 ADD_TOTAL = "UPDATE jobs SET tasks_total = tasks_total + $2 WHERE job_id = $1"
 
@@ -174,7 +177,18 @@ async def get_job(pool: Pool, job_id: UUID) -> v1.Job:
     return v1.Job(
         **{
             k: job[k]
-            for k in ("job_id", "source", "params", "chunk_size", "priority", "tasks_total", "created_at")
+            for k in (
+                "job_id",
+                "source",
+                "params",
+                "chunk_size",
+                "priority",
+                "tasks_total",
+                "created_at",
+                "paused",
+                "paused_reason",
+                "paused_at",
+            )  # fmt: skip
         },
         counts=counts,
         documents_downloaded=sum(r["downloaded"] for r in rows),

@@ -73,8 +73,11 @@ WITH held AS (
     -- Walk tasks_leasable (priority, then age) and stop after $1 rows (fewer at the cap).
     -- SKIP LOCKED lets concurrent leasers pass over rows another transaction
     -- is claiming instead of queueing behind it, so no task goes out twice.
+    -- A paused job's tasks are held out of the index (run_after 'infinity'); one that came
+    -- back pending since is passed over here until housekeeping holds it too.
     SELECT task_id FROM tasks
-    WHERE status = 'pending' AND run_after <= now()
+    WHERE status = 'pending' AND run_after <= now() AND run_after < 'infinity'
+      AND (job_id IS NULL OR job_id NOT IN (SELECT job_id FROM jobs WHERE paused))
     ORDER BY priority DESC, task_seq
     LIMIT greatest(0, least($1, $5 - (SELECT n FROM held)))
     FOR UPDATE SKIP LOCKED
@@ -170,9 +173,9 @@ WITH failed AS (
     WHERE {FENCE}
     RETURNING *
 ), logged AS (
-    INSERT INTO task_events (task_id, event, client_id, lease_token, detail)
+    INSERT INTO task_events (task_id, event, client_id, lease_token, detail, blocked)
     SELECT task_id, CASE WHEN status = 'failed' THEN 'failed' ELSE 'retry_scheduled' END,
-           assigned_to, lease_token, last_error FROM failed
+           assigned_to, lease_token, last_error, nullif($10, 0) FROM failed
 )
 SELECT {TASK_COLUMNS} FROM failed
 """
@@ -299,7 +302,12 @@ SELECT count(*) FROM handed
 """
 
 # Is anything leasable now? The long-poll's fallback probe: the same rows LEASE would walk.
-ANY_LEASABLE = "SELECT EXISTS (SELECT 1 FROM tasks WHERE status = 'pending' AND run_after <= now())"
+ANY_LEASABLE = """
+SELECT EXISTS (
+    SELECT 1 FROM tasks WHERE status = 'pending' AND run_after <= now() AND run_after < 'infinity'
+      AND (job_id IS NULL OR job_id NOT IN (SELECT job_id FROM jobs WHERE paused))
+)
+"""
 NOTIFY = "SELECT pg_notify('docgate_tasks', '')"
 
 
@@ -444,7 +452,7 @@ async def fail_task(
     delay = (backoff.base_seconds, backoff.cap_seconds)
     args = (
         task_id, body.lease_token, caller.owner, caller.session_id, body.retryable, body.error, *delay,
-        body.attempt_spent,
+        body.attempt_spent, body.blocked,
     )  # fmt: skip
     return await _fenced_write(pool, FAIL, args, caller, NO_REPORTS, "it can no longer fail")
 
