@@ -170,6 +170,8 @@ class Fetcher:
         try:
             if reply.status in asked.block_statuses:
                 raise DocumentFailed(f"HTTP {reply.status}: a block (the task's block_statuses)", False, True)
+            if (challenge := _challenge(reply)) is not None:
+                raise DocumentFailed(f"HTTP {reply.status}: a block ({challenge}: challenge)", False, True)
             self._check_status(reply)
             return await sink(self._body(reply))
         except DocumentFailed as exc:
@@ -262,6 +264,20 @@ async def inflated(chunks: AsyncIterator[bytes], wbits: int) -> AsyncIterator[by
         raise _Retry(f"the body does not decode as its Content-Encoding says: {exc}") from None
     if not inflater.eof:
         raise _Retry("the body ends before its compressed stream does (cut short)")
+
+
+# Headers that mark a bot challenge in place of the response, whatever its status: Cloudflare
+# sets `cf-mitigated: challenge` on every challenge page (developers.cloudflare.com, "Detect a
+# Challenge Page response"; it comes with 403 or 503), Vercel `x-vercel-mitigated: challenge`
+# (with 429). A challenge may pass later: it is a block, tried again, never a missing document.
+CHALLENGE_HEADERS = ("cf-mitigated", "x-vercel-mitigated")
+
+
+def _challenge(reply: aiohttp.ClientResponse) -> str | None:
+    for name in CHALLENGE_HEADERS:
+        if reply.headers.get(name, "").strip().lower() == "challenge":
+            return name
+    return None
 
 
 def _parsed(url: str) -> URL:

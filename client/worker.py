@@ -258,7 +258,8 @@ class Worker:
             elif isinstance(problem, SourceError):
                 await self._give_up(run, str(problem), retryable=False)
             elif isinstance(problem, DocumentFailed):  # a listing page could not be had, or was a block
-                blocked = 1 + sum(f.blocked for f in run.transient) if problem.blocked else 0
+                blocked = int(problem.blocked) + sum(f.blocked for f in run.transient)
+                await self._report(run)  # what it stored before the listing stopped is recorded
                 await self._give_up(run, problem.reason, retryable=not problem.permanent, blocked=blocked)
             elif isinstance(problem, GateUnavailable):
                 log.error(
@@ -269,14 +270,22 @@ class Worker:
                 await self._give_up(run, f"client error: {type(problem).__name__}: {problem}", True)
 
     async def _fetch_all(self, run: TaskRun, source: Source) -> None:
+        """Every document the source gives; a listing that stops short (a page that could not
+        be had, or was a block) still has the documents it gave fetched, then the task ends."""
+        stopped: DocumentFailed | None = None
         async with asyncio.TaskGroup() as group:
             batch: list[DocRef] = []
-            async for ref in source.documents(run.task):
-                batch.append(ref)
-                if len(batch) >= KNOWN_BATCH:
-                    await self._dispatch(run, batch, group)
-                    batch = []
+            try:
+                async for ref in source.documents(run.task):
+                    batch.append(ref)
+                    if len(batch) >= KNOWN_BATCH:
+                        await self._dispatch(run, batch, group)
+                        batch = []
+            except DocumentFailed as exc:
+                stopped = exc
             await self._dispatch(run, batch, group)
+        if stopped is not None:
+            raise stopped
 
     async def _dispatch(self, run: TaskRun, refs: list[DocRef], group: asyncio.TaskGroup) -> None:
         refs = [ref for ref in refs if self._reportable(run, ref)]

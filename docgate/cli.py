@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 import sys
+import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -69,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     refetch.add_argument("job_id", help="the job's id")
     refetch.add_argument("--chunk-size", type=int, default=100)
     refetch.set_defaults(run=run_refetch_failed)
+    for verb, paused in (("pause", True), ("resume", False)):
+        command = jobs.add_parser(verb, help=f"{verb} leasing a job's tasks")
+        command.add_argument("job_id", help="the job's id")
+        if paused:
+            command.add_argument("--reason", default="paused by an operator", help="shown with the job")
+        command.set_defaults(run=run_pause_job, paused=paused)
 
     key = sub.add_parser("admin-key", help="admin key maintenance").add_subparsers(required=True)
     reset = key.add_parser("reset", help="replace every stored admin key with a new one")
@@ -225,6 +232,28 @@ def run_refetch_failed(args: argparse.Namespace) -> int:
     with database(settings) as dsn:
         _check_database(dsn)
         print(f"job {job_id}: {asyncio.run(refetch(dsn))} new tasks for failed documents")
+    return 0
+
+
+def _job_id(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise DocgateError(f"job id {text!r} is not a uuid") from None
+
+
+def run_pause_job(args: argparse.Namespace) -> int:
+    from docgate.clients_cli import _with_pool
+    from server.db import pausing
+
+    job_id = _job_id(args.job_id)
+    reason = " ".join(str(getattr(args, "reason", "")).split())[:500] or "paused by an operator"
+    if args.paused:
+        _with_pool(lambda pool: pausing.pause_job(pool, job_id, reason))
+        print(f"job {job_id}: paused; no more of its tasks are leased (those out on lease finish)")
+    else:
+        _with_pool(lambda pool: pausing.resume_job(pool, job_id))
+        print(f"job {job_id}: resumed; its tasks are leased again")
     return 0
 
 

@@ -22,6 +22,7 @@ TASK = "/tasks/{task_id}"
 # jobs
 JOB_PAUSE = "/jobs/{job_id}/pause"
 JOB_RESUME = "/jobs/{job_id}/resume"
+JOB_FAILURES = "/jobs/{job_id}/failures"
 # clients
 CLIENT_REGISTER = "/clients/register"
 CLIENT_HEARTBEAT = "/clients/heartbeat"

@@ -280,6 +280,9 @@ class LeasedTask(TaskWork):
 
     lease_token: UUID
     lease_expires_at: datetime
+    last_error: str | None = Field(
+        default=None, description="why the task's last attempt failed, if one did (a source may weigh it)"
+    )
 
 
 class LeaseBatch(Reply):
@@ -725,6 +728,26 @@ class JobCreate(Request):
             self.params.politeness = self.politeness
             self.politeness = None
         return self
+
+
+class FailedDocument(Reply):
+    doc_id: str
+    url: str | None
+    error: str | None
+
+
+class FailureReason(Reply):
+    reason: str = Field(description="`HTTP 404`, `too large`, `blocked`, `timed out`, …")
+    documents: int
+    examples: list[FailedDocument] = Field(default_factory=list)
+
+
+class FailureSummary(Reply):
+    """A job's failed documents (those still not recorded), grouped by reason."""
+
+    job_id: UUID
+    documents: int
+    reasons: list[FailureReason]
 
 
 class JobPause(Request):

@@ -39,7 +39,7 @@ log = logging.getLogger("docgate.gate")
 def create_app(settings: Settings, dsn: str, *, apply_migrations: bool = True) -> FastAPI:
     """Build the app for one PostgreSQL; the lifespan migrates (or, when the caller already did,
     checks the schema), then serves."""
-    metrics = Metrics()
+    metrics = Metrics(settings.metrics_hosts)
     lifespan = _lifespan(settings, dsn, metrics, apply_migrations)
     app = FastAPI(title="docgate", version=VERSION, lifespan=lifespan)
     app.include_router(api_router)

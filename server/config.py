@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     # the last 5 minutes (at least JOB_PAUSE_MIN_ANSWERS) were block pages.
     job_pause_ratio: Annotated[float, Field(gt=0, le=1)] = 0.5
     job_pause_min_answers: Annotated[int, Field(ge=1)] = 20
+    # Origin hosts with labels of their own in /metrics (the rest are host="other").
+    metrics_hosts: Annotated[int, Field(ge=0, le=1_000)] = 20
 
     storage_url: str | None = None  # default: DATA_DIR/documents
     shard_size: Annotated[int, Field(ge=1, le=1 << 40)] = 50_000

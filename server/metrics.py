@@ -2,20 +2,42 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from protocol import v1
+from protocol.hosts import HostInfo, HostReport
 from server.db.stats import Snapshot
 from server.errors import LeaseLost
 
 
 class Metrics:
-    def __init__(self) -> None:
+    """`host_labels` (METRICS_HOSTS): how many origin hosts get a label of their own; the rest
+    are counted as host="other", so a fleet fetching from a million hosts keeps /metrics small."""
+
+    def __init__(self, host_labels: int = 20) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self.host_labels = host_labels
+        self._labelled: set[str] = set()
+        self.host_answers = Counter(
+            "docgate_host_answers_total",
+            "Origin answers clients reported, by host and outcome (ok, throttled, errors, blocked).",
+            ["host", "outcome"],
+            registry=r,
+        )
+        self.host_rate = Gauge(
+            "docgate_host_rate",
+            "A host's fleet budget after back-off, requests per second.",
+            ["host"],
+            registry=r,
+        )
+        self.host_paused = Gauge("docgate_host_paused", "1 when a host is paused.", ["host"], registry=r)
+        self.jobs_paused = Gauge(
+            "docgate_jobs_paused", "Jobs paused, by an operator or by themselves.", registry=r
+        )
         self.tasks = Gauge("docgate_tasks", "Tasks by status.", ["status"], registry=r)
         self.leases = Counter("docgate_leases_total", "Tasks leased to clients.", registry=r)
         self.completions = Counter("docgate_completions_total", "Tasks completed.", registry=r)
@@ -70,7 +92,30 @@ class Metrics:
             "docgate_clients", "Registered clients by heartbeat state.", ["state"], registry=r
         )
 
-    def render(self, snapshot: Snapshot) -> bytes:
+    def host(self, host: str) -> str:
+        """The label a host is counted under: its own for the first METRICS_HOSTS, else other."""
+        if host in self._labelled:
+            return host
+        if len(self._labelled) < self.host_labels:
+            self._labelled.add(host)
+            return host
+        return "other"
+
+    def count_host_reports(self, reports: list[HostReport]) -> None:
+        for report in reports:
+            label = self.host(report.host)
+            for outcome in ("ok", "throttled", "errors", "blocked"):
+                if n := getattr(report, outcome):
+                    self.host_answers.labels(label, outcome).inc(n)
+
+    def render(self, snapshot: Snapshot, hosts: Sequence[HostInfo] = (), jobs_paused: int = 0) -> bytes:
+        self.jobs_paused.set(jobs_paused)
+        for info in hosts:
+            if self.host(info.host) != "other":
+                self.host_rate.labels(info.host).set(
+                    info.effective_rate if info.effective_rate is not None else -1
+                )
+                self.host_paused.labels(info.host).set(1 if info.paused else 0)
         for status in v1.TaskStatus:
             self.tasks.labels(status.value).set(snapshot.counts.get(status, 0))
         self.oldest_pending.set(snapshot.oldest_pending_seconds)

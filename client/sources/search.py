@@ -9,10 +9,11 @@ also be JSON: {"documents": [{"doc_id": …, "url": …}, …]}.
 A page without links where more were expected — `max_documents` not reached, and the pages
 before it full (`params.page_size` links, or without it at least two pages, all with the same
 number of links) — is taken for a block page (a throttled registry's empty results), not the
-end: the task is tried again later and the host's budget hears of it. A listing whose last page
-is exactly full looks the same; `params.empty_page: "end"` says a page without links always
-ends the listing. A listing page holding one of the task's
-`block_patterns` in its first KiB is a block too.
+end: the task is handed back, tried again after its back-off, and the host's budget hears of
+it. A listing whose last page is exactly full looks the same the first time; when the task's
+last attempt ended on the same empty page, it is believed (the end, twice, after a pause).
+`params.empty_page: "end"` says a page without links always ends the listing. A listing page
+holding one of the task's `block_patterns` in its first KiB is a block too.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ class SearchSource:
             self._blocked(text, final, task.params, page)
             fresh = [ref for ref in links(text, final, pattern) if ref.doc_id not in seen]
             if not fresh:
-                if _expected_more(counts, task.params):
+                again = f"page {page} has no documents after full pages" in (task.last_error or "")
+                if _expected_more(counts, task.params) and not again:
                     self._block(final, f"page {page} has no documents after full pages ({counts[-1]} links)")
                 return
             counts.append(len(fresh))

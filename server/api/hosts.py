@@ -29,6 +29,7 @@ async def grants(
 ) -> wire.GrantReply:
     """This client's share of each host's budget, given what it saw since it last asked."""
     client_id = principal.client_id or NO_CLIENT
+    state.metrics.count_host_reports(body.hosts)
     return await db.grants(state.pool, client_id, session_id, body, defaults(state))
 
 

@@ -48,6 +48,12 @@ async def refetch_failed(
     return await db.refetch_failed(state.pool, job_id, chunk_size, state.settings.max_attempts)
 
 
+@router.get(paths.JOB_FAILURES, response_model=v1.FailureSummary)
+async def job_failures(job_id: UUID, state: StateDep, _: AdminDep) -> v1.FailureSummary:
+    """The job's failed documents by reason (404, too large, blocked, …), with examples."""
+    return await db.failure_summary(state.pool, job_id)
+
+
 @router.post(paths.JOB_PAUSE, response_model=v1.Job)
 async def pause_job(job_id: UUID, state: StateDep, _: AdminDep, body: v1.JobPause | None = None) -> v1.Job:
     """Lease none of the job's tasks until it is resumed (tasks out on lease finish as they do)."""

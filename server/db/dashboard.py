@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from protocol import v1
-from server.db import stats
+from server.db import hosts, stats
 from server.db.pool import Pool, connection
 
 PER_MINUTE = """
@@ -44,9 +44,10 @@ class Dashboard:
     jobs: list[v1.JobProgress]
     clients: v1.ClientList
     failures: list[dict[str, Any]]
+    hosts: list[Any]  # protocol.hosts.HostInfo
 
 
-async def dashboard(pool: Pool, stale_seconds: float) -> Dashboard:
+async def dashboard(pool: Pool, stale_seconds: float, host_defaults: hosts.Defaults) -> Dashboard:
     from server.db.clients import list_clients
 
     snap = await stats.snapshot(pool, stale_seconds)
@@ -55,7 +56,9 @@ async def dashboard(pool: Pool, stale_seconds: float) -> Dashboard:
         failures = [dict(r) for r in await conn.fetch(FAILURES, 20)]
     per_minute = [minutes.get(ago, (0, 0)) for ago in range(59, -1, -1)]
     jobs = await recent_jobs(pool, 20)
-    return Dashboard(snap, per_minute, jobs, await list_clients(pool, stale_seconds, 100), failures)
+    listed = await list_clients(pool, stale_seconds, 100)
+    by_host = (await hosts.list_hosts(pool, host_defaults)).hosts
+    return Dashboard(snap, per_minute, jobs, listed, failures, by_host)
 
 
 async def recent_jobs(pool: Pool, limit: int) -> list[v1.JobProgress]:

@@ -94,6 +94,11 @@ async def _batches(pool: Pool, sql: str, job_id: UUID) -> None:
             return
 
 
+async def count_paused(pool: Pool) -> int:
+    async with connection(pool) as conn:
+        return int(await conn.fetchval("SELECT count(*) FROM jobs WHERE paused"))
+
+
 async def hold_returned(pool: Pool) -> None:
     """Housekeeping: hold the tasks of paused jobs that came back pending since they paused."""
     async with connection(pool) as conn:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qs
@@ -20,8 +22,11 @@ from fastapi import APIRouter, Cookie, Header, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from server.db import clients, lifecycle
+from protocol.hosts import HOST_KEY_PATTERN
+from server.api.hosts import defaults as host_defaults
+from server.db import clients, hosts, lifecycle, pausing
 from server.db import dashboard as data
+from server.db import jobs as db_jobs
 from server.db import tasks as db_tasks
 from server.deps import StateDep
 from server.errors import DocgateError, Forbidden, NotFound, Unauthorized, Unprocessable
@@ -53,12 +58,15 @@ def _page(name: str, status: int = 200, **context: Any) -> HTMLResponse:
 
 
 @router.get("/ui", response_class=HTMLResponse)
-async def ui(state: StateDep, docgate_admin: AdminCookie = None, task: str | None = None) -> Response:
+async def ui(
+    state: StateDep, docgate_admin: AdminCookie = None, task: str | None = None, job: str | None = None
+) -> Response:
     if not await _is_admin(state, docgate_admin):
         return _page("login.html", error=None)
     assert docgate_admin is not None
     found, problem = await _find_task(state, task)
-    board = await data.dashboard(state.pool, state.settings.client_stale_seconds)
+    the_job, failures, job_problem = await _find_job(state, job)
+    board = await data.dashboard(state.pool, state.settings.client_stale_seconds, host_defaults(state))
     return _page(
         "dashboard.html",
         board=board,
@@ -66,6 +74,10 @@ async def ui(state: StateDep, docgate_admin: AdminCookie = None, task: str | Non
         task=found,
         task_query=task or "",
         task_problem=problem,
+        job=the_job,
+        job_query=job or "",
+        job_failures=failures,
+        job_problem=job_problem,
     )
 
 
@@ -73,7 +85,7 @@ async def ui(state: StateDep, docgate_admin: AdminCookie = None, task: str | Non
 async def live(state: StateDep, docgate_admin: AdminCookie = None) -> Response:
     if not await _is_admin(state, docgate_admin):
         return HTMLResponse("", status_code=401)
-    board = await data.dashboard(state.pool, state.settings.client_stale_seconds)
+    board = await data.dashboard(state.pool, state.settings.client_stale_seconds, host_defaults(state))
     return _page("live.html", board=board)
 
 
@@ -86,6 +98,23 @@ async def _find_task(state: GateState, task: str | None) -> tuple[Any, str | Non
         return None, "not a task id (a UUID like 3f2b…)"
     except DocgateError as exc:
         return None, exc.message
+
+
+async def _find_job(state: GateState, job: str | None) -> tuple[Any, Any, str | None]:
+    """A job and its failed documents by reason, for the job view."""
+    if not job:
+        return None, None, None
+    try:
+        job_id = UUID(job.strip())
+        return (
+            await db_jobs.get_job(state.pool, job_id),
+            await db_jobs.failure_summary(state.pool, job_id),
+            None,
+        )
+    except ValueError:
+        return None, None, "not a job id (a UUID like 3f2b…)"
+    except DocgateError as exc:
+        return None, None, exc.message
 
 
 @router.post("/ui/login")
@@ -132,18 +161,55 @@ async def act(
 async def _run_action(state: GateState, action: str, target: Any) -> dict[str, Any]:
     if action == "retry-failed":
         return {"retried": await lifecycle.retry_failed(state.pool, 1000)}
+    if action in ("pause-host", "resume-host"):
+        host = str(target or "")
+        if not re.match(HOST_KEY_PATTERN, host):
+            raise Unprocessable("id must be a host name")
+        await hosts.pause(state.pool, host, action == "pause-host")
+        return {"host": host, "paused": action == "pause-host"}
+    handler = ACTIONS.get(action)
+    if handler is None:
+        raise NotFound(f"unknown action {action!r}")
     try:
         ident = UUID(str(target))
     except ValueError:
-        raise Unprocessable("id must be a task or job id") from None
-    if action == "retry-task":
-        return {"status": (await lifecycle.retry_task(state.pool, ident)).status.value}
-    if action == "cancel-task":
-        return {"status": (await lifecycle.cancel_task(state.pool, ident)).status.value}
-    if action == "cancel-job":
-        return {"cancelled": await lifecycle.cancel_job(state.pool, ident)}
-    if action == "revoke-client":
-        revoked = await clients.revoke_client(state.pool, ident)
-        state.auth.forget(ident)
-        return {"tasks_handed_back": revoked.tasks_handed_back}
-    raise NotFound(f"unknown action {action!r}")
+        raise Unprocessable("id must be a task, job or client id") from None
+    return await handler(state, ident)
+
+
+async def _retry_task(state: GateState, ident: UUID) -> dict[str, Any]:
+    return {"status": (await lifecycle.retry_task(state.pool, ident)).status.value}
+
+
+async def _cancel_task(state: GateState, ident: UUID) -> dict[str, Any]:
+    return {"status": (await lifecycle.cancel_task(state.pool, ident)).status.value}
+
+
+async def _cancel_job(state: GateState, ident: UUID) -> dict[str, Any]:
+    return {"cancelled": await lifecycle.cancel_job(state.pool, ident)}
+
+
+async def _pause_job(state: GateState, ident: UUID) -> dict[str, Any]:
+    await pausing.pause_job(state.pool, ident, "paused by an operator (dashboard)")
+    return {"paused": True}
+
+
+async def _resume_job(state: GateState, ident: UUID) -> dict[str, Any]:
+    await pausing.resume_job(state.pool, ident)
+    return {"paused": False}
+
+
+async def _revoke_client(state: GateState, ident: UUID) -> dict[str, Any]:
+    revoked = await clients.revoke_client(state.pool, ident)
+    state.auth.forget(ident)
+    return {"tasks_handed_back": revoked.tasks_handed_back}
+
+
+ACTIONS: dict[str, Callable[[GateState, UUID], Awaitable[dict[str, Any]]]] = {
+    "retry-task": _retry_task,
+    "cancel-task": _cancel_task,
+    "cancel-job": _cancel_job,
+    "pause-job": _pause_job,
+    "resume-job": _resume_job,
+    "revoke-client": _revoke_client,
+}
