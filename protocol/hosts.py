@@ -73,6 +73,13 @@ class HostSettings(Request):
     paused: bool = False
 
 
+class Answers(Reply):
+    ok: int = 0
+    throttled: int = 0
+    errors: int = 0
+    blocked: int = 0
+
+
 class HostInfo(Reply):
     host: str
     requests_per_second: float | None = Field(
@@ -88,6 +95,10 @@ class HostInfo(Reply):
     throttled: int
     errors: int
     blocked: int = 0
+    last_hour: Answers = Field(default_factory=Answers, description="the same, over the last 60 minutes")
+    observed_rate: float = Field(
+        0.0, description="answers per second the fleet reported over the last 5 minutes"
+    )
 
 
 class HostList(Reply):

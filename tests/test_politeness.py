@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -347,28 +348,30 @@ async def test_grants_held_at_once_never_sum_past_the_budget(db_dsn: str, tmp_pa
     async for gate in start_gate(db_dsn, settings):
         keys = [await gate.register(f"c{i}") for i in range(5)]
         held: dict[int, tuple[float, int]] = {}
-        one = {"hosts": [{"host": "registry.example", "ok": 1}]}
         rng = random.Random(7)
-
-        async def ask(i: int) -> None:
-            reply = await gate.http.post("/api/v1/hosts/grants", headers=keys[i], json=one)
-            grant = reply.json()["grants"][0]
-            held[i] = (grant["requests_per_second"], grant["max_connections"])
-            assert sum(r for r, _ in held.values()) <= 20 + 1e-9, held
-            assert sum(c for _, c in held.values()) <= 16, held
 
         for _ in range(3):  # two clients settle
             for i in (0, 1):
-                await ask(i)
+                await _ask_and_check(gate, keys[i], i, held)
         naive = 20 / 2 * 2 + 3 * (20 / 5)  # the two keep 10 each while three newcomers take 4
         assert naive > 20
         for _ in range(4):  # three more join; everyone asks in a shuffled order each round
             order = list(range(5))
             rng.shuffle(order)
             for i in order:
-                await ask(i)
+                await _ask_and_check(gate, keys[i], i, held)
         assert all(abs(rate - 4.0) < 1e-9 for rate, _ in held.values()), held
         assert all(slots == 3 for _, slots in held.values()), held
+
+
+async def _ask_and_check(gate: Any, key: dict[str, str], i: int, held: dict[int, tuple[float, int]]) -> None:
+    """Client i asks for its grant; then every client's last grant together fits the budget."""
+    one = {"hosts": [{"host": "registry.example", "ok": 1}]}
+    reply = await gate.http.post("/api/v1/hosts/grants", headers=key, json=one)
+    grant = reply.json()["grants"][0]
+    held[i] = (grant["requests_per_second"], grant["max_connections"])
+    assert sum(r for r, _ in held.values()) <= 20 + 1e-9, held
+    assert sum(c for _, c in held.values()) <= 16, held
 
 
 async def test_a_client_waits_for_its_grant_and_goes_on_without_an_older_gate() -> None:

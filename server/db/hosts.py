@@ -83,11 +83,19 @@ SELECT h.*, now() AS now,
        (SELECT count(*) FROM host_clients c WHERE c.host = h.host
          AND c.seen_at > now() - make_interval(secs => $1)) AS clients_active,
        coalesce(s.ok, 0) AS ok, coalesce(s.throttled, 0) AS throttled, coalesce(s.errors, 0) AS errors,
-       coalesce(s.blocked, 0) AS blocked
+       coalesce(s.blocked, 0) AS blocked,
+       coalesce(s.ok_60, 0) AS ok_60, coalesce(s.throttled_60, 0) AS throttled_60,
+       coalesce(s.errors_60, 0) AS errors_60, coalesce(s.blocked_60, 0) AS blocked_60,
+       extract(epoch FROM now() - date_trunc('minute', now())) AS into_minute
 FROM hosts h
-LEFT JOIN (SELECT host, sum(ok) AS ok, sum(throttled) AS throttled, sum(errors) AS errors,
-                  sum(blocked) AS blocked
-           FROM host_stats WHERE minute > now() - interval '5 minutes' GROUP BY host) s ON s.host = h.host
+LEFT JOIN (SELECT host,
+                  sum(ok) FILTER (WHERE recent) AS ok, sum(throttled) FILTER (WHERE recent) AS throttled,
+                  sum(errors) FILTER (WHERE recent) AS errors, sum(blocked) FILTER (WHERE recent) AS blocked,
+                  sum(ok) AS ok_60, sum(throttled) AS throttled_60, sum(errors) AS errors_60,
+                  sum(blocked) AS blocked_60
+           FROM (SELECT *, minute > now() - interval '5 minutes' AS recent FROM host_stats
+                 WHERE minute > now() - interval '60 minutes') m
+           GROUP BY host) s ON s.host = h.host
 ORDER BY h.host
 """
 SET = """
@@ -260,6 +268,15 @@ async def list_hosts(pool: Pool, defaults: Defaults) -> wire.HostList:
                 throttled=row["throttled"],
                 errors=row["errors"],
                 blocked=row["blocked"],
+                last_hour=wire.Answers(
+                    ok=row["ok_60"],
+                    throttled=row["throttled_60"],
+                    errors=row["errors_60"],
+                    blocked=row["blocked_60"],
+                ),
+                # the five minutes counted: four whole ones and the current one so far
+                observed_rate=(row["ok"] + row["throttled"] + row["errors"] + row["blocked"])
+                / (240.0 + max(1.0, float(row["into_minute"]))),
             )
         )
     return wire.HostList(hosts=hosts)
