@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     # Politeness across the fleet: per origin host, summed over every client (0 = no limit).
     host_rate_limit: Annotated[float, Field(ge=0, le=100_000)] = 10
     host_connections: Annotated[int, Field(ge=0, le=100_000)] = 16
+    # The same per egress address: the clients the gate sees coming from one address share it
+    # (registries limit by IP). 0 = none.
+    host_rate_limit_per_address: Annotated[float, Field(ge=0, le=100_000)] = 0
+    host_connections_per_address: Annotated[int, Field(ge=0, le=100_000)] = 0
     # The dead-man switch: a host pauses by itself when more than this share of its answers over
     # the last 5 minutes (at least HOST_PAUSE_MIN_ANSWERS of them) were blocks or errors.
     host_pause_ratio: Annotated[float, Field(gt=0, le=1)] = 0.5

@@ -425,3 +425,39 @@ async def test_a_client_waits_for_its_grant_and_goes_on_without_an_older_gate() 
     assert not late.done(), "a grant was used past its valid_seconds"
     late.cancel()
     await limits.close()
+
+
+async def test_clients_behind_one_address_share_its_budget(db_dsn: str, tmp_path: Path) -> None:
+    """HOST_RATE_LIMIT_PER_ADDRESS: two clients the gate sees coming from one egress address
+    share 6 requests per second to a host; a third, elsewhere, gets its own 6 (under the host's
+    30 for the fleet). Control: without the setting, each gets a third of the 30."""
+    import httpx
+
+    from conftest import gate_settings, start_gate
+
+    for per_address in (6, 0):
+        settings = gate_settings(
+            storage_url=str(tmp_path / "store"),
+            host_rate_limit=30,
+            host_rate_limit_per_address=per_address,
+            host_connections=12,
+            host_connections_per_address=4 if per_address else 0,
+        )
+        async for gate in start_gate(db_dsn, settings):
+            await gate.sql("DELETE FROM host_clients")
+            keys = [await gate.register(f"n{i}") for i in range(3)]
+            where = ["10.0.0.1", "10.0.0.1", "10.0.0.2"]
+            held: dict[int, tuple[float, int]] = {}
+            one = {"hosts": [{"host": "registry.example", "ok": 1}]}
+            for _ in range(4):
+                for i in range(3):
+                    transport = httpx.ASGITransport(app=gate.transport.app, client=(where[i], 40000 + i))
+                    async with httpx.AsyncClient(transport=transport, base_url="http://gate") as http:
+                        reply = await http.post("/api/v1/hosts/grants", headers=keys[i], json=one)
+                    grant = reply.json()["grants"][0]
+                    held[i] = (grant["requests_per_second"], grant["max_connections"])
+                    assert held.get(0, (0, 0))[0] + held.get(1, (0, 0))[0] <= (per_address or 30) + 1e-9
+            if per_address:
+                assert held == {0: (3.0, 2), 1: (3.0, 2), 2: (6.0, 4)}, held
+            else:
+                assert held == {0: (10.0, 4), 1: (10.0, 4), 2: (10.0, 4)}, held

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Path, Request, Response
 
 from protocol import hosts as wire
 from protocol import paths
@@ -20,17 +20,29 @@ NO_CLIENT = UUID(int=0)
 
 def defaults(state: StateDep) -> db.Defaults:
     s = state.settings
-    return db.Defaults(s.host_rate_limit, s.host_connections, s.host_pause_ratio, s.host_pause_min_answers)
+    return db.Defaults(
+        s.host_rate_limit,
+        s.host_connections,
+        s.host_pause_ratio,
+        s.host_pause_min_answers,
+        s.host_rate_limit_per_address,
+        s.host_connections_per_address,
+    )
 
 
 @router.post(paths.HOST_GRANTS, response_model=wire.GrantReply)
 async def grants(
-    body: wire.GrantRequest, state: StateDep, principal: PrincipalDep, session_id: SessionHeader = None
+    body: wire.GrantRequest,
+    request: Request,
+    state: StateDep,
+    principal: PrincipalDep,
+    session_id: SessionHeader = None,
 ) -> wire.GrantReply:
     """This client's share of each host's budget, given what it saw since it last asked."""
     client_id = principal.client_id or NO_CLIENT
     state.metrics.count_host_reports(body.hosts)
-    return await db.grants(state.pool, client_id, session_id, body, defaults(state))
+    address = request.client.host if request.client else ""  # after a trusted proxy's forwarding
+    return await db.grants(state.pool, client_id, session_id, body, defaults(state), address[:64])
 
 
 @router.get(paths.HOSTS, response_model=wire.HostList)

@@ -38,20 +38,24 @@ HOLD_SECONDS = 30.0
 FLOOR = 0.02  # of the budget
 
 SEEN = """
-INSERT INTO host_clients (host, client_id, session_id, seen_at, cap_rate, cap_connections)
-VALUES ($1, $2, $3, now(), $4, $5)
+INSERT INTO host_clients (host, client_id, session_id, seen_at, cap_rate, cap_connections, address)
+VALUES ($1, $2, $3, now(), $4, $5, $6)
 ON CONFLICT (host, client_id, session_id) DO UPDATE
-SET seen_at = now(), cap_rate = $4, cap_connections = $5
+SET seen_at = now(), cap_rate = $4, cap_connections = $5, address = $6
 """
 ROW = """
 INSERT INTO hosts (host) VALUES ($1) ON CONFLICT (host) DO NOTHING;
 """
 LOCK = "SELECT *, now() AS now FROM hosts WHERE host = $1 FOR UPDATE"
-# The clients working on the host, what the others were granted, the strictest job politeness.
+# The clients working on the host, what the others were granted, the same for the clients
+# behind this one's egress address ($5), and the strictest job politeness.
 SHARES = """
 SELECT count(*) AS active,
        coalesce(sum(rate) FILTER (WHERE NOT mine), 0) AS others_rate,
        coalesce(sum(connections) FILTER (WHERE NOT mine), 0) AS others_connections,
+       count(*) FILTER (WHERE address = $5) AS near,
+       coalesce(sum(rate) FILTER (WHERE NOT mine AND address = $5), 0) AS near_rate,
+       coalesce(sum(connections) FILTER (WHERE NOT mine AND address = $5), 0) AS near_connections,
        min(cap_rate) AS cap_rate, min(cap_connections) AS cap_connections
 FROM (SELECT *, (client_id = $2 AND session_id = $3) AS mine FROM host_clients
       WHERE host = $1 AND seen_at > now() - make_interval(secs => $4)) c
@@ -127,6 +131,10 @@ class Defaults:
     max_connections: int
     pause_ratio: float = 0.5  # HOST_PAUSE_RATIO: blocks and errors over answers that pause a host
     pause_min_answers: int = 20  # HOST_PAUSE_MIN_ANSWERS: answers counted before it can
+    # HOST_RATE_LIMIT_PER_ADDRESS, HOST_CONNECTIONS_PER_ADDRESS: the same budget for the clients
+    # behind one egress address (registries limit by IP); 0 = none
+    address_rate: float = 0.0
+    address_connections: int = 0
 
 
 def budget(value: float | None, default: float) -> float | None:
@@ -135,27 +143,38 @@ def budget(value: float | None, default: float) -> float | None:
 
 
 async def grants(
-    pool: Pool, client_id: UUID, session_id: str | None, body: wire.GrantRequest, defaults: Defaults
+    pool: Pool,
+    client_id: UUID,
+    session_id: str | None,
+    body: wire.GrantRequest,
+    defaults: Defaults,
+    address: str = "",
 ) -> wire.GrantReply:
     """Record what the client saw, adjust each host's rate, and answer with its shares."""
     answers = []
     async with transaction(pool) as conn:
         # A fixed order: two clients reporting the same hosts never wait on each other's locks.
         for report in sorted(body.hosts, key=lambda r: r.host):
-            answers.append(await _grant(conn, client_id, session_id or "", report, defaults))
+            answers.append(await _grant(conn, client_id, session_id or "", report, defaults, address))
     return wire.GrantReply(grants=answers, refresh_seconds=REFRESH_SECONDS, valid_seconds=ACTIVE_SECONDS)
 
 
 async def _grant(
-    conn: Connection, client_id: UUID, session_id: str, report: wire.HostReport, defaults: Defaults
+    conn: Connection,
+    client_id: UUID,
+    session_id: str,
+    report: wire.HostReport,
+    defaults: Defaults,
+    address: str,
 ) -> wire.HostGrant:
     cap = report.politeness or v1.Politeness()
-    await conn.execute(SEEN, report.host, client_id, session_id, cap.requests_per_second, cap.max_connections)
+    polite = (cap.requests_per_second, cap.max_connections)
+    await conn.execute(SEEN, report.host, client_id, session_id, *polite, address)
     await conn.execute(ROW, report.host)
     row = await conn.fetchrow(LOCK, report.host)
     assert row is not None
     now: datetime = row["now"]
-    shares = await conn.fetchrow(SHARES, report.host, client_id, session_id, ACTIVE_SECONDS)
+    shares = await conn.fetchrow(SHARES, report.host, client_id, session_id, ACTIVE_SECONDS, address)
     assert shares is not None
     rate = budget(row["requests_per_second"], defaults.requests_per_second)
     effective, ceiling, adjusted = _adjusted(rate, row, now, report)
@@ -174,13 +193,14 @@ async def _grant(
     effective = _lowest(effective, shares["cap_rate"])  # the back-off runs on the host's own budget
     active = max(1, int(shares["active"]))
     connections = _lowest(budget(row["max_connections"], defaults.max_connections), shares["cap_connections"])
-    share = (
-        None if effective is None else max(0.0, min(effective / active, effective - shares["others_rate"]))
-    )
-    slots = None
-    if connections is not None:  # more clients than connections: one each (HOST_CONNECTIONS says so)
-        left = int(connections) - int(shares["others_connections"])
-        slots = max(0, min(int(connections) // active, left)) if active <= connections else 1
+    share = _share(effective, active, shares["others_rate"])
+    slots = _slots(connections, active, shares["others_connections"])
+    near = max(1, int(shares["near"]))
+    if defaults.address_rate > 0:
+        share = _lowest(share, _share(defaults.address_rate, near, shares["near_rate"]))
+    if defaults.address_connections > 0:
+        mine = _slots(defaults.address_connections, near, shares["near_connections"])
+        slots = mine if slots is None or mine is None else min(slots, mine)
     await conn.execute(GRANTED, report.host, client_id, session_id, share, slots)
     wait = (pause_until - now).total_seconds() if pause_until is not None else 0.0
     return wire.HostGrant(
@@ -190,6 +210,20 @@ async def _grant(
         paused=paused,
         wait_seconds=max(0.0, wait),
     )
+
+
+def _share(total: float | None, clients: int, others: float) -> float | None:
+    """An equal share of `total`, but no more than the others' grants leave."""
+    return None if total is None else max(0.0, min(total / clients, total - others))
+
+
+def _slots(total: float | None, clients: int, others: int) -> int | None:
+    """The same for connections; with more clients than connections, one each."""
+    if total is None:
+        return None
+    if clients > total:
+        return 1
+    return max(0, min(int(total) // clients, int(total) - int(others)))
 
 
 def _lowest(value: float | None, cap: float | None) -> float | None:
@@ -275,7 +309,7 @@ async def list_hosts(pool: Pool, defaults: Defaults) -> wire.HostList:
                     blocked=row["blocked_60"],
                 ),
                 # the five minutes counted: four whole ones and the current one so far
-                observed_rate=(row["ok"] + row["throttled"] + row["errors"] + row["blocked"])
+                observed_rate=float(row["ok"] + row["throttled"] + row["errors"] + row["blocked"])
                 / (240.0 + max(1.0, float(row["into_minute"]))),
             )
         )
