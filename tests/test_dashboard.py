@@ -136,6 +136,51 @@ def test_dashboard_in_a_real_browser(browser, cluster: Cluster, tmp_path: Path) 
             lambda: cluster.get(f"/api/v1/jobs/{second}")["counts"]["cancelled"] == 10,
         )
 
+        # Pause a job and resume it through the page; its row says why it is paused.
+        third = cluster.post(
+            "/api/v1/jobs",
+            {
+                "source": "id_range",
+                "chunk_size": 10,
+                "params": {"url_template": origin.url + "/doc/{id}.bin", "start_id": 95_000, "count": 30},
+            },
+        )["job_id"]
+        page.wait_for_selector(f"tr[data-job='{third}'] button[data-action='pause-job']")
+        click_until(
+            page,
+            f"tr[data-job='{third}'] button[data-action='pause-job']",
+            lambda: cluster.get(f"/api/v1/jobs/{third}")["paused"],
+        )
+        page.wait_for_selector(f"tr[data-job='{third}'] .paused")
+        assert "paused by an operator" in page.inner_text(f"tr[data-job='{third}'] .paused")
+        click_until(
+            page,
+            f"tr[data-job='{third}'] button[data-action='resume-job']",
+            lambda: not cluster.get(f"/api/v1/jobs/{third}")["paused"],
+        )
+
+        # The origin the runner fetched from is in the hosts panel; pause and resume it there.
+        host = origin.url.removeprefix("http://")
+        page.wait_for_selector(f"#hosts tr[data-host='{host}']")
+        click_until(
+            page,
+            f"#hosts tr[data-host='{host}'] button[data-action='pause-host']",
+            lambda: cluster.get("/api/v1/hosts")["hosts"][0]["paused"],
+        )
+        click_until(
+            page,
+            f"#hosts tr[data-host='{host}'] button[data-action='resume-host']",
+            lambda: not cluster.get("/api/v1/hosts")["hosts"][0]["paused"],
+        )
+
+        # A job's view: its state and its failed documents by reason.
+        page.goto(f"{cluster.url}/ui?job={job_id}")
+        page.wait_for_selector("#job-failures")
+        assert page.inner_text("#job-state") == "running"
+        assert "no failed documents" in page.inner_text("#job-failures")
+        page.goto(cluster.url + "/ui")
+        page.wait_for_selector("#count-pending")
+
         # Revoke a client's key through the page: the key stops, its row says so.
         worker_id = next(
             c["client_id"] for c in cluster.get("/api/v1/clients")["clients"] if c["client_name"] == "worker"

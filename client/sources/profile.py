@@ -1,0 +1,207 @@
+"""A stored source profile, run: one search of a registry as `protocol.sources` describes it.
+
+The gate sends the profile with the lease (`LeasedTask.profile`). Each task gets its own
+browsing session (`Fetcher.browser`: its own cookies, the fleet's connections, budgets, SSRF
+guard and retries), opens the start page, reads the search form's hidden fields, sends the
+search in the registry's charset, and pages through the results: links by CSS selector
+(selectolax), doc_ids by the profile's pattern, detail pages followed when the profile says so.
+`start_page` and `max_documents` keep the seed's meaning: results before `start_page` are paged
+past, and at most `max_documents` are given.
+
+Why a listing stopped is kept in `stopped` (the dry run, `docgate sources try`, prints it).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode, urljoin
+
+from pydantic import ValidationError
+from selectolax.lexbor import LexborHTMLParser
+
+from client import bodies
+from client.download import Browser, DocumentFailed, Page
+from client.sources import DocRef, SourceContext, SourceError
+from client.sources.search import expected_more
+from common.selectors import broken_selectors
+from protocol import v1
+from protocol.sources import SourceProfile
+
+
+def hidden_fields(page: Page, selector: str) -> list[tuple[str, str]]:
+    tree = LexborHTMLParser(page.text)
+    pairs = []
+    for node in tree.css(selector):
+        name = node.attributes.get("name")
+        if name:
+            pairs.append((name, node.attributes.get("value") or ""))
+    return pairs
+
+
+def search_fields(
+    profile: SourceProfile, search_params: dict[str, Any], hidden: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """The search's form: hidden fields, the profile's fixed fields, then the task's
+    search_params on their fields; a list is one pair per value (a multi-valued field)."""
+    pairs = list(hidden)
+    named = {k for k, _ in pairs}
+    values: dict[str, Any] = dict(profile.search.fields)
+    for key, value in search_params.items():
+        values[profile.search.params_map.get(key, key)] = value
+    for name, value in values.items():
+        if name in named:
+            pairs = [(k, v) for k, v in pairs if k != name]
+        items = value if isinstance(value, list) else [value]
+        pairs.extend((name, _text(v)) for v in items)
+    return pairs
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+@dataclass
+class Listing:
+    """One search's state while it pages."""
+
+    profile: SourceProfile
+    task: v1.LeasedTask
+    pattern: re.Pattern[str]
+    counts: list[int] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+    given: int = 0
+
+
+class ProfileSource:
+    def __init__(self, context: SourceContext) -> None:
+        self.context = context
+        self.stopped = ""
+        self.trace: list[str] = []
+
+    async def documents(self, task: v1.LeasedTask) -> AsyncIterator[DocRef]:
+        profile = self._profile(task)
+        listing = Listing(profile, task, re.compile(profile.results.id_pattern))
+        asked = bodies.asked(task.params | profile.rules())
+        async with self.context.fetcher.browser(asked, profile.charset, self.trace) as browser:
+            hidden: list[tuple[str, str]] = []
+            if profile.start is not None:
+                start = await browser.open("GET", self._url(profile, profile.start.url))
+                hidden = hidden_fields(start, profile.start.hidden_fields)
+            fields = search_fields(profile, task.search_params, hidden)
+            page = await browser.open(profile.search.method, self._url(profile, profile.search.url), fields)
+            number = 1
+            while True:
+                self._blocked(browser, page, task.params | profile.rules(), number)
+                fresh = [ref for ref in self._links(listing, page) if ref.doc_id not in listing.seen]
+                if not fresh:
+                    again = f"page {number} has no documents after full pages" in (task.last_error or "")
+                    rules = {"page_size": profile.results.page_size} | task.params
+                    if expected_more(listing.counts, rules) and not again:
+                        browser.blocked(page.url)
+                        raise DocumentFailed(
+                            f"a block page, not the listing's end: page {number} has no documents "
+                            f"after full pages ({listing.counts[-1]} links)",
+                            permanent=False,
+                            blocked=True,
+                        )
+                    self.stopped = f"page {number} has no new documents: the end of the results"
+                    return
+                listing.counts.append(len(fresh))
+                for ref in fresh:
+                    listing.seen.add(ref.doc_id)
+                    if number < task.start_page:
+                        continue  # the seed's start_page: earlier pages are paged past
+                    yield await self._document(browser, profile, ref)
+                    listing.given += 1
+                    if listing.given >= task.max_documents:
+                        self.stopped = f"max_documents ({task.max_documents}) reached"
+                        return
+                if number >= profile.max_pages:
+                    self.stopped = f"max_pages ({profile.max_pages}) reached"
+                    return
+                if profile.next_page is None:
+                    self.stopped = "the profile has no next_page: one page read"
+                    return
+                number += 1
+                page = await self._next(browser, profile, page, number, task)
+
+    def _profile(self, task: v1.LeasedTask) -> SourceProfile:
+        if task.profile is None:
+            raise SourceError(f"source {task.source!r}: the gate sent no profile with the task")
+        try:
+            profile = SourceProfile.model_validate(task.profile)
+        except ValidationError as exc:
+            raise SourceError(
+                f"source {task.source!r}: the profile does not hold: {exc.errors()[:1]}"
+            ) from None
+        broken = broken_selectors(profile)
+        if broken:
+            raise SourceError(f"source {task.source!r}: {broken[0][0]}: {broken[0][1]}")
+        return profile
+
+    @staticmethod
+    def _url(profile: SourceProfile, url: str) -> str:
+        return urljoin(profile.base_url, url)
+
+    def _blocked(self, browser: Browser, page: Page, params: dict[str, Any], number: int) -> None:
+        head = page.text[:4096].encode()[: bodies.HEAD].lower()
+        for pattern in bodies.texts(params, "block_patterns"):
+            if pattern in head:
+                browser.blocked(page.url)
+                raise DocumentFailed(
+                    f"a block page, not the listing: page {number} holds {pattern.decode()!r}",
+                    permanent=False,
+                    blocked=True,
+                )
+
+    def _links(self, listing: Listing, page: Page) -> list[DocRef]:
+        results = listing.profile.results
+        refs: list[DocRef] = []
+        ids: set[str] = set()
+        for node in LexborHTMLParser(page.text).css(results.links):
+            href = node.attributes.get(results.attribute)
+            if not href:
+                continue
+            url = urljoin(page.url, href.strip())  # against where the page really came from
+            found = listing.pattern.search(url)
+            if found is None or not found.group("id") or found.group("id") in ids:
+                continue
+            ids.add(found.group("id"))
+            refs.append(DocRef(found.group("id"), url, results.ext))
+        return refs
+
+    async def _document(self, browser: Browser, profile: SourceProfile, ref: DocRef) -> DocRef:
+        detail = profile.detail
+        if detail is None:
+            return ref
+        if detail.document is None:
+            return DocRef(ref.doc_id, ref.url, detail.ext)
+        page = await browser.open("GET", ref.url)
+        for node in LexborHTMLParser(page.text).css(detail.document):
+            href = node.attributes.get(detail.attribute)
+            if href:
+                return DocRef(ref.doc_id, urljoin(page.url, href.strip()), detail.ext)
+        raise DocumentFailed(f"detail page {ref.url} has no {detail.document!r}", permanent=False)
+
+    async def _next(
+        self, browser: Browser, profile: SourceProfile, page: Page, number: int, task: v1.LeasedTask
+    ) -> Page:
+        step = profile.next_page
+        assert step is not None
+        if step.url is not None:
+            return await browser.open("GET", self._url(profile, step.url.replace("{page}", str(number))))
+        assert step.field is not None
+        selector = profile.start.hidden_fields if profile.start is not None else "form input[type=hidden]"
+        fresh = [(k, v) for k, v in hidden_fields(page, selector) if k != step.field]
+        fields = search_fields(profile, task.search_params, fresh) + [(step.field, str(number))]
+        return await browser.open(profile.search.method, self._url(profile, profile.search.url), fields)
+
+
+def encoded(fields: list[tuple[str, str]], charset: str) -> bytes:
+    """A form body as a browser sends it from a page in `charset`."""
+    return urlencode(fields, encoding=charset, errors="xmlcharrefreplace").encode("ascii")

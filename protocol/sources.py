@@ -1,0 +1,189 @@
+"""Source profiles on the wire: a registry's search described as data, stored on the gate by name
+(`PUT /api/v1/sources/{name}`), named by tasks and jobs in `source`, and sent with each lease so
+clients need no per-registry flags or code.
+
+A profile says how to run one search of a registry, the way an operator would in a browser:
+
+1. open `start` (cookies are kept for the whole search: registries bind paging to the session)
+   and read the hidden fields of its search form (CSRF or view-state tokens);
+2. send `search`: GET or POST, form-encoded in the registry's `charset`, the task's
+   `search_params` mapped onto the form's fields (a list is a multi-valued field: one pair per
+   value), plus the profile's fixed fields and the hidden ones;
+3. read each results page: document links by CSS selector, the doc_id from each link by a
+   regular expression with a group named `id`;
+4. go to the next page: a URL with `{page}` (inside the same session), or the search form sent
+   again with the page number in a field and the page's fresh hidden fields;
+5. optionally open each result's detail page and take the document link from it (an RTF
+   original), or keep the detail page itself as the document.
+
+Structure, patterns and URLs are checked here; the gate also compiles every CSS selector
+before it stores a profile (`server.sources`), so a broken profile is a 422 naming its field,
+never a failure on every attempt.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, Field, StringConstraints, model_validator
+
+from protocol.v1 import EXT_PATTERN, MAX_URL, Politeness, Reply, Request
+
+NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
+BUILT_IN = frozenset({"search", "id_range", "urls"})
+MAX_FIELDS = 100
+MAX_VALUES = 200
+MAX_SELECTOR = 500
+
+
+def _http(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    if value.startswith("/") and not value.startswith("//"):
+        return value  # relative to base_url
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError("must be an http:// or https:// URL, or a path starting with /")
+    return value
+
+
+def _id_pattern(value: str) -> str:
+    try:
+        compiled = re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"is not a regular expression: {exc}") from None
+    if "id" not in compiled.groupindex:
+        raise ValueError("needs a group named id, e.g. /Review/(?P<id>\\d+)")
+    return value
+
+
+def _charset(value: str) -> str:
+    try:
+        codecs.lookup(value)
+    except LookupError:
+        raise ValueError(f"{value!r} is not a known charset (utf-8, windows-1251, …)") from None
+    return value
+
+
+Url = Annotated[str, StringConstraints(min_length=1, max_length=MAX_URL), AfterValidator(_http)]
+Selector = Annotated[str, StringConstraints(min_length=1, max_length=MAX_SELECTOR)]
+FieldName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")]
+FieldValue = Annotated[str, StringConstraints(max_length=2_000, pattern=r"^[^\x00]*$")]
+Values = FieldValue | Annotated[list[FieldValue], Field(max_length=MAX_VALUES)]
+IdPattern = Annotated[str, StringConstraints(min_length=1, max_length=1_000), AfterValidator(_id_pattern)]
+Charset = Annotated[str, StringConstraints(min_length=1, max_length=40), AfterValidator(_charset)]
+
+
+class StartPage(Request):
+    """The page a search starts from: opened first, for the session's cookies and the hidden
+    fields of its search form."""
+
+    url: Url
+    hidden_fields: Selector = Field(
+        default="form input[type=hidden]",
+        description="the inputs whose name and value are sent back with the search",
+    )
+
+
+class Search(Request):
+    url: Url
+    method: Literal["GET", "POST"] = "POST"
+    fields: Annotated[dict[FieldName, Values], Field(max_length=MAX_FIELDS)] = Field(
+        default_factory=dict,
+        description="sent with every search: the form's required fields (a page size, a sort order)",
+    )
+    params_map: Annotated[dict[FieldName, FieldName], Field(max_length=MAX_FIELDS)] = Field(
+        default_factory=dict,
+        description="a search_params key → the form field it fills (a key not named here fills the "
+        "field of its own name)",
+    )
+
+
+class Results(Request):
+    links: Selector = Field(description="the document links on a results page (their href)")
+    attribute: Annotated[str, StringConstraints(min_length=1, max_length=100)] = "href"
+    id_pattern: IdPattern = Field(description="applied to each link: the group `id` is the doc_id")
+    page_size: Annotated[int, Field(ge=1, le=10_000)] | None = Field(
+        default=None, description="links on a full page: an empty page after a full one is a block"
+    )
+    ext: Annotated[str, StringConstraints(pattern=EXT_PATTERN)] = ".html"
+
+
+class NextPage(Request):
+    """How to get page n+1: a URL with {page}, or the search form sent again with the page
+    number in `field` (and the results page's own hidden fields, when it has them)."""
+
+    url: Url | None = None
+    field: FieldName | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> NextPage:
+        if (self.url is None) == (self.field is None):
+            raise ValueError("give either url (with {page}) or field")
+        if self.url is not None and "{page}" not in self.url:
+            raise ValueError("url must contain {page}")
+        return self
+
+
+class Detail(Request):
+    """Each result link is a detail page; the document is the link `document` selects on it (an
+    RTF original), or, without `document`, the detail page itself (its embedded text)."""
+
+    document: Selector | None = None
+    attribute: Annotated[str, StringConstraints(min_length=1, max_length=100)] = "href"
+    ext: Annotated[str, StringConstraints(pattern=EXT_PATTERN)] = ".html"
+
+
+class SourceProfile(Request):
+    """A registry's search as data (see the module's description)."""
+
+    description: Annotated[str, StringConstraints(max_length=2_000)] = ""
+    base_url: Annotated[str, StringConstraints(min_length=1, max_length=MAX_URL), AfterValidator(_http)]
+    charset: Charset = "utf-8"
+    start: StartPage | None = None
+    search: Search
+    results: Results
+    next_page: NextPage | None = None
+    detail: Detail | None = None
+    max_pages: Annotated[int, Field(ge=1, le=100_000)] = 1_000
+    # What every task of the profile carries (protocol.v1.TaskParams): content rules, politeness.
+    expect_content_type: Annotated[list[str], Field(min_length=1, max_length=20)] | None = None
+    min_size: Annotated[int, Field(ge=0)] | None = None
+    max_size: Annotated[int, Field(ge=1)] | None = None
+    block_patterns: (
+        Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=200)]], Field(max_length=20)]
+        | None
+    ) = None
+    require_patterns: (
+        Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=200)]], Field(max_length=20)]
+        | None
+    ) = None
+    block_statuses: Annotated[list[Annotated[int, Field(ge=100, le=599)]], Field(max_length=20)] | None = None
+    politeness: Politeness | None = None
+
+    @model_validator(mode="after")
+    def _absolute_base(self) -> SourceProfile:
+        if not re.match(r"^https?://[^/\s]+", self.base_url):
+            raise ValueError("base_url must be an http:// or https:// URL")
+        return self
+
+    def rules(self) -> dict[str, Any]:
+        """The content rules and politeness, as task params carry them."""
+        names = ("expect_content_type", "min_size", "max_size", "block_patterns", "require_patterns",
+                 "block_statuses", "politeness")  # fmt: skip
+        return {k: v for k in names if (v := self.model_dump(mode="json")[k]) is not None}
+
+
+SourceName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+
+
+class StoredSource(Reply):
+    name: str
+    profile: dict[str, Any]
+    updated_at: datetime | None = None
+
+
+class SourceList(Reply):
+    sources: list[StoredSource]

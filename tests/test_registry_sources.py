@@ -1,0 +1,200 @@
+"""Real registries as sources, without code: a stored profile runs the seed's search against
+`docgate origin --registry`, which behaves as the seed's registry does (its docstring cites the
+captured pages): form POST with multi-valued fields and a required page size, session-bound
+paging, hidden tokens (rotating too), detail pages with RTF originals, a hidden captcha element
+on every page, windows-1251."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from cluster import Cluster, Origin
+from docgate.registry import RegistryConfig, expected, rtf_for
+from processes import CLEAN_ENV, REPO, docgate
+
+pytestmark = pytest.mark.timeout(300)
+EXAMPLE = json.loads((REPO / "examples" / "reyestr.json").read_text(encoding="utf-8"))
+
+
+def profile_for(registry: Origin, **changes: Any) -> dict[str, Any]:
+    profile = json.loads(json.dumps(EXAMPLE)) | {"base_url": registry.url}
+    profile.pop("politeness")
+    for dotted, value in changes.items():
+        target = profile
+        *path, last = dotted.split("__")
+        for part in path:
+            target = target.setdefault(part, {})
+        if value is None:
+            target.pop(last, None)
+        else:
+            target[last] = value
+    return profile
+
+
+def put(cluster: Cluster, name: str, profile: dict[str, Any]) -> httpx.Response:
+    return httpx.put(f"{cluster.url}/api/v1/sources/{name}", headers=cluster.admin, json=profile, timeout=30)
+
+
+def seed_task(search_params: dict[str, Any], max_documents: int = 1000) -> dict[str, Any]:
+    """The seed's task shape, as its operator created it with curl, naming the stored profile."""
+    return {
+        "source": "reyestr",
+        "search_params": search_params,
+        "start_page": 1,
+        "max_documents": max_documents,
+    }
+
+
+@pytest.mark.parametrize(
+    ("options", "changes", "searches"),
+    [
+        # The seed's search: two regions' decisions of first instance, pages of 25.
+        ((), {}, [{"CourtRegion": "11", "INSType": "1"}, {"CourtRegion": "14", "INSType": "1"}]),
+        # Another page size, and a multi-valued field: several regions in one search.
+        ((), {"search__fields__PagingInfo.ItemsPerPage": "10", "results__page_size": 10},
+         [{"CourtRegion": ["2", "3", "4"], "INSType": ["1", "2"]}, {"CourtRegion": ["5", "6"]}]),
+        # windows-1251 pages and forms: the search text must go in the registry's charset.
+        (("--charset", "windows-1251"), {"charset": "windows-1251"},
+         [{"SearchExpression": "Львівський", "CourtRegion": "11"},
+          {"SearchExpression": "Одеський", "CourtRegion": "14"}]),
+        # A rotating hidden token, and paging by re-posting the form with the page number.
+        (("--form-token", "rotating", "--paging", "form"), {"next_page": {"field": "page"}},
+         [{"CourtRegion": "11"}, {"CourtRegion": "12", "INSType": "3"}]),
+    ],
+    ids=["seed", "page-size-and-multi-valued", "windows-1251", "rotating-token-form-paging"],
+)  # fmt: skip
+def test_the_seeds_search_through_a_stored_profile(
+    tmp_path: Path,
+    db_dsn: str,
+    options: tuple[str, ...],
+    changes: dict[str, Any],
+    searches: list[dict[str, Any]],
+) -> None:
+    """Each search, created as the seed's curl did, runs on one of two clients; every decision
+    the registry finds is stored whole (the RTF original behind its detail page), recorded with
+    the task that found it, and no other."""
+    registry = Origin(tmp_path, "--registry", "--decisions", "3000", *options)
+    cluster = Cluster(tmp_path, db_dsn)
+    try:
+        assert put(cluster, "reyestr", profile_for(registry, **changes)).status_code == 201
+        tasks = [cluster.post("/api/v1/tasks/create", seed_task(s))["task_id"] for s in searches]
+        for i in range(2):
+            cluster.client(f"c{i}", "--exit-when-idle", "--concurrency", "4")
+        assert cluster.wait_clients(200) == [0, 0]
+        config = RegistryConfig(documents=3000)
+        for task_id, search in zip(tasks, searches, strict=True):
+            task = cluster.get(f"/api/v1/tasks/{task_id}")
+            assert task["status"] == "completed", task
+            want = expected(
+                config,
+                frozenset(int(r) for r in _list(search.get("CourtRegion"))),
+                frozenset(int(t) for t in _list(search.get("INSType"))),
+                str(search.get("SearchExpression", "")),
+            )
+            assert len(want) > 25  # more than one page
+            rows = cluster.sql(
+                "SELECT doc_id, sha256, size FROM documents WHERE task_id = $1", _uuid(task_id)
+            )
+            assert sorted(int(r["doc_id"]) for r in rows) == sorted(want)
+            for r in rows:  # stored under <id // 50000>/<id>.rtf: the RTF original, whole
+                body = (cluster.store / str(int(r["doc_id"]) // 50_000) / f"{r['doc_id']}.rtf").read_bytes()
+                assert body == rtf_for(int(r["doc_id"])) and r["size"] == len(body), r["doc_id"]
+        stats = registry.stats()
+        assert stats.get("page_without_session", 0) == 0 and stats.get("bad_token", 0) == 0
+    finally:
+        cluster.stop()
+        registry.stop()
+
+
+def _list(value: Any) -> list[Any]:
+    return [] if value is None else value if isinstance(value, list) else [value]
+
+
+def _uuid(text: str) -> Any:
+    import uuid
+
+    return uuid.UUID(text)
+
+
+def test_paging_outside_the_session_finds_nothing(tmp_path: Path) -> None:
+    """The simulator's session-bound paging, checked against itself: a /Page/2 without the
+    search's cookie is the empty form (status 200), with it the second page of results."""
+    registry = Origin(tmp_path, "--registry", "--decisions", "200", "--form-token", "none")
+    try:
+        with httpx.Client(base_url=registry.url, timeout=10) as browser:
+            browser.get("/")
+            first = browser.post("/", data={"PagingInfo.ItemsPerPage": "10", "INSType[]": ["1", "2"]})
+            assert first.text.count('class="doc_text2"') == 10
+            assert browser.get("/Page/2").text.count('class="doc_text2"') == 10
+            missing = browser.post("/", data={"INSType[]": "1"})
+            assert "ItemsPerPage field is required" in missing.text and missing.status_code == 200
+        stranger = httpx.get(registry.url + "/Page/2", timeout=10)
+        assert stranger.status_code == 200 and 'class="doc_text2"' not in stranger.text
+        assert 'id="modalcaptcha" style="display: none;"' in stranger.text  # on every normal page
+    finally:
+        registry.stop()
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"results__links": "a.doc_text2["}, "results.links"),
+        ({"detail__document": "a#btnRtf >> b"}, "detail.document"),
+        ({"results__id_pattern": "/Review/(\\d+)$"}, "results.id_pattern"),
+        ({"results__id_pattern": "/Review/(?P<id>\\d+"}, "results.id_pattern"),
+        ({"search__url": "file:///etc/passwd"}, "search.url"),
+        ({"base_url": "file:///srv"}, "base_url"),
+        ({"charset": "klingon-8"}, "charset"),
+        ({"next_page": {"url": "/Page/2"}}, "next_page"),
+        ({"results__colour": "blue"}, "results.colour"),
+    ],
+)
+def test_a_broken_profile_is_refused_when_stored(
+    tmp_path: Path, db_dsn: str, changes: dict[str, Any], field: str
+) -> None:
+    registry = Origin(tmp_path, "--registry")
+    cluster = Cluster(tmp_path, db_dsn)
+    try:
+        r = put(cluster, "broken", profile_for(registry, **changes))
+        assert r.status_code == 422, r.text
+        assert r.json()["code"] == "invalid_field" and field in r.json()["detail"], r.json()
+        missing = httpx.get(f"{cluster.url}/api/v1/sources/broken", headers=cluster.admin, timeout=10)
+        assert (missing.status_code, missing.json()["code"]) == (404, "source_not_found")
+        assert put(cluster, "search", profile_for(registry)).status_code == 422  # a built-in's name
+    finally:
+        cluster.stop()
+        registry.stop()
+
+
+def test_the_dry_run_prints_requests_documents_and_why_it_stopped(tmp_path: Path) -> None:
+    registry = Origin(tmp_path, "--registry", "--decisions", "3000")
+    profile = tmp_path / "reyestr.json"
+    profile.write_text(json.dumps(profile_for(registry)), encoding="utf-8")
+    try:
+        run = subprocess.run(
+            docgate("sources", "try", str(profile), "--file", "--search-params", '{"CourtRegion": "11"}',
+                    "--pages", "2", "--allow-network", "127.0.0.0/8"),
+            cwd=REPO, env=CLEAN_ENV, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        out = run.stdout
+        assert "POST " + registry.url + "/" in out and "/Page/2" in out
+        assert "documents (" in out and "stopped: max_pages (2) reached" in out
+        found = [
+            line.split()[0] for line in out.split("documents (")[1].splitlines()[1:] if line.startswith("  ")
+        ]
+        want = expected(RegistryConfig(documents=3000), frozenset({11}))
+        assert found == [str(i) for i in want[:50]]
+        bad = subprocess.run(
+            docgate("sources", "try", str(profile), "--file", "--search-params", "[1]"),
+            cwd=REPO, env=CLEAN_ENV, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert bad.returncode != 0 and "--search-params" in bad.stderr and "Traceback" not in bad.stderr
+    finally:
+        registry.stop()
