@@ -15,8 +15,10 @@ import random
 import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import aiohttp
 from yarl import URL
@@ -58,6 +60,7 @@ class Body:
     chunks: AsyncIterator[bytes]
     content_type: str | None
     length: int | None
+    url: str = ""  # where it came from, after redirects
 
 
 class Fetcher:
@@ -89,14 +92,24 @@ class Fetcher:
             resolver=GuardedResolver(self.policy),
             ttl_dns_cache=60,
         )
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=30)
-        return aiohttp.ClientSession(
-            connector=connector,
-            timeout=timeout,
-            read_bufsize=READ_BUFFER,
-            headers={"User-Agent": "docgate/0.1 (+archival downloader)", "Accept-Encoding": "gzip, deflate"},
-            auto_decompress=False,  # decoded by `inflated`, which notices a stream cut short
+        return aiohttp.ClientSession(connector=connector, **_options())
+
+    @asynccontextmanager
+    async def browser(
+        self, asked: Asked, charset: str, trace: list[str] | None = None
+    ) -> AsyncIterator[Browser]:
+        """A browsing session of its own (its own cookies) over the fleet's connections, budgets
+        and guard: a search that a registry binds to its session."""
+        session = aiohttp.ClientSession(
+            connector=self.session.connector,
+            connector_owner=False,
+            cookie_jar=aiohttp.CookieJar(unsafe=True),  # unsafe: cookies of hosts given by address too
+            **_options(),
         )
+        try:
+            yield Browser(self, session, asked, charset, trace if trace is not None else [])
+        finally:
+            await session.close()
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -109,15 +122,26 @@ class Fetcher:
         if self._session is not None:
             await self._session.close()
 
-    async def fetch(self, url: str, sink: Callable[[Body], Awaitable[T]], asked: Asked = Asked()) -> T:
-        """Fetch url (retrying) and hand its body to sink; sink's result is returned."""
+    async def fetch(
+        self,
+        url: str,
+        sink: Callable[[Body], Awaitable[T]],
+        asked: Asked = Asked(),
+        *,
+        method: str = "GET",
+        form: bytes | None = None,
+        session: aiohttp.ClientSession | None = None,
+    ) -> T:
+        """Fetch url (retrying) and hand its body to sink; sink's result is returned. `form`: a
+        form-encoded body to POST (a 301/302/303 turns it into a GET, as browsers do)."""
+        request = _Request(method, form, session or self.session)
         for attempt in range(self.retries + 1):
             # A paused host (the gate's, or a Retry-After) is waited out before the attempt's clock.
             with contextlib.suppress(ValueError):
                 await self.limiter.until_open(host_key(_parsed(url)))
             try:
                 async with asyncio.timeout(self.timeout):
-                    return await self._attempt(url, sink, asked)
+                    return await self._attempt(url, sink, asked, request)
             except _Retry as retry:
                 if attempt == self.retries:
                     raise DocumentFailed(f"{retry.reason} (after {attempt + 1} attempts)", False) from None
@@ -131,7 +155,9 @@ class Fetcher:
                 await asyncio.sleep(_backoff(attempt))
         raise AssertionError("unreachable")
 
-    async def _attempt(self, url: str, sink: Callable[[Body], Awaitable[T]], asked: Asked) -> T:
+    async def _attempt(
+        self, url: str, sink: Callable[[Body], Awaitable[T]], asked: Asked, request: _Request
+    ) -> T:
         target = _parsed(url)
         for _ in range(MAX_REDIRECTS + 1):
             # The URL object judged is the one requested: no second parse to disagree with the guard.
@@ -142,10 +168,11 @@ class Fetcher:
             host = host_key(target)
             async with self.limiter.slot(host, asked.cap):
                 try:
-                    async with self.session.get(target, allow_redirects=False) as reply:
+                    async with request.send(target) as reply:
                         self._record(host, reply)
                         if reply.status in REDIRECTS and "Location" in reply.headers:
                             target = target.join(_parsed(reply.headers["Location"]))
+                            request = request.redirected(reply.status)
                             continue
                         return await self._deliver(host, reply, sink, asked)
                 except Refused as exc:
@@ -210,21 +237,120 @@ class Fetcher:
                 f"unsupported Content-Encoding {encoding[:40]!r} (we ask for gzip or deflate)", True
             )
         length = reply.content_length if encoding in ("", "identity") else None
-        return Body(chunks, reply.headers.get("Content-Type"), length)
+        return Body(chunks, reply.headers.get("Content-Type"), length, str(reply.url))
 
     async def text(self, url: str, asked: Asked = Asked()) -> tuple[str, str]:
-        """A listing page as text, and the URL it came from after redirects."""
-        final = url
+        """A listing page as text, and the URL it came from after redirects (relative links
+        are resolved against that)."""
+        page = await self.page(url, asked, "utf-8")
+        return page.text, page.url
 
-        async def read(body: Body) -> str:
+    async def page(
+        self,
+        url: str,
+        asked: Asked,
+        charset: str,
+        *,
+        method: str = "GET",
+        form: bytes | None = None,
+        session: aiohttp.ClientSession | None = None,
+    ) -> Page:
+        """A page, read whole (at most --max-document-size) and decoded in the charset its
+        Content-Type names, else `charset`."""
+
+        async def read(body: Body) -> Page:
             data = bytearray()
             async for chunk in body.chunks:
                 data += chunk
                 if len(data) > self.max_size:
-                    raise DocumentFailed("listing page over --max-document-size", True)
-            return data.decode("utf-8", errors="replace")
+                    raise DocumentFailed("page over --max-document-size", True)
+            declared = _charset(body.content_type) or charset
+            try:
+                text = data.decode(declared, errors="replace")
+            except LookupError:
+                text = data.decode(charset, errors="replace")
+            return Page(body.url or url, text, body.content_type, len(data))
 
-        return await self.fetch(final, read, asked), final
+        return await self.fetch(url, read, asked, method=method, form=form, session=session)
+
+
+@dataclass(frozen=True)
+class _Request:
+    method: str
+    form: bytes | None
+    session: aiohttp.ClientSession
+
+    def send(self, target: URL) -> Any:
+        headers = {"Content-Type": "application/x-www-form-urlencoded"} if self.form is not None else None
+        return self.session.request(
+            self.method, target, data=self.form, headers=headers, allow_redirects=False
+        )
+
+    def redirected(self, status: int) -> _Request:
+        """After a redirect: a 301/302/303 turns a POST into a GET without the form, as browsers do."""
+        if status in (301, 302, 303) and self.method != "GET":
+            return _Request("GET", None, self.session)
+        return self
+
+
+@dataclass(frozen=True)
+class Page:
+    url: str  # after redirects
+    text: str
+    content_type: str | None
+    size: int
+
+
+class Browser:
+    """One search's session: its cookies, its charset, the fetcher's budgets and guard; every
+    request it makes is written to `trace` (the dry run prints it)."""
+
+    def __init__(
+        self, fetcher: Fetcher, session: aiohttp.ClientSession, asked: Asked, charset: str, trace: list[str]
+    ) -> None:
+        self.fetcher = fetcher
+        self.session = session
+        self.asked = asked
+        self.charset = charset
+        self.trace = trace
+
+    async def open(self, method: str, url: str, fields: list[tuple[str, str]] | None = None) -> Page:
+        form = None
+        if fields is not None:
+            encoded = urlencode(fields, encoding=self.charset, errors="xmlcharrefreplace")
+            if method == "GET":
+                url = url + ("&" if "?" in url else "?") + encoded if encoded else url
+            else:
+                form = encoded.encode("ascii")
+        page = await self.fetcher.page(
+            url, self.asked, self.charset, method=method, form=form, session=self.session
+        )
+        sent = f" ({len(form)} bytes of form)" if form else ""
+        moved = f" -> {page.url}" if page.url != url else ""
+        self.trace.append(f"{method} {url}{sent}{moved}: {page.size} bytes")
+        return page
+
+    def blocked(self, url: str) -> None:
+        """Tell the host's budget this page was a block."""
+        with contextlib.suppress(ValueError):
+            self.fetcher.limiter.record(host_key(_parsed(url)), "blocked")
+
+
+def _options() -> dict[str, Any]:
+    return {
+        "timeout": aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=30),
+        "read_bufsize": READ_BUFFER,
+        "headers": {"User-Agent": "docgate/0.1 (+archival downloader)", "Accept-Encoding": "gzip, deflate"},
+        "auto_decompress": False,  # decoded by `inflated`, which notices a stream cut short
+    }
+
+
+def _charset(content_type: str | None) -> str | None:
+    for part in (content_type or "").split(";")[1:]:
+        name, _, value = part.strip().partition("=")
+        if name.strip().lower() == "charset" and value.strip():
+            return value.strip().strip('"')
+    return None
 
 
 class _Retry(Exception):

@@ -29,7 +29,8 @@ from client.download import Body, DocumentFailed, Fetcher
 from client.errors import ClientError, GateUnavailable, KeyRejected, LeaseLost, TaskGone
 from client.gate import GateAPI
 from client.progress import Stats
-from client.sources import DocRef, Source, SourceError
+from client.sources import DocRef, Source, SourceContext, SourceError
+from client.sources.profile import ProfileSource, profile_rules
 from protocol import v1
 from protocol.scope import TaskScope
 from storage import PutOptions, Storage, StorageError
@@ -244,7 +245,12 @@ class Worker:
     async def _attempt(self, run: TaskRun) -> None:
         task = run.task
         try:
-            source = self.sources.get(task.source)
+            source: Source | None
+            if task.profile is not None:  # a stored profile: its rules hold for its documents too
+                source = ProfileSource(SourceContext(self.fetcher))
+                run.task = task.model_copy(update={"params": profile_rules(task.profile) | task.params})
+            else:
+                source = self.sources.get(task.source)
             if source is None:
                 raise SourceError(f"this client has no source {task.source!r}")
             await self._fetch_all(run, source)

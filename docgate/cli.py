@@ -56,12 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     migrate = db.add_parser("migrate", help="apply pending migrations and exit")
     migrate.set_defaults(run=run_migrate)
 
-    from docgate import clients_cli, demo, hosts_cli, origin
+    from docgate import clients_cli, demo, hosts_cli, origin, sources_cli
     from docgate.storage_cli import add_commands
 
     add_commands(sub)
     clients_cli.add_commands(sub)
     hosts_cli.add_commands(sub)
+    sources_cli.add_commands(sub)
     origin.add_command(sub)
     demo.add_command(sub)
 
@@ -268,13 +269,18 @@ def banner(settings: Settings) -> str:
   docgate gate starting on {url}  ({store})
   API docs: {url}/docs    health: {url}/health    metrics: {url}/metrics
 
-  Next, with ADMIN set to the admin key:
-    curl -s {url}/health
-    curl -s -X POST {url}/api/v1/clients/register -H "X-API-Key: $ADMIN" \\
-         -H 'Content-Type: application/json' -d '{{"client_name": "client-1"}}'
+  Next, in another terminal in this folder, with ADMIN set to the admin key:
+    .venv/bin/docgate origin --registry --port 8090 &
+    curl -s -X PUT {url}/api/v1/sources/reyestr -H "X-API-Key: $ADMIN" \\
+         -H 'Content-Type: application/json' -d @examples/reyestr.json
     curl -s -X POST {url}/api/v1/tasks/create -H "X-API-Key: $ADMIN" \\
-         -H 'Content-Type: application/json' \\
-         -d '{{"search_params": {{"CourtRegion": "11"}}, "start_page": 1, "max_documents": 100}}'
+         -H 'Content-Type: application/json' -d '{{"source": "reyestr", "start_page": 1,
+           "search_params": {{"CourtRegion": "11", "INSType": "1"}}, "max_documents": 100}}'
+    KEY=$(curl -s -X POST {url}/api/v1/clients/register -H "X-API-Key: $ADMIN" \\
+         -H 'Content-Type: application/json' -d '{{"client_name": "client-1"}}' \\
+         | python3 -c 'import json, sys; print(json.load(sys.stdin)["api_key"])')
+    .venv/bin/docgate client --api-url {url} --api-key "$KEY" --output-dir data/documents \\
+         --allow-network 127.0.0.1/32:8090 --exit-when-idle
     curl -s {url}/api/v1/tasks/status -H "X-API-Key: $ADMIN"
 """
 

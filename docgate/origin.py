@@ -21,9 +21,12 @@ import signal
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+
+if TYPE_CHECKING:
+    from docgate.registry import Registry
 
 DOC = re.compile(r"^/doc/(?P<id>[A-Za-z0-9_-]+)(?P<ext>(\.[A-Za-z0-9]{1,16}){0,2})$")
 
@@ -164,10 +167,31 @@ def add_command(sub: Any) -> None:
     p.add_argument("--per-page", type=int, default=20)
     p.add_argument("--results", type=int, default=200, help="results of every search")
     p.add_argument("--seed", type=int, default=0)
+    r = p.add_argument_group("--registry: a court-decision registry as the seed's behaves (docgate.registry)")
+    r.add_argument("--registry", action="store_true", help="serve the registry instead")
+    r.add_argument("--decisions", type=int, default=3000, help="decisions in the registry")
+    r.add_argument("--charset", default="utf-8", help="pages and forms in this charset (windows-1251)")
+    r.add_argument("--form-token", choices=("none", "static", "rotating"), default="static")
+    r.add_argument("--paging", choices=("links", "form"), default="links")
+    r.add_argument("--max-rate", type=float, default=0.0, help="requests/s past which a captcha page comes")
     p.set_defaults(run=run_origin)
 
 
 def run_origin(args: argparse.Namespace) -> int:
+    if args.registry:
+        from docgate.registry import Registry, RegistryConfig
+
+        registry = Registry(
+            RegistryConfig(
+                documents=args.decisions,
+                charset=args.charset,
+                form_field=args.form_token,
+                paging=args.paging,
+                max_rate=args.max_rate,
+            )
+        )
+        asyncio.run(serve(registry, args.host, args.port))
+        return 0
     config = OriginConfig(
         size_min=args.size,
         size_max=args.size_max or args.size,
@@ -184,7 +208,7 @@ def run_origin(args: argparse.Namespace) -> int:
     return 0
 
 
-async def serve(origin: Origin, host: str, port: int) -> None:
+async def serve(origin: Origin | Registry, host: str, port: int) -> None:
     runner = web.AppRunner(origin.app(), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port, backlog=1024).start()

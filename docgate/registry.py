@@ -46,7 +46,7 @@ SESSION_COOKIE = "ASP.NET_SessionId"
 
 @dataclass(frozen=True)
 class RegistryConfig:
-    documents: int = 120
+    documents: int = 3000
     charset: str = "utf-8"
     form_field: str = "static"  # the hidden anti-forgery field: none | static | rotating
     paging: str = "links"  # links (/Page/<n>, session-bound) | form (POST with page=<n>)

@@ -34,6 +34,7 @@ class ErrorCode(StrEnum):
     JOB_NOT_FOUND = "job_not_found"
     CLIENT_NOT_FOUND = "client_not_found"
     DOCUMENT_NOT_FOUND = "document_not_found"
+    SOURCE_NOT_FOUND = "source_not_found"  # no source profile of that name
     OBJECT_MISSING = "object_missing"  # nothing in storage under that key
     ROUTE_NOT_FOUND = "route_not_found"
     # 405

@@ -23,6 +23,9 @@ TASK = "/tasks/{task_id}"
 JOB_PAUSE = "/jobs/{job_id}/pause"
 JOB_RESUME = "/jobs/{job_id}/resume"
 JOB_FAILURES = "/jobs/{job_id}/failures"
+# source profiles
+SOURCES = "/sources"
+SOURCE = "/sources/{name}"
 # clients
 CLIENT_REGISTER = "/clients/register"
 CLIENT_HEARTBEAT = "/clients/heartbeat"

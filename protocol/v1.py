@@ -283,6 +283,9 @@ class LeasedTask(TaskWork):
     last_error: str | None = Field(
         default=None, description="why the task's last attempt failed, if one did (a source may weigh it)"
     )
+    profile: dict[str, Any] | None = Field(
+        default=None, description="the stored source profile the task's source names (protocol.sources)"
+    )
 
 
 class LeaseBatch(Reply):

@@ -10,7 +10,8 @@ status and wire code (``protocol.errors.ErrorCode``).
     │   ├── NotYourTask         404 not_your_task
     │   ├── JobNotFound         404 job_not_found
     │   ├── ClientNotFound      404 client_not_found
-    │   └── DocumentNotFound    404 document_not_found
+    │   ├── DocumentNotFound    404 document_not_found
+    │   └── SourceNotFound      404 source_not_found
     ├── Conflict                409 invalid_state
     │   ├── LeaseLost           409 lease_lost
     │   ├── IdempotencyConflict 409 idempotency_conflict
@@ -21,7 +22,8 @@ status and wire code (``protocol.errors.ErrorCode``).
     │   ├── NotInTask           422 not_in_task
     │   ├── LeaseRequired       422 lease_required
     │   ├── UnsupportedEncoding 422 unsupported_encoding
-    │   └── JobTooLarge         422 job_too_large
+    │   ├── JobTooLarge         422 job_too_large
+    │   └── InvalidProfile      422 invalid_field (a selector that does not compile)
     └── BadRequest              400 invalid_body
         ├── InvalidCursor       400 invalid_cursor
         └── UploadInterrupted   400 upload_interrupted
@@ -96,12 +98,20 @@ class KeyInUse(Conflict):
     """api_key is already in use; omit it to get a generated one."""
 
 
+class SourceNotFound(NotFound):
+    """No source profile of that name."""
+
+
 class PayloadTooLarge(DocgateError):
     """Request body too large."""
 
 
 class Unprocessable(DocgateError):
     """The request is well-formed but its content is not acceptable."""
+
+
+class InvalidProfile(Unprocessable):
+    """The source profile would fail on every attempt."""
 
 
 class WrongStorageKey(Unprocessable):
@@ -149,6 +159,7 @@ ERRORS: dict[type[Exception], tuple[int, ErrorCode]] = {
     JobNotFound: (404, C.JOB_NOT_FOUND),
     ClientNotFound: (404, C.CLIENT_NOT_FOUND),
     DocumentNotFound: (404, C.DOCUMENT_NOT_FOUND),
+    SourceNotFound: (404, C.SOURCE_NOT_FOUND),
     Conflict: (409, C.INVALID_STATE),
     LeaseLost: (409, C.LEASE_LOST),
     KeyInUse: (409, C.KEY_IN_USE),

@@ -27,6 +27,8 @@ def next_steps(printed: str) -> list[str]:
             continue
         if commands and commands[-1].endswith("\\"):
             commands[-1] = commands[-1][:-1] + " " + text
+        elif commands and commands[-1].count("'") % 2:  # inside a quoted JSON body
+            commands[-1] += "\n" + text
         else:
             commands.append(text)
     return commands

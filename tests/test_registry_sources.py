@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from cluster import Cluster, Origin
+from conftest import Gate
 from docgate.registry import RegistryConfig, expected, rtf_for
 from processes import CLEAN_ENV, REPO, docgate
 
@@ -141,35 +142,43 @@ def test_paging_outside_the_session_finds_nothing(tmp_path: Path) -> None:
         registry.stop()
 
 
-@pytest.mark.parametrize(
-    ("changes", "field"),
-    [
-        ({"results__links": "a.doc_text2["}, "results.links"),
-        ({"detail__document": "a#btnRtf >> b"}, "detail.document"),
-        ({"results__id_pattern": "/Review/(\\d+)$"}, "results.id_pattern"),
-        ({"results__id_pattern": "/Review/(?P<id>\\d+"}, "results.id_pattern"),
-        ({"search__url": "file:///etc/passwd"}, "search.url"),
-        ({"base_url": "file:///srv"}, "base_url"),
-        ({"charset": "klingon-8"}, "charset"),
-        ({"next_page": {"url": "/Page/2"}}, "next_page"),
-        ({"results__colour": "blue"}, "results.colour"),
-    ],
-)
-def test_a_broken_profile_is_refused_when_stored(
-    tmp_path: Path, db_dsn: str, changes: dict[str, Any], field: str
-) -> None:
-    registry = Origin(tmp_path, "--registry")
-    cluster = Cluster(tmp_path, db_dsn)
-    try:
-        r = put(cluster, "broken", profile_for(registry, **changes))
-        assert r.status_code == 422, r.text
-        assert r.json()["code"] == "invalid_field" and field in r.json()["detail"], r.json()
-        missing = httpx.get(f"{cluster.url}/api/v1/sources/broken", headers=cluster.admin, timeout=10)
-        assert (missing.status_code, missing.json()["code"]) == (404, "source_not_found")
-        assert put(cluster, "search", profile_for(registry)).status_code == 422  # a built-in's name
-    finally:
-        cluster.stop()
-        registry.stop()
+BROKEN = [
+    ({"results__links": "a.doc_text2["}, "results.links"),
+    ({"detail__document": "a#btnRtf >> b"}, "detail.document"),
+    ({"results__id_pattern": "/Review/(\\d+)$"}, "results.id_pattern"),
+    ({"results__id_pattern": "/Review/(?P<id>\\d+"}, "results.id_pattern"),
+    ({"search__url": "file:///etc/passwd"}, "search.url"),
+    ({"base_url": "file:///srv"}, "base_url"),
+    ({"charset": "klingon-8"}, "charset"),
+    ({"next_page": {"url": "/Page/2"}}, "next_page"),
+    ({"results__colour": "blue"}, "results.colour"),
+]
+
+
+async def test_a_broken_profile_is_refused_when_stored(gate: Gate) -> None:
+    """Each broken profile is a 422 naming its field, and nothing is stored; a good one is 201,
+    then 200 when replaced; a built-in's name is refused; clients may not store profiles."""
+    fake = type("R", (), {"url": "http://registry.example"})()
+    for changes, field in BROKEN:
+        r = await gate.http.put(
+            "/api/v1/sources/broken", headers=gate.admin, json=profile_for(fake, **changes)
+        )
+        assert r.status_code == 422, (changes, r.text)
+        detail = r.json()["detail"]  # a message, or the field errors as FastAPI lists them
+        if isinstance(detail, list):
+            detail = " ".join(".".join(str(p) for p in e["loc"][1:]) + ": " + e["msg"] for e in detail)
+        assert r.json()["code"] == "invalid_field" and field in detail, (changes, r.json())
+    missing = await gate.http.get("/api/v1/sources/broken", headers=gate.admin)
+    assert (missing.status_code, missing.json()["code"]) == (404, "source_not_found")
+    good = profile_for(fake)
+    assert (await gate.http.put("/api/v1/sources/search", headers=gate.admin, json=good)).status_code == 422
+    assert (await gate.http.put("/api/v1/sources/reyestr", headers=gate.admin, json=good)).status_code == 201
+    assert (await gate.http.put("/api/v1/sources/reyestr", headers=gate.admin, json=good)).status_code == 200
+    listed = (await gate.http.get("/api/v1/sources", headers=gate.admin)).json()["sources"]
+    assert [s["name"] for s in listed] == ["reyestr"] and listed[0]["profile"]["base_url"] == fake.url
+    client = await gate.register()
+    refused = await gate.http.put("/api/v1/sources/mine", headers=client, json=good)
+    assert (refused.status_code, refused.json()["code"]) == (403, "forbidden")
 
 
 def test_the_dry_run_prints_requests_documents_and_why_it_stopped(tmp_path: Path) -> None:
@@ -196,5 +205,25 @@ def test_the_dry_run_prints_requests_documents_and_why_it_stopped(tmp_path: Path
             cwd=REPO, env=CLEAN_ENV, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert bad.returncode != 0 and "--search-params" in bad.stderr and "Traceback" not in bad.stderr
+    finally:
+        registry.stop()
+
+
+@pytest.mark.parametrize(("charset", "found"), [("windows-1251", 25), ("utf-8", 0)])
+def test_the_search_text_goes_in_the_registrys_charset(tmp_path: Path, charset: str, found: int) -> None:
+    """A windows-1251 registry: the search text sent in windows-1251 finds the court's decisions;
+    sent in UTF-8 (the control: what a search that ignores the charset does) it finds none."""
+    registry = Origin(tmp_path, "--registry", "--charset", "windows-1251")
+    profile = tmp_path / "cp1251.json"
+    profile.write_text(json.dumps(profile_for(registry, charset=charset)), encoding="utf-8")
+    try:
+        search = json.dumps({"SearchExpression": "Львівський", "CourtRegion": "11"})
+        argv = ["try", str(profile), "--file", "--pages", "1", "--allow-network", "127.0.0.0/8"]
+        run = subprocess.run(
+            docgate("sources", *argv, "--search-params", search),
+            cwd=REPO, env=CLEAN_ENV, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        assert f"documents ({found}):" in run.stdout, run.stdout[-800:]
     finally:
         registry.stop()

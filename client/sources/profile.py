@@ -31,6 +31,14 @@ from protocol import v1
 from protocol.sources import SourceProfile
 
 
+def profile_rules(profile: dict[str, Any]) -> dict[str, Any]:
+    """The content rules and politeness a profile gives its tasks' documents ({} if it does not hold)."""
+    try:
+        return SourceProfile.model_validate(profile).rules()
+    except ValidationError:
+        return {}
+
+
 def hidden_fields(page: Page, selector: str) -> list[tuple[str, str]]:
     tree = LexborHTMLParser(page.text)
     pairs = []

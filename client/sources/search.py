@@ -55,7 +55,7 @@ class SearchSource:
             fresh = [ref for ref in links(text, final, pattern) if ref.doc_id not in seen]
             if not fresh:
                 again = f"page {page} has no documents after full pages" in (task.last_error or "")
-                if _expected_more(counts, task.params) and not again:
+                if expected_more(counts, task.params) and not again:
                     self._block(final, f"page {page} has no documents after full pages ({counts[-1]} links)")
                 return
             counts.append(len(fresh))
@@ -76,7 +76,7 @@ class SearchSource:
         raise DocumentFailed(f"a block page, not the listing's end: {reason}", permanent=False, blocked=True)
 
 
-def _expected_more(counts: list[int], params: dict[str, object]) -> bool:
+def expected_more(counts: list[int], params: dict[str, object]) -> bool:
     if not counts or params.get("empty_page") == "end":
         return False
     size = params.get("page_size")
@@ -88,7 +88,10 @@ def _expected_more(counts: list[int], params: dict[str, object]) -> bool:
 def page_url(listing: str, page: int, search_params: dict[str, object]) -> str:
     url = listing.replace("{page}", str(page))
     if search_params:
-        url += ("&" if "?" in url else "?") + urlencode(sorted((k, str(v)) for k, v in search_params.items()))
+        pairs = [
+            (k, str(x)) for k, v in sorted(search_params.items()) for x in (v if isinstance(v, list) else [v])
+        ]
+        url += ("&" if "?" in url else "?") + urlencode(pairs)  # a list: the field once per value
     return url
 
 

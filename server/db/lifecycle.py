@@ -95,7 +95,8 @@ WITH held AS (
     INSERT INTO task_events (task_id, event, client_id, lease_token)
     SELECT task_id, 'leased', assigned_to, lease_token FROM leased
 )
-SELECT {TASK_COLUMNS} FROM leased ORDER BY priority DESC, task_seq
+SELECT {TASK_COLUMNS}, (SELECT s.profile FROM sources s WHERE s.name = leased.source) AS profile
+FROM leased ORDER BY priority DESC, task_seq
 """
 
 # Parameters of the one-task client writes: $1 task_id, $2 lease_token (or NULL),
