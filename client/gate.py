@@ -54,6 +54,7 @@ ERRORS: dict[ErrorCode, type[ClientError]] = {
     C.CORRUPT_GZIP: GateRefused,
     C.UPLOAD_INTERRUPTED: GateRefused,
     C.JOB_NOT_FOUND: GateRefused,
+    C.SOURCE_NOT_FOUND: GateRefused,
     C.CLIENT_NOT_FOUND: GateRefused,
     C.DOCUMENT_NOT_FOUND: GateRefused,
     C.OBJECT_MISSING: GateRefused,

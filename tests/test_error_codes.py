@@ -141,6 +141,7 @@ ROWS = [
         C.CLIENT_NOT_FOUND, 404, _req("DELETE", f"/api/v1/clients/{UNKNOWN}"), CE.GateRefused, SE.WriteRefused
     ),
     Row(C.JOB_NOT_FOUND, 404, _req("GET", f"/api/v1/jobs/{UNKNOWN}"), CE.GateRefused, SE.WriteRefused),
+    Row(C.SOURCE_NOT_FOUND, 404, _req("GET", "/api/v1/sources/nothing"), CE.GateRefused, SE.WriteRefused),
     Row(C.DOCUMENT_NOT_FOUND, 404, _req("GET", "/api/v1/documents/404"), CE.GateRefused, SE.WriteRefused),
     Row(
         C.OBJECT_MISSING,
