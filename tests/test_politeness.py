@@ -343,6 +343,7 @@ async def test_grants_held_at_once_never_sum_past_the_budget(db_dsn: str, tmp_pa
     answer) sum to at most the budget, and within two rounds every client has its equal share.
     Negative control: the shares alone (budget / clients, what a newcomer would get if the
     others' grants were not counted) overshoot when three join two."""
+    import asyncio
     import random
 
     from conftest import gate_settings, start_gate
@@ -365,6 +366,20 @@ async def test_grants_held_at_once_never_sum_past_the_budget(db_dsn: str, tmp_pa
                 await _ask_and_check(gate, keys[i], i, held)
         assert all(abs(rate - 4.0) < 1e-9 for rate, _ in held.values()), held
         assert all(slots == 3 for _, slots in held.values()), held
+        # Fifteen more join, all asking at once, round after round: what the gate has granted
+        # to the clients working on the host never sums past the budget (each grant is computed
+        # under the host's row lock, against the others' grants as committed).
+        keys += [await gate.register(f"d{i}") for i in range(15)]
+        one = {"hosts": [{"host": "registry.example", "ok": 1}]}
+        for _ in range(5):
+            await asyncio.gather(*(gate.http.post("/api/v1/hosts/grants", headers=k, json=one) for k in keys))
+            (total,) = await gate.sql(
+                "SELECT sum(rate) AS rate, sum(connections) AS slots FROM host_clients "
+                "WHERE host = 'registry.example' AND seen_at > now() - interval '3 seconds'"
+            )
+            assert total["rate"] <= 20 + 1e-9 and total["slots"] <= 20, dict(
+                total
+            )  # 20 clients, 16 + one each
 
 
 async def _ask_and_check(gate: Any, key: dict[str, str], i: int, held: dict[int, tuple[float, int]]) -> None:

@@ -37,14 +37,14 @@ BELOW = 0.8  # of the rate the last trouble came at: where the fast increase sto
 HOLD_SECONDS = 30.0
 FLOOR = 0.02  # of the budget
 
+# One round trip before the host's row lock, and three while it is held (LOCK; SHARES, which
+# must be its own statement so that it sees the grants committed while we waited; WRITE).
 SEEN = """
+WITH known AS (INSERT INTO hosts (host) VALUES ($1) ON CONFLICT (host) DO NOTHING)
 INSERT INTO host_clients (host, client_id, session_id, seen_at, cap_rate, cap_connections, address)
 VALUES ($1, $2, $3, now(), $4, $5, $6)
 ON CONFLICT (host, client_id, session_id) DO UPDATE
 SET seen_at = now(), cap_rate = $4, cap_connections = $5, address = $6
-"""
-ROW = """
-INSERT INTO hosts (host) VALUES ($1) ON CONFLICT (host) DO NOTHING;
 """
 LOCK = "SELECT *, now() AS now FROM hosts WHERE host = $1 FOR UPDATE"
 # The clients working on the host, what the others were granted, the same for the clients
@@ -60,18 +60,19 @@ SELECT count(*) AS active,
 FROM (SELECT *, (client_id = $2 AND session_id = $3) AS mine FROM host_clients
       WHERE host = $1 AND seen_at > now() - make_interval(secs => $4)) c
 """
-GRANTED = """
-UPDATE host_clients SET rate = $4, connections = $5
-WHERE host = $1 AND client_id = $2 AND session_id = $3
-"""
-ADJUST = """
-UPDATE hosts SET effective_rate = $2, ceiling = $3, pause_until = $4, adjusted_at = $5,
-    troubled_at = CASE WHEN $6 THEN $5 ELSE troubled_at END
-WHERE host = $1
-"""
-COUNT = """
+# The host's new rate, this client's grant and what it saw, in one statement.
+WRITE = """
+WITH adjust AS (
+    UPDATE hosts SET effective_rate = $2, ceiling = $3, pause_until = $4, adjusted_at = $5,
+        troubled_at = CASE WHEN $6 THEN $5 ELSE troubled_at END
+    WHERE host = $1
+), granted AS (
+    UPDATE host_clients SET rate = $7, connections = $8
+    WHERE host = $1 AND client_id = $9 AND session_id = $10
+)
 INSERT INTO host_stats (host, minute, ok, throttled, errors, blocked)
-VALUES ($1, date_trunc('minute', now()), $2, $3, $4, $5)
+SELECT $1, date_trunc('minute', now()), $11::bigint, $12::bigint, $13::bigint, $14::bigint
+WHERE $11::bigint + $12::bigint + $13::bigint + $14::bigint > 0
 ON CONFLICT (host, minute) DO UPDATE SET ok = host_stats.ok + excluded.ok,
     throttled = host_stats.throttled + excluded.throttled, errors = host_stats.errors + excluded.errors,
     blocked = host_stats.blocked + excluded.blocked
@@ -170,7 +171,6 @@ async def _grant(
     cap = report.politeness or v1.Politeness()
     polite = (cap.requests_per_second, cap.max_connections)
     await conn.execute(SEEN, report.host, client_id, session_id, *polite, address)
-    await conn.execute(ROW, report.host)
     row = await conn.fetchrow(LOCK, report.host)
     assert row is not None
     now: datetime = row["now"]
@@ -183,13 +183,7 @@ async def _grant(
     if report.retry_after:
         until = now + timedelta(seconds=report.retry_after)
         pause_until = until if pause_until is None or until > pause_until else pause_until
-    await conn.execute(ADJUST, report.host, effective, ceiling, pause_until, adjusted, troubled)
-    paused, reason = row["paused"], row["paused_reason"]
-    if report.ok or report.throttled or report.errors or report.blocked:
-        await conn.execute(COUNT, report.host, report.ok, report.throttled, report.errors, report.blocked)
-    if (report.errors or report.blocked) and not paused:
-        reason = await _dead_man(conn, report.host, defaults)
-        paused = reason is not None
+    stored = (effective, ceiling, pause_until, adjusted, troubled)
     effective = _lowest(effective, shares["cap_rate"])  # the back-off runs on the host's own budget
     active = max(1, int(shares["active"]))
     connections = _lowest(budget(row["max_connections"], defaults.max_connections), shares["cap_connections"])
@@ -201,7 +195,11 @@ async def _grant(
     if defaults.address_connections > 0:
         mine = _slots(defaults.address_connections, near, shares["near_connections"])
         slots = mine if slots is None or mine is None else min(slots, mine)
-    await conn.execute(GRANTED, report.host, client_id, session_id, share, slots)
+    seen = (report.ok, report.throttled, report.errors, report.blocked)
+    await conn.execute(WRITE, report.host, *stored, share, slots, client_id, session_id, *seen)
+    paused = row["paused"]
+    if (report.errors or report.blocked) and not paused:
+        paused = await _dead_man(conn, report.host, defaults) is not None
     wait = (pause_until - now).total_seconds() if pause_until is not None else 0.0
     return wire.HostGrant(
         host=report.host,
