@@ -152,6 +152,13 @@ class GateAPI:
         body = v1.TaskProgress(lease_token=task.lease_token, documents=documents, **dict(counts))
         return await self._model(v1.Task, "POST", paths.url(paths.TASK_PROGRESS, task_id=task.task_id), body)
 
+    async def discovered(self, task: v1.LeasedTask, refs: list[tuple[str, str, str]]) -> v1.DiscoveredReply:
+        """Hand what a search found to the fleet: (doc_id, url, ext) each, queued once at the gate."""
+        items = [v1.UrlItem(doc_id=d, url=u, ext=e or None) for d, u, e in refs]
+        body = v1.TaskDiscovered(lease_token=task.lease_token, documents=items)
+        path = paths.url(paths.TASK_DISCOVERED, task_id=task.task_id)
+        return await self._model(v1.DiscoveredReply, "POST", path, body)
+
     async def complete(
         self,
         task: v1.LeasedTask,

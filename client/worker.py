@@ -74,6 +74,8 @@ class TaskRun:
     # doc_ids from the source that the gate would refuse: counted as failed, never reported
     unreportable: list[str] = field(default_factory=list)
     cancelled_by_gate: bool = False
+    discovered: int = 0  # found and handed to the fleet (a search that spreads its results)
+    queued: int = 0  # of them, new to the gate
     storage_failed: bool = False  # a document failed because the store did, not the origin
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     scope: TaskScope = field(init=False)
@@ -278,6 +280,9 @@ class Worker:
     async def _fetch_all(self, run: TaskRun, source: Source) -> None:
         """Every document the source gives; a listing that stops short (a page that could not
         be had, or was a block) still has the documents it gave fetched, then the task ends."""
+        if run.task.profile is not None and run.task.profile.get("spread_chunk_size"):
+            await self._spread(run, source)
+            return
         stopped: DocumentFailed | None = None
         async with asyncio.TaskGroup() as group:
             batch: list[DocRef] = []
@@ -292,6 +297,25 @@ class Worker:
             await self._dispatch(run, batch, group)
         if stopped is not None:
             raise stopped
+
+    async def _spread(self, run: TaskRun, source: Source) -> None:
+        """A search whose profile spreads its results: what it finds goes to the gate, which
+        queues each new doc_id once in `urls` tasks for the fleet; nothing is downloaded here."""
+        batch: list[DocRef] = []
+
+        async def hand_over() -> None:
+            refs = [r for r in batch if self._reportable(run, r)]
+            if refs:
+                reply = await self.gate.discovered(run.task, [(r.doc_id, r.url, r.ext) for r in refs])
+                run.discovered += reply.documents
+                run.queued += reply.queued
+            batch.clear()
+
+        async for ref in source.documents(run.task):
+            batch.append(ref)
+            if len(batch) >= v1.MAX_DOCUMENTS_PER_REPORT:
+                await hand_over()
+        await hand_over()
 
     async def _dispatch(self, run: TaskRun, refs: list[DocRef], group: asyncio.TaskGroup) -> None:
         refs = [ref for ref in refs if self._reportable(run, ref)]
@@ -489,6 +513,8 @@ class Worker:
         summary: dict[str, Any] = {"client": self.config.client_name, "session_id": self.config.session_id}
         if run.unreportable:
             summary["unreportable_doc_ids"] = run.unreportable[:20]
+        if run.discovered:
+            summary |= {"discovered": run.discovered, "queued": run.queued}
         return summary
 
     def _pause_for_storage(self) -> None:

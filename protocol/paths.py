@@ -18,6 +18,7 @@ TASK_COMPLETE = "/tasks/complete"
 TASK_COMPLETE_BATCH = "/tasks/complete/batch"
 TASK_PROGRESS = "/tasks/{task_id}/progress"
 TASK_FAIL = "/tasks/{task_id}/fail"
+TASK_DISCOVERED = "/tasks/{task_id}/discovered"
 TASK = "/tasks/{task_id}"
 # jobs
 JOB_PAUSE = "/jobs/{job_id}/pause"

@@ -148,6 +148,11 @@ class SourceProfile(Request):
     next_page: NextPage | None = None
     detail: Detail | None = None
     max_pages: Annotated[int, Field(ge=1, le=100_000)] = 1_000
+    spread_chunk_size: Annotated[int, Field(ge=1, le=10_000)] | None = Field(
+        default=None,
+        description="the search downloads nothing itself: what it finds goes, once per doc_id, "
+        "into `urls` tasks of this many documents, spread over the fleet",
+    )
     # What every task of the profile carries (protocol.v1.TaskParams): content rules, politeness.
     expect_content_type: Annotated[list[str], Field(min_length=1, max_length=20)] | None = None
     min_size: Annotated[int, Field(ge=0)] | None = None

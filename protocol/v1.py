@@ -677,6 +677,20 @@ class UrlsTaskParams(TaskParams):
 
     urls: Annotated[list[UrlItem], Field(min_length=1, max_length=MAX_DOCUMENTS_PER_TASK)]
     ext: Ext = ""
+    found_by: WireUUID | None = Field(default=None, description="the search task that found these documents")
+
+
+class TaskDiscovered(Request):
+    """Documents a search task found, to be downloaded by the fleet (its profile spreads them)."""
+
+    lease_token: LeaseToken = None
+    documents: Annotated[list[UrlItem], Field(min_length=1, max_length=MAX_DOCUMENTS_PER_REPORT)]
+
+
+class DiscoveredReply(Reply):
+    documents: int = Field(description="documents in the request")
+    queued: int = Field(description="of them, not recorded nor found before: queued for download")
+    tasks_created: int
 
 
 class SearchTaskParams(TaskParams):
@@ -817,6 +831,9 @@ class Document(StoredDocument):
     job_id: UUID | None
     client: str | None
     stored_at: datetime
+    found_by: UUID | None = Field(
+        default=None, description="the search task that found it: its own task, unless a search spread it"
+    )
 
 
 class KnownDocuments(Request):

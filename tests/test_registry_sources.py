@@ -227,3 +227,48 @@ def test_the_search_text_goes_in_the_registrys_charset(tmp_path: Path, charset: 
         assert f"documents ({found}):" in run.stdout, run.stdout[-800:]
     finally:
         registry.stop()
+
+
+def test_a_search_spreads_its_results_over_the_fleet(tmp_path: Path, db_dsn: str) -> None:
+    """With `spread_chunk_size`, a search downloads nothing itself: each decision it finds is
+    queued once, in `urls` tasks of 10, which three clients share; every document is stored
+    whole and records the search that found it. The same search again queues nothing (all are
+    recorded by then); a client cannot report findings for a task it does not hold."""
+    registry = Origin(tmp_path, "--registry")
+    cluster = Cluster(tmp_path, db_dsn)
+    try:
+        assert put(cluster, "reyestr", profile_for(registry, spread_chunk_size=10)).status_code == 201
+        search = cluster.post("/api/v1/tasks/create", seed_task({"CourtRegion": "11"}))["task_id"]
+        for i in range(3):
+            cluster.client(f"c{i}", "--exit-when-idle", "--concurrency", "4")
+        assert cluster.wait_clients(200) == [0, 0, 0]
+        want = expected(RegistryConfig(), frozenset({11}))
+        done = cluster.get(f"/api/v1/tasks/{search}")
+        assert done["status"] == "completed" and done["documents_downloaded"] == 0, done
+        assert done["result_summary"]["discovered"] == done["result_summary"]["queued"] == len(want)
+        rows = cluster.sql("SELECT doc_id, task_id, found_by, client_id FROM documents")
+        assert sorted(int(r["doc_id"]) for r in rows) == sorted(want)
+        assert {str(r["found_by"]) for r in rows} == {search}
+        downloads = cluster.sql(
+            "SELECT count(*) AS n FROM tasks WHERE source = 'urls' AND status = 'completed'"
+        )
+        assert downloads[0]["n"] == -(-len(want) // 10)
+        assert len({r["client_id"] for r in rows}) >= 2  # spread over the fleet
+        doc = cluster.get(f"/api/v1/documents/{want[0]}")
+        assert doc["found_by"] == search and doc["task_id"] != search
+
+        again = cluster.post("/api/v1/tasks/create", seed_task({"CourtRegion": "11"}))["task_id"]
+        cluster.clients.clear()
+        cluster.client("again", "--exit-when-idle")
+        assert cluster.wait_clients(120) == [0]
+        assert cluster.get(f"/api/v1/tasks/{again}")["result_summary"]["queued"] == 0
+
+        key = cluster.register("outsider")
+        body = {"lease_token": None, "documents": [{"doc_id": "1", "url": registry.url + "/Rtf/1"}]}
+        r = httpx.post(
+            f"{cluster.url}/api/v1/tasks/{search}/discovered", headers={"X-API-Key": key}, json=body
+        )
+        assert (r.status_code, r.json()["code"]) == (404, "not_your_task")
+    finally:
+        cluster.stop()
+        registry.stop()

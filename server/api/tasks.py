@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from protocol import paths, v1
 from server.api.hosts import defaults as host_defaults
 from server.auth import Principal
-from server.db import dashboard, lifecycle, pausing, stats
+from server.db import dashboard, discovery, lifecycle, pausing, stats
 from server.db import tasks as db
 from server.db.lifecycle import Caller
 from server.deps import AdminDep, PrincipalDep, SessionHeader, StateDep
@@ -215,6 +215,21 @@ async def fail_task(
             state.pool, task.job_id, pausing.Switch(s.job_pause_ratio, s.job_pause_min_answers)
         )
     return task
+
+
+@router.post(paths.TASK_DISCOVERED, response_model=v1.DiscoveredReply)
+async def discovered(
+    task_id: UUID,
+    body: v1.TaskDiscovered,
+    state: StateDep,
+    principal: PrincipalDep,
+    session_id: SessionHeader = None,
+) -> v1.DiscoveredReply:
+    """A search task's findings, queued once each as `urls` tasks for the whole fleet (its source
+    profile says `spread_chunk_size`); fenced by the lease like progress."""
+    caller = _caller(principal, session_id)
+    with state.metrics.counting_refusals():
+        return await discovery.discovered(state.pool, task_id, body, caller, state.settings.max_attempts)
 
 
 @router.post("/tasks/retry-failed", response_model=v1.Retried)

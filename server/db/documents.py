@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import Any
+from uuid import UUID
 
 from protocol import v1
 from server.db.pool import Connection, Pool, connection
@@ -14,9 +15,9 @@ from server.errors import DocumentNotFound
 # doc_id describes the same stored object.
 RECORD = """
 INSERT INTO documents (doc_id, source, storage_key, storage_url, sha256, size, content_type,
-                       compressed, version_id, task_id, job_id, client_id)
+                       compressed, version_id, task_id, job_id, client_id, found_by)
 SELECT d.doc_id, $1, d.storage_key, d.storage_url, d.sha256, d.size, d.content_type,
-       d.compressed, d.version_id, $2, $3, $4
+       d.compressed, d.version_id, $2, $3, $4, $13
 FROM unnest($5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[], $11::bool[],
             $12::text[])
      AS d(doc_id, storage_key, storage_url, sha256, size, content_type, compressed, version_id)
@@ -60,6 +61,7 @@ async def record(conn: Connection, task: Any, reports: Reports) -> None:
             [d.content_type for d in recorded],
             [d.compressed for d in recorded],
             [d.version_id for d in recorded],
+            _found_by(task),
         )
     if failed:
         await conn.execute(
@@ -70,6 +72,15 @@ async def record(conn: Connection, task: Any, reports: Reports) -> None:
             [d.url for d in failed],
             [d.error for d in failed],
         )
+
+
+def _found_by(task: Any) -> UUID:
+    """The search that found the task's documents: the one that spread them, else the task."""
+    params = task["params"] or {}
+    try:
+        return UUID(str(params["found_by"]))
+    except (KeyError, ValueError, TypeError):
+        return UUID(str(task["task_id"]))
 
 
 async def get_document(pool: Pool, doc_id: str) -> v1.Document:

@@ -1,0 +1,70 @@
+"""Searches that spread their results: what a search task finds becomes `urls` tasks for the
+whole fleet, each doc_id queued once (not if it is recorded, nor if a search found it before)."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from protocol import sources, v1
+from server.db.lifecycle import FENCE, Caller, classify_refusal
+from server.db.pool import Pool, transaction
+from server.errors import LeaseLost, Unprocessable
+
+SEARCH = f"""
+SELECT t.task_id, t.job_id, t.priority, s.profile FROM tasks t
+LEFT JOIN sources s ON s.name = t.source
+WHERE {FENCE.replace("task_id = $1", "t.task_id = $1")}
+FOR SHARE OF t
+"""
+FIRST_TIME = """
+INSERT INTO discoveries (doc_id, found_by)
+SELECT d, $2 FROM unnest($1::text[]) AS d
+WHERE NOT EXISTS (SELECT 1 FROM documents WHERE doc_id = d)
+ON CONFLICT (doc_id) DO NOTHING
+RETURNING doc_id
+"""
+QUEUE = """
+INSERT INTO tasks (job_id, source, params, max_documents, priority, max_attempts)
+VALUES ($1, 'urls', $2, $3, $4, $5)
+"""
+NOTIFY = "SELECT pg_notify('docgate_tasks', '')"
+
+
+async def discovered(
+    pool: Pool, task_id: UUID, body: v1.TaskDiscovered, caller: Caller, max_attempts: int
+) -> v1.DiscoveredReply:
+    """Queue the documents a leased search found (fenced like its progress reports)."""
+    args = (task_id, body.lease_token, caller.owner, caller.session_id)
+    async with transaction(pool) as conn:
+        search = await conn.fetchrow(SEARCH, *args)
+        if search is None:
+            await classify_refusal(conn, task_id, body.lease_token, caller)
+            raise LeaseLost(f"task {task_id} is completed; it can no longer report documents")
+        profile = _profile(search["profile"])
+        if profile is None or profile.spread_chunk_size is None:
+            raise Unprocessable(f"task {task_id}'s source does not spread its results (spread_chunk_size)")
+        items = {d.doc_id: d for d in body.documents}  # one per doc_id
+        fresh = {r["doc_id"] for r in await conn.fetch(FIRST_TIME, list(items), task_id)}
+        queued = [items[d] for d in items if d in fresh]
+        rules = profile.rules()
+        size = profile.spread_chunk_size
+        chunks = [queued[i : i + size] for i in range(0, len(queued), size)]
+        for chunk in chunks:
+            params: dict[str, Any] = rules | {
+                "urls": [d.model_dump(exclude_none=True) for d in chunk],
+                "found_by": str(task_id),
+            }
+            await conn.execute(QUEUE, search["job_id"], params, len(chunk), search["priority"], max_attempts)
+        if chunks:
+            await conn.execute(NOTIFY)
+    return v1.DiscoveredReply(documents=len(body.documents), queued=len(queued), tasks_created=len(chunks))
+
+
+def _profile(value: Any) -> sources.SourceProfile | None:
+    if value is None:
+        return None
+    try:
+        return sources.SourceProfile.model_validate(value)
+    except ValueError:
+        return None
