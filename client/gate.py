@@ -204,10 +204,12 @@ class GateAPI:
         body = hosts.GrantRequest(hosts=reports)
         return await self._model(hosts.GrantReply, "POST", paths.url(paths.HOST_GRANTS), body, attempts=1)
 
-    async def known(self, doc_ids: list[str]) -> set[str]:
+    async def known(self, doc_ids: list[str], collection: str = "") -> set[str]:
+        """Which of these doc_ids of `collection` the gate has recorded."""
         known: set[str] = set()
         for start in range(0, len(doc_ids), v1.MAX_DOCUMENTS_PER_REPORT):
-            body = v1.KnownDocuments(doc_ids=list(doc_ids[start : start + v1.MAX_DOCUMENTS_PER_REPORT]))
+            chunk: list[int | str] = list(doc_ids[start : start + v1.MAX_DOCUMENTS_PER_REPORT])
+            body = v1.KnownDocuments(doc_ids=chunk, collection=collection)
             reply = await self._model(v1.KnownDocumentsReply, "POST", paths.url(paths.DOCUMENTS_KNOWN), body)
             known.update(reply.known)
         return known

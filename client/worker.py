@@ -321,7 +321,7 @@ class Worker:
         refs = [ref for ref in refs if self._reportable(run, ref)]
         if not refs:
             return
-        known = await self.gate.known([r.doc_id for r in refs])
+        known = await self.gate.known([r.doc_id for r in refs], run.task.collection)
         for ref in refs:
             if ref.doc_id in known:  # already recorded at the gate: not fetched again
                 run.skipped += 1
@@ -394,7 +394,13 @@ class Worker:
 
     async def _store(self, run: TaskRun, ref: DocRef) -> v1.DocumentReport:
         compress = self.config.compress == "gzip"
-        key = document_key(ref.doc_id, ref.ext, shard_size=self.config.shard_size, compressed=compress)
+        key = document_key(
+            ref.doc_id,
+            ref.ext,
+            shard_size=self.config.shard_size,
+            compressed=compress,
+            collection=run.task.collection,
+        )
         fence = Fence(str(run.task.task_id), str(run.task.lease_token))
         limit = self.config.max_document_size
         found = PutOptions(max_size=limit, doc_id=ref.doc_id, ext=ref.ext, fence=fence)

@@ -30,7 +30,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, StringConstraints, model_validator
 
-from protocol.v1 import EXT_PATTERN, MAX_URL, Politeness, Reply, Request
+from protocol.v1 import EXT_PATTERN, MAX_URL, CollectionName, Politeness, Reply, Request
 
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
 BUILT_IN = frozenset({"search", "id_range", "urls"})
@@ -148,6 +148,9 @@ class SourceProfile(Request):
     next_page: NextPage | None = None
     detail: Detail | None = None
     max_pages: Annotated[int, Field(ge=1, le=100_000)] = 1_000
+    collection: CollectionName | None = Field(
+        default=None, description="the collection its tasks' documents go to when they name none"
+    )
     spread_chunk_size: Annotated[int, Field(ge=1, le=10_000)] | None = Field(
         default=None,
         description="the search downloads nothing itself: what it finds goes, once per doc_id, "

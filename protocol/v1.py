@@ -169,6 +169,12 @@ WireUUID = Annotated[UUID, Field(strict=False)]
 WireTime = Annotated[datetime, Field(strict=False)]
 
 
+# A collection: one registry's namespace (doc_id is unique within it; its documents are stored
+# under `<collection>/`). '' is the default collection, with the keys documents always had.
+COLLECTION_PATTERN = r"^([a-z0-9][a-z0-9_-]{0,62})?$"
+CollectionName = Annotated[str, StringConstraints(pattern=COLLECTION_PATTERN)]
+
+
 class Request(BaseModel):
     """Base of every request body: strict types, unknown fields refused."""
 
@@ -208,6 +214,11 @@ class TaskCreate(Request):
     max_attempts: Attempts | None = None
     idempotency_key: IdempotencyKey | None = None
     run_after: WireTime | None = None
+    collection: CollectionName | None = Field(
+        default=None,
+        description="the registry its documents belong to (doc_ids are unique within one); "
+        "default: its source profile's, else the default collection ''",
+    )
 
     _check_run_after = field_validator("run_after")(_aware)
 
@@ -244,6 +255,7 @@ class TaskWork(Reply):
     status: TaskStatus
     attempts: int
     max_attempts: int
+    collection: str = ""
 
 
 class Task(TaskWork):
@@ -733,6 +745,7 @@ class JobCreate(Request):
     max_attempts: Attempts | None = None
     idempotency_key: IdempotencyKey | None = None
     only_missing: bool = False
+    collection: CollectionName = Field(default="", description="the registry its documents belong to")
     politeness: Politeness | None = Field(
         default=None, description="The same as params.politeness: the job's own budget per host."
     )
@@ -789,6 +802,7 @@ class Job(Reply):
     chunk_size: int
     priority: int
     tasks_total: int
+    collection: str = ""
     paused: bool = Field(False, description="no task of the job is leased until it is resumed")
     paused_reason: str | None = None
     paused_at: datetime | None = None
@@ -826,6 +840,7 @@ class Document(StoredDocument):
     """A recorded document."""
 
     doc_id: str
+    collection: str = ""
     source: str
     task_id: UUID | None
     job_id: UUID | None
@@ -838,6 +853,7 @@ class Document(StoredDocument):
 
 class KnownDocuments(Request):
     doc_ids: Annotated[list[DocId], Field(min_length=1, max_length=MAX_DOCUMENTS_PER_REPORT)]
+    collection: CollectionName = ""
 
 
 class KnownDocumentsReply(Reply):

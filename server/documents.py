@@ -10,7 +10,7 @@ from protocol import v1
 from protocol.scope import TaskScope
 from server.errors import NotInTask, WrongStorageKey
 from storage.errors import KeyRefused
-from storage.keys import GZIP_EXT, document_key, ext_of
+from storage.keys import GZIP_EXT, collection_of, document_key, ext_of
 
 URL_SCHEMES = ("file://", "s3://", "b2://", "gate:", "memory://")
 
@@ -46,7 +46,11 @@ def _recorded(doc: v1.DocumentReport, shard_size: int, store_url: str) -> v1.Doc
     ext = ext_of(key, doc_id)
     try:
         expected = document_key(
-            doc_id, (ext or "").removesuffix(GZIP_EXT), shard_size=shard_size, compressed=doc.compressed
+            doc_id,
+            (ext or "").removesuffix(GZIP_EXT),
+            shard_size=shard_size,
+            compressed=doc.compressed,
+            collection=collection_of(key),  # checked against the task's collection when recorded
         )
     except KeyRefused as exc:
         raise WrongStorageKey(exc.message) from None

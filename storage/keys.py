@@ -48,17 +48,43 @@ def shard_of(doc_id: str, shard_size: int = DEFAULT_SHARD_SIZE) -> str:
 
 
 def document_key(
-    doc_id: str | int, ext: str = "", *, shard_size: int = DEFAULT_SHARD_SIZE, compressed: bool = False
+    doc_id: str | int,
+    ext: str = "",
+    *,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    compressed: bool = False,
+    collection: str = "",
 ) -> str:
-    """The one key a document may be stored and recorded under."""
+    """The one key a document may be stored and recorded under: `<shard>/<id><ext>`, under
+    `<collection>/` for a collection other than the default one."""
     text = check_doc_id(doc_id)
     suffix = check_ext(ext) + (GZIP_EXT if compressed else "")
-    return f"{shard_of(text, shard_size)}/{text}{suffix}"
+    prefix = f"{check_collection(collection)}/" if collection else ""
+    return f"{prefix}{shard_of(text, shard_size)}/{text}{suffix}"
+
+
+COLLECTION = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+
+
+def check_collection(collection: str) -> str:
+    if not COLLECTION.fullmatch(collection):
+        raise KeyRefused(f"collection {collection[:70]!r} must be lower case letters, digits, - and _")
+    return collection
+
+
+def collection_of(key: str) -> str:
+    """The collection a document key is under ('' for `<shard>/<id><ext>`)."""
+    return key.split("/", 1)[0] if key.count("/") == 2 else ""
 
 
 def ext_of(key: str, doc_id: str | int) -> str | None:
-    """The extension if `key` is a correct key for `doc_id` (any ext, any shard size); else None."""
+    """The extension if `key` is a correct key for `doc_id` (any ext, any shard size, any
+    collection); else None."""
     text = str(doc_id)
+    if key.count("/") == 2:
+        collection, _, key = key.partition("/")
+        if not COLLECTION.fullmatch(collection):
+            return None
     shard, _, name = key.partition("/")
     if not name.startswith(text):
         return None

@@ -27,9 +27,14 @@ DocIdPath = Annotated[str, Path(pattern=v1.DOC_ID_PATTERN)]
 Sha256Header = Annotated[str | None, Header(alias=paths.SHA256_HEADER, pattern=v1.SHA256_PATTERN)]
 
 
+CollectionQuery = Annotated[str, Query(pattern=v1.COLLECTION_PATTERN, max_length=63)]
+
+
 @router.get(paths.DOCUMENT, response_model=v1.Document)
-async def get_document(doc_id: DocIdPath, state: StateDep, _: AdminDep) -> v1.Document:
-    return await db.get_document(state.pool, doc_id)
+async def get_document(
+    doc_id: DocIdPath, state: StateDep, _: AdminDep, collection: CollectionQuery = ""
+) -> v1.Document:
+    return await db.get_document(state.pool, doc_id, collection)
 
 
 @router.get(
@@ -37,9 +42,11 @@ async def get_document(doc_id: DocIdPath, state: StateDep, _: AdminDep) -> v1.Do
     response_class=StreamingResponse,
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
-async def read_document(doc_id: DocIdPath, state: StateDep, _: AdminDep) -> StreamingResponse:
+async def read_document(
+    doc_id: DocIdPath, state: StateDep, _: AdminDep, collection: CollectionQuery = ""
+) -> StreamingResponse:
     """The stored bytes; a compressed document is sent with Content-Encoding: gzip."""
-    doc = await db.get_document(state.pool, doc_id)
+    doc = await db.get_document(state.pool, doc_id, collection)
     # The recorded version, on a versioned store: never what a late writer put at the key after it.
     info = await state.store.stat(doc.storage_key, doc.version_id)
     if info is None:
@@ -83,10 +90,12 @@ async def upload_document(
 ) -> JSONResponse:
     """Store a document in the gate's store, write-once; a client must hold the task's lease."""
     settings = state.settings
+    collection = ""
     if not principal.is_admin:
         if task_id is None or x_lease_token is None:
             raise LeaseRequired()
-        await lifecycle.check_upload(state.pool, task_id, x_lease_token, Caller(principal.owner), doc_id)
+        caller = Caller(principal.owner)
+        collection = await lifecycle.check_upload(state.pool, task_id, x_lease_token, caller, doc_id)
     gzipped = (content_encoding or "identity").lower() == "gzip"
     if not gzipped and (content_encoding or "identity").lower() != "identity":
         raise UnsupportedEncoding()
@@ -94,7 +103,9 @@ async def upload_document(
     if declared.isdigit() and not gzipped and int(declared) > settings.max_upload_bytes:
         raise PayloadTooLarge(f"document larger than MAX_UPLOAD_BYTES ({settings.max_upload_bytes} bytes)")
     keep = gzipped and settings.upload_gzip is UploadGzip.KEEP
-    storage_key = document_key(doc_id, ext, shard_size=settings.shard_size, compressed=keep)
+    storage_key = document_key(
+        doc_id, ext, shard_size=settings.shard_size, compressed=keep, collection=collection
+    )
     options = PutOptions(
         content_type=content_type,
         compress=keep,
@@ -126,13 +137,17 @@ async def stored_document(
     `--storage gate` client reports as skipped. A client may ask only under the task's lease, and
     only for the task's documents; the storage-objects API stays the operator's."""
     settings = state.settings
+    collection = ""
     if not principal.is_admin:
         if task_id is None or x_lease_token is None:
             raise LeaseRequired()
-        await lifecycle.check_upload(state.pool, task_id, x_lease_token, Caller(principal.owner), doc_id)
-    keys = [document_key(doc_id, ext, shard_size=settings.shard_size)]
+        caller = Caller(principal.owner)
+        collection = await lifecycle.check_upload(state.pool, task_id, x_lease_token, caller, doc_id)
+    keys = [document_key(doc_id, ext, shard_size=settings.shard_size, collection=collection)]
     if settings.upload_gzip is UploadGzip.KEEP:
-        keys.append(document_key(doc_id, ext, shard_size=settings.shard_size, compressed=True))
+        keys.append(
+            document_key(doc_id, ext, shard_size=settings.shard_size, compressed=True, collection=collection)
+        )
     for key in keys:
         recorded = await db.recorded_at(state.pool, doc_id, key)
         if recorded is not None:
@@ -148,5 +163,5 @@ async def known_documents(
     body: v1.KnownDocuments, state: StateDep, _: PrincipalDep
 ) -> v1.KnownDocumentsReply:
     """Which of these doc_ids are already recorded (clients skip them)."""
-    known = await db.known_documents(state.pool, [str(d) for d in body.doc_ids])
+    known = await db.known_documents(state.pool, [str(d) for d in body.doc_ids], body.collection)
     return v1.KnownDocumentsReply(known=known)

@@ -12,21 +12,21 @@ from server.db.pool import Pool, transaction
 from server.errors import LeaseLost, Unprocessable
 
 SEARCH = f"""
-SELECT t.task_id, t.job_id, t.priority, s.profile FROM tasks t
+SELECT t.task_id, t.job_id, t.priority, t.collection, s.profile FROM tasks t
 LEFT JOIN sources s ON s.name = t.source
 WHERE {FENCE.replace("task_id = $1", "t.task_id = $1")}
 FOR SHARE OF t
 """
 FIRST_TIME = """
-INSERT INTO discoveries (doc_id, found_by)
-SELECT d, $2 FROM unnest($1::text[]) AS d
-WHERE NOT EXISTS (SELECT 1 FROM documents WHERE doc_id = d)
-ON CONFLICT (doc_id) DO NOTHING
+INSERT INTO discoveries (collection, doc_id, found_by)
+SELECT $3, d, $2 FROM unnest($1::text[]) AS d
+WHERE NOT EXISTS (SELECT 1 FROM documents WHERE collection = $3 AND doc_id = d)
+ON CONFLICT (collection, doc_id) DO NOTHING
 RETURNING doc_id
 """
 QUEUE = """
-INSERT INTO tasks (job_id, source, params, max_documents, priority, max_attempts)
-VALUES ($1, 'urls', $2, $3, $4, $5)
+INSERT INTO tasks (job_id, source, params, max_documents, priority, max_attempts, collection)
+VALUES ($1, 'urls', $2, $3, $4, $5, $6)
 """
 NOTIFY = "SELECT pg_notify('docgate_tasks', '')"
 
@@ -45,7 +45,9 @@ async def discovered(
         if profile is None or profile.spread_chunk_size is None:
             raise Unprocessable(f"task {task_id}'s source does not spread its results (spread_chunk_size)")
         items = {d.doc_id: d for d in body.documents}  # one per doc_id
-        fresh = {r["doc_id"] for r in await conn.fetch(FIRST_TIME, list(items), task_id)}
+        fresh = {
+            r["doc_id"] for r in await conn.fetch(FIRST_TIME, list(items), task_id, search["collection"])
+        }
         queued = [items[d] for d in items if d in fresh]
         rules = profile.rules()
         size = profile.spread_chunk_size
@@ -55,7 +57,15 @@ async def discovered(
                 "urls": [d.model_dump(exclude_none=True) for d in chunk],
                 "found_by": str(task_id),
             }
-            await conn.execute(QUEUE, search["job_id"], params, len(chunk), search["priority"], max_attempts)
+            queue = (
+                search["job_id"],
+                params,
+                len(chunk),
+                search["priority"],
+                max_attempts,
+                search["collection"],
+            )
+            await conn.execute(QUEUE, *queue)
         if chunks:
             await conn.execute(NOTIFY)
     return v1.DiscoveredReply(documents=len(body.documents), queued=len(queued), tasks_created=len(chunks))

@@ -9,19 +9,20 @@ from uuid import UUID
 from protocol import v1
 from server.db.pool import Connection, Pool, connection
 from server.documents import Reports, check_in_task
-from server.errors import DocumentNotFound
+from server.errors import DocumentNotFound, WrongStorageKey
+from storage.keys import collection_of, document_key
 
 # First record wins: documents are written once, so a later report of the same
 # doc_id describes the same stored object.
 RECORD = """
 INSERT INTO documents (doc_id, source, storage_key, storage_url, sha256, size, content_type,
-                       compressed, version_id, task_id, job_id, client_id, found_by)
+                       compressed, version_id, task_id, job_id, client_id, found_by, collection)
 SELECT d.doc_id, $1, d.storage_key, d.storage_url, d.sha256, d.size, d.content_type,
-       d.compressed, d.version_id, $2, $3, $4, $13
+       d.compressed, d.version_id, $2, $3, $4, $13, $14
 FROM unnest($5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[], $11::bool[],
             $12::text[])
      AS d(doc_id, storage_key, storage_url, sha256, size, content_type, compressed, version_id)
-ON CONFLICT (doc_id) DO NOTHING
+ON CONFLICT (collection, doc_id) DO NOTHING
 """
 
 RECORD_FAILURES = """
@@ -35,10 +36,10 @@ ON CONFLICT (doc_id, task_id) DO UPDATE SET url = excluded.url, error = excluded
 GET = """
 SELECT d.*, c.client_name AS client FROM documents d
 LEFT JOIN clients c ON c.client_id = d.client_id
-WHERE d.doc_id = $1
+WHERE d.collection = $2 AND d.doc_id = $1
 """
 
-KNOWN = "SELECT doc_id FROM documents WHERE doc_id = ANY($1::text[])"
+KNOWN = "SELECT doc_id FROM documents WHERE collection = $2 AND doc_id = ANY($1::text[])"
 
 
 async def record(conn: Connection, task: Any, reports: Reports) -> None:
@@ -46,6 +47,14 @@ async def record(conn: Connection, task: Any, reports: Reports) -> None:
     the task does not contain refuses the whole write (the caller's transaction rolls back)."""
     recorded, failed = reports.recorded, reports.failed
     check_in_task(task, [str(d.doc_id) for d in (*recorded, *failed)], (*recorded, *failed))
+    collection = task.get("collection") or ""
+    for d in recorded:  # a document of the task's collection is stored under its prefix
+        if collection_of(d.storage_key or "") != collection:
+            raise WrongStorageKey(
+                f"storage_key {d.storage_key!r} is not in the task's collection {collection!r}: expected "
+                + document_key(str(d.doc_id), "", collection=collection).rsplit("/", 1)[0]
+                + "/<doc_id><ext>"
+            )
     if recorded:
         await conn.execute(
             RECORD,
@@ -62,6 +71,7 @@ async def record(conn: Connection, task: Any, reports: Reports) -> None:
             [d.compressed for d in recorded],
             [d.version_id for d in recorded],
             _found_by(task),
+            collection,
         )
     if failed:
         await conn.execute(
@@ -83,9 +93,9 @@ def _found_by(task: Any) -> UUID:
         return UUID(str(task["task_id"]))
 
 
-async def get_document(pool: Pool, doc_id: str) -> v1.Document:
+async def get_document(pool: Pool, doc_id: str, collection: str = "") -> v1.Document:
     async with connection(pool) as conn:
-        row = await conn.fetchrow(GET, doc_id)
+        row = await conn.fetchrow(GET, doc_id, collection)
     if row is None:
         raise DocumentNotFound(f"document {doc_id} not found")
     return v1.Document.model_validate(dict(row))
@@ -104,25 +114,25 @@ async def recorded_at(pool: Pool, doc_id: str, storage_key: str) -> v1.StoredDoc
     return None if row is None else v1.StoredDocument.model_validate(dict(row))
 
 
-async def known_documents(pool: Pool, doc_ids: list[str]) -> list[str]:
+async def known_documents(pool: Pool, doc_ids: list[str], collection: str = "") -> list[str]:
     async with connection(pool) as conn:
-        return [r["doc_id"] for r in await conn.fetch(KNOWN, doc_ids)]
+        return [r["doc_id"] for r in await conn.fetch(KNOWN, doc_ids, collection)]
 
 
 PAGE = """
-SELECT doc_id, storage_key, sha256, size, compressed, version_id FROM documents
-WHERE doc_id > $1 ORDER BY doc_id LIMIT $2
+SELECT collection, doc_id, storage_key, sha256, size, compressed, version_id FROM documents
+WHERE (collection, doc_id) > ($1, $2) ORDER BY collection, doc_id LIMIT $3
 """
 
 
 async def iter_documents(pool: Pool, page: int = 1000) -> AsyncIterator[Any]:
-    """Every recorded document, in doc_id order, a page at a time."""
-    after = ""
+    """Every recorded document, in (collection, doc_id) order, a page at a time."""
+    after = ("", "")
     while True:
         async with connection(pool) as conn:
-            rows = await conn.fetch(PAGE, after, page)
+            rows = await conn.fetch(PAGE, *after, page)
         for row in rows:
             yield row
         if len(rows) < page:
             return
-        after = rows[-1]["doc_id"]
+        after = (rows[-1]["collection"], rows[-1]["doc_id"])

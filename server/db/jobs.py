@@ -9,8 +9,8 @@ from server.db.pool import Pool, connection, transaction
 from server.errors import IdempotencyConflict, JobNotFound
 
 INSERT_JOB = """
-INSERT INTO jobs (source, params, chunk_size, priority, tasks_total, idempotency_key)
-VALUES ($1, $2, $3, $4, $5, $6)
+INSERT INTO jobs (source, params, chunk_size, priority, tasks_total, idempotency_key, collection)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING job_id
 """
@@ -20,12 +20,12 @@ RETURNING job_id
 # so a job is leased in id order (tests/test_leasing.py checks it). An ORDER BY
 # here sorted 10 M rows on disk first: a fifth of the insert's time.
 INSERT_CHUNKS = """
-INSERT INTO tasks (job_id, source, params, max_documents, priority, max_attempts)
+INSERT INTO tasks (job_id, source, params, max_documents, priority, max_attempts, collection)
 SELECT $1, 'id_range',
        jsonb_build_object('url_template', $2::text, 'start_id', $3::bigint + g * $4::bigint,
                           'count', least($4::bigint, $5::bigint - g * $4::bigint),
                           'ext', $6::text) || $10::jsonb,
-       least($4::bigint, $5::bigint - g * $4::bigint), $7, $8
+       least($4::bigint, $5::bigint - g * $4::bigint), $7, $8, $11
 FROM generate_series(0::bigint, $9::bigint - 1) AS g
 """
 
@@ -34,14 +34,14 @@ INSERT_MISSING = """
 WITH missing AS (
     SELECT g AS id, (row_number() OVER (ORDER BY g) - 1) / $4::bigint AS grp
     FROM generate_series($3::bigint, $3::bigint + $5::bigint - 1) AS g
-    WHERE NOT EXISTS (SELECT 1 FROM documents d WHERE d.doc_id = g::text)
+    WHERE NOT EXISTS (SELECT 1 FROM documents d WHERE d.collection = $10 AND d.doc_id = g::text)
 ), chunks AS (
     SELECT grp, array_agg(id ORDER BY id) AS ids FROM missing GROUP BY grp
 )
-INSERT INTO tasks (job_id, source, params, max_documents, priority, max_attempts)
+INSERT INTO tasks (job_id, source, params, max_documents, priority, max_attempts, collection)
 SELECT $1, 'id_range',
        jsonb_build_object('url_template', $2::text, 'ids', to_jsonb(ids), 'ext', $6::text) || $9::jsonb,
-       cardinality(ids), $7, $8
+       cardinality(ids), $7, $8, $10
 FROM chunks ORDER BY grp
 """
 
@@ -49,19 +49,22 @@ FROM chunks ORDER BY grp
 INSERT_REFETCH = """
 WITH failed AS (
     SELECT DISTINCT f.doc_id FROM document_failures f
-    WHERE f.job_id = $1 AND NOT EXISTS (SELECT 1 FROM documents d WHERE d.doc_id = f.doc_id)
+    WHERE f.job_id = $1 AND NOT EXISTS (
+        SELECT 1 FROM documents d
+        WHERE d.collection = (SELECT collection FROM jobs WHERE job_id = $1) AND d.doc_id = f.doc_id
+    )
 ), numbered AS (
     SELECT doc_id, (row_number() OVER (ORDER BY length(doc_id), doc_id) - 1) / $2::bigint AS grp
     FROM failed
 ), chunks AS (
     SELECT grp, array_agg(doc_id ORDER BY length(doc_id), doc_id) AS ids FROM numbered GROUP BY grp
 )
-INSERT INTO tasks (job_id, source, params, max_documents, priority, max_attempts)
+INSERT INTO tasks (job_id, source, params, max_documents, priority, max_attempts, collection)
 SELECT j.job_id, j.source,
        jsonb_build_object('url_template', j.params->>'url_template', 'ids', to_jsonb(c.ids),
                           'ext', coalesce(j.params->>'ext', ''))
        || jsonb_strip_nulls(jsonb_build_object({extras})),
-       cardinality(c.ids), j.priority, $3
+       cardinality(c.ids), j.priority, $3, j.collection
 FROM chunks c CROSS JOIN jobs j
 WHERE j.job_id = $1
 ORDER BY c.grp
@@ -104,6 +107,7 @@ async def create_job(pool: Pool, body: v1.JobCreate, max_attempts: int) -> tuple
             body.priority,
             chunks,
             body.idempotency_key,
+            body.collection,
         )
         if job_id is None:
             existing = await conn.fetchrow(BY_KEY, body.idempotency_key)
@@ -129,6 +133,7 @@ async def create_job(pool: Pool, body: v1.JobCreate, max_attempts: int) -> tuple
                 body.priority,
                 attempts,
                 extras,
+                body.collection,
                 timeout=BULK_TIMEOUT,
             )
             chunks = _inserted(status)
@@ -146,6 +151,7 @@ async def create_job(pool: Pool, body: v1.JobCreate, max_attempts: int) -> tuple
                 attempts,
                 chunks,
                 extras,
+                body.collection,
                 timeout=BULK_TIMEOUT,
             )
     return v1.JobCreated(job_id=job_id, tasks_created=chunks), True
@@ -188,6 +194,7 @@ async def get_job(pool: Pool, job_id: UUID) -> v1.Job:
                 "paused",
                 "paused_reason",
                 "paused_at",
+                "collection",
             )  # fmt: skip
         },
         counts=counts,
@@ -218,7 +225,10 @@ WITH f AS (
                ELSE left(regexp_replace(coalesce(error, 'no reason given'), '[0-9]+', 'N', 'g'), 60)
            END AS reason
     FROM document_failures df
-    WHERE job_id = $1 AND NOT EXISTS (SELECT 1 FROM documents d WHERE d.doc_id = df.doc_id)
+    WHERE job_id = $1 AND NOT EXISTS (
+        SELECT 1 FROM documents d
+        WHERE d.collection = (SELECT collection FROM jobs WHERE job_id = $1) AND d.doc_id = df.doc_id
+    )
 ), ranked AS (
     SELECT *, row_number() OVER (PARTITION BY reason ORDER BY failed_at DESC, doc_id) AS n,
            count(*) OVER (PARTITION BY reason) AS total

@@ -182,7 +182,7 @@ SELECT {TASK_COLUMNS} FROM failed
 """
 
 # The task an upload through the gate belongs to, if its lease is current: the same fence, read-only.
-CURRENT_LEASE = f"SELECT task_id, source, params FROM tasks WHERE {FENCE}"
+CURRENT_LEASE = f"SELECT task_id, source, params, collection FROM tasks WHERE {FENCE}"
 
 # A heartbeat extends only the leases of the calling process (session), so a
 # client restarted under the same key never keeps its dead predecessor's
@@ -473,13 +473,14 @@ async def _fenced_write(
     raise LeaseLost(f"task {task_id} is completed; {too_late}")
 
 
-async def check_upload(pool: Pool, task_id: UUID, lease_token: UUID, caller: Caller, doc_id: str) -> None:
-    """An upload needs the current lease of a task that contains the document."""
+async def check_upload(pool: Pool, task_id: UUID, lease_token: UUID, caller: Caller, doc_id: str) -> str:
+    """An upload needs the current lease of a task that contains the document: its collection."""
     async with connection(pool) as conn:
         task = await conn.fetchrow(CURRENT_LEASE, task_id, lease_token, caller.owner, caller.session_id)
     if task is None:
         raise LeaseLost(f"lease on task {task_id} is not current; the upload was refused")
     check_in_task(task, [doc_id])
+    return str(task["collection"])
 
 
 async def extend_leases(

@@ -16,27 +16,29 @@ TASK_COLUMNS = """
     priority, max_attempts, attempts, run_after, idempotency_key, status,
     assigned_to, lease_token, lease_expires_at, documents_downloaded,
     documents_failed, documents_skipped, result_summary, last_error,
-    created_at, updated_at, assigned_at, completed_at, task_seq
+    created_at, updated_at, assigned_at, completed_at, task_seq, collection
 """
 
 INSERT_ONE = f"""
 INSERT INTO tasks (source, search_params, start_page, max_documents, params,
-                   priority, max_attempts, idempotency_key, run_after)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, coalesce($9, now()))
+                   priority, max_attempts, idempotency_key, run_after, collection)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, coalesce($9, now()),
+        coalesce($10, (SELECT s.profile->>'collection' FROM sources s WHERE s.name = $1), ''))
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING {TASK_COLUMNS}
 """
 
 INSERT_MANY = """
 INSERT INTO tasks (task_id, source, search_params, start_page, max_documents, params,
-                   priority, max_attempts, idempotency_key, run_after)
+                   priority, max_attempts, idempotency_key, run_after, collection)
 SELECT t.task_id, t.source, t.search_params::jsonb, t.start_page, t.max_documents,
        t.params::jsonb, t.priority, t.max_attempts, t.idempotency_key,
-       coalesce(t.run_after, now())
+       coalesce(t.run_after, now()),
+       coalesce(t.collection, (SELECT s.profile->>'collection' FROM sources s WHERE s.name = t.source), '')
 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::int[], $6::text[],
-            $7::int[], $8::int[], $9::text[], $10::timestamptz[])
+            $7::int[], $8::int[], $9::text[], $10::timestamptz[], $11::text[])
      AS t(task_id, source, search_params, start_page, max_documents, params,
-          priority, max_attempts, idempotency_key, run_after)
+          priority, max_attempts, idempotency_key, run_after, collection)
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING task_id
 """
@@ -77,6 +79,7 @@ async def create_task(pool: Pool, body: v1.TaskCreate, max_attempts: int) -> v1.
         body.max_attempts or max_attempts,
         body.idempotency_key,
         body.run_after,
+        body.collection,
     )
     async with transaction(pool) as conn:
         record = await conn.fetchrow(INSERT_ONE, *args)
@@ -118,6 +121,7 @@ async def create_tasks(pool: Pool, tasks: list[v1.TaskCreate], max_attempts: int
         [t.max_attempts or max_attempts for t in tasks],
         [t.idempotency_key for t in tasks],
         [t.run_after for t in tasks],
+        [t.collection for t in tasks],
     ]
     async with transaction(pool) as conn:
         inserted = {r["task_id"] for r in await conn.fetch(INSERT_MANY, *columns)}
