@@ -53,22 +53,40 @@ def asked(params: dict[str, Any]) -> Asked:
     return Asked(block_statuses=blocks, cap=cap)
 
 
-def texts(params: dict[str, Any], name: str) -> list[bytes]:
+def texts(params: dict[str, Any], name: str) -> list[str]:
     values = params.get(name)
     if not isinstance(values, list):
         return []
-    return [str(v).lower().encode() for v in values if str(v)]
+    return [str(v).casefold() for v in values if str(v)]
+
+
+def found(params: dict[str, Any], name: str, text: str) -> str | None:
+    """The first of the task's `name` patterns in `text`, compared case-insensitively in any
+    script (a Cyrillic captcha prompt as well as "Too Many Requests")."""
+    folded = text.casefold()
+    return next((p for p in texts(params, name) if p in folded), None)
+
+
+def head_text(head: bytes, content_type: str | None) -> str:
+    """A body's first KiB as text: in the charset its Content-Type names, else UTF-8."""
+    charset = "utf-8"
+    for part in (content_type or "").split(";")[1:]:
+        key, _, value = part.strip().partition("=")
+        if key.strip().lower() == "charset" and value.strip():
+            charset = value.strip().strip('"')
+    try:
+        return head[:HEAD].decode(charset, errors="replace")
+    except LookupError:
+        return head[:HEAD].decode("utf-8", errors="replace")
 
 
 def refusal(ext: str, content_type: str | None, head: bytes, params: dict[str, Any]) -> str | None:
     """Why a body that starts with `head` is not the document, or None when it may be."""
     declared = media_type(content_type)
-    lowered = head[:HEAD].lower()
-    for pattern in texts(params, "block_patterns"):
-        if pattern in lowered:
-            return f"a block page: its first KiB holds {pattern.decode()!r} (the task's block_patterns)"
-    required = texts(params, "require_patterns")
-    if required and not any(p in lowered for p in required):
+    text = head_text(head, content_type)
+    if (pattern := found(params, "block_patterns", text)) is not None:
+        return f"a block page: its first KiB holds {pattern!r} (the task's block_patterns)"
+    if texts(params, "require_patterns") and found(params, "require_patterns", text) is None:
         return "not the document: its first KiB holds none of the task's require_patterns"
     expected = params.get("expect_content_type")
     if isinstance(expected, list) and expected:

@@ -272,3 +272,44 @@ def test_a_search_spreads_its_results_over_the_fleet(tmp_path: Path, db_dsn: str
     finally:
         cluster.stop()
         registry.stop()
+
+
+def test_the_registry_blocks_a_fleet_that_comes_too_fast_and_loses_nothing(
+    tmp_path: Path, db_dsn: str
+) -> None:
+    """Past 15 requests a second the registry answers everything, for 2 s, with its captcha page
+    under status 200 (its hidden captcha element is on every normal page too, so the profile's
+    block_patterns names the prompt only the block page has). The blocks halve the host's rate
+    for the fleet; no captcha page is stored, and every decision ends whole."""
+    registry = Origin(tmp_path, "--registry", "--max-rate", "15")
+    cluster = Cluster(
+        tmp_path,
+        db_dsn,
+        HOST_RATE_LIMIT="60",
+        HOST_PAUSE_MIN_ANSWERS="100000",
+        JOB_PAUSE_MIN_ANSWERS="100000",
+    )
+    try:
+        assert put(cluster, "reyestr", profile_for(registry)).status_code == 201
+        searches = [{"CourtRegion": "11", "INSType": "1"}, {"CourtRegion": "14", "INSType": "2"}]
+        tasks = [
+            cluster.post("/api/v1/tasks/create", seed_task(s) | {"max_attempts": 30})["task_id"]
+            for s in searches
+        ]
+        for i in range(2):
+            cluster.client(f"c{i}", "--exit-when-idle", "--concurrency", "8")
+        assert cluster.wait_clients(200) == [0, 0]
+        assert registry.stats().get("blocked", 0) > 0  # the fleet met the wall
+        for task_id in tasks:
+            assert cluster.get(f"/api/v1/tasks/{task_id}")["status"] == "completed"
+        rows = cluster.sql("SELECT doc_id, size FROM documents")
+        want = expected(RegistryConfig(), frozenset({11}), frozenset({1})) + expected(
+            RegistryConfig(), frozenset({14}), frozenset({2})
+        )
+        assert sorted(int(r["doc_id"]) for r in rows) == sorted(want)
+        assert all(r["size"] == len(rtf_for(int(r["doc_id"]))) for r in rows)
+        (host,) = cluster.get("/api/v1/hosts")["hosts"]
+        assert host["blocked"] > 0 and host["effective_rate"] < 60
+    finally:
+        cluster.stop()
+        registry.stop()

@@ -90,15 +90,18 @@ class ProfileSource:
         self.context = context
         self.stopped = ""
         self.trace: list[str] = []
+        self.rules: dict[str, Any] = {}
 
     async def documents(self, task: v1.LeasedTask) -> AsyncIterator[DocRef]:
         profile = self._profile(task)
+        self.rules = task.params | profile.rules()
         listing = Listing(profile, task, re.compile(profile.results.id_pattern))
         asked = bodies.asked(task.params | profile.rules())
         async with self.context.fetcher.browser(asked, profile.charset, self.trace) as browser:
             hidden: list[tuple[str, str]] = []
             if profile.start is not None:
                 start = await browser.open("GET", self._url(profile, profile.start.url))
+                self._blocked(browser, start, task.params | profile.rules(), 0)  # no token on a block page
                 hidden = hidden_fields(start, profile.start.hidden_fields)
             fields = search_fields(profile, task.search_params, hidden)
             page = await browser.open(profile.search.method, self._url(profile, profile.search.url), fields)
@@ -157,15 +160,11 @@ class ProfileSource:
         return urljoin(profile.base_url, url)
 
     def _blocked(self, browser: Browser, page: Page, params: dict[str, Any], number: int) -> None:
-        head = page.text[:4096].encode()[: bodies.HEAD].lower()
-        for pattern in bodies.texts(params, "block_patterns"):
-            if pattern in head:
-                browser.blocked(page.url)
-                raise DocumentFailed(
-                    f"a block page, not the listing: page {number} holds {pattern.decode()!r}",
-                    permanent=False,
-                    blocked=True,
-                )
+        pattern = bodies.found(params, "block_patterns", page.text[: bodies.HEAD])
+        if pattern is not None:
+            browser.blocked(page.url)
+            where = f"results page {number}" if number else page.url
+            raise DocumentFailed(f"a block page: {where} holds {pattern!r}", permanent=False, blocked=True)
 
     def _links(self, listing: Listing, page: Page) -> list[DocRef]:
         results = listing.profile.results
@@ -190,6 +189,7 @@ class ProfileSource:
         if detail.document is None:
             return DocRef(ref.doc_id, ref.url, detail.ext)
         page = await browser.open("GET", ref.url)
+        self._blocked(browser, page, self.rules, 0)
         for node in LexborHTMLParser(page.text).css(detail.document):
             href = node.attributes.get(detail.attribute)
             if href:

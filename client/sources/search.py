@@ -65,10 +65,9 @@ class SearchSource:
             page += 1
 
     def _blocked(self, text: str, url: str, params: dict[str, object], page: int) -> None:
-        head = text[:4096].encode()[: bodies.HEAD].lower()
-        for pattern in bodies.texts(params, "block_patterns"):
-            if pattern in head:
-                self._block(url, f"page {page} holds {pattern.decode()!r} (the task's block_patterns)")
+        pattern = bodies.found(params, "block_patterns", text[: bodies.HEAD])
+        if pattern is not None:
+            self._block(url, f"page {page} holds {pattern!r} (the task's block_patterns)")
 
     def _block(self, url: str, reason: str) -> NoReturn:
         with contextlib.suppress(ValueError):

@@ -3,7 +3,7 @@
 A host's budget is `requests_per_second` and `max_connections` (an override, else the gate's
 HOST_RATE_LIMIT / HOST_CONNECTIONS; 0 = no limit). Its effective rate starts at the budget, is
 halved (at most once a second, never below 2 % of the budget) when a client reports 429/503
-answers, timeouts or resets, and grows back on healthy answers: by 5 % of the budget per second
+answers, timeouts, resets or block pages, and grows back on healthy answers: by 5 % of the budget per second
 up to 80 % of the rate the trouble came at; it stays there for HOLD_SECONDS, then creeps on by
 0.5 % of the budget per second (a registry's limit is most likely where it was).
 Each client working on the host (seen in the last ACTIVE_SECONDS) gets an equal share, but
@@ -178,7 +178,7 @@ async def _grant(
     assert shares is not None
     rate = budget(row["requests_per_second"], defaults.requests_per_second)
     effective, ceiling, adjusted = _adjusted(rate, row, now, report)
-    troubled = adjusted == now and bool(report.throttled or report.errors)
+    troubled = adjusted == now and bool(report.throttled or report.errors or report.blocked)
     pause_until = row["pause_until"]
     if report.retry_after:
         until = now + timedelta(seconds=report.retry_after)
@@ -258,7 +258,7 @@ def _adjusted(
         return None, None, now
     current = min(rate, row["effective_rate"] if row["effective_rate"] is not None else rate)
     elapsed = (now - adjusted_at).total_seconds()
-    if report.throttled or report.errors:
+    if report.throttled or report.errors or report.blocked:  # soft blocks slow the fleet too
         troubled_at = row["troubled_at"]
         if troubled_at is not None and (now - troubled_at).total_seconds() < 1.0:
             return current, ceiling, adjusted_at  # one halving a second, however many report it
