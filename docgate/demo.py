@@ -35,6 +35,11 @@ def add_command(sub: Any) -> None:
     p.add_argument("--size", type=int, default=10_240, help="document size in bytes")
     p.add_argument("--data-dir", default="data/demo", help="replaced on every run (default data/demo)")
     p.add_argument("--timeout", type=float, default=900)
+    p.add_argument(
+        "--registry",
+        action="store_true",
+        help="search the simulated court-decision registry through a stored source profile instead",
+    )
     p.set_defaults(run=run_demo)
 
 
@@ -87,7 +92,7 @@ def run_demo(args: argparse.Namespace) -> int:
     data.mkdir(parents=True)
     processes = Processes(data)
     try:
-        return _demo(args, data, processes)
+        return (_registry_demo if args.registry else _demo)(args, data, processes)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted; stopping everything[/]")
         return 130
@@ -175,6 +180,71 @@ def _demo(args: argparse.Namespace, data: Path, processes: Processes) -> int:
     final = _follow(http, job["job_id"], args)
     elapsed = time.monotonic() - started
     return _summary(final, elapsed, store, data, args)
+
+
+def _registry_demo(args: argparse.Namespace, data: Path, processes: Processes) -> int:
+    """The seed's searches of a court-decision registry: a source profile stored on the gate,
+    search tasks created as the seed's curl did, spread over the clients (spread_chunk_size)."""
+    from docgate.registry import RegistryConfig, expected, profile
+
+    python = [sys.executable, "-m", "docgate.cli"]
+    admin = "demo-" + secrets.token_urlsafe(24)
+    gate_port, registry_port = _port(), _port()
+    gate_url, registry_url = f"http://127.0.0.1:{gate_port}", f"http://127.0.0.1:{registry_port}"
+    store = data / "documents"
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "DB_", "DOCGATE_"))}
+    console.print(f"[bold]docgate demo --registry[/] in {data}")
+    env = {
+        "DATA_DIR": str(data),
+        "API_PORT": str(gate_port),
+        "ADMIN_API_KEY": admin,
+        "STORAGE_URL": str(store),
+    }
+    processes.start("gate", [*python, "server"], base | env | {"LOG_LEVEL": "WARNING"})
+    processes.start("registry", [*python, "origin", "--registry", "--port", str(registry_port)], base)
+    http = httpx.Client(base_url=gate_url, headers={"X-API-Key": admin}, timeout=30)
+    _wait_for(gate_url + "/health", "gate")
+    _wait_for(registry_url + "/_stats", "registry")
+    polite = profile(registry_url) | {"spread_chunk_size": 10, "politeness": {"requests_per_second": 20}}
+    http.put("/api/v1/sources/reyestr", json=polite).raise_for_status()
+    regions = ["11", "12", "13", "14"]
+    for region in regions:
+        task = {"source": "reyestr", "search_params": {"CourtRegion": region, "INSType": "1"},
+                "start_page": 1, "max_documents": 1000}  # fmt: skip
+        http.post("/api/v1/tasks/create", json=task).raise_for_status()
+    want = sum(len(expected(RegistryConfig(), frozenset({int(r)}), frozenset({1}))) for r in regions)
+    console.print(f"  gate      {gate_url}  (embedded PostgreSQL in {data / 'pg'})")
+    console.print(f"  registry  {registry_url}  (form POST search, session paging, RTF originals)")
+    console.print(
+        f"  searches  {len(regions)} (CourtRegion {', '.join(regions)}, INSType 1): {want} decisions"
+    )
+    for i in range(args.clients):
+        key = http.post("/api/v1/clients/register", json={"client_name": f"demo-client-{i + 1}"}).json()
+        argv = ["client", "--api-url", gate_url, "--api-key", key["api_key"], "--client-name",
+                f"demo-client-{i + 1}", "--output-dir", str(store), "--allow-network", "127.0.0.0/8",
+                "--exit-when-idle", "--progress", "log", "--poll-interval", "1"]  # fmt: skip
+        processes.start(f"client-{i + 1}", [*python, *argv], base)
+    started = time.monotonic()
+    deadline = started + args.timeout
+    with Progress(
+        TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), console=console
+    ) as bar:
+        row = bar.add_task("decisions", total=want)
+        while time.monotonic() < deadline:
+            status = http.get("/api/v1/tasks/status").json()["counts"]
+            stored = http.get("/api/v1/stats").json()["documents"]
+            bar.update(row, completed=stored)
+            if status["pending"] + status["assigned"] == 0 and status["completed"] > len(regions):
+                break
+            time.sleep(0.5)
+    elapsed = time.monotonic() - started
+    files = sorted(store.rglob("*.rtf"))
+    console.print(
+        f"\n[bold]{stored} of {want} decisions stored[/] in {elapsed:.1f} s, {len(files)} RTF files"
+    )
+    console.print(f"  tasks   {status} (the searches spread their results into download tasks)")
+    console.print(f"  logs    {data}/gate.log, registry.log, client-*.log")
+    return 0 if stored == want else 1
 
 
 def _wait_for(url: str, what: str, seconds: float = 120) -> None:

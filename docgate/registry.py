@@ -253,6 +253,29 @@ class Registry:
         return web.json_response(dict(self.stats))
 
 
+def profile(base_url: str) -> dict[str, Any]:
+    """The source profile for this registry (examples/reyestr.json is this, for port 8090)."""
+    return {
+        "description": "A court-decision registry searched as the seed did: form POST, session-bound "
+        "paging, RTF originals",
+        "base_url": base_url,
+        "charset": "utf-8",
+        "start": {"url": "/", "hidden_fields": "form input[type=hidden]"},
+        "search": {
+            "url": "/",
+            "method": "POST",
+            "fields": {"PagingInfo.ItemsPerPage": "25", "SearchExpression": ""},
+            "params_map": {"CourtRegion": "CourtRegion[]", "INSType": "INSType[]"},
+        },
+        "results": {"links": "a.doc_text2", "id_pattern": r"/Review/(?P<id>\d+)$", "page_size": 25},
+        "next_page": {"url": "/Page/{page}"},
+        "detail": {"document": "a#btnRtf", "ext": ".rtf"},
+        "block_patterns": [CAPTCHA_PROMPT],
+        "expect_content_type": ["application/rtf"],
+        "politeness": {"requests_per_second": 5},
+    }
+
+
 def expected(
     config: RegistryConfig,
     regions: frozenset[int] = frozenset(),

@@ -313,3 +313,10 @@ def test_the_registry_blocks_a_fleet_that_comes_too_fast_and_loses_nothing(
     finally:
         cluster.stop()
         registry.stop()
+
+
+def test_the_example_profile_is_the_simulators() -> None:
+    """examples/reyestr.json (make run's next steps, the README) is the profile the demo uses."""
+    from docgate.registry import profile
+
+    assert profile("http://127.0.0.1:8090") == EXAMPLE
