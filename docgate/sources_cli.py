@@ -44,6 +44,9 @@ def add_commands(sub: Any) -> None:
     dry.add_argument("--start-page", type=int, default=1)
     dry.add_argument("--max-documents", type=int, default=1000)
     dry.add_argument(
+        "--rate", type=float, default=2.0, help="requests per second to the registry (default 2)"
+    )
+    dry.add_argument(
         "--allow-network", action="append", default=[], help="also fetch from this network (127.0.0.0/8:8080)"
     )
     dry.set_defaults(run=run_try)
@@ -126,6 +129,8 @@ def run_try(args: argparse.Namespace) -> int:
         raise DocgateError('--search-params must be a JSON object, e.g. {"CourtRegion": "11"}')
     if args.pages < 1 or args.max_documents < 1 or args.start_page < 1:
         raise DocgateError("--pages, --start-page and --max-documents must be at least 1")
+    if not 0 < args.rate <= 1000:
+        raise DocgateError("--rate must be above 0 and at most 1000 requests per second")
     profile = profile.model_copy(
         update={"max_pages": min(profile.max_pages, args.pages + args.start_page - 1)}
     )
@@ -145,7 +150,7 @@ async def _dry_run(
         policy = Policy(args.allow_network)
     except ValueError as exc:
         raise DocgateError(f"--allow-network: {exc}") from None
-    fetcher = Fetcher(policy, concurrency=4, per_host_connections=2, per_host_rate=2.0, retries=1,
+    fetcher = Fetcher(policy, concurrency=4, per_host_connections=2, per_host_rate=args.rate, retries=1,
                       timeout=30.0, max_size=16 << 20)  # fmt: skip
     now = datetime.now(UTC)
     task = v1.LeasedTask(

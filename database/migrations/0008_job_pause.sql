@@ -8,7 +8,8 @@
 ALTER TABLE jobs
     ADD COLUMN paused        boolean NOT NULL DEFAULT false,
     ADD COLUMN paused_reason text,
-    ADD COLUMN paused_at     timestamptz;
+    ADD COLUMN paused_at     timestamptz,
+    ADD COLUMN resumed_at    timestamptz;  -- the dead-man switch counts answers since then
 CREATE INDEX jobs_paused ON jobs (job_id) WHERE paused;
 
 -- How many of an attempt's documents were block pages (the job's dead-man switch counts them).

@@ -23,7 +23,9 @@ PAUSE = """
 UPDATE jobs SET paused = true, paused_reason = $2, paused_at = now()
 WHERE job_id = $1 AND NOT paused RETURNING job_id
 """
-RESUME = "UPDATE jobs SET paused = false, paused_reason = NULL, paused_at = NULL WHERE job_id = $1"
+RESUME = """
+UPDATE jobs SET paused = false, paused_reason = NULL, paused_at = NULL, resumed_at = now() WHERE job_id = $1
+"""
 EXISTS = "SELECT paused FROM jobs WHERE job_id = $1"
 # Each batch checks the job is still paused (or still running): a resume racing a pause wins.
 HOLD = f"""
@@ -46,14 +48,15 @@ UPDATE tasks t SET run_after = now(), updated_at = now() FROM batch b WHERE t.ta
 """
 PAUSED = "SELECT job_id FROM jobs WHERE paused"
 NOTIFY = "SELECT pg_notify('docgate_tasks', '')"
-# A job's answers over the last five minutes: documents stored by its completed attempts, and
-# block pages reported by its handed-back ones.
+# A job's answers over the last five minutes (since it was last resumed: a resumed job is judged
+# afresh): documents stored by its completed attempts, and block pages its handed-back ones saw.
 RECENT = """
 SELECT coalesce(sum(e.documents) FILTER (WHERE e.event = 'completed'), 0) AS ok,
        coalesce(sum(e.blocked), 0) AS blocked
 FROM task_events e JOIN tasks t ON t.task_id = e.task_id
-WHERE e.at > now() - interval '5 minutes' AND e.event IN ('completed', 'retry_scheduled', 'failed')
-  AND t.job_id = $1
+WHERE e.at > greatest(now() - interval '5 minutes',
+                     coalesce((SELECT resumed_at FROM jobs WHERE job_id = $1), '-infinity'))
+  AND e.event IN ('completed', 'retry_scheduled', 'failed') AND t.job_id = $1
 """
 
 
