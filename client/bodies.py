@@ -23,7 +23,7 @@ import fnmatch
 from collections.abc import AsyncIterator
 from typing import Any
 
-from client.download import Asked, Body, DocumentFailed
+from client.download import Asked, Body, DocumentFailed, charset_of
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 HTML_EXTS = {"", ".html", ".htm", ".xhtml", ".shtml", ".php", ".asp", ".aspx", ".jsp"}
@@ -69,11 +69,7 @@ def found(params: dict[str, Any], name: str, text: str) -> str | None:
 
 def head_text(head: bytes, content_type: str | None) -> str:
     """A body's first KiB as text: in the charset its Content-Type names, else UTF-8."""
-    charset = "utf-8"
-    for part in (content_type or "").split(";")[1:]:
-        key, _, value = part.strip().partition("=")
-        if key.strip().lower() == "charset" and value.strip():
-            charset = value.strip().strip('"')
+    charset = charset_of(content_type) or "utf-8"
     try:
         return head[:HEAD].decode(charset, errors="replace")
     except LookupError:

@@ -264,7 +264,7 @@ class Fetcher:
                 data += chunk
                 if len(data) > self.max_size:
                     raise DocumentFailed("page over --max-document-size", True)
-            declared = _charset(body.content_type) or charset
+            declared = charset_of(body.content_type) or charset
             try:
                 text = data.decode(declared, errors="replace")
             except LookupError:
@@ -345,7 +345,8 @@ def _options() -> dict[str, Any]:
     }
 
 
-def _charset(content_type: str | None) -> str | None:
+def charset_of(content_type: str | None) -> str | None:
+    """The charset a Content-Type names, if it names one."""
     for part in (content_type or "").split(";")[1:]:
         name, _, value = part.strip().partition("=")
         if name.strip().lower() == "charset" and value.strip():

@@ -209,15 +209,10 @@ def run_admin_key_reset(args: argparse.Namespace) -> int:
 
 
 def run_refetch_failed(args: argparse.Namespace) -> int:
-    import uuid
-
     from server.db.jobs import refetch_failed
     from server.db.pool import create_pool
 
-    try:
-        job_id = uuid.UUID(args.job_id)
-    except ValueError:
-        raise DocgateError(f"job id {args.job_id!r} is not a uuid") from None
+    job_id = _job_id(args.job_id)
     if not 1 <= args.chunk_size <= 100_000:
         raise DocgateError("--chunk-size must be between 1 and 100000")
     settings = Settings.load()
