@@ -791,8 +791,12 @@ class Refetch(Request):
 
 
 class JobCreated(Reply):
+    """201: the job and all its tasks exist. 202 (`creating`): the job exists and its tasks are
+    being inserted in the background; GET /api/v1/jobs/{id} shows how far (`tasks_created`)."""
+
     job_id: UUID
     tasks_created: int
+    creating: bool = Field(default=False, description="its tasks are still being created in the background")
 
 
 class Job(Reply):
@@ -806,6 +810,8 @@ class Job(Reply):
     paused: bool = Field(False, description="no task of the job is leased until it is resumed")
     paused_reason: str | None = None
     paused_at: datetime | None = None
+    creating: bool = Field(default=False, description="tasks are still being created in the background")
+    tasks_created: int = Field(default=0, description="tasks created so far (tasks_total once creation ends)")
     counts: dict[TaskStatus, int]
     documents_downloaded: int
     documents_failed: int

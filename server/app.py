@@ -22,7 +22,7 @@ from server import bootstrap
 from server.api import api_router
 from server.auth import Authenticator
 from server.config import Settings
-from server.db import hosts, lifecycle, pausing, stats
+from server.db import hosts, jobs, lifecycle, pausing, stats
 from server.db.pool import create_pool
 from server.errors import DatabaseUnavailable, DocgateError, status_and_code
 from server.metrics import Metrics
@@ -34,6 +34,8 @@ from server.wakeup import TaskWakeup
 from storage import Storage, StorageError
 
 log = logging.getLogger("docgate.gate")
+PROMOTE_EVERY = 0.25  # seconds between promotions of tasks come due
+CREATION_POLL = 2.0  # seconds between looks for jobs another gate left half created
 
 
 def create_app(settings: Settings, dsn: str, *, apply_migrations: bool = True) -> FastAPI:
@@ -102,6 +104,8 @@ def _lifespan(
             background = [
                 asyncio.create_task(_probe(store), name="docgate-store-probe"),
                 asyncio.create_task(_housekeeping(state), name="docgate-housekeeping"),
+                asyncio.create_task(_promote(state), name="docgate-promote"),
+                asyncio.create_task(_create_jobs(state), name="docgate-job-creation"),
                 asyncio.create_task(_watch_loop(metrics), name="docgate-loop-lag"),
             ]
             try:
@@ -139,6 +143,7 @@ async def _housekeeping(state: GateState) -> None:
             if expired:
                 log.info("expired %d leases", expired)
             await stats.fold_counts(state.pool)
+            await stats.prune_events(state.pool, state.settings.task_events_retention_seconds)
             await pausing.hold_returned(state.pool)
             rounds += 1
             if rounds % 60 == 0:
@@ -148,6 +153,36 @@ async def _housekeeping(state: GateState) -> None:
         except Exception:  # keep the loop alive whatever one round hits
             log.exception("housekeeping round failed")
         await asyncio.sleep(state.settings.reap_interval_seconds)
+
+
+async def _promote(state: GateState) -> None:
+    """Make tasks leasable as their back-off ends, on every gate (SKIP LOCKED keeps them apart):
+    a quarter of a second at most after their run_after (one index probe when none is due)."""
+    every = min(PROMOTE_EVERY, state.settings.reap_interval_seconds)
+    while True:
+        try:
+            await lifecycle.promote_due(state.pool)
+        except DatabaseUnavailable:
+            pass  # housekeeping says so
+        except Exception:
+            log.exception("promoting due tasks failed")
+        await asyncio.sleep(every)
+
+
+async def _create_jobs(state: GateState) -> None:
+    """Insert the tasks of jobs answered 202, a slice per transaction, on every gate (SKIP
+    LOCKED: one gate per job at a time; a gate killed midway leaves the rest to the others)."""
+    while True:
+        state.creation.clear()
+        try:
+            while await jobs.create_slice(state.pool) is not None:
+                pass
+        except DatabaseUnavailable:
+            pass  # housekeeping says so
+        except Exception:
+            log.exception("creating a job's tasks failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(state.creation.wait(), CREATION_POLL)
 
 
 async def _watch_loop(metrics: Metrics, every: float = 0.05) -> None:

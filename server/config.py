@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     retry_backoff_seconds: Annotated[float, Field(ge=0, le=86_400)] = 30
     retry_backoff_max_seconds: Annotated[float, Field(ge=0, le=7 * 86_400)] = 3_600
     reap_interval_seconds: Annotated[float, Field(gt=0, le=3_600)] = 1.0
+    # task_events older than this are pruned (0 = kept for ever); the activity rollups that feed
+    # the dashboard, throughput and ETAs are kept a week.
+    task_events_retention_seconds: Annotated[float, Field(ge=0, le=10 * 365 * 86_400)] = 3 * 86_400
+    # Jobs of more tasks than this are answered 202 at once and created in the background.
+    job_background_tasks: Annotated[int, Field(ge=1, le=v1.MAX_JOB_COUNT)] = 20_000
     poll_fallback_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
     client_stale_seconds: Annotated[float, Field(gt=0)] = 180
 

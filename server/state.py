@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 
 from server.auth import Authenticator
 from server.config import Settings
@@ -21,6 +22,8 @@ class GateState:
     wakeup: TaskWakeup
     metrics: Metrics
     store: Storage
+    # Set when this gate answered 202 for a job, so its background creator starts at once.
+    creation: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def backoff(self) -> Backoff:

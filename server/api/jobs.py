@@ -20,7 +20,10 @@ router = APIRouter()
     "/jobs",
     response_model=v1.JobCreated,
     status_code=201,
-    responses={200: {"model": v1.JobCreated, "description": "idempotent repeat"}},
+    responses={
+        200: {"model": v1.JobCreated, "description": "idempotent repeat"},
+        202: {"model": v1.JobCreated, "description": "a large job: its tasks are being created"},
+    },
 )
 async def create_job(body: v1.JobCreate, state: StateDep, _: AdminDep) -> JSONResponse:
     tasks = -(-body.params.count // body.chunk_size)
@@ -30,8 +33,13 @@ async def create_job(body: v1.JobCreate, state: StateDep, _: AdminDep) -> JSONRe
             f"{state.settings.max_job_tasks} per job (MAX_JOB_TASKS): raise chunk_size "
             "or split the range"
         )
-    created, is_new = await db.create_job(state.pool, body, state.settings.max_attempts)
-    return JSONResponse(created.model_dump(mode="json"), status_code=201 if is_new else 200)
+    created, is_new = await db.create_job(
+        state.pool, body, state.settings.max_attempts, state.settings.job_background_tasks
+    )
+    if is_new and created.creating:
+        state.creation.set()  # this gate's creator starts at once
+    status = (202 if created.creating else 201) if is_new else 200
+    return JSONResponse(created.model_dump(mode="json"), status_code=status)
 
 
 @router.get("/jobs/{job_id}", response_model=v1.Job)

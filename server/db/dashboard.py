@@ -9,11 +9,10 @@ from protocol import v1
 from server.db import hosts, stats
 from server.db.pool import Pool, connection
 
-PER_MINUTE = """
-SELECT floor(extract(epoch FROM now() - at) / 60)::int AS ago,
-       count(*) AS tasks, coalesce(sum(documents), 0) AS documents
-FROM task_events
-WHERE event = 'completed' AND at > now() - interval '60 minutes'
+PER_MINUTE = f"""
+SELECT floor(extract(epoch FROM now() - bucket) / 60)::int AS ago,
+       sum(completed)::bigint AS tasks, sum(documents)::bigint AS documents
+FROM {stats.activity_since("interval '60 minutes'")}
 GROUP BY 1
 """
 
@@ -23,12 +22,10 @@ FROM jobs ORDER BY created_at DESC LIMIT $1
 """
 
 # Tasks finished per job in the last ten minutes: the rate behind each ETA.
-JOB_RATES = """
-SELECT t.job_id, count(*) AS finished
-FROM task_events e JOIN tasks t ON t.task_id = e.task_id
-WHERE e.at > now() - interval '10 minutes' AND e.event IN ('completed', 'failed', 'cancelled')
-  AND t.job_id = ANY($1::uuid[])
-GROUP BY t.job_id
+JOB_RATES = f"""
+SELECT job_id, sum(completed + failed + cancelled)::bigint AS finished
+FROM {stats.activity_since("interval '10 minutes'", "job_id = ANY($1::uuid[])")}
+GROUP BY job_id
 """
 
 FAILURES = """

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Any
 from uuid import UUID
 
 from protocol import v1
-from server.db.pool import Pool, connection, transaction
+from server.db import stats
+from server.db.pool import Connection, Pool, connection, transaction
 from server.errors import IdempotencyConflict, JobNotFound
 
+log = logging.getLogger("docgate.gate")
+
 INSERT_JOB = """
-INSERT INTO jobs (source, params, chunk_size, priority, tasks_total, idempotency_key, collection)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+INSERT INTO jobs (source, params, chunk_size, priority, tasks_total, idempotency_key, collection,
+                  creating, max_attempts, only_missing)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING job_id
 """
@@ -26,7 +32,7 @@ SELECT $1, 'id_range',
                           'count', least($4::bigint, $5::bigint - g * $4::bigint),
                           'ext', $6::text) || $10::jsonb,
        least($4::bigint, $5::bigint - g * $4::bigint), $7, $8, $11
-FROM generate_series(0::bigint, $9::bigint - 1) AS g
+FROM generate_series($12::bigint, $9::bigint - 1) AS g
 """
 
 # only_missing: the ids of the range not yet in documents, in chunks of $4.
@@ -75,29 +81,43 @@ ORDER BY c.grp
 TASK_EXTRAS = tuple(v1.TaskParams.model_fields)
 INSERT_REFETCH = INSERT_REFETCH.format(extras=", ".join(f"'{k}', j.params->'{k}'" for k in TASK_EXTRAS))
 
-ADD_TOTAL = "UPDATE jobs SET tasks_total = tasks_total + $2 WHERE job_id = $1"
+ADD_TOTAL = """
+UPDATE jobs SET tasks_total = tasks_total + $2, tasks_created = tasks_created + $2 WHERE job_id = $1
+"""
 
 GET_JOB = "SELECT * FROM jobs WHERE job_id = $1"
 # Ten million tasks take minutes to insert; the pool's default statement timeout is for normal work.
 BULK_TIMEOUT = 3600.0
-BY_KEY = "SELECT job_id, source, params, chunk_size, priority FROM jobs WHERE idempotency_key = $1"
-
-PROGRESS = """
-SELECT status, count(*) AS n,
-       coalesce(sum(documents_downloaded), 0) AS downloaded,
-       coalesce(sum(documents_failed), 0) AS failed,
-       coalesce(sum(documents_skipped), 0) AS skipped
-FROM tasks WHERE job_id = $1 GROUP BY status
+BY_KEY = """
+SELECT job_id, source, params, chunk_size, priority, creating, tasks_created
+FROM jobs WHERE idempotency_key = $1
 """
 
+# Background creation: the oldest job still being created that no other gate is working on,
+# locked while one slice of its tasks is inserted; the slice and the cursor commit together, so
+# a gate killed midway leaves the job where its last slice ended, for any gate to go on.
+NEXT_CREATING = """
+SELECT * FROM jobs WHERE creating ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED
+"""
+ADVANCE = """
+UPDATE jobs SET cursor = $2, tasks_created = tasks_created + $3, creating = $4,
+                tasks_total = CASE WHEN only_missing THEN tasks_created + $3 ELSE tasks_total END
+WHERE job_id = $1
+"""
+SLICE_TASKS = 50_000  # tasks per transaction of background creation
 
-async def create_job(pool: Pool, body: v1.JobCreate, max_attempts: int) -> tuple[v1.JobCreated, bool]:
-    """Create the job and its tasks atomically; an idempotent repeat returns the first job."""
+
+async def create_job(
+    pool: Pool, body: v1.JobCreate, max_attempts: int, background_over: int
+) -> tuple[v1.JobCreated, bool]:
+    """Create the job; an idempotent repeat returns the first job (and False). A job of at most
+    `background_over` tasks is created whole in this transaction; a larger one is only recorded
+    here (`creating`), and its tasks are inserted by `create_slice`, in the background."""
     p = body.params
     params = p.model_dump(exclude_none=True)
-    # What every task of the job carries besides its range.
-    extras = {k: params[k] for k in TASK_EXTRAS if k in params}
     chunks = -(-p.count // body.chunk_size)
+    background = chunks > background_over
+    attempts = body.max_attempts or max_attempts
     async with transaction(pool) as conn:
         job_id = await conn.fetchval(
             INSERT_JOB,
@@ -105,9 +125,12 @@ async def create_job(pool: Pool, body: v1.JobCreate, max_attempts: int) -> tuple
             params,
             body.chunk_size,
             body.priority,
-            chunks,
+            0 if body.only_missing else chunks,
             body.idempotency_key,
             body.collection,
+            background,
+            attempts,
+            body.only_missing,
         )
         if job_id is None:
             existing = await conn.fetchrow(BY_KEY, body.idempotency_key)
@@ -119,42 +142,80 @@ async def create_job(pool: Pool, body: v1.JobCreate, max_attempts: int) -> tuple
                     f"idempotency_key {body.idempotency_key!r} was first used for a different job "
                     f"({existing['job_id']}); use a new key for new work"
                 )
-            return v1.JobCreated(job_id=existing["job_id"], tasks_created=0), False
-        attempts = body.max_attempts or max_attempts
-        if body.only_missing:
-            status = await conn.execute(
-                INSERT_MISSING,
-                job_id,
-                p.url_template,
-                p.start_id,
-                body.chunk_size,
-                p.count,
-                p.ext,
-                body.priority,
-                attempts,
-                extras,
-                body.collection,
-                timeout=BULK_TIMEOUT,
+            repeat = v1.JobCreated(
+                job_id=existing["job_id"],
+                tasks_created=existing["tasks_created"],
+                creating=existing["creating"],
             )
-            chunks = _inserted(status)
-            await conn.execute("UPDATE jobs SET tasks_total = $2 WHERE job_id = $1", job_id, chunks)
-        else:
-            await conn.execute(
-                INSERT_CHUNKS,
-                job_id,
-                p.url_template,
-                p.start_id,
-                body.chunk_size,
-                p.count,
-                p.ext,
-                body.priority,
-                attempts,
-                chunks,
-                extras,
-                body.collection,
-                timeout=BULK_TIMEOUT,
-            )
-    return v1.JobCreated(job_id=job_id, tasks_created=chunks), True
+            return repeat, False
+        if background:
+            return v1.JobCreated(job_id=job_id, tasks_created=0, creating=True), True
+        job = await conn.fetchrow(GET_JOB, job_id)
+        assert job is not None  # inserted above, in this transaction
+        created, cursor, _ = await _insert_slice(conn, job, everything=True)
+        await conn.execute(ADVANCE, job_id, cursor, created, False)
+    return v1.JobCreated(job_id=job_id, tasks_created=created), True
+
+
+async def create_slice(pool: Pool) -> int | None:
+    """Insert the next slice of a job being created in the background: how many tasks (None:
+    no job is waiting for its tasks)."""
+    async with transaction(pool) as conn:
+        job = await conn.fetchrow(NEXT_CREATING)
+        if job is None:
+            return None
+        created, cursor, done = await _insert_slice(conn, job, everything=False)
+        await conn.execute(ADVANCE, job["job_id"], cursor, created, not done)
+    if done:
+        log.info("job %s: all %d tasks created", job["job_id"], job["tasks_created"] + created)
+    return created
+
+
+async def _insert_slice(conn: Connection, job: Any, *, everything: bool) -> tuple[int, int, bool]:
+    """Insert the job's tasks from its cursor on (all of them, or one slice): (tasks inserted,
+    the new cursor, whether that was the last of them)."""
+    p = job["params"]
+    extras = {k: p[k] for k in TASK_EXTRAS if k in p}
+    size, count, start = job["chunk_size"], int(p["count"]), int(p["start_id"])
+    common = (p["url_template"], size, p.get("ext", ""))
+    if job["only_missing"]:
+        # Ids are looked at in slices of whole chunks; a chunk is cut only at a slice's end.
+        ids = count - job["cursor"] if everything else min(SLICE_TASKS * size, count - job["cursor"])
+        status = await conn.execute(
+            INSERT_MISSING,
+            job["job_id"],
+            common[0],
+            start + job["cursor"],
+            size,
+            ids,
+            common[2],
+            job["priority"],
+            job["max_attempts"],
+            extras,
+            job["collection"],
+            timeout=BULK_TIMEOUT,
+        )
+        cursor = job["cursor"] + ids
+        return _inserted(status), cursor, cursor >= count
+    chunks = -(-count // size)
+    end = chunks if everything else min(job["cursor"] + SLICE_TASKS, chunks)
+    status = await conn.execute(
+        INSERT_CHUNKS,
+        job["job_id"],
+        common[0],
+        start,
+        size,
+        count,
+        common[2],
+        job["priority"],
+        job["max_attempts"],
+        end,
+        extras,
+        job["collection"],
+        job["cursor"],
+        timeout=BULK_TIMEOUT,
+    )
+    return _inserted(status), end, end >= chunks
 
 
 def _inserted(status: str) -> int:
@@ -176,9 +237,11 @@ async def get_job(pool: Pool, job_id: UUID) -> v1.Job:
         job = await conn.fetchrow(GET_JOB, job_id)
         if job is None:
             raise JobNotFound(f"job {job_id} not found")
-        rows = await conn.fetch(PROGRESS, job_id)
-    counts = {status: 0 for status in v1.TaskStatus}
-    counts.update({v1.TaskStatus(r["status"]): r["n"] for r in rows})
+    # From the counters the triggers keep: a job of ten million tasks is read in a few rows.
+    prefix = f"job:{job_id}:"
+    sums = ("downloaded", "docs_failed", "docs_skipped")
+    found = await stats.counters(pool, stats.job_counter_names(job_id) + [prefix + k for k in sums])
+    counts = {status: found[prefix + status.value] for status in v1.TaskStatus}
     finished = sum(counts[s] for s in v1.TERMINAL_STATUSES)
     return v1.Job(
         **{
@@ -195,12 +258,14 @@ async def get_job(pool: Pool, job_id: UUID) -> v1.Job:
                 "paused_reason",
                 "paused_at",
                 "collection",
+                "creating",
+                "tasks_created",
             )  # fmt: skip
         },
         counts=counts,
-        documents_downloaded=sum(r["downloaded"] for r in rows),
-        documents_failed=sum(r["failed"] for r in rows),
-        documents_skipped=sum(r["skipped"] for r in rows),
+        documents_downloaded=found[prefix + "downloaded"],
+        documents_failed=found[prefix + "docs_failed"],
+        documents_skipped=found[prefix + "docs_skipped"],
         progress=finished / job["tasks_total"] if job["tasks_total"] else 1.0,
     )
 

@@ -73,10 +73,12 @@ WITH held AS (
     -- Walk tasks_leasable (priority, then age) and stop after $1 rows (fewer at the cap).
     -- SKIP LOCKED lets concurrent leasers pass over rows another transaction
     -- is claiming instead of queueing behind it, so no task goes out twice.
-    -- A paused job's tasks are held out of the index (run_after 'infinity'); one that came
-    -- back pending since is passed over here until housekeeping holds it too.
+    -- Only due tasks are in the index: one not yet due (a retry in back-off, a paused job's
+    -- held task) waits in tasks_waiting until housekeeping promotes it (PROMOTE), so a backlog
+    -- in back-off costs the lease nothing. One of a paused job that came back pending since
+    -- the pause is passed over here until housekeeping holds it too.
     SELECT task_id FROM tasks
-    WHERE status = 'pending' AND run_after <= now() AND run_after < 'infinity'
+    WHERE status = 'pending' AND due AND run_after <= now()
       AND (job_id IS NULL OR job_id NOT IN (SELECT job_id FROM jobs WHERE paused))
     ORDER BY priority DESC, task_seq
     LIMIT greatest(0, least($1, $5 - (SELECT n FROM held)))
@@ -258,6 +260,9 @@ WITH cancelled AS (
 SELECT count(*) FROM cancelled
 """
 
+# A job still being created stops growing when cancelled: what was created is the whole of it.
+STOP_CREATING = "UPDATE jobs SET creating = false, tasks_total = tasks_created WHERE job_id = $1 AND creating"
+
 RETRY = f"""
 WITH retried AS (
     UPDATE tasks
@@ -305,10 +310,22 @@ SELECT count(*) FROM handed
 # Is anything leasable now? The long-poll's fallback probe: the same rows LEASE would walk.
 ANY_LEASABLE = """
 SELECT EXISTS (
-    SELECT 1 FROM tasks WHERE status = 'pending' AND run_after <= now() AND run_after < 'infinity'
+    SELECT 1 FROM tasks WHERE status = 'pending' AND due AND run_after <= now()
       AND (job_id IS NULL OR job_id NOT IN (SELECT job_id FROM jobs WHERE paused))
 )
 """
+
+# Tasks whose run_after has come, into the leasable index, oldest due first, in batches of $1.
+# The tasks_due trigger clears `due` whenever a task goes pending with run_after ahead.
+PROMOTE = """
+WITH ready AS (
+    SELECT task_id FROM tasks WHERE status = 'pending' AND NOT due AND run_after <= now()
+    ORDER BY run_after LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE tasks t SET due = true FROM ready r WHERE t.task_id = r.task_id
+"""
+PROMOTE_BATCH = 10_000
 NOTIFY = "SELECT pg_notify('docgate_tasks', '')"
 
 
@@ -503,6 +520,22 @@ async def hand_back_client(conn: Connection, client_id: UUID) -> int:
     return handed
 
 
+async def promote_due(pool: Pool, rounds: int = 10) -> int:
+    """Make the tasks whose back-off (or run_after) has ended leasable; how many. Long-polling
+    clients hear of them. At most `rounds` batches, so a wall of retries coming due at once is
+    spread over the next calls instead of holding one transaction."""
+    promoted = 0
+    for _ in range(rounds):
+        async with transaction(pool) as conn:
+            n = int((await conn.execute(PROMOTE, PROMOTE_BATCH)).rsplit(" ", 1)[-1])
+            if n:
+                await conn.execute(NOTIFY)
+        promoted += n
+        if n < PROMOTE_BATCH:
+            break
+    return promoted
+
+
 async def reap_expired(pool: Pool, backoff: Backoff) -> int:
     """Turn expired leases into failed attempts; return how many."""
     async with transaction(pool) as conn:
@@ -544,6 +577,7 @@ async def cancel_job(pool: Pool, job_id: UUID) -> int:
     async with transaction(pool) as conn:
         if await conn.fetchval("SELECT 1 FROM jobs WHERE job_id = $1", job_id) is None:
             raise JobNotFound(f"job {job_id} not found")
+        await conn.execute(STOP_CREATING, job_id)  # waits for a slice being inserted
         cancelled: int = await conn.fetchval(CANCEL_JOB, job_id)
     return cancelled
 

@@ -26,16 +26,57 @@ INSERT INTO task_counts (status, n) SELECT status, delta FROM summed
 ON CONFLICT (status) DO UPDATE SET n = task_counts.n + excluded.n
 """
 
-THROUGHPUT = """
+
+def activity_since(since: str, where: str = "true") -> str:
+    """The activity rows (folded, and appended since the last fold) whose 10 seconds began after
+    `since` (an SQL expression), as a FROM item named `a`."""
+    return f"""(
+    SELECT bucket, job_id, completed, failed, cancelled, documents FROM activity
+    WHERE bucket > now() - {since} AND {where}
+    UNION ALL
+    SELECT bucket, job_id, completed, failed, cancelled, documents FROM activity_deltas
+    WHERE bucket > now() - {since} AND {where}
+) a"""
+
+
+# Rows of activity are per 10 seconds: a window reads whole buckets that began inside it.
+THROUGHPUT = f"""
 SELECT w.minutes,
-       count(e.event_id) AS tasks_completed,
-       coalesce(sum(e.documents), 0) AS documents_downloaded
+       coalesce(sum(a.completed), 0)::bigint AS tasks_completed,
+       coalesce(sum(a.documents), 0)::bigint AS documents_downloaded
 FROM unnest($1::int[]) AS w(minutes)
-LEFT JOIN task_events e
-  ON e.event = 'completed' AND e.at > now() - make_interval(mins => w.minutes)
+LEFT JOIN {activity_since("interval '60 minutes'")} ON a.bucket > now() - make_interval(mins => w.minutes)
 GROUP BY w.minutes
 ORDER BY w.minutes
 """
+
+# Fold the appended activity into its rows, as FOLD does for the counters.
+FOLD_ACTIVITY = """
+WITH gone AS (DELETE FROM activity_deltas RETURNING *),
+     summed AS (
+         SELECT bucket, job_id, sum(completed) AS completed, sum(failed) AS failed,
+                sum(cancelled) AS cancelled, sum(documents) AS documents
+         FROM gone GROUP BY bucket, job_id
+     )
+INSERT INTO activity (bucket, job_id, completed, failed, cancelled, documents)
+SELECT * FROM summed ORDER BY bucket, job_id
+ON CONFLICT (bucket, job_id) DO UPDATE
+SET completed = activity.completed + excluded.completed, failed = activity.failed + excluded.failed,
+    cancelled = activity.cancelled + excluded.cancelled, documents = activity.documents + excluded.documents
+"""
+
+# Retention: task_events older than $1 seconds, a small batch at a time (nothing else locks
+# events, so pruning never waits on the hot path nor holds it up); activity a week, or as long.
+PRUNE_EVENTS = """
+DELETE FROM task_events WHERE event_id IN (
+    SELECT event_id FROM task_events WHERE at < now() - make_interval(secs => $1::float8)
+    ORDER BY at LIMIT $2
+)
+"""
+PRUNE_ACTIVITY = """
+DELETE FROM activity WHERE bucket < now() - make_interval(secs => greatest($1::float8, 7 * 86400))
+"""
+PRUNE_BATCH = 5_000
 
 WINDOWS = [1, 5, 15, 60]
 
@@ -59,6 +100,24 @@ def job_counter_names(job_id: object) -> list[str]:
 async def fold_counts(pool: Pool) -> None:
     async with connection(pool) as conn:
         await conn.execute(FOLD)
+        await conn.execute(FOLD_ACTIVITY)
+
+
+async def prune_events(pool: Pool, retention_seconds: float, batches: int = 4) -> int:
+    """Delete task_events past their retention (0: keep them), at most `batches` small batches
+    a round; how many went."""
+    if not retention_seconds:
+        return 0
+    pruned = 0
+    for _ in range(batches):
+        async with connection(pool) as conn:
+            n = int((await conn.execute(PRUNE_EVENTS, retention_seconds, PRUNE_BATCH)).rsplit(" ", 1)[-1])
+        pruned += n
+        if n < PRUNE_BATCH:
+            break
+    async with connection(pool) as conn:
+        await conn.execute(PRUNE_ACTIVITY, retention_seconds)
+    return pruned
 
 
 async def status_report(pool: Pool) -> v1.StatusReport:
