@@ -7,7 +7,10 @@ tool fetches the same URLs to local disk with 16 transfers in parallel:
 - docgate: `docgate client --exit-when-idle --concurrency 16` against a gate
   holding one job (chunks of 100 small documents, or one large document per
   task): it fetches, hashes (sha256), writes each document atomically
-  (temp file, fsync, link, fsync of the folder) and reports it to the gate;
+  (temp file, durable, link, folder durable: for small documents by a barrier
+  shared with the writes in flight, LOCAL_SYNC=batch; `docgate-each` is the same
+  client with an fsync of every file and folder, LOCAL_SYNC=each) and reports
+  it to the gate;
 - `aria2c -j 16`, `wget2 --max-threads 16`, `curl --parallel --parallel-max 16`:
   fetch and write, nothing more.
 
@@ -48,7 +51,10 @@ from benchmarks.lib import (
 
 PARALLEL = 16
 TIME = "/usr/bin/time"  # GNU time (Debian's `time` package)
-TOOLS = ("docgate", "aria2c", "wget2", "curl", "fsync-copy")
+TOOLS = ("docgate", "docgate-each", "aria2c", "wget2", "curl", "fsync-copy")
+# docgate-each: the same client with LOCAL_SYNC=each (an fsync of every file and folder, as
+# before the shared barrier): the baseline its batched durability is measured against.
+SYNC_EACH = {"LOCAL_SYNC": "each"}
 # The durable-write ceiling: the same files copied from the origin's folder (no network, no
 # hashing) with an fsync of every file and of its folder, PARALLEL at a time, as docgate stores.
 FSYNC_COPY = """
@@ -98,7 +104,7 @@ class Measured:
     max_rss_mb: float
 
 
-def run_measured(argv: list[str], log: Path) -> Measured:
+def run_measured(argv: list[str], log: Path, env: dict[str, str] | None = None) -> Measured:
     """Run to exit under GNU time: wall seconds, CPU seconds (user + system), peak RSS.
 
     GNU time forks the tool from its own small process; a child forked (or
@@ -110,6 +116,7 @@ def run_measured(argv: list[str], log: Path) -> Measured:
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            env=os.environ | (env or {}),
         ).returncode
     if code != 0:
         raise RuntimeError(f"{argv[0]} exited with {code}; see {log}")
@@ -231,6 +238,7 @@ def run_docgate(
     origin: Path,
     out: Path,
     profile: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> tuple[Measured, dict[str, float]]:
     """One docgate client run against a fresh gate; with `profile`, under py-spy (not timed)."""
     dsn = pg.fresh("bench_data")
@@ -277,7 +285,7 @@ def run_docgate(
                         stdin=subprocess.DEVNULL,
                         check=True,
                     )
-            measured = run_measured(argv, log=work / "client.log") if profile is None else Measured(0, 0, 0)
+            measured = run_measured(argv, work / "client.log", env) if profile is None else Measured(0, 0, 0)
             others = meter.stop()
         asyncio.run(check_recorded(dsn, origin))
     finally:
@@ -310,16 +318,20 @@ def scenario(
                 out = work / "out"
                 shutil.rmtree(out, ignore_errors=True)
                 out.mkdir()
-                if tool == "docgate":
-                    measured, others = run_docgate(pg, procs, work, base, kind, count, origins[kind], out)
-                    side[kind].append(others)
+                if tool.startswith("docgate"):
+                    env = SYNC_EACH if tool == "docgate-each" else None
+                    measured, others = run_docgate(
+                        pg, procs, work, base, kind, count, origins[kind], out, env=env
+                    )
+                    if tool == "docgate":
+                        side[kind].append(others)
                 else:
                     argv = tool_argv(tool, urls, out, origins[kind])
                     measured = run_measured(argv, log=work / f"{tool}.log")
                 check_files(out, origins[kind])
                 runs[kind][tool].append(measured)
                 print(
-                    f"  {kind:<5} {tool:<8} {measured.seconds:7.2f} s  CPU {measured.cpu:6.2f} s  "
+                    f"  {kind:<5} {tool:<12} {measured.seconds:7.2f} s  CPU {measured.cpu:6.2f} s  "
                     f"RSS {measured.max_rss_mb:6.1f} MB",
                     flush=True,
                 )
@@ -370,7 +382,7 @@ def report(
     fig, axes = figure(2)
     for ax, (kind, (count, size)) in zip(axes[0], kinds.items(), strict=True):
         values = [rates[kind][t] * (1 if kind == "small" else size / 1e6) for t in TOOLS]
-        ax.bar(TOOLS, values, color=["tab:blue", "tab:gray", "tab:gray", "tab:gray", "tab:olive"])
+        ax.bar(TOOLS, values, color=["tab:blue", "tab:cyan", "tab:gray", "tab:gray", "tab:gray", "tab:olive"])
         ax.set_title(f"{count:,} documents of {size >> 10:,} KB")
         ax.set_ylabel("documents/s" if kind == "small" else "MB/s")
     write_results(
@@ -392,7 +404,9 @@ def report(
             f"{PARALLEL} transfers in parallel for every tool; {repeat} run(s) each, interleaved.",
             "docgate hashes, fsyncs and reports every document; aria2c, wget2 and curl only write files.",
             "fsync-copy is the durable-write ceiling: the origin's files copied on local disk with an "
-            "fsync of each file and its folder, as docgate stores them, no network and no hashing.",
+            "fsync of each file and its folder, no network and no hashing.",
+            "docgate-each is the same client with LOCAL_SYNC=each (an fsync of every file and folder, "
+            "as before the shared barrier): the baseline for the batched durability.",
             "Where the client's time goes: data_plane.profile.txt (py-spy).",
         ],
     )

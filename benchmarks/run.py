@@ -19,7 +19,9 @@ import uvloop
 
 from benchmarks.lib import RESULTS, postgres, processes
 
-SCENARIOS = ("control_plane", "creation", "backlog", "dashboard", "data_plane", "many_clients", "grants")
+SCENARIOS = (
+    "control_plane", "creation", "backlog", "dashboard", "busy", "data_plane", "many_clients", "grants",
+)  # fmt: skip
 
 
 def main() -> None:

@@ -55,16 +55,22 @@ def open_storage(
     if parts.scheme in {"s3", "b2"}:
         return _s3(parts.scheme, parts.netloc, parts.path, deadline, env)
     if parts.scheme == "file":
-        return _local(unquote(parts.path), deadline)
+        return _local(unquote(parts.path), deadline, env)
     if parts.scheme == "" and url:
-        return _local(url, deadline)
+        return _local(url, deadline, env)
     raise StorageSettingError(f"storage URL {url!r} is not file://, s3://, b2://, gate or mirror:")
 
 
-def _local(path: str, deadline: Deadline | None) -> Storage:
+def _local(path: str, deadline: Deadline | None, env: Mapping[str, str]) -> Storage:
     from storage.local import LocalStorage
 
-    return LocalStorage(path, deadline)
+    # LOCAL_SYNC: `batch` (the default) makes small documents durable together (one syncfs for
+    # the writes in flight); `each` fsyncs every file and its folder, for a disk shared with
+    # heavy writers, where a sync of the whole filesystem would wait for theirs too.
+    sync = env.get("LOCAL_SYNC", "batch").strip().lower() or "batch"
+    if sync not in {"batch", "each"}:
+        raise StorageSettingError(f"LOCAL_SYNC is {sync!r}: use batch or each")
+    return LocalStorage(path, deadline, group_commit=sync == "batch")
 
 
 def _s3(scheme: str, bucket: str, prefix: str, deadline: Deadline | None, env: Mapping[str, str]) -> Storage:
