@@ -106,13 +106,17 @@ async def test_small_documents_are_durable_before_they_are_linked_and_before_put
 
 
 @pytest.mark.parametrize("skip", ["data", "name"])
-async def test_a_missing_barrier_is_caught(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, skip: str) -> None:
+async def test_a_missing_barrier_is_caught(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, skip: str
+) -> None:
     model = await put_many(tmp_path / "store", monkeypatch, skip=skip)
     expected = "linked before its bytes" if skip == "data" else "returned (reportable) before"
     assert any(expected in v for v in model.violations), model.violations[:3]
 
 
-async def test_a_failed_sync_fails_the_writes_it_covered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_failed_sync_fails_the_writes_it_covered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from storage.errors import StorageUnavailable
 
     def eio(fd: int) -> int:

@@ -90,8 +90,9 @@ WITH held AS (
         lease_token = gen_random_uuid(),
         lease_expires_at = now() + make_interval(secs => $4::float8),
         attempts = t.attempts + 1, assigned_at = now(), updated_at = now()
-    FROM candidates c
-    WHERE t.task_id = c.task_id
+    -- By primary key, whatever the planner guesses of the LIMIT (a join on a mis-estimated
+    -- CTE turned into a hash of the whole table on a small one).
+    WHERE t.task_id = ANY (ARRAY(SELECT task_id FROM candidates))
     RETURNING t.*
 ), logged AS (
     INSERT INTO task_events (task_id, event, client_id, lease_token)
