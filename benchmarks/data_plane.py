@@ -51,10 +51,12 @@ from benchmarks.lib import (
 
 PARALLEL = 16
 TIME = "/usr/bin/time"  # GNU time (Debian's `time` package)
-TOOLS = ("docgate", "docgate-each", "aria2c", "wget2", "curl", "fsync-copy")
+TOOLS = ("docgate", "docgate-each", "docgate-2p", "aria2c", "wget2", "curl", "fsync-copy")
 # docgate-each: the same client with LOCAL_SYNC=each (an fsync of every file and folder, as
 # before the shared barrier): the baseline its batched durability is measured against.
 SYNC_EACH = {"LOCAL_SYNC": "each"}
+# docgate-2p: the same client as two processes (--processes 2, each --concurrency 8 and half
+# the tasks, so 16 transfers in all, as every tool): a Python process uses one core.
 # The durable-write ceiling: the same files copied from the origin's folder (no network, no
 # hashing) with an fsync of every file and of its folder, PARALLEL at a time, as docgate stores.
 FSYNC_COPY = """
@@ -239,6 +241,7 @@ def run_docgate(
     out: Path,
     profile: Path | None = None,
     env: dict[str, str] | None = None,
+    processes: int = 1,
 ) -> tuple[Measured, dict[str, float]]:
     """One docgate client run against a fresh gate; with `profile`, under py-spy (not timed)."""
     dsn = pg.fresh("bench_data")
@@ -258,9 +261,11 @@ def run_docgate(
                 key,
                 "--exit-when-idle",
                 "--concurrency",
-                str(PARALLEL),
+                str(PARALLEL // processes),
                 "--max-tasks",
-                "4" if kind == "small" else str(PARALLEL),
+                str((4 if kind == "small" else PARALLEL) // processes),
+                "--processes",
+                str(processes),
                 "--output-dir",
                 str(out),
                 "--allow-network",
@@ -320,8 +325,9 @@ def scenario(
                 out.mkdir()
                 if tool.startswith("docgate"):
                     env = SYNC_EACH if tool == "docgate-each" else None
+                    processes = 2 if tool == "docgate-2p" else 1
                     measured, others = run_docgate(
-                        pg, procs, work, base, kind, count, origins[kind], out, env=env
+                        pg, procs, work, base, kind, count, origins[kind], out, env=env, processes=processes
                     )
                     if tool == "docgate":
                         side[kind].append(others)
@@ -382,7 +388,11 @@ def report(
     fig, axes = figure(2)
     for ax, (kind, (count, size)) in zip(axes[0], kinds.items(), strict=True):
         values = [rates[kind][t] * (1 if kind == "small" else size / 1e6) for t in TOOLS]
-        ax.bar(TOOLS, values, color=["tab:blue", "tab:cyan", "tab:gray", "tab:gray", "tab:gray", "tab:olive"])
+        ax.bar(
+            TOOLS,
+            values,
+            color=["tab:blue", "tab:cyan", "tab:purple", "tab:gray", "tab:gray", "tab:gray", "tab:olive"],
+        )
         ax.set_title(f"{count:,} documents of {size >> 10:,} KB")
         ax.set_ylabel("documents/s" if kind == "small" else "MB/s")
     write_results(

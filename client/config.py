@@ -44,6 +44,7 @@ class ClientConfig(BaseSettings):
     poll_interval: Annotated[float, Field(ge=0.1, le=3600)] = 5.0
     heartbeat_interval: Annotated[float, Field(ge=0.5, le=86_400)] = 60.0
     concurrency: Annotated[int, Field(ge=1, le=4096)] = 32
+    processes: Annotated[int, Field(ge=1, le=256)] = 1
     max_tasks: Annotated[int, Field(ge=1, le=v1.MAX_LEASE_TASKS)] = 2
     per_host_limit: Annotated[float, Field(ge=0.01)] | None = None
     per_host_connections: Annotated[int, Field(ge=1, le=4096)] | None = None
@@ -128,6 +129,8 @@ FLAGS: dict[str, str] = {
     "heartbeat_interval": "seconds between heartbeats, at most a third of the lease (default 60)",
     "concurrency": "documents in flight (default 32)",
     "max_tasks": "tasks held at once (default 2)",
+    "processes": "client processes, each with its own session, --concurrency and --max-tasks (default 1; "
+    "one Python process uses one core)",
     "per_host_limit": "requests per second and connections per origin host (default: no limit)",
     "per_host_connections": "connections per origin host (default: --per-host-limit)",
     "compress": "none | gzip: store documents gzipped (sha256 stays that of the original)",

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Sequence
 
@@ -37,6 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"docgate client: {exc.message}", file=sys.stderr)
         return 2
+    if config.processes > 1:
+        return run_processes(config, list(sys.argv[1:] if argv is None else argv))
     setup_logging(config.log_level, config.log_format)
     for warning in warnings:
         log.warning(warning)
@@ -49,6 +52,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     finally:
         stop_logging()
+
+
+def run_processes(config: ClientConfig, argv: list[str]) -> int:
+    """--processes N: N clients of this key on this host, each its own process (a session, an
+    event loop, a core), the same flags but one process and log-style progress each. Signals are
+    passed on (each finishes its in-flight work, as one client does); the worst exit code is ours."""
+    one = [*argv, "--processes", "1"] + (["--progress", "log"] if config.progress != "log" else [])
+    command = [sys.executable, "-m", "docgate.cli", "client", *one]
+    children = [subprocess.Popen(command) for _ in range(config.processes)]  # noqa: S603 - our own argv
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, forward)
+    codes = [child.wait() for child in children]
+    return max(codes, key=lambda code: (code != 0, abs(code)))
 
 
 def open_store(config: ClientConfig) -> Storage:

@@ -290,3 +290,20 @@ async def test_only_missing_in_the_background_leaves_out_what_is_stored(
         assert ids == [i for i in range(1000, 31000) if (i - 1000) % 3]
         assert job["tasks_total"] == job["tasks_created"] == len(rows)
         assert all(len(json.loads(r["params"])["ids"]) <= 10 for r in rows)
+
+
+async def test_oldest_pending_reads_the_status_index_past_a_head_of_completed_tasks(gate: Gate) -> None:
+    from server.db.stats import OLDEST_PENDING
+
+    await gate.sql("INSERT INTO tasks (max_attempts) SELECT 3 FROM generate_series(1, 20000)")
+    await gate.sql(
+        "WITH head AS (SELECT task_id FROM tasks ORDER BY task_seq LIMIT 15000) "
+        "UPDATE tasks t SET status = 'completed' FROM head WHERE t.task_id = head.task_id"
+    )
+    await gate.sql("VACUUM ANALYZE tasks")
+    plan = await gate.sql("EXPLAIN (ANALYZE, FORMAT JSON) " + OLDEST_PENDING)
+    walked = json.loads(plan[0][0])
+    assert filtered(walked) == 0 and "tasks_status_newest" in plan[0][0]
+    metrics = (await gate.http.get("/metrics")).text
+    (line,) = [x for x in metrics.splitlines() if x.startswith("docgate_oldest_pending_task_age_seconds ")]
+    assert float(line.split()[-1]) >= 0

@@ -326,3 +326,17 @@ def test_a_store_it_cannot_write_stops_the_client_at_start(cluster: Cluster, tmp
     assert "cannot write to the store (--storage" in log and "Traceback" not in log
     attempts = cluster.sql("SELECT sum(attempts) AS n FROM tasks")[0]["n"]
     assert attempts == 0  # nothing was leased
+
+
+def test_processes_share_the_work_each_with_its_own_session(cluster: Cluster, tmp_path: Path) -> None:
+    origin = Origin(tmp_path, "--size", str(SIZE), "--latency", "0.01")
+    try:
+        cluster.job(origin, 1000, 600, chunk_size=20)
+        cluster.client("multi", "--exit-when-idle", "--processes", "3", "--max-tasks", "1")
+        assert cluster.wait_clients() == [0]
+    finally:
+        origin.stop()
+    assert check_store_matches_records(cluster) == 600
+    sessions = cluster.sql("SELECT count(DISTINCT session_id) FROM tasks WHERE status = 'completed'")
+    assert sessions[0][0] >= 2  # three processes leased (one may have found the queue empty)
+    assert cluster.sql("SELECT count(*) FROM clients")[0][0] == 1  # one client, one key

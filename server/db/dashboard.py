@@ -28,9 +28,10 @@ FROM {stats.activity_since("interval '10 minutes'", "job_id = ANY($1::uuid[])")}
 GROUP BY job_id
 """
 
+# BETWEEN: by tasks_status_newest, never a walk of tasks_newest past other statuses (stats.py).
 FAILURES = """
 SELECT task_id, job_id, source, attempts, max_attempts, last_error, updated_at
-FROM tasks WHERE status = 'failed' ORDER BY task_seq DESC LIMIT $1
+FROM tasks WHERE status BETWEEN 'failed' AND 'failed' ORDER BY status, task_seq DESC LIMIT $1
 """
 
 

@@ -137,9 +137,13 @@ async def status_report(pool: Pool) -> v1.StatusReport:
     return v1.StatusReport(counts=counts, total=sum(counts.values()), throughput=throughput)
 
 
+# `status BETWEEN` (not `=`) so that only tasks_status_newest gives this order: with `=` the
+# planner may walk tasks_newest from the oldest task and filter, and after a million
+# completions at the head of the table that read them all (108 ms at 2 M tasks, 0.05 ms now).
 OLDEST_PENDING = """
 SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
-FROM (SELECT created_at FROM tasks WHERE status = 'pending' ORDER BY task_seq LIMIT 1) oldest
+FROM (SELECT created_at FROM tasks WHERE status BETWEEN 'pending' AND 'pending'
+      ORDER BY status DESC, task_seq LIMIT 1) oldest
 """
 
 CLIENT_STATES = """

@@ -51,9 +51,10 @@ LIST_ALL = f"""
 SELECT {TASK_COLUMNS} FROM tasks WHERE task_seq < $1 ORDER BY task_seq DESC LIMIT $2
 """
 
+# BETWEEN: by tasks_status_newest, never a walk of tasks_newest past other statuses (stats.py).
 LIST_BY_STATUS = f"""
 SELECT {TASK_COLUMNS} FROM tasks
-WHERE status = $3 AND task_seq < $1 ORDER BY task_seq DESC LIMIT $2
+WHERE status BETWEEN $3 AND $3 AND task_seq < $1 ORDER BY status, task_seq DESC LIMIT $2
 """
 
 END_OF_LIST = 2**63 - 1
