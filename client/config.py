@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, StringConstraints, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from client.errors import ConfigError
@@ -63,6 +63,9 @@ class ClientConfig(BaseSettings):
     link_pattern: str | None = None
     progress: Literal["auto", "bar", "log"] = "auto"
     verify_existing: Literal["hash", "fetch"] = "hash"
+    user_agent: (
+        Annotated[str, StringConstraints(min_length=1, max_length=300, pattern=r"^[\x20-\x7e]*$")] | None
+    ) = None
     # Not a setting: who this process is to the gate, new at every start (X-Session-Id).
     _session_id: str = PrivateAttr(default_factory=lambda: uuid.uuid4().hex)
 
@@ -145,6 +148,7 @@ FLAGS: dict[str, str] = {
     "search_url": "search listing URL for `search` tasks, with {page}",
     "link_pattern": "regex finding document links in a listing (groups: url, id, ext)",
     "progress": "auto | bar | log: live bar on a terminal, else a line every 10 s",
+    "user_agent": "the User-Agent sent to origins (default: the gate's: docgate/<version> (+contact))",
     "verify_existing": "hash | fetch: an unrecorded object found in the store is read back and hashed "
     "(default), or also compared with what the origin serves (fetch: for stores others can write)",
 }

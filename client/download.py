@@ -11,20 +11,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import ipaddress
 import random
 import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import aiohttp
+import pydantic
 from yarl import URL
 
 from client.guard import GuardedResolver, Policy, Refused
 from client.limits import Ask, Cap, FleetLimits, host_key
+from protocol import v1
+from protocol.version import VERSION, user_agent
 
 T = TypeVar("T")
 REDIRECTS = {301, 302, 303, 307, 308}
@@ -61,6 +66,7 @@ class Body:
     content_type: str | None
     length: int | None
     url: str = ""  # where it came from, after redirects
+    capture: v1.Capture | None = None  # how: redirects, status, headers, server, when
 
 
 class Fetcher:
@@ -84,6 +90,9 @@ class Fetcher:
         self.limiter = FleetLimits(per_host_connections, per_host_rate, grants)
         self._concurrency = concurrency
         self._session: aiohttp.ClientSession | None = None
+        # --user-agent, else the gate's (USER_AGENT / OPERATOR_CONTACT, sent with each lease).
+        self.user_agent = user_agent(None)
+        self.user_agent_fixed = False
 
     def _open_session(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
@@ -134,7 +143,7 @@ class Fetcher:
     ) -> T:
         """Fetch url (retrying) and hand its body to sink; sink's result is returned. `form`: a
         form-encoded body to POST (a 301/302/303 turns it into a GET, as browsers do)."""
-        request = _Request(method, form, session or self.session)
+        request = _Request(method, form, session or self.session, self.user_agent)
         for attempt in range(self.retries + 1):
             # A paused host (the gate's, or a Retry-After) is waited out before the attempt's clock.
             with contextlib.suppress(ValueError):
@@ -159,6 +168,7 @@ class Fetcher:
         self, url: str, sink: Callable[[Body], Awaitable[T]], asked: Asked, request: _Request
     ) -> T:
         target = _parsed(url)
+        redirects: list[v1.Redirect] = []
         for _ in range(MAX_REDIRECTS + 1):
             # The URL object judged is the one requested: no second parse to disagree with the guard.
             try:
@@ -171,10 +181,11 @@ class Fetcher:
                     async with request.send(target) as reply:
                         self._record(host, reply)
                         if reply.status in REDIRECTS and "Location" in reply.headers:
+                            redirects.append(_redirect(target, reply.status))
                             target = target.join(_parsed(reply.headers["Location"]))
                             request = request.redirected(reply.status)
                             continue
-                        return await self._deliver(host, reply, sink, asked)
+                        return await self._deliver(host, reply, sink, asked, redirects)
                 except Refused as exc:
                     raise DocumentFailed(f"refused: {exc}", True) from None
                 except aiohttp.InvalidURL as exc:
@@ -192,7 +203,12 @@ class Fetcher:
         raise DocumentFailed(f"more than {MAX_REDIRECTS} redirects", True)
 
     async def _deliver(
-        self, host: str, reply: aiohttp.ClientResponse, sink: Callable[[Body], Awaitable[T]], asked: Asked
+        self,
+        host: str,
+        reply: aiohttp.ClientResponse,
+        sink: Callable[[Body], Awaitable[T]],
+        asked: Asked,
+        redirects: list[v1.Redirect],
     ) -> T:
         try:
             if reply.status in asked.block_statuses:
@@ -200,7 +216,7 @@ class Fetcher:
             if (challenge := _challenge(reply)) is not None:
                 raise DocumentFailed(f"HTTP {reply.status}: a block ({challenge}: challenge)", False, True)
             self._check_status(reply)
-            return await sink(self._body(reply))
+            return await sink(self._body(reply, redirects))
         except DocumentFailed as exc:
             if exc.blocked:  # the host's budget hears of block pages too
                 self.limiter.record(host, "blocked")
@@ -227,7 +243,7 @@ class Fetcher:
             raise _Retry(f"HTTP {reply.status}", retry_after(reply.headers.get("Retry-After")))
         raise DocumentFailed(f"HTTP {reply.status} {reply.reason or ''}".strip(), True)
 
-    def _body(self, reply: aiohttp.ClientResponse) -> Body:
+    def _body(self, reply: aiohttp.ClientResponse, redirects: list[v1.Redirect]) -> Body:
         encoding = reply.headers.get("Content-Encoding", "identity").strip().lower()
         chunks: AsyncIterator[bytes] = reply.content.iter_chunked(READ_CHUNK)
         if encoding in WBITS:
@@ -237,7 +253,8 @@ class Fetcher:
                 f"unsupported Content-Encoding {encoding[:40]!r} (we ask for gzip or deflate)", True
             )
         length = reply.content_length if encoding in ("", "identity") else None
-        return Body(chunks, reply.headers.get("Content-Type"), length, str(reply.url))
+        url = str(reply.url)
+        return Body(chunks, reply.headers.get("Content-Type"), length, url, _capture(reply, url, redirects))
 
     async def text(self, url: str, asked: Asked = Asked()) -> tuple[str, str]:
         """A listing page as text, and the URL it came from after redirects (relative links
@@ -279,9 +296,12 @@ class _Request:
     method: str
     form: bytes | None
     session: aiohttp.ClientSession
+    agent: str
 
     def send(self, target: URL) -> Any:
-        headers = {"Content-Type": "application/x-www-form-urlencoded"} if self.form is not None else None
+        headers = {"User-Agent": self.agent}
+        if self.form is not None:
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
         return self.session.request(
             self.method, target, data=self.form, headers=headers, allow_redirects=False
         )
@@ -289,7 +309,7 @@ class _Request:
     def redirected(self, status: int) -> _Request:
         """After a redirect: a 301/302/303 turns a POST into a GET without the form, as browsers do."""
         if status in (301, 302, 303) and self.method != "GET":
-            return _Request("GET", None, self.session)
+            return _Request("GET", None, self.session, self.agent)
         return self
 
 
@@ -336,11 +356,40 @@ class Browser:
             self.fetcher.limiter.record(host_key(_parsed(url)), "blocked")
 
 
+def _redirect(target: URL, status: int) -> v1.Redirect:
+    return v1.Redirect(url=v1.clip(str(target), v1.MAX_URL) or "", status=status)
+
+
+def _capture(reply: aiohttp.ClientResponse, url: str, redirects: list[v1.Redirect]) -> v1.Capture:
+    """The capture record of an answer: status, headers, the server's address, when it came."""
+    ip, port = None, None
+    # The socket's peer: the address actually connected to (the guard may have had several).
+    # A small answer read whole with its headers has already released its connection, so the
+    # response's protocol (aiohttp keeps it) is asked when the connection is gone.
+    carrier = reply.connection or getattr(reply, "_protocol", None)
+    with contextlib.suppress(AttributeError, TypeError, ValueError, IndexError):
+        peer = carrier.transport.get_extra_info("peername")  # type: ignore[union-attr]
+        ip, port = str(ipaddress.ip_address(peer[0])), int(peer[1])
+    fields: dict[str, Any] = {
+        "final_url": v1.clip(url, v1.MAX_URL),
+        "redirects": redirects[: v1.MAX_REDIRECTS],
+        "http_status": reply.status,
+        "fetched_at": datetime.now(UTC),
+        "server_ip": ip,
+        "server_port": port,
+        "client_version": VERSION,
+    }
+    try:
+        return v1.Capture.of_headers(reply.headers, **fields)
+    except pydantic.ValidationError:  # odd headers are not worth the document: keep the rest
+        return v1.Capture.model_validate(fields)
+
+
 def _options() -> dict[str, Any]:
     return {
         "timeout": aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=30),
         "read_bufsize": READ_BUFFER,
-        "headers": {"User-Agent": "docgate/0.1 (+archival downloader)", "Accept-Encoding": "gzip, deflate"},
+        "headers": {"Accept-Encoding": "gzip, deflate"},
         "auto_decompress": False,  # decoded by `inflated`, which notices a stream cut short
     }
 

@@ -100,6 +100,8 @@ async def run(config: ClientConfig) -> int:
         max_size=config.max_document_size,
         grants=gate.grants,  # the fleet's budget per origin host, held by the gate
     )
+    if config.user_agent:
+        fetcher.user_agent, fetcher.user_agent_fixed = config.user_agent, True
     stats = Stats()
     try:
         try:

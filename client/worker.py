@@ -89,6 +89,20 @@ class TaskRun:
         )
 
 
+REPORT_BYTES = 512 << 10  # a report's body stays well inside the gate's MAX_BODY_BYTES (1 MiB)
+
+
+def _fitting(reports: list[v1.DocumentReport], most: int, *, last: bool = False) -> int:
+    """How many of the first (or `last`) `most` reports go in one call: captures make reports
+    large."""
+    size = 0
+    for n, report in enumerate(reversed(reports[-most:]) if last else reports[:most]):
+        size += 600 + len(report.url or "") + (report.capture.weight if report.capture else 0)
+        if size > REPORT_BYTES:
+            return max(n, 1)
+    return min(most, len(reports))
+
+
 class Worker:
     def __init__(
         self,
@@ -186,6 +200,8 @@ class Worker:
     def _start(self, task: v1.LeasedTask) -> None:
         self._fit_heartbeat(task)
         run = TaskRun(task)
+        if task.user_agent and not self.fetcher.user_agent_fixed:  # the gate's, unless --user-agent
+            self.fetcher.user_agent = task.user_agent
         self.task_runs[task.task_id] = run
         self.runs[task.task_id] = asyncio.create_task(self._run_task(run), name=f"task-{task.task_id}")
         self.stats.tasks_held = len(self.runs)
@@ -408,8 +424,11 @@ class Worker:
         if existing is not None:
             return await self._skipped(run, ref, existing)
 
+        captured: list[v1.Capture | None] = [None]
+
         async def sink(body: Body) -> v1.StoredDocument:
             options = replace(found, content_type=body.content_type, compress=compress)
+            captured[0] = body.capture  # the answer these bytes came in
             return await self.store.put(key, await bodies.checked(body, ref.ext, run.task.params), options)
 
         try:
@@ -422,7 +441,9 @@ class Worker:
         run.stored += 1
         self.stats.stored += 1
         self.stats.bytes += stored.size
-        return v1.DocumentReport.of_stored(ref.doc_id, stored, url=ref.url, status=v1.DocumentStatus.STORED)
+        return v1.DocumentReport.of_stored(
+            ref.doc_id, stored, url=ref.url, status=v1.DocumentStatus.STORED, capture=captured[0]
+        )
 
     async def _skipped(self, run: TaskRun, ref: DocRef, stored: v1.StoredDocument) -> v1.DocumentReport:
         """In storage, but no record vouches for it: the store read it back and hashed it (a
@@ -469,7 +490,7 @@ class Worker:
         """Send pending reports through progress, leaving at most `keep_last` for the completion."""
         async with run.lock:
             while len(run.pending) > keep_last:
-                size = min(v1.MAX_DOCUMENTS_PER_REPORT, len(run.pending) - keep_last)
+                size = _fitting(run.pending, min(v1.MAX_DOCUMENTS_PER_REPORT, len(run.pending) - keep_last))
                 batch = run.pending[:size]
                 await self.gate.progress(run.task, run.counts(), batch)
                 del run.pending[:size]
@@ -501,7 +522,7 @@ class Worker:
             )
             run.pending.append(report)
             run.failed += 1
-        await self._report(run, keep_last=v1.MAX_DOCUMENTS_PER_REPORT)
+        await self._report(run, keep_last=_fitting(run.pending, v1.MAX_DOCUMENTS_PER_REPORT, last=True))
         async with run.lock:
             await self.gate.complete(task, run.counts(), run.pending, self._summary(run))
             run.pending.clear()

@@ -24,6 +24,7 @@ TASK = "/tasks/{task_id}"
 JOB_PAUSE = "/jobs/{job_id}/pause"
 JOB_RESUME = "/jobs/{job_id}/resume"
 JOB_FAILURES = "/jobs/{job_id}/failures"
+JOB_DOCUMENTS = "/jobs/{job_id}/documents"
 # source profiles
 SOURCES = "/sources"
 SOURCE = "/sources/{name}"

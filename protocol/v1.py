@@ -7,6 +7,7 @@ create request can never set a server-owned field such as ``status``.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from datetime import UTC, datetime
@@ -298,6 +299,9 @@ class LeasedTask(TaskWork):
     profile: dict[str, Any] | None = Field(
         default=None, description="the stored source profile the task's source names (protocol.sources)"
     )
+    user_agent: str | None = Field(
+        default=None, description="the User-Agent to send origins (the gate's USER_AGENT / OPERATOR_CONTACT)"
+    )
 
 
 class LeaseBatch(Reply):
@@ -317,6 +321,87 @@ def _sendable(value: str, limit: int) -> bool:
     return value.isprintable() and clip(value, limit) == value
 
 
+MAX_HEADERS = 64  # response headers kept per capture
+MAX_HEADER_NAME = 100
+MAX_HEADER_VALUE = 1_000
+MAX_HEADER_CHARS = 4_000  # names and values of one capture's headers, together
+MAX_REDIRECTS = 10
+HeaderName = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_HEADER_NAME), AfterValidator(_printable)
+]
+HeaderValue = Annotated[str, StringConstraints(max_length=MAX_HEADER_VALUE), AfterValidator(_no_nul)]
+
+
+class Redirect(Request):
+    url: UrlText
+    status: Annotated[int, Field(ge=300, le=399)]
+
+
+class Capture(Request):
+    """How a document was fetched, as the client saw it: the request, the redirects followed, the
+    answer's status and headers, the server's address and when. Bounded: at most MAX_HEADERS
+    headers (names ≤ 100, values ≤ 1,000 characters) and MAX_REDIRECTS redirects."""
+
+    final_url: UrlText | None = Field(
+        default=None, description="the URL the document came from, after redirects"
+    )
+    redirects: Annotated[list[Redirect], Field(max_length=MAX_REDIRECTS)] = Field(default_factory=list)
+    http_status: Annotated[int, Field(ge=100, le=599)] | None = None
+    response_headers: Annotated[dict[HeaderName, HeaderValue], Field(max_length=MAX_HEADERS)] = Field(
+        default_factory=dict, description="the answer's headers, names lower-cased"
+    )
+    fetched_at: WireTime | None = Field(
+        default=None, description="when the answer came, by the client's clock"
+    )
+    server_ip: Annotated[str, StringConstraints(max_length=45)] | None = None
+    server_port: Annotated[int, Field(ge=0, le=65_535)] | None = None
+    client_version: Annotated[str, StringConstraints(max_length=100), AfterValidator(_printable)] | None = (
+        None
+    )
+
+    @field_validator("server_ip")
+    @classmethod
+    def _ip(cls, value: str | None) -> str | None:
+        if value is not None:
+            ipaddress.ip_address(value)  # its ValueError says what is wrong
+        return value
+
+    _check_fetched_at = field_validator("fetched_at")(_aware)
+
+    @field_validator("response_headers")
+    @classmethod
+    def _bounded(cls, value: dict[str, str]) -> dict[str, str]:
+        if sum(len(k) + len(v) for k, v in value.items()) > MAX_HEADER_CHARS:
+            raise ValueError(f"the headers' names and values come to more than {MAX_HEADER_CHARS} characters")
+        return value
+
+    @property
+    def weight(self) -> int:
+        """About how many bytes it takes in a report (the client splits reports by it)."""
+        urls = len(self.final_url or "") + sum(len(r.url) + 30 for r in self.redirects)
+        return 300 + urls + sum(len(k) + len(v) + 8 for k, v in self.response_headers.items())
+
+    @classmethod
+    def of_headers(cls, headers: Any, **fields: Any) -> Capture:
+        """A capture from an answer's headers (a multidict: repeated names joined by ", "), cut to
+        the bounds, the rest of it as given."""
+        kept: dict[str, str] = {}
+        room = MAX_HEADER_CHARS
+        for name, value in headers.items():
+            key = (clip(str(name), MAX_HEADER_NAME) or "").lower()
+            if not key or not _sendable(key, MAX_HEADER_NAME):
+                continue
+            text = clip(str(value), MAX_HEADER_VALUE) or ""
+            joined = kept[key] + ", " + text if key in kept else text
+            joined = clip(joined, MAX_HEADER_VALUE) or ""
+            grows = len(joined) - len(kept.get(key, "")) + (0 if key in kept else len(key))
+            if grows > room or (key not in kept and len(kept) >= MAX_HEADERS):
+                continue  # past the bounds: the first headers are kept, the rest dropped
+            kept[key] = joined
+            room -= grows
+        return cls.model_validate({**fields, "response_headers": kept})
+
+
 class DocumentReport(Request):
     """One document of a progress or completion report."""
 
@@ -331,6 +416,7 @@ class DocumentReport(Request):
     version_id: VersionIdText | None = None
     status: Annotated[DocumentStatus, Field(strict=False)] = DocumentStatus.STORED
     error: Text | None = None
+    capture: Capture | None = Field(default=None, description="how it was fetched (stored documents)")
 
     @model_validator(mode="after")
     def _stored_has_proof(self) -> DocumentReport:
@@ -342,7 +428,13 @@ class DocumentReport(Request):
 
     @classmethod
     def of_stored(
-        cls, doc_id: str, stored: StoredDocument, *, url: str | None, status: DocumentStatus
+        cls,
+        doc_id: str,
+        stored: StoredDocument,
+        *,
+        url: str | None,
+        status: DocumentStatus,
+        capture: Capture | None = None,
     ) -> DocumentReport:
         """The report of a document in storage; the free text clipped, the rest as the gate checks it.
         A content type the gate would refuse is dropped (it is metadata, not proof)."""
@@ -356,6 +448,7 @@ class DocumentReport(Request):
                 "url": clip(url, MAX_URL),
                 "content_type": content_type,
                 "status": status,
+                "capture": capture,
             }
         )
 
@@ -855,6 +948,52 @@ class Document(StoredDocument):
     found_by: UUID | None = Field(
         default=None, description="the search task that found it: its own task, unless a search spread it"
     )
+    # The capture record: how it was fetched (null for documents recorded before captures were kept,
+    # and for documents found already in storage).
+    url: str | None = Field(default=None, description="the URL requested")
+    final_url: str | None = None
+    redirects: list[dict[str, Any]] = Field(default_factory=list)
+    http_status: int | None = None
+    response_headers: dict[str, str] = Field(default_factory=dict)
+    etag: str | None = None
+    last_modified: str | None = None
+    date: str | None = Field(default=None, description="the answer's Date header")
+    content_length: str | None = None
+    content_encoding: str | None = None
+    fetched_at: datetime | None = Field(default=None, description="by the client's clock")
+    recorded_at: datetime | None = Field(default=None, description="by the gate's clock (= stored_at)")
+    server_ip: str | None = None
+    server_port: int | None = None
+    client_id: UUID | None = None
+    client_version: str | None = None
+    attempt: int | None = Field(default=None, description="the task's attempt that fetched it")
+
+
+class ExportedDocument(Reply):
+    """One line of an export: a document's record and its capture."""
+
+    doc_id: str
+    collection: str = ""
+    storage_key: str
+    sha256: str
+    size: int
+    url: str | None = None
+    final_url: str | None = None
+    http_status: int | None = None
+    fetched_at: datetime | None = None
+    recorded_at: datetime
+    client: str | None = None
+    client_version: str | None = None
+    server_ip: str | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+    attempt: int | None = None
+    task_id: UUID | None = None
+
+
+class DocumentPage(Reply):
+    documents: list[ExportedDocument]
+    next_cursor: str | None = Field(default=None, description="pass back as `cursor` for the next page")
 
 
 class KnownDocuments(Request):

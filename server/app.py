@@ -89,6 +89,12 @@ def _lifespan(
         pool = await create_pool(dsn, settings.db_pool_min, settings.db_pool_max)
         try:
             await bootstrap.prepare_database(pool, settings, apply_migrations=apply_migrations)
+            if not settings.operator_contact and not settings.user_agent:
+                log.warning(
+                    "OPERATOR_CONTACT is unset: clients will send origins the User-Agent %r, with no way "
+                    "for a registry's operator to reach you; set it to a URL or an e-mail address",
+                    settings.agent,
+                )
             admin_key = settings.admin_api_key.get_secret_value() if settings.admin_api_key else None
             store = settings.open_store()
             state = GateState(

@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, StringConstraints, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from common.settings import describe_validation_error, environment
 from protocol import v1
+from protocol.version import user_agent
 from server.errors import SettingError
 from storage import Deadline, Storage, StorageError, open_storage
 
@@ -24,6 +25,9 @@ class LogFormat(StrEnum):
 class UploadGzip(StrEnum):
     KEEP = "keep"  # store gzip uploads as sent (key ends in .gz, compressed=true)
     DECOMPRESS = "decompress"  # inflate them and store the plain document
+
+
+HEADER_TEXT = r"^[\x20-\x7e]*$"  # what an HTTP header may carry as it is: printable ASCII
 
 
 class Settings(BaseSettings):
@@ -63,6 +67,12 @@ class Settings(BaseSettings):
     retry_backoff_seconds: Annotated[float, Field(ge=0, le=86_400)] = 30
     retry_backoff_max_seconds: Annotated[float, Field(ge=0, le=7 * 86_400)] = 3_600
     reap_interval_seconds: Annotated[float, Field(gt=0, le=3_600)] = 1.0
+    # Who runs this archive, for the origins' operators: a URL or an e-mail address; it goes in
+    # the User-Agent every client sends (docgate/<version> (+<contact>)), unless USER_AGENT is set.
+    operator_contact: Annotated[str, StringConstraints(max_length=200, pattern=HEADER_TEXT)] | None = None
+    user_agent: (
+        Annotated[str, StringConstraints(min_length=1, max_length=300, pattern=HEADER_TEXT)] | None
+    ) = None
     # task_events older than this are pruned (0 = kept for ever); the activity rollups that feed
     # the dashboard, throughput and ETAs are kept a week.
     task_events_retention_seconds: Annotated[float, Field(ge=0, le=10 * 365 * 86_400)] = 3 * 86_400
@@ -115,6 +125,11 @@ class Settings(BaseSettings):
     @property
     def store_url(self) -> str:
         return self.storage_url or str((self.data_dir / "documents").resolve())
+
+    @property
+    def agent(self) -> str:
+        """The User-Agent clients send origins: USER_AGENT, else docgate/<version> (+OPERATOR_CONTACT)."""
+        return self.user_agent or user_agent(self.operator_contact)
 
     def open_store(self) -> Storage:
         """The gate's store; a bad STORAGE_URL or a missing variable it needs (B2_*, read from

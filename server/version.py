@@ -1,1 +1,5 @@
-VERSION = "0.1.0"
+"""The gate's version (the one protocol.version holds for both sides)."""
+
+from protocol.version import VERSION
+
+__all__ = ["VERSION"]

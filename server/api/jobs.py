@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse, Response
 
 from protocol import paths, v1
+from server.api.tasks import json_reply
+from server.db import documents, lifecycle, pausing
 from server.db import jobs as db
-from server.db import lifecycle, pausing
 from server.deps import AdminDep, StateDep
 from server.errors import JobTooLarge
 
@@ -60,6 +62,24 @@ async def refetch_failed(
 async def job_failures(job_id: UUID, state: StateDep, _: AdminDep) -> v1.FailureSummary:
     """The job's failed documents by reason (404, too large, blocked, …), with examples."""
     return await db.failure_summary(state.pool, job_id)
+
+
+@router.get(paths.JOB_DOCUMENTS, response_model=v1.DocumentPage)
+async def job_documents(
+    job_id: UUID,
+    state: StateDep,
+    _: AdminDep,
+    cursor: Annotated[str, Query(max_length=200, pattern=r"^[A-Za-z0-9._-]*$")] = "",
+    limit: Annotated[int, Query(ge=1, le=5_000)] = 1_000,
+) -> Response:
+    """The job's documents with their capture records, in doc_id order, `limit` a page; pass
+    `next_cursor` back as `cursor` (`docgate export` streams the same)."""
+    rows = await documents.job_page(state.pool, job_id, cursor, limit)
+    page = v1.DocumentPage(
+        documents=[v1.ExportedDocument.model_validate(dict(r)) for r in rows],
+        next_cursor=rows[-1]["doc_id"] if len(rows) == limit else None,
+    )
+    return json_reply(page)
 
 
 @router.post(paths.JOB_PAUSE, response_model=v1.Job)

@@ -112,6 +112,8 @@ async def request_task(
     wait: Annotated[float, Query(ge=0, le=v1.MAX_WAIT_SECONDS)] = 0,
 ) -> Response:
     leased = await _lease(state, request, principal, session_id, max_tasks or 1, wait)
+    for task in leased:  # what the client sends origins, unless it was told otherwise
+        task.user_agent = state.settings.agent
     if not leased:
         # Tells clients running with --exit-when-idle whether work may still come
         # back (pending in backoff, or assigned to someone whose lease may lapse).

@@ -9,19 +9,28 @@ from uuid import UUID
 from protocol import v1
 from server.db.pool import Connection, Pool, connection
 from server.documents import Reports, check_in_task
-from server.errors import DocumentNotFound, WrongStorageKey
+from server.errors import DocumentNotFound, JobNotFound, WrongStorageKey
 from storage.keys import collection_of, document_key
 
 # First record wins: documents are written once, so a later report of the same
 # doc_id describes the same stored object.
 RECORD = """
 INSERT INTO documents (doc_id, source, storage_key, storage_url, sha256, size, content_type,
-                       compressed, version_id, task_id, job_id, client_id, found_by, collection)
+                       compressed, version_id, task_id, job_id, client_id, found_by, collection,
+                       attempt, url, final_url, redirects, http_status, response_headers, etag,
+                       last_modified, http_date, content_length, content_encoding, fetched_at,
+                       server_ip, server_port, client_version)
 SELECT d.doc_id, $1, d.storage_key, d.storage_url, d.sha256, d.size, d.content_type,
-       d.compressed, d.version_id, $2, $3, $4, $13, $14
+       d.compressed, d.version_id, $2, $3, $4, $13, $14, $15, d.url,
+       j.c->>'final_url', j.c->'redirects', (j.c->>'http_status')::int, j.c->'response_headers',
+       j.c->'response_headers'->>'etag', j.c->'response_headers'->>'last-modified',
+       j.c->'response_headers'->>'date', j.c->'response_headers'->>'content-length',
+       j.c->'response_headers'->>'content-encoding', (j.c->>'fetched_at')::timestamptz,
+       j.c->>'server_ip', (j.c->>'server_port')::int, j.c->>'client_version'
 FROM unnest($5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[], $11::bool[],
-            $12::text[])
-     AS d(doc_id, storage_key, storage_url, sha256, size, content_type, compressed, version_id)
+            $12::text[], $16::text[], $17::text[])
+     AS d(doc_id, storage_key, storage_url, sha256, size, content_type, compressed, version_id, url, capture),
+     LATERAL (SELECT d.capture::jsonb AS c) j
 ON CONFLICT (collection, doc_id) DO NOTHING
 """
 
@@ -34,7 +43,7 @@ ON CONFLICT (doc_id, task_id) DO UPDATE SET url = excluded.url, error = excluded
 """
 
 GET = """
-SELECT d.*, c.client_name AS client FROM documents d
+SELECT d.*, d.http_date AS date, d.stored_at AS recorded_at, c.client_name AS client FROM documents d
 LEFT JOIN clients c ON c.client_id = d.client_id
 WHERE d.collection = $2 AND d.doc_id = $1
 """
@@ -72,6 +81,9 @@ async def record(conn: Connection, task: Any, reports: Reports) -> None:
             [d.version_id for d in recorded],
             _found_by(task),
             collection,
+            task["attempts"],
+            [d.url for d in recorded],
+            [d.capture.model_dump_json() if d.capture else None for d in recorded],
         )
     if failed:
         await conn.execute(
@@ -136,3 +148,39 @@ async def iter_documents(pool: Pool, page: int = 1000) -> AsyncIterator[Any]:
         if len(rows) < page:
             return
         after = (rows[-1]["collection"], rows[-1]["doc_id"])
+
+
+# What an export holds per document: its record and its capture (docgate export, the API).
+EXPORT_COLUMNS = (
+    "doc_id", "collection", "storage_key", "sha256", "size", "url", "final_url", "http_status",
+    "fetched_at", "recorded_at", "client", "client_version", "server_ip", "etag", "last_modified",
+    "attempt", "task_id",
+)  # fmt: skip
+JOB_PAGE = """
+SELECT d.doc_id, d.collection, d.storage_key, d.sha256, d.size, d.url, d.final_url, d.http_status,
+       d.fetched_at, d.stored_at AS recorded_at, c.client_name AS client, d.client_version,
+       d.server_ip, d.etag, d.last_modified, d.attempt, d.task_id
+FROM documents d LEFT JOIN clients c ON c.client_id = d.client_id
+WHERE d.job_id = $1 AND d.doc_id > $2 ORDER BY d.doc_id LIMIT $3
+"""
+
+
+async def job_page(pool: Pool, job_id: UUID, after: str, limit: int) -> list[Any]:
+    """One page of the job's documents after doc_id `after`, in doc_id order (a keyset page: a
+    page costs the same at the start of ten million documents and at the end)."""
+    async with connection(pool) as conn:
+        if await conn.fetchval("SELECT 1 FROM jobs WHERE job_id = $1", job_id) is None:
+            raise JobNotFound(f"job {job_id} not found")
+        return list(await conn.fetch(JOB_PAGE, job_id, after, limit))
+
+
+async def iter_job(pool: Pool, job_id: UUID, page: int = 2000) -> AsyncIterator[Any]:
+    """Every document of the job, a page in memory at a time."""
+    after = ""
+    while True:
+        rows = await job_page(pool, job_id, after, page)
+        for row in rows:
+            yield row
+        if len(rows) < page:
+            return
+        after = rows[-1]["doc_id"]

@@ -1,0 +1,28 @@
+-- docgate schema, version 13: capture records. How each document was fetched, recorded with it
+-- in the same fenced write: the URL requested and the one it came from after redirects, the
+-- redirects, the answer's status and headers (and the usual ones as columns), when the client
+-- had the answer, the server's address, the client's version and the task's attempt.
+--   psql "$DATABASE_URL" -1 -f database/migrations/0013_capture.sql
+-- Documents recorded before have these null; `stored_at` is the gate's time of recording.
+ALTER TABLE documents
+    ADD COLUMN url              text,
+    ADD COLUMN final_url        text,
+    ADD COLUMN redirects        jsonb,
+    ADD COLUMN http_status      integer,
+    ADD COLUMN response_headers jsonb,
+    ADD COLUMN etag             text,
+    ADD COLUMN last_modified    text,
+    ADD COLUMN http_date        text,
+    ADD COLUMN content_length   text,
+    ADD COLUMN content_encoding text,
+    ADD COLUMN fetched_at       timestamptz,
+    ADD COLUMN server_ip        text,
+    ADD COLUMN server_port      integer,
+    ADD COLUMN client_version   text,
+    ADD COLUMN attempt          integer;
+
+-- A job's documents in doc_id order, a page at a time (`docgate export`, GET …/jobs/{id}/documents).
+DROP INDEX documents_job;
+CREATE INDEX documents_job ON documents (job_id, doc_id) WHERE job_id IS NOT NULL;
+
+INSERT INTO schema_migrations (version, name) VALUES (13, '0013_capture');

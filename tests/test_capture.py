@@ -1,0 +1,206 @@
+"""Capture records: how each document was fetched, recorded with it, in the API and the export.
+
+The origin is Debian's nginx serving static files, the way registries' file servers answer:
+nginx sets ETag as "<mtime hex>-<size hex>", Last-Modified from the file's mtime and Date on
+every answer (ngx_http_core_module, `etag on` by default; ngx_http_static_module), and the
+old paths answer `301` (`return 301`) to the new ones, as a registry that moved its files does.
+"""
+
+from __future__ import annotations
+
+import csv
+import email.utils
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cluster import Cluster
+from conftest import free_port
+from processes import CLEAN_ENV, REPO, docgate
+from protocol.version import VERSION
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+MTIME = 1_700_000_000  # 2023-11-14T22:13:20Z, set on every file
+
+
+@pytest.fixture
+def nginx_origin(tmp_path: Path) -> Iterator[tuple[str, int, Path]]:
+    if not Path(NGINX).exists():
+        if os.environ.get("CI"):
+            pytest.fail("nginx is not installed; `make test` installs it")
+        pytest.skip("nginx is not installed (make test installs it when run as root)")
+    root = tmp_path / "www"
+    (root / "files").mkdir(parents=True)
+    for i in range(1, 6):
+        path = root / "files" / f"{i}.pdf"
+        path.write_bytes(f"%PDF-1.4 decision {i}\n".encode() * (100 + i))
+        os.utime(path, (MTIME, MTIME))
+    for path in (tmp_path, root, root / "files", *root.glob("files/*")):
+        path.chmod(0o755 if path.is_dir() else 0o644)  # nginx's workers run as nobody
+    port = free_port()
+    config = tmp_path / "origin.conf"
+    config.write_text(
+        f"""
+worker_processes 1;
+events {{ worker_connections 64; }}
+http {{
+    log_format agents '$http_user_agent';
+    access_log {tmp_path / "access.log"} agents;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        default_type application/pdf;
+        location /old/ {{ return 301 /moved$uri; }}
+        location /moved/ {{ rewrite ^/moved/old/(.*)$ /files/$1 redirect; }}
+        location /files/ {{ }}
+    }}
+}}
+"""
+    )
+    pid = tmp_path / "origin.pid"
+    proc = subprocess.Popen(
+        [NGINX, "-c", str(config), "-e", str(tmp_path / "origin-error.log"), "-g", f"daemon off; pid {pid};"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/files/1.pdf", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            assert time.monotonic() < deadline, "nginx did not come up"
+            time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}", port, root
+    proc.send_signal(signal.SIGQUIT)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, db_dsn: str) -> Iterator[Cluster]:
+    c = Cluster(tmp_path, db_dsn, OPERATOR_CONTACT="mailto:archive@example.org")
+    yield c
+    c.stop()
+
+
+def test_capture_records_through_redirects_in_the_api_and_the_export(
+    cluster: Cluster, nginx_origin: tuple[str, int, Path], tmp_path: Path
+) -> None:
+    base, port, root = nginx_origin
+    job = cluster.post(
+        "/api/v1/jobs",
+        {
+            "source": "id_range",
+            "chunk_size": 5,
+            "params": {"url_template": base + "/old/{id}.pdf", "start_id": 1, "count": 5, "ext": ".pdf"},
+        },
+    )["job_id"]
+    started = datetime.now(UTC)
+    cluster.client("capture-client", "--exit-when-idle")
+    assert cluster.wait_clients() == [0]
+    for i in range(1, 6):
+        doc = cluster.get(f"/api/v1/documents/{i}")
+        body = (root / "files" / f"{i}.pdf").read_bytes()
+        assert (cluster.store / doc["storage_key"]).read_bytes() == body
+        assert doc["url"] == f"{base}/old/{i}.pdf"
+        assert doc["final_url"] == f"{base}/files/{i}.pdf"
+        assert doc["redirects"] == [
+            {"url": f"{base}/old/{i}.pdf", "status": 301},
+            {"url": f"{base}/moved/old/{i}.pdf", "status": 302},
+        ]
+        assert doc["http_status"] == 200
+        # nginx's own formats: ETag "<mtime hex>-<size hex>", Last-Modified the file's mtime.
+        assert doc["etag"] == f'"{MTIME:x}-{len(body):x}"'
+        assert doc["last_modified"] == email.utils.formatdate(MTIME, usegmt=True)
+        assert doc["response_headers"]["etag"] == doc["etag"]
+        assert doc["response_headers"]["server"].startswith("nginx")
+        assert doc["content_length"] == str(len(body))
+        served = email.utils.parsedate_to_datetime(doc["date"])
+        assert started - timedelta(seconds=2) <= served <= datetime.now(UTC) + timedelta(seconds=2)
+        fetched = datetime.fromisoformat(doc["fetched_at"])
+        recorded = datetime.fromisoformat(doc["recorded_at"])
+        assert started - timedelta(seconds=2) <= fetched <= recorded + timedelta(seconds=1)
+        assert (doc["server_ip"], doc["server_port"]) == ("127.0.0.1", port)
+        assert doc["client"] == "capture-client" and doc["client_id"]
+        assert doc["client_version"] == VERSION
+        assert doc["attempt"] == 1 and doc["task_id"]
+    # The export, both formats, from the command line: the same fields for every document.
+    lines = export(cluster, job, "jsonl").splitlines()
+    rows = [json.loads(line) for line in lines]
+    table = list(csv.DictReader(io.StringIO(export(cluster, job, "csv"))))
+    assert [r["doc_id"] for r in rows] == [r["doc_id"] for r in table] == ["1", "2", "3", "4", "5"]
+    for row, line in zip(rows, table, strict=True):
+        doc = cluster.get(f"/api/v1/documents/{row['doc_id']}")
+        for field in ("storage_key", "sha256", "url", "final_url", "etag", "last_modified", "server_ip",
+                      "client", "client_version"):  # fmt: skip
+            assert row[field] == doc[field] == line[field], field
+        assert row["size"] == doc["size"] and line["size"] == str(doc["size"])
+        assert row["http_status"] == 200 and line["http_status"] == "200"
+        for field in ("fetched_at", "recorded_at"):
+            assert datetime.fromisoformat(row[field]) == datetime.fromisoformat(doc[field])
+    # The API's pages agree with the export.
+    page = cluster.get(f"/api/v1/jobs/{job}/documents?limit=2")
+    assert [d["doc_id"] for d in page["documents"]] == ["1", "2"] and page["next_cursor"] == "2"
+    rest = cluster.get(f"/api/v1/jobs/{job}/documents?limit=5&cursor=2")
+    assert [d["doc_id"] for d in rest["documents"]] == ["3", "4", "5"] and rest["next_cursor"] is None
+
+
+def test_the_user_agent_names_the_operator_and_a_client_may_set_its_own(
+    cluster: Cluster, nginx_origin: tuple[str, int, Path], tmp_path: Path
+) -> None:
+    base, _, _ = nginx_origin
+    log = tmp_path / "access.log"
+    assert agents_of_a_run(cluster, base, log, "a", []) == {
+        f"docgate/{VERSION} (+mailto:archive@example.org)"
+    }
+    own = "registry-archive/2 (+https://example.org/contact)"
+    assert agents_of_a_run(cluster, base, log, "b", ["--user-agent", own]) == {own}
+
+
+def agents_of_a_run(cluster: Cluster, base: str, log: Path, collection: str, flags: list[str]) -> set[str]:
+    """The User-Agent of every request one client run sent the origin (nginx's access log)."""
+    seen = len(log.read_text().splitlines())
+    cluster.post(
+        "/api/v1/jobs",
+        {
+            "source": "id_range",
+            "chunk_size": 5,
+            "params": {"url_template": base + "/files/{id}.pdf", "start_id": 1, "count": 5, "ext": ".pdf"},
+            "collection": collection,
+        },
+    )
+    cluster.client(f"agent-{collection}", "--exit-when-idle", *flags)
+    assert all(code == 0 for code in cluster.wait_clients())
+    assert cluster.sql(f"SELECT count(*) FROM documents WHERE collection = '{collection}'")[0][0] == 5
+    lines = log.read_text().splitlines()[seen:]
+    assert len(lines) == 5
+    return set(lines)
+
+
+def export(cluster: Cluster, job: str, fmt: str) -> str:
+    out = subprocess.run(
+        docgate("export", job, "--format", fmt),
+        cwd=REPO,
+        env=CLEAN_ENV | {"DATABASE_URL": cluster.dsn},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "5 documents exported" in out.stderr
+    return out.stdout
