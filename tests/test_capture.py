@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import markupsafe
 import pytest
 
 from cluster import Cluster
@@ -153,6 +154,14 @@ def test_capture_records_through_redirects_in_the_api_and_the_export(
         assert row["http_status"] == 200 and line["http_status"] == "200"
         for field in ("fetched_at", "recorded_at"):
             assert datetime.fromisoformat(row[field]) == datetime.fromisoformat(doc[field])
+    # The dashboard's document view shows the same capture.
+    with httpx.Client(base_url=cluster.url) as ui:
+        assert ui.post("/ui/login", data={"api_key": cluster.admin["X-API-Key"]}).status_code == 303
+        page = ui.get("/ui?document=3").text
+        doc = cluster.get("/api/v1/documents/3")
+        for shown in (doc["final_url"], doc["etag"], doc["last_modified"], f"127.0.0.1:{port}", "301 "):
+            assert str(markupsafe.escape(shown)) in page, shown
+        assert "not a document id" in ui.get("/ui?document=../x").text
     # The API's pages agree with the export.
     page = cluster.get(f"/api/v1/jobs/{job}/documents?limit=2")
     assert [d["doc_id"] for d in page["documents"]] == ["1", "2"] and page["next_cursor"] == "2"

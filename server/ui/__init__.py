@@ -22,10 +22,12 @@ from fastapi import APIRouter, Cookie, Header, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from protocol import v1
 from protocol.hosts import HOST_KEY_PATTERN
 from server.api.hosts import defaults as host_defaults
 from server.db import clients, hosts, lifecycle, pausing
 from server.db import dashboard as data
+from server.db import documents as db_documents
 from server.db import jobs as db_jobs
 from server.db import tasks as db_tasks
 from server.deps import StateDep
@@ -59,13 +61,19 @@ def _page(name: str, status: int = 200, **context: Any) -> HTMLResponse:
 
 @router.get("/ui", response_class=HTMLResponse)
 async def ui(
-    state: StateDep, docgate_admin: AdminCookie = None, task: str | None = None, job: str | None = None
+    state: StateDep,
+    docgate_admin: AdminCookie = None,
+    task: str | None = None,
+    job: str | None = None,
+    document: str | None = None,
+    collection: str = "",
 ) -> Response:
     if not await _is_admin(state, docgate_admin):
         return _page("login.html", error=None)
     assert docgate_admin is not None
     found, problem = await _find_task(state, task)
     the_job, failures, job_problem = await _find_job(state, job)
+    the_document, document_problem = await _find_document(state, document, collection)
     board = await data.dashboard(state.pool, state.settings.client_stale_seconds, host_defaults(state))
     return _page(
         "dashboard.html",
@@ -78,6 +86,9 @@ async def ui(
         job_query=job or "",
         job_failures=failures,
         job_problem=job_problem,
+        document=the_document,
+        document_query=document or "",
+        document_problem=document_problem,
     )
 
 
@@ -96,6 +107,20 @@ async def _find_task(state: GateState, task: str | None) -> tuple[Any, str | Non
         return await db_tasks.get_task(state.pool, UUID(task.strip()), None), None
     except ValueError:
         return None, "not a task id (a UUID like 3f2b…)"
+    except DocgateError as exc:
+        return None, exc.message
+
+
+async def _find_document(state: GateState, doc_id: str | None, collection: str) -> tuple[Any, str | None]:
+    """A document's record and capture, for the document view."""
+    if not doc_id:
+        return None, None
+    if not v1.is_doc_id(doc_id.strip()):
+        return None, "not a document id (digits, or letters, digits and . _ -)"
+    if not re.fullmatch(v1.COLLECTION_PATTERN, collection):
+        return None, "not a collection name (lower-case letters, digits, _ and -)"
+    try:
+        return await db_documents.get_document(state.pool, doc_id.strip(), collection), None
     except DocgateError as exc:
         return None, exc.message
 
