@@ -50,6 +50,7 @@ class ClientConfig(BaseSettings):
     per_host_connections: Annotated[int, Field(ge=1, le=4096)] | None = None
     compress: Literal["none", "gzip"] = "none"
     exit_when_idle: bool = False
+    warc: bool = False
     allow_network: Annotated[tuple[str, ...], NoDecode] = ()
     max_document_size: Annotated[int, Field(ge=1)] = 20 << 20
     log_format: Literal["text", "json"] = "text"
@@ -170,6 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in FLAGS.items():
         p.add_argument("--" + name.replace("_", "-"), help=text)
     p.add_argument("--exit-when-idle", action="store_const", const=True, help="exit 0 once no task is left")
+    p.add_argument(
+        "--warc",
+        action="store_const",
+        const=True,
+        help="also write the capture of every stored document as WARC (request and response records), "
+        "stored under warc/<job>/ in the same store and recorded with the documents",
+    )
     p.add_argument(
         "--allow-network",
         action="append",

@@ -147,9 +147,13 @@ class GateAPI:
         return v1.LeaseBatch.model_validate_json(reply.content).tasks, None
 
     async def progress(
-        self, task: v1.LeasedTask, counts: v1.Counts, documents: list[v1.DocumentReport]
+        self,
+        task: v1.LeasedTask,
+        counts: v1.Counts,
+        documents: list[v1.DocumentReport],
+        warc: v1.WarcReport | None = None,
     ) -> v1.Task:
-        body = v1.TaskProgress(lease_token=task.lease_token, documents=documents, **dict(counts))
+        body = v1.TaskProgress(lease_token=task.lease_token, documents=documents, warc=warc, **dict(counts))
         return await self._model(v1.Task, "POST", paths.url(paths.TASK_PROGRESS, task_id=task.task_id), body)
 
     async def discovered(self, task: v1.LeasedTask, refs: list[tuple[str, str, str]]) -> v1.DiscoveredReply:
@@ -165,10 +169,11 @@ class GateAPI:
         counts: v1.Counts,
         documents: list[v1.DocumentReport],
         summary: dict[str, Any],
+        warc: v1.WarcReport | None = None,
     ) -> v1.Task:
         body = v1.TaskComplete(
             task_id=task.task_id, lease_token=task.lease_token, documents=documents,
-            result_summary=summary, **dict(counts),
+            result_summary=summary, warc=warc, **dict(counts),
         )  # fmt: skip
         return await self._model(v1.Task, "POST", paths.url(paths.TASK_COMPLETE), body)
 

@@ -16,10 +16,14 @@ import contextlib
 import hashlib
 import logging
 import random
+import shutil
+import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -31,6 +35,7 @@ from client.gate import GateAPI
 from client.progress import Stats
 from client.sources import DocRef, Source, SourceContext, SourceError
 from client.sources.profile import ProfileSource, profile_rules
+from client.warc import WarcRecorder
 from protocol import v1
 from protocol.scope import TaskScope
 from storage import PutOptions, Storage, StorageError
@@ -77,6 +82,7 @@ class TaskRun:
     discovered: int = 0  # found and handed to the fleet (a search that spreads its results)
     queued: int = 0  # of them, new to the gate
     storage_failed: bool = False  # a document failed because the store did, not the origin
+    warc: WarcRecorder | None = None  # --warc: the WARC records of what this attempt stored
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     scope: TaskScope = field(init=False)
 
@@ -127,6 +133,9 @@ class Worker:
         self.storage_pauses = 0  # tasks handed back in a row because the store failed
         self.leasing_resumes_at = 0.0  # monotonic time; no lease before it
         self.heartbeat_every = config.heartbeat_interval
+        # --warc: WARC files are written here (a spool folder of this process) before they are stored.
+        self.warc_spool = Path(tempfile.mkdtemp(prefix="docgate-warc-")) if config.warc else None
+        self.warc_threads = ThreadPoolExecutor(2, thread_name_prefix="warc") if config.warc else None
 
     # ---- the lease loop
 
@@ -139,6 +148,9 @@ class Worker:
             heartbeats.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeats
+            if self.warc_threads is not None and self.warc_spool is not None:
+                self.warc_threads.shutdown(wait=True)
+                shutil.rmtree(self.warc_spool, ignore_errors=True)
 
     async def _lease_loop(self) -> None:
         while not self.stopping.is_set():
@@ -202,6 +214,10 @@ class Worker:
         run = TaskRun(task)
         if task.user_agent and not self.fetcher.user_agent_fixed:  # the gate's, unless --user-agent
             self.fetcher.user_agent = task.user_agent
+        if self.warc_spool is not None and self.warc_threads is not None:
+            run.warc = WarcRecorder(
+                self.store, task, self.fetcher.user_agent, self.warc_spool, self.warc_threads
+            )
         self.task_runs[task.task_id] = run
         self.runs[task.task_id] = asyncio.create_task(self._run_task(run), name=f"task-{task.task_id}")
         self.stats.tasks_held = len(self.runs)
@@ -256,6 +272,8 @@ class Worker:
                 await asyncio.shield(self._hand_back(run))
             raise
         finally:
+            if run.warc is not None:
+                run.warc.close()  # what was never reported leaves no spool behind
             self.runs.pop(run.task.task_id, None)
             self.task_runs.pop(run.task.task_id, None)
             self.stats.tasks_held = len(self.runs)
@@ -429,7 +447,17 @@ class Worker:
         async def sink(body: Body) -> v1.StoredDocument:
             options = replace(found, content_type=body.content_type, compress=compress)
             captured[0] = body.capture  # the answer these bytes came in
-            return await self.store.put(key, await bodies.checked(body, ref.ext, run.task.params), options)
+            chunks = await bodies.checked(body, ref.ext, run.task.params)
+            if run.warc is None:
+                return await self.store.put(key, chunks, options)
+            chunks, spooled = await run.warc.tee(chunks)
+            try:
+                stored = await self.store.put(key, chunks, options)
+            except BaseException:
+                run.warc.drop(spooled)
+                raise
+            run.warc.add(ref.doc_id, ref.url, body.capture, spooled)
+            return stored
 
         try:
             stored = await self.fetcher.fetch(ref.url, sink, bodies.asked(run.task.params))
@@ -449,31 +477,52 @@ class Worker:
         """In storage, but no record vouches for it: the store read it back and hashed it (a
         store's metadata is no proof: whoever can write the store can set it), and with
         --verify-existing fetch it is compared with what the origin serves, before it is reported
-        as skipped."""
-        if self.config.verify_existing == "fetch":
+        as skipped. With --warc it is fetched and compared too: that fetch is its capture (and
+        its WARC record), so no document is recorded without one."""
+        capture = None
+        if self.config.verify_existing == "fetch" or run.warc is not None:
             params = run.task.params
-            served = await self.fetcher.fetch(
-                ref.url, partial(self._origin_sha256, ref, params), bodies.asked(params)
+            served, capture, spooled = await self.fetcher.fetch(
+                ref.url, partial(self._origin_copy, run, ref, params), bodies.asked(params)
             )
             if served != stored.sha256:
+                if run.warc is not None and spooled is not None:
+                    run.warc.drop(spooled)
                 raise DocumentFailed(
                     f"the store holds other bytes at {stored.storage_key} (sha256 {stored.sha256[:12]}…) "
                     f"than the origin serves ({served[:12]}…); not recorded: remove the object to "
                     "fetch it again",
                     permanent=True,
                 )
+            if run.warc is not None and spooled is not None:
+                run.warc.add(ref.doc_id, ref.url, capture, spooled)
         run.skipped += 1
         self.stats.skipped += 1
-        return v1.DocumentReport.of_stored(ref.doc_id, stored, url=ref.url, status=v1.DocumentStatus.SKIPPED)
+        return v1.DocumentReport.of_stored(
+            ref.doc_id, stored, url=ref.url, status=v1.DocumentStatus.SKIPPED, capture=capture
+        )
 
-    async def _origin_sha256(self, ref: DocRef, params: dict[str, Any], body: Body) -> str:
+    async def _origin_copy(
+        self, run: TaskRun, ref: DocRef, params: dict[str, Any], body: Body
+    ) -> tuple[str, v1.Capture | None, Path | None]:
+        """What the origin serves: its sha256, the capture of the answer, and (--warc) its bytes
+        spooled for the WARC record."""
+        chunks = await bodies.checked(body, ref.ext, params)
+        spooled = None
+        if run.warc is not None:
+            chunks, spooled = await run.warc.tee(chunks)
         hasher, size = hashlib.sha256(), 0
-        async for chunk in await bodies.checked(body, ref.ext, params):
-            size += len(chunk)
-            if size > self.config.max_document_size:
-                raise DocumentFailed(f"over --max-document-size ({self.config.max_document_size})", True)
-            await asyncio.to_thread(hasher.update, chunk)
-        return hasher.hexdigest()
+        try:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > self.config.max_document_size:
+                    raise DocumentFailed(f"over --max-document-size ({self.config.max_document_size})", True)
+                await asyncio.to_thread(hasher.update, chunk)
+        except BaseException:
+            if run.warc is not None and spooled is not None:
+                run.warc.drop(spooled)
+            raise
+        return hasher.hexdigest(), body.capture, spooled
 
     def _failure(
         self, run: TaskRun, ref: DocRef, reason: str, permanent: bool, blocked: bool = False
@@ -492,8 +541,22 @@ class Worker:
             while len(run.pending) > keep_last:
                 size = _fitting(run.pending, min(v1.MAX_DOCUMENTS_PER_REPORT, len(run.pending) - keep_last))
                 batch = run.pending[:size]
-                await self.gate.progress(run.task, run.counts(), batch)
+                await self.gate.progress(run.task, run.counts(), batch, await self._warc(run, batch))
                 del run.pending[:size]
+
+    async def _warc(self, run: TaskRun, batch: list[v1.DocumentReport]) -> v1.WarcReport | None:
+        """--warc: the WARC of the batch's stored documents, stored before the report that
+        records them (a store that fails it costs the WARC, not the documents: said in the log)."""
+        if run.warc is None:
+            return None
+        stored = [str(d.doc_id) for d in batch if d.status is not v1.DocumentStatus.FAILED]
+        try:
+            return await run.warc.seal(stored)
+        except StorageError as exc:
+            log.warning(
+                "task %s: its WARC was not stored (%s); the documents are", run.task.task_id, exc.message
+            )
+            return None
 
     async def _finish(self, run: TaskRun) -> None:
         task = run.task
@@ -524,7 +587,8 @@ class Worker:
             run.failed += 1
         await self._report(run, keep_last=_fitting(run.pending, v1.MAX_DOCUMENTS_PER_REPORT, last=True))
         async with run.lock:
-            await self.gate.complete(task, run.counts(), run.pending, self._summary(run))
+            warc = await self._warc(run, run.pending)
+            await self.gate.complete(task, run.counts(), run.pending, self._summary(run), warc)
             run.pending.clear()
         self.stats.tasks_done += 1
         log.info(

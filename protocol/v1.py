@@ -481,12 +481,26 @@ class Counts(Request):
 LeaseToken = WireUUID | None
 
 
+WARC_KEY_PATTERN = r"^warc/[A-Za-z0-9-]{1,64}/[A-Za-z0-9._-]{1,200}\.warc\.gz$"
+
+
+class WarcReport(Request):
+    """A WARC file the client stored (`--warc`) holding the records of a report's documents."""
+
+    storage_key: Annotated[str, StringConstraints(pattern=WARC_KEY_PATTERN)]
+    sha256: Sha256Hex
+    size: Annotated[int, Field(ge=1, le=MAX_SIZE)]
+    records: Annotated[int, Field(ge=1, le=1 + 2 * MAX_DOCUMENTS_PER_REPORT)]
+    doc_ids: Annotated[list[DocId], Field(min_length=1, max_length=MAX_DOCUMENTS_PER_REPORT)]
+
+
 class TaskProgress(Request):
     lease_token: LeaseToken = None
     documents_downloaded: Count | None = None
     documents_failed: Count | None = None
     documents_skipped: Count | None = None
     documents: Documents = Field(default_factory=list)
+    warc: WarcReport | None = Field(default=None, description="the WARC holding these documents' records")
 
 
 class TaskComplete(Counts):
@@ -496,6 +510,7 @@ class TaskComplete(Counts):
     lease_token: LeaseToken = None
     result_summary: JsonObject | None = None
     documents: Documents = Field(default_factory=list)
+    warc: WarcReport | None = Field(default=None, description="the WARC holding these documents' records")
 
 
 class TaskCompleteBatch(Request):
@@ -967,6 +982,7 @@ class Document(StoredDocument):
     client_id: UUID | None = None
     client_version: str | None = None
     attempt: int | None = Field(default=None, description="the task's attempt that fetched it")
+    warc_key: str | None = Field(default=None, description="the WARC file holding its request and response")
 
 
 class ExportedDocument(Reply):
@@ -989,6 +1005,7 @@ class ExportedDocument(Reply):
     last_modified: str | None = None
     attempt: int | None = None
     task_id: UUID | None = None
+    warc_key: str | None = None
 
 
 class DocumentPage(Reply):

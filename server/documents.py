@@ -22,22 +22,35 @@ class Reports:
 
     recorded: list[v1.DocumentReport]
     failed: list[v1.DocumentReport]
+    warc: v1.WarcReport | None = None
+    warc_url: str = ""  # where the WARC is, in the gate's naming of the store
 
     def __bool__(self) -> bool:
-        return bool(self.recorded or self.failed)
+        return bool(self.recorded or self.failed or self.warc)
 
 
 NO_REPORTS = Reports([], [])
 
 
-def split_reports(documents: list[v1.DocumentReport], shard_size: int, store_url: str) -> Reports:
-    """Documents to record (stored, or skipped with proof) and failures; refuse any wrong key."""
-    reports = Reports([], [])
+def split_reports(
+    documents: list[v1.DocumentReport], shard_size: int, store_url: str, warc: v1.WarcReport | None = None
+) -> Reports:
+    """Documents to record (stored, or skipped with proof) and failures; refuse any wrong key,
+    and a WARC that claims documents the report does not record."""
+    warc_url = f"{store_url.rstrip('/')}/{warc.storage_key}" if warc is not None else ""
+    reports = Reports([], [], warc, warc_url)
     for doc in documents:
         if doc.status is v1.DocumentStatus.FAILED:
             reports.failed.append(doc)
         elif doc.storage_key is not None and doc.sha256 is not None and doc.size is not None:
             reports.recorded.append(_recorded(doc, shard_size, store_url))
+    if warc is not None:
+        stray = set(map(str, warc.doc_ids)) - {str(d.doc_id) for d in reports.recorded}
+        if stray:
+            shown = ", ".join(sorted(stray)[:5])
+            raise WrongStorageKey(
+                f"the WARC {warc.storage_key} names documents this report does not record: {shown}"
+            )
     return reports
 
 

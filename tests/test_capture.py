@@ -8,24 +8,28 @@ old paths answer `301` (`return 301`) to the new ones, as a registry that moved 
 
 from __future__ import annotations
 
+import base64
 import csv
 import email.utils
+import hashlib
 import io
 import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import markupsafe
 import pytest
 
-from cluster import Cluster
+from cluster import Cluster, Origin
 from conftest import free_port
 from processes import CLEAN_ENV, REPO, docgate
 from protocol.version import VERSION
@@ -213,3 +217,105 @@ def export(cluster: Cluster, job: str, fmt: str) -> str:
     assert out.returncode == 0, out.stderr
     assert "5 documents exported" in out.stderr
     return out.stdout
+
+
+def warcio(*args: str) -> subprocess.CompletedProcess[str]:
+    """warcio's own command line (the Webrecorder library's checker and indexer)."""
+    return subprocess.run(
+        [sys.executable, "-m", "warcio.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def check_warcs(cluster: Cluster) -> dict[str, dict[str, Any]]:
+    """Every recorded WARC is whole in the store with its recorded sha256, passes `warcio check`
+    and `warcio index`, and holds a request and a response for each document it names, whose
+    payload sha256 is the document's recorded sha256. Returns the response records by doc_id."""
+    from warcio.archiveiterator import ArchiveIterator
+
+    documents = {r["doc_id"]: r for r in cluster.sql("SELECT * FROM documents")}
+    responses: dict[str, dict[str, Any]] = {}
+    for warc in cluster.sql("SELECT * FROM warc_files ORDER BY storage_key"):
+        path = cluster.store / warc["storage_key"]
+        data = path.read_bytes()
+        assert hashlib.sha256(data).hexdigest() == warc["sha256"] and len(data) == warc["size"]
+        checked = warcio("check", "-v", str(path))
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert "digest pass" in checked.stdout and "digest fail" not in checked.stdout
+        index = [json.loads(line) for line in warcio("index", str(path)).stdout.splitlines()]
+        assert [i["warc-type"] for i in index] == ["warcinfo"] + ["request", "response"] * len(
+            warc["doc_ids"]
+        )
+        assert warc["records"] == len(index)
+        with path.open("rb") as f:
+            records = list(ArchiveIterator(f))
+            info = records[0]
+        for record in records[1:]:
+            if record.rec_type != "response":
+                continue
+            uri = record.rec_headers.get_header("WARC-Target-URI")
+            doc_id = next(d for d in warc["doc_ids"] if documents[d]["final_url"] == uri)
+            responses[doc_id] = {
+                "ip": record.rec_headers.get_header("WARC-IP-Address"),
+                "payload_digest": record.rec_headers.get_header("WARC-Payload-Digest"),
+                "status": record.http_headers.get_statuscode(),
+                "etag": record.http_headers.get_header("etag"),
+            }
+        for doc_id in warc["doc_ids"]:
+            assert documents[doc_id]["warc_key"] == warc["storage_key"]
+            digest = base64.b32encode(bytes.fromhex(documents[doc_id]["sha256"])).decode()
+            assert responses[doc_id]["payload_digest"] == f"sha256:{digest}"
+        assert info.rec_type == "warcinfo"
+    return responses
+
+
+def test_warc_files_pass_warcio_and_hold_every_document(
+    cluster: Cluster, nginx_origin: tuple[str, int, Path]
+) -> None:
+    base, _, _ = nginx_origin
+    cluster.post(
+        "/api/v1/jobs",
+        {
+            "source": "id_range",
+            "chunk_size": 5,
+            "params": {"url_template": base + "/old/{id}.pdf", "start_id": 1, "count": 5, "ext": ".pdf"},
+        },
+    )
+    cluster.client("warc-client", "--exit-when-idle", "--warc")
+    assert cluster.wait_clients() == [0]
+    responses = check_warcs(cluster)
+    assert sorted(responses) == ["1", "2", "3", "4", "5"]
+    for doc_id, response in responses.items():
+        doc = cluster.get(f"/api/v1/documents/{doc_id}")
+        assert response == {"ip": "127.0.0.1", "payload_digest": response["payload_digest"], "status": "200",
+                            "etag": doc["etag"]}  # fmt: skip
+    (warc,) = cluster.sql("SELECT storage_key FROM warc_files")
+    from warcio.archiveiterator import ArchiveIterator
+
+    with (cluster.store / warc[0]).open("rb") as f:
+        info = next(iter(ArchiveIterator(f)))
+        fields = info.content_stream().read().decode()
+    assert f"software: docgate/{VERSION}" in fields and "operator: mailto:archive@example.org" in fields
+
+
+def test_a_client_killed_mid_task_leaves_no_incomplete_warc_recorded(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    origin = Origin(tmp_path, "--size", "3000", "--latency", "0.05")
+    try:
+        cluster.job(origin, 1, 400, chunk_size=200)
+        proc = cluster.client("doomed", "--warc", "--concurrency", "4", "--max-tasks", "2")
+        deadline = time.monotonic() + 60
+        while cluster.sql("SELECT count(*) FROM warc_files")[0][0] == 0:  # mid-task, a WARC recorded
+            assert time.monotonic() < deadline, "no WARC was recorded"
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        check_warcs(cluster)  # what was recorded before the kill is whole
+        assert cluster.sql("SELECT count(*) FROM documents WHERE http_status IS NULL")[0][0] == 0
+        cluster.client("finisher", "--warc", "--exit-when-idle")
+        assert cluster.wait_clients(timeout=240)[-1] == 0
+    finally:
+        origin.stop()
+    check_warcs(cluster)
+    rows = cluster.sql("SELECT count(*), count(*) FILTER (WHERE http_status IS NULL) FROM documents")
+    assert rows[0][0] == 400 and rows[0][1] == 0  # every document recorded with its capture

@@ -21,6 +21,25 @@ ALTER TABLE documents
     ADD COLUMN client_version   text,
     ADD COLUMN attempt          integer;
 
+-- WARC files (`docgate client --warc`): one per report, stored write-once under warc/<job>/,
+-- recorded with the documents whose records it holds, in the report's fenced write.
+CREATE TABLE warc_files (
+    storage_key text PRIMARY KEY,
+    storage_url text NOT NULL,
+    sha256      text NOT NULL CHECK (sha256 ~ '^[0-9a-f]{64}$'),
+    size        bigint NOT NULL CHECK (size > 0),
+    records     integer NOT NULL,
+    doc_ids     text[] NOT NULL,
+    collection  text NOT NULL DEFAULT '',
+    task_id     uuid,
+    job_id      uuid,
+    client_id   uuid,
+    attempt     integer,
+    recorded_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX warc_files_job ON warc_files (job_id, storage_key);
+ALTER TABLE documents ADD COLUMN warc_key text;  -- the WARC holding its request and response
+
 -- A job's documents in doc_id order, a page at a time (`docgate export`, GET …/jobs/{id}/documents).
 DROP INDEX documents_job;
 CREATE INDEX documents_job ON documents (job_id, doc_id) WHERE job_id IS NOT NULL;

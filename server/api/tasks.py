@@ -144,7 +144,7 @@ async def complete_task(
 ) -> Response:
     """Complete a leased task. Without lease_token (the seed's body) the completion is fenced by
     the caller's live lease on the task (and X-Session-Id when sent); with it, by the token."""
-    reports = split_reports(body.documents, state.settings.shard_size, state.store.url)
+    reports = split_reports(body.documents, state.settings.shard_size, state.store.url, body.warc)
     with state.metrics.counting_refusals():
         task = await lifecycle.complete_task(state.pool, body, _caller(principal, session_id), reports)
     state.metrics.completions.inc()
@@ -161,7 +161,8 @@ async def complete_tasks(
     so one lost lease does not refuse the others. A wrong document in any of them refuses the
     whole call (422) before anything is written."""
     reports = [
-        split_reports(c.documents, state.settings.shard_size, state.store.url) for c in body.completions
+        split_reports(c.documents, state.settings.shard_size, state.store.url, c.warc)
+        for c in body.completions
     ]
     caller = _caller(principal, session_id)
     outcomes = await lifecycle.complete_tasks(state.pool, body.completions, caller, reports)
@@ -189,7 +190,7 @@ async def report_progress(
     principal: PrincipalDep,
     session_id: SessionHeader = None,
 ) -> v1.Task:
-    reports = split_reports(body.documents, state.settings.shard_size, state.store.url)
+    reports = split_reports(body.documents, state.settings.shard_size, state.store.url, body.warc)
     caller = _caller(principal, session_id)
     with state.metrics.counting_refusals():
         task = await lifecycle.report_progress(

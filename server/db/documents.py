@@ -85,6 +85,8 @@ async def record(conn: Connection, task: Any, reports: Reports) -> None:
             [d.url for d in recorded],
             [d.capture.model_dump_json() if d.capture else None for d in recorded],
         )
+    if reports.warc is not None:
+        await _record_warc(conn, task, reports.warc, reports.warc_url, collection)
     if failed:
         await conn.execute(
             RECORD_FAILURES,
@@ -94,6 +96,35 @@ async def record(conn: Connection, task: Any, reports: Reports) -> None:
             [d.url for d in failed],
             [d.error for d in failed],
         )
+
+
+RECORD_WARC = """
+INSERT INTO warc_files (storage_key, storage_url, sha256, size, records, doc_ids, collection, task_id,
+                        job_id, client_id, attempt)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+ON CONFLICT (storage_key) DO NOTHING
+"""
+# Each document points at the first WARC that holds it.
+LINK_WARC = """
+UPDATE documents SET warc_key = $1
+WHERE collection = $2 AND doc_id = ANY($3::text[]) AND warc_key IS NULL AND task_id = $4
+"""
+
+
+async def _record_warc(conn: Connection, task: Any, warc: v1.WarcReport, url: str, collection: str) -> None:
+    """A WARC of the task's own: under warc/<its job>/<its task id>-…, nowhere else."""
+    job = str(task["job_id"]) if task["job_id"] else "no-job"
+    prefix = f"warc/{job}/{task['task_id']}-"
+    if not warc.storage_key.startswith(prefix):
+        raise WrongStorageKey(
+            f"a WARC of task {task['task_id']} is stored under {prefix}…, not {warc.storage_key!r}"
+        )
+    doc_ids = [str(d) for d in warc.doc_ids]
+    await conn.execute(
+        RECORD_WARC, warc.storage_key, url, warc.sha256, warc.size, warc.records, doc_ids, collection,
+        task["task_id"], task["job_id"], task["assigned_to"], task["attempts"],
+    )  # fmt: skip
+    await conn.execute(LINK_WARC, warc.storage_key, collection, doc_ids, task["task_id"])
 
 
 def _found_by(task: Any) -> UUID:
@@ -154,12 +185,12 @@ async def iter_documents(pool: Pool, page: int = 1000) -> AsyncIterator[Any]:
 EXPORT_COLUMNS = (
     "doc_id", "collection", "storage_key", "sha256", "size", "url", "final_url", "http_status",
     "fetched_at", "recorded_at", "client", "client_version", "server_ip", "etag", "last_modified",
-    "attempt", "task_id",
+    "attempt", "task_id", "warc_key",
 )  # fmt: skip
 JOB_PAGE = """
 SELECT d.doc_id, d.collection, d.storage_key, d.sha256, d.size, d.url, d.final_url, d.http_status,
        d.fetched_at, d.stored_at AS recorded_at, c.client_name AS client, d.client_version,
-       d.server_ip, d.etag, d.last_modified, d.attempt, d.task_id
+       d.server_ip, d.etag, d.last_modified, d.attempt, d.task_id, d.warc_key
 FROM documents d LEFT JOIN clients c ON c.client_id = d.client_id
 WHERE d.job_id = $1 AND d.doc_id > $2 ORDER BY d.doc_id LIMIT $3
 """
