@@ -10,9 +10,11 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TextIO
 
 from common.logs import setup_logging, stop_logging
@@ -86,6 +88,12 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     export.add_argument("--output", help="write here instead of standard output")
     export.set_defaults(run=run_export)
+
+    warc = sub.add_parser("warc", help="the WARC files clients wrote (--warc)").add_subparsers(required=True)
+    index = warc.add_parser("index", help="a job's WARC files as one sorted CDXJ index (cdxj-indexer)")
+    index.add_argument("job_id", help="the job's id")
+    index.add_argument("--output", help="write here instead of standard output")
+    index.set_defaults(run=run_warc_index)
 
     key = sub.add_parser("admin-key", help="admin key maintenance").add_subparsers(required=True)
     reset = key.add_parser("reset", help="replace every stored admin key with a new one")
@@ -277,6 +285,50 @@ def run_export(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise DocgateError(f"--output {args.output}: {exc.strerror}") from None
     print(f"job {job_id}: {lines} documents exported", file=sys.stderr)
+    return 0
+
+
+def run_warc_index(args: argparse.Namespace) -> int:
+    """Fetch the job's recorded WARC files from the store (one at a time, into a temporary
+    folder that mirrors their keys) and index them with cdxj-indexer, sorted: the CDXJ that
+    pywb and other replay tools read, each line naming its file by its storage key."""
+    from cdxj_indexer.main import write_cdx_index
+
+    from server.db.pool import create_pool
+
+    job_id = _job_id(args.job_id)
+    settings = Settings.load()
+    store = settings.open_store()
+
+    async def copy(dsn: str, folder: Path) -> int:
+        pool = await create_pool(dsn, 1, 1)
+        try:
+            async with pool.acquire() as conn:
+                rows = await conn.fetch(
+                    "SELECT storage_key FROM warc_files WHERE job_id = $1 ORDER BY 1", job_id
+                )
+            for row in rows:
+                path = folder / row["storage_key"]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with path.open("wb") as out:
+                    async for chunk in store.open(row["storage_key"]):
+                        out.write(chunk)
+        finally:
+            await pool.close()
+            await store.close()
+        return len(rows)
+
+    with database(settings) as dsn, tempfile.TemporaryDirectory(prefix="docgate-cdxj-") as tmp:
+        _check_database(dsn)
+        files = asyncio.run(copy(dsn, Path(tmp)))
+        if not files:
+            raise DocgateError(f"job {job_id} has no WARC files recorded (clients write them with --warc)")
+        inputs = sorted(str(p) for p in Path(tmp).rglob("*.warc.gz"))
+        try:
+            write_cdx_index(args.output, inputs, {"sort": True, "dir_root": tmp})
+        except OSError as exc:
+            raise DocgateError(f"--output {args.output}: {exc.strerror}") from None
+    print(f"job {job_id}: {files} WARC files indexed", file=sys.stderr)
     return 0
 
 

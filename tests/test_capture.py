@@ -272,14 +272,14 @@ def test_warc_files_pass_warcio_and_hold_every_document(
     cluster: Cluster, nginx_origin: tuple[str, int, Path]
 ) -> None:
     base, _, _ = nginx_origin
-    cluster.post(
+    job = cluster.post(
         "/api/v1/jobs",
         {
             "source": "id_range",
             "chunk_size": 5,
             "params": {"url_template": base + "/old/{id}.pdf", "start_id": 1, "count": 5, "ext": ".pdf"},
         },
-    )
+    )["job_id"]
     cluster.client("warc-client", "--exit-when-idle", "--warc")
     assert cluster.wait_clients() == [0]
     responses = check_warcs(cluster)
@@ -295,6 +295,22 @@ def test_warc_files_pass_warcio_and_hold_every_document(
         info = next(iter(ArchiveIterator(f)))
         fields = info.content_stream().read().decode()
     assert f"software: docgate/{VERSION}" in fields and "operator: mailto:archive@example.org" in fields
+    # The job's CDXJ index (cdxj-indexer, sorted): a line per response, naming its WARC by key.
+    out = subprocess.run(
+        docgate("warc", "index", job), cwd=REPO, env=CLEAN_ENV | {"DATABASE_URL": cluster.dsn,
+        "STORAGE_URL": str(cluster.store)}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    lines = [line.split(" ", 2) for line in out.stdout.splitlines()]
+    assert [key for key, _, _ in lines] == sorted(key for key, _, _ in lines)
+    entries = {
+        json.loads(fields)["url"]: json.loads(fields) for _, _, fields in lines if '"status"' in fields
+    }
+    for doc_id in responses:
+        doc = cluster.get(f"/api/v1/documents/{doc_id}")
+        entry = entries[doc["final_url"]]
+        assert entry["status"] == "200" and entry["filename"] == warc[0], entry
+        assert entry["digest"] == responses[doc_id]["payload_digest"], entry
 
 
 def test_a_client_killed_mid_task_leaves_no_incomplete_warc_recorded(
