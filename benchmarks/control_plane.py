@@ -228,6 +228,7 @@ def run_floor(pg: Postgres, clients: int, batch: int, n: int) -> Run:
                     }
                 ),
                 5,
+                n,  # created in this one statement, as jobs up to JOB_BACKGROUND_TASKS are
             )
         finally:
             await pool.close()

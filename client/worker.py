@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from client import bodies
@@ -35,7 +35,6 @@ from client.gate import GateAPI
 from client.progress import Stats
 from client.sources import DocRef, Source, SourceContext, SourceError
 from client.sources.profile import ProfileSource, profile_rules
-from client.warc import WarcRecorder
 from protocol import v1
 from protocol.scope import TaskScope
 from storage import PutOptions, Storage, StorageError
@@ -50,6 +49,9 @@ from storage.errors import (
     WriteRefused,
 )
 from storage.keys import document_key
+
+if TYPE_CHECKING:  # warcio is imported only by clients that write WARC (--warc)
+    from client.warc import WarcRecorder
 
 log = logging.getLogger("docgate.client")
 REPORT_BATCH = 100
@@ -215,6 +217,8 @@ class Worker:
         if task.user_agent and not self.fetcher.user_agent_fixed:  # the gate's, unless --user-agent
             self.fetcher.user_agent = task.user_agent
         if self.warc_spool is not None and self.warc_threads is not None:
+            from client.warc import WarcRecorder
+
             run.warc = WarcRecorder(
                 self.store, task, self.fetcher.user_agent, self.warc_spool, self.warc_threads
             )
