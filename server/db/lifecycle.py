@@ -324,7 +324,7 @@ WITH ready AS (
     ORDER BY run_after LIMIT $1
     FOR UPDATE SKIP LOCKED
 )
-UPDATE tasks t SET due = true FROM ready r WHERE t.task_id = r.task_id
+UPDATE tasks SET due = true WHERE task_id = ANY (ARRAY(SELECT task_id FROM ready))
 """
 PROMOTE_BATCH = 10_000
 NOTIFY = "SELECT pg_notify('docgate_tasks', '')"
