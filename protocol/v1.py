@@ -967,9 +967,9 @@ class Document(StoredDocument):
     # and for documents found already in storage).
     url: str | None = Field(default=None, description="the URL requested")
     final_url: str | None = None
-    redirects: list[dict[str, Any]] = Field(default_factory=list)
+    redirects: list[dict[str, Any]] | None = None
     http_status: int | None = None
-    response_headers: dict[str, str] = Field(default_factory=dict)
+    response_headers: dict[str, str] | None = None
     etag: str | None = None
     last_modified: str | None = None
     date: str | None = Field(default=None, description="the answer's Date header")
