@@ -234,18 +234,24 @@ def check_warcs(cluster: Cluster) -> dict[str, dict[str, Any]]:
 
     documents = {r["doc_id"]: r for r in cluster.sql("SELECT * FROM documents")}
     responses: dict[str, dict[str, Any]] = {}
-    for warc in cluster.sql("SELECT * FROM warc_files ORDER BY storage_key"):
+    warcs = cluster.sql("SELECT * FROM warc_files ORDER BY storage_key")
+    paths = [str(cluster.store / w["storage_key"]) for w in warcs]
+    if paths:  # warcio's checker and indexer, once over every file
+        checked = warcio("check", "-v", *paths)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert "digest fail" not in checked.stdout
+        assert checked.stdout.count("digest pass") == sum(w["records"] for w in warcs)
+        index = [
+            json.loads(line)
+            for line in warcio("index", "-f", "warc-type,filename", *paths).stdout.splitlines()
+        ]
+    for warc in warcs:
         path = cluster.store / warc["storage_key"]
         data = path.read_bytes()
         assert hashlib.sha256(data).hexdigest() == warc["sha256"] and len(data) == warc["size"]
-        checked = warcio("check", "-v", str(path))
-        assert checked.returncode == 0, checked.stdout + checked.stderr
-        assert "digest pass" in checked.stdout and "digest fail" not in checked.stdout
-        index = [json.loads(line) for line in warcio("index", str(path)).stdout.splitlines()]
-        assert [i["warc-type"] for i in index] == ["warcinfo"] + ["request", "response"] * len(
-            warc["doc_ids"]
-        )
-        assert warc["records"] == len(index)
+        mine = [i["warc-type"] for i in index if i["filename"] == path.name]
+        assert mine == ["warcinfo"] + ["request", "response"] * len(warc["doc_ids"])
+        assert warc["records"] == len(mine)
         with path.open("rb") as f:
             records = list(ArchiveIterator(f))
             info = records[0]
@@ -313,12 +319,11 @@ def test_warc_files_pass_warcio_and_hold_every_document(
         assert entry["digest"] == responses[doc_id]["payload_digest"], entry
 
 
-def test_a_client_killed_mid_task_leaves_no_incomplete_warc_recorded(
-    cluster: Cluster, tmp_path: Path
-) -> None:
-    origin = Origin(tmp_path, "--size", "3000", "--latency", "0.05")
+def test_a_client_killed_mid_task_leaves_no_incomplete_warc_recorded(tmp_path: Path, db_dsn: str) -> None:
+    cluster = Cluster(tmp_path, db_dsn, LEASE_SECONDS="3")  # the killed client's leases run out soon
+    origin = Origin(tmp_path, "--size", "3000", "--latency", "0.03")
     try:
-        cluster.job(origin, 1, 400, chunk_size=200)
+        cluster.job(origin, 1, 240, chunk_size=120)
         proc = cluster.client("doomed", "--warc", "--concurrency", "4", "--max-tasks", "2")
         deadline = time.monotonic() + 60
         while cluster.sql("SELECT count(*) FROM warc_files")[0][0] == 0:  # mid-task, a WARC recorded
@@ -332,6 +337,7 @@ def test_a_client_killed_mid_task_leaves_no_incomplete_warc_recorded(
         assert cluster.wait_clients(timeout=240)[-1] == 0
     finally:
         origin.stop()
+        cluster.stop()
     check_warcs(cluster)
     rows = cluster.sql("SELECT count(*), count(*) FILTER (WHERE http_status IS NULL) FROM documents")
-    assert rows[0][0] == 400 and rows[0][1] == 0  # every document recorded with its capture
+    assert rows[0][0] == 240 and rows[0][1] == 0  # every document recorded with its capture
