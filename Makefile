@@ -38,7 +38,7 @@ run: $(STAMP)
 
 ## Run the whole test suite against real PostgreSQL (embedded unless TEST_DATABASE_URL is set)
 test: $(TEST_STAMP) browser
-	$(BIN)/python -m pytest -q -m "not chaos_full and not soak" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not chaos_full and not soak" --durations=15 $(PYTEST_ARGS)
 
 ## Three 2,000-task chaos seeds with every fault, the checker's negative controls, a longer fuzz run
 chaos: $(TEST_STAMP)

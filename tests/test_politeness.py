@@ -230,12 +230,13 @@ class CaptchaOrigin(CountingOrigin):
 
     captcha = threading.Event()
     served: dict[str, int] = {}
+    wall_after = 30  # requests served before the wall
 
     def do_GET(self) -> None:  # noqa: N802
         with self.counts.lock:
             self.counts.at.append(time.monotonic())
             self.served[self.path] = self.served.get(self.path, 0) + 1
-            if len(self.counts.at) == 60:
+            if len(self.counts.at) == self.wall_after:
                 self.captcha.set()
         if self.captcha.is_set():
             page = b"<!DOCTYPE html><html><body>Please prove you are human: captcha</body></html>"
@@ -266,7 +267,7 @@ def test_a_captcha_wall_pauses_the_host_by_itself(tmp_path: Path, db_dsn: str) -
         tmp_path, db_dsn, HOST_RATE_LIMIT="30", HOST_PAUSE_MIN_ANSWERS="20", JOB_PAUSE_MIN_ANSWERS="100000"
     )
     try:
-        params = {"url_template": url + "/doc/{id}.bin", "start_id": 1, "count": 200, "ext": ".bin"}
+        params = {"url_template": url + "/doc/{id}.bin", "start_id": 1, "count": 120, "ext": ".bin"}
         cluster.post(
             "/api/v1/jobs", {"source": "id_range", "chunk_size": 10, "max_attempts": 20, "params": params}
         )
@@ -280,9 +281,10 @@ def test_a_captcha_wall_pauses_the_host_by_itself(tmp_path: Path, db_dsn: str) -
                 break
             time.sleep(0.2)
         assert info["paused"] and "paused by itself" in info["paused_reason"], info
-        walled = len(handler.counts.at) - 60
+        walled = len(handler.counts.at) - CaptchaOrigin.wall_after
         time.sleep(3)  # paused: the fleet sends (almost) nothing more
-        assert len(handler.counts.at) - 60 - walled <= 20, "the fleet kept fetching from a paused host"
+        after = len(handler.counts.at) - CaptchaOrigin.wall_after - walled
+        assert after <= 20, "the fleet kept fetching from a paused host"
         assert walled < 150, f"{walled} captcha pages served before the host paused"
 
         handler.captcha.clear()  # the registry lets the fleet in again; the operator resumes
@@ -290,7 +292,7 @@ def test_a_captcha_wall_pauses_the_host_by_itself(tmp_path: Path, db_dsn: str) -
         assert r.status_code == 204
         assert cluster.wait_clients(180) == [0, 0]
         rows = cluster.sql("SELECT doc_id, size FROM documents")
-        assert len(rows) == 200 and all(r["size"] == len(f"/doc/{r['doc_id']}.bin\n") * 50 for r in rows)
+        assert len(rows) == 120 and all(r["size"] == len(f"/doc/{r['doc_id']}.bin\n") * 50 for r in rows)
         stored = b"".join(p.read_bytes() for p in cluster.store.rglob("*.bin"))
         assert b"captcha" not in stored
     finally:
