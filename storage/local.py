@@ -80,7 +80,6 @@ class Barrier:
         self._finished = 0  # the last round finished (rounds finish in order)
         self._running = False
         self._failed: dict[int, OSError] = {}
-        self.rounds = 0  # syncs run, for the benchmarks
 
     @staticmethod
     def available() -> bool:
@@ -101,7 +100,6 @@ class Barrier:
         with self._cond:
             self._running = False
             self._finished = target
-            self.rounds += 1
             if error is not None:
                 self._failed[target] = error
             for old in [r for r in self._failed if r < target - 10_000]:

@@ -177,18 +177,18 @@ async def _insert_slice(conn: Connection, job: Any, *, everything: bool) -> tupl
     p = job["params"]
     extras = {k: p[k] for k in TASK_EXTRAS if k in p}
     size, count, start = job["chunk_size"], int(p["count"]), int(p["start_id"])
-    common = (p["url_template"], size, p.get("ext", ""))
+    template, ext = p["url_template"], p.get("ext", "")
     if job["only_missing"]:
         # Ids are looked at in slices of whole chunks; a chunk is cut only at a slice's end.
         ids = count - job["cursor"] if everything else min(SLICE_TASKS * size, count - job["cursor"])
         status = await conn.execute(
             INSERT_MISSING,
             job["job_id"],
-            common[0],
+            template,
             start + job["cursor"],
             size,
             ids,
-            common[2],
+            ext,
             job["priority"],
             job["max_attempts"],
             extras,
@@ -202,11 +202,11 @@ async def _insert_slice(conn: Connection, job: Any, *, everything: bool) -> tupl
     status = await conn.execute(
         INSERT_CHUNKS,
         job["job_id"],
-        common[0],
+        template,
         start,
         size,
         count,
-        common[2],
+        ext,
         job["priority"],
         job["max_attempts"],
         end,
