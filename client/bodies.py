@@ -13,17 +13,19 @@ A task (or its job) can say more in its params, each checked on every document:
 - `require_patterns`: texts of which one must be in the first KiB;
 - `block_statuses`: statuses that mean a block rather than a missing document (`client.download`).
 
-A body that fails them is a block (`DocumentFailed.blocked`): never kept, counted against the
-host's budget, and the document tried again later — a block page may be gone next time.
+A body that fails them is a block or not the document (codes `blocked`, `wrong_type`): never
+kept, counted against the host's budget, and the document tried again later — a block page may
+be gone next time.
 """
 
 from __future__ import annotations
 
 import fnmatch
 from collections.abc import AsyncIterator
-from typing import Any
 
 from client.download import Asked, Body, DocumentFailed, charset_of
+from protocol.failures import FailureCode
+from protocol.params import ContentRules
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 HTML_EXTS = {"", ".html", ".htm", ".xhtml", ".shtml", ".php", ".asp", ".aspx", ".jsp"}
@@ -36,35 +38,18 @@ def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
-def asked(params: dict[str, Any]) -> Asked:
-    """What the fetcher needs from a task's params: its block statuses and politeness."""
-    statuses = params.get("block_statuses")
-    polite = params.get("politeness")
-    cap = None
-    if isinstance(polite, dict):
-        rate, slots = polite.get("requests_per_second"), polite.get("max_connections")
-        cap = (
-            float(rate) if isinstance(rate, int | float) and rate > 0 else None,
-            slots if isinstance(slots, int) and slots > 0 else None,
-        )
-    blocks = (
-        frozenset(s for s in statuses if isinstance(s, int)) if isinstance(statuses, list) else frozenset()
-    )
-    return Asked(block_statuses=blocks, cap=cap)
+def asked(rules: ContentRules) -> Asked:
+    """What the fetcher needs from a task's rules: its block statuses and politeness."""
+    polite = rules.politeness
+    cap = None if polite is None else (polite.requests_per_second, polite.max_connections)
+    return Asked(block_statuses=frozenset(rules.block_statuses or ()), cap=cap)
 
 
-def texts(params: dict[str, Any], name: str) -> list[str]:
-    values = params.get(name)
-    if not isinstance(values, list):
-        return []
-    return [str(v).casefold() for v in values if str(v)]
-
-
-def found(params: dict[str, Any], name: str, text: str) -> str | None:
-    """The first of the task's `name` patterns in `text`, compared case-insensitively in any
-    script (a Cyrillic captcha prompt as well as "Too Many Requests")."""
+def found(patterns: list[str] | None, text: str) -> str | None:
+    """The first of `patterns` in `text`, compared case-insensitively in any script (a Cyrillic
+    captcha prompt as well as "Too Many Requests")."""
     folded = text.casefold()
-    return next((p for p in texts(params, name) if p in folded), None)
+    return next((p for p in patterns or () if p.casefold() in folded), None)
 
 
 def head_text(head: bytes, content_type: str | None) -> str:
@@ -76,34 +61,40 @@ def head_text(head: bytes, content_type: str | None) -> str:
         return head[:HEAD].decode("utf-8", errors="replace")
 
 
-def refusal(ext: str, content_type: str | None, head: bytes, params: dict[str, Any]) -> str | None:
+def refusal(ext: str, content_type: str | None, head: bytes, rules: ContentRules) -> DocumentFailed | None:
     """Why a body that starts with `head` is not the document, or None when it may be."""
     declared = media_type(content_type)
     text = head_text(head, content_type)
-    if (pattern := found(params, "block_patterns", text)) is not None:
-        return f"a block page: its first KiB holds {pattern!r} (the task's block_patterns)"
-    if texts(params, "require_patterns") and found(params, "require_patterns", text) is None:
-        return "not the document: its first KiB holds none of the task's require_patterns"
-    expected = params.get("expect_content_type")
-    if isinstance(expected, list) and expected:
-        patterns = [str(p).lower() for p in expected]
+    if (pattern := found(rules.block_patterns, text)) is not None:
+        return _block(f"a block page: its first KiB holds {pattern!r} (the task's block_patterns)")
+    if rules.require_patterns and found(rules.require_patterns, text) is None:
+        return _wrong("not the document: its first KiB holds none of the task's require_patterns")
+    if rules.expect_content_type:
+        patterns = [p.lower() for p in rules.expect_content_type]
         if any(fnmatch.fnmatchcase(declared or "application/octet-stream", p) for p in patterns):
             return None
-        return f"the origin sent {declared or 'no Content-Type'}, the task expects {', '.join(patterns)}"
+        return _wrong(
+            f"the origin sent {declared or 'no Content-Type'}, the task expects {', '.join(patterns)}"
+        )
     if ext.lower().removesuffix(".gz") in HTML_EXTS:
         return None
     start = head[:SNIFF].removeprefix(b"\xef\xbb\xbf").lstrip().lower()
     if declared in HTML_TYPES or start.startswith(HTML_STARTS):
-        return f"an HTML page ({declared or 'by its first bytes'}) came where a {ext} document was expected"
+        return _wrong(
+            f"an HTML page ({declared or 'by its first bytes'}) came where a {ext} document was expected"
+        )
     return None
 
 
-def _size(params: dict[str, Any], name: str) -> int | None:
-    value = params.get(name)
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+def _block(reason: str) -> DocumentFailed:
+    return DocumentFailed(FailureCode.BLOCKED, reason, permanent=False)
 
 
-async def checked(body: Body, ext: str, params: dict[str, Any]) -> AsyncIterator[bytes]:
+def _wrong(reason: str) -> DocumentFailed:
+    return DocumentFailed(FailureCode.WRONG_TYPE, reason, permanent=False)
+
+
+async def checked(body: Body, ext: str, rules: ContentRules) -> AsyncIterator[bytes]:
     """The body's chunks once its first KiB shows it may be the document; a body outside the
     task's sizes fails while it streams (the store then keeps nothing)."""
     chunks = aiter(body.chunks)
@@ -115,10 +106,10 @@ async def checked(body: Body, ext: str, params: dict[str, Any]) -> AsyncIterator
             break
         held.append(chunk)
         seen += len(chunk)
-    reason = refusal(ext, body.content_type, b"".join(held)[:HEAD], params)
-    if reason is not None:
-        raise DocumentFailed(reason, permanent=False, blocked=True)
-    least, most = _size(params, "min_size"), _size(params, "max_size")
+    refused = refusal(ext, body.content_type, b"".join(held)[:HEAD], rules)
+    if refused is not None:
+        raise refused
+    least, most = rules.min_size, rules.max_size
 
     async def stream() -> AsyncIterator[bytes]:
         size = 0
@@ -131,17 +122,11 @@ async def checked(body: Body, ext: str, params: dict[str, Any]) -> AsyncIterator
             _under(size, most)
             yield chunk
         if least is not None and size < least:
-            raise DocumentFailed(
-                f"a block page: {size} bytes, under the task's min_size ({least})",
-                permanent=False,
-                blocked=True,
-            )
+            raise _block(f"a block page: {size} bytes, under the task's min_size ({least})")
 
     return stream()
 
 
 def _under(size: int, most: int | None) -> None:
     if most is not None and size > most:
-        raise DocumentFailed(
-            f"a block: over the task's max_size ({most} bytes)", permanent=False, blocked=True
-        )
+        raise _block(f"a block: over the task's max_size ({most} bytes)")

@@ -29,6 +29,7 @@ from yarl import URL
 from client.guard import GuardedResolver, Policy, Refused
 from client.limits import Ask, Cap, FleetLimits, host_key
 from protocol import v1
+from protocol.failures import FailureCode, of_status
 from protocol.version import VERSION, user_agent
 
 T = TypeVar("T")
@@ -36,19 +37,29 @@ REDIRECTS = {301, 302, 303, 307, 308}
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 THROTTLED = {429, 503}  # slow the whole fleet down for that host
 MAX_REDIRECTS = 5
+BLOCKS = frozenset({FailureCode.BLOCKED, FailureCode.WRONG_TYPE, FailureCode.EMPTY_PAGE})
 MAX_RETRY_AFTER = 300.0
 READ_CHUNK = 1 << 20
 READ_BUFFER = 1 << 20  # per connection; aiohttp's default 64 KiB cut large bodies into many small reads
 
 
 class DocumentFailed(Exception):
-    """The document could not be fetched; `permanent` says whether trying again could help."""
+    """The document could not be fetched: why, as a code (protocol.failures) and as text;
+    `permanent` says whether trying again could help; `page` is the listing page a listing
+    source stopped on."""
 
-    def __init__(self, reason: str, permanent: bool, blocked: bool = False) -> None:
+    def __init__(self, code: FailureCode, reason: str, *, permanent: bool, page: int | None = None) -> None:
         super().__init__(reason)
+        self.code = code
         self.reason = reason
         self.permanent = permanent
-        self.blocked = blocked  # the origin answered, but not with the document (a block page)
+        self.page = page
+
+    @property
+    def blocked(self) -> bool:
+        """The origin answered, but not with the document: the host's budget and the job's
+        dead-man switch count it."""
+        return self.code in BLOCKS
 
 
 @dataclass(frozen=True)
@@ -153,14 +164,18 @@ class Fetcher:
                     return await self._attempt(url, sink, asked, request)
             except _Retry as retry:
                 if attempt == self.retries:
-                    raise DocumentFailed(f"{retry.reason} (after {attempt + 1} attempts)", False) from None
+                    raise DocumentFailed(
+                        retry.code, f"{retry.reason} (after {attempt + 1} attempts)", permanent=False
+                    ) from None
                 # Retry-After spread by up to a half: every client told to wait must not return at once.
                 await asyncio.sleep(
                     retry.delay * random.uniform(1.0, 1.5) if retry.delay is not None else _backoff(attempt)
                 )
             except TimeoutError:
                 if attempt == self.retries:
-                    raise DocumentFailed(f"timed out after {self.timeout:g} s", False) from None
+                    raise DocumentFailed(
+                        FailureCode.TIMEOUT, f"timed out after {self.timeout:g} s", permanent=False
+                    ) from None
                 await asyncio.sleep(_backoff(attempt))
         raise AssertionError("unreachable")
 
@@ -174,7 +189,7 @@ class Fetcher:
             try:
                 self.policy.check_url(target)
             except Refused as exc:
-                raise DocumentFailed(f"refused: {exc}", True) from None
+                raise DocumentFailed(FailureCode.REFUSED, f"refused: {exc}", permanent=True) from None
             host = host_key(target)
             async with self.limiter.slot(host, asked.cap):
                 try:
@@ -187,20 +202,28 @@ class Fetcher:
                             continue
                         return await self._deliver(host, reply, sink, asked, redirects)
                 except Refused as exc:
-                    raise DocumentFailed(f"refused: {exc}", True) from None
+                    raise DocumentFailed(FailureCode.REFUSED, f"refused: {exc}", permanent=True) from None
                 except aiohttp.InvalidURL as exc:
-                    raise DocumentFailed(f"invalid URL: {exc}", True) from None
+                    raise DocumentFailed(
+                        FailureCode.INVALID_URL, f"invalid URL: {exc}", permanent=True
+                    ) from None
                 except aiohttp.ClientResponseError as exc:
-                    raise _Retry(f"HTTP {exc.status}") from None
+                    raise _Retry(of_status(exc.status), f"HTTP {exc.status}") from None
                 except (aiohttp.ClientError, ConnectionError) as exc:
                     if isinstance(exc.__cause__, Refused) or isinstance(exc.__context__, Refused):
-                        raise DocumentFailed(f"refused: {exc.__cause__ or exc.__context__}", True) from None
+                        raise DocumentFailed(
+                            FailureCode.REFUSED,
+                            f"refused: {exc.__cause__ or exc.__context__}",
+                            permanent=True,
+                        ) from None
                     self.limiter.record(host, "error")
-                    raise _Retry(f"{type(exc).__name__}: {exc}") from None
+                    raise _Retry(FailureCode.NETWORK, f"{type(exc).__name__}: {exc}") from None
                 except TimeoutError:
                     self.limiter.record(host, "error")
                     raise
-        raise DocumentFailed(f"more than {MAX_REDIRECTS} redirects", True)
+        raise DocumentFailed(
+            FailureCode.TOO_MANY_REDIRECTS, f"more than {MAX_REDIRECTS} redirects", permanent=True
+        )
 
     async def _deliver(
         self,
@@ -212,9 +235,17 @@ class Fetcher:
     ) -> T:
         try:
             if reply.status in asked.block_statuses:
-                raise DocumentFailed(f"HTTP {reply.status}: a block (the task's block_statuses)", False, True)
+                raise DocumentFailed(
+                    FailureCode.BLOCKED,
+                    f"HTTP {reply.status}: a block (the task's block_statuses)",
+                    permanent=False,
+                )
             if (challenge := _challenge(reply)) is not None:
-                raise DocumentFailed(f"HTTP {reply.status}: a block ({challenge}: challenge)", False, True)
+                raise DocumentFailed(
+                    FailureCode.BLOCKED,
+                    f"HTTP {reply.status}: a block ({challenge}: challenge)",
+                    permanent=False,
+                )
             self._check_status(reply)
             return await sink(self._body(reply, redirects))
         except DocumentFailed as exc:
@@ -236,12 +267,18 @@ class Fetcher:
             length = reply.content_length
             if length is not None and length > self.max_size:
                 raise DocumentFailed(
-                    f"document is {length} bytes, over --max-document-size ({self.max_size})", True
+                    FailureCode.TOO_LARGE,
+                    f"document is {length} bytes, over --max-document-size ({self.max_size})",
+                    permanent=True,
                 )
             return
         if reply.status in RETRY_STATUS:
-            raise _Retry(f"HTTP {reply.status}", retry_after(reply.headers.get("Retry-After")))
-        raise DocumentFailed(f"HTTP {reply.status} {reply.reason or ''}".strip(), True)
+            raise _Retry(
+                of_status(reply.status), f"HTTP {reply.status}", retry_after(reply.headers.get("Retry-After"))
+            )
+        raise DocumentFailed(
+            of_status(reply.status), f"HTTP {reply.status} {reply.reason or ''}".strip(), permanent=True
+        )
 
     def _body(self, reply: aiohttp.ClientResponse, redirects: list[v1.Redirect]) -> Body:
         encoding = reply.headers.get("Content-Encoding", "identity").strip().lower()
@@ -250,7 +287,9 @@ class Fetcher:
             chunks = inflated(chunks, WBITS[encoding])
         elif encoding not in ("", "identity"):
             raise DocumentFailed(
-                f"unsupported Content-Encoding {encoding[:40]!r} (we ask for gzip or deflate)", True
+                FailureCode.BAD_ENCODING,
+                f"unsupported Content-Encoding {encoding[:40]!r} (we ask for gzip or deflate)",
+                permanent=True,
             )
         length = reply.content_length if encoding in ("", "identity") else None
         url = str(reply.url)
@@ -280,7 +319,9 @@ class Fetcher:
             async for chunk in body.chunks:
                 data += chunk
                 if len(data) > self.max_size:
-                    raise DocumentFailed("page over --max-document-size", True)
+                    raise DocumentFailed(
+                        FailureCode.TOO_LARGE, "page over --max-document-size", permanent=True
+                    )
             declared = charset_of(body.content_type) or charset
             try:
                 text = data.decode(declared, errors="replace")
@@ -404,8 +445,9 @@ def charset_of(content_type: str | None) -> str | None:
 
 
 class _Retry(Exception):
-    def __init__(self, reason: str, delay: float | None = None) -> None:
+    def __init__(self, code: FailureCode, reason: str, delay: float | None = None) -> None:
         super().__init__(reason)
+        self.code = code
         self.reason = reason
         self.delay = delay
 
@@ -437,9 +479,11 @@ async def inflated(chunks: AsyncIterator[bytes], wbits: int) -> AsyncIterator[by
                 if out:
                     yield out
     except zlib.error as exc:
-        raise _Retry(f"the body does not decode as its Content-Encoding says: {exc}") from None
+        raise _Retry(
+            FailureCode.BAD_ENCODING, f"the body does not decode as its Content-Encoding says: {exc}"
+        ) from None
     if not inflater.eof:
-        raise _Retry("the body ends before its compressed stream does (cut short)")
+        raise _Retry(FailureCode.BAD_ENCODING, "the body ends before its compressed stream does (cut short)")
 
 
 # Headers that mark a bot challenge in place of the response, whatever its status: Cloudflare
@@ -460,7 +504,7 @@ def _parsed(url: str) -> URL:
     try:
         return URL(url)
     except (ValueError, TypeError) as exc:
-        raise DocumentFailed(f"invalid URL: {exc}", True) from None
+        raise DocumentFailed(FailureCode.INVALID_URL, f"invalid URL: {exc}", permanent=True) from None
 
 
 def retry_after(value: str | None) -> float | None:

@@ -24,6 +24,7 @@ from client.errors import (
 )
 from protocol import hosts, paths, v1
 from protocol.errors import ErrorCode, parse_error
+from protocol.failures import FailureCode
 
 log = logging.getLogger("docgate.client.gate")
 M = TypeVar("M", bound=BaseModel)
@@ -180,16 +181,20 @@ class GateAPI:
     async def fail(
         self,
         task: v1.LeasedTask,
+        code: FailureCode,
         error: str,
         retryable: bool,
         *,
         attempt_spent: bool = True,
         blocked: int = 0,
+        page: int | None = None,
     ) -> v1.Task:
         reason = v1.clip(error, v1.MAX_TEXT) or "no reason given"
         body = v1.TaskFail(
             lease_token=task.lease_token,
             error=reason,
+            code=code,
+            page=page,
             retryable=retryable,
             attempt_spent=attempt_spent,
             blocked=min(blocked, v1.MAX_DOCUMENTS_PER_TASK),

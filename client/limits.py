@@ -43,24 +43,6 @@ class TokenBucket:
                 await asyncio.sleep((1 - self.tokens) / self.rate)
 
 
-class HostLimiter:
-    """At most `connections` requests in flight and `rate` starts per second, per host."""
-
-    def __init__(self, connections: int, rate: float | None) -> None:
-        self.connections = connections
-        self.rate = rate
-        self._slots: dict[str, asyncio.Semaphore] = {}
-        self._buckets: dict[str, TokenBucket] = {}
-
-    @asynccontextmanager
-    async def slot(self, host: str) -> AsyncIterator[None]:
-        semaphore = self._slots.setdefault(host, asyncio.Semaphore(self.connections))
-        async with semaphore:
-            if self.rate:
-                await self._buckets.setdefault(host, TokenBucket(self.rate)).take()
-            yield
-
-
 class Slots:
     """At most `limit` holders at once (None: any number); the limit can change while held."""
 

@@ -27,7 +27,19 @@ class Stats:
     started: float = field(default_factory=time.monotonic)
     _recent: deque[float] = field(default_factory=deque)
 
-    def document_done(self) -> None:
+    def fold(self, kind: str, size: int = 0) -> None:
+        """A document's outcome (client.run.Kind); one that failed transiently is counted when
+        its task gives up on it, as failed."""
+        if kind == "stored":
+            self.stored += 1
+            self.bytes += size
+        elif kind == "skipped":
+            self.skipped += 1
+        elif kind == "failed":
+            self.failed += 1
+        self._finished()
+
+    def _finished(self) -> None:
         now = time.monotonic()
         self._recent.append(now)
         while self._recent and self._recent[0] < now - 60:

@@ -144,6 +144,7 @@ async def _dry_run(
     from client.guard import Policy
     from client.sources import SourceContext
     from client.sources.profile import ProfileSource
+    from client.work import Work
     from protocol import v1
 
     try:
@@ -157,15 +158,15 @@ async def _dry_run(
         task_id=uuid.uuid4(), source=name, search_params=search_params, start_page=args.start_page,
         max_documents=args.max_documents, params={}, status=v1.TaskStatus.ASSIGNED, attempts=1,
         max_attempts=1, lease_token=uuid.uuid4(), lease_expires_at=now,
-        profile=profile.model_dump(mode="json", exclude_none=True),
+        profile=profile,
     )  # fmt: skip
     source = ProfileSource(SourceContext(fetcher))
     found = []
     try:
-        async for ref in source.documents(task):
+        async for ref in source.documents(Work.of(task)):
             found.append(ref)
     except DocumentFailed as exc:
-        source.stopped = f"{'a block' if exc.blocked else 'a failure'}: {exc.reason}"
+        source.stopped = f"{'a block' if exc.blocked else 'a failure'} ({exc.code}): {exc.reason}"
     finally:
         await fetcher.close()
     print(f"requests ({len(source.trace)}):")

@@ -13,7 +13,8 @@ from typing import Annotated
 
 from pydantic import Field, StringConstraints
 
-from protocol.v1 import Politeness, Reply, Request
+from protocol.base import Reply, Request
+from protocol.params import Politeness
 
 # An origin host as budgets name it: lower case, IDNA's ASCII form, `:port` when not the
 # scheme's default (two origins on one address are two hosts), IPv6 in brackets.

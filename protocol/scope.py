@@ -14,6 +14,17 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from pydantic import ValidationError
+
+from protocol.params import (
+    SOURCE_PARAMS,
+    ContentRules,
+    IdRangeTaskParams,
+    SearchTaskParams,
+    UrlsTaskParams,
+    parse,
+)
+
 
 @dataclass(frozen=True)
 class TaskScope:
@@ -25,25 +36,29 @@ class TaskScope:
     hosts: frozenset[str] | None
 
     @classmethod
-    def of(cls, source: str, params: dict[str, Any]) -> TaskScope:
-        if source == "id_range":
-            template = params.get("url_template")
-            hosts = _hosts([template] if isinstance(template, str) else [])
-            if "ids" in params:
-                return cls(frozenset(str(i) for i in params["ids"]), hosts)
-            start, count = params.get("start_id"), params.get("count")
-            if isinstance(start, int) and isinstance(count, int):
-                return cls(range(start, start + count), hosts)
-            return cls(frozenset(), hosts)
-        if source == "urls":
-            items = [i for i in params.get("urls", []) if isinstance(i, dict)]
-            urls = [i["url"] for i in items if isinstance(i.get("url"), str)]
-            return cls(frozenset(str(i.get("doc_id")) for i in items), _hosts(urls))
-        if source == "search" and isinstance(params.get("listing_url"), str):
-            listing = _hosts([params["listing_url"]]) or frozenset()
-            extra = params.get("document_hosts") or []
-            return cls(None, listing | {h for h in extra if isinstance(h, str)})
+    def of(cls, params: ContentRules) -> TaskScope:
+        if isinstance(params, IdRangeTaskParams):
+            hosts = _hosts([params.url_template])
+            if params.ids is not None:
+                return cls(frozenset(str(i) for i in params.ids), hosts)
+            assert params.start_id is not None and params.count is not None  # the model's rule
+            return cls(range(params.start_id, params.start_id + params.count), hosts)
+        if isinstance(params, UrlsTaskParams):
+            urls = [i.url for i in params.urls]
+            return cls(frozenset(str(i.doc_id) for i in params.urls), _hosts(urls))
+        if isinstance(params, SearchTaskParams) and params.listing_url is not None:
+            listing = _hosts([params.listing_url]) or frozenset()
+            return cls(None, listing | set(params.document_hosts or ()))
         return cls(None, None)
+
+    @classmethod
+    def of_stored(cls, source: str, params: dict[str, Any]) -> TaskScope:
+        """The scope of a task as the database holds it. Params that no longer hold under their
+        source's model (written before a bound was tightened) admit nothing, never everything."""
+        try:
+            return cls.of(parse(source, params))
+        except ValidationError:
+            return cls(frozenset(), frozenset()) if source in SOURCE_PARAMS else cls(None, None)
 
     def contains(self, doc_id: str) -> bool | None:
         """Is doc_id one of the task's documents? None when the gate cannot know."""

@@ -30,7 +30,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, StringConstraints, model_validator
 
-from protocol.v1 import EXT_PATTERN, MAX_URL, CollectionName, Politeness, Reply, Request
+from protocol.base import EXT_PATTERN, MAX_URL, CollectionName, Reply, Request
+from protocol.params import ContentRules
 
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
 BUILT_IN = frozenset({"search", "id_range", "urls"})
@@ -136,8 +137,9 @@ class Detail(Request):
     ext: Annotated[str, StringConstraints(pattern=EXT_PATTERN)] = ".html"
 
 
-class SourceProfile(Request):
-    """A registry's search as data (see the module's description)."""
+class SourceProfile(ContentRules):
+    """A registry's search as data (see the module's description), with the content rules and
+    politeness every one of its tasks carries (ContentRules: declared once, for both)."""
 
     description: Annotated[str, StringConstraints(max_length=2_000)] = ""
     base_url: Annotated[str, StringConstraints(min_length=1, max_length=MAX_URL), AfterValidator(_http)]
@@ -156,32 +158,12 @@ class SourceProfile(Request):
         description="the search downloads nothing itself: what it finds goes, once per doc_id, "
         "into `urls` tasks of this many documents, spread over the fleet",
     )
-    # What every task of the profile carries (protocol.v1.TaskParams): content rules, politeness.
-    expect_content_type: Annotated[list[str], Field(min_length=1, max_length=20)] | None = None
-    min_size: Annotated[int, Field(ge=0)] | None = None
-    max_size: Annotated[int, Field(ge=1)] | None = None
-    block_patterns: (
-        Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=200)]], Field(max_length=20)]
-        | None
-    ) = None
-    require_patterns: (
-        Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=200)]], Field(max_length=20)]
-        | None
-    ) = None
-    block_statuses: Annotated[list[Annotated[int, Field(ge=100, le=599)]], Field(max_length=20)] | None = None
-    politeness: Politeness | None = None
 
     @model_validator(mode="after")
     def _absolute_base(self) -> SourceProfile:
         if not re.match(r"^https?://[^/\s]+", self.base_url):
             raise ValueError("base_url must be an http:// or https:// URL")
         return self
-
-    def rules(self) -> dict[str, Any]:
-        """The content rules and politeness, as task params carry them."""
-        names = ("expect_content_type", "min_size", "max_size", "block_patterns", "require_patterns",
-                 "block_statuses", "politeness")  # fmt: skip
-        return {k: v for k in names if (v := self.model_dump(mode="json")[k]) is not None}
 
 
 SourceName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]

@@ -1,23 +1,22 @@
-"""The wire contract of API v1, defined once: requests, replies, statuses and bounds.
+"""The wire contract of API v1, defined once: requests, replies and statuses.
 
-Imports only the standard library and pydantic. Request models are strict
-(no silent coercion of ``false`` to ``0``) and forbid unknown fields, so a
-create request can never set a server-owned field such as ``status``.
+Its ground (bounds, scalar types, the Request and Reply bases) is protocol.base, task params
+are protocol.params and source profiles protocol.sources; this module re-exports the first two,
+so the whole contract reads as `v1.<name>`. Imports only the standard library and pydantic.
 """
+
+# ruff: noqa: F403, F405 - the re-export of protocol.base and protocol.params is the point
 
 from __future__ import annotations
 
 import ipaddress
-import json
-import re
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     ConfigDict,
     Field,
     StringConstraints,
@@ -26,35 +25,11 @@ from pydantic import (
     model_validator,
 )
 
+from protocol.base import *
 from protocol.errors import ErrorCode
-
-# ---- bounds (documented in the README; every one shows up in its 422 message)
-MAX_BODY_BYTES = 1_048_576  # default; the gate's MAX_BODY_BYTES setting overrides
-MAX_JSON_DEPTH = 16
-MAX_JSON_BYTES = 65_536
-MAX_TEXT = 4_000
-MAX_BATCH_TASKS = 1_000
-MAX_LEASE_TASKS = 100
-MAX_LIST_LIMIT = 1_000
-MAX_WAIT_SECONDS = 30
-MAX_JOB_COUNT = 10_000_000
-MAX_CHUNK_SIZE = 100_000
-MAX_DOCUMENTS_PER_REPORT = 1_000
-MAX_ATTEMPTS_BOUND = 100
-MAX_PAGE = 1_000_000
-MAX_DOCUMENTS_PER_TASK = 1_000_000
-MAX_PRIORITY = 1_000_000
-MAX_STORAGE_KEY = 300
-MAX_STORAGE_URL = 1_200
-MAX_URL = 2_000
-MAX_CONTENT_TYPE = 200
-MAX_SIZE = 2**62
-MAX_DOCS_PER_MINUTE = 1e9
-
-DOC_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
-SOURCE_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
-EXT_PATTERN = r"^(\.[A-Za-z0-9]{1,16}){0,2}$"
-SHA256_PATTERN = r"^[0-9a-f]{64}$"
+from protocol.failures import FailureCode
+from protocol.params import *
+from protocol.sources import SourceProfile
 
 
 class TaskStatus(StrEnum):
@@ -80,126 +55,6 @@ class ClientStatus(StrEnum):
     REVOKED = "revoked"
 
 
-# ---- validated scalar types
-
-
-def _no_nul(value: str) -> str:
-    # PostgreSQL text and jsonb cannot hold U+0000; refuse it here as a 422
-    # instead of letting the database turn it into a 500.
-    if "\x00" in value:
-        raise ValueError("must not contain NUL (\\u0000) characters")
-    return value
-
-
-def _json_depth(value: Any, depth: int = 0) -> int:
-    if isinstance(value, dict):
-        return max([_json_depth(v, depth + 1) for v in value.values()] + [depth + 1])
-    if isinstance(value, list):
-        return max([_json_depth(v, depth + 1) for v in value] + [depth + 1])
-    return depth
-
-
-def _check_json(value: dict[str, Any]) -> dict[str, Any]:
-    if _json_depth(value) > MAX_JSON_DEPTH:
-        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
-    try:  # NaN, Infinity and 1e999 (which parses as infinity) are not JSON: PostgreSQL's jsonb refuses them
-        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
-    except ValueError:
-        raise ValueError("must not contain NaN, Infinity or numbers beyond a double's range") from None
-    if "\\u0000" in text:
-        raise ValueError("must not contain NUL (\\u0000) characters")
-    if len(text.encode()) > MAX_JSON_BYTES:
-        raise ValueError(f"larger than {MAX_JSON_BYTES} bytes")
-    return value
-
-
-Text = Annotated[str, StringConstraints(max_length=MAX_TEXT), AfterValidator(_no_nul)]
-Name = Annotated[
-    str,
-    StringConstraints(min_length=1, max_length=100, strip_whitespace=True),
-    AfterValidator(_no_nul),
-]
-JsonObject = Annotated[dict[str, Any], AfterValidator(_check_json)]
-SourceName = Annotated[str, StringConstraints(pattern=SOURCE_PATTERN)]
-IdempotencyKey = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_no_nul)]
-StorageKeyText = Annotated[str, StringConstraints(max_length=MAX_STORAGE_KEY), AfterValidator(_no_nul)]
-StorageUrlText = Annotated[str, StringConstraints(max_length=MAX_STORAGE_URL), AfterValidator(_no_nul)]
-# An object version as S3 and B2 spell them (visible ASCII; AWS allows up to 1,024 bytes).
-VersionIdText = Annotated[str, StringConstraints(pattern=r"^[!-~]{1,1024}$")]
-UrlText = Annotated[str, StringConstraints(max_length=MAX_URL), AfterValidator(_no_nul)]
-
-
-def _printable(value: str) -> str:
-    # A media type has no control characters (RFC 9110 §8.3); one that does is not metadata.
-    if not value.isprintable():
-        raise ValueError("must not contain control characters")
-    return value
-
-
-ContentTypeText = Annotated[str, StringConstraints(max_length=MAX_CONTENT_TYPE), AfterValidator(_printable)]
-Count = Annotated[int, Field(ge=0, le=MAX_DOCUMENTS_PER_TASK)]
-Priority = Annotated[int, Field(ge=-MAX_PRIORITY, le=MAX_PRIORITY)]
-Attempts = Annotated[int, Field(ge=1, le=MAX_ATTEMPTS_BOUND)]
-Sha256Hex = Annotated[str, StringConstraints(pattern=SHA256_PATTERN)]
-
-
-def _doc_id(value: int | str) -> str:
-    text = str(value)
-    if not re.fullmatch(DOC_ID_PATTERN, text):
-        raise ValueError("doc_id must be a non-negative integer or match [A-Za-z0-9._-]{1,128}")
-    if text in {".", ".."}:
-        raise ValueError("doc_id must not be '.' or '..'")
-    return text
-
-
-DocId = Annotated[int | str, AfterValidator(_doc_id)]
-
-
-def is_doc_id(value: str) -> bool:
-    """Would the gate take this doc_id (as DocId checks it)?"""
-    try:
-        _doc_id(value)
-    except ValueError:
-        return False
-    return True
-
-
-# FastAPI validates bodies as Python objects, where strict mode would refuse
-# the JSON string form of a UUID or a timestamp; these two parse from strings.
-WireUUID = Annotated[UUID, Field(strict=False)]
-WireTime = Annotated[datetime, Field(strict=False)]
-
-
-# A collection: one registry's namespace (doc_id is unique within it; its documents are stored
-# under `<collection>/`). '' is the default collection, with the keys documents always had.
-COLLECTION_PATTERN = r"^([a-z0-9][a-z0-9_-]{0,62})?$"
-CollectionName = Annotated[str, StringConstraints(pattern=COLLECTION_PATTERN)]
-
-
-class Request(BaseModel):
-    """Base of every request body: strict types, unknown fields refused."""
-
-    model_config = ConfigDict(strict=True, extra="forbid")
-
-
-class Reply(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        raise ValueError("must include a timezone, e.g. 2026-01-01T00:00:00Z")
-    try:  # an offset can push year 1 or 9999 outside what a timestamp holds
-        utc = value.astimezone(UTC)
-    except OverflowError:
-        raise ValueError("must be between the years 2000 and 9999") from None
-    if not 2000 <= utc.year <= 9998:
-        raise ValueError("must be between the years 2000 and 9999")
-    return value
-
-
 # ---- tasks
 
 
@@ -221,7 +76,7 @@ class TaskCreate(Request):
         "default: its source profile's, else the default collection ''",
     )
 
-    _check_run_after = field_validator("run_after")(_aware)
+    _check_run_after = field_validator("run_after")(aware)
 
     @model_validator(mode="after")
     def _params_fit_the_source(self) -> TaskCreate:
@@ -272,6 +127,7 @@ class Task(TaskWork):
     documents_skipped: int
     result_summary: dict[str, Any] | None
     last_error: str | None
+    last_error_code: FailureCode | None = None
     created_at: datetime
     updated_at: datetime
     assigned_at: datetime | None
@@ -293,10 +149,12 @@ class LeasedTask(TaskWork):
 
     lease_token: UUID
     lease_expires_at: datetime
-    last_error: str | None = Field(
-        default=None, description="why the task's last attempt failed, if one did (a source may weigh it)"
+    last_error: str | None = Field(default=None, description="why the task's last attempt failed, if one did")
+    last_error_code: FailureCode | None = Field(
+        default=None, description="the same as a code: what a source weighs (protocol/failures.py)"
     )
-    profile: dict[str, Any] | None = Field(
+    last_error_page: int | None = Field(default=None, description="the listing page it stopped on")
+    profile: SourceProfile | None = Field(
         default=None, description="the stored source profile the task's source names (protocol.sources)"
     )
     user_agent: str | None = Field(
@@ -306,30 +164,6 @@ class LeasedTask(TaskWork):
 
 class LeaseBatch(Reply):
     tasks: list[LeasedTask]
-
-
-def clip(value: str | None, limit: int) -> str | None:
-    """What a sender does to free text before it goes out: NULs dropped, what is not UTF-8 (a
-    header's undecodable bytes, as surrogates) replaced by "?", cut to `limit` characters."""
-    if value is None:
-        return None
-    return value.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")[:limit]
-
-
-def _sendable(value: str, limit: int) -> bool:
-    """Printable, valid UTF-8 and within the bound: a header value worth keeping as it is."""
-    return value.isprintable() and clip(value, limit) == value
-
-
-MAX_HEADERS = 64  # response headers kept per capture
-MAX_HEADER_NAME = 100
-MAX_HEADER_VALUE = 1_000
-MAX_HEADER_CHARS = 4_000  # names and values of one capture's headers, together
-MAX_REDIRECTS = 10
-HeaderName = Annotated[
-    str, StringConstraints(min_length=1, max_length=MAX_HEADER_NAME), AfterValidator(_printable)
-]
-HeaderValue = Annotated[str, StringConstraints(max_length=MAX_HEADER_VALUE), AfterValidator(_no_nul)]
 
 
 class Redirect(Request):
@@ -355,9 +189,7 @@ class Capture(Request):
     )
     server_ip: Annotated[str, StringConstraints(max_length=45)] | None = None
     server_port: Annotated[int, Field(ge=0, le=65_535)] | None = None
-    client_version: Annotated[str, StringConstraints(max_length=100), AfterValidator(_printable)] | None = (
-        None
-    )
+    client_version: Annotated[str, StringConstraints(max_length=100), AfterValidator(printable)] | None = None
 
     @field_validator("server_ip")
     @classmethod
@@ -366,7 +198,7 @@ class Capture(Request):
             ipaddress.ip_address(value)  # its ValueError says what is wrong
         return value
 
-    _check_fetched_at = field_validator("fetched_at")(_aware)
+    _check_fetched_at = field_validator("fetched_at")(aware)
 
     @field_validator("response_headers")
     @classmethod
@@ -389,7 +221,7 @@ class Capture(Request):
         room = MAX_HEADER_CHARS
         for name, value in headers.items():
             key = (clip(str(name), MAX_HEADER_NAME) or "").lower()
-            if not key or not _sendable(key, MAX_HEADER_NAME):
+            if not key or not sendable(key, MAX_HEADER_NAME):
                 continue
             text = clip(str(value), MAX_HEADER_VALUE) or ""
             joined = kept[key] + ", " + text if key in kept else text
@@ -416,6 +248,10 @@ class DocumentReport(Request):
     version_id: VersionIdText | None = None
     status: Annotated[DocumentStatus, Field(strict=False)] = DocumentStatus.STORED
     error: Text | None = None
+    code: Annotated[FailureCode, Field(strict=False)] | None = Field(
+        default=None,
+        description="why it failed, from one table (protocol/failures.py); `error` says it in words",
+    )
     capture: Capture | None = Field(default=None, description="how it was fetched (stored documents)")
 
     @model_validator(mode="after")
@@ -439,7 +275,7 @@ class DocumentReport(Request):
         """The report of a document in storage; the free text clipped, the rest as the gate checks it.
         A content type the gate would refuse is dropped (it is metadata, not proof)."""
         content_type = stored.content_type
-        if content_type is not None and not _sendable(content_type, MAX_CONTENT_TYPE):
+        if content_type is not None and not sendable(content_type, MAX_CONTENT_TYPE):
             content_type = None
         return cls.model_validate(
             {
@@ -453,12 +289,13 @@ class DocumentReport(Request):
         )
 
     @classmethod
-    def of_failure(cls, doc_id: str, *, url: str | None, error: str) -> DocumentReport:
+    def of_failure(cls, doc_id: str, *, url: str | None, code: FailureCode, error: str) -> DocumentReport:
         return cls.model_validate(
             {
                 "doc_id": doc_id,
                 "status": DocumentStatus.FAILED,
                 "url": clip(url, MAX_URL),
+                "code": code,
                 "error": clip(error, MAX_TEXT),
             }
         )
@@ -546,7 +383,13 @@ class TaskCompleteBatchResult(Reply):
 
 class TaskFail(Request):
     lease_token: LeaseToken = None
-    error: Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT), AfterValidator(_no_nul)]
+    error: Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT), AfterValidator(no_nul)]
+    code: Annotated[FailureCode, Field(strict=False)] = Field(
+        default=FailureCode.OTHER, description="why, from one table (protocol/failures.py)"
+    )
+    page: Annotated[int, Field(ge=1, le=MAX_PAGE)] | None = Field(
+        default=None, description="the listing page the attempt stopped on (code empty_page)"
+    )
     retryable: bool = True
     attempt_spent: bool = Field(
         True,
@@ -594,10 +437,10 @@ class StatusReport(Reply):
 
 class ClientRegister(Request):
     client_name: Name
-    client_host: Annotated[str, StringConstraints(max_length=255), AfterValidator(_no_nul)] | None = None
+    client_host: Annotated[str, StringConstraints(max_length=255), AfterValidator(no_nul)] | None = None
     api_key: Annotated[str, StringConstraints(min_length=32, max_length=256)] | None = None
 
-    _check_key = field_validator("api_key")(lambda v: v if v is None else _no_nul(v))
+    _check_key = field_validator("api_key")(lambda v: v if v is None else no_nul(v))
 
 
 class ClientRegistered(Reply):
@@ -648,158 +491,6 @@ class ClientList(Reply):
 # ---- jobs
 
 
-def _template(value: str) -> str:
-    _no_nul(value)
-    if "{id}" not in value:
-        raise ValueError("url_template must contain {id}")
-    if not re.match(r"^https?://[^/\s]+", value):
-        raise ValueError("url_template must be an http:// or https:// URL")
-    return value
-
-
-def _http_url(value: str) -> str:
-    _no_nul(value)
-    if not re.match(r"^https?://[^/\s]+", value):
-        raise ValueError("must be an http:// or https:// URL")
-    return value
-
-
-def _listing(value: str) -> str:
-    _no_nul(value)
-    if "{page}" not in value:
-        raise ValueError("listing_url must contain {page}")
-    if not re.match(r"^https?://[^/\s]+", value):
-        raise ValueError("listing_url must be an http:// or https:// URL")
-    return value
-
-
-def _regex(value: str) -> str:
-    _no_nul(value)
-    try:
-        compiled = re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"link_pattern is not a regular expression: {exc}") from None
-    if not {"url", "id"} <= set(compiled.groupindex):
-        raise ValueError("link_pattern needs the named groups url and id (ext is optional)")
-    return value
-
-
-# A host name as the gate compares it (lower case, IDNA's ASCII form); `*.` in front for any
-# subdomain. What a search task's documents may be on besides its listing's host.
-HOST_PATTERN = r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
-MAX_HOSTS = 100
-MAX_MEDIA_TYPES = 20
-HostPattern = Annotated[str, StringConstraints(max_length=253, pattern=HOST_PATTERN)]
-MediaRange = Annotated[
-    str,
-    StringConstraints(
-        max_length=MAX_CONTENT_TYPE, pattern=r"^[A-Za-z0-9!#$&^_.+*-]+/[A-Za-z0-9!#$&^_.+*-]+$"
-    ),
-]
-UrlTemplate = Annotated[str, StringConstraints(min_length=1, max_length=MAX_URL), AfterValidator(_template)]
-ListingUrl = Annotated[str, StringConstraints(min_length=1, max_length=MAX_URL), AfterValidator(_listing)]
-LinkPattern = Annotated[str, StringConstraints(min_length=1, max_length=1_000), AfterValidator(_regex)]
-HttpUrl = Annotated[str, StringConstraints(min_length=1, max_length=MAX_URL), AfterValidator(_http_url)]
-StartId = Annotated[int, Field(ge=0, le=2**62)]
-Ext = Annotated[str, StringConstraints(pattern=EXT_PATTERN)]
-
-
-MAX_PATTERNS = 20
-BytePattern = Annotated[str, StringConstraints(min_length=1, max_length=200)]
-Status = Annotated[int, Field(ge=100, le=599)]
-
-
-class Politeness(Request):
-    """A job's own budget for the hosts its tasks fetch from, summed over the fleet; the
-    strictest of a host's working jobs, the host's budget and HOST_RATE_LIMIT applies."""
-
-    requests_per_second: Annotated[float, Field(gt=0, le=100_000, strict=False)] | None = None
-    max_connections: Annotated[int, Field(ge=1, le=100_000)] | None = None
-
-
-class TaskParams(Request):
-    """What the params of every built-in source may also say: what a 200 must look like to be
-    stored as the document (otherwise it is a block: not stored, counted against the host, the
-    document tried again later), and the job's politeness."""
-
-    expect_content_type: (
-        Annotated[list[MediaRange], Field(min_length=1, max_length=MAX_MEDIA_TYPES)] | None
-    ) = Field(
-        default=None,
-        description="Media types a 200 must declare to be stored as the document "
-        "(`application/pdf`, `image/*`, `*/*` for anything); by default an HTML page where the "
-        "extension says otherwise is refused.",
-    )
-    min_size: Annotated[int, Field(ge=0, le=2**53)] | None = Field(
-        default=None, description="A body shorter than this many bytes is a block page, not the document."
-    )
-    max_size: Annotated[int, Field(ge=1, le=2**53)] | None = Field(
-        default=None, description="A body longer than this many bytes is a block, not the document."
-    )
-    block_patterns: Annotated[list[BytePattern], Field(max_length=MAX_PATTERNS)] | None = Field(
-        default=None,
-        description='Texts that mark a block page (a captcha, "too many requests") when found, '
-        "case-insensitively, in the first KiB of a body.",
-    )
-    require_patterns: Annotated[list[BytePattern], Field(max_length=MAX_PATTERNS)] | None = Field(
-        default=None,
-        description="Texts of which one must appear, case-insensitively, in the first KiB of a "
-        "body for it to be the document (`%PDF-`, `<decision`).",
-    )
-    block_statuses: Annotated[list[Status], Field(max_length=MAX_PATTERNS)] | None = Field(
-        default=None,
-        description="HTTP statuses that mean the origin is blocking the fleet (403, 451, …): "
-        "counted as blocks and tried again later, not failed as missing.",
-    )
-    politeness: Politeness | None = None
-
-    @model_validator(mode="after")
-    def _sizes(self) -> TaskParams:
-        if self.min_size is not None and self.max_size is not None and self.min_size > self.max_size:
-            raise ValueError("min_size is larger than max_size")
-        if self.block_statuses and any(200 <= s < 300 for s in self.block_statuses):
-            raise ValueError("block_statuses cannot hold a 2xx status (use the content rules)")
-        return self
-
-
-class IdRangeParams(TaskParams):
-    url_template: UrlTemplate
-    start_id: StartId
-    count: Annotated[int, Field(ge=1, le=MAX_JOB_COUNT)]
-    ext: Ext = ""
-
-
-class IdRangeTaskParams(TaskParams):
-    """An id_range task's params: a range (start_id, count) or a list of ids, as a job's tasks
-    carry them; checked the same way when a task is created directly."""
-
-    url_template: UrlTemplate
-    start_id: StartId | None = None
-    count: Annotated[int, Field(ge=1, le=MAX_DOCUMENTS_PER_TASK)] | None = None
-    ids: Annotated[list[DocId], Field(min_length=1, max_length=MAX_DOCUMENTS_PER_TASK)] | None = None
-    ext: Ext = ""
-
-    @model_validator(mode="after")
-    def _range_or_ids(self) -> IdRangeTaskParams:
-        if (self.ids is None) == (self.start_id is None or self.count is None):
-            raise ValueError("give either start_id and count, or ids")
-        return self
-
-
-class UrlItem(Request):
-    doc_id: DocId
-    url: HttpUrl
-    ext: Ext | None = None
-
-
-class UrlsTaskParams(TaskParams):
-    """A urls task's params: the documents, each with its URL."""
-
-    urls: Annotated[list[UrlItem], Field(min_length=1, max_length=MAX_DOCUMENTS_PER_TASK)]
-    ext: Ext = ""
-    found_by: WireUUID | None = Field(default=None, description="the search task that found these documents")
-
-
 class TaskDiscovered(Request):
     """Documents a search task found, to be downloaded by the fleet (its profile spreads them)."""
 
@@ -811,35 +502,6 @@ class DiscoveredReply(Reply):
     documents: int = Field(description="documents in the request")
     queued: int = Field(description="of them, not recorded nor found before: queued for download")
     tasks_created: int
-
-
-class SearchTaskParams(TaskParams):
-    """A search task's params; without listing_url the client's --search-url is used, and the
-    gate cannot tell which host the task's documents are on."""
-
-    listing_url: ListingUrl | None = None
-    link_pattern: LinkPattern | None = None
-    document_hosts: Annotated[list[HostPattern], Field(max_length=MAX_HOSTS)] | None = Field(
-        default=None,
-        description="Hosts the documents may be on besides the listing's (`*.example.org` for "
-        "any subdomain); a report of a document elsewhere is refused as not_in_task.",
-    )
-    page_size: Annotated[int, Field(ge=1, le=10_000)] | None = Field(
-        default=None, description="Links on a full listing page: an empty page after a full one is a block."
-    )
-    empty_page: Literal["block", "end"] = Field(
-        default="block",
-        description="`end`: a listing page without links always ends the task; `block` (the "
-        "default): after full pages it is taken for a block page and the task tried again later.",
-    )
-
-
-# The built-in sources whose params the gate can check (a plugin source's are its own).
-SOURCE_PARAMS: dict[str, type[Request]] = {
-    "id_range": IdRangeTaskParams,
-    "urls": UrlsTaskParams,
-    "search": SearchTaskParams,
-}
 
 
 class JobCreate(Request):
@@ -875,13 +537,15 @@ class FailedDocument(Reply):
 
 
 class FailureReason(Reply):
-    reason: str = Field(description="`HTTP 404`, `too large`, `blocked`, `timed out`, …")
+    code: FailureCode = Field(
+        description="`not_found`, `too_large`, `blocked`, `timeout`, … (protocol/failures.py)"
+    )
     documents: int
     examples: list[FailedDocument] = Field(default_factory=list)
 
 
 class FailureSummary(Reply):
-    """A job's failed documents (those still not recorded), grouped by reason."""
+    """A job's failed documents (those still not recorded), grouped by code."""
 
     job_id: UUID
     documents: int
@@ -889,7 +553,7 @@ class FailureSummary(Reply):
 
 
 class JobPause(Request):
-    reason: Annotated[str, StringConstraints(min_length=1, max_length=500), AfterValidator(_no_nul)] = (
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=500), AfterValidator(no_nul)] = (
         "paused by an operator"
     )
 

@@ -83,7 +83,7 @@ def check_in_task(task: Any, doc_ids: list[str], reports: Sequence[v1.DocumentRe
     """Refuse documents the task (anything with task_id, source and params, as a row has them)
     does not contain, or whose URL is not on the task's hosts: a client stores and reports only
     documents of the task it holds."""
-    scope = TaskScope.of(task["source"], task["params"] or {})
+    scope = TaskScope.of_stored(task["source"], task["params"] or {})
     stray = [d for d in doc_ids if scope.contains(d) is False]
     if stray:
         more = f" and {len(stray) - 5} more" if len(stray) > 5 else ""

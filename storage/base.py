@@ -173,18 +173,6 @@ async def encoded(chunks: Chunks, encoder: Encoder) -> AsyncIterator[bytes]:
         yield tail
 
 
-async def rechunk(chunks: Chunks, size: int) -> AsyncIterator[bytes]:
-    """Regroup a stream into pieces of exactly `size` bytes (the last may be shorter)."""
-    buffer = bytearray()
-    async for chunk in chunks:
-        buffer += chunk
-        while len(buffer) >= size:
-            yield bytes(buffer[:size])
-            del buffer[:size]
-    if buffer:
-        yield bytes(buffer)
-
-
 async def from_bytes(data: bytes, size: int = CHUNK) -> AsyncIterator[bytes]:
     for start in range(0, len(data), size):
         yield data[start : start + size]

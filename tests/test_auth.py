@@ -21,9 +21,9 @@ ADMIN_ONLY = [
     ("GET", "/api/v1/tasks/status", None),
     ("GET", "/api/v1/clients", None),
     ("POST", "/api/v1/clients/register", {"client_name": "sneaky"}),
-    ("POST", f"/api/v1/tasks/{uuid.uuid4()}/cancel", None),
-    ("POST", f"/api/v1/tasks/{uuid.uuid4()}/retry", None),
-    ("GET", f"/api/v1/jobs/{uuid.uuid4()}", None),
+    ("POST", "/api/v1/tasks/00000000-0000-4000-8000-000000000001/cancel", None),
+    ("POST", "/api/v1/tasks/00000000-0000-4000-8000-000000000002/retry", None),
+    ("GET", "/api/v1/jobs/00000000-0000-4000-8000-000000000003", None),
 ]
 
 

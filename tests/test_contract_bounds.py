@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from conftest import Gate
 from protocol import v1
+from protocol.failures import FailureCode
 from storage.keys import document_key
 
 SETTINGS = settings(
@@ -90,7 +91,11 @@ async def test_failure_reports(leased: Any, doc_id: str, url: str, error: str) -
     raw = {"doc_id": doc_id, "status": "failed", "url": url, "error": error}
     gate_ok = await _gate_accepts(gate, client, task, raw)
     try:
-        sent = v1.DocumentReport.of_failure(doc_id, url=url, error=error) if v1.is_doc_id(doc_id) else None
+        sent = (
+            v1.DocumentReport.of_failure(doc_id, url=url, code=FailureCode.OTHER, error=error)
+            if v1.is_doc_id(doc_id)
+            else None
+        )
     except ValidationError:
         sent = None
     _judged_alike(gate_ok, raw, sent)

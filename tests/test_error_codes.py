@@ -27,6 +27,7 @@ from client.gate import GateAPI, gate_error
 from conftest import Gate
 from protocol import paths, v1
 from protocol.errors import ErrorBody, ErrorCode
+from protocol.failures import FailureCode
 from server import errors as gate_errors
 from server.app import _error
 from storage import errors as storage_errors
@@ -345,7 +346,7 @@ async def test_the_worker_api_reads_codes(gate: Gate) -> None:
             await api.complete(stale, v1.Counts(), [], {})
         other = task.model_copy(update={"task_id": uuid.UUID(UNKNOWN)})
         with pytest.raises(CE.NotYourTask):
-            await api.fail(other, "x", True)
+            await api.fail(other, FailureCode.OTHER, "x", True)
         done = await api.complete(task, v1.Counts(documents_downloaded=1), [], {"ok": True})
         assert done.status is v1.TaskStatus.COMPLETED
     finally:

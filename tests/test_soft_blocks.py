@@ -177,7 +177,8 @@ def test_challenges_and_block_statuses_are_tried_again_not_failed(
         else:
             assert set(files) == odd
             (reason,) = summary["reasons"]
-            assert reason["reason"] == "HTTP 403" and reason["documents"] == 10
+            assert reason["code"] == "forbidden" and reason["documents"] == 10
+            assert reason["examples"][0]["error"].startswith("HTTP 403")
             assert len(reason["examples"]) == 3 and reason["examples"][0]["url"].startswith(url)
     finally:
         cluster.stop()

@@ -12,6 +12,7 @@ import pytest
 from client.download import Fetcher
 from client.guard import Policy
 from client.sources import DocRef, SourceContext, SourceError, load_sources
+from client.work import Work
 from protocol import v1
 
 
@@ -47,7 +48,7 @@ async def context() -> SourceContext:
 
 
 async def refs(context: SourceContext, t: v1.LeasedTask) -> list[DocRef]:
-    return [r async for r in load_sources(context)[t.source].documents(t)]
+    return [r async for r in load_sources(context)[t.source].documents(Work.of(t))]
 
 
 async def test_id_range_by_range_and_by_ids(context: SourceContext) -> None:

@@ -17,10 +17,13 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from client.download import Fetcher
 from protocol import v1
+
+if TYPE_CHECKING:
+    from client.work import Work
 
 log = logging.getLogger("docgate.client.sources")
 
@@ -40,7 +43,23 @@ class SourceContext:
 
 
 class Source(Protocol):
+    """A built-in source: the task parsed (client.work.Work) in, references out."""
+
+    def documents(self, work: Work) -> AsyncIterator[DocRef]: ...
+
+
+class Plugin(Protocol):
+    """A plugin's source (the `docgate.sources` entry points): it reads the task as the gate sent it."""
+
     def documents(self, task: v1.LeasedTask) -> AsyncIterator[DocRef]: ...
+
+
+@dataclass(frozen=True)
+class PluginSource:
+    plugin: Plugin
+
+    def documents(self, work: Work) -> AsyncIterator[DocRef]:
+        return self.plugin.documents(work.task)
 
 
 class SourceError(Exception):
@@ -52,14 +71,15 @@ def load_sources(context: SourceContext) -> dict[str, Source]:
     from client.sources.search import SearchSource
     from client.sources.urls import UrlsSource
 
-    factories: dict[str, Callable[[SourceContext], Source]] = {
-        "search": SearchSource,
-        "id_range": IdRangeSource,
-        "urls": UrlsSource,
+    sources: dict[str, Source] = {
+        "search": SearchSource(context),
+        "id_range": IdRangeSource(context),
+        "urls": UrlsSource(context),
     }
     for entry in entry_points(group="docgate.sources"):
         try:
-            factories[entry.name] = entry.load()
+            factory: Callable[[SourceContext], Plugin] = entry.load()
+            sources[entry.name] = PluginSource(factory(context))
         except Exception as exc:  # a broken plugin must not stop the built-in sources
             log.error("cannot load source %s from %s: %s", entry.name, entry.value, exc)
-    return {name: factory(context) for name, factory in factories.items()}
+    return sources

@@ -3,33 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 from client.sources import DocRef, SourceContext, SourceError
-from protocol import v1
+from protocol.params import IdRangeTaskParams
+
+if TYPE_CHECKING:
+    from client.work import Work
 
 
 class IdRangeSource:
     def __init__(self, context: SourceContext) -> None:
         self.context = context
 
-    async def documents(self, task: v1.LeasedTask) -> AsyncIterator[DocRef]:
-        params = task.params
-        template = params.get("url_template")
-        if not isinstance(template, str) or "{id}" not in template:
-            raise SourceError("id_range needs params.url_template containing {id}")
-        ext = str(params.get("ext", ""))
+    async def documents(self, work: Work) -> AsyncIterator[DocRef]:
+        params = work.params
+        if not isinstance(params, IdRangeTaskParams):
+            raise SourceError(f"id_range cannot run a {work.task.source} task")
         for doc_id in ids_of(params):
-            yield DocRef(str(doc_id), template.replace("{id}", str(doc_id)), ext)
+            yield DocRef(str(doc_id), params.url_template.replace("{id}", str(doc_id)), params.ext)
 
 
-def ids_of(params: dict[str, Any]) -> list[int | str]:
-    if "ids" in params:
-        ids = params["ids"]
-        if not isinstance(ids, list):
-            raise SourceError("id_range params.ids must be a list")
-        return ids
-    start, count = params.get("start_id"), params.get("count")
-    if not isinstance(start, int) or not isinstance(count, int) or count < 0:
-        raise SourceError("id_range needs integer params.start_id and params.count")
-    return list(range(start, start + count))
+def ids_of(params: IdRangeTaskParams) -> list[int | str] | range:
+    if params.ids is not None:
+        return params.ids
+    assert params.start_id is not None and params.count is not None  # the model's rule
+    return range(params.start_id, params.start_id + params.count)

@@ -16,27 +16,23 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urljoin
 
-from pydantic import ValidationError
 from selectolax.lexbor import LexborHTMLParser
 
 from client import bodies
 from client.download import Browser, DocumentFailed, Page
 from client.sources import DocRef, SourceContext, SourceError
-from client.sources.search import expected_more
+from client.sources.search import empty_page, ended_here_before, expected_more
 from common.selectors import broken_selectors
 from protocol import v1
+from protocol.failures import FailureCode
+from protocol.params import ContentRules, ProfileTaskParams
 from protocol.sources import SourceProfile
 
-
-def profile_rules(profile: dict[str, Any]) -> dict[str, Any]:
-    """The content rules and politeness a profile gives its tasks' documents ({} if it does not hold)."""
-    try:
-        return SourceProfile.model_validate(profile).rules()
-    except ValidationError:
-        return {}
+if TYPE_CHECKING:
+    from client.work import Work
 
 
 def hidden_fields(page: Page, selector: str) -> list[tuple[str, str]]:
@@ -90,36 +86,32 @@ class ProfileSource:
         self.context = context
         self.stopped = ""
         self.trace: list[str] = []
-        self.rules: dict[str, Any] = {}
+        self.rules = ContentRules()
 
-    async def documents(self, task: v1.LeasedTask) -> AsyncIterator[DocRef]:
-        profile = self._profile(task)
-        self.rules = task.params | profile.rules()
+    async def documents(self, work: Work) -> AsyncIterator[DocRef]:
+        task, profile, rules = work.task, self._profile(work), work.rules
+        self.rules = rules
         listing = Listing(profile, task, re.compile(profile.results.id_pattern))
-        asked = bodies.asked(task.params | profile.rules())
-        async with self.context.fetcher.browser(asked, profile.charset, self.trace) as browser:
+        own = work.params if isinstance(work.params, ProfileTaskParams) else ProfileTaskParams()
+        page_size, empty = own.page_size or profile.results.page_size, own.empty_page
+        async with self.context.fetcher.browser(bodies.asked(rules), profile.charset, self.trace) as browser:
             hidden: list[tuple[str, str]] = []
             if profile.start is not None:
                 start = await browser.open("GET", self._url(profile, profile.start.url))
-                self._blocked(browser, start, task.params | profile.rules(), 0)  # no token on a block page
+                self._blocked(browser, start, 0)  # no token on a block page
                 hidden = hidden_fields(start, profile.start.hidden_fields)
             fields = search_fields(profile, task.search_params, hidden)
             page = await browser.open(profile.search.method, self._url(profile, profile.search.url), fields)
             number = 1
             while True:
-                self._blocked(browser, page, task.params | profile.rules(), number)
+                self._blocked(browser, page, number)
                 fresh = [ref for ref in self._links(listing, page) if ref.doc_id not in listing.seen]
                 if not fresh:
-                    again = f"page {number} has no documents after full pages" in (task.last_error or "")
-                    rules = {"page_size": profile.results.page_size} | task.params
-                    if expected_more(listing.counts, rules) and not again:
+                    if expected_more(listing.counts, page_size, empty) and not ended_here_before(
+                        task, number
+                    ):
                         browser.blocked(page.url)
-                        raise DocumentFailed(
-                            f"a block page, not the listing's end: page {number} has no documents "
-                            f"after full pages ({listing.counts[-1]} links)",
-                            permanent=False,
-                            blocked=True,
-                        )
+                        raise empty_page(number, listing.counts)
                     self.stopped = f"page {number} has no new documents: the end of the results"
                     return
                 listing.counts.append(len(fresh))
@@ -141,30 +133,27 @@ class ProfileSource:
                 number += 1
                 page = await self._next(browser, profile, page, number, task)
 
-    def _profile(self, task: v1.LeasedTask) -> SourceProfile:
-        if task.profile is None:
-            raise SourceError(f"source {task.source!r}: the gate sent no profile with the task")
-        try:
-            profile = SourceProfile.model_validate(task.profile)
-        except ValidationError as exc:
-            raise SourceError(
-                f"source {task.source!r}: the profile does not hold: {exc.errors()[:1]}"
-            ) from None
-        broken = broken_selectors(profile)
+    def _profile(self, work: Work) -> SourceProfile:
+        source = work.task.source
+        if work.profile is None:
+            raise SourceError(f"source {source!r}: the gate sent no profile with the task")
+        broken = broken_selectors(work.profile)
         if broken:
-            raise SourceError(f"source {task.source!r}: {broken[0][0]}: {broken[0][1]}")
-        return profile
+            raise SourceError(f"source {source!r}: {broken[0][0]}: {broken[0][1]}")
+        return work.profile
 
     @staticmethod
     def _url(profile: SourceProfile, url: str) -> str:
         return urljoin(profile.base_url, url)
 
-    def _blocked(self, browser: Browser, page: Page, params: dict[str, Any], number: int) -> None:
-        pattern = bodies.found(params, "block_patterns", page.text[: bodies.HEAD])
+    def _blocked(self, browser: Browser, page: Page, number: int) -> None:
+        pattern = bodies.found(self.rules.block_patterns, page.text[: bodies.HEAD])
         if pattern is not None:
             browser.blocked(page.url)
             where = f"results page {number}" if number else page.url
-            raise DocumentFailed(f"a block page: {where} holds {pattern!r}", permanent=False, blocked=True)
+            raise DocumentFailed(
+                FailureCode.BLOCKED, f"a block page: {where} holds {pattern!r}", permanent=False
+            )
 
     def _links(self, listing: Listing, page: Page) -> list[DocRef]:
         results = listing.profile.results
@@ -189,12 +178,14 @@ class ProfileSource:
         if detail.document is None:
             return DocRef(ref.doc_id, ref.url, detail.ext)
         page = await browser.open("GET", ref.url)
-        self._blocked(browser, page, self.rules, 0)
+        self._blocked(browser, page, 0)
         for node in LexborHTMLParser(page.text).css(detail.document):
             href = node.attributes.get(detail.attribute)
             if href:
                 return DocRef(ref.doc_id, urljoin(page.url, href.strip()), detail.ext)
-        raise DocumentFailed(f"detail page {ref.url} has no {detail.document!r}", permanent=False)
+        raise DocumentFailed(
+            FailureCode.NO_DOCUMENT, f"detail page {ref.url} has no {detail.document!r}", permanent=False
+        )
 
     async def _next(
         self, browser: Browser, profile: SourceProfile, page: Page, number: int, task: v1.LeasedTask

@@ -22,7 +22,7 @@ import contextlib
 import json
 import re
 from collections.abc import AsyncIterator
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import urlencode, urljoin
 
 from yarl import URL
@@ -32,6 +32,11 @@ from client.download import DocumentFailed
 from client.limits import host_key
 from client.sources import DocRef, SourceContext, SourceError
 from protocol import v1
+from protocol.failures import FailureCode
+from protocol.params import ContentRules, SearchTaskParams
+
+if TYPE_CHECKING:
+    from client.work import Work
 
 DEFAULT_LINK = r'href="(?P<url>[^"]*?/(?P<id>[A-Za-z0-9_-]{1,128})(?P<ext>\.[A-Za-z0-9]{1,16})?)"'
 
@@ -40,23 +45,27 @@ class SearchSource:
     def __init__(self, context: SourceContext) -> None:
         self.context = context
 
-    async def documents(self, task: v1.LeasedTask) -> AsyncIterator[DocRef]:
-        listing = task.params.get("listing_url") or self.context.search_url
-        if not isinstance(listing, str) or "{page}" not in listing:
+    async def documents(self, work: Work) -> AsyncIterator[DocRef]:
+        task, params = work.task, work.params
+        if not isinstance(params, SearchTaskParams):
+            raise SourceError(f"search cannot run a {task.source} task")
+        listing = params.listing_url or self.context.search_url
+        if listing is None or "{page}" not in listing:
             raise SourceError("search needs a listing URL with {page} (params.listing_url or --search-url)")
-        pattern = re.compile(task.params.get("link_pattern") or self.context.link_pattern or DEFAULT_LINK)
+        pattern = re.compile(params.link_pattern or self.context.link_pattern or DEFAULT_LINK)
         seen: set[str] = set()
         page = task.start_page
         counts: list[int] = []
         while len(seen) < task.max_documents:
             url = page_url(listing, page, task.search_params)
-            text, final = await self.context.fetcher.text(url, bodies.asked(task.params))
-            self._blocked(text, final, task.params, page)
+            text, final = await self.context.fetcher.text(url, bodies.asked(work.rules))
+            self._blocked(text, final, work.rules, page)
             fresh = [ref for ref in links(text, final, pattern) if ref.doc_id not in seen]
             if not fresh:
-                again = f"page {page} has no documents after full pages" in (task.last_error or "")
-                if expected_more(counts, task.params) and not again:
-                    self._block(final, f"page {page} has no documents after full pages ({counts[-1]} links)")
+                if expected_more(counts, params.page_size, params.empty_page) and not ended_here_before(
+                    task, page
+                ):
+                    self._block(final, empty_page(page, counts))
                 return
             counts.append(len(fresh))
             for ref in fresh[: task.max_documents - len(seen)]:
@@ -64,23 +73,45 @@ class SearchSource:
                 yield ref
             page += 1
 
-    def _blocked(self, text: str, url: str, params: dict[str, object], page: int) -> None:
-        pattern = bodies.found(params, "block_patterns", text[: bodies.HEAD])
+    def _blocked(self, text: str, url: str, rules: ContentRules, page: int) -> None:
+        pattern = bodies.found(rules.block_patterns, text[: bodies.HEAD])
         if pattern is not None:
-            self._block(url, f"page {page} holds {pattern!r} (the task's block_patterns)")
+            self._block(url, _blocks(f"page {page} holds {pattern!r} (the task's block_patterns)"))
 
-    def _block(self, url: str, reason: str) -> NoReturn:
+    def _block(self, url: str, failure: DocumentFailed) -> NoReturn:
         with contextlib.suppress(ValueError):
             self.context.fetcher.limiter.record(host_key(URL(url)), "blocked")
-        raise DocumentFailed(f"a block page, not the listing's end: {reason}", permanent=False, blocked=True)
+        raise failure
 
 
-def expected_more(counts: list[int], params: dict[str, object]) -> bool:
-    if not counts or params.get("empty_page") == "end":
+def _blocks(reason: str) -> DocumentFailed:
+    return DocumentFailed(
+        FailureCode.BLOCKED, f"a block page, not the listing's end: {reason}", permanent=False
+    )
+
+
+def empty_page(page: int, counts: list[int]) -> DocumentFailed:
+    """An empty listing page after full ones: a block page until the task's next attempt ends on
+    the same page (then it is the end)."""
+    return DocumentFailed(
+        FailureCode.EMPTY_PAGE,
+        f"a block page, not the listing's end: page {page} has no documents after full pages "
+        f"({counts[-1]} links)",
+        permanent=False,
+        page=page,
+    )
+
+
+def ended_here_before(task: v1.LeasedTask, page: int) -> bool:
+    """Did the task's last attempt stop on this same empty page? (Then the listing really ends.)"""
+    return task.last_error_code is FailureCode.EMPTY_PAGE and task.last_error_page == page
+
+
+def expected_more(counts: list[int], page_size: int | None, empty_page: str = "block") -> bool:
+    if not counts or empty_page == "end":
         return False
-    size = params.get("page_size")
-    if isinstance(size, int) and size > 0:
-        return counts[-1] >= size
+    if page_size is not None:
+        return counts[-1] >= page_size
     return len(counts) >= 2 and len(set(counts)) == 1
 
 

@@ -4,24 +4,26 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from client.sources import DocRef, SourceContext, SourceError
-from protocol import v1
+from protocol.params import UrlsTaskParams
+
+if TYPE_CHECKING:
+    from client.work import Work
 
 
 class UrlsSource:
     def __init__(self, context: SourceContext) -> None:
         self.context = context
 
-    async def documents(self, task: v1.LeasedTask) -> AsyncIterator[DocRef]:
-        items = task.params.get("urls")
-        if not isinstance(items, list):
-            raise SourceError("urls needs params.urls: a list of {doc_id, url}")
-        for item in items:
-            if not isinstance(item, dict) or "doc_id" not in item or not isinstance(item.get("url"), str):
-                raise SourceError("every entry of params.urls needs doc_id and url")
-            ext = item.get("ext")
+    async def documents(self, work: Work) -> AsyncIterator[DocRef]:
+        params = work.params
+        if not isinstance(params, UrlsTaskParams):
+            raise SourceError(f"urls cannot run a {work.task.source} task")
+        for item in params.urls:
+            ext = item.ext
             if ext is None:
-                ext = posixpath.splitext(urlsplit(item["url"]).path)[1]
-            yield DocRef(str(item["doc_id"]), item["url"], str(ext or task.params.get("ext", "")))
+                ext = posixpath.splitext(urlsplit(item.url).path)[1]
+            yield DocRef(str(item.doc_id), item.url, ext or params.ext)

@@ -49,7 +49,7 @@ async def discovered(
             r["doc_id"] for r in await conn.fetch(FIRST_TIME, list(items), task_id, search["collection"])
         }
         queued = [items[d] for d in items if d in fresh]
-        rules = profile.rules()
+        rules = profile.rules.model_dump(mode="json", exclude_none=True)
         size = profile.spread_chunk_size
         chunks = [queued[i : i + size] for i in range(0, len(queued), size)]
         for chunk in chunks:

@@ -7,6 +7,7 @@ from typing import Any
 from uuid import UUID
 
 from protocol import v1
+from protocol.failures import FailureCode
 from server.db.pool import Connection, Pool, connection
 from server.documents import Reports, check_in_task
 from server.errors import DocumentNotFound, JobNotFound, WrongStorageKey
@@ -35,11 +36,11 @@ ON CONFLICT (collection, doc_id) DO NOTHING
 """
 
 RECORD_FAILURES = """
-INSERT INTO document_failures (doc_id, job_id, task_id, url, error)
-SELECT d.doc_id, $1, $2, d.url, d.error
-FROM unnest($3::text[], $4::text[], $5::text[]) AS d(doc_id, url, error)
+INSERT INTO document_failures (doc_id, job_id, task_id, url, error, code)
+SELECT d.doc_id, $1, $2, d.url, d.error, d.code
+FROM unnest($3::text[], $4::text[], $5::text[], $6::text[]) AS d(doc_id, url, error, code)
 ON CONFLICT (doc_id, task_id) DO UPDATE SET url = excluded.url, error = excluded.error,
-                                            failed_at = now()
+                                            code = excluded.code, failed_at = now()
 """
 
 GET = """
@@ -95,6 +96,7 @@ async def record(conn: Connection, task: Any, reports: Reports) -> None:
             [str(d.doc_id) for d in failed],
             [d.url for d in failed],
             [d.error for d in failed],
+            [d.code or FailureCode.OTHER for d in failed],
         )
 
 

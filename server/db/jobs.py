@@ -77,8 +77,8 @@ ORDER BY c.grp
 """
 
 # What every task of a job carries from the job's params besides its range: the content rules
-# and the job's politeness (protocol.v1.TaskParams).
-TASK_EXTRAS = tuple(v1.TaskParams.model_fields)
+# and the job's politeness (protocol.params.ContentRules).
+TASK_EXTRAS = tuple(v1.ContentRules.model_fields)
 INSERT_REFETCH = INSERT_REFETCH.format(extras=", ".join(f"'{k}', j.params->'{k}'" for k in TASK_EXTRAS))
 
 ADD_TOTAL = """
@@ -270,49 +270,34 @@ async def get_job(pool: Pool, job_id: UUID) -> v1.Job:
     )
 
 
-# A job's failed documents (still not recorded) by kind of reason, the newest examples of each.
-FAILURE_REASONS = r"""
+# A job's failed documents (still not recorded) by code, the newest examples of each.
+FAILURE_CODES = """
 WITH f AS (
-    SELECT doc_id, url, error, failed_at,
-           CASE
-               WHEN error ~ '^HTTP [0-9]{3}: a block' THEN 'blocked'
-               WHEN error ~ '^HTTP [0-9]{3}' THEN substring(error FROM '^HTTP [0-9]{3}')
-               WHEN error ILIKE '%max-document-size%' OR error ILIKE '%too large%' THEN 'too large'
-               WHEN error ILIKE 'a block%' OR error ILIKE '%block page%' OR error ILIKE 'an HTML page%'
-                    OR error ILIKE 'the origin sent %' OR error ILIKE 'not the document%' THEN 'blocked'
-               WHEN error ILIKE 'refused%' THEN 'refused by the network policy'
-               WHEN error ILIKE '%timed out%' THEN 'timed out'
-               WHEN error ILIKE '%not on the task''s hosts%' THEN 'off the task''s hosts'
-               WHEN error ILIKE 'storage:%' THEN 'storage'
-               WHEN error ILIKE '%redirects%' THEN 'too many redirects'
-               WHEN error ILIKE '%Content-Encoding%' OR error ILIKE '%cut short%' THEN 'broken encoding'
-               WHEN error ~* '^[a-z]*(Error|Exception)' THEN substring(error FROM '^[A-Za-z]*')
-               ELSE left(regexp_replace(coalesce(error, 'no reason given'), '[0-9]+', 'N', 'g'), 60)
-           END AS reason
+    SELECT doc_id, url, error, code, failed_at
     FROM document_failures df
     WHERE job_id = $1 AND NOT EXISTS (
         SELECT 1 FROM documents d
         WHERE d.collection = (SELECT collection FROM jobs WHERE job_id = $1) AND d.doc_id = df.doc_id
     )
 ), ranked AS (
-    SELECT *, row_number() OVER (PARTITION BY reason ORDER BY failed_at DESC, doc_id) AS n,
-           count(*) OVER (PARTITION BY reason) AS total
+    SELECT *, row_number() OVER (PARTITION BY code ORDER BY failed_at DESC, doc_id) AS n,
+           count(*) OVER (PARTITION BY code) AS total
     FROM f
 )
-SELECT reason, total, doc_id, url, error FROM ranked WHERE n <= $2 ORDER BY total DESC, reason, n
+SELECT code, total, doc_id, url, error FROM ranked WHERE n <= $2 ORDER BY total DESC, code, n
 """
 
 
 async def failure_summary(pool: Pool, job_id: UUID, examples: int = 3) -> v1.FailureSummary:
-    """The job's failed documents grouped by reason (404, too large, blocked, …) with counts and
-    the newest examples of each."""
+    """The job's failed documents grouped by code (not_found, too_large, blocked, …) with counts
+    and the newest examples of each."""
     async with connection(pool) as conn:
         if await conn.fetchval("SELECT 1 FROM jobs WHERE job_id = $1", job_id) is None:
             raise JobNotFound(f"job {job_id} not found")
-        rows = await conn.fetch(FAILURE_REASONS, job_id, examples)
+        rows = await conn.fetch(FAILURE_CODES, job_id, examples)
     groups: dict[str, v1.FailureReason] = {}
     for r in rows:
-        group = groups.setdefault(r["reason"], v1.FailureReason(reason=r["reason"], documents=r["total"]))
+        group = groups.setdefault(r["code"], v1.FailureReason(code=r["code"], documents=r["total"]))
         group.examples.append(v1.FailedDocument(doc_id=r["doc_id"], url=r["url"], error=r["error"]))
     reasons = list(groups.values())
     return v1.FailureSummary(job_id=job_id, documents=sum(g.documents for g in reasons), reasons=reasons)

@@ -173,7 +173,8 @@ WITH failed AS (
                          THEN {backoff(base="$7", cap="$8")}
                          ELSE run_after END,
         completed_at = CASE WHEN $5 AND attempts - (NOT $9)::int < max_attempts THEN NULL ELSE now() END,
-        last_error = $6, lease_expires_at = NULL, session_id = NULL, updated_at = now()
+        last_error = $6, last_error_code = $11, last_error_page = $12,
+        lease_expires_at = NULL, session_id = NULL, updated_at = now()
     WHERE {FENCE}
     RETURNING *
 ), logged AS (
@@ -215,6 +216,7 @@ WITH expired AS (
         completed_at = CASE WHEN t.attempts < t.max_attempts THEN NULL ELSE now() END,
         last_error = 'lease expired at ' || to_char(t.lease_expires_at AT TIME ZONE 'UTC',
                                                     'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+        last_error_code = 'lease_expired', last_error_page = NULL,
         lease_expires_at = NULL, session_id = NULL, updated_at = now()
     FROM expired e
     WHERE t.task_id = e.task_id
@@ -471,7 +473,7 @@ async def fail_task(
     delay = (backoff.base_seconds, backoff.cap_seconds)
     args = (
         task_id, body.lease_token, caller.owner, caller.session_id, body.retryable, body.error, *delay,
-        body.attempt_spent, body.blocked,
+        body.attempt_spent, body.blocked, body.code, body.page,
     )  # fmt: skip
     return await _fenced_write(pool, FAIL, args, caller, NO_REPORTS, "it can no longer fail")
 

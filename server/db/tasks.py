@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from typing import Any
 from uuid import UUID
+
+from pydantic import ValidationError
 
 from protocol import v1
 from server.db.pool import Pool, connection, transaction
 from server.errors import IdempotencyConflict, NotYourTask
 
+log = logging.getLogger("docgate.gate")
+
 TASK_COLUMNS = """
     task_id, job_id, source, search_params, start_page, max_documents, params,
     priority, max_attempts, attempts, run_after, idempotency_key, status,
     assigned_to, lease_token, lease_expires_at, documents_downloaded,
-    documents_failed, documents_skipped, result_summary, last_error,
+    documents_failed, documents_skipped, result_summary, last_error, last_error_code, last_error_page,
     created_at, updated_at, assigned_at, completed_at, task_seq, collection
 """
 
@@ -65,7 +70,17 @@ def to_task(record: Any) -> v1.Task:
 
 
 def to_leased(record: Any) -> v1.LeasedTask:
-    return v1.LeasedTask.model_validate(dict(record))
+    """The leased task, its profile parsed. A stored profile that no longer holds (stored before
+    a bound was tightened) is left out: the client then fails the task, naming the missing
+    profile, rather than the whole lease failing."""
+    fields = dict(record)
+    try:
+        return v1.LeasedTask.model_validate(fields)
+    except ValidationError:
+        if fields.get("profile") is None:
+            raise
+        log.warning("task %s: its source profile %r no longer holds", fields["task_id"], fields["source"])
+        return v1.LeasedTask.model_validate(fields | {"profile": None})
 
 
 async def create_task(pool: Pool, body: v1.TaskCreate, max_attempts: int) -> v1.TaskCreated:

@@ -1,0 +1,183 @@
+"""The fetch-and-store step: one document of a task, from its reference to its `Outcome`.
+
+The body streams from the origin through the content check (client.bodies) into the store,
+which keeps it whole or not at all, under the document's key (storage.keys), fenced by the
+task's lease. A document already in storage is read back and hashed before it is reported as
+skipped. Every way this can go wrong ends as an outcome with a failure code; only a lost lease
+stops the task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+
+from client import bodies
+from client.config import ClientConfig
+from client.download import Body, DocumentFailed, Fetcher
+from client.errors import LeaseLost
+from client.run import Failure, Kind, Outcome, TaskRun
+from client.sources import DocRef
+from protocol import v1
+from protocol.failures import FailureCode
+from storage import PutOptions, Storage, StorageError
+from storage.base import Fence
+from storage.errors import (
+    AlreadyStored,
+    KeyRefused,
+    StaleLease,
+    StorageTimeout,
+    StorageUnavailable,
+    TooLarge,
+    WriteRefused,
+)
+from storage.keys import document_key
+
+log = logging.getLogger("docgate.client")
+STORAGE_RETRY_SECONDS = (0.5, 1.0, 2.0, 4.0, 8.0)  # then the document counts as failed transiently
+
+
+@dataclass(frozen=True)
+class DocumentStep:
+    config: ClientConfig
+    store: Storage
+    fetcher: Fetcher
+    stopping: asyncio.Event
+
+    async def run(self, run: TaskRun, ref: DocRef) -> Outcome:
+        def failed(code: FailureCode, reason: str, permanent: bool, storage: bool = False) -> Outcome:
+            return Outcome.failed(Failure(ref, code, reason), permanent=permanent, storage=storage)
+
+        try:
+            return await self._store_retrying(run, ref)
+        except DocumentFailed as exc:
+            return failed(exc.code, exc.reason, exc.permanent)
+        except TooLarge:
+            return failed(
+                FailureCode.TOO_LARGE, f"over --max-document-size ({self.config.max_document_size})", True
+            )
+        except StaleLease as exc:
+            raise LeaseLost(exc.message) from None
+        except (KeyRefused, WriteRefused) as exc:
+            return failed(FailureCode.STORAGE, exc.message, True)
+        except StorageError as exc:
+            return failed(FailureCode.STORAGE, f"storage: {exc.message}", False, storage=True)
+
+    async def _store_retrying(self, run: TaskRun, ref: DocRef) -> Outcome:
+        """Ride out a short storage outage (resets, stalls) instead of handing the task back at once:
+        a hand-back spends one of the task's attempts, and a client that hands back every task it
+        leases during an outage would spend the whole queue's."""
+        for delay in (*STORAGE_RETRY_SECONDS, None):
+            try:
+                return await self._store(run, ref)
+            except (StorageUnavailable, StorageTimeout) as exc:
+                if delay is None or self.stopping.is_set():
+                    raise
+                log.info(
+                    "document %s: storage trouble (%s); retrying in %.1f s", ref.doc_id, exc.message, delay
+                )
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+        raise AssertionError("unreachable")
+
+    async def _store(self, run: TaskRun, ref: DocRef) -> Outcome:
+        compress = self.config.compress == "gzip"
+        key = document_key(
+            ref.doc_id,
+            ref.ext,
+            shard_size=self.config.shard_size,
+            compressed=compress,
+            collection=run.task.collection,
+        )
+        fence = Fence(str(run.task.task_id), str(run.task.lease_token))
+        found = PutOptions(
+            max_size=self.config.max_document_size, doc_id=ref.doc_id, ext=ref.ext, fence=fence
+        )
+        existing = await self.store.verified(key, found)
+        if existing is not None:
+            return await self._skipped(run, ref, existing)
+        captured: list[v1.Capture | None] = [None]
+
+        async def sink(body: Body) -> v1.StoredDocument:
+            options = replace(found, content_type=body.content_type, compress=compress)
+            captured[0] = body.capture  # the answer these bytes came in
+            chunks = await bodies.checked(body, ref.ext, run.work.rules)
+            if run.warc is None:
+                return await self.store.put(key, chunks, options)
+            chunks, spooled = await run.warc.tee(chunks)
+            try:
+                stored = await self.store.put(key, chunks, options)
+            except BaseException:
+                run.warc.drop(spooled)
+                raise
+            run.warc.add(ref.doc_id, ref.url, body.capture, spooled)
+            return stored
+
+        try:
+            stored = await self.fetcher.fetch(ref.url, sink, bodies.asked(run.work.rules))
+        except AlreadyStored:
+            again = await self.store.verified(key, found)
+            if again is None:
+                raise
+            return await self._skipped(run, ref, again)
+        report = v1.DocumentReport.of_stored(
+            ref.doc_id, stored, url=ref.url, status=v1.DocumentStatus.STORED, capture=captured[0]
+        )
+        return Outcome(Kind.STORED, ref, report, size=stored.size)
+
+    async def _skipped(self, run: TaskRun, ref: DocRef, stored: v1.StoredDocument) -> Outcome:
+        """In storage, but no record vouches for it: the store read it back and hashed it (a
+        store's metadata is no proof: whoever can write the store can set it), and with
+        --verify-existing fetch it is compared with what the origin serves, before it is reported
+        as skipped. With --warc it is fetched and compared too: that fetch is its capture (and
+        its WARC record), so no document is recorded without one."""
+        capture = None
+        if self.config.verify_existing == "fetch" or run.warc is not None:
+            served, capture, spooled = await self.fetcher.fetch(
+                ref.url, partial(self._origin_copy, run, ref), bodies.asked(run.work.rules)
+            )
+            if served != stored.sha256:
+                if run.warc is not None and spooled is not None:
+                    run.warc.drop(spooled)
+                raise DocumentFailed(
+                    FailureCode.STORE_DIFFERS,
+                    f"the store holds other bytes at {stored.storage_key} (sha256 {stored.sha256[:12]}…) "
+                    f"than the origin serves ({served[:12]}…); not recorded: remove the object to "
+                    "fetch it again",
+                    permanent=True,
+                )
+            if run.warc is not None and spooled is not None:
+                run.warc.add(ref.doc_id, ref.url, capture, spooled)
+        report = v1.DocumentReport.of_stored(
+            ref.doc_id, stored, url=ref.url, status=v1.DocumentStatus.SKIPPED, capture=capture
+        )
+        return Outcome(Kind.SKIPPED, ref, report)
+
+    async def _origin_copy(
+        self, run: TaskRun, ref: DocRef, body: Body
+    ) -> tuple[str, v1.Capture | None, Path | None]:
+        """What the origin serves: its sha256, the capture of the answer, and (--warc) its bytes
+        spooled for the WARC record."""
+        chunks = await bodies.checked(body, ref.ext, run.work.rules)
+        spooled = None
+        if run.warc is not None:
+            chunks, spooled = await run.warc.tee(chunks)
+        hasher, size = hashlib.sha256(), 0
+        limit = self.config.max_document_size
+        try:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > limit:
+                    raise DocumentFailed(
+                        FailureCode.TOO_LARGE, f"over --max-document-size ({limit})", permanent=True
+                    )
+                await asyncio.to_thread(hasher.update, chunk)
+        except BaseException:
+            if run.warc is not None and spooled is not None:
+                run.warc.drop(spooled)
+            raise
+        return hasher.hexdigest(), body.capture, spooled
