@@ -36,9 +36,13 @@ install-test: $(TEST_STAMP)
 run: $(STAMP)
 	$(BIN)/docgate server
 
-## Run the whole test suite against real PostgreSQL (embedded unless TEST_DATABASE_URL is set)
+## Run the whole test suite against real PostgreSQL (embedded unless TEST_DATABASE_URL is set).
+## TEST_WORKERS pytest processes (default 4: most tests wait on processes and sockets, not the CPU)
+## take test files as they free up, each with its own embedded PostgreSQL; TEST_WORKERS=0 runs
+## them one by one in this process.
+TEST_WORKERS ?= 4
 test: $(TEST_STAMP) browser
-	$(BIN)/python -m pytest -q -m "not chaos_full and not soak" --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not chaos_full and not soak" -n $(TEST_WORKERS) --dist worksteal --durations=15 $(PYTEST_ARGS)
 
 ## Three 2,000-task chaos seeds with every fault, the checker's negative controls, a longer fuzz run
 chaos: $(TEST_STAMP)

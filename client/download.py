@@ -3,7 +3,11 @@ does not, see benchmarks/transport.py), the SSRF guard, per-host politeness, tim
 
 Retries, with exponential backoff and jitter, on connection errors, timeouts,
 408, 429 and 5xx; `Retry-After` (seconds or an HTTP date) is honoured. Other
-4xx (404, 410, …) are permanent: the document is failed with the reason.
+4xx (404, 410, …) are permanent: the document is failed with its code (protocol.failures).
+
+Why one module of this size: one request's whole path — the guarded resolver, redirects,
+politeness, limits, decoding, retries — each check wrapping the next; split, the order in which
+they apply would no longer be readable in one place.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from common.logs import setup_logging, stop_logging
+from docgate.db import database, migrate, with_pool
 from server.config import Settings
 from server.errors import DocgateError
 from storage import StorageError
@@ -101,22 +102,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-@contextlib.contextmanager
-def database(settings: Settings) -> Iterator[str]:
-    """Yield a DSN: the configured server, or embedded PostgreSQL for the duration."""
-    external = settings.external_dsn()
-    if external is not None:
-        yield external
-        return
-    from server.embedded import start_embedded
-
-    handle, dsn = start_embedded(settings.data_dir)
-    try:
-        yield dsn
-    finally:
-        handle.cleanup()
-
-
 def run_server(args: argparse.Namespace) -> int:
     overrides = {
         k: v
@@ -140,7 +125,7 @@ def run_server(args: argparse.Namespace) -> int:
     # SIGTERM an exception then, so the embedded PostgreSQL below is stopped too.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with database(settings) as dsn:
-        _check_database(dsn)  # migrations: once per start, here, before any worker serves
+        migrate(dsn)  # migrations: once per start, here, before any worker serves
         print(banner(settings), flush=True)
         uvicorn.run(
             _app_for(settings, dsn, args.workers),
@@ -175,30 +160,11 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(0)
 
 
-def _check_database(dsn: str) -> None:
-    _migrate(dsn)
-
-
-def _migrate(dsn: str) -> list[str]:
-    """Apply what is missing; an unreachable server, a database that does not exist or a refused
-    login is one line naming the settings."""
-    import asyncpg
-
-    from server.db.migrate import migrate_dsn
-
-    try:
-        return asyncio.run(migrate_dsn(dsn))
-    except (OSError, TimeoutError) as exc:
-        raise DocgateError(f"cannot reach PostgreSQL (DATABASE_URL / DB_*): {exc}") from None
-    except asyncpg.PostgresError as exc:
-        raise DocgateError(f"PostgreSQL refused the connection (DATABASE_URL / DB_*): {exc}") from None
-
-
 def run_migrate(args: argparse.Namespace) -> int:
     settings = Settings.load()
     setup_logging(settings.log_level, settings.log_format)
     with database(settings) as dsn:
-        applied = _migrate(dsn)
+        applied = migrate(dsn)
     print("applied: " + ", ".join(applied) if applied else "database is up to date")
     return 0
 
@@ -220,7 +186,7 @@ def run_admin_key_reset(args: argparse.Namespace) -> int:
             await pool.close()
 
     with database(settings) as dsn:
-        _check_database(dsn)
+        migrate(dsn)
         print(announce_admin_key(asyncio.run(reset(dsn))))
     return 0
 
@@ -243,7 +209,7 @@ def run_refetch_failed(args: argparse.Namespace) -> int:
         return created.tasks_created
 
     with database(settings) as dsn:
-        _check_database(dsn)
+        migrate(dsn)
         print(f"job {job_id}: {asyncio.run(refetch(dsn))} new tasks for failed documents")
     return 0
 
@@ -278,7 +244,7 @@ def run_export(args: argparse.Namespace) -> int:
         return lines
 
     with database(settings) as dsn:
-        _check_database(dsn)
+        migrate(dsn)
         try:
             with _output(args.output) as out:
                 lines = asyncio.run(export(dsn, out))
@@ -294,6 +260,7 @@ def run_warc_index(args: argparse.Namespace) -> int:
     pywb and other replay tools read, each line naming its file by its storage key."""
     from cdxj_indexer.main import write_cdx_index
 
+    from server.db.documents import warc_keys
     from server.db.pool import create_pool
 
     job_id = _job_id(args.job_id)
@@ -303,23 +270,20 @@ def run_warc_index(args: argparse.Namespace) -> int:
     async def copy(dsn: str, folder: Path) -> int:
         pool = await create_pool(dsn, 1, 1)
         try:
-            async with pool.acquire() as conn:
-                rows = await conn.fetch(
-                    "SELECT storage_key FROM warc_files WHERE job_id = $1 ORDER BY 1", job_id
-                )
-            for row in rows:
-                path = folder / row["storage_key"]
+            keys = await warc_keys(pool, job_id)
+            for key in keys:
+                path = folder / key
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with path.open("wb") as out:
-                    async for chunk in store.open(row["storage_key"]):
+                    async for chunk in store.open(key):
                         out.write(chunk)
         finally:
             await pool.close()
             await store.close()
-        return len(rows)
+        return len(keys)
 
     with database(settings) as dsn, tempfile.TemporaryDirectory(prefix="docgate-cdxj-") as tmp:
-        _check_database(dsn)
+        migrate(dsn)
         files = asyncio.run(copy(dsn, Path(tmp)))
         if not files:
             raise DocgateError(f"job {job_id} has no WARC files recorded (clients write them with --warc)")
@@ -358,16 +322,15 @@ def _job_id(text: str) -> uuid.UUID:
 
 
 def run_pause_job(args: argparse.Namespace) -> int:
-    from docgate.clients_cli import _with_pool
     from server.db import pausing
 
     job_id = _job_id(args.job_id)
     reason = " ".join(str(getattr(args, "reason", "")).split())[:500] or "paused by an operator"
     if args.paused:
-        _with_pool(lambda pool: pausing.pause_job(pool, job_id, reason))
+        with_pool(lambda pool: pausing.pause_job(pool, job_id, reason))
         print(f"job {job_id}: paused; no more of its tasks are leased (those out on lease finish)")
     else:
-        _with_pool(lambda pool: pausing.resume_job(pool, job_id))
+        with_pool(lambda pool: pausing.resume_job(pool, job_id))
         print(f"job {job_id}: resumed; its tasks are leased again")
     return 0
 

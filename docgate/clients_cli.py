@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from docgate.db import with_pool
 from server.config import Settings
-from server.db.pool import Pool
 from server.errors import DocgateError
 
 T = TypeVar("T")
@@ -26,22 +24,6 @@ def add_commands(sub: Any) -> None:
     rotate.set_defaults(run=run_rotate)
 
 
-def _with_pool(work: Callable[[Pool], Awaitable[T]]) -> T:
-    from docgate.cli import _check_database, database
-    from server.db.pool import create_pool
-
-    async def run(dsn: str) -> T:
-        pool = await create_pool(dsn, 1, 1)
-        try:
-            return await work(pool)
-        finally:
-            await pool.close()
-
-    with database(Settings.load()) as dsn:
-        _check_database(dsn)
-        return asyncio.run(run(dsn))
-
-
 def _client_id(text: str) -> uuid.UUID:
     try:
         return uuid.UUID(text)
@@ -52,7 +34,7 @@ def _client_id(text: str) -> uuid.UUID:
 def run_list(args: argparse.Namespace) -> int:
     from server.db.clients import list_clients
 
-    listing = _with_pool(lambda pool: list_clients(pool, Settings.load().client_stale_seconds, 10_000))
+    listing = with_pool(lambda pool: list_clients(pool, Settings.load().client_stale_seconds, 10_000))
     for c in listing.clients:
         seen = c.last_heartbeat_at.isoformat(timespec="seconds") if c.last_heartbeat_at else "never"
         print(f"{c.client_id}  {c.status.value:<8} {c.tasks_held:>4} held  last seen {seen}  {c.client_name}")
@@ -63,7 +45,7 @@ def run_revoke(args: argparse.Namespace) -> int:
     from server.db.clients import revoke_client
 
     client_id = _client_id(args.client_id)
-    revoked = _with_pool(lambda pool: revoke_client(pool, client_id))
+    revoked = with_pool(lambda pool: revoke_client(pool, client_id))
     when = revoked.revoked_at.isoformat(timespec="seconds")
     handed = revoked.tasks_handed_back
     print(f"client {client_id} revoked at {when}; {handed} leases handed back; its key stops within 10 s")
@@ -75,6 +57,6 @@ def run_rotate(args: argparse.Namespace) -> int:
     from server.db.clients import rotate_key
 
     client_id, key = _client_id(args.client_id), new_key()
-    _with_pool(lambda pool: rotate_key(pool, client_id, hash_key(key)))
+    with_pool(lambda pool: rotate_key(pool, client_id, hash_key(key)))
     print(f"client {client_id}: new API key (shown once; the old one stops within 10 s):\n\n    {key}\n")
     return 0

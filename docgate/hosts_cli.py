@@ -6,7 +6,7 @@ import argparse
 import re
 from typing import Any
 
-from docgate.clients_cli import _with_pool
+from docgate.db import with_pool
 from protocol.hosts import HOST_KEY_PATTERN
 from server.config import Settings
 from server.errors import DocgateError
@@ -39,7 +39,7 @@ def run_list(args: argparse.Namespace) -> int:
     from server.db.hosts import Defaults, list_hosts
 
     settings = Settings.load()
-    listing = _with_pool(
+    listing = with_pool(
         lambda pool: list_hosts(pool, Defaults(settings.host_rate_limit, settings.host_connections))
     )
     for h in listing.hosts:
@@ -59,7 +59,7 @@ def run_set(args: argparse.Namespace) -> int:
     if args.rate is not None and args.rate < 0 or args.connections is not None and args.connections < 0:
         raise DocgateError("--rate and --connections must not be negative (0 = no limit)")
     host = _host(args.host)
-    _with_pool(lambda pool: set_budget(pool, host, args.rate, args.connections))
+    with_pool(lambda pool: set_budget(pool, host, args.rate, args.connections))
     rate = "default" if args.rate is None else f"{args.rate:g}"
     connections = "default" if args.connections is None else str(args.connections)
     print(f"{host}: budget {rate} requests/s, {connections} in flight; clients follow within 2 s")
@@ -70,6 +70,6 @@ def run_pause(args: argparse.Namespace) -> int:
     from server.db.hosts import pause
 
     host = _host(args.host)
-    _with_pool(lambda pool: pause(pool, host, args.paused))
+    with_pool(lambda pool: pause(pool, host, args.paused))
     print(f"{host}: {'paused' if args.paused else 'resumed'}; clients follow within 2 s")
     return 0

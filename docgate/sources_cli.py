@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from docgate.clients_cli import _with_pool
+from docgate.db import with_pool
 from protocol import sources as wire
 from server.errors import DocgateError
 
@@ -86,7 +86,7 @@ def _read(path: str) -> str:
 def run_list(args: argparse.Namespace) -> int:
     from server.db.sources import list_sources
 
-    for source in _with_pool(list_sources).sources:
+    for source in with_pool(list_sources).sources:
         print(
             f"{source.name:<24} {source.profile.get('base_url', '')}  {source.profile.get('description', '')}"
         )
@@ -98,7 +98,7 @@ def run_put(args: argparse.Namespace) -> int:
 
     name = _name(args.name)
     profile = load_profile(_read(args.file), args.file)
-    _, created = _with_pool(lambda pool: put_source(pool, name, profile))
+    _, created = with_pool(lambda pool: put_source(pool, name, profile))
     print(f'source {name}: {"stored" if created else "replaced"}; tasks name it in "source"')
     return 0
 
@@ -107,7 +107,7 @@ def run_show(args: argparse.Namespace) -> int:
     from server.db.sources import get_source
 
     name = _name(args.name)
-    print(json.dumps(_with_pool(lambda pool: get_source(pool, name)).profile, indent=2, ensure_ascii=False))
+    print(json.dumps(with_pool(lambda pool: get_source(pool, name)).profile, indent=2, ensure_ascii=False))
     return 0
 
 
@@ -119,7 +119,7 @@ def run_try(args: argparse.Namespace) -> int:
         from server.db.sources import get_source
 
         name = _name(args.name)
-        stored = _with_pool(lambda pool: get_source(pool, name))
+        stored = with_pool(lambda pool: get_source(pool, name))
         profile = load_profile(json.dumps(stored.profile), name)
     try:
         search_params = json.loads(args.search_params)

@@ -104,7 +104,7 @@ async def _migrate(src: Storage, dst: Storage, workers: int, dry_run: bool) -> i
 def run_verify(args: argparse.Namespace) -> int:
     settings = Settings.load()
     store = _open(args.store or settings.store_url)
-    from docgate.cli import database
+    from docgate.db import database
 
     # Records pin versions of the gate's own store; another store (a migrated copy) has its own.
     pinned = args.store in (None, settings.store_url)

@@ -8,6 +8,7 @@ there. A new source's params are one model here and one row of SOURCE_PARAMS.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, StringConstraints, model_validator
@@ -25,29 +26,23 @@ from protocol.base import (
 )
 
 
-def _template(value: str) -> str:
-    no_nul(value)
-    if "{id}" not in value:
-        raise ValueError("url_template must contain {id}")
-    if not re.match(r"^https?://[^/\s]+", value):
-        raise ValueError("url_template must be an http:// or https:// URL")
-    return value
+def _url_with(field: str, placeholder: str | None) -> Callable[[str], str]:
+    """A validator of an http(s) URL (a template when `placeholder` is given)."""
+
+    def check(value: str) -> str:
+        no_nul(value)
+        if placeholder is not None and placeholder not in value:
+            raise ValueError(f"{field} must contain {placeholder}")
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"{field} must be an http:// or https:// URL".lstrip())
+        return value
+
+    return check
 
 
-def _http_url(value: str) -> str:
-    no_nul(value)
-    if not re.match(r"^https?://[^/\s]+", value):
-        raise ValueError("must be an http:// or https:// URL")
-    return value
-
-
-def _listing(value: str) -> str:
-    no_nul(value)
-    if "{page}" not in value:
-        raise ValueError("listing_url must contain {page}")
-    if not re.match(r"^https?://[^/\s]+", value):
-        raise ValueError("listing_url must be an http:// or https:// URL")
-    return value
+_template = _url_with("url_template", "{id}")
+_listing = _url_with("listing_url", "{page}")
+_http_url = _url_with("", None)
 
 
 def _regex(value: str) -> str:

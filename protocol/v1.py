@@ -3,6 +3,9 @@
 Its ground (bounds, scalar types, the Request and Reply bases) is protocol.base, task params
 are protocol.params and source profiles protocol.sources; this module re-exports the first two,
 so the whole contract reads as `v1.<name>`. Imports only the standard library and pydantic.
+
+Why one module of this size: it is the wire — every request and reply of the gate's OpenAPI,
+in the order of the API's sections — and a change to the wire should be one reviewable diff.
 """
 
 # ruff: noqa: F403, F405 - the re-export of protocol.base and protocol.params is the point

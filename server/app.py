@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from typing import Any
@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from protocol import paths
@@ -34,6 +35,7 @@ from server.wakeup import TaskWakeup
 from storage import Storage, StorageError
 
 log = logging.getLogger("docgate.gate")
+UPLOAD = paths.PREFIX + paths.DOCUMENT_RAW  # the route of document uploads (server/api/documents.py)
 PROMOTE_EVERY = 0.25  # seconds between promotions of tasks come due
 CREATION_POLL = 2.0  # seconds between looks for jobs another gate left half created
 
@@ -46,7 +48,8 @@ def create_app(settings: Settings, dsn: str, *, apply_migrations: bool = True) -
     app = FastAPI(title="docgate", version=VERSION, lifespan=lifespan)
     app.include_router(api_router)
     app.include_router(ui_router)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    # Document uploads stream to storage under their own limit (MAX_UPLOAD_BYTES).
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, streamed=[("PUT", UPLOAD)])
     app.add_middleware(Observe, metrics=metrics)
     app.add_exception_handler(DocgateError, _error)
     app.add_exception_handler(StorageError, _error)
@@ -246,16 +249,21 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 class BodyLimit:
     """Refuse bodies over the limit (413, with or without Content-Length) and non-UTF-8 bodies (400).
 
-    The gate's bodies are JSON, which is UTF-8 by definition; binary uploads
-    will get their own streaming route outside this guard.
+    The gate's bodies are JSON, which is UTF-8 by definition; the routes in `streamed` (method
+    and route template, as the router declares them: binary uploads) are matched as the router
+    matches its templates, and pass through with their own limit.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, streamed: Sequence[tuple[str, str]] = ()) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.streamed = [(method, compile_path(template)[0]) for method, template in streamed]
+
+    def _streams(self, scope: Scope) -> bool:
+        return any(m == scope["method"] and p.fullmatch(scope["path"]) for m, p in self.streamed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or _is_upload(scope):
+        if scope["type"] != "http" or self._streams(scope):
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")
@@ -280,12 +288,6 @@ class BodyLimit:
 
     async def _refuse(self, send: Send) -> None:
         await _answer(send, 413, ErrorCode.TOO_LARGE, f"request body larger than {self.max_bytes} bytes")
-
-
-def _is_upload(scope: Scope) -> bool:
-    """Document uploads stream to storage under their own limit (MAX_UPLOAD_BYTES)."""
-    path: str = scope["path"]
-    return scope["method"] == "PUT" and path.startswith("/api/v1/documents/") and path.endswith("/raw")
 
 
 def _is_utf8(body: bytearray) -> bool:

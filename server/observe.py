@@ -10,16 +10,15 @@ from contextvars import ContextVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from protocol import paths
 from server.metrics import Metrics
 
 log = logging.getLogger("docgate.http")
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 GOOD_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # Long-polls last as long as the client asks; their latency says nothing about the gate.
-UNTIMED = {"/api/v1/tasks/request"}
-
-
-API_PREFIX = "/api/v1"
+API_PREFIX = paths.PREFIX
+UNTIMED = {API_PREFIX + paths.TASK_LEASE}
 
 
 def route_label(scope: Scope) -> str:

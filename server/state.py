@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from server.auth import Authenticator
 from server.config import Settings
+from server.db.hosts import Defaults
 from server.db.lifecycle import Backoff
 from server.db.pool import Pool
 from server.metrics import Metrics
@@ -24,6 +25,19 @@ class GateState:
     store: Storage
     # Set when this gate answered 202 for a job, so its background creator starts at once.
     creation: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def host_defaults(self) -> Defaults:
+        """Every host's budget and pause rule unless the host has its own (HOST_* settings)."""
+        s = self.settings
+        return Defaults(
+            s.host_rate_limit,
+            s.host_connections,
+            s.host_pause_ratio,
+            s.host_pause_min_answers,
+            s.host_rate_limit_per_address,
+            s.host_connections_per_address,
+        )
 
     @property
     def backoff(self) -> Backoff:

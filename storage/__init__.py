@@ -17,7 +17,27 @@ from urllib.parse import unquote, urlsplit
 from storage.base import Deadline, ObjectInfo, PutOptions, Storage, StoredObject
 from storage.errors import StorageError
 
-__all__ = ["Deadline", "ObjectInfo", "PutOptions", "Storage", "StorageError", "StoredObject", "open_storage"]
+__all__ = [
+    "URL_SCHEMES",
+    "Deadline",
+    "ObjectInfo",
+    "PutOptions",
+    "Storage",
+    "StorageError",
+    "StoredObject",
+    "names_a_store",
+    "open_storage",
+]
+
+
+# Every backend's url_schemes (storage/*.py): the gate records a document only at a URL one of
+# them would give (a new backend adds its own here, and the gate accepts its reports).
+URL_SCHEMES = ("file://", "s3://", "b2://", "gate:", "memory://")
+
+
+def names_a_store(url: str) -> bool:
+    """Whether `url` is an object's URL in some store docgate can open (or a test's memory)."""
+    return url.startswith(URL_SCHEMES)
 
 
 class StorageSettingError(StorageError):

@@ -20,7 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar, overload
+from typing import ClassVar, TypeVar, overload
 
 from protocol import v1
 from storage.errors import ChecksumMismatch, CorruptGzip, StorageTimeout, TooLarge
@@ -183,6 +183,9 @@ class Storage(ABC):
 
     #: the store's URL, e.g. file:///srv/btl/raw or s3://bucket/prefix
     url: str
+    #: how the URLs of its objects (url_for) begin; listed in storage.URL_SCHEMES, which the
+    #: gate asks whether a report's storage_url names a store at all
+    url_schemes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, deadline: Deadline | None = None, threads: int = 8) -> None:
         self.deadline = deadline or Deadline()

@@ -16,6 +16,9 @@ in the ``user.docgate.sha256`` extended attribute where the filesystem has them.
 Leftovers: a write killed midway leaves a ``.docgate-tmp-*`` file next to its
 destination, never a partial document under a final name. ``sweep()`` (run by
 ``docgate storage sweep`` and by clients at start) removes those older than an hour.
+
+Why one module of this size: the barrier and the write path it orders are read together; the
+durability argument above is about both.
 """
 
 from __future__ import annotations
@@ -128,6 +131,8 @@ class Barrier:
 
 
 class LocalStorage(Storage):
+    url_schemes = ("file://",)
+
     def __init__(
         self, root: str | Path, deadline: Deadline | None = None, threads: int = 32, group_commit: bool = True
     ) -> None:

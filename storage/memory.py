@@ -10,6 +10,8 @@ from storage.keys import check_key
 
 
 class MemoryStorage(Storage):
+    url_schemes = ("memory://",)
+
     def __init__(self, name: str = "test", deadline: Deadline | None = None) -> None:
         super().__init__(deadline, threads=1)
         self.url = f"memory://{name}"

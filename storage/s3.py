@@ -52,6 +52,8 @@ log = logging.getLogger("docgate.storage")
 
 
 class S3Storage(Storage):
+    url_schemes = ("s3://", "b2://")
+
     def __init__(
         self,
         bucket: str,

@@ -138,7 +138,7 @@ async def test_a_short_storage_outage_spends_no_attempt(gate: Gate, tmp_path: Pa
 
 
 async def test_a_long_storage_outage_hands_tasks_back_without_spending_attempts(
-    gate: Gate, tmp_path: Path
+    gate: Gate, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A store that fails past the client's retry window: the client hands its tasks back with the
     attempt given back (attempt_spent=false), leases nothing for a while, and finishes every task
@@ -147,7 +147,11 @@ async def test_a_long_storage_outage_hands_tasks_back_without_spending_attempts(
     origin = Origin(tmp_path, "--size", "2048")
     key = (await gate.register("long-outage"))["X-API-Key"]
     await id_range_job(gate, origin.url + "/doc/{id}.bin", 40, chunk_size=10, max_attempts=2)
-    store = OutageStorage(tmp_path / "store", seconds=25)
+    # The client's storage retries (15.5 s) and leasing pause (10 s, doubling), shortened: the
+    # outage outlasts the retries as it would the real ones.
+    monkeypatch.setattr("client.document.STORAGE_RETRY_SECONDS", (0.2, 0.4, 0.8))
+    monkeypatch.setattr("client.worker.STORAGE_PAUSE_SECONDS", 2.0)
+    store = OutageStorage(tmp_path / "store", seconds=5)
     try:
         async with in_process_worker(gate, key, store, concurrency=8, max_tasks=2) as worker:
             await worker.run()
@@ -159,8 +163,8 @@ async def test_a_long_storage_outage_hands_tasks_back_without_spending_attempts(
     rows = await gate.sql("SELECT status, attempts, documents_failed FROM tasks")
     assert [(r["status"], r["attempts"], r["documents_failed"]) for r in rows] == [("completed", 1, 0)] * 4
     assert stats.stored == 40
-    # After handing back, it leased nothing for its pause (10 s; half of it is a generous floor).
+    # After handing back, it leased nothing for its pause (2 s; half of it is a generous floor).
     (next_lease,) = await gate.sql(
         "SELECT min(at) AS at FROM task_events WHERE event = 'leased' AND at > $1", handed[0]["first"]
     )
-    assert (next_lease["at"] - handed[0]["first"]).total_seconds() >= 5
+    assert (next_lease["at"] - handed[0]["first"]).total_seconds() >= 1

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from conftest import Gate, gate_settings, make_bucket, start_gate
@@ -45,6 +46,17 @@ def report(doc_id: int, data: bytes, key: str | None = None, **extra: Any) -> di
         "size": len(data),
         **extra,
     }
+
+
+async def complete(
+    gate: Gate, client: dict[str, str], task: dict[str, Any], documents: list[dict[str, Any]]
+) -> httpx.Response:
+    """Complete a leased task with these document reports."""
+    return await gate.http.post(
+        "/api/v1/tasks/complete",
+        headers=client,
+        json={"task_id": task["task_id"], "lease_token": task["lease_token"], "documents": documents},
+    )
 
 
 async def test_completion_records_documents_and_failures(gate: Gate) -> None:

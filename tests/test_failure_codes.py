@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
-from test_documents import lease_job
+from test_documents import complete, lease_job
 
 from conftest import Gate
 from protocol import v1
@@ -40,11 +40,7 @@ async def test_the_failure_summary_groups_by_code_not_text(gate: Gate) -> None:
         failed(7, "HTTP 404"),  # no code: filed as other, though its text looks like a 404
         failed(8, "over --max-document-size", "too_large"),
     ]
-    r = await gate.http.post(
-        "/api/v1/tasks/complete",
-        headers=client,
-        json={"task_id": task["task_id"], "lease_token": task["lease_token"], "documents": documents},
-    )
+    r = await complete(gate, client, task, documents)
     assert r.status_code == 200, r.text
     r = await gate.http.get(f"/api/v1/jobs/{task['job_id']}/failures", headers=gate.admin)
     assert r.status_code == 200, r.text
@@ -67,15 +63,7 @@ async def test_the_failure_summary_groups_by_code_not_text(gate: Gate) -> None:
 async def test_an_unknown_code_is_refused_and_changes_nothing(gate: Gate) -> None:
     client = await gate.register()
     task = await lease_job(gate, client, 1, 2)
-    r = await gate.http.post(
-        "/api/v1/tasks/complete",
-        headers=client,
-        json={
-            "task_id": task["task_id"],
-            "lease_token": task["lease_token"],
-            "documents": [failed(1, "HTTP 404", "gone_fishing")],
-        },
-    )
+    r = await complete(gate, client, task, [failed(1, "HTTP 404", "gone_fishing")])
     assert r.status_code == 422 and r.json()["code"] == "invalid_field", r.text
     assert r.json()["detail"][0]["loc"][-1] == "code"
     assert await gate.sql("SELECT 1 FROM document_failures") == []

@@ -152,6 +152,12 @@ async def test_bad_checksum_or_size_stores_nothing(store: Storage) -> None:
     with pytest.raises(TooLarge):
         await store.put(key, from_bytes(payload(200_000)), opts(8, max_size=100_000))
     assert await store.stat(key) is None
+    squeezed = document_key(8, ".tzb", compressed=True)
+    with pytest.raises(TooLarge):  # the limit counts the document's bytes, not the compressed ones
+        await store.put(
+            squeezed, from_bytes(b"a" * 200_000), opts(8, ".tzb", compress=True, max_size=100_000)
+        )
+    assert await store.stat(squeezed) is None
     assert [i async for i in store.list()] == []
 
 

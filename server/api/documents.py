@@ -11,12 +11,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.requests import ClientDisconnect
 
 from protocol import paths, v1
+from server.auth import Principal
 from server.config import UploadGzip
 from server.db import documents as db
 from server.db import lifecycle
 from server.db.lifecycle import Caller
 from server.deps import AdminDep, PrincipalDep, StateDep
 from server.errors import LeaseRequired, PayloadTooLarge, UnsupportedEncoding, UploadInterrupted
+from server.state import GateState
 from storage import PutOptions
 from storage.base import Fence
 from storage.errors import ObjectMissing
@@ -74,6 +76,18 @@ async def started(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     return rest()
 
 
+async def _leased_collection(
+    state: GateState, principal: Principal, doc_id: str, task_id: UUID | None, token: UUID | None
+) -> str:
+    """The collection of the document a client may touch: one of the task it holds the lease of
+    (the admin key may touch any, in the default collection)."""
+    if principal.is_admin:
+        return ""
+    if task_id is None or token is None:
+        raise LeaseRequired()
+    return await lifecycle.check_upload(state.pool, task_id, token, Caller(principal.owner), doc_id)
+
+
 @router.put(paths.DOCUMENT_RAW, response_model=v1.StoredDocument, status_code=201)
 async def upload_document(
     doc_id: DocIdPath,
@@ -81,7 +95,6 @@ async def upload_document(
     state: StateDep,
     principal: PrincipalDep,
     ext: Annotated[str, Query(pattern=v1.EXT_PATTERN)] = "",
-    key: Annotated[str | None, Query(max_length=300, description="ignored; the gate derives it")] = None,
     task_id: UUID | None = None,
     x_lease_token: Annotated[UUID | None, Header(alias=paths.LEASE_HEADER)] = None,
     content_type: Annotated[str | None, Header(max_length=200)] = None,
@@ -90,12 +103,7 @@ async def upload_document(
 ) -> JSONResponse:
     """Store a document in the gate's store, write-once; a client must hold the task's lease."""
     settings = state.settings
-    collection = ""
-    if not principal.is_admin:
-        if task_id is None or x_lease_token is None:
-            raise LeaseRequired()
-        caller = Caller(principal.owner)
-        collection = await lifecycle.check_upload(state.pool, task_id, x_lease_token, caller, doc_id)
+    collection = await _leased_collection(state, principal, doc_id, task_id, x_lease_token)
     gzipped = (content_encoding or "identity").lower() == "gzip"
     if not gzipped and (content_encoding or "identity").lower() != "identity":
         raise UnsupportedEncoding()
@@ -137,12 +145,7 @@ async def stored_document(
     `--storage gate` client reports as skipped. A client may ask only under the task's lease, and
     only for the task's documents; the storage-objects API stays the operator's."""
     settings = state.settings
-    collection = ""
-    if not principal.is_admin:
-        if task_id is None or x_lease_token is None:
-            raise LeaseRequired()
-        caller = Caller(principal.owner)
-        collection = await lifecycle.check_upload(state.pool, task_id, x_lease_token, caller, doc_id)
+    collection = await _leased_collection(state, principal, doc_id, task_id, x_lease_token)
     keys = [document_key(doc_id, ext, shard_size=settings.shard_size, collection=collection)]
     if settings.upload_gzip is UploadGzip.KEEP:
         keys.append(

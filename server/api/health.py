@@ -7,7 +7,6 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from protocol import v1
-from server.api.hosts import defaults as host_defaults
 from server.db import hosts, pausing, stats
 from server.db.pool import connection
 from server.deps import StateDep
@@ -31,6 +30,6 @@ async def health(state: StateDep) -> JSONResponse:
 @router.get("/metrics", response_class=Response)
 async def metrics(state: StateDep) -> Response:
     snap = await stats.snapshot(state.pool, state.settings.client_stale_seconds)
-    listed = await hosts.list_hosts(state.pool, host_defaults(state))
+    listed = await hosts.list_hosts(state.pool, state.host_defaults)
     paused = await pausing.count_paused(state.pool)
     return Response(state.metrics.render(snap, listed.hosts, paused), media_type=CONTENT_TYPE_LATEST)

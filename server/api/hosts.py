@@ -18,18 +18,6 @@ HostPath = Annotated[str, Path(pattern=wire.HOST_KEY_PATTERN, max_length=262)]
 NO_CLIENT = UUID(int=0)
 
 
-def defaults(state: StateDep) -> db.Defaults:
-    s = state.settings
-    return db.Defaults(
-        s.host_rate_limit,
-        s.host_connections,
-        s.host_pause_ratio,
-        s.host_pause_min_answers,
-        s.host_rate_limit_per_address,
-        s.host_connections_per_address,
-    )
-
-
 @router.post(paths.HOST_GRANTS, response_model=wire.GrantReply)
 async def grants(
     body: wire.GrantRequest,
@@ -42,12 +30,12 @@ async def grants(
     client_id = principal.client_id or NO_CLIENT
     state.metrics.count_host_reports(body.hosts)
     address = request.client.host if request.client else ""  # after a trusted proxy's forwarding
-    return await db.grants(state.pool, client_id, session_id, body, defaults(state), address[:64])
+    return await db.grants(state.pool, client_id, session_id, body, state.host_defaults, address[:64])
 
 
 @router.get(paths.HOSTS, response_model=wire.HostList)
 async def list_hosts(state: StateDep, _: AdminDep) -> wire.HostList:
-    return await db.list_hosts(state.pool, defaults(state))
+    return await db.list_hosts(state.pool, state.host_defaults)
 
 
 @router.put(paths.HOST, status_code=204)

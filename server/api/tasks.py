@@ -12,13 +12,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from protocol import paths, v1
-from server.api.hosts import defaults as host_defaults
 from server.auth import Principal
 from server.db import dashboard, discovery, lifecycle, pausing, stats
 from server.db import tasks as db
 from server.db.lifecycle import Caller
 from server.deps import AdminDep, PrincipalDep, SessionHeader, StateDep
-from server.documents import split_reports
+from server.domain.reports import split_reports
 from server.errors import InvalidCursor, LeaseLost, status_and_code
 from server.state import GateState
 
@@ -261,7 +260,7 @@ async def task_status(state: StateDep, _: AdminDep) -> v1.StatusReport:
 @router.get("/stats", response_model=v1.Stats)
 async def get_stats(state: StateDep, _: AdminDep) -> v1.Stats:
     """The dashboard's numbers: counts, the last hour minute by minute, recent jobs with ETA."""
-    board = await dashboard.dashboard(state.pool, state.settings.client_stale_seconds, host_defaults(state))
+    board = await dashboard.dashboard(state.pool, state.settings.client_stale_seconds, state.host_defaults)
     snap = board.snapshot
     minutes = [
         v1.Minute(minutes_ago=59 - i, tasks_completed=t, documents_downloaded=d)

@@ -9,31 +9,11 @@ from uuid import UUID
 from protocol import v1
 from protocol.failures import FailureCode
 from server.db.pool import Connection, Pool, connection
-from server.documents import Reports, check_in_task
+from server.domain.record import DOCUMENT, EXPORTED, RECORD, record_args
+from server.domain.record import EXPORT_COLUMNS as EXPORT_COLUMNS  # the export's, for docgate export
+from server.domain.reports import Reports, check_in_task
 from server.errors import DocumentNotFound, JobNotFound, WrongStorageKey
 from storage.keys import collection_of, document_key
-
-# First record wins: documents are written once, so a later report of the same
-# doc_id describes the same stored object.
-RECORD = """
-INSERT INTO documents (doc_id, source, storage_key, storage_url, sha256, size, content_type,
-                       compressed, version_id, task_id, job_id, client_id, found_by, collection,
-                       attempt, url, final_url, redirects, http_status, response_headers, etag,
-                       last_modified, http_date, content_length, content_encoding, fetched_at,
-                       server_ip, server_port, client_version)
-SELECT d.doc_id, $1, d.storage_key, d.storage_url, d.sha256, d.size, d.content_type,
-       d.compressed, d.version_id, $2, $3, $4, $13, $14, $15, d.url,
-       j.c->>'final_url', j.c->'redirects', (j.c->>'http_status')::int, j.c->'response_headers',
-       j.c->'response_headers'->>'etag', j.c->'response_headers'->>'last-modified',
-       j.c->'response_headers'->>'date', j.c->'response_headers'->>'content-length',
-       j.c->'response_headers'->>'content-encoding', (j.c->>'fetched_at')::timestamptz,
-       j.c->>'server_ip', (j.c->>'server_port')::int, j.c->>'client_version'
-FROM unnest($5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[], $10::text[], $11::bool[],
-            $12::text[], $16::text[], $17::text[])
-     AS d(doc_id, storage_key, storage_url, sha256, size, content_type, compressed, version_id, url, capture),
-     LATERAL (SELECT d.capture::jsonb AS c) j
-ON CONFLICT (collection, doc_id) DO NOTHING
-"""
 
 RECORD_FAILURES = """
 INSERT INTO document_failures (doc_id, job_id, task_id, url, error, code)
@@ -43,8 +23,8 @@ ON CONFLICT (doc_id, task_id) DO UPDATE SET url = excluded.url, error = excluded
                                             code = excluded.code, failed_at = now()
 """
 
-GET = """
-SELECT d.*, d.http_date AS date, d.stored_at AS recorded_at, c.client_name AS client FROM documents d
+GET = f"""
+SELECT {DOCUMENT} FROM documents d
 LEFT JOIN clients c ON c.client_id = d.client_id
 WHERE d.collection = $2 AND d.doc_id = $1
 """
@@ -68,23 +48,18 @@ async def record(conn: Connection, task: Any, reports: Reports) -> None:
     if recorded:
         await conn.execute(
             RECORD,
-            task["source"],
-            task["task_id"],
-            task["job_id"],
-            task["assigned_to"],
-            [str(d.doc_id) for d in recorded],
-            [d.storage_key for d in recorded],
-            [d.storage_url for d in recorded],
-            [d.sha256 for d in recorded],
-            [d.size for d in recorded],
-            [d.content_type for d in recorded],
-            [d.compressed for d in recorded],
-            [d.version_id for d in recorded],
-            _found_by(task),
-            collection,
-            task["attempts"],
-            [d.url for d in recorded],
-            [d.capture.model_dump_json() if d.capture else None for d in recorded],
+            *record_args(
+                {
+                    "source": task["source"],
+                    "task_id": task["task_id"],
+                    "job_id": task["job_id"],
+                    "client_id": task["assigned_to"],
+                    "found_by": _found_by(task),
+                    "collection": collection,
+                    "attempt": task["attempts"],
+                },
+                recorded,
+            ),
         )
     if reports.warc is not None:
         await _record_warc(conn, task, reports.warc, reports.warc_url, collection)
@@ -127,6 +102,13 @@ async def _record_warc(conn: Connection, task: Any, warc: v1.WarcReport, url: st
         task["task_id"], task["job_id"], task["assigned_to"], task["attempts"],
     )  # fmt: skip
     await conn.execute(LINK_WARC, warc.storage_key, collection, doc_ids, task["task_id"])
+
+
+async def warc_keys(pool: Pool, job_id: UUID) -> list[str]:
+    """The storage keys of a job's recorded WARC files, in key order."""
+    async with connection(pool) as conn:
+        rows = await conn.fetch("SELECT storage_key FROM warc_files WHERE job_id = $1 ORDER BY 1", job_id)
+    return [row["storage_key"] for row in rows]
 
 
 def _found_by(task: Any) -> UUID:
@@ -183,16 +165,10 @@ async def iter_documents(pool: Pool, page: int = 1000) -> AsyncIterator[Any]:
         after = (rows[-1]["collection"], rows[-1]["doc_id"])
 
 
-# What an export holds per document: its record and its capture (docgate export, the API).
-EXPORT_COLUMNS = (
-    "doc_id", "collection", "storage_key", "sha256", "size", "url", "final_url", "http_status",
-    "fetched_at", "recorded_at", "client", "client_version", "server_ip", "etag", "last_modified",
-    "attempt", "task_id", "warc_key",
-)  # fmt: skip
-JOB_PAGE = """
-SELECT d.doc_id, d.collection, d.storage_key, d.sha256, d.size, d.url, d.final_url, d.http_status,
-       d.fetched_at, d.stored_at AS recorded_at, c.client_name AS client, d.client_version,
-       d.server_ip, d.etag, d.last_modified, d.attempt, d.task_id, d.warc_key
+# What an export holds per document (EXPORT_COLUMNS): its record and its capture (docgate
+# export, the API).
+JOB_PAGE = f"""
+SELECT {EXPORTED}
 FROM documents d LEFT JOIN clients c ON c.client_id = d.client_id
 WHERE d.job_id = $1 AND d.doc_id > $2 ORDER BY d.doc_id LIMIT $3
 """

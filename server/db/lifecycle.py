@@ -12,6 +12,9 @@ touch any task). Every client write is fenced in its WHERE (`lease_fence`):
 zero rows means the lease is not the caller's, and `classify_refusal` says
 whether that is NotYourTask or LeaseLost. Functions return models, or for a
 batch one result per item (the task, or the error it would have raised alone).
+
+Why one module of this size: the fence is a clause of every statement here, and reading the
+transitions side by side is how one checks that a task ends once.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from protocol import v1
 from server.db import documents
 from server.db.pool import Connection, Pool, connection, transaction
 from server.db.tasks import GET, TASK_COLUMNS, to_leased, to_task
-from server.documents import NO_REPORTS, Reports, check_in_task
+from server.domain.reports import NO_REPORTS, Reports, check_in_task
 from server.errors import Conflict, JobNotFound, LeaseLost, NotYourTask
 
 

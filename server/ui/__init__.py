@@ -24,7 +24,6 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from protocol import v1
 from protocol.hosts import HOST_KEY_PATTERN
-from server.api.hosts import defaults as host_defaults
 from server.db import clients, hosts, lifecycle, pausing
 from server.db import dashboard as data
 from server.db import documents as db_documents
@@ -74,7 +73,7 @@ async def ui(
     found, problem = await _find_task(state, task)
     the_job, failures, job_problem = await _find_job(state, job)
     the_document, document_problem = await _find_document(state, document, collection)
-    board = await data.dashboard(state.pool, state.settings.client_stale_seconds, host_defaults(state))
+    board = await data.dashboard(state.pool, state.settings.client_stale_seconds, state.host_defaults)
     return _page(
         "dashboard.html",
         board=board,
@@ -96,7 +95,7 @@ async def ui(
 async def live(state: StateDep, docgate_admin: AdminCookie = None) -> Response:
     if not await _is_admin(state, docgate_admin):
         return HTMLResponse("", status_code=401)
-    board = await data.dashboard(state.pool, state.settings.client_stale_seconds, host_defaults(state))
+    board = await data.dashboard(state.pool, state.settings.client_stale_seconds, state.host_defaults)
     return _page("live.html", board=board)
 
 

@@ -9,10 +9,9 @@ from typing import Any
 from protocol import v1
 from protocol.scope import TaskScope
 from server.errors import NotInTask, WrongStorageKey
+from storage import names_a_store
 from storage.errors import KeyRefused
 from storage.keys import GZIP_EXT, collection_of, document_key, ext_of
-
-URL_SCHEMES = ("file://", "s3://", "b2://", "gate:", "memory://")
 
 
 @dataclass(frozen=True)
@@ -74,7 +73,7 @@ def _recorded(doc: v1.DocumentReport, shard_size: int, store_url: str) -> v1.Doc
             f"(<doc_id // {shard_size}>/<doc_id><ext>{gz})"
         )
     url = doc.storage_url or f"{store_url.rstrip('/')}/{key}"
-    if not url.startswith(URL_SCHEMES) or not url.endswith("/" + key) and url != f"gate:{key}":
+    if not names_a_store(url) or not url.endswith("/" + key) and url != f"gate:{key}":
         raise WrongStorageKey(f"storage_url must be a store URL ending in /{key}")
     return doc if doc.storage_url == url else doc.model_copy(update={"storage_url": url})
 

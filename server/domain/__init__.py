@@ -1,0 +1,1 @@
+"""The gate's rules with no I/O: what a report may record, the document record."""
