@@ -19,8 +19,9 @@ from __future__ import annotations
 class ClientError(Exception):
     """Client error."""
 
-    def __init__(self, message: str | None = None) -> None:
+    def __init__(self, message: str | None = None, code: str | None = None) -> None:
         self.message = message or (self.__doc__ or "").strip()
+        self.code = code  # the gate's error code (protocol.errors.ErrorCode), when it sent one
         super().__init__(self.message)
 
 

@@ -237,4 +237,4 @@ def gate_error(reply: httpx.Response) -> ClientError:
     detail = body.message()
     if body.code in (C.UNAUTHORIZED, C.FORBIDDEN):
         detail = f"the gate refused the API key (--api-key): {detail}"
-    return ERRORS[body.code](f"{body.code}: {detail}")
+    return ERRORS[body.code](f"{body.code}: {detail}", body.code)

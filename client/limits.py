@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 
 from yarl import URL
 
-from client.errors import ClientError, InvalidRequest
+from client.errors import ClientError
 from protocol import hosts
+from protocol.errors import ErrorCode
 from protocol.v1 import Politeness
 
 log = logging.getLogger("docgate.client")
@@ -213,7 +214,7 @@ class FleetLimits:
                 reply = await self.ask(reports[: hosts.MAX_HOSTS_PER_GRANT])
             except (ClientError, ValueError) as exc:  # ValueError: a reply that is not a grant
                 message = exc.message if isinstance(exc, ClientError) else str(exc)[:200]
-                if isinstance(exc, InvalidRequest) and "route_not_found" in message:
+                if isinstance(exc, ClientError) and exc.code == ErrorCode.ROUTE_NOT_FOUND:
                     log.warning("the gate hands out no host budgets (an older gate); local limits only")
                     self.ask = None
                     for state in self.hosts.values():

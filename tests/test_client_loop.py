@@ -97,6 +97,26 @@ async def test_storing_500_documents_never_stalls_the_loop(gate: Gate, tmp_path:
     assert calls.on_loop() == []
 
 
+async def test_the_process_counts_agree_with_the_gates(gate: Gate, tmp_path: Path) -> None:
+    """Every document is counted once by the client's progress line, failed ones included (they
+    were once left out), and the counts add up to what the gate recorded."""
+    missing = {3, 17, 18, 40}
+    origin = Origin(tmp_path, "--size", "1024", "--missing", ",".join(map(str, missing)))
+    key = (await gate.register("counts"))["X-API-Key"]
+    await id_range_job(gate, origin.url + "/doc/{id}.bin", 50, chunk_size=10)
+    try:
+        async with in_process_worker(gate, key, LocalStorage(tmp_path / "store"), max_tasks=2) as worker:
+            await worker.run()
+    finally:
+        origin.stop()
+    stats = worker.stats
+    (row,) = await gate.sql("SELECT sum(documents_downloaded), sum(documents_failed) FROM tasks")
+    assert (stats.stored, stats.failed) == (46, 4) == (row[0], row[1])
+    assert "stored 46, skipped 0, failed 4" in stats.line()
+    codes = await gate.sql("SELECT doc_id, code FROM document_failures ORDER BY doc_id::int")
+    assert [(r[0], r[1]) for r in codes] == [(str(d), "not_found") for d in sorted(missing)]
+
+
 class OutageStorage(LocalStorage):
     """Local storage whose every call fails as unreachable until `until` (a storage outage)."""
 

@@ -400,7 +400,10 @@ async def test_a_client_waits_for_its_grant_and_goes_on_without_an_older_gate() 
     gate) or a host the gate would not take: the client goes on by its own limits."""
     import asyncio
 
-    from client.errors import GateUnavailable, InvalidRequest
+    import httpx
+
+    from client.errors import GateUnavailable
+    from client.gate import gate_error
     from client.limits import FleetLimits
     from protocol import hosts
 
@@ -408,7 +411,12 @@ async def test_a_client_waits_for_its_grant_and_goes_on_without_an_older_gate() 
 
     async def older_gate(reports: list) -> None:  # type: ignore[type-arg]
         asked.append([r.host for r in reports])
-        raise InvalidRequest("route_not_found: no route GET /api/v1/hosts/grants")
+        # What the client makes of an older gate's answer: its 404 with code route_not_found.
+        raise gate_error(
+            httpx.Response(
+                404, json={"detail": "no route POST /api/v1/hosts/grants", "code": "route_not_found"}
+            )
+        )
 
     limits = FleetLimits(4, None, older_gate)  # type: ignore[arg-type]
     for host in ("registry.example", ""):
