@@ -15,8 +15,8 @@ class FailureCode(StrEnum):
     NOT_FOUND = "not_found"  # 404
     GONE = "gone"  # 410
     FORBIDDEN = "forbidden"  # 401, 403
-    HTTP_ERROR = "http_error"  # any other status: 400, 451, a 429 still there after the retries …
-    SERVER_ERROR = "server_error"  # 5xx (still there after the retries)
+    HTTP_ERROR = "http_error"  # any other final status (400, 451, …)
+    SERVER_ERROR = "server_error"  # 5xx, 408, 425, 429: still there after the retries
     # the origin answered, but not with the document
     BLOCKED = "blocked"  # a block page: block_statuses, a challenge, block_patterns, sizes
     WRONG_TYPE = "wrong_type"  # not what the task's ext names (an HTML page for a PDF)
@@ -52,4 +52,6 @@ def of_status(status: int) -> FailureCode:
         return FailureCode.GONE
     if status in (401, 403):
         return FailureCode.FORBIDDEN
-    return FailureCode.SERVER_ERROR if status >= 500 else FailureCode.HTTP_ERROR
+    if status >= 500 or status in (408, 425, 429):  # what the client retries (client.download)
+        return FailureCode.SERVER_ERROR
+    return FailureCode.HTTP_ERROR

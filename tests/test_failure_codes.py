@@ -112,6 +112,8 @@ async def test_a_task_keeps_its_last_failure_code_and_page(gate: Gate) -> None:
         (403, "forbidden"),
         (500, "server_error"),
         (503, "server_error"),
+        (429, "server_error"),
+        (408, "server_error"),
         (400, "http_error"),
         (451, "http_error"),
     ],

@@ -91,3 +91,41 @@ async def test_psql_f_gives_the_same_schema(pg_base: str) -> None:
         )
     assert await schema_of(by_psql) == await schema_of(by_runner)
     assert await migrate_dsn(by_psql) == []
+
+
+async def test_failures_recorded_before_codes_are_sorted_once_by_their_old_texts(pg_base: str) -> None:
+    """0014 gives the failures an older gate recorded (text only) their codes, from the texts the
+    clients of that time wrote; what no rule recognises is `other`."""
+    dsn = await fresh_database(pg_base, "migrate_failure_codes")
+    old = [m for m in load_migrations() if m.version < 14]
+    texts = {
+        "HTTP 404": "not_found",
+        "HTTP 410 Gone": "gone",
+        "HTTP 403 Forbidden": "forbidden",
+        "HTTP 503": "server_error",
+        "HTTP 429": "server_error",
+        "HTTP 400 Bad Request": "http_error",
+        "HTTP 200: a block page: status 200 with 'captcha'": "blocked",
+        "over --max-document-size (1048576)": "too_large",
+        "an HTML page where the task expects .pdf": "wrong_type",
+        "refused: 10.0.0.1 is a private address": "refused",
+        "timed out after 30 s": "timeout",
+        "http://elsewhere/1 is not on the task's hosts (h); not fetched": "off_hosts",
+        "storage: connection reset": "storage",
+        "more than 10 redirects": "too_many_redirects",
+        "the body ends before its compressed stream does (cut short)": "bad_encoding",
+        "something new": "other",
+    }
+    conn = await asyncpg.connect(dsn)
+    try:
+        for migration in old:
+            await conn.execute(migration.sql)
+        await conn.executemany(
+            "INSERT INTO document_failures (doc_id, task_id, error) VALUES ($1, gen_random_uuid(), $2)",
+            [(str(n), text) for n, text in enumerate(texts)],
+        )
+        await migrate_dsn(dsn)
+        rows = await conn.fetch("SELECT error, code FROM document_failures")
+    finally:
+        await conn.close()
+    assert {r["error"]: r["code"] for r in rows} == texts
