@@ -9,7 +9,7 @@ from uuid import UUID
 from protocol import v1
 from protocol.failures import FailureCode
 from server.db.pool import Connection, Pool, connection
-from server.domain.record import DOCUMENT, EXPORTED, RECORD, record_args
+from server.domain.record import DOCUMENT, EXPORTED, RECORD, Recording, record_args
 from server.domain.record import EXPORT_COLUMNS as EXPORT_COLUMNS  # the export's, for docgate export
 from server.domain.reports import Reports, check_in_task
 from server.errors import DocumentNotFound, JobNotFound, WrongStorageKey
@@ -49,15 +49,15 @@ async def record(conn: Connection, task: Any, reports: Reports) -> None:
         await conn.execute(
             RECORD,
             *record_args(
-                {
-                    "source": task["source"],
-                    "task_id": task["task_id"],
-                    "job_id": task["job_id"],
-                    "client_id": task["assigned_to"],
-                    "found_by": _found_by(task),
-                    "collection": collection,
-                    "attempt": task["attempts"],
-                },
+                Recording(
+                    source=task["source"],
+                    task_id=task["task_id"],
+                    job_id=task["job_id"],
+                    client_id=task["assigned_to"],
+                    found_by=_found_by(task),
+                    collection=collection,
+                    attempt=task["attempts"],
+                ),
                 recorded,
             ),
         )

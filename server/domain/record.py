@@ -13,8 +13,9 @@ should carry it). Nothing else changes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
+from uuid import UUID
 
 from protocol import v1
 
@@ -28,8 +29,21 @@ class Reported:
     value: Callable[[v1.DocumentReport], Any]
 
 
-# From the task's row and the gate (one parameter each, the same for every document of a write).
-FROM_TASK = ("source", "task_id", "job_id", "client_id", "found_by", "collection", "attempt")
+@dataclass(frozen=True)
+class Recording:
+    """What the write that records documents knows of them all: the task's row and the gate's
+    view of it (one parameter each, the same for every document of the write)."""
+
+    source: str
+    task_id: UUID
+    job_id: UUID | None
+    client_id: UUID | None
+    found_by: UUID  # the search that found them: the one that spread them, else the task
+    collection: str
+    attempt: int
+
+
+FROM_TASK = tuple(f.name for f in fields(Recording))
 
 REPORTED = (
     Reported("doc_id", "text", lambda d: str(d.doc_id)),
@@ -88,10 +102,10 @@ def _record() -> str:
 RECORD = _record()
 
 
-def record_args(task: dict[str, Any], recorded: list[v1.DocumentReport]) -> list[Any]:
-    """RECORD's parameters: `task` maps FROM_TASK's names to their values."""
+def record_args(by: Recording, recorded: list[v1.DocumentReport]) -> list[Any]:
+    """RECORD's parameters."""
     return [
-        *(task[name] for name in FROM_TASK),
+        *(getattr(by, name) for name in FROM_TASK),
         *([r.value(d) for d in recorded] for r in REPORTED),
         [d.capture.model_dump_json() if d.capture else None for d in recorded],
     ]
