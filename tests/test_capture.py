@@ -232,9 +232,11 @@ def check_warcs(cluster: Cluster) -> dict[str, dict[str, Any]]:
     payload sha256 is the document's recorded sha256. Returns the response records by doc_id."""
     from warcio.archiveiterator import ArchiveIterator
 
+    # WARCs first: a report the gate was still taking when its client died may commit between
+    # the two reads, and a WARC is recorded in the same write as its documents.
+    warcs = cluster.sql("SELECT * FROM warc_files ORDER BY storage_key")
     documents = {r["doc_id"]: r for r in cluster.sql("SELECT * FROM documents")}
     responses: dict[str, dict[str, Any]] = {}
-    warcs = cluster.sql("SELECT * FROM warc_files ORDER BY storage_key")
     paths = [str(cluster.store / w["storage_key"]) for w in warcs]
     if paths:  # warcio's checker and indexer, once over every file
         checked = warcio("check", "-v", *paths)
