@@ -37,6 +37,8 @@ class Stats:
             self.skipped += 1
         elif kind == "failed":
             self.failed += 1
+        else:
+            return  # a transient failure: the document is not finished (a later try finishes it)
         self._finished()
 
     def _finished(self) -> None:
