@@ -40,7 +40,9 @@ MAX_SIZE = 2**62
 MAX_DOCS_PER_MINUTE = 1e9
 
 DOC_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
-SOURCE_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+# One rule for a source's name, wherever it is given: a task's or job's `source`, a stored
+# profile's name (PUT /api/v1/sources/{name}), a plugin's entry point.
+SOURCE_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
 EXT_PATTERN = r"^(\.[A-Za-z0-9]{1,16}){0,2}$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 

@@ -30,10 +30,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, StringConstraints, model_validator
 
-from protocol.base import EXT_PATTERN, MAX_URL, CollectionName, Reply, Request
+from protocol.base import EXT_PATTERN, MAX_URL, SOURCE_PATTERN, CollectionName, Reply, Request
 from protocol.params import ContentRules
 
-NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
+NAME_PATTERN = SOURCE_PATTERN  # a profile is usable by any task that can name it
 BUILT_IN = frozenset({"search", "id_range", "urls"})
 MAX_FIELDS = 100
 MAX_VALUES = 200
@@ -164,9 +164,6 @@ class SourceProfile(ContentRules):
         if not re.match(r"^https?://[^/\s]+", self.base_url):
             raise ValueError("base_url must be an http:// or https:// URL")
         return self
-
-
-SourceName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 
 
 class StoredSource(Reply):

@@ -328,3 +328,24 @@ def test_the_example_profile_is_the_simulators() -> None:
     from docgate.registry import profile
 
     assert profile("http://127.0.0.1:8090") == EXAMPLE
+
+
+@pytest.mark.parametrize(
+    ("name", "stored"),
+    [("my-reg", True), ("court_reg2", True), ("My-Reg", False), ("-reg", False), ("reg.x", False), ("r" * 64, False)],
+)
+async def test_one_naming_rule_for_profiles_and_tasks(gate: Gate, name: str, stored: bool) -> None:
+    """A name the gate stores a profile under is a name a task can use, and one it refuses is
+    refused for both, with the same rule."""
+    fake = type("R", (), {"url": "http://registry.example"})()
+    put = await gate.http.put(f"/api/v1/sources/{name}", headers=gate.admin, json=profile_for(fake))
+    task = await gate.http.post(
+        "/api/v1/tasks/create", headers=gate.admin, json={"source": name, "params": {}}
+    )
+    if stored:
+        assert put.status_code == 201, put.text
+        assert task.status_code == 201, task.text
+        assert task.json()["source"] == name
+    else:
+        assert put.status_code in (404, 422) and task.status_code == 422, (put.text, task.text)
+        assert "[a-z][a-z0-9_-]" in task.text  # the 422 states the rule
