@@ -332,7 +332,14 @@ def test_the_example_profile_is_the_simulators() -> None:
 
 @pytest.mark.parametrize(
     ("name", "stored"),
-    [("my-reg", True), ("court_reg2", True), ("My-Reg", False), ("-reg", False), ("reg.x", False), ("r" * 64, False)],
+    [
+        ("my-reg", True),
+        ("court_reg2", True),
+        ("My-Reg", False),
+        ("-reg", False),
+        ("reg.x", False),
+        ("r" * 64, False),
+    ],
 )
 async def test_one_naming_rule_for_profiles_and_tasks(gate: Gate, name: str, stored: bool) -> None:
     """A name the gate stores a profile under is a name a task can use, and one it refuses is
