@@ -214,6 +214,7 @@ def listing_origin(pages: list[int], empty_once: int | None) -> Callable[[str, i
         ([5, 5, 3], None, {}, 13, 1),  # a short last page, then empty: the clean end
         ([5], 2, {}, 5, 1),  # one page tells nothing about page size: the end
         ([5, 5, 3], 2, {"page_size": 5}, 13, 2),  # with page_size, one full page is enough
+        ([5, 5, 3], None, {"page_size": 5}, 13, 1),  # and a short page is the last one asked for
     ],
 )
 def test_an_empty_listing_page_mid_listing_is_a_block(
@@ -226,7 +227,7 @@ def test_an_empty_listing_page_mid_listing_is_a_block(
     documents: int,
     attempts: int,
 ) -> None:
-    url, _ = serve(listing_origin(pages, empty_once))
+    url, asked = serve(listing_origin(pages, empty_once))
     cluster = Cluster(tmp_path, db_dsn, HOST_RATE_LIMIT="0")
     try:
         task = {
@@ -247,6 +248,11 @@ def test_an_empty_listing_page_mid_listing_is_a_block(
         assert done["attempts"] == attempts, done
         recorded = cluster.sql("SELECT count(*) AS n FROM documents")[0]["n"]
         assert recorded == documents == len(list(cluster.store.rglob("*.pdf")))
+        after = f"/search/Page/{len(pages) + 1}"
+        if params.get("page_size", 0) > pages[-1]:  # the last page is short: nothing past it asked
+            assert asked[after] == 0, asked
+        elif not params:
+            assert asked[after] >= 1, asked  # the control: without page_size, the empty page tells the end
     finally:
         cluster.stop()
 

@@ -24,7 +24,7 @@ from selectolax.lexbor import LexborHTMLParser
 from client import bodies
 from client.download import Browser, DocumentFailed, Page
 from client.sources import DocRef, SourceContext, SourceError
-from client.sources.search import empty_page, ended_here_before, expected_more
+from client.sources.search import empty_page, ended_here_before, expected_more, short_page
 from common.selectors import broken_selectors
 from protocol import v1
 from protocol.failures import FailureCode
@@ -105,7 +105,8 @@ class ProfileSource:
             number = 1
             while True:
                 self._blocked(browser, page, number)
-                fresh = [ref for ref in self._links(listing, page) if ref.doc_id not in listing.seen]
+                found = self._links(listing, page)
+                fresh = [ref for ref in found if ref.doc_id not in listing.seen]
                 if not fresh:
                     if expected_more(listing.counts, page_size, empty) and not ended_here_before(
                         task, number
@@ -124,11 +125,8 @@ class ProfileSource:
                     if listing.given >= task.max_documents:
                         self.stopped = f"max_documents ({task.max_documents}) reached"
                         return
-                if number >= profile.max_pages:
-                    self.stopped = f"max_pages ({profile.max_pages}) reached"
-                    return
-                if profile.next_page is None:
-                    self.stopped = "the profile has no next_page: one page read"
+                if (stop := _last_page(profile, number, len(found), page_size)) is not None:
+                    self.stopped = stop
                     return
                 number += 1
                 page = await self._next(browser, profile, page, number, task)
@@ -199,6 +197,17 @@ class ProfileSource:
         fresh = [(k, v) for k, v in hidden_fields(page, selector) if k != step.field]
         fields = search_fields(profile, task.search_params, fresh) + [(step.field, str(number))]
         return await browser.open(profile.search.method, self._url(profile, profile.search.url), fields)
+
+
+def _last_page(profile: SourceProfile, number: int, links: int, page_size: int | None) -> str | None:
+    """Why page `number` (with `links` links) is the last one asked for, or None."""
+    if short_page(links, page_size):
+        return f"page {number} is short ({links} of {page_size} links): the last page"
+    if number >= profile.max_pages:
+        return f"max_pages ({profile.max_pages}) reached"
+    if profile.next_page is None:
+        return "the profile has no next_page: one page read"
+    return None
 
 
 def encoded(fields: list[tuple[str, str]], charset: str) -> bytes:

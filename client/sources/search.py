@@ -60,7 +60,8 @@ class SearchSource:
             url = page_url(listing, page, task.search_params)
             text, final = await self.context.fetcher.text(url, bodies.asked(work.rules))
             self._blocked(text, final, work.rules, page)
-            fresh = [ref for ref in links(text, final, pattern) if ref.doc_id not in seen]
+            found = links(text, final, pattern)
+            fresh = [ref for ref in found if ref.doc_id not in seen]
             if not fresh:
                 if expected_more(counts, params.page_size, params.empty_page) and not ended_here_before(
                     task, page
@@ -71,6 +72,8 @@ class SearchSource:
             for ref in fresh[: task.max_documents - len(seen)]:
                 seen.add(ref.doc_id)
                 yield ref
+            if short_page(len(found), params.page_size):
+                return  # the last page: asking for the next would cost a request, or an attempt
             page += 1
 
     def _blocked(self, text: str, url: str, rules: ContentRules, page: int) -> None:
@@ -105,6 +108,11 @@ def empty_page(page: int, counts: list[int]) -> DocumentFailed:
 def ended_here_before(task: v1.LeasedTask, page: int) -> bool:
     """Did the task's last attempt stop on this same empty page? (Then the listing really ends.)"""
     return task.last_error_code is FailureCode.EMPTY_PAGE and task.last_error_page == page
+
+
+def short_page(links: int, page_size: int | None) -> bool:
+    """A page with fewer links than a full one (`page_size`, when known) is the listing's last."""
+    return page_size is not None and links < page_size
 
 
 def expected_more(counts: list[int], page_size: int | None, empty_page: str = "block") -> bool:
