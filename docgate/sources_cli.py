@@ -40,7 +40,12 @@ def add_commands(sub: Any) -> None:
     dry.add_argument(
         "--search-params", default="{}", help='the task\'s search_params, JSON: {"CourtRegion": "11"}'
     )
-    dry.add_argument("--pages", type=int, default=2, help="stop after this many results pages (default 2: a try, not a harvest)")
+    dry.add_argument(
+        "--pages",
+        type=int,
+        default=2,
+        help="stop after this many results pages (default 2: a try, not a harvest)",
+    )
     dry.add_argument("--start-page", type=int, default=1)
     dry.add_argument("--max-documents", type=int, default=1000)
     dry.add_argument(
