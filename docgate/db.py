@@ -49,7 +49,7 @@ def migrate(dsn: str) -> list[str]:
         raise DocgateError(f"PostgreSQL refused the connection (DATABASE_URL / DB_*): {exc}") from None
 
 
-def with_pool(work: Callable[[Pool], Awaitable[T]], settings: Settings | None = None) -> T:
+def with_pool(work: Callable[[Pool], Awaitable[T]]) -> T:
     """Run `work` on a one-connection pool of the migrated database."""
     from server.db.pool import create_pool
 
@@ -60,6 +60,6 @@ def with_pool(work: Callable[[Pool], Awaitable[T]], settings: Settings | None = 
         finally:
             await pool.close()
 
-    with database(settings or Settings.load()) as dsn:
+    with database(Settings.load()) as dsn:
         migrate(dsn)
         return asyncio.run(run(dsn))

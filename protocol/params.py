@@ -179,7 +179,23 @@ class UrlsTaskParams(ContentRules):
     found_by: WireUUID | None = Field(default=None, description="the search task that found these documents")
 
 
-class SearchTaskParams(ContentRules):
+class ListingRules(ContentRules):
+    """How to read a search's results pages: what a task of `search` or of a stored profile
+    may say besides its content rules."""
+
+    page_size: Annotated[int, Field(ge=1, le=10_000)] | None = Field(
+        default=None,
+        description="Links on a full listing page: an empty page after a full one is a block, a "
+        "page with fewer is the last.",
+    )
+    empty_page: Literal["block", "end"] = Field(
+        default="block",
+        description="`end`: a listing page without links always ends the task; `block` (the "
+        "default): after full pages it is taken for a block page and the task tried again later.",
+    )
+
+
+class SearchTaskParams(ListingRules):
     """A search task's params; without listing_url the client's --search-url is used, and the
     gate cannot tell which host the task's documents are on."""
 
@@ -190,22 +206,11 @@ class SearchTaskParams(ContentRules):
         description="Hosts the documents may be on besides the listing's (`*.example.org` for "
         "any subdomain); a report of a document elsewhere is refused as not_in_task.",
     )
-    page_size: Annotated[int, Field(ge=1, le=10_000)] | None = Field(
-        default=None, description="Links on a full listing page: an empty page after a full one is a block."
-    )
-    empty_page: Literal["block", "end"] = Field(
-        default="block",
-        description="`end`: a listing page without links always ends the task; `block` (the "
-        "default): after full pages it is taken for a block page and the task tried again later.",
-    )
 
 
-class ProfileTaskParams(ContentRules):
-    """A task of a stored source profile: the rules over the profile's, and how to read an empty
-    results page (as for `search`)."""
-
-    page_size: Annotated[int, Field(ge=1, le=10_000)] | None = None
-    empty_page: Literal["block", "end"] = "block"
+class ProfileTaskParams(ListingRules):
+    """A task of a stored source profile: its rules over the profile's, and how to read its
+    results pages (as for `search`)."""
 
 
 # The built-in sources whose params the gate can check (a plugin source's are its own).
@@ -226,10 +231,7 @@ def parse(source: str, params: dict[str, Any], *, profiled: bool = False) -> Con
     """A task's params as its source's model. A stored profile's task reads ProfileTaskParams,
     a plugin's its content rules; the rest of theirs is left to them. Raises pydantic's
     ValidationError, which says which field is wrong."""
-    model = ProfileTaskParams if profiled else SOURCE_PARAMS.get(source)
-    if model is None or profiled:
-        known = (model or ContentRules).model_fields
-        return (model or ContentRules).model_validate(
-            {k: v for k, v in params.items() if k in known}, strict=False
-        )
+    model = ProfileTaskParams if profiled else SOURCE_PARAMS.get(source, ContentRules)
+    if profiled or model is ContentRules:  # a profile's or a plugin's: only the fields that are ours
+        params = {k: v for k, v in params.items() if k in model.model_fields}
     return model.model_validate(params, strict=False)
