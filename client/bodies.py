@@ -9,7 +9,11 @@ A task (or its job) can say more in its params, each checked on every document:
 
 - `expect_content_type`: media types a body must declare ("application/pdf", "image/*", "*/*");
 - `min_size`, `max_size`: bytes, after any Content-Encoding is undone;
-- `block_patterns`: texts that mark a block page when found in the first KiB (case-insensitive);
+- `block_patterns`: texts that mark a block page (case-insensitive), looked for in the whole of an
+  HTML page up to PAGE_SCAN (256 KiB; a captcha's prompt often comes after a long head of
+  scripts and styles), and in the first KiB of any other body;
+- `block_selectors`: CSS selectors that mark an HTML page as a block when they match (a captcha
+  dialog shown: `#modalcaptcha[style*=block]`), on the same PAGE_SCAN of the page;
 - `require_patterns`: texts of which one must be in the first KiB;
 - `block_statuses`: statuses that mean a block rather than a missing document (`client.download`).
 
@@ -23,6 +27,8 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import AsyncIterator
 
+from selectolax.lexbor import LexborHTMLParser
+
 from client.download import Asked, Body, DocumentFailed, charset_of
 from protocol.failures import FailureCode
 from protocol.params import ContentRules
@@ -31,7 +37,8 @@ HTML_TYPES = ("text/html", "application/xhtml+xml")
 HTML_EXTS = {"", ".html", ".htm", ".xhtml", ".shtml", ".php", ".asp", ".aspx", ".jsp"}
 HTML_STARTS = (b"<!doctype html", b"<html", b"<head", b"<body")
 SNIFF = 512  # how far the HTML sniff looks
-HEAD = 1024  # how far the patterns look
+HEAD = 1024  # how far require_patterns (and block_patterns in a body that is not HTML) look
+PAGE_SCAN = 256 << 10  # how much of an HTML page block_patterns and block_selectors look at
 
 
 def media_type(content_type: str | None) -> str:
@@ -52,21 +59,43 @@ def found(patterns: list[str] | None, text: str) -> str | None:
     return next((p for p in patterns or () if p.casefold() in folded), None)
 
 
-def head_text(head: bytes, content_type: str | None) -> str:
-    """A body's first KiB as text: in the charset its Content-Type names, else UTF-8."""
+def head_text(head: bytes, content_type: str | None, limit: int = HEAD) -> str:
+    """A body's start as text: in the charset its Content-Type names, else UTF-8."""
     charset = charset_of(content_type) or "utf-8"
     try:
-        return head[:HEAD].decode(charset, errors="replace")
+        return head[:limit].decode(charset, errors="replace")
     except LookupError:
-        return head[:HEAD].decode("utf-8", errors="replace")
+        return head[:limit].decode("utf-8", errors="replace")
+
+
+def looks_html(content_type: str | None, head: bytes) -> bool:
+    start = head[:SNIFF].removeprefix(b"\xef\xbb\xbf").lstrip().lower()
+    return media_type(content_type) in HTML_TYPES or start.startswith(HTML_STARTS)
+
+
+def blocked_page(text: str, rules: ContentRules, where: str = "the page") -> DocumentFailed | None:
+    """A block named by the rules' patterns or selectors in an HTML page's text, or None."""
+    if (pattern := found(rules.block_patterns, text)) is not None:
+        return _block(f"a block page: {where} holds {pattern!r} (block_patterns)")
+    if rules.block_selectors:
+        tree = LexborHTMLParser(text)
+        for selector in rules.block_selectors:
+            if tree.css_first(selector) is not None:
+                return _block(f"a block page: {where} matches {selector!r} (block_selectors)")
+    return None
 
 
 def refusal(ext: str, content_type: str | None, head: bytes, rules: ContentRules) -> DocumentFailed | None:
-    """Why a body that starts with `head` is not the document, or None when it may be."""
+    """Why a body that starts with `head` (PAGE_SCAN of it at most) is not the document, or None
+    when it may be."""
     declared = media_type(content_type)
     text = head_text(head, content_type)
-    if (pattern := found(rules.block_patterns, text)) is not None:
-        return _block(f"a block page: its first KiB holds {pattern!r} (the task's block_patterns)")
+    if looks_html(content_type, head):
+        page = head_text(head, content_type, PAGE_SCAN)
+        if (block := blocked_page(page, rules)) is not None:
+            return block
+    elif (pattern := found(rules.block_patterns, text)) is not None:
+        return _block(f"a block page: its first KiB holds {pattern!r} (block_patterns)")
     if rules.require_patterns and found(rules.require_patterns, text) is None:
         return _wrong("not the document: its first KiB holds none of the task's require_patterns")
     if rules.expect_content_type:
@@ -78,8 +107,7 @@ def refusal(ext: str, content_type: str | None, head: bytes, rules: ContentRules
         )
     if ext.lower().removesuffix(".gz") in HTML_EXTS:
         return None
-    start = head[:SNIFF].removeprefix(b"\xef\xbb\xbf").lstrip().lower()
-    if declared in HTML_TYPES or start.startswith(HTML_STARTS):
+    if looks_html(content_type, head):
         return _wrong(
             f"an HTML page ({declared or 'by its first bytes'}) came where a {ext} document was expected"
         )
@@ -95,18 +123,22 @@ def _wrong(reason: str) -> DocumentFailed:
 
 
 async def checked(body: Body, ext: str, rules: ContentRules) -> AsyncIterator[bytes]:
-    """The body's chunks once its first KiB shows it may be the document; a body outside the
-    task's sizes fails while it streams (the store then keeps nothing)."""
+    """The body's chunks once its start shows it may be the document (its first KiB; an HTML
+    page's first PAGE_SCAN when the rules name blocks); a body outside the task's sizes fails
+    while it streams (the store then keeps nothing)."""
     chunks = aiter(body.chunks)
     held: list[bytes] = []
-    seen = 0
-    while seen < HEAD:
+    seen, want = 0, HEAD
+    while seen < want:
         chunk = await anext(chunks, None)
         if chunk is None:
             break
         held.append(chunk)
         seen += len(chunk)
-    refused = refusal(ext, body.content_type, b"".join(held)[:HEAD], rules)
+        named = rules.block_patterns or rules.block_selectors
+        if want == HEAD and seen >= HEAD and named and looks_html(body.content_type, b"".join(held)):
+            want = PAGE_SCAN  # a page: its prompt may come late
+    refused = refusal(ext, body.content_type, b"".join(held)[:want], rules)
     if refused is not None:
         raise refused
     least, most = rules.min_size, rules.max_size

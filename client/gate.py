@@ -171,10 +171,11 @@ class GateAPI:
         documents: list[v1.DocumentReport],
         summary: dict[str, Any],
         warc: v1.WarcReport | None = None,
+        listing: v1.ListingReport | None = None,
     ) -> v1.Task:
         body = v1.TaskComplete(
             task_id=task.task_id, lease_token=task.lease_token, documents=documents,
-            result_summary=summary, warc=warc, **dict(counts),
+            result_summary=summary, warc=warc, listing=listing, **dict(counts),
         )  # fmt: skip
         return await self._model(v1.Task, "POST", paths.url(paths.TASK_COMPLETE), body)
 

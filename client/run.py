@@ -83,6 +83,7 @@ class TaskRun:
     discovered: int = 0  # found and handed to the fleet (a search that spreads its results)
     queued: int = 0  # of them, new to the gate
     warc: WarcRecorder | None = None  # --warc: the WARC records of what this attempt stored
+    listing: v1.ListingReport | None = None  # a search's: what its results said (total, cap)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property

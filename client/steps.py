@@ -22,7 +22,7 @@ from client.download import DocumentFailed
 from client.errors import ClientError, GateUnavailable, TaskGone
 from client.gate import GateAPI
 from client.run import Failure, Kind, Outcome, TaskRun, fitting
-from client.sources import DocRef, Source, SourceError
+from client.sources import DocRef, Listed, Source, SourceError
 from protocol import v1
 from protocol.failures import FailureCode
 from storage import StorageError
@@ -108,6 +108,8 @@ class TaskSteps:
             await self._dispatch(run, batch, group)
         if stopped is not None:
             raise stopped
+        if isinstance(source, Listed):
+            run.listing = source.report
 
     async def _spread(self, run: TaskRun, source: Source) -> None:
         """A search whose profile spreads its results: what it finds goes to the gate, which
@@ -214,7 +216,7 @@ class TaskSteps:
         await self.report(run, keep_last=fitting(run.pending, v1.MAX_DOCUMENTS_PER_REPORT, last=True))
         async with run.lock:
             warc = await self._warc(run, run.pending)
-            await self.gate.complete(task, run.counts(), run.pending, self._summary(run), warc)
+            await self.gate.complete(task, run.counts(), run.pending, self._summary(run), warc, run.listing)
             run.pending.clear()
         log.info(
             "task %s completed (lease %s): %s stored, %s skipped, %s failed",
@@ -228,6 +230,8 @@ class TaskSteps:
             summary["unreportable_doc_ids"] = run.unreportable[:20]
         if run.discovered:
             summary |= {"discovered": run.discovered, "queued": run.queued}
+        if run.listing is not None:
+            summary["listing"] = run.listing.model_dump(exclude_none=True)
         return summary
 
     async def give_up(

@@ -239,7 +239,7 @@ class Worker:
 
     def _source(self, work: Work) -> Source | None:
         if work.profile is not None:  # a stored profile: the client runs it as data
-            return ProfileSource(SourceContext(self.fetcher))
+            return ProfileSource(SourceContext(self.fetcher, known=self.gate.known))
         return self.sources.get(work.task.source)
 
     def _pause_for_storage(self) -> None:

@@ -15,6 +15,9 @@ def selectors(profile: SourceProfile) -> list[tuple[str, str]]:
         out.append(("start.hidden_fields", profile.start.hidden_fields))
     if profile.detail is not None and profile.detail.document is not None:
         out.append(("detail.document", profile.detail.document))
+    if profile.results.total is not None:
+        out.append(("results.total.selector", profile.results.total.selector))
+    out.extend((f"block_selectors[{i}]", s) for i, s in enumerate(profile.block_selectors or ()))
     return out
 
 

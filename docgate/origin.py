@@ -174,6 +174,9 @@ def add_command(sub: Any) -> None:
     r.add_argument("--form-token", choices=("none", "static", "rotating"), default="static")
     r.add_argument("--paging", choices=("links", "form"), default="links")
     r.add_argument("--max-rate", type=float, default=0.0, help="requests/s past which a captcha page comes")
+    r.add_argument("--max-results", type=int, default=0, help="the most results one search shows (0: no cap)")
+    r.add_argument("--years", type=float, default=3.0, help="decisions are registered over these years")
+    r.add_argument("--burst", type=int, default=0, help="decisions registered on one day mid-span")
     p.set_defaults(run=run_origin)
 
 
@@ -188,6 +191,9 @@ def run_origin(args: argparse.Namespace) -> int:
                 form_field=args.form_token,
                 paging=args.paging,
                 max_rate=args.max_rate,
+                max_results=args.max_results,
+                years=args.years,
+                burst=args.burst,
             )
         )
         asyncio.run(serve(registry, args.host, args.port))

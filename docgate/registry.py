@@ -22,9 +22,21 @@ test_playwright_homepage.html, bulk_requests.py, bulk_requests_playwright.py):
   re-posting the form with the page number (`--paging form`); pages and forms in
   windows-1251 (`--charset windows-1251`): the search text must be sent in it to match.
 
+- The form's registration date range is `RegDateBegin`/`RegDateEnd`, days written dd.mm.yyyy
+  (scrapers of the registry send e.g. `'RegDateBegin': '01.02.2015'`; also `ImportDateBegin`/
+  `ImportDateEnd`); a date the form cannot read is a validation error page.
+- A results page states the search's total ("За заданими параметрами пошуку знайдено
+  документів: N", the seed's notes) and the pager is built for at most `max_results` results
+  (the seed's registry: 100,000): what lies past the cap cannot be paged to at all, only found
+  by a narrower search.
+
 Decisions are deterministic: decision i (0-based) has id 100000 + 7·i, region 2 + i % 25,
 instance 1 + i % 3, and a court named in Ukrainian; `SearchExpression` matches a word of the
-court's name. `GET /_stats` counts requests by kind and how many soft-block pages were served.
+court's name. They are registered over the `years` before `today`, ever denser towards today
+(a registry grows), the first `burst` of them on one day in the middle (a day of mass
+registrations, more than one search shows). `POST /_add?n=N` registers N new decisions today
+(a registry that keeps publishing); `GET /_stats` counts requests by kind and how many
+soft-block pages were served.
 """
 
 from __future__ import annotations
@@ -33,6 +45,7 @@ import secrets
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from html import escape
 from typing import Any
 
@@ -40,6 +53,8 @@ from aiohttp import web
 
 COURTS = ("Київський районний суд", "Львівський окружний суд", "Одеський апеляційний суд")
 CAPTCHA_PROMPT = "Введіть в поле результат арифметичного виразу"
+TOTAL_PHRASE = "За заданими параметрами пошуку знайдено документів:"
+DATE_FORMAT = "%d.%m.%Y"
 PAGE_SIZES = (10, 25, 50, 100)
 SESSION_COOKIE = "ASP.NET_SessionId"
 
@@ -52,6 +67,22 @@ class RegistryConfig:
     paging: str = "links"  # links (/Page/<n>, session-bound) | form (POST with page=<n>)
     max_rate: float = 0.0  # requests per second past which the captcha page is served (0: never)
     block_seconds: float = 2.0
+    max_results: int = 0  # the most results one search's pager shows (0: no cap)
+    years: float = 3.0  # decisions are registered over this many years before today
+    burst: int = 0  # the first decisions, all registered on one day in the middle
+    today: date = field(default_factory=lambda: datetime.now(UTC).date())
+
+    def day(self, i: int) -> date:
+        """The day decision i was registered: denser towards today (the i-th of n at the cube
+        root of i/n of the span), the first `burst` on the span's middle day."""
+        span = int(self.years * 365.25)
+        start = self.today - timedelta(days=span)
+        if i >= self.documents:
+            return self.today  # registered while the registry runs (/_add)
+        if i < self.burst:
+            return start + timedelta(days=span // 2)
+        rest = max(1, self.documents - self.burst)
+        return start + timedelta(days=int(span * ((i - self.burst + 0.5) / rest) ** (1 / 3)))
 
 
 def decision(i: int) -> dict[str, Any]:
@@ -86,6 +117,8 @@ class Registry:
         self.stats: Counter[str] = Counter()
         self.recent: list[float] = []
         self.blocked_until = 0.0
+        self.count = config.documents
+        self.days = [config.day(i) for i in range(config.documents)]
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -95,6 +128,7 @@ class Registry:
         app.router.add_get(r"/Review/{id:\d+}", self.review)
         app.router.add_get(r"/Rtf/{id:\d+}", self.rtf)
         app.router.add_get("/_stats", self.show_stats)
+        app.router.add_post("/_add", self.add)
         return app
 
     # ---- pages
@@ -162,6 +196,7 @@ class Registry:
         return (
             f'{problem}<form action="/" method="post"><!--token-->'
             '<input name="SearchExpression" type="text" value="">'
+            '<input name="RegDateBegin" type="text" value=""><input name="RegDateEnd" type="text" value="">'
             f"<div>{regions}</div><div>{types}</div>"
             f'<select data-val="true" data-val-required="The ItemsPerPage field is required." '
             f'id="PagingInfo_ItemsPerPage" name="PagingInfo.ItemsPerPage">{sizes}</select>'
@@ -169,8 +204,9 @@ class Registry:
         )
 
     def _results(self, session: Session, n: int) -> str:
-        pages = max(1, -(-len(session.found) // session.per_page))
-        shown = session.found[(n - 1) * session.per_page : n * session.per_page]
+        pageable = session.found[: self.config.max_results or None]  # the pager stops at the cap
+        pages = max(1, -(-len(pageable) // session.per_page))
+        shown = pageable[(n - 1) * session.per_page : n * session.per_page] if n <= pages else []
         rows = "".join(
             f'<tr><td><a class="doc_text2" href="/Review/{decision(i)["id"]}" target="_blank">'
             f"{decision(i)['id']}</a></td><td>{escape(decision(i)['court'])}</td></tr>"
@@ -183,7 +219,8 @@ class Registry:
                 '<form action="/" method="post"><!--token--><input name="page" type="hidden" value=""></form>'
             )
         table = f'<table id="tableresult">{rows}</table>'
-        return f'<p>Знайдено {len(session.found)}</p>{table}<div class="pager">{pager}</div>'
+        total = f'<div class="total">{TOTAL_PHRASE} {len(session.found)}</div>'
+        return f'{total}{table}<div class="pager">{pager}</div>'
 
     # ---- routes
 
@@ -216,12 +253,18 @@ class Registry:
         regions = {int(v) for v in form.get("CourtRegion[]", []) if v.isdigit()}
         types = {int(v) for v in form.get("INSType[]", []) if v.isdigit()}
         words = form.get("SearchExpression", [""])[0].strip().lower()
+        try:
+            first, last = (_day(form, "RegDateBegin"), _day(form, "RegDateEnd"))
+        except ValueError:
+            return self._html(self._form("The field RegDateBegin must be a date."), request, session)
         session.per_page = int(size)
         session.found = [
             i
-            for i in range(self.config.documents)
+            for i in range(self.count)
             if (not regions or decision(i)["region"] in regions)
             and (not types or decision(i)["instance"] in types)
+            and (first is None or self._day_of(i) >= first)
+            and (last is None or self._day_of(i) <= last)
             and (not words or words in decision(i)["court"].lower())
         ]
         return self._html(self._results(session, 1) + self._form(), request, session)
@@ -252,6 +295,21 @@ class Registry:
     async def show_stats(self, request: web.Request) -> web.Response:
         return web.json_response(dict(self.stats))
 
+    async def add(self, request: web.Request) -> web.Response:
+        """Register `n` new decisions today (a test's hook: a registry that keeps publishing)."""
+        n = int(request.query.get("n", "1"))
+        first = self.count
+        self.count += n
+        return web.json_response({"added": [decision(i)["id"] for i in range(first, self.count)]})
+
+    def _day_of(self, i: int) -> date:
+        return self.days[i] if i < len(self.days) else self.config.today
+
+
+def _day(form: dict[str, list[str]], name: str) -> date | None:
+    value = form.get(name, [""])[0].strip()
+    return datetime.strptime(value, DATE_FORMAT).date() if value else None
+
 
 def profile(base_url: str) -> dict[str, Any]:
     """The source profile for this registry (examples/reyestr.json is this, for port 8090)."""
@@ -266,8 +324,15 @@ def profile(base_url: str) -> dict[str, Any]:
             "method": "POST",
             "fields": {"PagingInfo.ItemsPerPage": "25", "SearchExpression": ""},
             "params_map": {"CourtRegion": "CourtRegion[]", "INSType": "INSType[]"},
+            "dates": {"begin": "RegDateBegin", "end": "RegDateEnd", "format": DATE_FORMAT},
         },
-        "results": {"links": "a.doc_text2", "id_pattern": r"/Review/(?P<id>\d+)$", "page_size": 25},
+        "results": {
+            "links": "a.doc_text2",
+            "id_pattern": r"/Review/(?P<id>\d+)$",
+            "page_size": 25,
+            "total": {"selector": "div.total", "pattern": r"знайдено документів:\s*(?P<total>[\d\s]+)"},
+            "max_results": 100_000,
+        },
         "next_page": {"url": "/Page/{page}"},
         "detail": {"document": "a#btnRtf", "ext": ".rtf"},
         "block_patterns": [CAPTCHA_PROMPT],
@@ -281,6 +346,7 @@ def expected(
     regions: frozenset[int] = frozenset(),
     types: frozenset[int] = frozenset(),
     words: str = "",
+    days: tuple[date, date] | None = None,
 ) -> list[int]:
     """The ids a search finds: what a test compares the archive with."""
     return [
@@ -289,4 +355,5 @@ def expected(
         if (not regions or decision(i)["region"] in regions)
         and (not types or decision(i)["instance"] in types)
         and (not words or words.lower() in decision(i)["court"].lower())
+        and (days is None or days[0] <= config.day(i) <= days[1])
     ]

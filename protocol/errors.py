@@ -55,6 +55,7 @@ class ErrorCode(StrEnum):
     LEASE_REQUIRED = "lease_required"  # a client upload without task_id and X-Lease-Token
     UNSUPPORTED_ENCODING = "unsupported_encoding"
     JOB_TOO_LARGE = "job_too_large"  # over MAX_JOB_TASKS
+    INVALID_HARVEST = "invalid_harvest"  # a harvest its profile cannot run (no date fields, …)
     # 5xx
     INTERNAL_ERROR = "internal_error"
     DATABASE_UNAVAILABLE = "database_unavailable"

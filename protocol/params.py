@@ -79,6 +79,7 @@ Ext = Annotated[str, StringConstraints(pattern=EXT_PATTERN)]
 MAX_PATTERNS = 20
 BytePattern = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 Status = Annotated[int, Field(ge=100, le=599)]
+BlockSelector = Annotated[str, StringConstraints(min_length=1, max_length=500)]
 
 
 class Politeness(Request):
@@ -111,7 +112,13 @@ class ContentRules(Request):
     block_patterns: Annotated[list[BytePattern], Field(max_length=MAX_PATTERNS)] | None = Field(
         default=None,
         description='Texts that mark a block page (a captcha, "too many requests") when found, '
-        "case-insensitively, in the first KiB of a body.",
+        "case-insensitively, anywhere in the first 256 KiB of an HTML page (in the first KiB of "
+        "any other body).",
+    )
+    block_selectors: Annotated[list[BlockSelector], Field(max_length=MAX_PATTERNS)] | None = Field(
+        default=None,
+        description="CSS selectors that mark an HTML page as a block page when one matches "
+        "(`#modalcaptcha[style*=block]`); checked on results pages too.",
     )
     require_patterns: Annotated[list[BytePattern], Field(max_length=MAX_PATTERNS)] | None = Field(
         default=None,
@@ -211,6 +218,13 @@ class SearchTaskParams(ListingRules):
 class ProfileTaskParams(ListingRules):
     """A task of a stored source profile: its rules over the profile's, and how to read its
     results pages (as for `search`)."""
+
+    over_cap: Literal["split", "truncate"] = Field(
+        default="truncate",
+        description="a search stating more results than the profile's results.max_results: "
+        "`split` stops at once and reports its total (the gate splits the harvest's window); "
+        "`truncate` fetches what the registry shows and reports the window over the cap",
+    )
 
 
 # The built-in sources whose params the gate can check (a plugin source's are its own).

@@ -25,6 +25,8 @@ JOB_PAUSE = "/jobs/{job_id}/pause"
 JOB_RESUME = "/jobs/{job_id}/resume"
 JOB_FAILURES = "/jobs/{job_id}/failures"
 JOB_DOCUMENTS = "/jobs/{job_id}/documents"
+JOB_COVERAGE = "/jobs/{job_id}/coverage"
+JOB_EXTEND = "/jobs/{job_id}/extend"
 # source profiles
 SOURCES = "/sources"
 SOURCE = "/sources/{name}"

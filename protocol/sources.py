@@ -88,6 +88,21 @@ class StartPage(Request):
     )
 
 
+class DateFields(Request):
+    """The search form's date range: the fields a harvest's windows fill, and how a day is
+    written in them (strftime: `%d.%m.%Y` for 31.12.2024)."""
+
+    begin: FieldName
+    end: FieldName
+    format: Annotated[str, StringConstraints(min_length=2, max_length=40)] = "%Y-%m-%d"
+
+    @model_validator(mode="after")
+    def _writes_days(self) -> DateFields:
+        if not all(f"%{c}" in self.format for c in "dmY"):
+            raise ValueError("format must write the day, month and year (%d, %m, %Y)")
+        return self
+
+
 class Search(Request):
     url: Url
     method: Literal["GET", "POST"] = "POST"
@@ -100,6 +115,28 @@ class Search(Request):
         description="a search_params key → the form field it fills (a key not named here fills the "
         "field of its own name)",
     )
+    dates: DateFields | None = Field(
+        default=None, description="the form's date range fields, which a harvest's windows fill"
+    )
+
+
+def _total_pattern(value: str) -> str:
+    try:
+        compiled = re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"is not a regular expression: {exc}") from None
+    if "total" not in compiled.groupindex:
+        raise ValueError("needs a group named total, e.g. знайдено документів: (?P<total>[\\d\\s]+)")
+    return value
+
+
+class Total(Request):
+    """Where a results page states how many results the search has: the text of the first
+    element `selector` matches, searched with `pattern` (its group `total`; spaces and other
+    separators between digits are dropped)."""
+
+    selector: Selector = "body"
+    pattern: Annotated[str, StringConstraints(min_length=1, max_length=1_000), AfterValidator(_total_pattern)]
 
 
 class Results(Request):
@@ -110,6 +147,12 @@ class Results(Request):
         default=None, description="links on a full page: an empty page after a full one is a block"
     )
     ext: Annotated[str, StringConstraints(pattern=EXT_PATTERN)] = ".html"
+    total: Total | None = Field(default=None, description="how a results page states the search's total")
+    max_results: Annotated[int, Field(ge=1, le=100_000_000)] | None = Field(
+        default=None,
+        description="the most results one search shows (the registry's cap): a harvest's window "
+        "over it is split, never truncated",
+    )
 
 
 class NextPage(Request):

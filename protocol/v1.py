@@ -115,6 +115,7 @@ class TaskWork(Reply):
     attempts: int
     max_attempts: int
     collection: str = ""
+    window_id: int | None = Field(default=None, description="the harvest window this task searches")
 
 
 class Task(TaskWork):
@@ -343,6 +344,15 @@ class TaskProgress(Request):
     warc: WarcReport | None = Field(default=None, description="the WARC holding these documents' records")
 
 
+class ListingReport(Request):
+    """What a search's results said: the total the registry stated, the documents found, and
+    whether the listing was cut by the registry's cap (results.max_results)."""
+
+    stated_total: Annotated[int, Field(ge=0, le=2**53)] | None = None
+    found: Count = 0
+    capped: bool = False
+
+
 class TaskComplete(Counts):
     """The seed's completion, with the lease token that fences it (optional, see LeaseToken)."""
 
@@ -351,6 +361,7 @@ class TaskComplete(Counts):
     result_summary: JsonObject | None = None
     documents: Documents = Field(default_factory=list)
     warc: WarcReport | None = Field(default=None, description="the WARC holding these documents' records")
+    listing: ListingReport | None = Field(default=None, description="a search's: what its listing said")
 
 
 class TaskCompleteBatch(Request):

@@ -23,7 +23,7 @@ from server import bootstrap
 from server.api import api_router
 from server.auth import Authenticator
 from server.config import Settings
-from server.db import hosts, jobs, lifecycle, pausing, stats
+from server.db import harvests, hosts, jobs, lifecycle, pausing, stats
 from server.db.pool import create_pool
 from server.errors import DatabaseUnavailable, DocgateError, status_and_code
 from server.metrics import Metrics
@@ -154,6 +154,8 @@ async def _housekeeping(state: GateState) -> None:
             await stats.fold_counts(state.pool)
             await stats.prune_events(state.pool, state.settings.task_events_retention_seconds)
             await pausing.hold_returned(state.pool)
+            while await harvests.start_due_run(state.pool) is not None:
+                pass  # a repeating harvest's run: one gate starts each (the job's row lock)
             rounds += 1
             if rounds % 60 == 0:
                 await hosts.forget(state.pool)

@@ -23,6 +23,7 @@ status and wire code (``protocol.errors.ErrorCode``).
     │   ├── LeaseRequired       422 lease_required
     │   ├── UnsupportedEncoding 422 unsupported_encoding
     │   ├── JobTooLarge         422 job_too_large
+    │   ├── InvalidHarvest      422 invalid_harvest
     │   └── InvalidProfile      422 invalid_field (a selector that does not compile)
     └── BadRequest              400 invalid_body
         ├── InvalidCursor       400 invalid_cursor
@@ -134,6 +135,10 @@ class JobTooLarge(Unprocessable):
     """The job would create more tasks than MAX_JOB_TASKS allows."""
 
 
+class InvalidHarvest(Unprocessable):
+    """The harvest cannot run on its profile as it stands."""
+
+
 class BadRequest(DocgateError):
     """Bad request."""
 
@@ -171,6 +176,7 @@ ERRORS: dict[type[Exception], tuple[int, ErrorCode]] = {
     LeaseRequired: (422, C.LEASE_REQUIRED),
     UnsupportedEncoding: (422, C.UNSUPPORTED_ENCODING),
     JobTooLarge: (422, C.JOB_TOO_LARGE),
+    InvalidHarvest: (422, C.INVALID_HARVEST),
     BadRequest: (400, C.INVALID_BODY),
     InvalidCursor: (400, C.INVALID_CURSOR),
     UploadInterrupted: (400, C.UPLOAD_INTERRUPTED),

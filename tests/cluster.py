@@ -64,6 +64,7 @@ class Cluster:
             "RETRY_BACKOFF_MAX_SECONDS": "1",
             "DB_POOL_MAX": "20",
         } | settings
+        self.env, self.port = env, port
         self.gate = GateProcess(docgate("server"), env, port, tmp)
         self.gate.wait_healthy()
         self.url = self.gate.url
@@ -159,6 +160,12 @@ class Cluster:
         for log in self.logs:
             log.close()
         self.gate.stop()
+
+    def restart_gate(self, sig: int = signal.SIGKILL) -> None:
+        """Stop the gate (killed by default) and start a new one on the same port and database."""
+        self.gate.stop(sig)
+        self.gate = GateProcess(docgate("server"), self.env, self.port, self.tmp)
+        self.gate.wait_healthy()
 
     def log_of(self, index: int) -> str:
         logs = sorted(self.tmp.glob(f"client-*-{index}.log"))

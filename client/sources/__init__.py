@@ -14,10 +14,10 @@ pyproject.toml:
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from client.download import Fetcher
 from protocol import v1
@@ -35,17 +35,31 @@ class DocRef:
     ext: str = ""
 
 
+# Which of these doc_ids the gate has recorded in a collection (GateAPI.known).
+Known = Callable[[list[str], str], Awaitable[set[str]]]
+
+
 @dataclass(frozen=True)
 class SourceContext:
     fetcher: Fetcher
     search_url: str | None = None
     link_pattern: str | None = None
+    known: Known | None = None
 
 
 class Source(Protocol):
     """A built-in source: the task parsed (client.work.Work) in, references out."""
 
     def documents(self, work: Work) -> AsyncIterator[DocRef]: ...
+
+
+@runtime_checkable
+class Listed(Protocol):
+    """A source that pages a registry's results says what they held (stated total, found,
+    capped): a harvest's coverage ledger is made of it."""
+
+    @property
+    def report(self) -> v1.ListingReport | None: ...
 
 
 class Plugin(Protocol):

@@ -79,6 +79,25 @@ class Listing:
     counts: list[int] = field(default_factory=list)
     seen: set[str] = field(default_factory=set)
     given: int = 0
+    stated_total: int | None = None
+    capped: bool = False
+
+    @property
+    def report(self) -> v1.ListingReport:
+        return v1.ListingReport(stated_total=self.stated_total, found=len(self.seen), capped=self.capped)
+
+
+def stated_total(profile: SourceProfile, page: Page) -> int | None:
+    """The total a results page states (the profile's results.total), or None."""
+    total = profile.results.total
+    if total is None:
+        return None
+    node = LexborHTMLParser(page.text).css_first(total.selector)
+    if node is None:
+        return None
+    found = re.search(total.pattern, node.text(separator=" "))
+    digits = re.sub(r"\D", "", found.group("total")) if found is not None else ""
+    return int(digits) if digits else None
 
 
 class ProfileSource:
@@ -87,24 +106,26 @@ class ProfileSource:
         self.stopped = ""
         self.trace: list[str] = []
         self.rules = ContentRules()
+        self.listing: Listing | None = None
+
+    @property
+    def report(self) -> v1.ListingReport | None:
+        """What the listing said (its stated total, documents found, whether capped)."""
+        return None if self.listing is None else self.listing.report
 
     async def documents(self, work: Work) -> AsyncIterator[DocRef]:
         task, profile, rules = work.task, self._profile(work), work.rules
         self.rules = rules
-        listing = Listing(profile, task, re.compile(profile.results.id_pattern))
+        listing = self.listing = Listing(profile, task, re.compile(profile.results.id_pattern))
         own = work.params if isinstance(work.params, ProfileTaskParams) else ProfileTaskParams()
         page_size, empty = own.page_size or profile.results.page_size, own.empty_page
         async with self.context.fetcher.browser(bodies.asked(rules), profile.charset, self.trace) as browser:
-            hidden: list[tuple[str, str]] = []
-            if profile.start is not None:
-                start = await browser.open("GET", self._url(profile, profile.start.url))
-                self._blocked(browser, start, 0)  # no token on a block page
-                hidden = hidden_fields(start, profile.start.hidden_fields)
-            fields = search_fields(profile, task.search_params, hidden)
-            page = await browser.open(profile.search.method, self._url(profile, profile.search.url), fields)
+            page = await self._search(browser, profile, task)
             number = 1
             while True:
                 self._blocked(browser, page, number)
+                if number == 1 and self._split_instead(listing, page, own):
+                    return
                 found = self._links(listing, page)
                 fresh = [ref for ref in found if ref.doc_id not in listing.seen]
                 if not fresh:
@@ -116,20 +137,71 @@ class ProfileSource:
                     self.stopped = f"page {number} has no new documents: the end of the results"
                     return
                 listing.counts.append(len(fresh))
-                for ref in fresh:
-                    listing.seen.add(ref.doc_id)
-                    if number < task.start_page:
-                        continue  # the seed's start_page: earlier pages are paged past
-                    yield await self._document(browser, profile, ref)
-                    listing.given += 1
-                    if listing.given >= task.max_documents:
-                        self.stopped = f"max_documents ({task.max_documents}) reached"
-                        return
-                if (stop := _last_page(profile, number, len(found), page_size)) is not None:
+                listing.seen.update(ref.doc_id for ref in fresh)
+                if number >= task.start_page:  # the seed's start_page: earlier pages are paged past
+                    async for ref in self._page(browser, work, fresh):
+                        yield ref
+                if (stop := self._stop(listing, number, len(found), page_size)) is not None:
                     self.stopped = stop
                     return
                 number += 1
                 page = await self._next(browser, profile, page, number, task)
+
+    async def _search(self, browser: Browser, profile: SourceProfile, task: v1.LeasedTask) -> Page:
+        """The start page (for the session and the form's hidden fields), then the search."""
+        hidden: list[tuple[str, str]] = []
+        if profile.start is not None:
+            start = await browser.open("GET", self._url(profile, profile.start.url))
+            self._blocked(browser, start, 0)  # no token on a block page
+            hidden = hidden_fields(start, profile.start.hidden_fields)
+        fields = search_fields(profile, task.search_params, hidden)
+        return await browser.open(profile.search.method, self._url(profile, profile.search.url), fields)
+
+    def _split_instead(self, listing: Listing, page: Page, own: ProfileTaskParams) -> bool:
+        """Read the first page's stated total; True when it is over the registry's cap and the
+        task says split: nothing is fetched, the gate splits the window."""
+        cap = listing.profile.results.max_results
+        listing.stated_total = stated_total(listing.profile, page)
+        if cap is None or (listing.stated_total or 0) <= cap:
+            return False
+        listing.capped = True
+        if own.over_cap != "split":
+            return False
+        self.stopped = f"{listing.stated_total} results, over the cap ({cap}): the window is split"
+        return True
+
+    async def _page(self, browser: Browser, work: Work, fresh: list[DocRef]) -> AsyncIterator[DocRef]:
+        """A page's documents, up to the task's max_documents; a detail page is opened only
+        for a document the gate has not recorded."""
+        assert self.listing is not None
+        profile, listing = self.listing.profile, self.listing
+        held = await self._held(work, profile, [r.doc_id for r in fresh])
+        for ref in fresh:
+            if listing.given >= work.task.max_documents:
+                return
+            if ref.doc_id in held:  # recorded already: skipped by the fetch step, unopened
+                yield DocRef(ref.doc_id, ref.url, _ext(profile))
+            else:
+                yield await self._document(browser, profile, ref)
+            listing.given += 1
+
+    def _stop(self, listing: Listing, number: int, links: int, page_size: int | None) -> str | None:
+        """Why page `number` is the last one asked for, or None."""
+        cap, task = listing.profile.results.max_results, listing.task
+        if listing.given >= task.max_documents:
+            return f"max_documents ({task.max_documents}) reached"
+        if cap is not None and len(listing.seen) >= cap:
+            # The last page the registry's cap allows: it shows no more, whatever it holds.
+            listing.capped = listing.capped or listing.stated_total is None
+            return f"{len(listing.seen)} results: the registry's cap ({cap})"
+        return _last_page(listing.profile, number, links, page_size)
+
+    async def _held(self, work: Work, profile: SourceProfile, doc_ids: list[str]) -> set[str]:
+        """Of a page's documents, those the gate has recorded, when finding each one's document
+        costs a request (a detail page): a repeated search fetches nothing it holds."""
+        if self.context.known is None or profile.detail is None or profile.detail.document is None:
+            return set()
+        return await self.context.known(doc_ids, work.task.collection)
 
     def _profile(self, work: Work) -> SourceProfile:
         source = work.task.source
@@ -145,13 +217,11 @@ class ProfileSource:
         return urljoin(profile.base_url, url)
 
     def _blocked(self, browser: Browser, page: Page, number: int) -> None:
-        pattern = bodies.found(self.rules.block_patterns, page.text[: bodies.HEAD])
-        if pattern is not None:
+        where = f"results page {number}" if number else page.url
+        block = bodies.blocked_page(page.text[: bodies.PAGE_SCAN], self.rules, where)
+        if block is not None:
             browser.blocked(page.url)
-            where = f"results page {number}" if number else page.url
-            raise DocumentFailed(
-                FailureCode.BLOCKED, f"a block page: {where} holds {pattern!r}", permanent=False
-            )
+            raise block
 
     def _links(self, listing: Listing, page: Page) -> list[DocRef]:
         results = listing.profile.results
@@ -197,6 +267,10 @@ class ProfileSource:
         fresh = [(k, v) for k, v in hidden_fields(page, selector) if k != step.field]
         fields = search_fields(profile, task.search_params, fresh) + [(step.field, str(number))]
         return await browser.open(profile.search.method, self._url(profile, profile.search.url), fields)
+
+
+def _ext(profile: SourceProfile) -> str:
+    return profile.detail.ext if profile.detail is not None else profile.results.ext
 
 
 def _last_page(profile: SourceProfile, number: int, links: int, page_size: int | None) -> str | None:

@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Body, Query
 from fastapi.responses import JSONResponse, Response
+from pydantic import Discriminator, Tag
 
-from protocol import paths, v1
+from protocol import harvests, paths, v1
+from protocol.sources import BUILT_IN
 from server.api.tasks import json_reply
 from server.db import documents, lifecycle, pausing
+from server.db import harvests as harvest_db
 from server.db import jobs as db
 from server.deps import AdminDep, StateDep
-from server.errors import JobTooLarge
+from server.errors import InvalidHarvest, JobTooLarge
 
 router = APIRouter()
+
+
+def _kind(body: Any) -> str:
+    source = body.get("source") if isinstance(body, dict) else getattr(body, "source", None)
+    return "id_range" if source == "id_range" else "harvest"
+
+
+AnyJob = Annotated[
+    Annotated[v1.JobCreate, Tag("id_range")] | Annotated[harvests.HarvestCreate, Tag("harvest")],
+    Discriminator(_kind),
+]
 
 
 @router.post(
@@ -27,7 +41,12 @@ router = APIRouter()
         202: {"model": v1.JobCreated, "description": "a large job: its tasks are being created"},
     },
 )
-async def create_job(body: v1.JobCreate, state: StateDep, _: AdminDep) -> JSONResponse:
+async def create_job(body: Annotated[AnyJob, Body()], state: StateDep, _: AdminDep) -> JSONResponse:
+    """An id_range job (`source: "id_range"`, `params`), or a harvest over a stored profile
+    (`source`: its name, `search_params`, `partition`, optional `split_by` and `repeat`): one
+    search task per window, each window a line of GET /jobs/{id}/coverage."""
+    if isinstance(body, harvests.HarvestCreate):
+        return await _create_harvest(body, state)
     tasks = -(-body.params.count // body.chunk_size)
     if tasks > state.settings.max_job_tasks:
         raise JobTooLarge(
@@ -42,6 +61,38 @@ async def create_job(body: v1.JobCreate, state: StateDep, _: AdminDep) -> JSONRe
         state.creation.set()  # this gate's creator starts at once
     status = (202 if created.creating else 201) if is_new else 200
     return JSONResponse(created.model_dump(mode="json"), status_code=status)
+
+
+async def _create_harvest(body: harvests.HarvestCreate, state: StateDep) -> JSONResponse:
+    if body.source in BUILT_IN:
+        raise InvalidHarvest(
+            f"a harvest runs a stored source profile, not the built-in {body.source!r} "
+            "(an id_range job has source id_range and params)"
+        )
+    created, is_new = await harvest_db.create_harvest(
+        state.pool, body, state.settings.max_attempts, harvests.MAX_WINDOWS
+    )
+    return JSONResponse(created.model_dump(mode="json"), status_code=201 if is_new else 200)
+
+
+@router.get(paths.JOB_COVERAGE, response_model=harvests.Coverage)
+async def job_coverage(
+    job_id: UUID,
+    state: StateDep,
+    _: AdminDep,
+    run: Annotated[int | None, Query(ge=1, le=10_000_000)] = None,
+) -> Response:
+    """A harvest's ledger, window by window (the last run's by default): the registry's stated
+    total, documents found, stored, failed and skipped as already held, each window's state, and
+    the gaps — windows holding less than the registry said — with their failures."""
+    return json_reply(await harvest_db.coverage(state.pool, job_id, run))
+
+
+@router.post(paths.JOB_EXTEND, response_model=v1.JobCreated)
+async def extend_job(job_id: UUID, state: StateDep, _: AdminDep) -> v1.JobCreated:
+    """A new run of a harvest from the day after its last searched day to today."""
+    created = await harvest_db.extend(state.pool, job_id)
+    return created
 
 
 @router.get("/jobs/{job_id}", response_model=v1.Job)

@@ -26,7 +26,7 @@ from typing import Any
 from uuid import UUID
 
 from protocol import v1
-from server.db import documents
+from server.db import documents, harvests
 from server.db.pool import Connection, Pool, connection, transaction
 from server.db.tasks import GET, TASK_COLUMNS, to_leased, to_task
 from server.domain.reports import NO_REPORTS, Reports, check_in_task
@@ -92,7 +92,9 @@ WITH held AS (
     SET status = 'assigned', assigned_to = $2, session_id = $3,
         lease_token = gen_random_uuid(),
         lease_expires_at = now() + make_interval(secs => $4::float8),
-        attempts = t.attempts + 1, assigned_at = now(), updated_at = now()
+        attempts = t.attempts + 1, assigned_at = now(), updated_at = now(),
+        -- what earlier attempts recorded: this attempt's counts are added to it (COUNTS)
+        earlier_downloaded = t.documents_downloaded
     -- By primary key, whatever the planner guesses of the LIMIT (a join on a mis-estimated
     -- CTE turned into a hash of the whole table on a small one).
     WHERE t.task_id = ANY (ARRAY(SELECT task_id FROM candidates))
@@ -109,11 +111,21 @@ FROM leased ORDER BY priority DESC, task_seq
 # $3 owner (NULL for the admin), $4 session id (or NULL), then the write's own.
 FENCE = "task_id = $1 AND " + lease_fence(lease="$2", owner="$3", session="$4")
 
+
+# A task's counters are its totals over its attempts: an attempt reports its own, and what an
+# earlier attempt stored, it finds held (skipped); it is counted as downloaded once, not skipped.
+def totals(downloaded: str, skipped: str, row: str = "") -> str:
+    return (
+        f"documents_downloaded = {row}earlier_downloaded + {downloaded}, "
+        f"documents_skipped = greatest(0, {skipped} - {row}earlier_downloaded)"
+    )
+
+
 COMPLETE = f"""
 WITH done AS (
     UPDATE tasks
-    SET status = 'completed', documents_downloaded = $5, documents_failed = $6,
-        documents_skipped = $7, result_summary = $8, completed_at = now(),
+    SET status = 'completed', {totals("$5", "$7")}, documents_failed = $6,
+        result_summary = $8, completed_at = now(),
         updated_at = now(), lease_expires_at = NULL
     WHERE {FENCE}
     RETURNING *
@@ -140,8 +152,8 @@ WITH input AS (
     FOR UPDATE OF t
 ), done AS (
     UPDATE tasks t
-    SET status = 'completed', documents_downloaded = i.downloaded, documents_failed = i.failed,
-        documents_skipped = i.skipped, result_summary = i.summary, completed_at = now(),
+    SET status = 'completed', {totals("i.downloaded", "i.skipped", "t.")}, documents_failed = i.failed,
+        result_summary = i.summary, completed_at = now(),
         updated_at = now(), lease_expires_at = NULL
     FROM input i, locked l
     -- the fence again after the lock: the lease may have changed while we waited
@@ -156,9 +168,9 @@ SELECT {TASK_COLUMNS} FROM done
 
 PROGRESS = f"""
 UPDATE tasks
-SET documents_downloaded = coalesce($6, documents_downloaded),
+SET documents_downloaded = coalesce(earlier_downloaded + $6, documents_downloaded),
     documents_failed = coalesce($7, documents_failed),
-    documents_skipped = coalesce($8, documents_skipped),
+    documents_skipped = coalesce(greatest(0, $8 - earlier_downloaded), documents_skipped),
     lease_expires_at = now() + make_interval(secs => $5::float8),
     updated_at = now()
 WHERE {FENCE}
@@ -416,11 +428,14 @@ async def complete_task(
         body.documents_skipped,
         body.result_summary,
     )
-    # One statement is atomic on its own; documents need it and their inserts in one transaction.
-    async with _atomic(pool, bool(reports)) as conn:
+    # One statement is atomic on its own; documents need it and their inserts in one transaction,
+    # a harvest window its ledger line (a search's completion carries its listing).
+    async with _atomic(pool, bool(reports) or body.listing is not None) as conn:
         record = await conn.fetchrow(COMPLETE, *args)
         if record is not None:
             await documents.record(conn, record, reports)
+            if record["window_id"] is not None:
+                await harvests.settle(conn, record, body.listing)
             return to_task(record)
         repeat = await classify_refusal(conn, body.task_id, body.lease_token, caller)
     return repeat
@@ -441,12 +456,15 @@ async def complete_tasks(
         [b.result_summary for b in bodies],
     )
     results: list[Completion] = []
-    async with _atomic(pool, any(reports)) as conn:
+    listed = any(b.listing is not None for b in bodies)
+    async with _atomic(pool, any(reports) or listed) as conn:
         done = {r["task_id"]: r for r in await conn.fetch(COMPLETE_MANY, *args)}
         for body, report in zip(bodies, reports, strict=True):
             record = done.get(body.task_id)
             if record is not None:
                 await documents.record(conn, record, report)
+                if record["window_id"] is not None:
+                    await harvests.settle(conn, record, body.listing)
                 results.append(to_task(record))
                 continue
             try:  # a repeat of a completion that already went through answers with the task

@@ -21,7 +21,7 @@ TASK_COLUMNS = """
     priority, max_attempts, attempts, run_after, idempotency_key, status,
     assigned_to, lease_token, lease_expires_at, documents_downloaded,
     documents_failed, documents_skipped, result_summary, last_error, last_error_code, last_error_page,
-    created_at, updated_at, assigned_at, completed_at, task_seq, collection
+    created_at, updated_at, assigned_at, completed_at, task_seq, collection, window_id
 """
 
 INSERT_ONE = f"""
