@@ -62,11 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     migrate = db.add_parser("migrate", help="apply pending migrations and exit")
     migrate.set_defaults(run=run_migrate)
 
-    from docgate import clients_cli, demo, hosts_cli, origin, sources_cli
+    from docgate import clients_cli, demo, harvest_cli, hosts_cli, origin, sources_cli
     from docgate.storage_cli import add_commands
 
     add_commands(sub)
     clients_cli.add_commands(sub)
+    harvest_cli.add_commands(sub)
     hosts_cli.add_commands(sub)
     sources_cli.add_commands(sub)
     origin.add_command(sub)

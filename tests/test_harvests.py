@@ -66,7 +66,9 @@ def wait_settled(
     deadline = time.monotonic() + timeout
     query = f"?run={run}" if run else ""
     while True:
-        r = httpx.get(f"{cluster.url}/api/v1/jobs/{job_id}/coverage{query}", headers=cluster.admin, timeout=30)
+        r = httpx.get(
+            f"{cluster.url}/api/v1/jobs/{job_id}/coverage{query}", headers=cluster.admin, timeout=30
+        )
         if r.status_code == 404 and run is not None:  # that run has not begun yet
             assert time.monotonic() < deadline, r.text
             time.sleep(0.5)
