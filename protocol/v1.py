@@ -604,6 +604,11 @@ class Job(Reply):
     documents_skipped: int
     progress: float
     created_at: datetime
+    harvest: dict[str, Any] | None = Field(
+        default=None, description="a harvest's partition, split and repeat (GET …/coverage shows its windows)"
+    )
+    runs: int = Field(default=0, description="a harvest's runs so far")
+    next_run_at: datetime | None = Field(default=None, description="a repeating harvest's next run")
 
 
 # ---- documents

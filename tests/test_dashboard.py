@@ -229,3 +229,45 @@ def test_actions_need_the_cookie_and_the_csrf_token(cluster: Cluster) -> None:
         token = page.split('name="csrf" content="')[1].split('"')[0]
         ok = admin.post("/ui/actions/cancel-job", json={"id": job}, headers={"X-CSRF-Token": token})
         assert ok.status_code == 200 and ok.json() == {"cancelled": 1}
+
+
+def test_a_harvests_coverage_timeline(browser, cluster: Cluster) -> None:  # type: ignore[no-untyped-def]
+    """A harvest's job view draws its windows on a timeline, placed by their days and coloured
+    by state, and lists its gaps: a short month shows in its place, in its colour."""
+    profile = {
+        "base_url": "http://127.0.0.1:9",
+        "search": {"url": "/", "dates": {"begin": "From", "end": "To", "format": "%d.%m.%Y"}},
+        "results": {"links": "a", "id_pattern": r"/(?P<id>\d+)$"},
+    }
+    r = httpx.put(f"{cluster.url}/api/v1/sources/reg", headers=cluster.admin, json=profile, timeout=30)
+    assert r.status_code == 201, r.text
+    days = {"from": "2024-01-01", "to": "2024-12-31", "every": "month"}
+    job = cluster.post("/api/v1/jobs", {"source": "reg", "partition": {"dates": days}})["job_id"]
+    cluster.sql(
+        "UPDATE harvest_windows SET state = 'complete', stated_total = 10, found = 10, stored = 10 "
+        "WHERE date_from < '2024-06-01'"
+    )
+    cluster.sql(
+        "UPDATE harvest_windows SET state = 'short', stated_total = 10, found = 10, stored = 7, failed = 3 "
+        "WHERE date_from = '2024-06-01'"
+    )
+    page = browser.new_page(viewport={"width": 1300, "height": 1000})
+    try:
+        page.context.add_cookies([{"name": "docgate_admin", "value": ADMIN, "url": cluster.url}])
+        page.goto(f"{cluster.url}/ui?job={job}")
+        page.wait_for_selector("#coverage-timeline .tl-seg")
+        states = page.eval_on_selector_all(
+            "#coverage-timeline .tl-seg", "els => els.map(e => e.dataset.state)"
+        )
+        assert states == ["complete"] * 5 + ["short"] + ["pending"] * 6, states
+        june = page.locator(".tl-seg[data-state=short]")
+        box, bar = june.bounding_box(), page.locator("#coverage-timeline .tl").bounding_box()
+        assert box is not None and bar is not None
+        assert 0.40 < (box["x"] - bar["x"]) / bar["width"] < 0.43  # June starts 152 days into 366
+        colour = june.evaluate("e => getComputedStyle(e).backgroundColor")
+        assert colour == "rgb(240, 160, 32)", colour
+        assert "2024-06-01..2024-06-30" in page.inner_text("#coverage-gaps")
+        assert "7 of 10" in page.inner_text("#coverage-gaps")
+        page.screenshot(path=str(ARTIFACTS / "dashboard-coverage.png"), full_page=True)
+    finally:
+        page.close()

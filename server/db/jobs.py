@@ -260,6 +260,9 @@ async def get_job(pool: Pool, job_id: UUID) -> v1.Job:
                 "collection",
                 "creating",
                 "tasks_created",
+                "harvest",
+                "runs",
+                "next_run_at",
             )  # fmt: skip
         },
         counts=counts,

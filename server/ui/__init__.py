@@ -23,10 +23,12 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from protocol import v1
+from protocol.harvests import Coverage
 from protocol.hosts import HOST_KEY_PATTERN
 from server.db import clients, hosts, lifecycle, pausing
 from server.db import dashboard as data
 from server.db import documents as db_documents
+from server.db import harvests as db_harvests
 from server.db import jobs as db_jobs
 from server.db import tasks as db_tasks
 from server.deps import StateDep
@@ -71,7 +73,7 @@ async def ui(
         return _page("login.html", error=None)
     assert docgate_admin is not None
     found, problem = await _find_task(state, task)
-    the_job, failures, job_problem = await _find_job(state, job)
+    the_job, failures, coverage, job_problem = await _find_job(state, job)
     the_document, document_problem = await _find_document(state, document, collection)
     board = await data.dashboard(state.pool, state.settings.client_stale_seconds, state.host_defaults)
     return _page(
@@ -84,6 +86,7 @@ async def ui(
         job=the_job,
         job_query=job or "",
         job_failures=failures,
+        timeline=coverage,
         job_problem=job_problem,
         document=the_document,
         document_query=document or "",
@@ -124,21 +127,49 @@ async def _find_document(state: GateState, doc_id: str | None, collection: str) 
         return None, exc.message
 
 
-async def _find_job(state: GateState, job: str | None) -> tuple[Any, Any, str | None]:
-    """A job and its failed documents by reason, for the job view."""
+async def _find_job(state: GateState, job: str | None) -> tuple[Any, Any, Any, str | None]:
+    """A job, its failed documents by reason and (a harvest) its coverage, for the job view."""
     if not job:
-        return None, None, None
+        return None, None, None, None
     try:
         job_id = UUID(job.strip())
-        return (
-            await db_jobs.get_job(state.pool, job_id),
-            await db_jobs.failure_summary(state.pool, job_id),
-            None,
-        )
+        found = await db_jobs.get_job(state.pool, job_id)
+        failures = await db_jobs.failure_summary(state.pool, job_id)
+        coverage = None if found.harvest is None else await db_harvests.coverage(state.pool, job_id, None)
+        return found, failures, None if coverage is None else timeline(coverage), None
     except ValueError:
-        return None, None, "not a job id (a UUID like 3f2b…)"
+        return None, None, None, "not a job id (a UUID like 3f2b…)"
     except DocgateError as exc:
-        return None, None, exc.message
+        return None, None, None, exc.message
+
+
+# Which state a segment shows when several windows share its days (a day split by a field).
+WORST = ("failed", "over_cap", "short", "cancelled", "searching", "pending", "complete")
+
+
+def timeline(coverage: Coverage) -> dict[str, Any]:
+    """The coverage as rows of segments placed by their days (one row per partition value), each
+    coloured by its state: the gaps show at a glance."""
+    first, last = coverage.date_from, coverage.date_to
+    span = (last - first).days + 1 if first is not None and last is not None else 1
+    cells: dict[tuple[str, Any, Any], list[str]] = {}
+    for w in coverage.windows:
+        if w.state != "split":
+            cells.setdefault((w.value or "", w.date_from, w.date_to), []).append(w.state)
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for (value, f, t), states in sorted(cells.items(), key=lambda c: (c[0][0], str(c[0][1]))):
+        state = min(states, key=WORST.index)
+        left = 0.0 if f is None or first is None else (f - first).days / span * 100
+        width = 100.0 if f is None or t is None else ((t - f).days + 1) / span * 100
+        title = f"{f or ''}..{t or ''} {value}: {state}".strip()
+        rows.setdefault(value, []).append(
+            {"state": state, "left": round(left, 3), "width": round(width, 3), "title": title}
+        )
+    return {
+        "run": coverage.run, "runs": coverage.runs, "date_from": first, "date_to": last,
+        "totals": coverage.totals, "complete": coverage.complete, "gaps": coverage.gaps,
+        "rows": [{"label": value or "all", "segments": segs} for value, segs in rows.items()],
+    }  # fmt: skip
 
 
 @router.post("/ui/login")
