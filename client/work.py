@@ -33,4 +33,4 @@ class Work:
             where = ".".join(str(p) for p in first["loc"]) or "params"
             raise SourceError(f"{task.source} task params.{where}: {first['msg']}") from None
         rules = params.rules if task.profile is None else merged(task.profile, params)
-        return cls(task, params, rules, task.profile, TaskScope.of(params))
+        return cls(task, params, rules, task.profile, TaskScope.of(params, task.profile))

@@ -4,6 +4,8 @@ every report and upload against it, and the client leaves out what the gate woul
 An `id_range` task names its ids (a range or a list) and a `urls` task its list; a `search`
 task's documents are found by the client, so only their hosts can be checked: the listing's
 host (and its subdomains; the bare domain of a `www.` listing) plus `params.document_hosts`.
+A stored profile's task is checked like a search's: its documents may be on the hosts of the
+profile's base_url and of its pages (start, search, next page), or on its `document_hosts`.
 A search task without `listing_url` (the client's --search-url) and a plugin source's task
 leave both unknown.
 """
@@ -24,6 +26,7 @@ from protocol.params import (
     UrlsTaskParams,
     parse,
 )
+from protocol.sources import SourceProfile
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,12 @@ class TaskScope:
     hosts: frozenset[str] | None
 
     @classmethod
-    def of(cls, params: ContentRules) -> TaskScope:
+    def of(cls, params: ContentRules, profile: SourceProfile | None = None) -> TaskScope:
+        if profile is not None:
+            pages = [profile.base_url, profile.search.url]
+            pages += [p.url for p in (profile.start, profile.next_page) if p is not None and p.url]
+            absolute = [u for u in pages if u.startswith(("http://", "https://"))]
+            return cls(None, (_hosts(absolute) or frozenset()) | set(profile.document_hosts or ()))
         if isinstance(params, IdRangeTaskParams):
             hosts = _hosts([params.url_template])
             if params.ids is not None:
@@ -52,13 +60,19 @@ class TaskScope:
         return cls(None, None)
 
     @classmethod
-    def of_stored(cls, source: str, params: dict[str, Any]) -> TaskScope:
-        """The scope of a task as the database holds it. Params that no longer hold under their
-        source's model (written before a bound was tightened) admit nothing, never everything."""
+    def of_stored(
+        cls, source: str, params: dict[str, Any], profile: dict[str, Any] | None = None
+    ) -> TaskScope:
+        """The scope of a task as the database holds it (with its stored profile's, if it names
+        one). Params or a profile that no longer hold under their model (written before a bound
+        was tightened) admit nothing, never everything."""
         try:
+            if profile is not None:
+                return cls.of(parse(source, params, profiled=True), SourceProfile.model_validate(profile))
             return cls.of(parse(source, params))
         except ValidationError:
-            return cls(frozenset(), frozenset()) if source in SOURCE_PARAMS else cls(None, None)
+            known = source in SOURCE_PARAMS or profile is not None
+            return cls(frozenset(), frozenset()) if known else cls(None, None)
 
     def contains(self, doc_id: str) -> bool | None:
         """Is doc_id one of the task's documents? None when the gate cannot know."""

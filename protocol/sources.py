@@ -31,7 +31,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, StringConstraints, model_validator
 
 from protocol.base import EXT_PATTERN, MAX_URL, SOURCE_PATTERN, CollectionName, Reply, Request
-from protocol.params import ContentRules
+from protocol.params import MAX_HOSTS, ContentRules, HostPattern
 
 NAME_PATTERN = SOURCE_PATTERN  # a profile is usable by any task that can name it
 BUILT_IN = frozenset({"search", "id_range", "urls"})
@@ -195,6 +195,11 @@ class SourceProfile(ContentRules):
     max_pages: Annotated[int, Field(ge=1, le=100_000)] = 1_000
     collection: CollectionName | None = Field(
         default=None, description="the collection its tasks' documents go to when they name none"
+    )
+    document_hosts: Annotated[list[HostPattern], Field(max_length=MAX_HOSTS)] | None = Field(
+        default=None,
+        description="hosts its documents may be on besides base_url's and its pages' (`*.cdn.example` "
+        "for any subdomain); a report of a document elsewhere is refused as not_in_task",
     )
     spread_chunk_size: Annotated[int, Field(ge=1, le=10_000)] | None = Field(
         default=None,

@@ -213,3 +213,33 @@ def test_the_cli_creates_and_shows_a_harvest(db_dsn: str) -> None:
     )  # fmt: skip
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert "--values 'Region': give FIELD=v1,v2" in bad.stderr, bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "hosts", "status"),
+    [
+        ("http://127.0.0.1:9/Review/5", None, 200),  # on the profile's base_url host
+        ("http://elsewhere.test/Review/5", None, 422),  # the negative control: any other host
+        ("http://files.cdn.test/5.rtf", ["*.cdn.test"], 200),  # on the profile's document_hosts
+    ],
+    ids=["profile-host", "elsewhere", "document-hosts"],
+)
+async def test_a_profile_tasks_documents_are_on_its_hosts(
+    gate: Gate, url: str, hosts: list[str] | None, status: int
+) -> None:
+    """A stored profile's task is checked like a search with a listing_url: a document reported
+    from a host that is neither the profile's nor one of its document_hosts is refused, and
+    nothing of the report is recorded."""
+    await put(gate, "reg", PROFILE | ({"document_hosts": hosts} if hosts else {}))
+    r = await gate.http.post("/api/v1/tasks/create", headers=gate.admin, json={"source": "reg"})
+    assert r.status_code == 201, r.text
+    client = await gate.register()
+    task = await lease_window(gate, client)
+    report = doc(5, task["task_id"]) | {"url": url}
+    body = {"task_id": task["task_id"], "lease_token": task["lease_token"], "documents": [report]}
+    r = await gate.http.post("/api/v1/tasks/complete", headers=client, json=body)
+    assert r.status_code == status, r.text
+    recorded = await gate.sql("SELECT doc_id FROM documents")
+    assert len(recorded) == (1 if status == 200 else 0)
+    if status == 422:
+        assert r.json()["code"] == "not_in_task" and "elsewhere.test" in r.text

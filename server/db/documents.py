@@ -8,6 +8,7 @@ from uuid import UUID
 
 from protocol import v1
 from protocol.failures import FailureCode
+from protocol.params import SOURCE_PARAMS
 from server.db.pool import Connection, Pool, connection
 from server.domain.record import DOCUMENT, EXPORTED, RECORD, Recording, record_args
 from server.domain.record import EXPORT_COLUMNS as EXPORT_COLUMNS  # the export's, for docgate export
@@ -32,11 +33,23 @@ WHERE d.collection = $2 AND d.doc_id = $1
 KNOWN = "SELECT doc_id FROM documents WHERE collection = $2 AND doc_id = ANY($1::text[])"
 
 
+async def profile_of(conn: Connection, task: Any) -> dict[str, Any] | None:
+    """The stored profile a task names (None for a built-in source's task)."""
+    if task["source"] in SOURCE_PARAMS:
+        return None
+    profile: dict[str, Any] | None = await conn.fetchval(
+        "SELECT profile FROM sources WHERE name = $1", task["source"]
+    )
+    return profile
+
+
 async def record(conn: Connection, task: Any, reports: Reports) -> None:
     """Record what a fenced write reported; `task` is the row that write returned. A document
     the task does not contain refuses the whole write (the caller's transaction rolls back)."""
     recorded, failed = reports.recorded, reports.failed
-    check_in_task(task, [str(d.doc_id) for d in (*recorded, *failed)], (*recorded, *failed))
+    if recorded or failed:
+        reported = (*recorded, *failed)
+        check_in_task(task, [str(d.doc_id) for d in reported], reported, await profile_of(conn, task))
     collection = task.get("collection") or ""
     for d in recorded:  # a document of the task's collection is stored under its prefix
         if collection_of(d.storage_key or "") != collection:

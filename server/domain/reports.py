@@ -78,11 +78,16 @@ def _recorded(doc: v1.DocumentReport, shard_size: int, store_url: str) -> v1.Doc
     return doc if doc.storage_url == url else doc.model_copy(update={"storage_url": url})
 
 
-def check_in_task(task: Any, doc_ids: list[str], reports: Sequence[v1.DocumentReport] = ()) -> None:
-    """Refuse documents the task (anything with task_id, source and params, as a row has them)
-    does not contain, or whose URL is not on the task's hosts: a client stores and reports only
-    documents of the task it holds."""
-    scope = TaskScope.of_stored(task["source"], task["params"] or {})
+def check_in_task(
+    task: Any,
+    doc_ids: list[str],
+    reports: Sequence[v1.DocumentReport] = (),
+    profile: dict[str, Any] | None = None,
+) -> None:
+    """Refuse documents the task (anything with task_id, source and params, as a row has them;
+    `profile`, the stored profile it names) does not contain, or whose URL is not on the task's
+    hosts: a client stores and reports only documents of the task it holds."""
+    scope = TaskScope.of_stored(task["source"], task["params"] or {}, profile)
     stray = [d for d in doc_ids if scope.contains(d) is False]
     if stray:
         more = f" and {len(stray) - 5} more" if len(stray) > 5 else ""
