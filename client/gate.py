@@ -64,6 +64,7 @@ ERRORS: dict[ErrorCode, type[ClientError]] = {
     C.KEY_IN_USE: GateRefused,
     C.IDEMPOTENCY_CONFLICT: GateRefused,
     C.JOB_TOO_LARGE: GateRefused,
+    C.INVALID_HARVEST: GateRefused,
 }
 
 

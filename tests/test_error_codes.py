@@ -192,6 +192,20 @@ ROWS = [
         SE.WriteRefused,
     ),
     Row(
+        C.INVALID_HARVEST,
+        422,
+        _req(
+            "POST",
+            "/api/v1/jobs",
+            json_body={
+                "source": "search",
+                "partition": {"dates": {"from": "2024-01-01", "to": "2024-01-31"}},
+            },
+        ),
+        CE.GateRefused,
+        SE.WriteRefused,
+    ),
+    Row(
         C.JOB_TOO_LARGE,
         422,
         _req(

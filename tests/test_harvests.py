@@ -142,9 +142,9 @@ def test_a_whole_registry_over_its_cap(tmp_path: Path, db_dsn: str) -> None:
 @pytest.mark.parametrize(
     ("registry_cap", "profile_cap", "split", "ends"),
     [
-        (200, 200, True, "complete"),  # the harvest as it should run: split past the cap
-        (200, 200, False, "over_cap"),  # split turned off: truncated windows, never complete
-        (200, None, True, "short"),  # the cap not declared: the stated totals show what is missing
+        (100, 100, True, "complete"),  # the harvest as it should run: split past the cap
+        (100, 100, False, "over_cap"),  # split turned off: truncated windows, never complete
+        (100, None, True, "short"),  # the cap not declared: the stated totals show what is missing
         (0, None, True, "complete"),  # the control: a registry without a cap
     ],
     ids=["split", "split-off", "cap-undeclared", "no-cap"],
@@ -152,11 +152,11 @@ def test_a_whole_registry_over_its_cap(tmp_path: Path, db_dsn: str) -> None:
 def test_truncation_is_never_complete(
     tmp_path: Path, db_dsn: str, registry_cap: int, profile_cap: int | None, split: bool, ends: str
 ) -> None:
-    """The same 3,000 decisions four ways. Split past the cap, or with no cap at all, every
-    window is complete and the ledger sums to 3,000; a window truncated by the cap — split
+    """The same 2,000 decisions four ways. Split past the cap, or with no cap at all, every
+    window is complete and the ledger sums to 2,000; a window truncated by the cap — split
     turned off, or a cap the profile does not declare — is never complete: over_cap or short,
     named as a gap with what it misses, and the ledger sums to what was really stored."""
-    n = 3_000
+    n = 2_000
     config = RegistryConfig(documents=n, max_results=registry_cap)
     registry = Origin(tmp_path, "--registry", "--decisions", str(n), "--max-results", str(registry_cap))
     cluster = Cluster(tmp_path, db_dsn)
@@ -174,7 +174,7 @@ def test_truncation_is_never_complete(
             assert ("split" in totals["states"]) == (registry_cap > 0), totals["states"]
             return
         assert not cov["complete"] and totals["states"].get(ends, 0) > 0, totals["states"]
-        assert "complete" not in {w["state"] for w in cov["windows"] if (w["stated_total"] or 0) > 200}
+        assert "complete" not in {w["state"] for w in cov["windows"] if (w["stated_total"] or 0) > 100}
         assert len(stored) < n
         missing = sum(g["missing"] for g in cov["gaps"])
         assert missing == n - len(stored) and all(g["state"] == ends for g in cov["gaps"]), cov["gaps"][:3]
@@ -228,10 +228,10 @@ def test_a_repeating_harvest_fetches_only_what_is_new(tmp_path: Path, db_dsn: st
 def test_killing_a_gate_and_a_client_loses_nothing(tmp_path: Path, db_dsn: str) -> None:
     """A gate and a client killed while the harvest runs, a gate and a client started again:
     every decision stored once and whole, no window settled twice, the ledger still adds up."""
-    n, cap = 6_000, 300
-    config = RegistryConfig(documents=n, max_results=cap, burst=400)
+    n, cap = 4_000, 200
+    config = RegistryConfig(documents=n, max_results=cap, burst=300)
     registry = Origin(
-        tmp_path, "--registry", "--decisions", str(n), "--max-results", str(cap), "--burst", "400"
+        tmp_path, "--registry", "--decisions", str(n), "--max-results", str(cap), "--burst", "300"
     )
     cluster = Cluster(tmp_path, db_dsn)
     try:
