@@ -211,9 +211,10 @@ class GateAPI:
         reply = await self._model(v1.HeartbeatReply, "POST", path, body, attempts=2)
         return reply.cancelled_task_ids
 
-    async def grants(self, reports: list[hosts.HostReport]) -> hosts.GrantReply:
-        """This client's shares of the hosts' budgets, with what it saw since it last asked."""
-        body = hosts.GrantRequest(hosts=reports)
+    async def grants(self, reports: list[hosts.HostReport], tasks: list[UUID]) -> hosts.GrantReply:
+        """This client's shares of the hosts' budgets, with what it saw since it last asked; and
+        which of the tasks it holds the gate has paused (their job)."""
+        body = hosts.GrantRequest(hosts=reports, tasks=tasks)
         return await self._model(hosts.GrantReply, "POST", paths.url(paths.HOST_GRANTS), body, attempts=1)
 
     async def known(self, doc_ids: list[str], collection: str = "") -> set[str]:

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from uuid import UUID
 
 from yarl import URL
 
@@ -70,7 +71,7 @@ class Slots:
                 self._changed.notify_all()
 
 
-Ask = Callable[[list[hosts.HostReport]], Awaitable[hosts.GrantReply]]
+Ask = Callable[[list[hosts.HostReport], list[UUID]], Awaitable[hosts.GrantReply]]
 IDLE_SECONDS = 10.0  # a host not fetched from for this long is no longer reported
 WARN_SECONDS = 30.0  # how often a client waiting on the gate's grants says so
 Cap = tuple[float | None, int | None]  # a job's politeness: requests per second, connections
@@ -137,6 +138,11 @@ class FleetLimits:
         self.connections = connections
         self.rate = rate
         self.ask = ask
+        # The worker's: the tasks it holds (asked about with every grant), and what to do with
+        # those the gate says are paused (hand them back): a job's pause reaches the fleet as
+        # fast as a host's, about a second.
+        self.held: Callable[[], list[UUID]] = list
+        self.on_paused: Callable[[list[UUID]], None] = lambda task_ids: None
         self.hosts: dict[str, HostState] = {}
         self._loop: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -165,12 +171,18 @@ class FleetLimits:
             if cap not in state.caps:
                 self._wake.set()
             state.caps[cap] = state.used_at
-        await _until_open(state)
-        async with state.slots.hold():
-            if state.bucket is not None:
-                await state.bucket.take()
-            state.used_at = time.monotonic()
-            yield
+        while True:
+            await _until_open(state)
+            async with state.slots.hold():
+                if state.bucket is not None:
+                    await state.bucket.take()
+                # Paused (or told to wait) while this one queued for a connection or a start: it
+                # queues again, rather than go out up to a whole queue's worth after the pause.
+                if state.closed(now := time.monotonic()):
+                    continue
+                state.used_at = now
+                yield
+                return
 
     async def until_open(self, host: str) -> None:
         """Wait while the host is paused (by the gate), told us to wait (Retry-After), or has
@@ -211,7 +223,9 @@ class FleetLimits:
                 continue
             reports = [state.report(host, asked_at) for host, state in active.items()]
             try:
-                reply = await self.ask(reports[: hosts.MAX_HOSTS_PER_GRANT])
+                reply = await self.ask(
+                    reports[: hosts.MAX_HOSTS_PER_GRANT], self.held()[: hosts.MAX_TASKS_PER_GRANT]
+                )
             except (ClientError, ValueError) as exc:  # ValueError: a reply that is not a grant
                 message = exc.message if isinstance(exc, ClientError) else str(exc)[:200]
                 if isinstance(exc, ClientError) and exc.code == ErrorCode.ROUTE_NOT_FOUND:
@@ -228,6 +242,8 @@ class FleetLimits:
             refresh = max(0.2, min(reply.refresh_seconds, 5.0))
             for grant in reply.grants:
                 await self._apply(grant, asked_at + max(0.0, min(reply.valid_seconds, 60.0)))
+            if reply.paused_task_ids:
+                self.on_paused(reply.paused_task_ids)
 
     async def _apply(self, grant: hosts.HostGrant, valid_until: float) -> None:
         state = self.hosts.get(grant.host)

@@ -80,6 +80,7 @@ class TaskRun:
     unreportable: list[str] = field(default_factory=list)
     storage_failed: bool = False  # a document failed because the store did, not the origin
     cancelled_by_gate: bool = False
+    paused_by_gate: bool = False  # its job was paused: handed back, what is unfetched unfetched
     discovered: int = 0  # found and handed to the fleet (a search that spreads its results)
     queued: int = 0  # of them, new to the gate
     warc: WarcRecorder | None = None  # --warc: the WARC records of what this attempt stored

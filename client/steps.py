@@ -261,10 +261,15 @@ class TaskSteps:
             log.info("task %s handed back (%s, %s): %s", run.task.task_id, kind, code, error)
 
     async def hand_back(self, run: TaskRun) -> None:
-        """On shutdown: report what was stored, then give the task back (retryable)."""
+        """On shutdown, or when the gate paused the task's job: report what was stored, then give
+        the task back (retryable; a pause's without spending the attempt)."""
         try:
             async with asyncio.timeout(HAND_BACK_SECONDS):
                 await self.report(run)
+                if run.paused_by_gate:
+                    reason = "its job was paused at the gate; what was not fetched is given back unfetched"
+                    await self.give_up(run, FailureCode.JOB_PAUSED, reason, True, attempt_spent=False)
+                    return
                 reason = "client stopped before finishing the task"
                 await self.give_up(run, FailureCode.CLIENT_STOPPED, reason, retryable=True)
         except (ClientError, TimeoutError) as exc:

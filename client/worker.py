@@ -67,6 +67,8 @@ class Worker:
         self.warc_threads = ThreadPoolExecutor(2, thread_name_prefix="warc") if config.warc else None
         document = DocumentStep(config, store, fetcher, self.stopping)
         self.steps = TaskSteps(config, gate, document, self.slots)
+        fetcher.limiter.held = lambda: list(self.runs)  # asked about with every grant
+        fetcher.limiter.on_paused = self._paused_at_gate
 
     # ---- the lease loop
 
@@ -184,6 +186,17 @@ class Worker:
         if lease > 0 and self.heartbeat_every > lease / 3:
             self.heartbeat_every = max(lease / 3, 0.5)
             log.info("heartbeat every %.1f s: a third of the %.0f s lease", self.heartbeat_every, lease)
+
+    def _paused_at_gate(self, task_ids: list[UUID]) -> None:
+        """The gate paused these tasks' jobs: stop each at once and hand it back (what it stored
+        reported, the rest unfetched, its attempt not spent)."""
+        for task_id in task_ids:
+            run, running = self.task_runs.get(task_id), self.runs.get(task_id)
+            if run is None or running is None or run.paused_by_gate or run.cancelled_by_gate:
+                continue
+            log.info("task %s: its job was paused at the gate; handing it back", task_id)
+            run.paused_by_gate = True
+            running.cancel()
 
     async def _heartbeats(self) -> None:
         while True:

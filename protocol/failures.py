@@ -39,6 +39,7 @@ class FailureCode(StrEnum):
     TRANSIENT = "transient"  # some of its documents failed in a way a later attempt may not
     SOURCE = "source"  # the task's source cannot run it (bad params, no such source here)
     CLIENT_STOPPED = "client_stopped"  # handed back on shutdown
+    JOB_PAUSED = "job_paused"  # handed back, unfetched, because its job was paused
     LEASE_EXPIRED = "lease_expired"  # set by the gate
     CLIENT_ERROR = "client_error"  # a bug in the client
     OTHER = "other"  # a report that gave no code (older clients)

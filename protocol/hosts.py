@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated
+from uuid import UUID
 
 from pydantic import Field, StringConstraints
 
-from protocol.base import Reply, Request
+from protocol.base import MAX_LEASE_TASKS, Reply, Request, WireUUID
 from protocol.params import Politeness
 
 # An origin host as budgets name it: lower case, IDNA's ASCII form, `:port` when not the
@@ -21,6 +22,7 @@ from protocol.params import Politeness
 HOST_KEY_PATTERN = r"^(\[[0-9a-f:.]{2,45}\]|[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?)(:[0-9]{1,5})?$"
 HostKey = Annotated[str, StringConstraints(max_length=262, pattern=HOST_KEY_PATTERN)]
 MAX_HOSTS_PER_GRANT = 100
+MAX_TASKS_PER_GRANT = 10 * MAX_LEASE_TASKS
 MAX_COUNT = 1_000_000
 Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 
@@ -39,6 +41,10 @@ class HostReport(Request):
 
 class GrantRequest(Request):
     hosts: Annotated[list[HostReport], Field(max_length=MAX_HOSTS_PER_GRANT)]
+    tasks: Annotated[list[WireUUID], Field(max_length=MAX_TASKS_PER_GRANT)] = Field(
+        default_factory=list,
+        description="the tasks the client is working on: the reply names those whose job was paused",
+    )
 
 
 class HostGrant(Reply):
@@ -57,6 +63,11 @@ class HostGrant(Reply):
 
 class GrantReply(Reply):
     grants: list[HostGrant]
+    paused_task_ids: list[UUID] = Field(
+        default_factory=list,
+        description="of the tasks asked about, those whose job is paused: hand them back now, "
+        "what is not fetched unfetched",
+    )
     refresh_seconds: float = Field(description="ask again within this many seconds")
     valid_seconds: float = Field(
         3.0,

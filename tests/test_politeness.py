@@ -409,7 +409,7 @@ async def test_a_client_waits_for_its_grant_and_goes_on_without_an_older_gate() 
 
     asked: list[list[str]] = []
 
-    async def older_gate(reports: list) -> None:  # type: ignore[type-arg]
+    async def older_gate(reports: list, tasks: list) -> None:  # type: ignore[type-arg]
         asked.append([r.host for r in reports])
         # What the client makes of an older gate's answer: its 404 with code route_not_found.
         raise gate_error(
@@ -428,7 +428,7 @@ async def test_a_client_waits_for_its_grant_and_goes_on_without_an_older_gate() 
 
     down = True
 
-    async def flaky(reports: list[hosts.HostReport]) -> hosts.GrantReply:
+    async def flaky(reports: list[hosts.HostReport], tasks: list[Any]) -> hosts.GrantReply:
         if down:
             raise GateUnavailable("HTTP 503")
         grant = hosts.HostGrant(host="registry.example", requests_per_second=5.0, max_connections=2)

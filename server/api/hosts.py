@@ -10,6 +10,7 @@ from fastapi import APIRouter, Path, Request, Response
 from protocol import hosts as wire
 from protocol import paths
 from server.db import hosts as db
+from server.db import pausing
 from server.deps import AdminDep, PrincipalDep, SessionHeader, StateDep
 
 router = APIRouter()
@@ -30,7 +31,9 @@ async def grants(
     client_id = principal.client_id or NO_CLIENT
     state.metrics.count_host_reports(body.hosts)
     address = request.client.host if request.client else ""  # after a trusted proxy's forwarding
-    return await db.grants(state.pool, client_id, session_id, body, state.host_defaults, address[:64])
+    reply = await db.grants(state.pool, client_id, session_id, body, state.host_defaults, address[:64])
+    reply.paused_task_ids = await pausing.paused_tasks(state.pool, body.tasks, principal.client_id)
+    return reply
 
 
 @router.get(paths.HOSTS, response_model=wire.HostList)

@@ -127,3 +127,20 @@ async def judge(pool: Pool, job_id: UUID, switch: Switch) -> str | None:
     if await pause_job(pool, job_id, reason):
         log.warning("job %s %s", job_id, reason)
     return reason
+
+
+PAUSED_OF = """
+SELECT t.task_id FROM tasks t JOIN jobs j USING (job_id)
+WHERE t.task_id = ANY($1::uuid[]) AND t.status = 'assigned' AND j.paused
+  AND ($2::uuid IS NULL OR t.assigned_to = $2)
+"""
+
+
+async def paused_tasks(pool: Pool, task_ids: list[UUID], owner: UUID | None) -> list[UUID]:
+    """Of these tasks out on lease to `owner` (None: the admin, any), those whose job is paused:
+    the client hands them back at once, what it has not fetched unfetched (the grants' reply
+    carries them)."""
+    if not task_ids:
+        return []
+    async with connection(pool) as conn:
+        return [r["task_id"] for r in await conn.fetch(PAUSED_OF, task_ids, owner)]
