@@ -23,9 +23,22 @@ def selectors(profile: SourceProfile) -> list[tuple[str, str]]:
 
 def broken_selectors(profile: SourceProfile) -> list[tuple[str, str]]:
     """(field, why) for each selector that does not compile."""
+    return _broken(selectors(profile))
+
+
+def broken_rules(rules: dict[str, object], where: str = "params") -> list[tuple[str, str]]:
+    """(field, why) for each of a task's or job's block_selectors (its raw params) that does not
+    compile: a task that would fail every document on every attempt is refused at the door."""
+    listed = rules.get("block_selectors")
+    if not isinstance(listed, list):
+        return []
+    return _broken([(f"{where}.block_selectors[{i}]", s) for i, s in enumerate(listed) if isinstance(s, str)])
+
+
+def _broken(named: list[tuple[str, str]]) -> list[tuple[str, str]]:
     probe = LexborHTMLParser("<html></html>")
     found = []
-    for name, selector in selectors(profile):
+    for name, selector in named:
         try:
             probe.css(selector)
         except (SelectolaxError, ValueError) as exc:

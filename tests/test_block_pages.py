@@ -4,6 +4,8 @@ head of scripts, and a captcha dialog shown (a selector), as registries serve th
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from client.bodies import PAGE_SCAN, refusal
@@ -45,3 +47,24 @@ def test_a_document_that_is_not_html_is_not_parsed_for_blocks() -> None:
     looked at whole (a body of another kind, in its first KiB only)."""
     rtf = b"{\\rtf1\\ansi " + b"x" * 4096 + PROMPT.encode() + b"}"
     assert refusal(".rtf", "application/rtf", rtf, RULES) is None
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/v1/tasks/create", {"source": "urls", "params": {
+            "urls": [{"doc_id": "1", "url": "http://127.0.0.1:9/1"}], "block_selectors": ["div[["]}}),
+        ("/api/v1/jobs", {"source": "id_range", "params": {
+            "url_template": "http://127.0.0.1:9/{id}", "start_id": 1, "count": 5,
+            "block_selectors": ["a >> b"]}}),
+    ],
+    ids=["task", "job"],
+)  # fmt: skip
+async def test_a_selector_that_does_not_compile_is_refused(
+    gate: Any, path: str, body: dict[str, Any]
+) -> None:
+    """Every document of such a task would fail on every attempt: 422 naming the field, nothing made."""
+    r = await gate.http.post(path, headers=gate.admin, json=body)
+    assert r.status_code == 422 and r.json()["code"] == "invalid_field", r.text
+    assert "block_selectors[0]" in r.text and "is not a CSS selector" in r.text
+    assert await gate.sql("SELECT 1 FROM tasks") == []

@@ -11,7 +11,7 @@ from pydantic import Discriminator, Tag
 
 from protocol import harvests, paths, v1
 from protocol.sources import BUILT_IN
-from server.api.tasks import json_reply
+from server.api.tasks import check_selectors, json_reply
 from server.db import documents, lifecycle, pausing
 from server.db import harvests as harvest_db
 from server.db import jobs as db
@@ -46,7 +46,9 @@ async def create_job(body: Annotated[AnyJob, Body()], state: StateDep, _: AdminD
     (`source`: its name, `search_params`, `partition`, optional `split_by` and `repeat`): one
     search task per window, each window a line of GET /jobs/{id}/coverage."""
     if isinstance(body, harvests.HarvestCreate):
+        check_selectors(body.params.model_dump(exclude_none=True))
         return await _create_harvest(body, state)
+    check_selectors(body.params.model_dump(exclude_none=True))
     tasks = -(-body.params.count // body.chunk_size)
     if tasks > state.settings.max_job_tasks:
         raise JobTooLarge(

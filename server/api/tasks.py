@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from common.selectors import broken_rules
 from protocol import paths, v1
 from server.auth import Principal
 from server.db import dashboard, discovery, lifecycle, pausing, stats
@@ -18,7 +19,7 @@ from server.db import tasks as db
 from server.db.lifecycle import Caller
 from server.deps import AdminDep, PrincipalDep, SessionHeader, StateDep
 from server.domain.reports import split_reports
-from server.errors import InvalidCursor, LeaseLost, status_and_code
+from server.errors import InvalidCursor, LeaseLost, Unprocessable, status_and_code
 from server.state import GateState
 
 router = APIRouter()
@@ -39,13 +40,24 @@ LEASED: dict[int | str, dict[str, Any]] = {
     responses={200: {"model": v1.TaskCreated, "description": "idempotent repeat"}},
 )
 async def create_task(body: v1.TaskCreate, state: StateDep, _: AdminDep) -> JSONResponse:
+    check_selectors(body.params)
     task = await db.create_task(state.pool, body, state.settings.max_attempts)
     return JSONResponse(task.model_dump(mode="json"), status_code=201 if task.created else 200)
 
 
 @router.post(paths.TASK_BATCH, response_model=v1.TaskBatchCreated, status_code=201)
 async def create_tasks(body: v1.TaskBatchCreate, state: StateDep, _: AdminDep) -> v1.TaskBatchCreated:
+    for i, task in enumerate(body.tasks):
+        check_selectors(task.params, f"tasks[{i}].params")
     return await db.create_tasks(state.pool, body.tasks, state.settings.max_attempts)
+
+
+def check_selectors(params: dict[str, Any], where: str = "params") -> None:
+    """A block selector that does not compile would fail every document on every attempt: 422."""
+    broken = broken_rules(params, where)
+    if broken:
+        field, why = broken[0]
+        raise Unprocessable(f"{field}: {why}")
 
 
 async def _lease(
