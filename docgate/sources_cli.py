@@ -181,4 +181,10 @@ async def _dry_run(
     for ref in found:
         print(f"  {ref.doc_id}  {ref.url}  {ref.ext}")
     print(f"stopped: {source.stopped or 'the listing ended'}")
+    listing = source.report
+    if listing is not None and profile.results.total is not None:
+        stated = "none found on the first page" if listing.stated_total is None else str(listing.stated_total)
+        cap = profile.results.max_results
+        over = " — over the cap: a harvest splits this search" if listing.capped else ""
+        print(f"stated total: {stated}{f' (cap {cap})' if cap else ''}{over}")
     return 0

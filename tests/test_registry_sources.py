@@ -200,6 +200,7 @@ def test_the_dry_run_prints_requests_documents_and_why_it_stopped(tmp_path: Path
         ]
         want = expected(RegistryConfig(documents=3000), frozenset({11}))
         assert found == [str(i) for i in want[:50]]
+        assert f"stated total: {len(want)} (cap 100000)\n" in out  # what the registry said it holds
         bad = subprocess.run(
             docgate("sources", "try", str(profile), "--file", "--search-params", "[1]"),
             cwd=REPO, env=CLEAN_ENV, capture_output=True, text=True, timeout=60,
