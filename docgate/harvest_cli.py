@@ -110,7 +110,9 @@ def run_create(args: argparse.Namespace) -> int:
 
     body = _body(args)
     attempts = Settings.load().max_attempts
-    created, new = with_pool(lambda pool: create_harvest(pool, body, attempts, harvests.MAX_WINDOWS))
+    created, new = with_pool(
+        lambda pool: create_harvest(pool, body, attempts, harvests.MAX_WINDOWS, harvests.MAX_WINDOWS)
+    )
     word = "created" if new else "exists already (same idempotency key)"
     print(f"harvest {created.job_id} {word}: {created.tasks_created} windows")
     print(f"watch it: docgate harvest status {created.job_id}")

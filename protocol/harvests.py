@@ -191,6 +191,7 @@ class Coverage(Reply):
     run: int
     runs: int
     complete: bool = Field(description="every window settled, none a gap")
+    creating: bool = Field(default=False, description="its windows are still being created in the background")
     date_from: date | None = None
     date_to: date | None = None
     next_run_at: datetime | None = None

@@ -243,3 +243,49 @@ async def test_a_profile_tasks_documents_are_on_its_hosts(
     assert len(recorded) == (1 if status == 200 else 0)
     if status == 422:
         assert r.json()["code"] == "not_in_task" and "elsewhere.test" in r.text
+
+
+async def test_a_large_harvest_is_created_in_the_background(
+    db_dsn: str, tmp_path: Any, monkeypatch: Any
+) -> None:
+    """Past JOB_BACKGROUND_TASKS windows a harvest is answered 202 at once and its windows are
+    inserted a slice per transaction, each once; its coverage is not complete while it is."""
+    from conftest import gate_settings, start_gate
+
+    monkeypatch.setattr(harvests, "SLICE_WINDOWS", 100)
+    settings = gate_settings(storage_url=str(tmp_path / "store"), job_background_tasks=50)
+    async for gate in start_gate(db_dsn, settings):
+        await put(gate, "reg", PROFILE)
+        days = {"from": "2023-01-01", "to": "2024-12-31", "every": "day"}  # 731 windows
+        r = await create(gate, partition={"dates": days})
+        assert r.status_code == 202 and r.json()["creating"], r.text
+        job = r.json()["job_id"]
+        cov = (await gate.http.get(f"/api/v1/jobs/{job}/coverage", headers=gate.admin)).json()
+        assert not cov["complete"]
+        for _ in range(300):
+            state = (await gate.http.get(f"/api/v1/jobs/{job}", headers=gate.admin)).json()
+            if not state["creating"]:
+                break
+            await asyncio.sleep(0.1)
+        assert not state["creating"] and state["tasks_total"] == 731 and state["tasks_created"] == 731, state
+        rows = await gate.sql("SELECT count(*) AS n, count(DISTINCT date_from) AS d FROM harvest_windows")
+        assert (rows[0]["n"], rows[0]["d"]) == (731, 731)
+        assert len(await gate.sql("SELECT 1 FROM tasks WHERE window_id IS NOT NULL")) == 731
+
+
+async def test_extend_runs_from_the_last_searched_day_to_today(gate: Gate) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    await put(gate, "reg", PROFILE)
+    today = datetime.now(UTC).date()
+    days = {"from": (today - timedelta(days=20)).isoformat(), "to": (today - timedelta(days=5)).isoformat(),
+            "every": "day"}  # fmt: skip
+    job = (await create(gate, partition={"dates": days})).json()["job_id"]
+    r = await gate.http.post(f"/api/v1/jobs/{job}/extend", headers=gate.admin)
+    assert r.status_code == 200 and r.json()["tasks_created"] == 5, r.text  # today-4 … today
+    again = await gate.http.post(f"/api/v1/jobs/{job}/extend", headers=gate.admin)
+    assert again.json()["tasks_created"] == 0  # up to today already
+    cov = (await gate.http.get(f"/api/v1/jobs/{job}/coverage?run=2", headers=gate.admin)).json()
+    assert [w["date_from"] for w in cov["windows"]] == [
+        (today - timedelta(days=k)).isoformat() for k in range(4, -1, -1)
+    ]

@@ -72,9 +72,16 @@ async def _create_harvest(body: harvests.HarvestCreate, state: StateDep) -> JSON
             "(an id_range job has source id_range and params)"
         )
     created, is_new = await harvest_db.create_harvest(
-        state.pool, body, state.settings.max_attempts, harvests.MAX_WINDOWS
+        state.pool,
+        body,
+        state.settings.max_attempts,
+        harvests.MAX_WINDOWS,
+        state.settings.job_background_tasks,
     )
-    return JSONResponse(created.model_dump(mode="json"), status_code=201 if is_new else 200)
+    if is_new and created.creating:
+        state.creation.set()  # this gate's creator starts at once
+    status = (202 if created.creating else 201) if is_new else 200
+    return JSONResponse(created.model_dump(mode="json"), status_code=status)
 
 
 @router.get(paths.JOB_COVERAGE, response_model=harvests.Coverage)

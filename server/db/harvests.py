@@ -32,10 +32,11 @@ log = logging.getLogger("docgate.gate")
 INSERT_JOB = """
 INSERT INTO jobs (source, params, chunk_size, priority, tasks_total, idempotency_key, collection,
                   creating, max_attempts, harvest, runs, next_run_at, covered_to)
-VALUES ($1, $2, 1, $3, 0, $4, $5, false, $6, $7, 0, $8, $9)
+VALUES ($1, $2, 1, $3, $10, $4, $5, $11, $6, $7, 1, $8, $9)
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING job_id
 """
+SLICE_WINDOWS = 20_000  # windows per transaction of background creation
 
 # Windows and their tasks in one statement: the task ids are drawn first, so each window row
 # names its task and each task its window; a window already there (same job, run, days and
@@ -76,7 +77,7 @@ WHERE window_id = $1
 """
 
 DUE_RUN = """
-SELECT * FROM jobs WHERE next_run_at <= now() AND NOT paused
+SELECT * FROM jobs WHERE next_run_at <= now() AND NOT paused AND NOT creating
 ORDER BY next_run_at LIMIT 1 FOR UPDATE SKIP LOCKED
 """
 START_RUN = """
@@ -135,9 +136,16 @@ def _cuts(spec: dict[str, Any], date_from: date | None, date_to: date | None) ->
 
 
 async def _insert(
-    conn: Connection, job_id: UUID, run: int, spec: dict[str, Any], profile: SourceProfile, cuts: list[Cut]
+    conn: Connection,
+    job_id: UUID,
+    run: int,
+    spec: dict[str, Any],
+    profile: SourceProfile,
+    cuts: list[Cut],
+    counted: bool = False,
 ) -> int:
-    """Insert the windows and their tasks; how many were new."""
+    """Insert the windows and their tasks; how many were new. `counted`: the job's tasks_total
+    holds them already (a harvest created in the background)."""
     if not cuts:
         return 0
     dates = _dates(profile)
@@ -156,7 +164,8 @@ async def _insert(
         min(cap, v1.MAX_DOCUMENTS_PER_TASK),
     )
     created = int(status.rsplit(" ", 1)[1])
-    await conn.execute(ADD_TOTAL, job_id, created)
+    if not counted:
+        await conn.execute(ADD_TOTAL, job_id, created)
     return created
 
 
@@ -180,10 +189,12 @@ def _check(body: wire.HarvestCreate, profile: SourceProfile) -> None:
 
 
 async def create_harvest(
-    pool: Pool, body: wire.HarvestCreate, max_attempts: int, max_windows: int
+    pool: Pool, body: wire.HarvestCreate, max_attempts: int, max_windows: int, background_over: int
 ) -> tuple[v1.JobCreated, bool]:
     """Create the job and its first run's windows, in one transaction; an idempotent repeat
-    returns the first job (and False)."""
+    returns the first job (and False). A harvest of more than `background_over` windows is only
+    recorded here (`creating`); its windows are inserted by `insert_slice`, in the background,
+    as an id_range job's tasks are."""
     spec = _spec(body)
     dates = body.partition.dates
     cuts = _cuts(spec, dates.from_ if dates else None, dates.to if dates else None)
@@ -210,6 +221,8 @@ async def create_harvest(
             spec,
             next_run,
             dates.to if dates else None,
+            len(cuts),
+            len(cuts) > background_over,
         )
         if job_id is None:
             existing = await conn.fetchrow(
@@ -223,10 +236,27 @@ async def create_harvest(
                     f"({existing['job_id']}); use a new key for new work"
                 )
             return v1.JobCreated(job_id=existing["job_id"], tasks_created=existing["tasks_created"]), False
-        await conn.execute("UPDATE jobs SET runs = 1 WHERE job_id = $1", job_id)
-        created = await _insert(conn, job_id, 1, spec, profile, cuts)
+        if len(cuts) > background_over:
+            return v1.JobCreated(job_id=job_id, tasks_created=0, creating=True), True
+        created = await _insert(conn, job_id, 1, spec, profile, cuts, counted=True)
+        await conn.execute("UPDATE jobs SET tasks_created = $2 WHERE job_id = $1", job_id, created)
     log.info("harvest %s: %d windows of %s", job_id, created, body.source)
     return v1.JobCreated(job_id=job_id, tasks_created=created), True
+
+
+async def insert_slice(conn: Connection, job: Any, everything: bool) -> tuple[int, int, bool]:
+    """The next windows of a harvest being created in the background, from its cursor (the
+    first run's cuts are the same every time: they follow from the job's spec): (windows
+    inserted, the new cursor, whether that was the last of them)."""
+    spec = job["harvest"]
+    dates = spec["partition"].get("dates")
+    first = (date.fromisoformat(dates["from"]), date.fromisoformat(dates["to"])) if dates else (None, None)
+    cuts = _cuts(spec, *first)
+    end = len(cuts) if everything else min(job["cursor"] + SLICE_WINDOWS, len(cuts))
+    row = await conn.fetchval("SELECT profile FROM sources WHERE name = $1", job["source"])
+    profile = _profile(row, job["source"])
+    created = await _insert(conn, job["job_id"], 1, spec, profile, cuts[job["cursor"] : end], counted=True)
+    return created, end, end >= len(cuts)
 
 
 def _next_run(spec: dict[str, Any], after: datetime) -> datetime | None:
@@ -349,7 +379,8 @@ GROUP BY f.task_id, f.code ORDER BY n DESC
 async def coverage(pool: Pool, job_id: UUID, run: int | None) -> wire.Coverage:
     async with connection(pool) as conn:
         job = await conn.fetchrow(
-            "SELECT job_id, runs, harvest, collection, next_run_at FROM jobs WHERE job_id = $1", job_id
+            "SELECT job_id, runs, harvest, collection, next_run_at, creating FROM jobs WHERE job_id = $1",
+            job_id,
         )
         if job is None or job["harvest"] is None:
             raise JobNotFound(f"harvest job {job_id} not found")
@@ -365,6 +396,7 @@ async def coverage(pool: Pool, job_id: UUID, run: int | None) -> wire.Coverage:
                 GAP_FAILURES, job_id, [r["task_id"] for r in gap_rows], job["collection"]
             ):
                 failures[f["task_id"]].append(wire.GapFailure(code=f["code"], documents=f["n"]))
+    creating = bool(job["creating"]) and which == 1
     states: dict[str, int] = defaultdict(int)
     for r in rows:
         states[r["state"]] += 1
@@ -401,7 +433,8 @@ async def coverage(pool: Pool, job_id: UUID, run: int | None) -> wire.Coverage:
         job_id=job_id,
         run=which,
         runs=job["runs"],
-        complete=bool(rows) and all(r["state"] in wire.SETTLED for r in rows) and not gaps,
+        complete=bool(rows) and not creating and all(r["state"] in wire.SETTLED for r in rows) and not gaps,
+        creating=creating,
         date_from=min(days, default=None),
         date_to=max(ends, default=None),
         next_run_at=job["next_run_at"],

@@ -7,7 +7,7 @@ from typing import Any
 from uuid import UUID
 
 from protocol import v1
-from server.db import stats
+from server.db import harvests, stats
 from server.db.pool import Connection, Pool, connection, transaction
 from server.errors import IdempotencyConflict, JobNotFound
 
@@ -174,6 +174,8 @@ async def create_slice(pool: Pool) -> int | None:
 async def _insert_slice(conn: Connection, job: Any, *, everything: bool) -> tuple[int, int, bool]:
     """Insert the job's tasks from its cursor on (all of them, or one slice): (tasks inserted,
     the new cursor, whether that was the last of them)."""
+    if job["harvest"] is not None:
+        return await harvests.insert_slice(conn, job, everything)
     p = job["params"]
     extras = {k: p[k] for k in TASK_EXTRAS if k in p}
     size, count, start = job["chunk_size"], int(p["count"]), int(p["start_id"])
