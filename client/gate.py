@@ -88,6 +88,7 @@ class GateAPI:
             base_url=api_url.rstrip("/"), headers=headers, timeout=timeout, verify=verify, transport=transport
         )
         self.session_id = session_id
+        self.grants_take_tasks = True  # until an older gate says it does not know the field
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -97,7 +98,9 @@ class GateAPI:
     ) -> httpx.Response:
         """One API call, retried with backoff while the gate is unreachable or busy."""
         if body is not None:
-            kwargs["content"] = body.model_dump_json()
+            # A field left None is left out (every client field's None means "not said"), so an
+            # older gate, whose schema forbids fields it does not know, hears only what it knows.
+            kwargs["content"] = body.model_dump_json(exclude_none=True)
             kwargs["headers"] = {"Content-Type": "application/json"}
         for attempt in range(attempts):
             try:
@@ -178,7 +181,14 @@ class GateAPI:
             task_id=task.task_id, lease_token=task.lease_token, documents=documents,
             result_summary=summary, warc=warc, listing=listing, **dict(counts),
         )  # fmt: skip
-        return await self._model(v1.Task, "POST", paths.url(paths.TASK_COMPLETE), body)
+        try:
+            return await self._model(v1.Task, "POST", paths.url(paths.TASK_COMPLETE), body)
+        except InvalidRequest as exc:
+            if listing is None or not _unknown_field(exc, "listing"):
+                raise
+            # An older gate takes no listing report (the summary carries it): complete without.
+            body.listing = None
+            return await self._model(v1.Task, "POST", paths.url(paths.TASK_COMPLETE), body)
 
     async def fail(
         self,
@@ -214,8 +224,15 @@ class GateAPI:
     async def grants(self, reports: list[hosts.HostReport], tasks: list[UUID]) -> hosts.GrantReply:
         """This client's shares of the hosts' budgets, with what it saw since it last asked; and
         which of the tasks it holds the gate has paused (their job)."""
-        body = hosts.GrantRequest(hosts=reports, tasks=tasks)
-        return await self._model(hosts.GrantReply, "POST", paths.url(paths.HOST_GRANTS), body, attempts=1)
+        body = hosts.GrantRequest(hosts=reports, tasks=tasks if tasks and self.grants_take_tasks else None)
+        try:
+            return await self._model(hosts.GrantReply, "POST", paths.url(paths.HOST_GRANTS), body, attempts=1)
+        except InvalidRequest as exc:
+            if not body.tasks or not _unknown_field(exc, "tasks"):
+                raise
+            self.grants_take_tasks = False  # an older gate: it tells no job's pause this way
+            body.tasks = None
+            return await self._model(hosts.GrantReply, "POST", paths.url(paths.HOST_GRANTS), body, attempts=1)
 
     async def known(self, doc_ids: list[str], collection: str = "") -> set[str]:
         """Which of these doc_ids of `collection` the gate has recorded."""
@@ -241,3 +258,8 @@ def gate_error(reply: httpx.Response) -> ClientError:
     if body.code in (C.UNAUTHORIZED, C.FORBIDDEN):
         detail = f"the gate refused the API key (--api-key): {detail}"
     return ERRORS[body.code](f"{body.code}: {detail}", body.code)
+
+
+def _unknown_field(exc: ClientError, name: str) -> bool:
+    """An older gate's 422 for a field it does not know (its schema forbids extra fields)."""
+    return exc.code == ErrorCode.INVALID_FIELD and name in (exc.message or "")

@@ -41,8 +41,8 @@ class HostReport(Request):
 
 class GrantRequest(Request):
     hosts: Annotated[list[HostReport], Field(max_length=MAX_HOSTS_PER_GRANT)]
-    tasks: Annotated[list[WireUUID], Field(max_length=MAX_TASKS_PER_GRANT)] = Field(
-        default_factory=list,
+    tasks: Annotated[list[WireUUID], Field(max_length=MAX_TASKS_PER_GRANT)] | None = Field(
+        default=None,
         description="the tasks the client is working on: the reply names those whose job was paused",
     )
 

@@ -489,3 +489,57 @@ async def test_clients_behind_one_address_share_its_budget(db_dsn: str, tmp_path
                 assert held == {0: (3.0, 2), 1: (3.0, 2), 2: (6.0, 4)}, held
             else:
                 assert held == {0: (10.0, 4), 1: (10.0, 4), 2: (10.0, 4)}, held
+
+
+async def test_a_new_client_speaks_to_an_older_gate() -> None:
+    """An older gate forbids fields it does not know: a grant request naming the tasks held, and
+    a completion with its listing's report, are sent again without them (and the grants do not
+    name the tasks again); a None field is never sent at all."""
+    import json
+    import uuid
+    from datetime import UTC, datetime
+
+    import httpx
+
+    from client.gate import GateAPI
+    from protocol import hosts, v1
+
+    seen: list[dict[str, Any]] = []
+
+    def older_gate(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        seen.append(body)
+        for name in ("tasks", "listing"):
+            if name in body:
+                detail = [{"loc": ["body", name], "msg": "Extra inputs are not permitted", "type": "extra"}]
+                return httpx.Response(422, json={"detail": detail, "code": "invalid_field"})
+        if request.url.path.endswith("/grants"):
+            return httpx.Response(200, json={"grants": [], "refresh_seconds": 1.0})
+        task = {
+            "task_id": body["task_id"], "source": "reg", "search_params": {}, "start_page": 1,
+            "max_documents": 10, "params": {}, "status": "completed", "attempts": 1, "max_attempts": 3,
+            "priority": 0, "run_after": "2026-01-01T00:00:00Z", "idempotency_key": None,
+            "lease_expires_at": None, "documents_downloaded": 0, "documents_failed": 0,
+            "documents_skipped": 0, "result_summary": None, "last_error": None,
+            "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z",
+            "assigned_at": None, "completed_at": "2026-01-01T00:00:00Z",
+        }  # fmt: skip
+        return httpx.Response(200, json=task)
+
+    gate = GateAPI("http://gate", "key", "session", transport=httpx.MockTransport(older_gate))
+    held = [uuid.uuid4()]
+    assert (await gate.grants([hosts.HostReport(host="h.example")], held)).grants == []
+    await gate.grants([hosts.HostReport(host="h.example")], held)
+    assert ["tasks" in b for b in seen] == [True, False, False]  # asked once, then never again
+    assert all("retry_after" not in h for b in seen for h in b["hosts"])  # None fields left out
+    task = v1.LeasedTask(
+        task_id=uuid.uuid4(), source="reg", search_params={}, start_page=1, max_documents=10, params={},
+        status=v1.TaskStatus.ASSIGNED, attempts=1, max_attempts=3, lease_token=uuid.uuid4(),
+        lease_expires_at=datetime.now(UTC),
+    )  # fmt: skip
+    seen.clear()
+    listing = v1.ListingReport(stated_total=5, found=5)
+    done = await gate.complete(task, v1.Counts(), [], {}, None, listing)
+    assert done.status == v1.TaskStatus.COMPLETED
+    assert ["listing" in b for b in seen] == [True, False]
+    await gate.close()

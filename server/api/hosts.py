@@ -32,7 +32,7 @@ async def grants(
     state.metrics.count_host_reports(body.hosts)
     address = request.client.host if request.client else ""  # after a trusted proxy's forwarding
     reply = await db.grants(state.pool, client_id, session_id, body, state.host_defaults, address[:64])
-    reply.paused_task_ids = await pausing.paused_tasks(state.pool, body.tasks, principal.client_id)
+    reply.paused_task_ids = await pausing.paused_tasks(state.pool, body.tasks or [], principal.client_id)
     return reply
 
 

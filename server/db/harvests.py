@@ -23,7 +23,7 @@ from uuid import UUID
 
 from protocol import harvests as wire
 from protocol import v1
-from protocol.sources import DateFields, SourceProfile
+from protocol.sources import SourceProfile
 from server.db.pool import Connection, Pool, connection, transaction
 from server.errors import IdempotencyConflict, InvalidHarvest, JobNotFound, JobTooLarge, SourceNotFound
 
@@ -110,10 +110,6 @@ def _spec(body: wire.HarvestCreate) -> dict[str, Any]:
     return spec
 
 
-def _dates(profile: SourceProfile) -> DateFields | None:
-    return profile.search.dates
-
-
 def _splittable(spec: dict[str, Any], cut: Cut) -> bool:
     """Whether a window's search over the cap can be split instead of truncated."""
     if not spec.get("split", True):
@@ -148,7 +144,7 @@ async def _insert(
     holds them already (a harvest created in the background)."""
     if not cuts:
         return 0
-    dates = _dates(profile)
+    dates = profile.search.dates
     cap = profile.results.max_results or v1.MAX_DOCUMENTS_PER_TASK
     status = await conn.execute(
         INSERT_WINDOWS,
@@ -158,7 +154,7 @@ async def _insert(
         [c.date_to for c in cuts],
         [c.value for c in cuts],
         [c.split_value for c in cuts],
-        [wire.window_params(spec, dates, c.__dict__) for c in cuts],
+        [wire.window_params(spec, dates, vars(c)) for c in cuts],
         [c.parent_id for c in cuts],
         ["split" if _splittable(spec, c) else "truncate" for c in cuts],
         min(cap, v1.MAX_DOCUMENTS_PER_TASK),
@@ -182,10 +178,6 @@ def _check(body: wire.HarvestCreate, profile: SourceProfile) -> None:
             f"partition.dates needs the profile's search.dates (the form's date fields and their "
             f"format); source {body.source!r} has none"
         )
-    if body.split and profile.results.max_results is None:
-        return  # nothing to split on: every window is searched as it is
-    if body.split_by is not None and body.partition.values is None and body.partition.dates is None:
-        raise InvalidHarvest("split_by needs a partition to split")
 
 
 async def create_harvest(
