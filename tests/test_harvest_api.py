@@ -120,12 +120,17 @@ async def test_a_split_is_made_once_and_its_halves_search_the_days(gate: Gate) -
 
 async def test_one_run_per_due_time_whatever_the_gates(gate: Gate) -> None:
     """Eight gates' housekeeping finding the same run due at once start it once: the job's row
-    lock is held while its next time moves on and the run's windows are inserted."""
+    lock is held while its next time moves on and the run's windows are inserted; and none
+    starts while the last run is still searching."""
     await put(gate, "reg", PROFILE)
     r = await create(gate, partition={"dates": DAYS}, repeat={"every": "1h", "lookback": "3d"})
     job = uuid.UUID(r.json()["job_id"])
     await gate.sql("UPDATE jobs SET next_run_at = now() - interval '1 second' WHERE job_id = $1", job)
     pools = [await create_pool(gate.dsn, 1, 1) for _ in range(8)]
+    # Not while its last run is still searching: runs never overlap.
+    assert await harvests.start_due_run(pools[0]) is None
+    assert (await gate.sql("SELECT runs FROM jobs WHERE job_id = $1", job))[0]["runs"] == 1
+    await gate.sql("UPDATE harvest_windows SET state = 'complete'")
     try:
         started = await asyncio.gather(*(harvests.start_due_run(p) for p in pools))
     finally:

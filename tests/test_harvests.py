@@ -140,41 +140,56 @@ def test_a_whole_registry_over_its_cap(tmp_path: Path, db_dsn: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("registry_cap", "profile_cap", "split", "ends"),
+    ("registry_cap", "profile_cap", "split", "count", "ends"),
     [
-        (100, 100, True, "complete"),  # the harvest as it should run: split past the cap
-        (100, 100, False, "over_cap"),  # split turned off: truncated windows, never complete
-        (100, None, True, "short"),  # the cap not declared: the stated totals show what is missing
-        (0, None, True, "complete"),  # the control: a registry without a cap
+        (60, 60, True, True, "complete"),  # the harvest as it should run: split past the cap
+        (60, 60, True, False, "complete"),  # no count read: split at the last page the cap allows
+        (60, 60, False, True, "over_cap"),  # split turned off: truncated windows, never complete
+        (60, None, True, True, "short"),  # the cap not declared: the stated totals show what is missing
+        (0, None, True, True, "complete"),  # the control: a registry without a cap
     ],
-    ids=["split", "split-off", "cap-undeclared", "no-cap"],
+    ids=["split", "split-without-count", "split-off", "cap-undeclared", "no-cap"],
 )
 def test_truncation_is_never_complete(
-    tmp_path: Path, db_dsn: str, registry_cap: int, profile_cap: int | None, split: bool, ends: str
+    tmp_path: Path,
+    db_dsn: str,
+    registry_cap: int,
+    profile_cap: int | None,
+    split: bool,
+    count: bool,
+    ends: str,
 ) -> None:
-    """The same 2,000 decisions four ways. Split past the cap, or with no cap at all, every
-    window is complete and the ledger sums to 2,000; a window truncated by the cap — split
-    turned off, or a cap the profile does not declare — is never complete: over_cap or short,
-    named as a gap with what it misses, and the ledger sums to what was really stored."""
-    n = 2_000
+    """The same 1,200 decisions five ways. Split past the cap — by the stated total, or, when the
+    profile reads no count, at the last page the cap allows — or with no cap at all, every
+    window is complete and the ledger sums to 1,200, a split window storing nothing itself; a
+    window truncated by the cap — split turned off, or a cap the profile does not declare — is
+    never complete: over_cap or short, named as a gap with what it misses, and the ledger sums
+    to what was really stored."""
+    n = 1_200
     config = RegistryConfig(documents=n, max_results=registry_cap)
     registry = Origin(tmp_path, "--registry", "--decisions", str(n), "--max-results", str(registry_cap))
     cluster = Cluster(tmp_path, db_dsn)
     try:
-        put_profile(cluster, "reg", harvest_profile(registry, profile_cap))
+        profile = harvest_profile(registry, profile_cap)
+        if not count:
+            profile["results"].pop("total")
+        put_profile(cluster, "reg", profile)
         job = harvest(cluster, config, split=split)
         cluster.client("h0", "--exit-when-idle", "--concurrency", "16")
         assert cluster.wait_clients(300) == [0]
         cov = wait_settled(cluster, job)
         totals, stored = cov["totals"], stored_ids(cluster)
-        assert totals["stated_total"] == n  # the registry states every window's whole total
+        if count:  # the registry states every window's whole total
+            assert totals["stated_total"] == n
         assert totals["stored"] == len(stored)  # the ledger adds up to what is recorded
         if ends == "complete":
             assert cov["complete"] and stored == sorted(decision(i)["id"] for i in range(n))
             assert ("split" in totals["states"]) == (registry_cap > 0), totals["states"]
+            assert all(w["stored"] == 0 for w in cov["windows"] if w["state"] == "split")
+            assert totals["stored"] == n and registry.stats()["review"] == n  # nothing fetched twice
             return
         assert not cov["complete"] and totals["states"].get(ends, 0) > 0, totals["states"]
-        assert "complete" not in {w["state"] for w in cov["windows"] if (w["stated_total"] or 0) > 100}
+        assert "complete" not in {w["state"] for w in cov["windows"] if (w["stated_total"] or 0) > 60}
         assert len(stored) < n
         missing = sum(g["missing"] for g in cov["gaps"])
         assert missing == n - len(stored) and all(g["state"] == ends for g in cov["gaps"]), cov["gaps"][:3]
@@ -190,7 +205,7 @@ def test_a_repeating_harvest_fetches_only_what_is_new(tmp_path: Path, db_dsn: st
     registry), and its own ledger line says so."""
     from docgate.registry import profile
 
-    n = 1_500
+    n = 800
     config = RegistryConfig(documents=n, years=1)
     registry = Origin(tmp_path, "--registry", "--decisions", str(n), "--years", "1")
     cluster = Cluster(tmp_path, db_dsn)
@@ -228,10 +243,10 @@ def test_a_repeating_harvest_fetches_only_what_is_new(tmp_path: Path, db_dsn: st
 def test_killing_a_gate_and_a_client_loses_nothing(tmp_path: Path, db_dsn: str) -> None:
     """A gate and a client killed while the harvest runs, a gate and a client started again:
     every decision stored once and whole, no window settled twice, the ledger still adds up."""
-    n, cap = 4_000, 200
-    config = RegistryConfig(documents=n, max_results=cap, burst=300)
+    n, cap = 3_000, 150
+    config = RegistryConfig(documents=n, max_results=cap, burst=200)
     registry = Origin(
-        tmp_path, "--registry", "--decisions", str(n), "--max-results", str(cap), "--burst", "300"
+        tmp_path, "--registry", "--decisions", str(n), "--max-results", str(cap), "--burst", "200"
     )
     cluster = Cluster(tmp_path, db_dsn)
     try:

@@ -65,7 +65,7 @@ def test_a_paused_host_starts_nothing_within_a_second(tmp_path: Path, db_dsn: st
     cluster = Cluster(tmp_path, db_dsn, HOST_RATE_LIMIT="20")
     host = f"127.0.0.1:{origin.port}"
     try:
-        job = cluster.job(origin, 1, 300, chunk_size=300)
+        job = cluster.job(origin, 1, 160, chunk_size=160)
         cluster.client("h0", "--concurrency", "16")
         wait_for(lambda: served(origin) >= 40)
         r = httpx.put(
@@ -86,7 +86,7 @@ def test_a_paused_host_starts_nothing_within_a_second(tmp_path: Path, db_dsn: st
         )
         assert r.status_code == 204, r.text
         wait_for(lambda: cluster.get(f"/api/v1/jobs/{job}")["counts"]["completed"] == 1, 120)
-        assert origin.stats()["distinct_documents"] == 300
+        assert origin.stats()["distinct_documents"] == 160
     finally:
         cluster.stop()
         origin.stop()

@@ -122,30 +122,62 @@ class ProfileSource:
         async with self.context.fetcher.browser(bodies.asked(rules), profile.charset, self.trace) as browser:
             page = await self._search(browser, profile, task)
             number = 1
+            # Split over the cap with no count to go by: the listing is read to its end, or to the
+            # last page the cap allows, before anything is fetched; a capped one fetches nothing.
+            held: list[DocRef] | None = None
             while True:
                 self._blocked(browser, page, number)
-                if number == 1 and self._split_instead(listing, page, own):
-                    return
+                if number == 1:
+                    if self._split_instead(listing, page, own):
+                        return
+                    held = self._held_back(listing, own)
                 found = self._links(listing, page)
                 fresh = [ref for ref in found if ref.doc_id not in listing.seen]
                 if not fresh:
-                    if expected_more(listing.counts, page_size, empty) and not ended_here_before(
-                        task, number
-                    ):
-                        browser.blocked(page.url)
-                        raise empty_page(number, listing.counts)
-                    self.stopped = f"page {number} has no new documents: the end of the results"
-                    return
+                    self._ended(browser, page, number, page_size, empty)
+                    break
                 listing.counts.append(len(fresh))
                 listing.seen.update(ref.doc_id for ref in fresh)
-                if number >= task.start_page:  # the seed's start_page: earlier pages are paged past
-                    async for ref in self._page(browser, work, fresh):
-                        yield ref
+                async for ref in self._give(browser, work, fresh, number, held):
+                    yield ref
                 if (stop := self._stop(listing, number, len(found), page_size)) is not None:
                     self.stopped = stop
-                    return
+                    break
                 number += 1
                 page = await self._next(browser, profile, page, number, task)
+            if held and not listing.capped:
+                async for ref in self._page(browser, work, held):
+                    yield ref
+
+    async def _give(
+        self, browser: Browser, work: Work, fresh: list[DocRef], number: int, held: list[DocRef] | None
+    ) -> AsyncIterator[DocRef]:
+        """A page's new documents: held back while the listing must be read through first, else
+        given now; none of a page before the seed's start_page (paged past)."""
+        if number < work.task.start_page:
+            return
+        if held is not None:
+            held.extend(fresh)
+            return
+        async for ref in self._page(browser, work, fresh):
+            yield ref
+
+    @staticmethod
+    def _held_back(listing: Listing, own: ProfileTaskParams) -> list[DocRef] | None:
+        """A list to hold the listing's documents in until it is read through, when a search to
+        be split over the cap has no stated total to go by (None: fetch them as they come)."""
+        splits = own.over_cap == "split" and listing.profile.results.max_results is not None
+        return [] if splits and listing.stated_total is None else None
+
+    def _ended(self, browser: Browser, page: Page, number: int, page_size: int | None, empty: str) -> None:
+        """A page with no new documents: the end of the results, or (after full pages, the first
+        time on this page) a block page that looks empty, raised for the task to be tried again."""
+        assert self.listing is not None
+        counts, task = self.listing.counts, self.listing.task
+        if expected_more(counts, page_size, empty) and not ended_here_before(task, number):
+            browser.blocked(page.url)
+            raise empty_page(number, counts)
+        self.stopped = f"page {number} has no new documents: the end of the results"
 
     async def _search(self, browser: Browser, profile: SourceProfile, task: v1.LeasedTask) -> Page:
         """The start page (for the session and the form's hidden fields), then the search."""

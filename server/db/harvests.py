@@ -76,8 +76,12 @@ SET state = $2, stated_total = $3, found = $4, stored = $5, failed = $6, skipped
 WHERE window_id = $1
 """
 
+# A run is due once its time has come and the job's last run has settled: runs never overlap
+# (two would search the same last days at once and fetch what neither holds yet, twice).
 DUE_RUN = """
-SELECT * FROM jobs WHERE next_run_at <= now() AND NOT paused AND NOT creating
+SELECT * FROM jobs j WHERE next_run_at <= now() AND NOT paused AND NOT creating
+  AND NOT EXISTS (SELECT 1 FROM harvest_windows w
+                  WHERE w.job_id = j.job_id AND w.state IN ('pending', 'searching'))
 ORDER BY next_run_at LIMIT 1 FOR UPDATE SKIP LOCKED
 """
 START_RUN = """
