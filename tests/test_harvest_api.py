@@ -294,3 +294,28 @@ async def test_extend_runs_from_the_last_searched_day_to_today(gate: Gate) -> No
     assert [w["date_from"] for w in cov["windows"]] == [
         (today - timedelta(days=k)).isoformat() for k in range(4, -1, -1)
     ]
+
+
+async def test_a_window_follows_its_task_to_a_gap(gate: Gate) -> None:
+    """A window's task leased, failed for good, or cancelled: its window searching, then a gap
+    named with the task's last error; a cancelled job's windows are gaps too, never complete."""
+    await put(gate, "reg", PROFILE)
+    r = await create(gate, partition={"dates": DAYS | {"every": "month"}}, max_attempts=1)
+    job = r.json()["job_id"]
+    client = await gate.register()
+    task = await lease_window(gate, client)
+    states = {
+        w["task_id"]: w["state"] for w in await gate.sql("SELECT task_id::text, state FROM harvest_windows")
+    }
+    assert states[task["task_id"]] == "searching"
+    r = await gate.http.post(
+        f"/api/v1/tasks/{task['task_id']}/fail",
+        headers=client,
+        json={"lease_token": task["lease_token"], "error": "results page 3: a block page", "code": "blocked",
+              "retryable": False},
+    )  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert (await gate.http.post(f"/api/v1/jobs/{job}/cancel", headers=gate.admin)).status_code == 200
+    cov = (await gate.http.get(f"/api/v1/jobs/{job}/coverage", headers=gate.admin)).json()
+    assert [g["state"] for g in cov["gaps"]] == ["failed", "cancelled", "cancelled"], cov["gaps"]
+    assert cov["gaps"][0]["last_error"] == "results page 3: a block page" and not cov["complete"]

@@ -205,7 +205,7 @@ def test_a_repeating_harvest_fetches_only_what_is_new(tmp_path: Path, db_dsn: st
     registry), and its own ledger line says so."""
     from docgate.registry import profile
 
-    n = 800
+    n = 500
     config = RegistryConfig(documents=n, years=1)
     registry = Origin(tmp_path, "--registry", "--decisions", str(n), "--years", "1")
     cluster = Cluster(tmp_path, db_dsn)
@@ -215,7 +215,7 @@ def test_a_repeating_harvest_fetches_only_what_is_new(tmp_path: Path, db_dsn: st
         p["search"]["fields"]["PagingInfo.ItemsPerPage"] = "100"
         p["results"]["page_size"] = 100
         put_profile(cluster, "reg", p)  # detail pages, RTF originals: two requests a decision
-        job = harvest(cluster, config, repeat={"every": "4s", "lookback": "3d"})
+        job = harvest(cluster, config, repeat={"every": "2s", "lookback": "3d"})
         cluster.client("r0", "--concurrency", "16")
         first = wait_settled(cluster, job, run=1)
         assert first["complete"] and first["totals"]["stored"] == n, first["totals"]
@@ -243,10 +243,10 @@ def test_a_repeating_harvest_fetches_only_what_is_new(tmp_path: Path, db_dsn: st
 def test_killing_a_gate_and_a_client_loses_nothing(tmp_path: Path, db_dsn: str) -> None:
     """A gate and a client killed while the harvest runs, a gate and a client started again:
     every decision stored once and whole, no window settled twice, the ledger still adds up."""
-    n, cap = 3_000, 150
-    config = RegistryConfig(documents=n, max_results=cap, burst=200)
+    n, cap = 2_400, 120
+    config = RegistryConfig(documents=n, max_results=cap, burst=160)
     registry = Origin(
-        tmp_path, "--registry", "--decisions", str(n), "--max-results", str(cap), "--burst", "200"
+        tmp_path, "--registry", "--decisions", str(n), "--max-results", str(cap), "--burst", "160"
     )
     cluster = Cluster(tmp_path, db_dsn)
     try:

@@ -40,7 +40,7 @@ def test_a_paused_jobs_tasks_come_back_unfetched_at_once(tmp_path: Path, db_dsn:
         paused_at = served(origin)
         time.sleep(QUIET)
         settled = served(origin)
-        time.sleep(3)
+        time.sleep(2)
         assert served(origin) == settled, "documents kept being fetched for a paused job"
         task = cluster.get("/api/v1/tasks?limit=1")["tasks"][0]
         assert task["status"] == "pending" and task["attempts"] == 0, task  # back, attempt not spent
@@ -75,7 +75,7 @@ def test_a_paused_host_starts_nothing_within_a_second(tmp_path: Path, db_dsn: st
         paused_at = time.time()
         time.sleep(QUIET)
         settled = served(origin)
-        time.sleep(3)
+        time.sleep(2)
         assert served(origin) == settled, (
             "a paused host was still fetched from",
             paused_at,
