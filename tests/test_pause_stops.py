@@ -33,7 +33,7 @@ def test_a_paused_jobs_tasks_come_back_unfetched_at_once(tmp_path: Path, db_dsn:
     origin = Origin(tmp_path, "--size", "512", "--latency", "0.05")
     cluster = Cluster(tmp_path, db_dsn)
     try:
-        job = cluster.job(origin, 1, 600, chunk_size=600)  # one task of 600 documents
+        job = cluster.job(origin, 1, 300, chunk_size=300)  # one task of 300 documents
         cluster.client("p0", "--concurrency", "4")
         wait_for(lambda: served(origin) >= 60)
         cluster.post(f"/api/v1/jobs/{job}/pause", {"reason": "operator"})
@@ -49,9 +49,9 @@ def test_a_paused_jobs_tasks_come_back_unfetched_at_once(tmp_path: Path, db_dsn:
         assert stored >= paused_at - 4  # what was fetched was reported before the hand-back
         cluster.post(f"/api/v1/jobs/{job}/resume")
         wait_for(lambda: cluster.get(f"/api/v1/jobs/{job}")["counts"]["completed"] == 1, 120)
-        assert len(cluster.sql("SELECT 1 FROM documents")) == 600
+        assert len(cluster.sql("SELECT 1 FROM documents")) == 300
         stats = origin.stats()
-        assert stats["distinct_documents"] == 600 and stats["documents_served"] <= 600 + 8, stats
+        assert stats["distinct_documents"] == 300 and stats["documents_served"] <= 300 + 8, stats
     finally:
         cluster.stop()
         origin.stop()
