@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from common.logs import setup_logging, stop_logging
-from docgate.db import database, migrate, with_pool
+from docgate.db import database, migrate, uuid_of, with_pool
 from server.config import Settings
 from server.errors import DocgateError
 from storage import StorageError
@@ -316,10 +316,7 @@ def _plain(value: Any) -> Any:
 
 
 def _job_id(text: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(text)
-    except ValueError:
-        raise DocgateError(f"job id {text!r} is not a uuid") from None
+    return uuid_of(text, "job id")
 
 
 def run_pause_job(args: argparse.Namespace) -> int:

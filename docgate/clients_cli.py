@@ -6,9 +6,8 @@ import argparse
 import uuid
 from typing import Any, TypeVar
 
-from docgate.db import with_pool
+from docgate.db import uuid_of, with_pool
 from server.config import Settings
-from server.errors import DocgateError
 
 T = TypeVar("T")
 
@@ -25,10 +24,7 @@ def add_commands(sub: Any) -> None:
 
 
 def _client_id(text: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(text)
-    except ValueError:
-        raise DocgateError(f"client id {text!r} is not a uuid (see `docgate clients list`)") from None
+    return uuid_of(text, "client id", " (see `docgate clients list`)")
 
 
 def run_list(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, TypeVar
 
@@ -63,3 +64,11 @@ def with_pool(work: Callable[[Pool], Awaitable[T]]) -> T:
     with database(Settings.load()) as dsn:
         migrate(dsn)
         return asyncio.run(run(dsn))
+
+
+def uuid_of(text: str, what: str, hint: str = "") -> uuid.UUID:
+    """A command's id argument as a UUID, or the one-line error that says which it was."""
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise DocgateError(f"{what} {text!r} is not a uuid{hint}") from None

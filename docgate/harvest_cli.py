@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from docgate.db import with_pool
+from docgate.db import uuid_of, with_pool
 from protocol import harvests
 from server.config import Settings
 from server.errors import DocgateError
@@ -120,10 +120,7 @@ def run_create(args: argparse.Namespace) -> int:
 
 
 def _job(text: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(text)
-    except ValueError:
-        raise DocgateError(f"job id {text!r} is not a UUID") from None
+    return uuid_of(text, "job id", " (docgate harvest create prints it)")
 
 
 def run_status(args: argparse.Namespace) -> int:

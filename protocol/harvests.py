@@ -135,16 +135,21 @@ class HarvestCreate(Request):
         return self
 
 
-class Window(Reply):
+class Place(Reply):
+    """Which window: its days and values, its state and what the registry said it holds."""
+
     window_id: int
-    run: int
-    parent_id: int | None
     date_from: date | None
     date_to: date | None
     value: str | None
     split_value: str | None
     state: WindowState
     stated_total: int | None
+
+
+class Window(Place):
+    run: int
+    parent_id: int | None
     found: int
     stored: int
     failed: int
@@ -158,16 +163,9 @@ class GapFailure(Reply):
     documents: int
 
 
-class Gap(Reply):
+class Gap(Place):
     """A window that holds less than the registry said: named, with why."""
 
-    window_id: int
-    date_from: date | None
-    date_to: date | None
-    value: str | None
-    split_value: str | None
-    state: WindowState
-    stated_total: int | None
     held: int = Field(description="stored + skipped as already held")
     missing: int | None = Field(description="stated_total − held, when the registry stated a total")
     failures: list[GapFailure] = Field(default_factory=list)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import codecs
 import re
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -50,14 +51,23 @@ def _http(value: str) -> str:
     return value
 
 
-def _id_pattern(value: str) -> str:
-    try:
-        compiled = re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"is not a regular expression: {exc}") from None
-    if "id" not in compiled.groupindex:
-        raise ValueError("needs a group named id, e.g. /Review/(?P<id>\\d+)")
-    return value
+def _pattern_with(group: str, example: str) -> Callable[[str], str]:
+    """A validator of a regular expression that must have the named `group`."""
+
+    def check(value: str) -> str:
+        try:
+            compiled = re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"is not a regular expression: {exc}") from None
+        if group not in compiled.groupindex:
+            raise ValueError(f"needs a group named {group}, e.g. {example}")
+        return value
+
+    return check
+
+
+_id_pattern = _pattern_with("id", "/Review/(?P<id>\\d+)")
+_total_pattern = _pattern_with("total", "знайдено документів: (?P<total>[\\d\\s]+)")
 
 
 def _charset(value: str) -> str:
@@ -118,16 +128,6 @@ class Search(Request):
     dates: DateFields | None = Field(
         default=None, description="the form's date range fields, which a harvest's windows fill"
     )
-
-
-def _total_pattern(value: str) -> str:
-    try:
-        compiled = re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"is not a regular expression: {exc}") from None
-    if "total" not in compiled.groupindex:
-        raise ValueError("needs a group named total, e.g. знайдено документів: (?P<total>[\\d\\s]+)")
-    return value
 
 
 class Total(Request):
