@@ -15,7 +15,7 @@ if [ -n "$$missing" ]; then \
   else $(2); fi; fi
 endef
 
-.PHONY: run test chaos soak bench bench-quick bench-tools install install-test check lint clean browser
+.PHONY: run test chaos soak harvest-full bench bench-quick bench-tools install install-test check lint clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ chaos: $(TEST_STAMP)
 ## The chaos mix for SOAK_MINUTES (default 30), with gate and client memory over time
 soak: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q -s -m soak tests/chaos/test_soak.py $(PYTEST_ARGS)
+
+## The whole-registry harvest at the issue's own size: 20,000 decisions, a cap of 1,000 (about a minute).
+harvest-full: $(TEST_STAMP)
+	HARVEST_DECISIONS=20000 $(BIN)/python -m pytest -q tests/test_harvests.py -k whole_registry $(PYTEST_ARGS)
 
 ## Benchmarks (not part of `make test`): every scenario, results in benchmarks/results/, see BENCHMARKS.md.
 ## They run in their own environment (.venv-bench, with pgqueuer, matplotlib, py-spy).

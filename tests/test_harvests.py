@@ -97,14 +97,18 @@ def check_bytes(cluster: Cluster, ids: list[int], sample: int = 200) -> None:
 
 
 def test_a_whole_registry_over_its_cap(tmp_path: Path, db_dsn: str) -> None:
-    """20,000 decisions over 3 years, 1,000 results at most per search, a day of 1,200: one
-    harvest with monthly windows stores every decision, byte-exact; the months over the cap are
-    split in halves down to days, the busy day by instance; every window ends complete and the
-    ledger's leaves sum to the registry's 20,000."""
-    n, cap = int(os.environ.get("HARVEST_DECISIONS", "20000")), 1_000
-    config = RegistryConfig(documents=n, max_results=cap, burst=1_200)
+    """20,000 decisions over 3 years, 1,000 results at most per search, a day of 1,200 (at
+    HARVEST_DECISIONS=20000; half of each by default): one harvest with monthly windows stores
+    every decision, byte-exact; the months over the cap are split in halves down to days, the
+    busy day by instance; every window ends complete and the ledger's leaves sum to the
+    registry's total."""
+    # `make test` runs 10,000 (cap 500, a day of 600) for the suite's time; HARVEST_DECISIONS=20000
+    # is the issue's own figure (cap 1,000, a day of 1,200), run as `make harvest-full`.
+    n = int(os.environ.get("HARVEST_DECISIONS", "10000"))
+    cap, burst = n // 20, n // 20 * 6 // 5
+    config = RegistryConfig(documents=n, max_results=cap, burst=burst)
     registry = Origin(
-        tmp_path, "--registry", "--decisions", str(n), "--max-results", str(cap), "--burst", "1200"
+        tmp_path, "--registry", "--decisions", str(n), "--max-results", str(cap), "--burst", str(burst)
     )
     cluster = Cluster(tmp_path, db_dsn)
     try:

@@ -92,7 +92,7 @@ WHERE job_id = $1 RETURNING runs
 
 @dataclass(frozen=True)
 class Cut:
-    """One window to create: its days, values, and what its search does over the cap."""
+    """One window to create: its days and values, and the window it was split from."""
 
     date_from: date | None
     date_to: date | None
