@@ -93,7 +93,7 @@ WITH held AS (
         lease_token = gen_random_uuid(),
         lease_expires_at = now() + make_interval(secs => $4::float8),
         attempts = t.attempts + 1, assigned_at = now(), updated_at = now(),
-        -- what earlier attempts recorded: this attempt's counts are added to it (COUNTS)
+        -- what earlier attempts recorded: this attempt's counts are added to it (totals, below)
         earlier_downloaded = t.documents_downloaded
     -- By primary key, whatever the planner guesses of the LIMIT (a join on a mis-estimated
     -- CTE turned into a hash of the whole table on a small one).
