@@ -280,3 +280,44 @@ def test_killing_a_gate_and_a_client_loses_nothing(tmp_path: Path, db_dsn: str) 
     finally:
         cluster.stop()
         registry.stop()
+
+
+def test_a_harvest_through_a_captcha_wall(tmp_path: Path, db_dsn: str) -> None:
+    """The registry as it misbehaves: past 20 requests a second it answers everything, for 2 s,
+    with its captcha page under status 200 (results pages too). Listing pages that are block
+    pages fail their window's attempt (retried later), never end it as complete nor split it on
+    a count they do not state; no captcha page is stored; the harvest still ends complete."""
+    from docgate.registry import CAPTCHA_PROMPT
+
+    n, cap = 150, 20
+    config = RegistryConfig(documents=n, max_results=cap, years=1)
+    registry = Origin(
+        tmp_path, "--registry", "--decisions", str(n), "--max-results", str(cap), "--years", "1",
+        "--max-rate", "20",
+    )  # fmt: skip
+    cluster = Cluster(
+        tmp_path,
+        db_dsn,
+        HOST_RATE_LIMIT="60",
+        HOST_PAUSE_MIN_ANSWERS="100000",
+        JOB_PAUSE_MIN_ANSWERS="100000",
+    )
+    try:
+        p = harvest_profile(registry, cap)
+        p["search"]["fields"]["PagingInfo.ItemsPerPage"] = "10"
+        p["results"]["page_size"] = 10
+        put_profile(cluster, "reg", p)
+        job = harvest(cluster, config, max_attempts=30)
+        for i in range(2):
+            cluster.client(f"w{i}", "--concurrency", "8")
+        cov = wait_settled(cluster, job)
+        assert registry.stats().get("blocked", 0) > 0  # the fleet met the wall
+        assert cov["complete"] and cov["totals"]["stored"] == n, (cov["totals"], cov["gaps"][:3])
+        assert stored_ids(cluster) == sorted(decision(i)["id"] for i in range(n))
+        for r in cluster.sql("SELECT storage_key FROM documents"):
+            assert CAPTCHA_PROMPT.encode() not in (cluster.store / r["storage_key"]).read_bytes()
+        blocked = cluster.sql("SELECT count(*) AS n FROM tasks WHERE window_id IS NOT NULL AND attempts > 1")
+        assert blocked[0]["n"] > 0  # some windows were tried again after a block page
+    finally:
+        cluster.stop()
+        registry.stop()
