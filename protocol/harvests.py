@@ -30,6 +30,7 @@ from protocol.base import (
     no_nul,
 )
 from protocol.params import ProfileTaskParams
+from protocol.sources import DateFields
 
 MAX_WINDOWS = 200_000  # windows one call may create (10 years of days × 50 values is 182,500)
 MAX_VALUES = 1_000
@@ -237,7 +238,9 @@ def form_date(day: date, fmt: str) -> str:
     return day.strftime(fmt)
 
 
-def window_params(spec: dict[str, Any], dates_fields: Any, window: dict[str, Any]) -> dict[str, Any]:
+def window_params(
+    spec: dict[str, Any], dates_fields: DateFields | None, window: dict[str, Any]
+) -> dict[str, Any]:
     """A window's search_params: the harvest's fixed ones, its days on the profile's date fields
     (in the profile's format), and its values."""
     params = dict(spec.get("search_params") or {})

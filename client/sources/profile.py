@@ -124,13 +124,13 @@ class ProfileSource:
             number = 1
             # Split over the cap with no count to go by: the listing is read to its end, or to the
             # last page the cap allows, before anything is fetched; a capped one fetches nothing.
-            held: list[DocRef] | None = None
+            waiting: list[DocRef] | None = None
             while True:
                 self._blocked(browser, page, number)
                 if number == 1:
                     if self._split_instead(listing, page, own):
                         return
-                    held = self._held_back(listing, own)
+                    waiting = self._held_back(listing, own)
                 found = self._links(listing, page)
                 fresh = [ref for ref in found if ref.doc_id not in listing.seen]
                 if not fresh:
@@ -138,26 +138,26 @@ class ProfileSource:
                     break
                 listing.counts.append(len(fresh))
                 listing.seen.update(ref.doc_id for ref in fresh)
-                async for ref in self._give(browser, work, fresh, number, held):
+                async for ref in self._give(browser, work, fresh, number, waiting):
                     yield ref
                 if (stop := self._stop(listing, number, len(found), page_size)) is not None:
                     self.stopped = stop
                     break
                 number += 1
                 page = await self._next(browser, profile, page, number, task)
-            if held and not listing.capped:
-                async for ref in self._page(browser, work, held):
+            if waiting and not listing.capped:
+                async for ref in self._page(browser, work, waiting):
                     yield ref
 
     async def _give(
-        self, browser: Browser, work: Work, fresh: list[DocRef], number: int, held: list[DocRef] | None
+        self, browser: Browser, work: Work, fresh: list[DocRef], number: int, waiting: list[DocRef] | None
     ) -> AsyncIterator[DocRef]:
         """A page's new documents: held back while the listing must be read through first, else
         given now; none of a page before the seed's start_page (paged past)."""
         if number < work.task.start_page:
             return
-        if held is not None:
-            held.extend(fresh)
+        if waiting is not None:
+            waiting.extend(fresh)
             return
         async for ref in self._page(browser, work, fresh):
             yield ref
@@ -207,11 +207,11 @@ class ProfileSource:
         for a document the gate has not recorded."""
         assert self.listing is not None
         profile, listing = self.listing.profile, self.listing
-        held = await self._held(work, profile, [r.doc_id for r in fresh])
+        recorded = await self._recorded(work, profile, [r.doc_id for r in fresh])
         for ref in fresh:
             if listing.given >= work.task.max_documents:
                 return
-            if ref.doc_id in held:  # recorded already: skipped by the fetch step, unopened
+            if ref.doc_id in recorded:  # recorded already: skipped by the fetch step, unopened
                 yield DocRef(ref.doc_id, ref.url, _ext(profile))
             else:
                 yield await self._document(browser, profile, ref)
@@ -228,7 +228,7 @@ class ProfileSource:
             return f"{len(listing.seen)} results: the registry's cap ({cap})"
         return _last_page(listing.profile, number, links, page_size)
 
-    async def _held(self, work: Work, profile: SourceProfile, doc_ids: list[str]) -> set[str]:
+    async def _recorded(self, work: Work, profile: SourceProfile, doc_ids: list[str]) -> set[str]:
         """Of a page's documents, those the gate has recorded, when finding each one's document
         costs a request (a detail page): a repeated search fetches nothing it holds."""
         if self.context.known is None or profile.detail is None or profile.detail.document is None:

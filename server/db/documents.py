@@ -9,6 +9,7 @@ from uuid import UUID
 from protocol import v1
 from protocol.failures import FailureCode
 from protocol.params import SOURCE_PARAMS
+from server.db import sources
 from server.db.pool import Connection, Pool, connection
 from server.domain.record import DOCUMENT, EXPORTED, RECORD, Recording, record_args
 from server.domain.record import EXPORT_COLUMNS as EXPORT_COLUMNS  # the export's, for docgate export
@@ -37,10 +38,7 @@ async def profile_of(conn: Connection, task: Any) -> dict[str, Any] | None:
     """The stored profile a task names (None for a built-in source's task)."""
     if task["source"] in SOURCE_PARAMS:
         return None
-    profile: dict[str, Any] | None = await conn.fetchval(
-        "SELECT profile FROM sources WHERE name = $1", task["source"]
-    )
-    return profile
+    return await sources.profile_named(conn, task["source"])
 
 
 async def record(conn: Connection, task: Any, reports: Reports) -> None:

@@ -24,6 +24,7 @@ from uuid import UUID
 from protocol import harvests as wire
 from protocol import v1
 from protocol.sources import SourceProfile
+from server.db import sources
 from server.db.pool import Connection, Pool, connection, transaction
 from server.errors import IdempotencyConflict, InvalidHarvest, JobNotFound, JobTooLarge, SourceNotFound
 
@@ -175,6 +176,10 @@ def _profile(row: Any, name: str) -> SourceProfile:
     return SourceProfile.model_validate(row, strict=False)
 
 
+async def _stored_profile(conn: Connection, name: str) -> SourceProfile:
+    return _profile(await sources.profile_named(conn, name), name)
+
+
 def _check(body: wire.HarvestCreate, profile: SourceProfile) -> None:
     """A harvest its profile can run, or the 422 that says what is missing."""
     if body.partition.dates is not None and profile.search.dates is None:
@@ -200,8 +205,7 @@ async def create_harvest(
             "per call: use longer windows (partition.dates.every) or fewer values"
         )
     async with transaction(pool) as conn:
-        row = await conn.fetchval("SELECT profile FROM sources WHERE name = $1", body.source)
-        profile = _profile(row, body.source)
+        profile = await _stored_profile(conn, body.source)
         _check(body, profile)
         collection = body.collection if body.collection is not None else (profile.collection or "")
         params = body.params.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
@@ -249,8 +253,7 @@ async def insert_slice(conn: Connection, job: Any, everything: bool) -> tuple[in
     first = (date.fromisoformat(dates["from"]), date.fromisoformat(dates["to"])) if dates else (None, None)
     cuts = _cuts(spec, *first)
     end = len(cuts) if everything else min(job["cursor"] + SLICE_WINDOWS, len(cuts))
-    row = await conn.fetchval("SELECT profile FROM sources WHERE name = $1", job["source"])
-    profile = _profile(row, job["source"])
+    profile = await _stored_profile(conn, job["source"])
     created = await _insert(conn, job["job_id"], 1, spec, profile, cuts[job["cursor"] : end], counted=True)
     return created, end, end >= len(cuts)
 
@@ -346,8 +349,7 @@ async def _run(
     conn: Connection, job: Any, start: date, end: date, next_run: datetime | None
 ) -> v1.JobCreated:
     run = await conn.fetchval(START_RUN, job["job_id"], end, next_run)
-    row = await conn.fetchval("SELECT profile FROM sources WHERE name = $1", job["source"])
-    profile = _profile(row, job["source"])
+    profile = await _stored_profile(conn, job["source"])
     created = await _insert(
         conn, job["job_id"], run, job["harvest"], profile, _cuts(job["harvest"], start, end)
     )

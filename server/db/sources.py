@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from protocol import sources as wire
-from server.db.pool import Pool, connection
+from server.db.pool import Connection, Pool, connection
 from server.errors import SourceNotFound
 
 PUT = """
@@ -13,6 +15,13 @@ RETURNING name, profile, updated_at, (xmax = 0) AS created
 """
 GET = "SELECT name, profile, updated_at FROM sources WHERE name = $1"
 LIST = "SELECT name, profile, updated_at FROM sources ORDER BY name"
+PROFILE = "SELECT profile FROM sources WHERE name = $1"
+
+
+async def profile_named(conn: Connection, name: str) -> dict[str, Any] | None:
+    """The stored profile of that name, as stored (None: there is none)."""
+    profile: dict[str, Any] | None = await conn.fetchval(PROFILE, name)
+    return profile
 
 
 async def put_source(pool: Pool, name: str, profile: wire.SourceProfile) -> tuple[wire.StoredSource, bool]:
