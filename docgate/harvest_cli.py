@@ -124,7 +124,7 @@ def _job(text: str) -> uuid.UUID:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from server.db.harvests import coverage
+    from server.db.coverage import coverage
 
     job_id = _job(args.job_id)
     cov = with_pool(lambda pool: coverage(pool, job_id, args.run_number))

@@ -12,7 +12,7 @@ from pydantic import Discriminator, Tag
 from protocol import harvests, paths, v1
 from protocol.sources import BUILT_IN
 from server.api.tasks import check_selectors, json_reply
-from server.db import documents, lifecycle, pausing
+from server.db import coverage, documents, lifecycle, pausing
 from server.db import harvests as harvest_db
 from server.db import jobs as db
 from server.deps import AdminDep, StateDep
@@ -94,7 +94,7 @@ async def job_coverage(
     """A harvest's ledger, window by window (the last run's by default): the registry's stated
     total, documents found, stored, failed and skipped as already held, each window's state, and
     the gaps — windows holding less than the registry said — with their failures."""
-    return json_reply(await harvest_db.coverage(state.pool, job_id, run))
+    return json_reply(await coverage.coverage(state.pool, job_id, run))
 
 
 @router.post(paths.JOB_EXTEND, response_model=v1.JobCreated)

@@ -26,9 +26,9 @@ from protocol import v1
 from protocol.harvests import Coverage
 from protocol.hosts import HOST_KEY_PATTERN
 from server.db import clients, hosts, lifecycle, pausing
+from server.db import coverage as db_coverage
 from server.db import dashboard as data
 from server.db import documents as db_documents
-from server.db import harvests as db_harvests
 from server.db import jobs as db_jobs
 from server.db import tasks as db_tasks
 from server.deps import StateDep
@@ -135,7 +135,7 @@ async def _find_job(state: GateState, job: str | None) -> tuple[Any, Any, Any, s
         job_id = UUID(job.strip())
         found = await db_jobs.get_job(state.pool, job_id)
         failures = await db_jobs.failure_summary(state.pool, job_id)
-        coverage = None if found.harvest is None else await db_harvests.coverage(state.pool, job_id, None)
+        coverage = None if found.harvest is None else await db_coverage.coverage(state.pool, job_id, None)
         return found, failures, None if coverage is None else timeline(coverage), None
     except ValueError:
         return None, None, None, "not a job id (a UUID like 3f2b…)"
