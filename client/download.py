@@ -39,7 +39,10 @@ from protocol.version import VERSION, user_agent
 T = TypeVar("T")
 REDIRECTS = {301, 302, 303, 307, 308}
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
-THROTTLED = {429, 503}  # slow the whole fleet down for that host
+# A 429 slows the whole fleet down for that host, and so does a 503 that says how long to wait;
+# a 503 without (or with Retry-After: 0) is a transient error, counted towards the host's
+# error rate (server/domain/budget.py: sporadic errors are not throttling).
+THROTTLED = 429
 MAX_REDIRECTS = 5
 BLOCKS = frozenset({FailureCode.BLOCKED, FailureCode.WRONG_TYPE, FailureCode.EMPTY_PAGE})
 MAX_RETRY_AFTER = 300.0
@@ -259,8 +262,9 @@ class Fetcher:
 
     def _record(self, host: str, reply: aiohttp.ClientResponse) -> None:
         """Tell the fleet's budget for this host what it answered."""
-        if reply.status in THROTTLED:
-            self.limiter.record(host, "throttled", retry_after(reply.headers.get("Retry-After")))
+        wait = retry_after(reply.headers.get("Retry-After")) if reply.status in (429, 503) else None
+        if reply.status == THROTTLED or (reply.status == 503 and wait):
+            self.limiter.record(host, "throttled", wait)
         elif reply.status in RETRY_STATUS:
             self.limiter.record(host, "error")
         else:

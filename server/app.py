@@ -110,6 +110,7 @@ def _lifespan(
             )
             app.state.gate = state
             state.wakeup.start(partial(lifecycle.any_leasable, pool), settings.poll_fallback_seconds)
+            state.budgets.start()
             background = [
                 asyncio.create_task(_probe(store), name="docgate-store-probe"),
                 asyncio.create_task(_housekeeping(state), name="docgate-housekeeping"),
@@ -124,6 +125,7 @@ def _lifespan(
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+                await state.budgets.stop()
                 await state.wakeup.stop()
                 await store.close()
         finally:

@@ -54,6 +54,12 @@ class Metrics:
             registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
         )
+        self.grant_latency = Histogram(
+            "docgate_grant_latency_seconds",
+            "Time to answer one host grant request (waiting for a slice renewal included).",
+            registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
+        )
         self.requests = Counter(
             "docgate_http_requests_total",
             "HTTP requests.",

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from server.auth import Authenticator
+from server.budgets import Budgets
 from server.config import Settings
 from server.db.hosts import Defaults
 from server.db.lifecycle import Backoff
@@ -25,6 +26,11 @@ class GateState:
     store: Storage
     # Set when this gate answered 202 for a job, so its background creator starts at once.
     creation: asyncio.Event = field(default_factory=asyncio.Event)
+    # This gate's slices of the hosts' budgets, and the grants it answers from them.
+    budgets: Budgets = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.budgets = Budgets(self.pool, self.host_defaults)
 
     @property
     def host_defaults(self) -> Defaults:

@@ -39,6 +39,24 @@ def dsn_for(base: str, database: str) -> str:
     return urlunsplit(parts._replace(path="/" + database))
 
 
+def _system_user() -> None:
+    """As root, pgserver runs PostgreSQL as the user `pgserver`, made with useradd when missing:
+    the test processes starting at once on a fresh machine raced to make it (one initdb then
+    ran as a uid another had just replaced). Made here once, under a lock."""
+    import fcntl
+    import pwd
+    import subprocess
+
+    if os.geteuid() != 0:
+        return
+    with open("/tmp/docgate-pgserver-user.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            pwd.getpwnam("pgserver")
+        except KeyError:
+            subprocess.run(["useradd", "-s", "/bin/bash", "pgserver"], check=True, capture_output=True)
+
+
 @pytest.fixture(scope="session")
 def pg_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """DSN of a maintenance database on a real PostgreSQL server."""
@@ -46,6 +64,7 @@ def pg_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if external:
         yield external
         return
+    _system_user()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import pgserver

@@ -31,8 +31,10 @@ async def grants(
     client_id = principal.client_id or NO_CLIENT
     state.metrics.count_host_reports(body.hosts)
     address = request.client.host if request.client else ""  # after a trusted proxy's forwarding
-    reply = await db.grants(state.pool, client_id, session_id, body, state.host_defaults, address[:64])
-    reply.paused_task_ids = await pausing.paused_tasks(state.pool, body.tasks or [], principal.client_id)
+    with state.metrics.grant_latency.time():
+        reply = await state.budgets.grants(client_id, session_id or "", body, address[:64])
+        if body.tasks and state.budgets.any_job_paused:  # none is, most of the time: no query
+            reply.paused_task_ids = await pausing.paused_tasks(state.pool, body.tasks, principal.client_id)
     return reply
 
 
@@ -45,4 +47,5 @@ async def list_hosts(state: StateDep, _: AdminDep) -> wire.HostList:
 async def set_host(host: HostPath, body: wire.HostSettings, state: StateDep, _: AdminDep) -> Response:
     """Override a host's budget, or pause it (clients start nothing there until it is resumed)."""
     await db.set_host(state.pool, host, body)
+    state.budgets.changed(host)
     return Response(status_code=204)

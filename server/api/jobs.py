@@ -146,6 +146,7 @@ async def job_documents(
 async def pause_job(job_id: UUID, state: StateDep, _: AdminDep, body: v1.JobPause | None = None) -> v1.Job:
     """Lease none of the job's tasks until it is resumed (tasks out on lease finish as they do)."""
     await pausing.pause_job(state.pool, job_id, (body or v1.JobPause()).reason)
+    state.budgets.job_paused()
     return await db.get_job(state.pool, job_id)
 
 

@@ -1,82 +1,66 @@
-"""Budgets per origin host, shared by the fleet: grants, the back-off, the operator's overrides.
+"""Budgets per origin host, shared by the fleet: the gates' slices, the back-off, the operator's overrides.
 
 A host's budget is `requests_per_second` and `max_connections` (an override, else the gate's
-HOST_RATE_LIMIT / HOST_CONNECTIONS; 0 = no limit). Its effective rate starts at the budget, is
-halved (at most once a second, never below 2 % of the budget) when a client reports 429/503
-answers, timeouts, resets or block pages, and grows back on healthy answers: by 5 % of the budget per second
-up to 80 % of the rate the trouble came at; it stays there for HOLD_SECONDS, then creeps on by
-0.5 % of the budget per second (a registry's limit is most likely where it was).
-Each client working on the host (seen in the last ACTIVE_SECONDS) gets an equal share, but
-never more than the others' last grants leave: a newcomer gets what is left until the others
-ask again (within REFRESH_SECONDS) and shrink to their shares, so the grants held at any moment
-sum to at most the budget. A client's grant holds for ACTIVE_SECONDS; one that stops asking
-stops using it (`GrantReply.valid_seconds`), and its share goes to the others. The strictest
-`politeness` of the jobs the host's active clients work on lowers its budget. The rows live in
-PostgreSQL, so every gate hands out the same shares.
+HOST_RATE_LIMIT / HOST_CONNECTIONS; 0 = no limit), lowered by the strictest `politeness` of the
+jobs its active clients work on. Its effective rate follows the back-off of
+server/domain/budget.py. Each gate holds a slice of the budget (`host_slices`), renewed with
+its clients' reports about twice a second in one transaction for all its hosts
+(`renew_slices`), under the hosts' row locks; the gate divides its slice among its own clients
+in memory (server/budgets.py).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections import defaultdict
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
-from uuid import UUID
 
 from protocol import hosts as wire
-from protocol import v1
 from server.db.pool import Connection, Pool, connection, transaction
+from server.domain import budget as rules
+from server.domain.budget import Rate, Seen
 
 log = logging.getLogger("docgate.gate")
 ACTIVE_SECONDS = 3.0  # a client that asked within this long counts towards a host's share
 REFRESH_SECONDS = 1.0  # how often a client asks
-DECREASE = 0.5
-INCREASE = 0.05  # of the budget, per second of healthy answers, well below the last trouble
-NEAR = 0.005  # the same, near or above the rate the last trouble came at (after HOLD_SECONDS)
-BELOW = 0.8  # of the rate the last trouble came at: where the fast increase stops
-HOLD_SECONDS = 30.0
-FLOOR = 0.02  # of the budget
+SLICE_SECONDS = 5.0  # how long a gate's slice counts after it was renewed
 
-# One round trip before the host's row lock, and three while it is held (LOCK; SHARES, which
-# must be its own statement so that it sees the grants committed while we waited; WRITE).
-SEEN = """
-WITH known AS (INSERT INTO hosts (host) VALUES ($1) ON CONFLICT (host) DO NOTHING)
-INSERT INTO host_clients (host, client_id, session_id, seen_at, cap_rate, cap_connections, address)
-VALUES ($1, $2, $3, now(), $4, $5, $6)
-ON CONFLICT (host, client_id, session_id) DO UPDATE
-SET seen_at = now(), cap_rate = $4, cap_connections = $5, address = $6
+ENSURE = "INSERT INTO hosts (host) SELECT unnest($1::text[]) ON CONFLICT (host) DO NOTHING"
+# In a fixed order: two gates renewing the same hosts never wait on each other's locks.
+LOCK = "SELECT *, now() AS now FROM hosts WHERE host = ANY($1::text[]) ORDER BY host FOR UPDATE"
+# The other gates' slices still counting, read after the locks (a statement of its own, so it
+# sees the slices committed while we waited).
+OTHERS = """
+SELECT host, address, clients, rate, connections, cap_rate, cap_connections FROM host_slices
+WHERE host = ANY($1::text[]) AND gate_id <> $2 AND expires_at > now()
 """
-LOCK = "SELECT *, now() AS now FROM hosts WHERE host = $1 FOR UPDATE"
-# The clients working on the host, what the others were granted, the same for the clients
-# behind this one's egress address ($5), and the strictest job politeness.
-SHARES = """
-SELECT count(*) AS active,
-       coalesce(sum(rate) FILTER (WHERE NOT mine), 0) AS others_rate,
-       coalesce(sum(connections) FILTER (WHERE NOT mine), 0) AS others_connections,
-       count(*) FILTER (WHERE address = $5) AS near,
-       coalesce(sum(rate) FILTER (WHERE NOT mine AND address = $5), 0) AS near_rate,
-       coalesce(sum(connections) FILTER (WHERE NOT mine AND address = $5), 0) AS near_connections,
-       min(cap_rate) AS cap_rate, min(cap_connections) AS cap_connections
-FROM (SELECT *, (client_id = $2 AND session_id = $3) AS mine FROM host_clients
-      WHERE host = $1 AND seen_at > now() - make_interval(secs => $4)) c
+ADJUST = """
+UPDATE hosts SET effective_rate = $2, ceiling = $3, troubled_at = $4, noisy_at = $5, adjusted_at = $6,
+    answers = $7, errors = $8, counted_at = $9, pause_until = $10
+WHERE host = $1
 """
-# The host's new rate, this client's grant and what it saw, in one statement.
-WRITE = """
-WITH adjust AS (
-    UPDATE hosts SET effective_rate = $2, ceiling = $3, pause_until = $4, adjusted_at = $5,
-        troubled_at = CASE WHEN $6 THEN $5 ELSE troubled_at END
-    WHERE host = $1
-), granted AS (
-    UPDATE host_clients SET rate = $7, connections = $8
-    WHERE host = $1 AND client_id = $9 AND session_id = $10
-)
+SLICE = """
+INSERT INTO host_slices (host, address, gate_id, clients, rate, connections, cap_rate, cap_connections,
+                         expires_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9::float8))
+ON CONFLICT (host, address, gate_id) DO UPDATE SET clients = $4, rate = $5, connections = $6,
+    cap_rate = $7, cap_connections = $8, expires_at = excluded.expires_at
+"""
+# This gate's slices it no longer needs: hosts it left, addresses none of its clients come from.
+DROP = """
+DELETE FROM host_slices WHERE gate_id = $1 AND host = ANY($2::text[])
+  AND NOT (host || ' ' || address) = ANY($3::text[])
+"""
+STATS = """
 INSERT INTO host_stats (host, minute, ok, throttled, errors, blocked)
-SELECT $1, date_trunc('minute', now()), $11::bigint, $12::bigint, $13::bigint, $14::bigint
-WHERE $11::bigint + $12::bigint + $13::bigint + $14::bigint > 0
+VALUES ($1, date_trunc('minute', now()), $2, $3, $4, $5)
 ON CONFLICT (host, minute) DO UPDATE SET ok = host_stats.ok + excluded.ok,
     throttled = host_stats.throttled + excluded.throttled, errors = host_stats.errors + excluded.errors,
     blocked = host_stats.blocked + excluded.blocked
 """
+ANY_JOB_PAUSED = "SELECT EXISTS (SELECT 1 FROM jobs WHERE paused)"
 RECENT = """
 SELECT coalesce(sum(ok + throttled + errors + blocked), 0) AS answers,
        coalesce(sum(errors + blocked), 0) AS bad, coalesce(sum(blocked), 0) AS blocked
@@ -85,8 +69,8 @@ FROM host_stats WHERE host = $1 AND minute > now() - interval '5 minutes'
 AUTO_PAUSE = "UPDATE hosts SET paused = true, paused_reason = $2 WHERE host = $1 AND NOT paused"
 LIST = """
 SELECT h.*, now() AS now,
-       (SELECT count(*) FROM host_clients c WHERE c.host = h.host
-         AND c.seen_at > now() - make_interval(secs => $1)) AS clients_active,
+       (SELECT coalesce(sum(c.clients), 0) FROM host_slices c WHERE c.host = h.host
+         AND c.address = '' AND c.expires_at > now()) AS clients_active,
        coalesce(s.ok, 0) AS ok, coalesce(s.throttled, 0) AS throttled, coalesce(s.errors, 0) AS errors,
        coalesce(s.blocked, 0) AS blocked,
        coalesce(s.ok_60, 0) AS ok_60, coalesce(s.throttled_60, 0) AS throttled_60,
@@ -108,7 +92,7 @@ INSERT INTO hosts (host, requests_per_second, max_connections, paused, paused_re
 VALUES ($1, $2, $3, $4, CASE WHEN $4 THEN 'paused by an operator' END)
 ON CONFLICT (host) DO UPDATE SET requests_per_second = $2, max_connections = $3, paused = $4,
     paused_reason = CASE WHEN $4 THEN 'paused by an operator' END,
-    effective_rate = NULL, ceiling = NULL, adjusted_at = now()
+    effective_rate = NULL, ceiling = NULL, adjusted_at = now(), answers = 0, errors = 0
 """
 PAUSE = """
 INSERT INTO hosts (host, paused, paused_reason) VALUES ($1, $2, CASE WHEN $2 THEN $3 END)
@@ -117,10 +101,10 @@ ON CONFLICT (host) DO UPDATE SET paused = $2, paused_reason = CASE WHEN $2 THEN 
 BUDGET = """
 INSERT INTO hosts (host, requests_per_second, max_connections) VALUES ($1, $2, $3)
 ON CONFLICT (host) DO UPDATE SET requests_per_second = $2, max_connections = $3,
-    effective_rate = NULL, ceiling = NULL, adjusted_at = now()
+    effective_rate = NULL, ceiling = NULL, adjusted_at = now(), answers = 0, errors = 0
 """
 CLEAR_STATS = "DELETE FROM host_stats WHERE host = $1"
-FORGET = "DELETE FROM host_clients WHERE seen_at < now() - interval '1 minute'"
+FORGET = "DELETE FROM host_slices WHERE expires_at < now() - interval '1 minute'"
 FORGET_STATS = "DELETE FROM host_stats WHERE minute < now() - interval '2 hours'"
 
 
@@ -138,96 +122,84 @@ class Defaults:
     address_connections: int = 0
 
 
-def budget(value: float | None, default: float) -> float | None:
-    chosen = default if value is None else value
-    return chosen if chosen > 0 else None
+@dataclass
+class Want:
+    """What one gate asks of one host's budget: how many of its clients work on it (and behind
+    which addresses), what their grants still valid add up to, and what they saw."""
+
+    host: str
+    clients: int = 0
+    addresses: dict[str, int] = field(default_factory=dict)
+    held_rate: float = 0.0
+    held_connections: int = 0
+    held_by_address: dict[str, tuple[float, int]] = field(default_factory=dict)
+    cap_rate: float | None = None
+    cap_connections: int | None = None
+    seen: Seen = field(default_factory=Seen)
+    retry_after: float | None = None
 
 
-async def grants(
-    pool: Pool,
-    client_id: UUID,
-    session_id: str | None,
-    body: wire.GrantRequest,
-    defaults: Defaults,
-    address: str = "",
-) -> wire.GrantReply:
-    """Record what the client saw, adjust each host's rate, and answer with its shares."""
-    answers = []
+@dataclass(frozen=True)
+class Slice:
+    """A gate's part of one budget: what it may grant its clients in all (None: no limit)."""
+
+    rate: float | None
+    connections: int | None
+    one_each: bool = False  # more clients than connections in the fleet: one connection each
+
+
+@dataclass(frozen=True)
+class Renewed:
+    """One host, as the gate renewed it: its slices (the host's, and per address) for
+    SLICE_SECONDS, whether it is paused, and how long everyone must wait (Retry-After)."""
+
+    host: str
+    fleet: Slice
+    by_address: dict[str, Slice]
+    paused: bool
+    wait_seconds: float
+
+
+async def renew_slices(
+    pool: Pool, gate_id: str, wants: list[Want], gone: list[str], defaults: Defaults
+) -> tuple[list[Renewed], bool]:
+    """One gate's slices of every host its clients work on, renewed in one transaction under the
+    hosts' row locks, with its clients' reports folded into each host's back-off; the slices of
+    hosts it has left dropped. Also whether any job is paused (the grants' paused-task check)."""
+    names = sorted(w.host for w in wants)
+    wanted = {w.host: w for w in wants}
+    renewed: list[Renewed] = []
     async with transaction(pool) as conn:
-        # A fixed order: two clients reporting the same hosts never wait on each other's locks.
-        for report in sorted(body.hosts, key=lambda r: r.host):
-            answers.append(await _grant(conn, client_id, session_id or "", report, defaults, address))
-    return wire.GrantReply(grants=answers, refresh_seconds=REFRESH_SECONDS, valid_seconds=ACTIVE_SECONDS)
-
-
-async def _grant(
-    conn: Connection,
-    client_id: UUID,
-    session_id: str,
-    report: wire.HostReport,
-    defaults: Defaults,
-    address: str,
-) -> wire.HostGrant:
-    cap = report.politeness or v1.Politeness()
-    polite = (cap.requests_per_second, cap.max_connections)
-    await conn.execute(SEEN, report.host, client_id, session_id, *polite, address)
-    row = await conn.fetchrow(LOCK, report.host)
-    assert row is not None
-    now: datetime = row["now"]
-    shares = await conn.fetchrow(SHARES, report.host, client_id, session_id, ACTIVE_SECONDS, address)
-    assert shares is not None
-    rate = budget(row["requests_per_second"], defaults.requests_per_second)
-    effective, ceiling, adjusted = _adjusted(rate, row, now, report)
-    troubled = adjusted == now and bool(report.throttled or report.errors or report.blocked)
-    pause_until = row["pause_until"]
-    if report.retry_after:
-        until = now + timedelta(seconds=report.retry_after)
-        pause_until = until if pause_until is None or until > pause_until else pause_until
-    stored = (effective, ceiling, pause_until, adjusted, troubled)
-    effective = _lowest(effective, shares["cap_rate"])  # the back-off runs on the host's own budget
-    active = max(1, int(shares["active"]))
-    connections = _lowest(budget(row["max_connections"], defaults.max_connections), shares["cap_connections"])
-    share = _share(effective, active, shares["others_rate"])
-    slots = _slots(connections, active, shares["others_connections"])
-    near = max(1, int(shares["near"]))
-    if defaults.address_rate > 0:
-        share = _lowest(share, _share(defaults.address_rate, near, shares["near_rate"]))
-    if defaults.address_connections > 0:
-        mine = _slots(defaults.address_connections, near, shares["near_connections"])
-        slots = mine if slots is None or mine is None else min(slots, mine)
-    seen = (report.ok, report.throttled, report.errors, report.blocked)
-    await conn.execute(WRITE, report.host, *stored, share, slots, client_id, session_id, *seen)
-    paused = row["paused"]
-    if (report.errors or report.blocked) and not paused:
-        paused = await _dead_man(conn, report.host, defaults) is not None
-    wait = (pause_until - now).total_seconds() if pause_until is not None else 0.0
-    return wire.HostGrant(
-        host=report.host,
-        requests_per_second=share,
-        max_connections=slots,
-        paused=paused,
-        wait_seconds=max(0.0, wait),
-    )
-
-
-def _share(total: float | None, clients: int, others: float) -> float | None:
-    """An equal share of `total`, but no more than the others' grants leave."""
-    return None if total is None else max(0.0, min(total / clients, total - others))
-
-
-def _slots(total: float | None, clients: int, others: int) -> int | None:
-    """The same for connections; with more clients than connections, one each."""
-    if total is None:
-        return None
-    if clients > total:
-        return 1
-    return max(0, min(int(total) // clients, int(total) - int(others)))
-
-
-def _lowest(value: float | None, cap: float | None) -> float | None:
-    if cap is None:
-        return value
-    return cap if value is None else min(value, cap)
+        if names:
+            await conn.execute(ENSURE, names)
+            rows = {r["host"]: r for r in await conn.fetch(LOCK, names)}
+            others: dict[str, list[Any]] = defaultdict(list)
+            for other in await conn.fetch(OTHERS, names, gate_id):
+                others[other["host"]].append(other)
+            adjusted, slices, stats = [], [], []
+            for name in names:
+                want, row = wanted[name], rows[name]
+                renewal, state, pause_until = _renew(want, row, others[name], defaults)
+                adjusted.append((name, *state, pause_until))
+                slices += _slice_rows(want, renewal, gate_id)
+                if want.seen.answers:
+                    seen = want.seen
+                    stats.append((name, seen.ok, seen.throttled, seen.errors, seen.blocked))
+                renewed.append(renewal)
+            await conn.executemany(ADJUST, adjusted)
+            await conn.executemany(SLICE, slices)
+            if stats:
+                await conn.executemany(STATS, stats)
+            for i, renewal in enumerate(renewed):
+                seen = wanted[renewal.host].seen
+                troubled = (seen.errors or seen.blocked) and not renewal.paused
+                if troubled and await _dead_man(conn, renewal.host, defaults) is not None:
+                    renewed[i] = Renewed(renewal.host, renewal.fleet, renewal.by_address, True, 0.0)
+        kept = [f"{s[0]} {s[1]}" for s in _kept(wants)]
+        if names or gone:
+            await conn.execute(DROP, gate_id, names + gone, kept)
+        any_paused = bool(await conn.fetchval(ANY_JOB_PAUSED))
+    return renewed, any_paused
 
 
 async def _dead_man(conn: Connection, host: str, defaults: Defaults) -> str | None:
@@ -247,43 +219,131 @@ async def _dead_man(conn: Connection, host: str, defaults: Defaults) -> str | No
     return reason
 
 
-def _adjusted(
-    rate: float | None, row: Any, now: datetime, report: wire.HostReport
-) -> tuple[float | None, float | None, datetime]:
-    """Multiplicative decrease on trouble, additive increase on health, within [floor, budget]:
-    the new effective rate, the rate trouble last came at, when it was adjusted."""
-    adjusted_at: datetime = row["adjusted_at"]
-    ceiling: float | None = row["ceiling"]
-    if rate is None:
-        return None, None, now
-    current = min(rate, row["effective_rate"] if row["effective_rate"] is not None else rate)
-    elapsed = (now - adjusted_at).total_seconds()
-    if report.throttled or report.errors or report.blocked:  # soft blocks slow the fleet too
-        troubled_at = row["troubled_at"]
-        if troubled_at is not None and (now - troubled_at).total_seconds() < 1.0:
-            return current, ceiling, adjusted_at  # one halving a second, however many report it
-        return max(rate * FLOOR, current * DECREASE), current, now
-    if report.ok and current < rate:
-        grown = current + rate * INCREASE * min(elapsed, 10.0)
-        if ceiling is not None:
-            held = (
-                row["troubled_at"] is not None and (now - row["troubled_at"]).total_seconds() < HOLD_SECONDS
+def _kept(wants: list[Want]) -> list[tuple[str, str]]:
+    return [(w.host, "") for w in wants] + [(w.host, a) for w in wants for a in w.addresses]
+
+
+def _renew(
+    want: Want, row: Any, others: list[Any], defaults: Defaults
+) -> tuple[Renewed, tuple[Any, ...], datetime | None]:
+    """The gate's slices of one host (under its row lock), the host's new back-off state and
+    when its Retry-After pause ends."""
+    now: datetime = row["now"]
+    rate = rules.budget(row["requests_per_second"], defaults.requests_per_second)
+    before = Rate(
+        row["effective_rate"],
+        row["ceiling"],
+        row["troubled_at"],
+        row["noisy_at"],
+        row["adjusted_at"],
+        row["answers"],
+        row["errors"],
+        row["counted_at"],
+    )
+    after, _ = rules.adjust(rate, before, now, want.seen)
+    pause_until: datetime | None = row["pause_until"]
+    if want.retry_after:
+        until = now + timedelta(seconds=want.retry_after)
+        pause_until = until if pause_until is None or until > pause_until else pause_until
+    fleet = [o for o in others if o["address"] == ""]
+    cap_rate = _least([want.cap_rate] + [o["cap_rate"] for o in fleet])
+    cap_connections = _least([want.cap_connections] + [o["cap_connections"] for o in fleet])
+    effective = rules.lowest(after.effective, cap_rate)
+    connections = rules.lowest(
+        rules.budget(row["max_connections"], defaults.max_connections), cap_connections
+    )
+    clients = want.clients + sum(int(o["clients"]) for o in fleet)
+    host_slice = Slice(
+        rules.portion(effective, want.clients, clients, sum(o["rate"] or 0.0 for o in fleet)),
+        _int(
+            rules.slot_portion(connections, want.clients, clients, sum(o["connections"] or 0 for o in fleet))
+        ),
+    )
+    by_address = {}
+    for address, mine in want.addresses.items():
+        near = [o for o in others if o["address"] == address]
+        count = mine + sum(int(o["clients"]) for o in near)
+        by_address[address] = Slice(
+            rules.portion(
+                rules.budget(None, defaults.address_rate), mine, count, sum(o["rate"] or 0.0 for o in near)
+            ),
+            _int(
+                rules.slot_portion(
+                    rules.budget(None, defaults.address_connections),
+                    mine,
+                    count,
+                    sum(o["connections"] or 0 for o in near),
+                )
+            ),
+        )
+    wait = (pause_until - now).total_seconds() if pause_until is not None else 0.0
+    state = (
+        after.effective,
+        after.ceiling,
+        after.troubled_at,
+        after.noisy_at,
+        after.adjusted_at,
+        after.answers,
+        after.errors,
+        after.counted_at,
+    )
+    return Renewed(want.host, host_slice, by_address, bool(row["paused"]), max(0.0, wait)), state, pause_until
+
+
+def _slice_rows(want: Want, renewal: Renewed, gate_id: str) -> list[tuple[Any, ...]]:
+    """The slices as recorded: never less than what the gate's clients still hold, so that a
+    slice that shrinks is not given to the other gates before its grants have run out."""
+    caps = (want.cap_rate, want.cap_connections)
+    rows = [
+        (
+            want.host,
+            "",
+            gate_id,
+            want.clients,
+            *_committed(renewal.fleet, want.held_rate, want.held_connections),
+            *caps,
+            SLICE_SECONDS,
+        )
+    ]
+    for address, part in renewal.by_address.items():
+        held_rate, held_connections = want.held_by_address.get(address, (0.0, 0))
+        rows.append(
+            (
+                want.host,
+                address,
+                gate_id,
+                want.addresses[address],
+                *_committed(part, held_rate, held_connections),
+                None,
+                None,
+                SLICE_SECONDS,
             )
-            if held:
-                grown = max(current, min(grown, BELOW * ceiling))
-            elif current >= BELOW * ceiling:
-                grown = current + rate * NEAR * min(elapsed, 10.0)
-        return min(rate, grown), ceiling, now
-    return current, ceiling, now if report.ok else adjusted_at
+        )
+    return rows
+
+
+def _committed(part: Slice, held_rate: float, held_connections: int) -> tuple[float | None, int | None]:
+    rate = None if part.rate is None else max(part.rate, held_rate)
+    connections = None if part.connections is None else max(part.connections, held_connections)
+    return rate, connections
+
+
+def _least(values: list[Any]) -> Any:
+    present = [v for v in values if v is not None]
+    return min(present) if present else None
+
+
+def _int(value: int | None) -> int | None:
+    return None if value is None else int(value)
 
 
 async def list_hosts(pool: Pool, defaults: Defaults) -> wire.HostList:
     async with connection(pool) as conn:
-        rows = await conn.fetch(LIST, ACTIVE_SECONDS)
+        rows = await conn.fetch(LIST)
     hosts = []
     for row in rows:
-        rate = budget(row["requests_per_second"], defaults.requests_per_second)
-        connections = budget(row["max_connections"], defaults.max_connections)
+        rate = rules.budget(row["requests_per_second"], defaults.requests_per_second)
+        connections = rules.budget(row["max_connections"], defaults.max_connections)
         effective = None if rate is None else min(rate, row["effective_rate"] or rate)
         until = row["pause_until"]
         hosts.append(

@@ -221,6 +221,7 @@ async def _run_action(state: GateState, action: str, target: Any) -> dict[str, A
         if not re.match(HOST_KEY_PATTERN, host):
             raise Unprocessable("id must be a host name")
         await hosts.pause(state.pool, host, action == "pause-host")
+        state.budgets.changed(host)
         return {"host": host, "paused": action == "pause-host"}
     handler = ACTIONS.get(action)
     if handler is None:
@@ -246,6 +247,7 @@ async def _cancel_job(state: GateState, ident: UUID) -> dict[str, Any]:
 
 async def _pause_job(state: GateState, ident: UUID) -> dict[str, Any]:
     await pausing.pause_job(state.pool, ident, "paused by an operator (dashboard)")
+    state.budgets.job_paused()
     return {"paused": True}
 
 
