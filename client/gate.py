@@ -65,6 +65,7 @@ ERRORS: dict[ErrorCode, type[ClientError]] = {
     C.IDEMPOTENCY_CONFLICT: GateRefused,
     C.JOB_TOO_LARGE: GateRefused,
     C.INVALID_HARVEST: GateRefused,
+    C.LEASE_CAP: GateRefused,
 }
 
 
@@ -150,6 +151,11 @@ class GateAPI:
             outstanding = reply.headers.get(paths.OUTSTANDING_HEADER)
             return [], int(outstanding) if outstanding and outstanding.isdigit() else None
         return v1.LeaseBatch.model_validate_json(reply.content).tasks, None
+
+    async def goodbye(self) -> int:
+        """This process stops: its leases back, nothing more leased to it. How many went back."""
+        reply = await self._call("DELETE", paths.url(paths.SESSION), attempts=2)
+        return v1.Goodbye.model_validate_json(reply.content).tasks_handed_back
 
     async def progress(
         self,

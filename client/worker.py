@@ -31,6 +31,7 @@ from client.sources.profile import ProfileSource
 from client.steps import Ending, TaskSteps
 from client.work import Work
 from protocol import v1
+from protocol.errors import ErrorCode
 from protocol.failures import FailureCode
 from storage import Storage
 
@@ -77,6 +78,7 @@ class Worker:
         try:
             await self._lease_loop()
             await self._drain()
+            await self._goodbye()
         finally:
             heartbeats.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -125,6 +127,10 @@ class Worker:
             self._stop_for(exc)
             return None
         except ClientError as exc:
+            if exc.code == ErrorCode.LEASE_CAP:  # this key's cap (the operator's): wait for a task
+                log.info("lease cap reached: %s", exc.message)
+                await self._wait_any(list(self.runs.values()), seconds=self.config.poll_interval)
+                return None
             log.warning("cannot lease: %s", exc.message)
             await self._wait_any([], seconds=self.config.poll_interval)
             return None
@@ -177,6 +183,17 @@ class Worker:
         for task in late:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
+
+    async def _goodbye(self) -> None:
+        """Tell the gate this process is gone: what a lease request still waiting there would
+        hand it goes back at once (an older gate, or one not answering, lets it run out)."""
+        try:
+            handed = await self.gate.goodbye()
+        except ClientError as exc:
+            log.info("goodbye not heard (%s): leases still held run out by themselves", exc.message)
+            return
+        if handed:
+            log.info("goodbye: the gate took back %d leases this process still held", handed)
 
     # ---- heartbeats
 

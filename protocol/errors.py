@@ -45,6 +45,7 @@ class ErrorCode(StrEnum):
     INVALID_STATE = "invalid_state"  # e.g. cancel a completed task
     KEY_IN_USE = "key_in_use"
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"  # the key was first used for different work
+    LEASE_CAP = "lease_cap"  # the client holds MAX_LEASES_PER_CLIENT (or its key's cap) already
     # 413
     TOO_LARGE = "too_large"
     # 422

@@ -52,6 +52,7 @@ HEALTH = "/health"
 # headers
 API_KEY_HEADER = "X-API-Key"
 SESSION_HEADER = "X-Session-Id"
+SESSION = "/session"  # DELETE: the calling process (its X-Session-Id) says goodbye
 LEASE_HEADER = "X-Lease-Token"  # an upload's lease_token
 SHA256_HEADER = "X-Content-SHA256"
 OUTSTANDING_HEADER = "X-Tasks-Outstanding"  # on a 204 lease reply: pending + assigned tasks

@@ -449,12 +449,24 @@ class StatusReport(Reply):
 # ---- clients
 
 
+MaxLeases = Annotated[int, Field(ge=0, le=1_000_000)]
+
+
 class ClientRegister(Request):
     client_name: Name
     client_host: Annotated[str, StringConstraints(max_length=255), AfterValidator(no_nul)] | None = None
     api_key: Annotated[str, StringConstraints(min_length=32, max_length=256)] | None = None
+    max_leases: MaxLeases | None = Field(
+        default=None, description="The most leases this key may hold at once (default MAX_LEASES_PER_CLIENT)."
+    )
 
     _check_key = field_validator("api_key")(lambda v: v if v is None else no_nul(v))
+
+
+class ClientUpdate(Request):
+    """`PATCH /api/v1/clients/{client_id}`: the key's own lease cap (null: the gate's setting)."""
+
+    max_leases: MaxLeases | None
 
 
 class ClientRegistered(Reply):
@@ -490,6 +502,13 @@ class ClientInfo(Reply):
     tasks_held: int
     docs_per_minute: float | None
     revoked_at: datetime | None = None
+    max_leases: int | None = None
+
+
+class Goodbye(Reply):
+    """`DELETE /api/v1/session`: the process's leases handed back; nothing more is leased to it."""
+
+    tasks_handed_back: int
 
 
 class ClientRevoked(Reply):

@@ -156,6 +156,7 @@ async def _housekeeping(state: GateState) -> None:
             await stats.fold_counts(state.pool)
             await stats.prune_events(state.pool, state.settings.task_events_retention_seconds)
             await pausing.hold_returned(state.pool)
+            await lifecycle.hand_back_ended(state.pool)  # a lease that raced a goodbye
             while await harvests.start_due_run(state.pool) is not None:
                 pass  # a repeating harvest's run: one gate starts each (the job's row lock)
             rounds += 1

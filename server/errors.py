@@ -15,6 +15,7 @@ status and wire code (``protocol.errors.ErrorCode``).
     ├── Conflict                409 invalid_state
     │   ├── LeaseLost           409 lease_lost
     │   ├── IdempotencyConflict 409 idempotency_conflict
+    │   ├── LeaseCapReached     409 lease_cap
     │   └── KeyInUse            409 key_in_use
     ├── PayloadTooLarge         413 too_large
     ├── Unprocessable           422 invalid_field
@@ -95,6 +96,10 @@ class IdempotencyConflict(Conflict):
     """The idempotency_key was first used for different work."""
 
 
+class LeaseCapReached(Conflict):
+    """The client already holds as many leases as it may (MAX_LEASES_PER_CLIENT, or its key's)."""
+
+
 class KeyInUse(Conflict):
     """api_key is already in use; omit it to get a generated one."""
 
@@ -168,6 +173,7 @@ ERRORS: dict[type[Exception], tuple[int, ErrorCode]] = {
     Conflict: (409, C.INVALID_STATE),
     LeaseLost: (409, C.LEASE_LOST),
     KeyInUse: (409, C.KEY_IN_USE),
+    LeaseCapReached: (409, C.LEASE_CAP),
     IdempotencyConflict: (409, C.IDEMPOTENCY_CONFLICT),
     PayloadTooLarge: (413, C.TOO_LARGE),
     Unprocessable: (422, C.INVALID_FIELD),

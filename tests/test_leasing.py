@@ -6,6 +6,7 @@ import asyncio
 import json
 import random
 import time
+import uuid
 from typing import Any
 
 import asyncpg
@@ -547,12 +548,89 @@ async def test_one_client_cannot_hoard_the_queue(db_dsn: str, tmp_path: Any) -> 
         hoarder, other = await gate.register("hoarder"), await gate.register("other")
         first = await gate.lease(hoarder, max_tasks=10)
         assert len(first.json()["tasks"]) == 3
-        assert (await gate.lease(hoarder, max_tasks=10)).status_code == 204
+        refused = await gate.lease(hoarder, max_tasks=10, wait=5)  # refused at once, not waited on
+        assert (refused.status_code, refused.json()["code"]) == (409, "lease_cap"), refused.text
+        assert "holds 3 leases and may hold 3" in refused.json()["detail"]
         assert len((await gate.lease(other, max_tasks=2)).json()["tasks"]) == 2
         done = first.json()["tasks"][0]
         body = {"task_id": done["task_id"], "lease_token": done["lease_token"]}
         assert (await gate.http.post("/api/v1/tasks/complete", headers=hoarder, json=body)).status_code == 200
         assert len((await gate.lease(hoarder, max_tasks=10)).json()["tasks"]) == 1
+
+
+async def test_a_keys_own_lease_cap_and_heartbeats_that_keep_no_more(db_dsn: str, tmp_path: Any) -> None:
+    """A key's max_leases (at registration, or PATCH /api/v1/clients/{id}) overrides
+    MAX_LEASES_PER_CLIENT for that key alone; lowered below what it holds, its heartbeats keep
+    only that many leases alive (the oldest); bad values are 422, an unknown client 404."""
+    settings = gate_settings(storage_url=str(tmp_path / "store"), max_leases_per_client=5)
+    async for gate in start_gate(db_dsn, settings):
+        for _ in range(12):
+            await gate.create()
+        r = await gate.http.post(
+            "/api/v1/clients/register", headers=gate.admin, json={"client_name": "small", "max_leases": 2}
+        )
+        small = {"X-API-Key": r.json()["api_key"]}
+        big = await gate.register("big")
+        assert len((await gate.lease(small, max_tasks=10)).json()["tasks"]) == 2
+        assert (await gate.lease(small)).json()["code"] == "lease_cap"
+        held = (await gate.lease(big, max_tasks=10)).json()["tasks"]
+        assert len(held) == 5  # the gate's setting for a key without its own
+        (big_id,) = [
+            c["client_id"]
+            for c in (await gate.http.get("/api/v1/clients", headers=gate.admin)).json()["clients"]
+            if c["client_name"] == "big"
+        ]
+        r = await gate.http.patch(f"/api/v1/clients/{big_id}", headers=gate.admin, json={"max_leases": 1})
+        assert r.status_code == 204, r.text
+        beat = (await gate.http.post("/api/v1/clients/heartbeat", headers=big, json={})).json()
+        assert beat["leases_extended"] == 1, beat
+        assert (await gate.lease(big)).json()["code"] == "lease_cap"
+        for bad in ({"max_leases": -1}, {"max_leases": "many"}, {}):
+            r = await gate.http.patch(f"/api/v1/clients/{big_id}", headers=gate.admin, json=bad)
+            assert (r.status_code, r.json()["code"]) == (422, "invalid_field"), (bad, r.text)
+        r = await gate.http.patch(
+            f"/api/v1/clients/{uuid.uuid4()}", headers=gate.admin, json={"max_leases": 1}
+        )
+        assert (r.status_code, r.json()["code"]) == (404, "client_not_found")
+        r = await gate.http.patch(f"/api/v1/clients/{big_id}", headers=big, json={"max_leases": 100})
+        assert r.status_code == 403  # not the client's to raise
+        listed = (await gate.http.get("/api/v1/clients", headers=gate.admin)).json()["clients"]
+        assert {c["client_name"]: c["max_leases"] for c in listed} == {"small": 2, "big": 1}
+
+
+async def test_a_goodbye_hands_back_and_a_left_behind_long_poll_gets_nothing(gate: Gate) -> None:
+    """DELETE /api/v1/session: the process's leases go back at once (attempt given back), and a
+    long-poll it left waiting at the gate is leased nothing when work comes. Control: the same
+    long-poll of a process that said no goodbye takes the task."""
+    import asyncio
+
+    client = await gate.register()
+    for _ in range(2):
+        await gate.create()
+    one = client | {"X-Session-Id": "proc-1"}
+    assert len((await gate.lease(one, max_tasks=5)).json()["tasks"]) == 2
+    bye = await gate.http.delete("/api/v1/session", headers=one)
+    assert bye.status_code == 200 and bye.json() == {"tasks_handed_back": 2}, bye.text
+    rows = await gate.sql("SELECT status, attempts FROM tasks")
+    assert [(r["status"], r["attempts"]) for r in rows] == [("pending", 0)] * 2
+    assert (await gate.http.delete("/api/v1/session", headers=client)).json()["code"] == "invalid_field"
+    await gate.sql("UPDATE tasks SET status = 'cancelled'")
+
+    for session, says_goodbye in (("proc-2", True), ("proc-3", False)):
+        left = client | {"X-Session-Id": session}
+        waiting = asyncio.create_task(gate.lease(left, wait=4))
+        await asyncio.sleep(0.5)
+        if says_goodbye:
+            assert (await gate.http.delete("/api/v1/session", headers=left)).status_code == 200
+        task_id = (await gate.create())["task_id"]
+        answer = await waiting
+        if says_goodbye:
+            assert answer.status_code == 204, answer.text
+            (row,) = await gate.sql("SELECT status FROM tasks WHERE task_id = $1", uuid.UUID(task_id))
+            assert row["status"] == "pending"
+            await gate.sql("UPDATE tasks SET status = 'cancelled'")
+        else:
+            assert answer.status_code == 200 and answer.json()["task_id"] == task_id  # control
 
 
 async def test_a_hand_back_may_give_the_attempt_back(gate: Gate) -> None:

@@ -82,6 +82,12 @@ async def _lease(
             max_held=state.settings.max_leases_per_client,
         )
         state.metrics.lease_latency.observe(time.perf_counter() - started)
+        if leased and session_id and await request.is_disconnected():
+            # Answered to a connection already gone (a client stopped mid-poll): back at once,
+            # not `assigned` to no one for a whole lease.
+            ids = [t.task_id for t in leased]
+            await lifecycle.hand_back_session(state.pool, principal.client_id, session_id, ids, "client gone")
+            return []
         if leased or not await _woken(state, request, wake, deadline):
             state.metrics.leases.inc(len(leased))
             return leased

@@ -14,8 +14,8 @@ from server.db.pool import Pool, connection, transaction
 from server.errors import ClientNotFound, Conflict, KeyInUse
 
 REGISTER = """
-INSERT INTO clients (client_name, client_host, api_key_hash)
-VALUES ($1, $2, $3)
+INSERT INTO clients (client_name, client_host, api_key_hash, max_leases)
+VALUES ($1, $2, $3, $4)
 RETURNING client_id, client_name, client_host
 """
 
@@ -48,7 +48,7 @@ SELECT c.client_id, c.client_name, c.client_host, c.created_at, c.last_heartbeat
             THEN 'active' ELSE 'stale' END AS status,
        (SELECT count(*) FROM tasks t
         WHERE t.assigned_to = c.client_id AND t.status = 'assigned') AS tasks_held,
-       c.revoked_at
+       c.revoked_at, c.max_leases
 FROM clients c
 ORDER BY c.created_at
 LIMIT $2
@@ -65,11 +65,11 @@ class KeyOwner:
 
 
 async def register_client(
-    pool: Pool, name: str, host: str | None, key_hash: bytes
+    pool: Pool, name: str, host: str | None, key_hash: bytes, max_leases: int | None = None
 ) -> tuple[UUID, str, str | None]:
     try:
         async with connection(pool) as conn:
-            record = await conn.fetchrow(REGISTER, name, host, key_hash)
+            record = await conn.fetchrow(REGISTER, name, host, key_hash, max_leases)
     except asyncpg.UniqueViolationError:
         raise KeyInUse() from None
     assert record is not None  # INSERT … RETURNING always returns the row
@@ -97,6 +97,18 @@ async def revoke_client(pool: Pool, client_id: UUID) -> v1.ClientRevoked:
     return v1.ClientRevoked(client_id=client_id, revoked_at=record["revoked_at"], tasks_handed_back=handed)
 
 
+async def set_max_leases(pool: Pool, client_id: UUID, max_leases: int | None) -> None:
+    """The key's own lease cap: leases past it are refused (lease_cap) and not kept by heartbeats."""
+    async with connection(pool) as conn:
+        found = await conn.fetchval(
+            "UPDATE clients SET max_leases = $2 WHERE client_id = $1 RETURNING client_id",
+            client_id,
+            max_leases,
+        )
+    if found is None:
+        raise ClientNotFound(f"client {client_id} not found")
+
+
 async def rotate_key(pool: Pool, client_id: UUID, key_hash: bytes) -> tuple[UUID, str, str | None]:
     """Give the client a new key; the old one stops working (within the look-up cache's bound)."""
     async with connection(pool) as conn:
@@ -120,12 +132,12 @@ async def find_key(pool: Pool, key_hash: bytes) -> KeyOwner | None:
 
 
 async def heartbeat(
-    pool: Pool, client_id: UUID, body: v1.Heartbeat, lease_seconds: float
+    pool: Pool, client_id: UUID, body: v1.Heartbeat, lease_seconds: float, max_held: int
 ) -> v1.HeartbeatReply:
     async with transaction(pool) as conn:
         previous = await conn.fetchval(TOUCH, client_id, body.docs_per_minute)
         expiries = await lifecycle.extend_leases(
-            conn, client_id, body.session_id, lease_seconds, body.task_ids
+            conn, client_id, body.session_id, lease_seconds, body.task_ids, max_held
         )
         since = previous or datetime.fromtimestamp(0).astimezone()
         cancelled = [r["task_id"] for r in await conn.fetch(CANCELLED_SINCE, client_id, since)]

@@ -30,7 +30,9 @@ from server.db import documents, harvests
 from server.db.pool import Connection, Pool, connection, transaction
 from server.db.tasks import GET, TASK_COLUMNS, to_leased, to_task
 from server.domain.reports import NO_REPORTS, Reports, check_in_task
-from server.errors import Conflict, JobNotFound, LeaseLost, NotYourTask
+from server.errors import Conflict, JobNotFound, LeaseCapReached, LeaseLost, NotYourTask
+
+NO_CLIENT = "00000000-0000-0000-0000-000000000000"  # the admin's processes (ENABLE_AUTH=false)
 
 
 @dataclass(frozen=True)
@@ -64,13 +66,21 @@ def lease_fence(*, lease: str, owner: str, session: str, row: str = "") -> str:
             AND ({session}::text IS NULL OR {row}session_id = {session}))"""
 
 
+# The most the caller ($1) may hold: its key's max_leases, else MAX_LEASES_PER_CLIENT ($2).
+CAP = "coalesce((SELECT max_leases FROM clients WHERE client_id = {owner}), {default})"
+# A process that said goodbye (DELETE /api/v1/session) is leased nothing more.
+ENDED = f"""EXISTS (SELECT 1 FROM ended_sessions
+               WHERE client_id = coalesce({{owner}}, '{NO_CLIENT}'::uuid) AND session_id = {{session}})"""
+
 LEASE = f"""
-WITH held AS (
-    -- MAX_LEASES_PER_CLIENT ($5): what the caller holds already counts against it, so one
-    -- client cannot lease the whole queue (tasks_assigned_to; the admin, NULL, holds none).
-    -- A revoked client may hold nothing, from the moment it is revoked, on every gate.
+WITH cap AS (SELECT {CAP.format(owner="$2", default="$5")} AS n
+), held AS (
+    -- The cap: what the caller holds already counts against it, so one client cannot lease
+    -- the whole queue (tasks_assigned_to; the admin, NULL, holds none). A revoked client, or a
+    -- process that said goodbye, may hold nothing, from that moment, on every gate.
     SELECT CASE WHEN EXISTS (SELECT 1 FROM clients WHERE client_id = $2 AND revoked_at IS NOT NULL)
-                THEN $5 ELSE count(*) END AS n
+                  OR {ENDED.format(owner="$2", session="$3")}
+                THEN (SELECT n FROM cap) ELSE count(*) END AS n
     FROM tasks WHERE assigned_to = $2 AND status = 'assigned'
 ), candidates AS (
     -- Walk tasks_leasable (priority, then age) and stop after $1 rows (fewer at the cap).
@@ -84,7 +94,7 @@ WITH held AS (
     WHERE status = 'pending' AND due AND run_after <= now()
       AND (job_id IS NULL OR job_id NOT IN (SELECT job_id FROM jobs WHERE paused))
     ORDER BY priority DESC, task_seq
-    LIMIT greatest(0, least($1, $5 - (SELECT n FROM held)))
+    LIMIT greatest(0, least($1, (SELECT n FROM cap) - (SELECT n FROM held)))
     FOR UPDATE SKIP LOCKED
 ), leased AS (
     -- Attempts count leases, so an expired lease is already a spent attempt.
@@ -206,13 +216,62 @@ CURRENT_LEASE = f"SELECT task_id, source, params, collection FROM tasks WHERE {F
 # A heartbeat extends only the leases of the calling process (session), so a
 # client restarted under the same key never keeps its dead predecessor's
 # leases alive; and, when it names them, only the tasks it is working on.
-EXTEND = """
+# ...and never more of them than the key may hold ($5, MAX_LEASES_PER_CLIENT): a cap lowered
+# below what a client holds lets its latest leases run out, oldest kept.
+EXTEND = f"""
 UPDATE tasks
 SET lease_expires_at = now() + make_interval(secs => $3::float8), updated_at = now()
-WHERE assigned_to = $1 AND status = 'assigned' AND lease_expires_at > now()
-  AND session_id IS NOT DISTINCT FROM $2 AND ($4::uuid[] IS NULL OR task_id = ANY($4::uuid[]))
+WHERE task_id = ANY (ARRAY(
+    SELECT task_id FROM tasks
+    WHERE assigned_to = $1 AND status = 'assigned' AND lease_expires_at > now()
+      AND session_id IS NOT DISTINCT FROM $2 AND ($4::uuid[] IS NULL OR task_id = ANY($4::uuid[]))
+    ORDER BY assigned_at, task_id
+    LIMIT {CAP.format(owner="$1", default="$5")}))
 RETURNING lease_expires_at
 """
+HELD_AND_CAP = f"""
+SELECT (SELECT count(*) FROM tasks WHERE assigned_to = $1 AND status = 'assigned') AS held,
+       {CAP.format(owner="$1", default="$2")} AS cap
+"""
+
+# A process's goodbye (or a lease answered to a connection already gone): its leases back to
+# pending at once, the attempt given back. $1 owner (NULL: the admin), $2 session, $3 the tasks
+# (NULL: all of the session's).
+HAND_BACK_SESSION = f"""
+WITH ended AS (
+    INSERT INTO ended_sessions (client_id, session_id)
+    SELECT coalesce($1, '{NO_CLIENT}'::uuid), $2 WHERE $3::uuid[] IS NULL
+    ON CONFLICT DO NOTHING
+), handed AS (
+    UPDATE tasks
+    SET status = 'pending', attempts = greatest(attempts - 1, 0), run_after = now(),
+        lease_expires_at = NULL, session_id = NULL, updated_at = now()
+    WHERE assigned_to IS NOT DISTINCT FROM $1 AND session_id = $2 AND status = 'assigned'
+      AND ($3::uuid[] IS NULL OR task_id = ANY($3::uuid[]))
+    RETURNING task_id, assigned_to, lease_token
+), logged AS (
+    INSERT INTO task_events (task_id, event, client_id, lease_token, detail)
+    SELECT task_id, 'handed_back', assigned_to, lease_token, $4 FROM handed
+)
+SELECT count(*) FROM handed
+"""
+# Housekeeping: what a lease racing a goodbye gave to the process that said it.
+HAND_BACK_ENDED = f"""
+WITH handed AS (
+    UPDATE tasks t
+    SET status = 'pending', attempts = greatest(t.attempts - 1, 0), run_after = now(),
+        lease_expires_at = NULL, session_id = NULL, updated_at = now()
+    FROM ended_sessions e
+    WHERE t.status = 'assigned' AND t.session_id = e.session_id
+      AND coalesce(t.assigned_to, '{NO_CLIENT}'::uuid) = e.client_id
+    RETURNING t.task_id, t.assigned_to, t.lease_token
+), logged AS (
+    INSERT INTO task_events (task_id, event, client_id, lease_token, detail)
+    SELECT task_id, 'handed_back', assigned_to, lease_token, 'session ended' FROM handed
+)
+SELECT count(*) FROM handed
+"""
+FORGET_ENDED = "DELETE FROM ended_sessions WHERE ended_at < now() - interval '1 day'"
 
 REAP = f"""
 WITH expired AS (
@@ -373,10 +432,44 @@ async def lease_tasks(
     lease_seconds: float,
     max_held: int,
 ) -> list[v1.LeasedTask]:
-    """Lease up to `max_tasks`, and never so many that the caller holds more than `max_held`."""
+    """Lease up to `max_tasks`, and never so many that the caller holds more than its cap
+    (`max_held`, or its key's); LeaseCapReached when it holds that many already."""
     async with connection(pool) as conn:
         records = await conn.fetch(LEASE, max_tasks, owner, session_id, lease_seconds, max_held)
+        if not records and owner is not None:
+            row = await conn.fetchrow(HELD_AND_CAP, owner, max_held)
+            if row is not None and row["held"] >= row["cap"]:
+                raise LeaseCapReached(
+                    f"this client holds {row['held']} leases and may hold {row['cap']} "
+                    "(MAX_LEASES_PER_CLIENT, or its key's max_leases): finish some first"
+                )
     return [to_leased(r) for r in records]
+
+
+async def hand_back_session(
+    pool: Pool,
+    owner: UUID | None,
+    session_id: str,
+    task_ids: list[UUID] | None = None,
+    why: str = "session ended",
+) -> int:
+    """A process's leases (`task_ids`, or all of them, and then it is leased nothing more) back
+    to pending at once, their attempts given back."""
+    async with connection(pool) as conn:
+        handed: int = await conn.fetchval(HAND_BACK_SESSION, owner, session_id, task_ids, why)
+        if handed:
+            await conn.execute(NOTIFY)
+    return handed
+
+
+async def hand_back_ended(pool: Pool) -> int:
+    """Housekeeping: leases a lease racing a goodbye gave to the process that said it."""
+    async with connection(pool) as conn:
+        handed: int = await conn.fetchval(HAND_BACK_ENDED)
+        await conn.execute(FORGET_ENDED)
+        if handed:
+            await conn.execute(NOTIFY)
+    return handed
 
 
 async def classify_refusal(
@@ -530,9 +623,10 @@ async def extend_leases(
     session_id: str | None,
     lease_seconds: float,
     task_ids: list[UUID] | None,
+    max_held: int,
 ) -> list[datetime]:
     """A heartbeat's extension (inside the heartbeat's transaction); the new expiries."""
-    rows = await conn.fetch(EXTEND, client_id, session_id, lease_seconds, task_ids)
+    rows = await conn.fetch(EXTEND, client_id, session_id, lease_seconds, task_ids, max_held)
     return [r["lease_expires_at"] for r in rows]
 
 
