@@ -221,8 +221,9 @@ def nginx_front(procs: Processes, work: Path, gates: list[int]) -> Iterator[tupl
         "listen 443 ssl http2;": f"listen 127.0.0.1:{https_port} ssl http2;",
         f"ssl_certificate {live}/fullchain.pem;": f"ssl_certificate {cert};",
         f"ssl_certificate_key {live}/privkey.pem;": f"ssl_certificate_key {key};",
-        f"server 127.0.0.1:8001 {upstream}": f"server 127.0.0.1:{gates[0]} {upstream}",
-        f"server 127.0.0.1:8002 {upstream}": f"server 127.0.0.1:{gates[1]} {upstream}",
+        # the example's two upstream lines (in each upstream block) become one per gate
+        f"server 127.0.0.1:8001 {upstream}": "\n        ".join(f"server 127.0.0.1:{g} {upstream}" for g in gates),
+        f"server 127.0.0.1:8002 {upstream}": "",
     }
     lines = [
         line.replace(line.strip(), subs[line.strip()]) if line.strip() in subs else line

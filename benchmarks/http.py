@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,16 +22,26 @@ class HttpError(Exception):
 
 
 class Connection:
-    def __init__(self, url: str, headers: dict[str, str]) -> None:
+    """`tls`: a context for an https URL; `source`: the local address to connect from (a fleet
+    simulated on one machine, each client from its own loopback address, as nginx's per-address
+    limits expect)."""
+
+    def __init__(
+        self, url: str, headers: dict[str, str], tls: ssl.SSLContext | None = None, source: str | None = None
+    ) -> None:
         parts = urlsplit(url)
-        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or (443 if tls else 80)
+        self.tls, self.source = tls, source
         fixed = {"Host": f"{self.host}:{self.port}", "Connection": "keep-alive", **headers}
         self._fixed = "".join(f"{k}: {v}\r\n" for k, v in fixed.items()).encode()
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
     async def open(self) -> Connection:
-        self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+        local = (self.source, 0) if self.source else None
+        self._reader, self._writer = await asyncio.open_connection(
+            self.host, self.port, ssl=self.tls, local_addr=local
+        )
         return self
 
     async def close(self) -> None:
@@ -40,6 +51,11 @@ class Connection:
 
     async def request(self, method: str, target: str, body: Any = None) -> tuple[int, Any]:
         """Send one request; return the status and the decoded JSON body (None when empty)."""
+        status, data = await self.raw(method, target, body)
+        return status, (json.loads(data) if data else None)
+
+    async def raw(self, method: str, target: str, body: Any = None) -> tuple[int, bytes]:
+        """Send one request; return the status and the body's bytes."""
         assert self._reader is not None and self._writer is not None
         payload = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
         head = f"{method} {target} HTTP/1.1\r\n".encode() + self._fixed
@@ -58,5 +74,4 @@ class Connection:
                 length = int(value)
             elif name.lower() == b"transfer-encoding":
                 raise HttpError("chunked replies are not supported here")
-        data = await self._reader.readexactly(length) if length else b""
-        return status, (json.loads(data) if data else None)
+        return status, (await self._reader.readexactly(length) if length else b"")

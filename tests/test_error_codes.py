@@ -113,6 +113,18 @@ async def _key_reused(gate: Gate, ctx: dict[str, Any]) -> httpx.Response:
     return await gate.http.post(url, headers=gate.admin, json=body | {"search_params": {"a": 2}})
 
 
+async def _over_the_cap(gate: Gate, ctx: dict[str, Any]) -> httpx.Response:
+    """A key whose own cap is 1, holding one lease, asks for another."""
+    reply = await gate.http.post(
+        paths.url(paths.CLIENT_REGISTER), headers=gate.admin, json={"client_name": "capped", "max_leases": 1}
+    )
+    capped = {"X-API-Key": reply.json()["api_key"]}
+    for _ in range(2):
+        await gate.create()
+    assert (await gate.lease(capped)).status_code == 200
+    return await gate.lease(capped)
+
+
 async def _stray_report(gate: Gate, ctx: dict[str, Any]) -> httpx.Response:
     params = {"url_template": "https://h/{id}", "start_id": 100, "count": 5}
     await gate.http.post(
@@ -160,6 +172,7 @@ ROWS = [
     Row(C.INVALID_STATE, 409, _cancel_completed, CE.GateRefused, SE.WriteRefused),
     Row(C.KEY_IN_USE, 409, _key_twice, CE.GateRefused, SE.WriteRefused),
     Row(C.IDEMPOTENCY_CONFLICT, 409, _key_reused, CE.GateRefused, SE.WriteRefused),
+    Row(C.LEASE_CAP, 409, _over_the_cap, CE.GateRefused, SE.WriteRefused),
     Row(
         C.TOO_LARGE,
         413,
