@@ -222,7 +222,9 @@ def nginx_front(procs: Processes, work: Path, gates: list[int]) -> Iterator[tupl
         f"ssl_certificate {live}/fullchain.pem;": f"ssl_certificate {cert};",
         f"ssl_certificate_key {live}/privkey.pem;": f"ssl_certificate_key {key};",
         # the example's two upstream lines (in each upstream block) become one per gate
-        f"server 127.0.0.1:8001 {upstream}": "\n        ".join(f"server 127.0.0.1:{g} {upstream}" for g in gates),
+        f"server 127.0.0.1:8001 {upstream}": "\n        ".join(
+            f"server 127.0.0.1:{g} {upstream}" for g in gates
+        ),
         f"server 127.0.0.1:8002 {upstream}": "",
     }
     lines = [

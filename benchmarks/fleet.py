@@ -211,7 +211,8 @@ def scenario(
     first_port = 21000 + random.randrange(0, 20000)
     stats = work / "fleet-origin.json"
     origin = procs.start(
-        [sys.executable, "-m", "benchmarks.fleet", "origin", str(first_port), str(stats)], log=work / "origin.log"
+        [sys.executable, "-m", "benchmarks.fleet", "origin", str(first_port), str(stats)],
+        log=work / "origin.log",
     )
     rows: list[dict[str, Any]] = []
     env = {"HOST_RATE_LIMIT": str(BUDGET), "HOST_CONNECTIONS": "8", "MAX_JOB_TASKS": str(backlog),
@@ -221,9 +222,13 @@ def scenario(
         with contextlib.ExitStack() as stack:
             for g in range(GATES):
                 gates.append(
-                    stack.enter_context(running_gate(procs, dsn, work, env=env, log=work / f"gate-fleet-{g}.log"))
+                    stack.enter_context(
+                        running_gate(procs, dsn, work, env=env, log=work / f"gate-fleet-{g}.log")
+                    )
                 )
-            url, cert = stack.enter_context(nginx_front(procs, work, [int(g.url.rsplit(":", 1)[1]) for g in gates]))
+            url, cert = stack.enter_context(
+                nginx_front(procs, work, [int(g.url.rsplit(":", 1)[1]) for g in gates])
+            )
             per_host = backlog // HOSTS
             made = time.perf_counter()
             jobs = []
@@ -234,16 +239,22 @@ def scenario(
                     headers=gates[0].admin,
                     timeout=600,
                     json={"source": "id_range", "chunk_size": CHUNK,
-                          "params": {"url_template": template, "start_id": 1, "count": per_host * CHUNK, "ext": ".bin"}},
+                          "params": {"url_template": template, "start_id": 1, "count": per_host * CHUNK,
+                                     "ext": ".bin"}},
                 )  # fmt: skip
                 reply.raise_for_status()
                 jobs.append(reply.json()["job_id"])
             while _creating(gates[0], jobs):
                 time.sleep(1)
-            print(f"  backlog: {backlog:,} tasks over {HOSTS} hosts in {time.perf_counter() - made:.0f} s", flush=True)
+            print(
+                f"  backlog: {backlog:,} tasks over {HOSTS} hosts in {time.perf_counter() - made:.0f} s",
+                flush=True,
+            )
             keys = [gates[0].register(f"sim-{i}") for i in range(max(fleets))]
             for clients in fleets:
-                rows.append(_measure(procs, pg, work, url, cert, gates, keys[:clients], warmup, steady, stats))
+                rows.append(
+                    _measure(procs, pg, work, url, cert, gates, keys[:clients], warmup, steady, stats)
+                )
                 print(f"  {clients} clients: {rows[-1]['documents_per_s']:.0f} documents/s", flush=True)
     finally:
         procs.stop(origin)
@@ -275,7 +286,13 @@ def _measure(
     began = time.time()
     connections = []
     while time.time() - began < steady and loader.poll() is None:
-        connections.append(int(pg.psql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend';").splitlines()[2]))
+        connections.append(
+            int(
+                pg.psql(
+                    "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend';"
+                ).splitlines()[2]
+            )
+        )
         time.sleep(2.0)
     elapsed = time.time() - began
     gate_cpu = sum(cpu_seconds(g.proc.pid) for g in gates) - gate_cpu
@@ -323,7 +340,8 @@ def _report(rows: list[dict[str, Any]], backlog: int, warmup: float, steady: flo
     )  # fmt: skip
     for r in rows:
         table.add(
-            r["clients"], r["documents_per_s"], r["hosts_fetched"], r["host_peak_max"], r["host_mean_of_means"],
+            r["clients"], r["documents_per_s"], r["hosts_fetched"], r["host_peak_max"],
+            r["host_mean_of_means"],
             r["grant_p50_ms"], r["grant_p99_ms"], r["lease_p50_ms"], r["lease_p99_ms"],
             r["gate_cpu_s_per_1000_docs"], r["gate_cpu_share"], r["pg_cpu_share"], r["loader_cpu_share"],
             r["pg_connections_max"], max(r["gate_rss_mb"]),
@@ -331,9 +349,16 @@ def _report(rows: list[dict[str, Any]], backlog: int, warmup: float, steady: flo
     write_results(
         "fleet",
         "The fleet: clients over four gates behind nginx",
-        {"rows": rows, "backlog_tasks": backlog, "hosts": HOSTS, "budget": BUDGET, "gates": GATES,
-         "warmup_s": warmup, "steady_s": steady},  # fmt: skip
-        {f"{GATES} gates, {HOSTS} hosts at {BUDGET:.0f} requests/s each, {backlog:,} tasks of {CHUNK}": table},
+        {
+            "rows": rows,
+            "backlog_tasks": backlog,
+            "hosts": HOSTS,
+            "budget": BUDGET,
+            "gates": GATES,
+            "warmup_s": warmup,
+            "steady_s": steady,
+        },  # fmt: skip
+        {f"{GATES} gates, {HOSTS} hosts at {BUDGET:.0f}/s each, {backlog:,} tasks of {CHUNK}": table},
         notes=[
             "Everything shares the machine's two cores: nginx, four gates, PostgreSQL, the origin and the "
             "simulated clients' loader. Where the cores run out, latencies are queueing for a core.",
