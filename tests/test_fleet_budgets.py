@@ -249,5 +249,5 @@ async def test_control_gates_blind_to_each_other_overshoot(
     from server.db import hosts
 
     monkeypatch.setattr(hosts, "OTHERS", hosts.OTHERS + " AND false")
-    peak, slots, _, _ = await fleet_against_gates(db_dsn, tmp_path, 5.0)
+    peak, slots, _, _ = await fleet_against_gates(db_dsn, tmp_path, 12.0)
     assert peak > 30 * 1.5 and slots > 32, f"blind gates peaked at only {peak:.2f} and {slots}"

@@ -179,10 +179,11 @@ async def test_heartbeat_racing_expiry(quiet_gate: Gate) -> None:
     assert (row["status"], row["attempts"]) == ("pending", 1)
     # The other order: a heartbeat just before expiry extends, and the reaper then finds nothing.
     again = await lease(gate, client)
-    await gate.sql("UPDATE tasks SET lease_expires_at = now() + interval '50 milliseconds'")
+    # (a second to spare: beside the rest of the suite, a heartbeat once took more than 50 ms)
+    await gate.sql("UPDATE tasks SET lease_expires_at = now() + interval '1 second'")
     r = await gate.http.post("/api/v1/clients/heartbeat", headers=client, json={})
     assert r.json()["leases_extended"] == 1
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(1.1)
     assert await reap(gate) == 0
     r = await gate.http.post(
         "/api/v1/tasks/complete",
