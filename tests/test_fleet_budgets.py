@@ -12,11 +12,12 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from test_politeness import CountingOrigin
 
 from cluster import Cluster
 from server.domain import budget as rules
@@ -88,9 +89,7 @@ def flaky_origin() -> Iterator[tuple[str, list[float], list[float]]]:
     lock = threading.Lock()
     rng = random.Random(11)
 
-    class Flaky(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
+    class Flaky(CountingOrigin):
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
             with lock:
                 at.append(time.monotonic())
@@ -104,15 +103,7 @@ def flaky_origin() -> Iterator[tuple[str, list[float], list[float]]]:
                 self.end_headers()
                 return
             time.sleep(0.02)
-            body = (self.path.encode() + b"\n") * 50
-            self.send_response(200)
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
+            self.document()
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
     server.daemon_threads = True
