@@ -27,6 +27,7 @@ import json
 import os
 import random
 import ssl
+import subprocess
 import sys
 import time
 import uuid
@@ -110,7 +111,9 @@ class Sim:
         try:
             while time.monotonic() < until:
                 started = time.perf_counter()
-                status, body = await self.gate.request("POST", "/api/v1/tasks/request?max_tasks=1&wait=5")
+                status, body = await asyncio.wait_for(
+                    self.gate.request("POST", "/api/v1/tasks/request?max_tasks=1&wait=5"), 30
+                )
                 self.out["lease_ms"].append((time.perf_counter() - started) * 1000)
                 if status == 200:
                     await self.work(body["tasks"][0], until)
@@ -133,12 +136,18 @@ class Sim:
             if hosts:
                 asked = time.monotonic()
                 started = time.perf_counter()
-                status, body = await self.granting.request("POST", "/api/v1/hosts/grants", {"hosts": hosts})
+                status, body = await asyncio.wait_for(
+                    self.granting.request("POST", "/api/v1/hosts/grants", {"hosts": hosts}), 30
+                )
                 self.out["grant_ms"].append((time.perf_counter() - started) * 1000)
                 if status == 200:
                     for grant in body["grants"]:
-                        self.rates[grant["host"]] = grant["requests_per_second"] or 0.0
+                        rate, connections = grant["requests_per_second"], grant["max_connections"]
+                        held = grant["paused"] or rate == 0 or connections == 0
+                        self.rates[grant["host"]] = 0.0 if held else (rate or float("inf"))
                     self.valid_until = asked + body["valid_seconds"]
+                else:
+                    self.out["errors"][f"grant {status}"] = self.out["errors"].get(f"grant {status}", 0) + 1
             await asyncio.sleep(1.0)
 
     async def work(self, task: dict[str, Any], until: float) -> None:
@@ -150,11 +159,12 @@ class Sim:
             self.rates[host] = 0.0
         docs = []
         for doc_id in range(params["start_id"], params["start_id"] + params["count"]):
-            await self.wait_turn(host)
+            if not await self.wait_turn(host, until):
+                return  # the run is over: the goodbye hands the task back
             conn = self.origins.get(port)
             if conn is None:
                 conn = self.origins[port] = await Connection(f"http://{host}", {}, None, self.source).open()
-            status, data = await conn.raw("GET", f"/doc/{doc_id}{ext}")
+            status, data = await asyncio.wait_for(conn.raw("GET", f"/doc/{doc_id}{ext}"), 30)
             self.seen[host] = self.seen.get(host, 0) + 1
             if status == 200:
                 key = f"{doc_id // 50000}/{doc_id}{ext}"
@@ -169,17 +179,18 @@ class Sim:
         else:
             self.out["errors"][f"complete {status}"] = self.out["errors"].get(f"complete {status}", 0) + 1
 
-    async def wait_turn(self, host: str) -> None:
-        """One request at the granted rate: start nothing while held or without a valid grant."""
-        while True:
-            now = time.monotonic()
+    async def wait_turn(self, host: str, until: float) -> bool:
+        """One request at the granted rate: start nothing while held or without a valid grant.
+        False when the run ends first."""
+        while (now := time.monotonic()) < until:
             rate = self.rates.get(host, 0.0)
             if rate > 0 and now < self.valid_until:
                 at = max(now, self.next_at.get(host, 0.0))
                 self.next_at[host] = at + 1.0 / rate
                 await asyncio.sleep(at - now)
-                return
+                return True
             await asyncio.sleep(0.1)
+        return False
 
 
 async def run_clients(url: str, ca: str, keys: list[str], seconds: float, out_path: Path) -> None:
@@ -193,7 +204,11 @@ async def run_clients(url: str, ca: str, keys: list[str], seconds: float, out_pa
         await asyncio.sleep(delay)  # a fleet comes up over a few seconds, not in one instant
         await sim.run(until)
 
-    await asyncio.gather(*(start(s, random.uniform(0, 3)) for s in sims), return_exceptions=True)
+    ended = await asyncio.gather(*(start(s, random.uniform(0, 3)) for s in sims), return_exceptions=True)
+    for failure in ended:
+        if isinstance(failure, BaseException):
+            name = f"client {type(failure).__name__}"
+            out["errors"][name] = out["errors"].get(name, 0) + 1
     out["started"] = until - seconds
     out_path.write_text(json.dumps(out))
 
@@ -298,7 +313,11 @@ def _measure(
     gate_cpu = sum(cpu_seconds(g.proc.pid) for g in gates) - gate_cpu
     pg_cpu, loader_cpu = cpu_seconds(pg.pid) - pg_cpu, cpu_seconds(loader.pid) - loader_cpu
     memory = [psutil.Process(g.proc.pid).memory_info().rss / 2**20 for g in gates]
-    loader.wait(120)
+    try:
+        loader.wait(120)
+    except subprocess.TimeoutExpired:
+        log = (work / f"loader-{len(keys)}.log").read_text()[-3000:]
+        raise RuntimeError(f"the loader of {len(keys)} clients did not end; its log ends:\n{log}") from None
     result = json.loads(out.read_text())
     start = result["started"] + warmup
     done = sum(n for at, n in result["documents"] if at >= start)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated
+from urllib.parse import urlsplit
 from uuid import UUID
 
 from pydantic import Field, StringConstraints
@@ -21,6 +22,32 @@ from protocol.params import Politeness
 # scheme's default (two origins on one address are two hosts), IPv6 in brackets.
 HOST_KEY_PATTERN = r"^(\[[0-9a-f:.]{2,45}\]|[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?)(:[0-9]{1,5})?$"
 HostKey = Annotated[str, StringConstraints(max_length=262, pattern=HOST_KEY_PATTERN)]
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def host_key(url: str) -> str | None:
+    """The budget a URL's requests count against, as the client names it in its grant requests:
+    lower case, IDNA's ASCII form, no final dot, `:port` when not the scheme's default, IPv6 in
+    brackets. None when the URL has no host, or a placeholder (`{id}`) in it."""
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    if not host or "{" in host or "}" in host:
+        return None
+    host = host.rstrip(".")
+    try:
+        host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
+    if ":" in host:
+        host = f"[{host}]"
+    if port is not None and port != DEFAULT_PORTS.get(parts.scheme.lower()):
+        host = f"{host}:{port}"
+    return host
+
+
 MAX_HOSTS_PER_GRANT = 100
 MAX_TASKS_PER_GRANT = 10 * MAX_LEASE_TASKS
 MAX_COUNT = 1_000_000

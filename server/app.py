@@ -109,7 +109,9 @@ def _lifespan(
                 store=store,
             )
             app.state.gate = state
-            state.wakeup.start(partial(lifecycle.any_leasable, pool), settings.poll_fallback_seconds)
+            state.wakeup.start(
+                partial(lifecycle.any_leasable, pool, state.spread), settings.poll_fallback_seconds
+            )
             state.budgets.start()
             background = [
                 asyncio.create_task(_probe(store), name="docgate-store-probe"),

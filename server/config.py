@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     # Politeness across the fleet: per origin host, summed over every client (0 = no limit).
     host_rate_limit: Annotated[float, Field(ge=0, le=100_000)] = 10
     host_connections: Annotated[int, Field(ge=0, le=100_000)] = 16
+    # A lease hands out no more of one host's tasks than this many per connection of its budget
+    # (over every job on the host), and the next job's instead; 0: no limit.
+    host_tasks_per_connection: Annotated[int, Field(ge=0, le=10_000)] = 2
     # The same per egress address: the clients the gate sees coming from one address share it
     # (registries limit by IP). 0 = none.
     host_rate_limit_per_address: Annotated[float, Field(ge=0, le=100_000)] = 0

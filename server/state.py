@@ -9,7 +9,7 @@ from server.auth import Authenticator
 from server.budgets import Budgets
 from server.config import Settings
 from server.db.hosts import Defaults
-from server.db.lifecycle import Backoff
+from server.db.lifecycle import Backoff, Spread
 from server.db.pool import Pool
 from server.metrics import Metrics
 from server.wakeup import TaskWakeup
@@ -44,6 +44,11 @@ class GateState:
             s.host_rate_limit_per_address,
             s.host_connections_per_address,
         )
+
+    @property
+    def spread(self) -> Spread:
+        """How a lease spreads the fleet over hosts (HOST_CONNECTIONS, HOST_TASKS_PER_CONNECTION)."""
+        return Spread(self.settings.host_connections, self.settings.host_tasks_per_connection)
 
     @property
     def backoff(self) -> Backoff:

@@ -644,3 +644,60 @@ async def test_a_hand_back_may_give_the_attempt_back(gate: Gate) -> None:
     body = {"lease_token": leased["lease_token"], "error": "origin 503"}  # spent: the last attempt
     r = await gate.http.post(f"/api/v1/tasks/{task_id}/fail", headers=client, json=body)
     assert (r.json()["status"], r.json()["attempts"]) == ("failed", 1)
+
+
+async def _job_on(gate: Gate, origin: str, count: int, priority: int = 0) -> str:
+    r = await gate.http.post(
+        "/api/v1/jobs",
+        headers=gate.admin,
+        json={"source": "id_range", "chunk_size": 1, "priority": priority,
+              "params": {"url_template": origin + "/doc/{id}", "start_id": 1, "count": count}},
+    )  # fmt: skip
+    assert r.status_code == 201, r.text
+    return str(r.json()["job_id"])
+
+
+async def _leased_per_job(gate: Gate) -> dict[str, int]:
+    rows = await gate.sql(
+        "SELECT job_id::text AS job, count(*) AS n FROM tasks WHERE status = 'assigned' GROUP BY job_id"
+    )
+    return {r["job"]: r["n"] for r in rows}
+
+
+@pytest.mark.parametrize("per_connection", [2, 0])
+async def test_a_fleet_spreads_over_hosts_not_one_jobs_queue(
+    db_dsn: str, tmp_path: Any, per_connection: int
+) -> None:
+    """Jobs on three hosts, HOST_CONNECTIONS=2: a lease hands out at most 2 x 2 tasks of each host
+    in flight (over all its jobs; a host's own max_connections counts instead), then the next
+    job's, not the first job's whole queue; a finished task makes room again; when every host
+    is at its limit the long-poll waits (204) rather than handing out more. Control:
+    HOST_TASKS_PER_CONNECTION=0 leases in plain priority-then-age order."""
+    settings = gate_settings(
+        storage_url=str(tmp_path / "store"), max_leases_per_client=10_000, host_connections=2,
+        host_tasks_per_connection=per_connection,
+    )  # fmt: skip
+    async for gate in start_gate(db_dsn, settings):
+        first = await _job_on(gate, "http://a.example", 50)
+        again = await _job_on(gate, "http://A.example:80", 50)  # the same host: shares its room
+        second = await _job_on(gate, "https://b.example:8443", 50)
+        own = await _job_on(gate, "http://c.example", 50)
+        r = await gate.http.put("/api/v1/hosts/c.example", headers=gate.admin, json={"max_connections": 1})
+        assert r.status_code == 204, r.text
+        client = await gate.register()
+        r = await gate.lease(client, max_tasks=100)
+        assert r.status_code == 200, r.text
+        if per_connection == 0:  # control: the first jobs' queue, in age order
+            assert await _leased_per_job(gate) == {first: 50, again: 50}
+            continue
+        assert await _leased_per_job(gate) == {first: 4, second: 4, own: 2}
+        params = [t["params"] for t in r.json()["tasks"]]
+        assert [p["start_id"] for p in params if "a.example" in p["url_template"]] == [1, 2, 3, 4]
+        assert (await gate.lease(client, max_tasks=10, wait=0.5)).status_code == 204  # all at room
+        done = next(t for t in r.json()["tasks"] if "b.example" in t["params"]["url_template"])
+        body = {"task_id": done["task_id"], "lease_token": done["lease_token"], "documents": []}
+        assert (await gate.http.post("/api/v1/tasks/complete", headers=client, json=body)).status_code == 200
+        r = await gate.lease(client, max_tasks=10, wait=5)
+        assert r.status_code == 200 and [t["params"]["url_template"] for t in r.json()["tasks"]] == [
+            "https://b.example:8443/doc/{id}"
+        ]

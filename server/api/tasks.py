@@ -80,6 +80,7 @@ async def _lease(
             max_tasks=max_tasks,
             lease_seconds=state.settings.lease_seconds,
             max_held=state.settings.max_leases_per_client,
+            spread=state.spread,
         )
         state.metrics.lease_latency.observe(time.perf_counter() - started)
         if leased and session_id and await request.is_disconnected():

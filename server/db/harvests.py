@@ -22,6 +22,7 @@ from uuid import UUID
 
 from protocol import harvests as wire
 from protocol import v1
+from protocol.hosts import host_key
 from protocol.sources import SourceProfile
 from server.db import sources
 from server.db.pool import Connection, Pool, transaction
@@ -31,8 +32,8 @@ log = logging.getLogger("docgate.gate")
 
 INSERT_JOB = """
 INSERT INTO jobs (source, params, chunk_size, priority, tasks_total, idempotency_key, collection,
-                  creating, max_attempts, harvest, runs, next_run_at, covered_to)
-VALUES ($1, $2, 1, $3, $10, $4, $5, $11, $6, $7, 1, $8, $9)
+                  creating, max_attempts, harvest, runs, next_run_at, covered_to, host)
+VALUES ($1, $2, 1, $3, $10, $4, $5, $11, $6, $7, 1, $8, $9, $12)
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING job_id
 """
@@ -222,6 +223,7 @@ async def create_harvest(
             dates.to if dates else None,
             len(cuts),
             len(cuts) > background_over,
+            host_key(profile.base_url),
         )
         if job_id is None:
             existing = await conn.fetchrow(

@@ -7,6 +7,7 @@ from typing import Any
 from uuid import UUID
 
 from protocol import v1
+from protocol.hosts import host_key
 from server.db import harvests, stats
 from server.db.pool import Connection, Pool, connection, transaction
 from server.errors import IdempotencyConflict, JobNotFound
@@ -15,8 +16,8 @@ log = logging.getLogger("docgate.gate")
 
 INSERT_JOB = """
 INSERT INTO jobs (source, params, chunk_size, priority, tasks_total, idempotency_key, collection,
-                  creating, max_attempts, only_missing)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                  creating, max_attempts, only_missing, host)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING job_id
 """
@@ -131,6 +132,7 @@ async def create_job(
             background,
             attempts,
             body.only_missing,
+            host_key(p.url_template),
         )
         if job_id is None:
             existing = await conn.fetchrow(BY_KEY, body.idempotency_key)

@@ -72,8 +72,40 @@ CAP = "coalesce((SELECT max_leases FROM clients WHERE client_id = {owner}), {def
 ENDED = f"""EXISTS (SELECT 1 FROM ended_sessions
                WHERE client_id = coalesce({{owner}}, '{NO_CLIENT}'::uuid) AND session_id = {{session}})"""
 
+
+def host_room(*, host: str, connections: str, per_connection: str) -> str:
+    """How many more of `host`'s tasks may go out (an SQL expression: jobs.host): its tasks in
+    flight, over every job on the host, stay under `per_connection` per connection of its
+    budget (hosts.max_connections, else `connections`, HOST_CONNECTIONS; 0: no limit). No known
+    host (NULL), or `per_connection` 0: no limit (a large number)."""
+    return f"""(
+    SELECT CASE WHEN {host} IS NULL OR b.connections = 0 OR {per_connection} = 0
+                THEN {NO_ROOM_LIMIT}
+                ELSE greatest(0, {per_connection} * b.connections - (
+                    SELECT coalesce(sum((SELECT count(*) FROM tasks a
+                                         WHERE a.job_id = jj.job_id AND a.status = 'assigned')), 0)
+                    FROM jobs jj WHERE jj.host = {host}))
+           END
+    FROM (SELECT coalesce((SELECT max_connections FROM hosts WHERE host = {host}),
+                          {connections}) AS connections) b)"""
+
+
+NO_ROOM_LIMIT = 1_000_000
+
+# The jobs with a due task, found by skipping through tasks_leasable_by_job one job at a time
+# (a loose index scan): its cost grows with the jobs that have work, not with every job there
+# ever was, nor with their tasks. A recursive CTE, to be named `open_jobs` in a WITH RECURSIVE.
+OPEN_JOBS = """open_jobs(job_id) AS (
+    (SELECT job_id FROM tasks WHERE job_id IS NOT NULL AND status = 'pending' AND due
+     ORDER BY job_id LIMIT 1)
+    UNION ALL
+    SELECT (SELECT t.job_id FROM tasks t WHERE t.job_id > o.job_id AND t.status = 'pending' AND t.due
+            ORDER BY t.job_id LIMIT 1)
+    FROM open_jobs o WHERE o.job_id IS NOT NULL
+)"""
+
 LEASE = f"""
-WITH cap AS (SELECT {CAP.format(owner="$2", default="$5")} AS n
+WITH RECURSIVE {OPEN_JOBS}, cap AS (SELECT {CAP.format(owner="$2", default="$5")} AS n
 ), held AS (
     -- The cap: what the caller holds already counts against it, so one client cannot lease
     -- the whole queue (tasks_assigned_to; the admin, NULL, holds none). A revoked client, or a
@@ -82,20 +114,54 @@ WITH cap AS (SELECT {CAP.format(owner="$2", default="$5")} AS n
                   OR {ENDED.format(owner="$2", session="$3")}
                 THEN (SELECT n FROM cap) ELSE count(*) END AS n
     FROM tasks WHERE assigned_to = $2 AND status = 'assigned'
-), candidates AS (
-    -- Walk tasks_leasable (priority, then age) and stop after $1 rows (fewer at the cap).
-    -- SKIP LOCKED lets concurrent leasers pass over rows another transaction
-    -- is claiming instead of queueing behind it, so no task goes out twice.
-    -- Only due tasks are in the index: one not yet due (a retry in back-off, a paused job's
-    -- held task) waits in tasks_waiting until housekeeping promotes it (PROMOTE), so a backlog
-    -- in back-off costs the lease nothing. One of a paused job that came back pending since
-    -- the pause is passed over here until housekeeping holds it too.
-    SELECT task_id FROM tasks
-    WHERE status = 'pending' AND due AND run_after <= now()
-      AND (job_id IS NULL OR job_id NOT IN (SELECT job_id FROM jobs WHERE paused))
+), room AS (
+    SELECT greatest(0, least($1, (SELECT n FROM cap) - (SELECT n FROM held))) AS n
+), direct AS (
+    -- Tasks of no job, in priority then age order (tasks_leasable_by_job, job_id NULL).
+    -- SKIP LOCKED lets concurrent leasers pass over rows another transaction is claiming
+    -- instead of queueing behind it, so no task goes out twice. Only due tasks are in the
+    -- index: one not yet due (a retry in back-off, a paused job's held task) waits in
+    -- tasks_waiting until housekeeping promotes it (PROMOTE), so a backlog in back-off costs
+    -- the lease nothing.
+    SELECT task_id, priority, task_seq FROM tasks
+    WHERE job_id IS NULL AND status = 'pending' AND due AND run_after <= now()
     ORDER BY priority DESC, task_seq
-    LIMIT greatest(0, least($1, (SELECT n FROM cap) - (SELECT n FROM held)))
+    LIMIT (SELECT n FROM room)
     FOR UPDATE SKIP LOCKED
+), from_jobs AS (
+    -- Host by host (jobs.host; a job of no known host is a host of its own), the hosts in the
+    -- order of their best job (priority, then age), and of each host no more tasks than leave
+    -- its tasks in flight, over all its jobs, at most $7 per connection of its budget
+    -- (hosts.max_connections, else HOST_CONNECTIONS, $6; 0: no limit); within a host its jobs
+    -- in priority then age order, each job's tasks in theirs. So a fleet bigger than one
+    -- host's budget goes on to the next host's work instead of queueing on the first job's.
+    -- A paused job is passed over (its task that came back pending since the pause too,
+    -- until housekeeping holds it).
+    SELECT c.task_id, c.priority, c.task_seq
+    FROM (SELECT host, CASE WHEN host IS NULL THEN job_id END AS job_id
+          FROM jobs WHERE NOT paused AND job_id IN (SELECT job_id FROM open_jobs)
+          GROUP BY host, CASE WHEN host IS NULL THEN job_id END
+          ORDER BY max(priority) DESC, min(created_at)) h
+    CROSS JOIN LATERAL (
+        SELECT t.task_id, t.priority, t.task_seq
+        FROM (SELECT job_id FROM jobs
+              WHERE NOT paused AND job_id IN (SELECT job_id FROM open_jobs)
+                AND (host = h.host OR h.host IS NULL AND job_id = h.job_id)
+              ORDER BY priority DESC, created_at, job_id) j
+        CROSS JOIN LATERAL (
+            SELECT task_id, priority, task_seq FROM tasks
+            WHERE job_id = j.job_id AND status = 'pending' AND due AND run_after <= now()
+            ORDER BY priority DESC, task_seq
+            LIMIT (SELECT n FROM room)
+            FOR UPDATE SKIP LOCKED
+        ) t
+        LIMIT least((SELECT n FROM room), {host_room(host="h.host", connections="$6", per_connection="$7")})
+    ) c
+    LIMIT (SELECT n FROM room)
+), candidates AS (
+    SELECT task_id FROM (SELECT * FROM direct UNION ALL SELECT * FROM from_jobs) c
+    ORDER BY priority DESC, task_seq
+    LIMIT (SELECT n FROM room)
 ), leased AS (
     -- Attempts count leases, so an expired lease is already a spent attempt.
     UPDATE tasks t
@@ -385,10 +451,14 @@ SELECT count(*) FROM handed
 """
 
 # Is anything leasable now? The long-poll's fallback probe: the same rows LEASE would walk.
-ANY_LEASABLE = """
+ANY_LEASABLE = f"""
+WITH RECURSIVE {OPEN_JOBS}
 SELECT EXISTS (
-    SELECT 1 FROM tasks WHERE status = 'pending' AND due AND run_after <= now()
-      AND (job_id IS NULL OR job_id NOT IN (SELECT job_id FROM jobs WHERE paused))
+    SELECT 1 FROM tasks WHERE job_id IS NULL AND status = 'pending' AND due AND run_after <= now()
+) OR EXISTS (
+    SELECT 1 FROM jobs j
+    WHERE NOT paused AND job_id IN (SELECT job_id FROM open_jobs)
+      AND {host_room(host="j.host", connections="$1", per_connection="$2")} > 0
 )
 """
 
@@ -418,9 +488,18 @@ class Caller:
 Completion = v1.Task | LeaseLost | NotYourTask
 
 
-async def any_leasable(pool: Pool) -> bool:
+@dataclass(frozen=True)
+class Spread:
+    """How a lease spreads the fleet over hosts: HOST_CONNECTIONS (a host's connection budget
+    unless it has its own) and HOST_TASKS_PER_CONNECTION (0: no limit)."""
+
+    connections: int
+    tasks_per_connection: int
+
+
+async def any_leasable(pool: Pool, spread: Spread) -> bool:
     async with connection(pool) as conn:
-        return bool(await conn.fetchval(ANY_LEASABLE))
+        return bool(await conn.fetchval(ANY_LEASABLE, spread.connections, spread.tasks_per_connection))
 
 
 async def lease_tasks(
@@ -431,11 +510,15 @@ async def lease_tasks(
     max_tasks: int,
     lease_seconds: float,
     max_held: int,
+    spread: Spread,
 ) -> list[v1.LeasedTask]:
     """Lease up to `max_tasks`, and never so many that the caller holds more than its cap
     (`max_held`, or its key's); LeaseCapReached when it holds that many already."""
     async with connection(pool) as conn:
-        records = await conn.fetch(LEASE, max_tasks, owner, session_id, lease_seconds, max_held)
+        records = await conn.fetch(
+            LEASE, max_tasks, owner, session_id, lease_seconds, max_held,
+            spread.connections, spread.tasks_per_connection,
+        )  # fmt: skip
         if not records and owner is not None:
             row = await conn.fetchrow(HELD_AND_CAP, owner, max_held)
             if row is not None and row["held"] >= row["cap"]:

@@ -1,0 +1,20 @@
+-- docgate schema, version 17: a fleet spread over its hosts.
+--   psql "$DATABASE_URL" -1 -f database/migrations/0017_spread.sql
+--
+-- jobs.host: the budget host a job's requests count against (its url_template's, its
+-- profile's base_url's), NULL when unknown. A lease hands out no more of a host's tasks than
+-- LEASE_TASKS_PER_CONNECTION times its connection budget, counted over every job on the
+-- host, and leases the next job's tasks instead: a fleet bigger than one host's budget works
+-- on many hosts at once instead of queueing on the first job's (server/db/lifecycle.py, LEASE).
+ALTER TABLE jobs ADD COLUMN host text;
+CREATE INDEX jobs_host ON jobs (host) WHERE host IS NOT NULL;
+
+-- The lease walks jobs in priority then age order and each job's due tasks in priority then
+-- age order (direct tasks, job_id NULL, as one more such list).
+CREATE INDEX tasks_leasable_by_job ON tasks (job_id, priority DESC, task_seq)
+    WHERE status = 'pending' AND due;
+
+-- A host's tasks in flight, counted job by job (only leased tasks are in it).
+CREATE INDEX tasks_assigned_job ON tasks (job_id) WHERE status = 'assigned';
+
+INSERT INTO schema_migrations (version, name) VALUES (17, '0017_spread');
