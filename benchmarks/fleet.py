@@ -38,7 +38,7 @@ import httpx
 import psutil
 
 from benchmarks.busy import nginx_front
-from benchmarks.http import Connection
+from benchmarks.http import Connection, HttpError
 from benchmarks.lib import Postgres, Processes, Table, cpu_seconds, pct, running_gate, write_results
 
 HOSTS = 50
@@ -103,6 +103,7 @@ class Sim:
         self.seen: dict[str, int] = {}
         self.origins: dict[int, Connection] = {}
         self.next_at: dict[str, float] = {}
+        self.working: set[str] = set()  # the hosts of the task in hand
 
     async def run(self, until: float) -> None:
         await self.gate.open()
@@ -110,61 +111,95 @@ class Sim:
         grants = asyncio.create_task(self.grant_loop(until))
         try:
             while time.monotonic() < until:
-                started = time.perf_counter()
-                status, body = await asyncio.wait_for(
-                    self.gate.request("POST", "/api/v1/tasks/request?max_tasks=1&wait=5"), 30
-                )
-                self.out["lease_ms"].append((time.perf_counter() - started) * 1000)
-                if status == 200:
-                    await self.work(body["tasks"][0], until)
-                elif status != 204:
-                    self.out["errors"][f"lease {status}"] = self.out["errors"].get(f"lease {status}", 0) + 1
+                try:
+                    await self.one_task(until)
+                except (OSError, HttpError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+                    self.count(f"client {type(exc).__name__}")  # the connection is spent: a new one
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(self.gate.close(), 2)
                     await asyncio.sleep(1.0)
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(self.gate.open(), 10)
         finally:
             grants.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await grants
             with contextlib.suppress(Exception):
-                await self.gate.request("DELETE", "/api/v1/session")
+                await asyncio.wait_for(self.gate.request("DELETE", "/api/v1/session"), 10)
             for conn in (self.gate, self.granting, *self.origins.values()):
                 with contextlib.suppress(Exception):
-                    await conn.close()
+                    await asyncio.wait_for(conn.close(), 2)
+
+    def count(self, what: str) -> None:
+        self.out["errors"][what] = self.out["errors"].get(what, 0) + 1
+
+    async def one_task(self, until: float) -> None:
+        started = time.perf_counter()
+        status, body = await asyncio.wait_for(
+            self.gate.request("POST", "/api/v1/tasks/request?max_tasks=1&wait=5"), 30
+        )
+        if status == 200:  # the time to a task (a 204 is a long-poll that ran out)
+            self.out["lease_ms"].append((time.perf_counter() - started) * 1000)
+            await self.work(body["tasks"][0], until)
+        elif status == 204:
+            self.out["empty_leases"] = self.out.get("empty_leases", 0) + 1
+        else:
+            self.count(f"lease {status}")
+            await asyncio.sleep(1.0)
 
     async def grant_loop(self, until: float) -> None:
         while time.monotonic() < until:
-            hosts = [{"host": h, "ok": self.seen.pop(h, 0)} for h in list(self.rates)]
-            if hosts:
-                asked = time.monotonic()
-                started = time.perf_counter()
-                status, body = await asyncio.wait_for(
-                    self.granting.request("POST", "/api/v1/hosts/grants", {"hosts": hosts}), 30
-                )
-                self.out["grant_ms"].append((time.perf_counter() - started) * 1000)
-                if status == 200:
-                    for grant in body["grants"]:
-                        rate, connections = grant["requests_per_second"], grant["max_connections"]
-                        held = grant["paused"] or rate == 0 or connections == 0
-                        self.rates[grant["host"]] = 0.0 if held else (rate or float("inf"))
-                    self.valid_until = asked + body["valid_seconds"]
-                else:
-                    self.out["errors"][f"grant {status}"] = self.out["errors"].get(f"grant {status}", 0) + 1
+            try:
+                await self.ask_grants()
+            except (OSError, HttpError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+                self.count(f"grant {type(exc).__name__}")
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.granting.close(), 2)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.granting.open(), 10)
             await asyncio.sleep(1.0)
+
+    async def ask_grants(self) -> None:
+        """The hosts this client works on and those it has not told about yet, as the client does."""
+        hosts = [{"host": h, "ok": self.seen.pop(h, 0)} for h in {*self.working, *self.seen}]
+        if hosts:
+            asked = time.monotonic()
+            started = time.perf_counter()
+            status, body = await asyncio.wait_for(
+                self.granting.request("POST", "/api/v1/hosts/grants", {"hosts": hosts}), 30
+            )
+            self.out["grant_ms"].append((time.perf_counter() - started) * 1000)
+            if status == 200:
+                for grant in body["grants"]:
+                    rate, connections = grant["requests_per_second"], grant["max_connections"]
+                    held = grant["paused"] or rate == 0 or connections == 0
+                    self.rates[grant["host"]] = 0.0 if held else (rate or float("inf"))
+                self.valid_until = asked + body["valid_seconds"]
+            else:
+                self.count(f"grant {status}")
 
     async def work(self, task: dict[str, Any], until: float) -> None:
         params = task["params"]
         template, ext = params["url_template"], params.get("ext", "")
         port = int(template.split(":")[2].split("/")[0])
         host = f"127.0.0.1:{port}"
-        if host not in self.rates:
-            self.rates[host] = 0.0
+        self.working.add(host)
+        try:
+            await self.fetch(task, host, port, ext, until)
+        finally:
+            self.working.discard(host)
+
+    async def fetch(self, task: dict[str, Any], host: str, port: int, ext: str, until: float) -> None:
+        params = task["params"]
         docs = []
         for doc_id in range(params["start_id"], params["start_id"] + params["count"]):
             if not await self.wait_turn(host, until):
                 return  # the run is over: the goodbye hands the task back
-            conn = self.origins.get(port)
+            conn = self.origins.pop(port, None)
             if conn is None:
-                conn = self.origins[port] = await Connection(f"http://{host}", {}, None, self.source).open()
+                conn = await Connection(f"http://{host}", {}, None, self.source).open()
             status, data = await asyncio.wait_for(conn.raw("GET", f"/doc/{doc_id}{ext}"), 30)
+            self.origins[port] = conn  # kept only once it answered whole
             self.seen[host] = self.seen.get(host, 0) + 1
             if status == 200:
                 key = f"{doc_id // 50000}/{doc_id}{ext}"
@@ -173,11 +208,11 @@ class Sim:
                      "size": len(data)}
                 )  # fmt: skip
         body = {"task_id": task["task_id"], "lease_token": task["lease_token"], "documents": docs}
-        status, _ = await self.gate.request("POST", "/api/v1/tasks/complete", body)
+        status, _ = await asyncio.wait_for(self.gate.request("POST", "/api/v1/tasks/complete", body), 30)
         if status == 200:
             self.out["documents"].append((time.monotonic(), len(docs)))
         else:
-            self.out["errors"][f"complete {status}"] = self.out["errors"].get(f"complete {status}", 0) + 1
+            self.count(f"complete {status}")
 
     async def wait_turn(self, host: str, until: float) -> bool:
         """One request at the granted rate: start nothing while held or without a valid grant.
@@ -186,6 +221,8 @@ class Sim:
             rate = self.rates.get(host, 0.0)
             if rate > 0 and now < self.valid_until:
                 at = max(now, self.next_at.get(host, 0.0))
+                if at >= until:
+                    return False
                 self.next_at[host] = at + 1.0 / rate
                 await asyncio.sleep(at - now)
                 return True
@@ -204,7 +241,12 @@ async def run_clients(url: str, ca: str, keys: list[str], seconds: float, out_pa
         await asyncio.sleep(delay)  # a fleet comes up over a few seconds, not in one instant
         await sim.run(until)
 
-    ended = await asyncio.gather(*(start(s, random.uniform(0, 3)) for s in sims), return_exceptions=True)
+    runs = [asyncio.ensure_future(start(s, random.uniform(0, 3))) for s in sims]
+    done, late = await asyncio.wait(runs, timeout=seconds + 60)
+    for run in late:  # a client still busy a minute past the end: counted, then stopped
+        out["errors"]["client did not stop"] = out["errors"].get("client did not stop", 0) + 1
+        run.cancel()
+    ended = [r.exception() for r in done if not r.cancelled()]
     for failure in ended:
         if isinstance(failure, BaseException):
             name = f"client {type(failure).__name__}"
@@ -220,8 +262,10 @@ def scenario(
     pg: Postgres, procs: Processes, work: Path, *, quick: bool, repeat: int, state: dict[str, Any]
 ) -> None:
     fleets = [10, 100] if quick else [10, 100, 1000]
+    if os.environ.get("FLEET_CLIENTS"):  # e.g. FLEET_CLIENTS=100,500
+        fleets = [int(n) for n in os.environ["FLEET_CLIENTS"].split(",")]
     warmup, steady = (10.0, 20.0) if quick else (15.0, 45.0)
-    backlog = int(os.environ.get("FLEET_BACKLOG_TASKS", 100_000 if quick else 1_000_000))
+    backlog = int(os.environ.get("FLEET_BACKLOG_TASKS", 100_000 if quick else 10_000_000))
     dsn = pg.fresh("bench_fleet")
     first_port = 21000 + random.randrange(0, 20000)
     stats = work / "fleet-origin.json"
@@ -268,13 +312,59 @@ def scenario(
             keys = [gates[0].register(f"sim-{i}") for i in range(max(fleets))]
             for clients in fleets:
                 rows.append(
-                    _measure(procs, pg, work, url, cert, gates, keys[:clients], warmup, steady, stats)
+                    _measure(
+                        procs, pg, work, url, cert, gates, keys[:clients], warmup, steady, stats, origin.pid
+                    )
                 )
                 print(f"  {clients} clients: {rows[-1]['documents_per_s']:.0f} documents/s", flush=True)
     finally:
         procs.stop(origin)
         pg.drop("bench_fleet")
     _report(rows, backlog, warmup, steady)
+
+
+HISTOGRAMS = {  # what each gate measures itself, by the name the results give it
+    "docgate_grant_latency_seconds": "grant",
+    "docgate_lease_latency_seconds": "lease_statement",
+    "docgate_event_loop_lag_seconds": "loop_lag",
+}
+
+
+def _buckets(gates: list[Any]) -> dict[str, dict[float, float]]:
+    """The gates' histograms, summed over the gates: metric -> upper bound -> cumulative count."""
+    summed: dict[str, dict[float, float]] = {name: {} for name in HISTOGRAMS}
+    for gate in gates:
+        text = httpx.get(gate.url + "/metrics", timeout=30).text
+        for line in text.splitlines():
+            for name in HISTOGRAMS:
+                if line.startswith(name + "_bucket{"):
+                    bound = line.split('le="', 1)[1].split('"', 1)[0]
+                    le = float("inf") if bound == "+Inf" else float(bound)
+                    summed[name][le] = summed[name].get(le, 0.0) + float(line.rsplit(" ", 1)[1])
+    return summed
+
+
+def _quantile(before: dict[float, float], after: dict[float, float], q: float) -> float | None:
+    """The bucket bound (ms) below which q of the observations between two scrapes fall."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not counts or counts[-1] <= 0:
+        return None
+    for bound, count in zip(bounds, counts, strict=True):
+        if count >= q * counts[-1]:
+            return bound * 1000
+    return None
+
+
+def _edge_cpu(work: Path, origin_pid: int) -> float:
+    """CPU seconds of nginx (master and workers, found by this run's config) and the origin."""
+    total = cpu_seconds(origin_pid)
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if proc.info["name"] == "nginx":
+                times = proc.cpu_times()
+                total += times.user + times.system
+    return total
 
 
 def _creating(gate: Any, jobs: list[str]) -> bool:
@@ -286,7 +376,7 @@ def _creating(gate: Any, jobs: list[str]) -> bool:
 
 def _measure(
     procs: Processes, pg: Postgres, work: Path, url: str, cert: Path, gates: list[Any], keys: list[str],
-    warmup: float, steady: float, stats: Path,
+    warmup: float, steady: float, stats: Path, origin_pid: int,
 ) -> dict[str, Any]:  # fmt: skip
     keys_file, out = work / "fleet-keys.json", work / f"fleet-{len(keys)}.json"
     keys_file.write_text(json.dumps(keys))
@@ -296,8 +386,10 @@ def _measure(
         log=work / f"loader-{len(keys)}.log",
     )  # fmt: skip
     time.sleep(warmup)
+    histograms = _buckets(gates)
     gate_cpu = sum(cpu_seconds(g.proc.pid) for g in gates)
     pg_cpu, loader_cpu = cpu_seconds(pg.pid), cpu_seconds(loader.pid)
+    edge_cpu = _edge_cpu(work, origin_pid)
     began = time.time()
     connections = []
     while time.time() - began < steady and loader.poll() is None:
@@ -312,7 +404,14 @@ def _measure(
     elapsed = time.time() - began
     gate_cpu = sum(cpu_seconds(g.proc.pid) for g in gates) - gate_cpu
     pg_cpu, loader_cpu = cpu_seconds(pg.pid) - pg_cpu, cpu_seconds(loader.pid) - loader_cpu
+    edge_cpu = _edge_cpu(work, origin_pid) - edge_cpu
     memory = [psutil.Process(g.proc.pid).memory_info().rss / 2**20 for g in gates]
+    later = _buckets(gates)
+    at_gate = {
+        f"{short}_{label}_ms": _quantile(histograms[name], later[name], q)
+        for name, short in HISTOGRAMS.items()
+        for label, q in (("p50", 0.5), ("p99", 0.99))
+    }
     try:
         loader.wait(120)
     except subprocess.TimeoutExpired:
@@ -332,6 +431,7 @@ def _measure(
     return {
         "clients": len(keys),
         "documents_per_s": done / elapsed,
+        "origin_requests_per_s": sum(means),
         "hosts_fetched": len(peaks),
         "host_peak_max": max(peaks, default=0),
         "host_mean_of_means": sum(means) / len(means) if means else 0.0,
@@ -344,26 +444,38 @@ def _measure(
         "gate_cpu_share": gate_cpu / elapsed,
         "pg_cpu_share": pg_cpu / elapsed,
         "loader_cpu_share": loader_cpu / elapsed,
+        "nginx_and_origin_cpu_share": edge_cpu / elapsed,
         "pg_connections_max": max(connections, default=0),
         "gate_rss_mb": memory,
         "errors": result["errors"],
+        "empty_leases": result.get("empty_leases", 0),
+        "at_gate": at_gate,
         "seconds": elapsed,
     }
 
 
 def _report(rows: list[dict[str, Any]], backlog: int, warmup: float, steady: float) -> None:
     table = Table(
-        ["clients", "documents/s", "hosts busy", "busiest host-second (budget 20)", "mean per host",
-         "grant p50 ms", "p99", "lease p50 ms", "p99", "gate CPU s per 1,000 docs", "gates (cores)",
-         "PostgreSQL (cores)", "loader (cores)", "PG connections", "RSS per gate MB"]
+        ["clients", "documents/s", "origin requests/s", "hosts busy", "busiest host-second (budget 20)",
+         "mean per host", "grant p50 ms", "p99", "at the gate p99", "lease p50 ms", "p99",
+         "lease statement p99", "loop lag p99 ms"]
+    )  # fmt: skip
+    cost = Table(
+        ["clients", "gate CPU s per 1,000 docs", "gates (cores)", "PostgreSQL (cores)", "PG connections",
+         "loader (cores)", "nginx + origin (cores)", "RSS per gate MB", "client errors"]
     )  # fmt: skip
     for r in rows:
+        g = r["at_gate"]
         table.add(
-            r["clients"], r["documents_per_s"], r["hosts_fetched"], r["host_peak_max"],
-            r["host_mean_of_means"],
-            r["grant_p50_ms"], r["grant_p99_ms"], r["lease_p50_ms"], r["lease_p99_ms"],
-            r["gate_cpu_s_per_1000_docs"], r["gate_cpu_share"], r["pg_cpu_share"], r["loader_cpu_share"],
-            r["pg_connections_max"], max(r["gate_rss_mb"]),
+            r["clients"], r["documents_per_s"], r["origin_requests_per_s"], r["hosts_fetched"],
+            r["host_peak_max"], r["host_mean_of_means"], r["grant_p50_ms"], r["grant_p99_ms"],
+            g["grant_p99_ms"], r["lease_p50_ms"], r["lease_p99_ms"], g["lease_statement_p99_ms"],
+            g["loop_lag_p99_ms"],
+        )  # fmt: skip
+        cost.add(
+            r["clients"], r["gate_cpu_s_per_1000_docs"], r["gate_cpu_share"], r["pg_cpu_share"],
+            r["pg_connections_max"], r["loader_cpu_share"], r["nginx_and_origin_cpu_share"],
+            max(r["gate_rss_mb"]), sum(r["errors"].values()),
         )  # fmt: skip
     write_results(
         "fleet",
@@ -377,7 +489,10 @@ def _report(rows: list[dict[str, Any]], backlog: int, warmup: float, steady: flo
             "warmup_s": warmup,
             "steady_s": steady,
         },  # fmt: skip
-        {f"{GATES} gates, {HOSTS} hosts at {BUDGET:.0f}/s each, {backlog:,} tasks of {CHUNK}": table},
+        {
+            f"{GATES} gates, {HOSTS} hosts at {BUDGET:.0f}/s each, {backlog:,} tasks of {CHUNK}": table,
+            "what it cost": cost,
+        },
         notes=[
             "Everything shares the machine's two cores: nginx, four gates, PostgreSQL, the origin and the "
             "simulated clients' loader. Where the cores run out, latencies are queueing for a core.",

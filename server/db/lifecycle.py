@@ -73,21 +73,26 @@ ENDED = f"""EXISTS (SELECT 1 FROM ended_sessions
                WHERE client_id = coalesce({{owner}}, '{NO_CLIENT}'::uuid) AND session_id = {{session}})"""
 
 
-def host_room(*, host: str, connections: str, per_connection: str) -> str:
-    """How many more of `host`'s tasks may go out (an SQL expression: jobs.host): its tasks in
-    flight, over every job on the host, stay under `per_connection` per connection of its
-    budget (hosts.max_connections, else `connections`, HOST_CONNECTIONS; 0: no limit). No known
-    host (NULL), or `per_connection` 0: no limit (a large number)."""
-    return f"""(
-    SELECT CASE WHEN {host} IS NULL OR b.connections = 0 OR {per_connection} = 0
+def host_load(host: str) -> str:
+    """`host`'s tasks in flight over every job on it (an SQL expression; 0 for NULL)."""
+    return f"""CASE WHEN {host} IS NULL THEN 0 ELSE (
+    SELECT coalesce(sum((SELECT count(*) FROM tasks a
+                         WHERE a.job_id = jj.job_id AND a.status = 'assigned')), 0)
+    FROM jobs jj WHERE jj.host = {host}) END"""
+
+
+def host_connections(host: str, default: str) -> str:
+    """`host`'s connection budget: hosts.max_connections, else `default` (HOST_CONNECTIONS)."""
+    return f"coalesce((SELECT max_connections FROM hosts WHERE host = {host}), {default})"
+
+
+def room_left(*, host: str, load: str, connections: str, per_connection: str) -> str:
+    """How many more of `host`'s tasks may go out: its tasks in flight (`load`) stay under
+    `per_connection` per connection of its budget (`connections`; 0: no limit). No known host
+    (NULL), or `per_connection` 0: no limit (a large number)."""
+    return f"""CASE WHEN {host} IS NULL OR {connections} = 0 OR {per_connection} = 0
                 THEN {NO_ROOM_LIMIT}
-                ELSE greatest(0, {per_connection} * b.connections - (
-                    SELECT coalesce(sum((SELECT count(*) FROM tasks a
-                                         WHERE a.job_id = jj.job_id AND a.status = 'assigned')), 0)
-                    FROM jobs jj WHERE jj.host = {host}))
-           END
-    FROM (SELECT coalesce((SELECT max_connections FROM hosts WHERE host = {host}),
-                          {connections}) AS connections) b)"""
+                ELSE greatest(0, {per_connection} * {connections} - {load}) END"""
 
 
 NO_ROOM_LIMIT = 1_000_000
@@ -130,7 +135,8 @@ WITH RECURSIVE {OPEN_JOBS}, cap AS (SELECT {CAP.format(owner="$2", default="$5")
     FOR UPDATE SKIP LOCKED
 ), from_jobs AS (
     -- Host by host (jobs.host; a job of no known host is a host of its own), the hosts in the
-    -- order of their best job (priority, then age), and of each host no more tasks than leave
+    -- order of their best job's priority, then the least busy first, then the oldest job's
+    -- age, and of each host no more tasks than leave
     -- its tasks in flight, over all its jobs, at most $7 per connection of its budget
     -- (hosts.max_connections, else HOST_CONNECTIONS, $6; 0: no limit); within a host its jobs
     -- in priority then age order, each job's tasks in theirs. So a fleet bigger than one
@@ -138,10 +144,18 @@ WITH RECURSIVE {OPEN_JOBS}, cap AS (SELECT {CAP.format(owner="$2", default="$5")
     -- A paused job is passed over (its task that came back pending since the pause too,
     -- until housekeeping holds it).
     SELECT c.task_id, c.priority, c.task_seq
-    FROM (SELECT host, CASE WHEN host IS NULL THEN job_id END AS job_id
-          FROM jobs WHERE NOT paused AND job_id IN (SELECT job_id FROM open_jobs)
-          GROUP BY host, CASE WHEN host IS NULL THEN job_id END
-          ORDER BY max(priority) DESC, min(created_at)) h
+    FROM (SELECT g.host, g.job_id,
+                 {room_left(host="g.host", load="l.n", connections="b.n", per_connection="$7")} AS room
+          FROM (SELECT host, CASE WHEN host IS NULL THEN job_id END AS job_id,
+                       max(priority) AS best, min(created_at) AS first
+                FROM jobs WHERE NOT paused AND job_id IN (SELECT job_id FROM open_jobs)
+                GROUP BY host, CASE WHEN host IS NULL THEN job_id END) g
+          CROSS JOIN LATERAL (SELECT CASE WHEN $7 = 0 THEN 0 ELSE {host_load("g.host")} END AS n
+                              OFFSET 0) l
+          CROSS JOIN LATERAL (SELECT {host_connections("g.host", "$6")} AS n OFFSET 0) b
+          -- the least busy host first (tasks in flight per connection), unless $7 is 0
+          ORDER BY g.best DESC, CASE WHEN $7 = 0 THEN 0 ELSE l.n::float8 / greatest(b.n, 1) END,
+                   g.first) h
     CROSS JOIN LATERAL (
         SELECT t.task_id, t.priority, t.task_seq
         FROM (SELECT job_id FROM jobs
@@ -155,7 +169,7 @@ WITH RECURSIVE {OPEN_JOBS}, cap AS (SELECT {CAP.format(owner="$2", default="$5")
             LIMIT (SELECT n FROM room)
             FOR UPDATE SKIP LOCKED
         ) t
-        LIMIT least((SELECT n FROM room), {host_room(host="h.host", connections="$6", per_connection="$7")})
+        LIMIT least((SELECT n FROM room), h.room)
     ) c
     LIMIT (SELECT n FROM room)
 ), candidates AS (
@@ -458,7 +472,14 @@ SELECT EXISTS (
 ) OR EXISTS (
     SELECT 1 FROM jobs j
     WHERE NOT paused AND job_id IN (SELECT job_id FROM open_jobs)
-      AND {host_room(host="j.host", connections="$1", per_connection="$2")} > 0
+      AND {
+    room_left(
+        host="j.host",
+        load=host_load("j.host"),
+        connections=host_connections("j.host", "$1"),
+        per_connection="$2",
+    )
+} > 0
 )
 """
 
