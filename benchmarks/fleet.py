@@ -357,13 +357,14 @@ def _quantile(before: dict[float, float], after: dict[float, float], q: float) -
 
 
 def _edge_cpu(work: Path, origin_pid: int) -> float:
-    """CPU seconds of nginx (master and workers, found by this run's config) and the origin."""
+    """CPU seconds of the origin and of nginx: the master started with this run's config, and
+    its workers."""
     total = cpu_seconds(origin_pid)
-    for proc in psutil.process_iter(["name", "cmdline"]):
+    for proc in psutil.process_iter(["cmdline"]):
         with contextlib.suppress(psutil.Error):
-            if proc.info["name"] == "nginx":
-                times = proc.cpu_times()
-                total += times.user + times.system
+            # nginx rewrites its title: the master's whole command line may be one string
+            if any(str(work / "nginx.conf") in arg for arg in proc.info["cmdline"] or []):
+                total += cpu_seconds(proc.pid)
     return total
 
 

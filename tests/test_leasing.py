@@ -701,3 +701,19 @@ async def test_a_fleet_spreads_over_hosts_not_one_jobs_queue(
         assert r.status_code == 200 and [t["params"]["url_template"] for t in r.json()["tasks"]] == [
             "https://b.example:8443/doc/{id}"
         ]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:21000/doc/1", "https://Example.ORG./x", "http://example.org:80/",
+     "https://[::1]:8443/a", "http://bücher.de/x", "https://example.org:443/x", "http://example.org:8080/x"],
+)  # fmt: skip
+def test_a_jobs_host_is_named_as_the_client_names_its_budget(url: str) -> None:
+    """The host a lease counts a job's tasks under (protocol.hosts.host_key) is the one the
+    client asks grants for (client.limits.host_key): two spellings of one rule must agree."""
+    from yarl import URL
+
+    from client.limits import host_key as client_host_key
+    from protocol.hosts import host_key
+
+    assert host_key(url) == client_host_key(URL(url))

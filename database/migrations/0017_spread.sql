@@ -3,8 +3,8 @@
 --
 -- jobs.host: the budget host a job's requests count against (its url_template's, its
 -- profile's base_url's), NULL when unknown. A lease hands out no more of a host's tasks than
--- LEASE_TASKS_PER_CONNECTION times its connection budget, counted over every job on the
--- host, and leases the next job's tasks instead: a fleet bigger than one host's budget works
+-- HOST_TASKS_PER_CONNECTION times its connection budget, counted over every job on the
+-- host, and leases another host's tasks instead: a fleet bigger than one host's budget works
 -- on many hosts at once instead of queueing on the first job's (server/db/lifecycle.py, LEASE).
 ALTER TABLE jobs ADD COLUMN host text;
 CREATE INDEX jobs_host ON jobs (host) WHERE host IS NOT NULL;

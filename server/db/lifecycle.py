@@ -133,22 +133,25 @@ WITH RECURSIVE {OPEN_JOBS}, cap AS (SELECT {CAP.format(owner="$2", default="$5")
     ORDER BY priority DESC, task_seq
     LIMIT (SELECT n FROM room)
     FOR UPDATE SKIP LOCKED
+), working AS (
+    -- The jobs with due work, not paused (a paused job's task that came back pending since
+    -- the pause is passed over until housekeeping holds it).
+    SELECT job_id, host, priority, created_at FROM jobs
+    WHERE NOT paused AND job_id IN (SELECT job_id FROM open_jobs)
 ), from_jobs AS (
-    -- Host by host (jobs.host; a job of no known host is a host of its own), the hosts in the
-    -- order of their best job's priority, then the least busy first, then the oldest job's
-    -- age, and of each host no more tasks than leave
-    -- its tasks in flight, over all its jobs, at most $7 per connection of its budget
+    -- Host by host (jobs.host; a job of no known host is a host of its own): the hosts whose
+    -- best job has the highest priority first, among them the least busy (tasks in flight
+    -- per connection), then the one with the oldest job; of each host no more tasks than
+    -- leave its tasks in flight, over all its jobs, at most $7 per connection of its budget
     -- (hosts.max_connections, else HOST_CONNECTIONS, $6; 0: no limit); within a host its jobs
     -- in priority then age order, each job's tasks in theirs. So a fleet bigger than one
     -- host's budget goes on to the next host's work instead of queueing on the first job's.
-    -- A paused job is passed over (its task that came back pending since the pause too,
-    -- until housekeeping holds it).
     SELECT c.task_id, c.priority, c.task_seq
     FROM (SELECT g.host, g.job_id,
                  {room_left(host="g.host", load="l.n", connections="b.n", per_connection="$7")} AS room
           FROM (SELECT host, CASE WHEN host IS NULL THEN job_id END AS job_id,
                        max(priority) AS best, min(created_at) AS first
-                FROM jobs WHERE NOT paused AND job_id IN (SELECT job_id FROM open_jobs)
+                FROM working
                 GROUP BY host, CASE WHEN host IS NULL THEN job_id END) g
           CROSS JOIN LATERAL (SELECT CASE WHEN $7 = 0 THEN 0 ELSE {host_load("g.host")} END AS n
                               OFFSET 0) l
@@ -158,9 +161,8 @@ WITH RECURSIVE {OPEN_JOBS}, cap AS (SELECT {CAP.format(owner="$2", default="$5")
                    g.first) h
     CROSS JOIN LATERAL (
         SELECT t.task_id, t.priority, t.task_seq
-        FROM (SELECT job_id FROM jobs
-              WHERE NOT paused AND job_id IN (SELECT job_id FROM open_jobs)
-                AND (host = h.host OR h.host IS NULL AND job_id = h.job_id)
+        FROM (SELECT job_id FROM working
+              WHERE host = h.host OR h.host IS NULL AND job_id = h.job_id
               ORDER BY priority DESC, created_at, job_id) j
         CROSS JOIN LATERAL (
             SELECT task_id, priority, task_seq FROM tasks
@@ -465,21 +467,16 @@ SELECT count(*) FROM handed
 """
 
 # Is anything leasable now? The long-poll's fallback probe: the same rows LEASE would walk.
+_ROOM_OF_J = room_left(
+    host="j.host", load=host_load("j.host"), connections=host_connections("j.host", "$1"), per_connection="$2"
+)
 ANY_LEASABLE = f"""
 WITH RECURSIVE {OPEN_JOBS}
 SELECT EXISTS (
     SELECT 1 FROM tasks WHERE job_id IS NULL AND status = 'pending' AND due AND run_after <= now()
 ) OR EXISTS (
     SELECT 1 FROM jobs j
-    WHERE NOT paused AND job_id IN (SELECT job_id FROM open_jobs)
-      AND {
-    room_left(
-        host="j.host",
-        load=host_load("j.host"),
-        connections=host_connections("j.host", "$1"),
-        per_connection="$2",
-    )
-} > 0
+    WHERE NOT paused AND job_id IN (SELECT job_id FROM open_jobs) AND {_ROOM_OF_J} > 0
 )
 """
 
