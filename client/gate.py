@@ -66,6 +66,7 @@ ERRORS: dict[ErrorCode, type[ClientError]] = {
     C.JOB_TOO_LARGE: GateRefused,
     C.INVALID_HARVEST: GateRefused,
     C.LEASE_CAP: GateRefused,
+    C.SESSION_ENDED: GateRefused,
 }
 
 

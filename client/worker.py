@@ -131,6 +131,9 @@ class Worker:
                 log.info("lease cap reached: %s", exc.message)
                 await self._wait_any(list(self.runs.values()), seconds=self.config.poll_interval)
                 return None
+            if exc.code == ErrorCode.SESSION_ENDED:  # this process said goodbye: nothing more comes
+                self.stopping.set()
+                return None
             log.warning("cannot lease: %s", exc.message)
             await self._wait_any([], seconds=self.config.poll_interval)
             return None

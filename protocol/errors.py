@@ -46,6 +46,7 @@ class ErrorCode(StrEnum):
     KEY_IN_USE = "key_in_use"
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"  # the key was first used for different work
     LEASE_CAP = "lease_cap"  # the client holds MAX_LEASES_PER_CLIENT (or its key's cap) already
+    SESSION_ENDED = "session_ended"  # a lease for a process (X-Session-Id) that said goodbye
     # 413
     TOO_LARGE = "too_large"
     # 422

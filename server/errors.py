@@ -16,6 +16,7 @@ status and wire code (``protocol.errors.ErrorCode``).
     │   ├── LeaseLost           409 lease_lost
     │   ├── IdempotencyConflict 409 idempotency_conflict
     │   ├── LeaseCapReached     409 lease_cap
+    │   ├── SessionEnded        409 session_ended
     │   └── KeyInUse            409 key_in_use
     ├── PayloadTooLarge         413 too_large
     ├── Unprocessable           422 invalid_field
@@ -100,6 +101,11 @@ class LeaseCapReached(Conflict):
     """The client already holds as many leases as it may (MAX_LEASES_PER_CLIENT, or its key's)."""
 
 
+class SessionEnded(Conflict):
+    """This process said goodbye (DELETE /api/v1/session) and is leased nothing more; a new
+    process sends a new X-Session-Id."""
+
+
 class KeyInUse(Conflict):
     """api_key is already in use; omit it to get a generated one."""
 
@@ -174,6 +180,7 @@ ERRORS: dict[type[Exception], tuple[int, ErrorCode]] = {
     LeaseLost: (409, C.LEASE_LOST),
     KeyInUse: (409, C.KEY_IN_USE),
     LeaseCapReached: (409, C.LEASE_CAP),
+    SessionEnded: (409, C.SESSION_ENDED),
     IdempotencyConflict: (409, C.IDEMPOTENCY_CONFLICT),
     PayloadTooLarge: (413, C.TOO_LARGE),
     Unprocessable: (422, C.INVALID_FIELD),

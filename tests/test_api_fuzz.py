@@ -78,6 +78,11 @@ def test_no_operation_answers_5xx_or_breaks_its_schema(db_dsn: str, tmp_path: Pa
             "MAX_JOB_TASKS": "100000",
             # A lease must always find work: past the hoarding cap a long poll waits out `wait`.
             "MAX_LEASES_PER_CLIENT": "1000000",
+            # ... and past its host's room (every job here is on one host).
+            "HOST_TASKS_PER_CONNECTION": "0",
+            # ... and fuzzed reports of blocked answers don't pause its host or its job.
+            "HOST_PAUSE_MIN_ANSWERS": "1000000",
+            "JOB_PAUSE_MIN_ANSWERS": "1000000",
             "LOG_LEVEL": "WARNING",
         },
         port,

@@ -116,6 +116,9 @@ def test_kill_9_of_a_client_loses_nothing(tmp_path: Path, db_dsn: str) -> None:
         while cluster.sql("SELECT count(*) FROM documents")[0][0] < 300 and time.monotonic() < deadline:
             time.sleep(0.2)
         victim_id = cluster.sql("SELECT client_id FROM clients WHERE client_name = 'victim'")[0][0]
+        # Frozen first, so what it holds can't be completed between the look and the kill.
+        os.killpg(victim.pid, signal.SIGSTOP)
+        time.sleep(1)  # a report already on the wire lands before the look
         held = {
             r[0]
             for r in cluster.sql(

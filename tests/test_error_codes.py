@@ -125,6 +125,14 @@ async def _over_the_cap(gate: Gate, ctx: dict[str, Any]) -> httpx.Response:
     return await gate.lease(capped)
 
 
+async def _after_goodbye(gate: Gate, ctx: dict[str, Any]) -> httpx.Response:
+    """A process that said goodbye asks for work again."""
+    process = ctx["client"] | {"X-Session-Id": "gone"}
+    assert (await gate.http.delete("/api/v1/session", headers=process)).status_code == 200
+    await gate.create()
+    return await gate.lease(process, wait=20)
+
+
 async def _stray_report(gate: Gate, ctx: dict[str, Any]) -> httpx.Response:
     params = {"url_template": "https://h/{id}", "start_id": 100, "count": 5}
     await gate.http.post(
@@ -173,6 +181,7 @@ ROWS = [
     Row(C.KEY_IN_USE, 409, _key_twice, CE.GateRefused, SE.WriteRefused),
     Row(C.IDEMPOTENCY_CONFLICT, 409, _key_reused, CE.GateRefused, SE.WriteRefused),
     Row(C.LEASE_CAP, 409, _over_the_cap, CE.GateRefused, SE.WriteRefused),
+    Row(C.SESSION_ENDED, 409, _after_goodbye, CE.GateRefused, SE.WriteRefused),
     Row(
         C.TOO_LARGE,
         413,

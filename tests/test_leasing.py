@@ -600,8 +600,8 @@ async def test_a_keys_own_lease_cap_and_heartbeats_that_keep_no_more(db_dsn: str
 
 async def test_a_goodbye_hands_back_and_a_left_behind_long_poll_gets_nothing(gate: Gate) -> None:
     """DELETE /api/v1/session: the process's leases go back at once (attempt given back), and a
-    long-poll it left waiting at the gate is leased nothing when work comes. Control: the same
-    long-poll of a process that said no goodbye takes the task."""
+    long-poll it left waiting at the gate is leased nothing when work comes (409 session_ended).
+    Control: the same long-poll of a process that said no goodbye takes the task."""
     import asyncio
 
     client = await gate.register()
@@ -625,9 +625,12 @@ async def test_a_goodbye_hands_back_and_a_left_behind_long_poll_gets_nothing(gat
         task_id = (await gate.create())["task_id"]
         answer = await waiting
         if says_goodbye:
-            assert answer.status_code == 204, answer.text
+            assert (answer.status_code, answer.json()["code"]) == (409, "session_ended"), answer.text
             (row,) = await gate.sql("SELECT status FROM tasks WHERE task_id = $1", uuid.UUID(task_id))
             assert row["status"] == "pending"
+            # ... and a new long-poll of that process is refused at once, not after its wait
+            again = await asyncio.wait_for(gate.lease(left, wait=30), timeout=10)
+            assert (again.status_code, again.json()["code"]) == (409, "session_ended"), again.text
             await gate.sql("UPDATE tasks SET status = 'cancelled'")
         else:
             assert answer.status_code == 200 and answer.json()["task_id"] == task_id  # control

@@ -30,7 +30,7 @@ from server.db import documents, harvests
 from server.db.pool import Connection, Pool, connection, transaction
 from server.db.tasks import GET, TASK_COLUMNS, to_leased, to_task
 from server.domain.reports import NO_REPORTS, Reports, check_in_task
-from server.errors import Conflict, JobNotFound, LeaseCapReached, LeaseLost, NotYourTask
+from server.errors import Conflict, JobNotFound, LeaseCapReached, LeaseLost, NotYourTask, SessionEnded
 
 NO_CLIENT = "00000000-0000-0000-0000-000000000000"  # the admin's processes (ENABLE_AUTH=false)
 
@@ -315,6 +315,7 @@ HELD_AND_CAP = f"""
 SELECT (SELECT count(*) FROM tasks WHERE assigned_to = $1 AND status = 'assigned') AS held,
        {CAP.format(owner="$1", default="$2")} AS cap
 """
+SESSION_ENDED = f"SELECT {ENDED.format(owner='$1', session='$2')}"
 
 # A process's goodbye (or a lease answered to a connection already gone): its leases back to
 # pending at once, the attempt given back. $1 owner (NULL: the admin), $2 session, $3 the tasks
@@ -531,12 +532,17 @@ async def lease_tasks(
     spread: Spread,
 ) -> list[v1.LeasedTask]:
     """Lease up to `max_tasks`, and never so many that the caller holds more than its cap
-    (`max_held`, or its key's); LeaseCapReached when it holds that many already."""
+    (`max_held`, or its key's); LeaseCapReached when it holds that many already, SessionEnded
+    when its process (`session_id`) said goodbye."""
     async with connection(pool) as conn:
         records = await conn.fetch(
             LEASE, max_tasks, owner, session_id, lease_seconds, max_held,
             spread.connections, spread.tasks_per_connection,
         )  # fmt: skip
+        if not records and session_id is not None and await conn.fetchval(SESSION_ENDED, owner, session_id):
+            raise SessionEnded(
+                f"the process {session_id!r} said goodbye: a new process sends a new X-Session-Id"
+            )
         if not records and owner is not None:
             row = await conn.fetchrow(HELD_AND_CAP, owner, max_held)
             if row is not None and row["held"] >= row["cap"]:

@@ -57,13 +57,13 @@ def test_quick_seed_loses_nothing(cluster_for) -> None:  # type: ignore[no-untyp
     assert set(cluster.run.fired) == set(plan.faults), "every fault fired at least once"
 
 
-@pytest.mark.timeout(480)
+@pytest.mark.timeout(600)
 def test_a_b2_seed_loses_nothing(cluster_for) -> None:  # type: ignore[no-untyped-def]
     """The same faults, zombies included, on Backblaze B2's dialect: no conditional writes, a
-    versioned bucket; every record pins the version it reported. It ends in about 120 s on an
-    idle 2-core machine; beside the rest of the suite it once needed more than 200."""
+    versioned bucket; every record pins the version it reported. It ends in about 70 s on an
+    idle 2-core machine; beside the rest of the suite it has needed from 210 s to more than 320."""
     plan = Plan(
-        seed=21, tasks=100, clients=3, lease_seconds=8, fault_gap=(2.0, 4.0), deadline=320, dialect="b2"
+        seed=21, tasks=100, clients=3, lease_seconds=8, fault_gap=(2.0, 4.0), deadline=480, dialect="b2"
     )
     cluster = cluster_for(plan)
     assert judged(cluster) == []
