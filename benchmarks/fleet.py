@@ -39,7 +39,17 @@ import psutil
 
 from benchmarks.busy import nginx_front
 from benchmarks.http import Connection, HttpError
-from benchmarks.lib import Postgres, Processes, Table, cpu_seconds, pct, running_gate, write_results
+from benchmarks.lib import (
+    RESULTS,
+    Postgres,
+    Processes,
+    Table,
+    cpu_seconds,
+    figure,
+    pct,
+    running_gate,
+    write_results,
+)
 
 HOSTS = 50
 BUDGET = 20.0  # requests a second per host
@@ -455,6 +465,31 @@ def _measure(
     }
 
 
+def _chart(rows: list[dict[str, Any]]) -> Any:
+    """Three panels over the fleet's size: documents/s, grant p99 (clients' and the gates'
+    own), gate CPU per 1,000 documents."""
+    fig, axes = figure(3, width=4.2)
+    sizes = [r["clients"] for r in rows]
+    ticks = [str(n) for n in sizes]
+    axes[0][0].bar(ticks, [r["documents_per_s"] for r in rows])
+    axes[0][0].set_ylabel("documents/s")
+    axes[0][1].plot(ticks, [r["grant_p99_ms"] for r in rows], marker="o", label="as clients saw it")
+    # past the histogram's last bucket (inf): not drawn
+    in_gate = [r["at_gate"]["grant_p99_ms"] for r in rows]
+    axes[0][1].plot(
+        ticks, [v if v != float("inf") else None for v in in_gate], marker="s", label="in the gate"
+    )
+    axes[0][1].axhline(20, color="grey", linestyle="--", label="target 20 ms")
+    axes[0][1].set_yscale("log")
+    axes[0][1].set_ylabel("grant p99, ms")
+    axes[0][1].legend(fontsize=8)
+    axes[0][2].bar(ticks, [r["gate_cpu_s_per_1000_docs"] for r in rows])
+    axes[0][2].set_ylabel("gate CPU s per 1,000 documents")
+    for ax in axes[0]:
+        ax.set_xlabel("clients")
+    return fig
+
+
 def _report(rows: list[dict[str, Any]], backlog: int, warmup: float, steady: float) -> None:
     table = Table(
         ["clients", "documents/s", "origin requests/s", "hosts busy", "busiest host-second (budget 20)",
@@ -494,6 +529,7 @@ def _report(rows: list[dict[str, Any]], backlog: int, warmup: float, steady: flo
             f"{GATES} gates, {HOSTS} hosts at {BUDGET:.0f}/s each, {backlog:,} tasks of {CHUNK}": table,
             "what it cost": cost,
         },
+        _chart(rows),
         notes=[
             "Everything shares the machine's two cores: nginx, four gates, PostgreSQL, the origin and the "
             "simulated clients' loader. Where the cores run out, latencies are queueing for a core.",
@@ -504,7 +540,11 @@ def _report(rows: list[dict[str, Any]], backlog: int, warmup: float, steady: flo
 if __name__ == "__main__":
     import uvloop
 
-    if sys.argv[1] == "origin":
+    if sys.argv[1] == "chart":  # the chart again from the last run's results
+        _chart(json.loads((RESULTS / "fleet.json").read_text())["rows"]).savefig(
+            RESULTS / "fleet.png", dpi=110, bbox_inches="tight"
+        )
+    elif sys.argv[1] == "origin":
         uvloop.run(serve_origin(int(sys.argv[2]), Path(sys.argv[3])))
     else:
         url, ca, keys_file, seconds, out = sys.argv[2:7]
