@@ -109,7 +109,9 @@ class Sim:
         self.granting = Connection(url, headers, tls, source)
         self.source, self.out = source, out
         self.rates: dict[str, float] = {}  # host -> granted requests a second (0: held)
-        self.valid_until = 0.0
+        # host -> until when its grant holds: a host left out of a reply keeps no stale rate
+        # (client/limits.py: a grant's limits hold per host until its own expiry)
+        self.valid_until: dict[str, float] = {}
         self.seen: dict[str, int] = {}
         self.origins: dict[int, Connection] = {}
         self.next_at: dict[str, float] = {}
@@ -184,7 +186,7 @@ class Sim:
                     rate, connections = grant["requests_per_second"], grant["max_connections"]
                     held = grant["paused"] or rate == 0 or connections == 0
                     self.rates[grant["host"]] = 0.0 if held else (rate or float("inf"))
-                self.valid_until = asked + body["valid_seconds"]
+                    self.valid_until[grant["host"]] = asked + body["valid_seconds"]
             else:
                 self.count(f"grant {status}")
 
@@ -229,7 +231,7 @@ class Sim:
         False when the run ends first."""
         while (now := time.monotonic()) < until:
             rate = self.rates.get(host, 0.0)
-            if rate > 0 and now < self.valid_until:
+            if rate > 0 and now < self.valid_until.get(host, 0.0):
                 at = max(now, self.next_at.get(host, 0.0))
                 if at >= until:
                     return False
