@@ -89,14 +89,18 @@ def refusal(ext: str, content_type: str | None, head: bytes, rules: ContentRules
     """Why a body that starts with `head` (PAGE_SCAN of it at most) is not the document, or None
     when it may be."""
     declared = media_type(content_type)
-    text = head_text(head, content_type)
-    if looks_html(content_type, head):
-        page = head_text(head, content_type, PAGE_SCAN)
-        if (block := blocked_page(page, rules)) is not None:
-            return block
-    elif (pattern := found(rules.block_patterns, text)) is not None:
+    html = looks_html(content_type, head)
+    if html:
+        if rules.block_patterns or rules.block_selectors:
+            page = head_text(head, content_type, PAGE_SCAN)
+            if (block := blocked_page(page, rules)) is not None:
+                return block
+    elif (
+        rules.block_patterns
+        and (pattern := found(rules.block_patterns, head_text(head, content_type))) is not None
+    ):
         return _block(f"a block page: its first KiB holds {pattern!r} (block_patterns)")
-    if rules.require_patterns and found(rules.require_patterns, text) is None:
+    if rules.require_patterns and found(rules.require_patterns, head_text(head, content_type)) is None:
         return _wrong("not the document: its first KiB holds none of the task's require_patterns")
     if rules.expect_content_type:
         patterns = [p.lower() for p in rules.expect_content_type]
@@ -107,7 +111,7 @@ def refusal(ext: str, content_type: str | None, head: bytes, rules: ContentRules
         )
     if ext.lower().removesuffix(".gz") in HTML_EXTS:
         return None
-    if looks_html(content_type, head):
+    if html:
         return _wrong(
             f"an HTML page ({declared or 'by its first bytes'}) came where a {ext} document was expected"
         )

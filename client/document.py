@@ -10,6 +10,7 @@ stops the task.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import random
@@ -49,12 +50,35 @@ class DocumentStep:
     fetcher: Fetcher
     stopping: asyncio.Event
 
-    async def run(self, run: TaskRun, ref: DocRef) -> Outcome:
+    def key(self, run: TaskRun, ref: DocRef) -> str:
+        return document_key(
+            ref.doc_id,
+            ref.ext,
+            shard_size=self.config.shard_size,
+            compressed=self.config.compress == "gzip",
+            collection=run.task.collection,
+        )
+
+    async def absent(self, run: TaskRun, refs: list[DocRef]) -> set[str]:
+        """The doc_ids of `refs` that the store holds nothing for, in one look for the batch
+        (so each needs no look of its own before it is fetched). Trouble: none known absent."""
+        keys = {}
+        for ref in refs:
+            with contextlib.suppress(KeyRefused):  # a key refused is the document's own failure
+                keys[self.key(run, ref)] = ref.doc_id
+        try:
+            return {keys[k] for k in await self.store.absent(list(keys))}
+        except StorageError:
+            return set()
+
+    async def run(self, run: TaskRun, ref: DocRef, absent: bool = False) -> Outcome:
+        """`absent`: the store was just seen to hold nothing for it (DocumentStep.absent)."""
+
         def failed(code: FailureCode, reason: str, permanent: bool, storage: bool = False) -> Outcome:
             return Outcome.failed(Failure(ref, code, reason), permanent=permanent, storage=storage)
 
         try:
-            return await self._store_retrying(run, ref)
+            return await self._store_retrying(run, ref, absent)
         except DocumentFailed as exc:
             return failed(exc.code, exc.reason, exc.permanent)
         except TooLarge:
@@ -68,13 +92,13 @@ class DocumentStep:
         except StorageError as exc:
             return failed(FailureCode.STORAGE, f"storage: {exc.message}", False, storage=True)
 
-    async def _store_retrying(self, run: TaskRun, ref: DocRef) -> Outcome:
+    async def _store_retrying(self, run: TaskRun, ref: DocRef, absent: bool) -> Outcome:
         """Ride out a short storage outage (resets, stalls) instead of handing the task back at once:
         a hand-back spends one of the task's attempts, and a client that hands back every task it
         leases during an outage would spend the whole queue's."""
         for delay in (*STORAGE_RETRY_SECONDS, None):
             try:
-                return await self._store(run, ref)
+                return await self._store(run, ref, absent)
             except (StorageUnavailable, StorageTimeout) as exc:
                 if delay is None or self.stopping.is_set():
                     raise
@@ -84,20 +108,14 @@ class DocumentStep:
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
         raise AssertionError("unreachable")
 
-    async def _store(self, run: TaskRun, ref: DocRef) -> Outcome:
+    async def _store(self, run: TaskRun, ref: DocRef, absent: bool) -> Outcome:
         compress = self.config.compress == "gzip"
-        key = document_key(
-            ref.doc_id,
-            ref.ext,
-            shard_size=self.config.shard_size,
-            compressed=compress,
-            collection=run.task.collection,
-        )
+        key = self.key(run, ref)
         fence = Fence(str(run.task.task_id), str(run.task.lease_token))
         found = PutOptions(
             max_size=self.config.max_document_size, doc_id=ref.doc_id, ext=ref.ext, fence=fence
         )
-        existing = await self.store.verified(key, found)
+        existing = None if absent else await self.store.verified(key, found)
         if existing is not None:
             return await self._skipped(run, ref, existing)
         captured: list[v1.Capture | None] = [None]

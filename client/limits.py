@@ -51,7 +51,11 @@ class Slots:
     def __init__(self, limit: int | None) -> None:
         self.limit = limit
         self.held = 0
+        self._waiting = 0
         self._changed = asyncio.Condition()
+
+    def _free(self) -> bool:
+        return self.limit is None or self.held < self.limit
 
     async def set_limit(self, limit: int | None) -> None:
         async with self._changed:
@@ -60,15 +64,23 @@ class Slots:
 
     @asynccontextmanager
     async def hold(self) -> AsyncIterator[None]:
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.limit is None or self.held < self.limit)
+        if self._waiting or not self._free():  # behind those already waiting
+            self._waiting += 1
+            try:
+                async with self._changed:
+                    await self._changed.wait_for(self._free)
+                    self.held += 1
+            finally:
+                self._waiting -= 1
+        else:  # room and no one waiting: taken without the lock (one loop, nothing awaited between)
             self.held += 1
         try:
             yield
         finally:
-            async with self._changed:
-                self.held -= 1
-                self._changed.notify_all()
+            self.held -= 1
+            if self._waiting:
+                async with self._changed:
+                    self._changed.notify_all()
 
 
 Ask = Callable[[list[hosts.HostReport], list[UUID]], Awaitable[hosts.GrantReply]]

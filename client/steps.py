@@ -135,16 +135,17 @@ class TaskSteps:
         if not refs:
             return
         known = await self.gate.known([r.doc_id for r in refs], run.task.collection)
+        absent = await self.document.absent(run, [r for r in refs if r.doc_id not in known])
         for ref in refs:
             if ref.doc_id in known:  # already recorded at the gate: not fetched again
                 run.fold(Outcome(Kind.SKIPPED, ref))
                 continue
             await self.slots.acquire()
-            child = group.create_task(self._fetch(run, ref))
+            child = group.create_task(self._fetch(run, ref, ref.doc_id in absent))
             child.add_done_callback(lambda _: self.slots.release())
 
-    async def _fetch(self, run: TaskRun, ref: DocRef) -> None:
-        run.fold(await self.document.run(run, ref))
+    async def _fetch(self, run: TaskRun, ref: DocRef, absent: bool) -> None:
+        run.fold(await self.document.run(run, ref, absent))
         if len(run.pending) >= REPORT_BATCH:
             await self.report(run)
 

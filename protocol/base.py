@@ -172,6 +172,8 @@ def clip(value: str | None, limit: int) -> str | None:
     header's undecodable bytes, as surrogates) replaced by "?", cut to `limit` characters."""
     if value is None:
         return None
+    if value.isascii() and "\x00" not in value:  # most headers and URLs: nothing to replace
+        return value[:limit]
     return value.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")[:limit]
 
 

@@ -17,7 +17,7 @@ import asyncio
 import hashlib
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import ClassVar, TypeVar, overload
@@ -236,6 +236,12 @@ class Storage(ABC):
     @abstractmethod
     def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
         """Every stored document under prefix (no temporary or staging objects)."""
+
+    async def absent(self, keys: Sequence[str]) -> set[str]:
+        """Which of `keys` hold nothing, as far as one cheap look tells (a client asks it for a
+        batch of documents before it fetches them, instead of a `verified` per document). A key
+        left out may or may not hold something: `verified` says. By default none is known."""
+        return set()
 
     async def verified(self, key: str, options: PutOptions | None = None) -> StoredObject | None:
         """The document at `key` as its bytes really are (read back and hashed: a store's metadata

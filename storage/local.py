@@ -30,7 +30,7 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -254,6 +254,14 @@ class LocalStorage(Storage):
         path = self._path(key)
         return await self._blocking(lambda: _stat(key, self._inside(path)), what="stat")
 
+    async def absent(self, keys: Sequence[str]) -> set[str]:
+        """One trip to a thread for the batch: the keys whose path does not exist."""
+        paths = {}
+        for key in keys:
+            with contextlib.suppress(KeyRefused):  # refused later, by the document's own put
+                paths[key] = self._path(key)
+        return await self._blocking(lambda: {k for k, p in paths.items() if _missing(p)}, what="stat")
+
     async def delete(self, key: str) -> None:
         path = self._path(key)
         await self._blocking(lambda: _unlink(self._inside(path), key), what="delete")
@@ -366,6 +374,17 @@ def _stat(key: str, path: Path) -> ObjectInfo | None:
     if not stat.S_ISREG(info.st_mode):
         return None
     return ObjectInfo(key=key, size=info.st_size, sha256=_sha_of(path))
+
+
+def _missing(path: Path) -> bool:
+    """Nothing at `path` (anything else, an error included, is for `stat` to say)."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _sha_of(path: Path) -> str | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from storage.base import Chunks, ObjectInfo, PutOptions, Storage, StoredObject
 from storage.errors import AlreadyStored, ObjectMissing, StorageError
@@ -21,6 +21,9 @@ class MirrorStorage(Storage):
     async def probe(self) -> None:
         await self.primary.probe()
         await self.secondary.probe()
+
+    async def absent(self, keys: Sequence[str]) -> set[str]:
+        return await self.primary.absent(keys)  # what verified reads: the primary
 
     async def verified(self, key: str, options: PutOptions | None = None) -> StoredObject | None:
         """What the primary holds; and the secondary catches up on it here, so a document whose

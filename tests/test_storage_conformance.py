@@ -113,6 +113,21 @@ async def test_put_get_stat_list_delete(store: Storage) -> None:
     await store.delete(key)  # deleting twice is fine
 
 
+async def test_absent_never_names_a_key_that_holds_something(store: Storage) -> None:
+    """What a client skips its look before a fetch for: a key `absent` names holds nothing; one
+    it leaves out may hold something or not (a store that cannot tell cheaply names none)."""
+    held, empty = document_key(11, ".tzb"), document_key(12, ".tzb")
+    await store.put(held, from_bytes(b"held"), opts(11))
+    named = await store.absent([held, empty, "../outside"])
+    assert held not in named and named <= {empty}
+    if isinstance(store, (LocalStorage, MirrorStorage)):  # one look for the batch, on disk
+        assert named == {empty}
+    if isinstance(store, LocalStorage):  # something that is no document is not called absent
+        odd = document_key(13, ".tzb")
+        (store.root / odd).mkdir(parents=True)
+        assert await store.absent([odd]) == set()
+
+
 async def test_large_document_round_trips(store: Storage) -> None:
     data = payload(12 << 20, seed=2)  # over the S3 part size: staged multipart + copy
     key = document_key(150_001, ".bin")
