@@ -311,11 +311,13 @@ WHERE task_id = ANY (ARRAY(
     LIMIT {CAP.format(owner="$1", default="$5")}))
 RETURNING lease_expires_at
 """
+# Why a lease found nothing, in one round trip: what the caller ($1) holds against its cap,
+# and whether its process ($3) said goodbye.
 HELD_AND_CAP = f"""
 SELECT (SELECT count(*) FROM tasks WHERE assigned_to = $1 AND status = 'assigned') AS held,
-       {CAP.format(owner="$1", default="$2")} AS cap
+       {CAP.format(owner="$1", default="$2")} AS cap,
+       $3::text IS NOT NULL AND {ENDED.format(owner="$1", session="$3")} AS ended
 """
-SESSION_ENDED = f"SELECT {ENDED.format(owner='$1', session='$2')}"
 
 # A process's goodbye (or a lease answered to a connection already gone): its leases back to
 # pending at once, the attempt given back. $1 owner (NULL: the admin), $2 session, $3 the tasks
@@ -539,13 +541,14 @@ async def lease_tasks(
             LEASE, max_tasks, owner, session_id, lease_seconds, max_held,
             spread.connections, spread.tasks_per_connection,
         )  # fmt: skip
-        if not records and session_id is not None and await conn.fetchval(SESSION_ENDED, owner, session_id):
-            raise SessionEnded(
-                f"the process {session_id!r} said goodbye: a new process sends a new X-Session-Id"
-            )
-        if not records and owner is not None:
-            row = await conn.fetchrow(HELD_AND_CAP, owner, max_held)
-            if row is not None and row["held"] >= row["cap"]:
+        if not records and (owner is not None or session_id is not None):
+            row = await conn.fetchrow(HELD_AND_CAP, owner, max_held, session_id)
+            assert row is not None  # a SELECT of expressions returns its one row
+            if row["ended"]:
+                raise SessionEnded(
+                    f"the process {session_id!r} said goodbye: a new process sends a new X-Session-Id"
+                )
+            if owner is not None and row["held"] >= row["cap"]:
                 raise LeaseCapReached(
                     f"this client holds {row['held']} leases and may hold {row['cap']} "
                     "(MAX_LEASES_PER_CLIENT, or its key's max_leases): finish some first"
