@@ -12,6 +12,7 @@ waits for a grant only the first time it meets a host; per document it waits on 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,10 @@ RATE = 10.0
 CLIENTS = (10, 100, 1_000)  # --quick: the first two
 
 
-async def asker(conn: Connection, until: float, latencies: list[float]) -> int:
+async def asker(conn: Connection, until: float, latencies: list[float], phase: float) -> int:
     asked = 0
     body = {"hosts": [{"host": HOST, "ok": 1}]}
+    await asyncio.sleep(phase)  # clients started at different moments: not all in the same instant
     while time.perf_counter() < until:
         started = time.perf_counter()
         status, _ = await conn.request("POST", "/api/v1/hosts/grants", body)
@@ -41,8 +43,9 @@ async def measure(url: str, keys: list[str], seconds: float) -> tuple[int, list[
     conns = [await Connection(url, {"X-API-Key": k}).open() for k in keys]
     latencies: list[float] = []
     until = time.perf_counter() + seconds
+    rng = random.Random(7)
     try:
-        counts = await asyncio.gather(*(asker(c, until, latencies) for c in conns))
+        counts = await asyncio.gather(*(asker(c, until, latencies, rng.random()) for c in conns))
     finally:
         for c in conns:
             await c.close()
@@ -65,9 +68,10 @@ def scenario(
             idle = (cpu_seconds(gate.proc.pid) - before) / seconds
             for clients in fleets:
                 before = cpu_seconds(gate.proc.pid)
-                started = time.perf_counter()
+                started, loader = time.perf_counter(), time.process_time()
                 grants, latencies = asyncio.run(measure(gate.url, keys[:clients], seconds))
                 elapsed = time.perf_counter() - started
+                loader = (time.process_time() - loader) / elapsed
                 spent = cpu_seconds(gate.proc.pid) - before
                 share = RATE / clients  # documents a second per client at the default budget
                 rows.append(
@@ -78,6 +82,7 @@ def scenario(
                         "cpu_s_per_1000": spent / grants * 1000,
                         "cpu_share": spent / elapsed,
                         "idle_cpu_share": idle,
+                        "loader_cpu_share": loader,
                         "p50_ms": median(latencies) * 1000,
                         "p99_ms": pct(latencies, 99) * 1000,
                         "documents_per_client_per_s": share,
@@ -92,6 +97,7 @@ def scenario(
             "gate CPU s per 1,000 grants",
             "gate CPU (share of a core)",
             "idle baseline",
+            "askers' CPU (share of a core)",
             "grant p50 ms",
             "p99 ms",
             "documents per client per s (budget 10/s)",
@@ -104,6 +110,7 @@ def scenario(
             r["cpu_s_per_1000"],
             r["cpu_share"],
             r["idle_cpu_share"],
+            r["loader_cpu_share"],
             r["p50_ms"],
             r["p99_ms"],
             RATE / r["clients"],

@@ -19,8 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from protocol import paths
 from protocol.errors import ErrorBody, ErrorCode, error_body
-from server import bootstrap
-from server.api import api_router
+from server import api, bootstrap
 from server.auth import Authenticator
 from server.config import Settings
 from server.db import harvests, hosts, jobs, lifecycle, pausing, stats
@@ -46,7 +45,7 @@ def create_app(settings: Settings, dsn: str, *, apply_migrations: bool = True) -
     metrics = Metrics(settings.metrics_hosts)
     lifespan = _lifespan(settings, dsn, metrics, apply_migrations)
     app = FastAPI(title="docgate", version=VERSION, lifespan=lifespan)
-    app.include_router(api_router)
+    api.include(app)
     app.include_router(ui_router)
     # Document uploads stream to storage under their own limit (MAX_UPLOAD_BYTES).
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, streamed=[("PUT", UPLOAD)])

@@ -14,7 +14,11 @@ Why the grants held at any moment never sum past the budget, across any number o
 1. Within a gate, every grant is computed under no await (one event loop), against the sum
    of the others' grants still valid, so the grants a gate has out never exceed the slice it
    held when it made each of them; a grant ends (`valid_seconds`) before the slice it came
-   from expires.
+   from expires. The sum is a running tally (`Tally`), so a grant costs the same with 10 or
+   1,000 clients on the host: each grant adds what it changed at once, and the tally is
+   counted afresh from the clients every TALLY_SECONDS. Between two counts it can only
+   over-count (a grant that ran out, a client gone quiet still counted), which makes a share
+   smaller, never larger.
 2. A gate records its slice as the larger of what it may grant from now on and what its
    clients still hold, so a slice that shrinks is given to the others only once the grants
    made under the larger one have run out (within ACTIVE_SECONDS).
@@ -47,6 +51,7 @@ from server.errors import DatabaseUnavailable
 
 log = logging.getLogger("docgate.gate")
 RENEW_SECONDS = 0.5
+TALLY_SECONDS = 0.25  # how often a host's running tally of clients and grants is counted afresh
 
 
 @dataclass
@@ -59,6 +64,26 @@ class Held:
     connections: int | None = 0
     until: float = 0.0
     cap: v1.Politeness | None = None
+    # What the host's tallies count of this client (its address, whether it is one of the
+    # clients sharing, the grant it holds), so that its next grant replaces, not adds.
+    counted: str | None = None
+    counted_rate: float = 0.0
+    counted_connections: int = 0
+
+
+@dataclass
+class Tally:
+    """Clients sharing a budget (asked within ACTIVE_SECONDS) and the sum of their grants still
+    valid, at or above the truth (see the module's rule 1)."""
+
+    clients: int = 0
+    rate: float = 0.0
+    connections: int = 0
+
+    def add(self, held: Held, sign: int) -> None:
+        self.clients += sign
+        self.rate += sign * held.counted_rate
+        self.connections += sign * held.counted_connections
 
 
 @dataclass
@@ -75,9 +100,40 @@ class HostAtGate:
     seen: Seen = field(default_factory=Seen)
     retry_after: float | None = None
     stale: bool = True  # an operator changed it here: renew before the next grant
+    tally: Tally = field(default_factory=Tally)
+    tally_by_address: dict[str, Tally] = field(default_factory=dict)
+    counted_at: float = float("-inf")
 
     def active(self, now: float) -> list[tuple[tuple[UUID, str], Held]]:
         return [(k, c) for k, c in self.clients.items() if now - c.seen < db.ACTIVE_SECONDS]
+
+    def count(self, now: float) -> None:
+        """The tallies counted afresh from the clients, at most every TALLY_SECONDS."""
+        if now - self.counted_at < TALLY_SECONDS:
+            return
+        self.counted_at = now
+        self.tally, self.tally_by_address = Tally(), {}
+        for c in self.clients.values():
+            c.counted, c.counted_rate, c.counted_connections = None, 0.0, 0
+            if now - c.seen >= db.ACTIVE_SECONDS:
+                continue  # quiet: neither sharing nor, after ACTIVE_SECONDS, holding a grant
+            self.count_in(c, now)
+
+    def count_in(self, c: Held, now: float) -> None:
+        valid = c.until > now
+        c.counted = c.address
+        c.counted_rate = (c.rate or 0.0) if valid else 0.0
+        c.counted_connections = (c.connections or 0) if valid else 0
+        self.tally.add(c, 1)
+        self.tally_by_address.setdefault(c.address, Tally()).add(c, 1)
+
+    def uncount(self, c: Held) -> None:
+        """Take a client out of the tallies (before its new grant is counted in)."""
+        if c.counted is None:
+            return
+        self.tally.add(c, -1)
+        self.tally_by_address[c.counted].add(c, -1)
+        c.counted, c.counted_rate, c.counted_connections = None, 0.0, 0
 
 
 class Budgets:
@@ -149,23 +205,25 @@ class Budgets:
         state = self.hosts[host]
         me = state.clients[key]
         until = min(now + db.ACTIVE_SECONDS, state.until)
-        active = state.active(now)
-        others = [c for k, c in active if k != key and c.until > now]
+        state.count(now)
+        state.uncount(me)  # what is left in the tallies is the others'
+        others = state.tally
+        sharing = others.clients + 1
         fleet = state.fleet or db.Slice(0.0, 0)
-        rate = rules.share(fleet.rate, len(active), sum(c.rate or 0.0 for c in others))
-        slots = rules.slots(fleet.connections, len(active), sum(c.connections or 0 for c in others))
+        rate = rules.share(fleet.rate, sharing, others.rate)
+        slots = rules.slots(fleet.connections, sharing, others.connections)
         if fleet.one_each:
             slots = 1  # more clients than the host's connections: one each, whatever the slice
         if me.address in state.by_address:
             part = state.by_address[me.address]
-            near = [c for c in others if c.address == me.address]
-            count = sum(1 for _, c in active if c.address == me.address)
-            rate = rules.lowest(rate, rules.share(part.rate, count, sum(c.rate or 0.0 for c in near)))
-            mine = rules.slots(part.connections, count, sum(c.connections or 0 for c in near))
+            near = state.tally_by_address.get(me.address) or Tally()
+            rate = rules.lowest(rate, rules.share(part.rate, near.clients + 1, near.rate))
+            mine = rules.slots(part.connections, near.clients + 1, near.connections)
             slots = mine if slots is None else slots if mine is None else min(slots, mine)
         if until <= now:
             rate, slots = 0.0, 0  # no current slice: nothing to grant from
         me.rate, me.connections, me.until = rate, slots, until
+        state.count_in(me, now)
         grant = wire.HostGrant(
             host=host,
             requests_per_second=rate,

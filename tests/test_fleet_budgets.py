@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
 from test_politeness import CountingOrigin
@@ -242,3 +243,76 @@ async def test_control_gates_blind_to_each_other_overshoot(
     monkeypatch.setattr(hosts, "OTHERS", hosts.OTHERS + " AND false")
     peak, slots, _, _ = await fleet_against_gates(db_dsn, tmp_path, 12.0)
     assert peak > 30 * 1.5 and slots > 32, f"blind gates peaked at only {peak:.2f} and {slots}"
+
+
+def one_gate_churn(monkeypatch: pytest.MonkeyPatch, clients: int, steps: int) -> tuple[float, int, float]:
+    """One gate's grants from a slice of 30 requests/s and 32 connections, hundreds of clients
+    joining, asking at random and leaving, on a simulated clock (no PostgreSQL: the slice is
+    set as a renewal would set it). Returns the most the grants valid at one instant summed to
+    (rate, connections) and what the last clients hold once the others left."""
+    from protocol import hosts as wire
+    from server import budgets
+    from server.db import hosts as db
+
+    clock = [1000.0]
+    monkeypatch.setattr(budgets.time, "monotonic", lambda: clock[0])
+    gate = budgets.Budgets(None, db.Defaults(30.0, 32))  # type: ignore[arg-type]
+    gate.hosts["registry.example"] = budgets.HostAtGate(
+        fleet=db.Slice(30.0, 32), until=float("inf"), stale=False
+    )
+    body = wire.GrantRequest(hosts=[wire.HostReport(host="registry.example", ok=1)])
+    held: dict[int, tuple[float, int, float]] = {}
+    rng = random.Random(11)
+    present: set[int] = set(range(clients // 2))
+    peak, peak_slots = 0.0, 0
+
+    def ask(i: int) -> None:
+        reply = asyncio.run(gate.grants(UUID(int=i + 1), f"s{i}", body, f"10.0.{i % 7}.1"))
+        grant = reply.grants[0]
+        held[i] = (
+            grant.requests_per_second or 0.0,
+            grant.max_connections or 0,
+            clock[0] + reply.valid_seconds,
+        )
+
+    for _ in range(steps):
+        clock[0] += rng.uniform(0.0, 0.01)
+        if rng.random() < 0.02:
+            present.add(rng.randrange(clients))  # one joins
+        if rng.random() < 0.02 and len(present) > 10:
+            present.discard(rng.choice(sorted(present)))  # one leaves: its grant runs out by itself
+        ask(rng.choice(sorted(present)))
+        valid = [(r, c) for r, c, until in held.values() if until > clock[0]]
+        peak = max(peak, sum(r for r, _ in valid))
+        peak_slots = max(peak_slots, sum(c for _, c in valid))
+    last = sorted(present)[:5]
+    for _ in range(40):  # only five go on asking, for 4 s: the others' grants and shares end
+        clock[0] += 0.1
+        for i in last:
+            ask(i)
+    return peak, peak_slots, sum(held[i][0] for i in last)
+
+
+def test_one_gate_grants_to_hundreds_never_sum_past_its_slice(monkeypatch: pytest.MonkeyPatch) -> None:
+    peak, slots, final = one_gate_churn(monkeypatch, clients=600, steps=6000)
+    assert peak <= 30 + 1e-6, f"grants summed to {peak:.4f} requests per second (slice 30)"
+    assert slots <= 32, f"{slots} connections granted at once (slice 32)"
+    assert final == pytest.approx(30.0), f"five clients left hold {final:.2f} of 30: shares did not come back"
+
+
+def test_control_a_tally_that_forgets_new_grants_overshoots(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Negative control: a gate whose running tally is not told of the grants it makes (only
+    the periodic count sees them) grants past its slice, and the checker catches it."""
+    from server import budgets
+
+    real = budgets.HostAtGate.count_in
+
+    def forgetful(self: budgets.HostAtGate, c: budgets.Held, now: float) -> None:
+        if now - self.counted_at > 0:  # a grant, not the periodic count: left out
+            c.counted = None
+            return
+        real(self, c, now)
+
+    monkeypatch.setattr(budgets.HostAtGate, "count_in", forgetful)
+    peak, _, _ = one_gate_churn(monkeypatch, clients=600, steps=3000)
+    assert peak > 31, f"the forgetful tally peaked at only {peak:.2f}"
