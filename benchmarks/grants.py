@@ -2,16 +2,20 @@
 
 10, 100 and then 1,000 registered clients (async sessions, one connection each) each ask
 `POST /api/v1/hosts/grants` once a second, as a working client does, for one host they all share
-(reporting healthy answers) — for 20 s (--quick: 5 s). Measured: the gate's CPU (its process and
-its PostgreSQL backends) per 1,000 grants and as a share of a core, and the grant latency (p50,
-p99). Baseline, same run: the gate's CPU with the clients idle for as long. Added latency per
-document: none on the fetch path — a client asks in the background, beside its fetches, and
-waits for a grant only the first time it meets a host; per document it waits on its token bucket.
+(reporting healthy answers), each starting at its own moment within the first second — for 20 s
+(--quick: 5 s), against a gate of two processes (one per core; each keeps its own slice of the
+host, as separate gates do). Measured: the gate's CPU (its processes and their PostgreSQL
+backends) per 1,000 grants and as a share of a core, and the grant latency (p50, p99; a
+client's first request, its key's first look-up at the gate, apart). Baseline, same run: the
+gate's CPU with the clients idle for as long. Added latency per document: none on the fetch
+path — a client asks in the background, beside its fetches, and waits for a grant only the
+first time it meets a host; per document it waits on its token bucket.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import time
 from pathlib import Path
@@ -23,9 +27,12 @@ from benchmarks.lib import Postgres, Processes, Table, cpu_seconds, median, pct,
 HOST = "registry.example"
 RATE = 10.0
 CLIENTS = (10, 100, 1_000)  # --quick: the first two
+WORKERS = 2  # gate processes on the one port, one per core: each holds its own slice, as gates do
 
 
-async def asker(conn: Connection, until: float, latencies: list[float], phase: float) -> int:
+async def asker(
+    conn: Connection, until: float, latencies: list[float], first: list[float], phase: float
+) -> int:
     asked = 0
     body = {"hosts": [{"host": HOST, "ok": 1}]}
     await asyncio.sleep(phase)  # clients started at different moments: not all in the same instant
@@ -33,23 +40,28 @@ async def asker(conn: Connection, until: float, latencies: list[float], phase: f
         started = time.perf_counter()
         status, _ = await conn.request("POST", "/api/v1/hosts/grants", body)
         assert status == 200, status
-        latencies.append(time.perf_counter() - started)
+        # A client's first grant request is its key's first look-up at the gate: told apart.
+        (latencies if asked else first).append(time.perf_counter() - started)
         asked += 1
         await asyncio.sleep(max(0.0, 1.0 - (time.perf_counter() - started)))
     return asked
 
 
-async def measure(url: str, keys: list[str], seconds: float) -> tuple[int, list[float]]:
+async def measure(url: str, keys: list[str], seconds: float) -> tuple[int, list[float], list[float]]:
     conns = [await Connection(url, {"X-API-Key": k}).open() for k in keys]
     latencies: list[float] = []
+    first: list[float] = []
     until = time.perf_counter() + seconds
     rng = random.Random(7)
+    gc.collect()
+    gc.disable()  # the askers' own collections would be timed as the gate's latency
     try:
-        counts = await asyncio.gather(*(asker(c, until, latencies, rng.random()) for c in conns))
+        counts = await asyncio.gather(*(asker(c, until, latencies, first, rng.random()) for c in conns))
     finally:
+        gc.enable()
         for c in conns:
             await c.close()
-    return sum(counts), latencies
+    return sum(counts), latencies, first
 
 
 def scenario(
@@ -60,7 +72,7 @@ def scenario(
     rows: list[dict[str, Any]] = []
     try:
         env = {"HOST_RATE_LIMIT": str(RATE), "HOST_CONNECTIONS": "16"}
-        with running_gate(procs, dsn, work, env=env, log=work / "gate-grants.log") as gate:
+        with running_gate(procs, dsn, work, workers=WORKERS, env=env, log=work / "gate-grants.log") as gate:
             fleets = CLIENTS[:2] if quick else CLIENTS
             keys = [gate.register(f"asker-{i}") for i in range(max(fleets))]
             before = cpu_seconds(gate.proc.pid)
@@ -69,7 +81,7 @@ def scenario(
             for clients in fleets:
                 before = cpu_seconds(gate.proc.pid)
                 started, loader = time.perf_counter(), time.process_time()
-                grants, latencies = asyncio.run(measure(gate.url, keys[:clients], seconds))
+                grants, latencies, first = asyncio.run(measure(gate.url, keys[:clients], seconds))
                 elapsed = time.perf_counter() - started
                 loader = (time.process_time() - loader) / elapsed
                 spent = cpu_seconds(gate.proc.pid) - before
@@ -85,6 +97,7 @@ def scenario(
                         "loader_cpu_share": loader,
                         "p50_ms": median(latencies) * 1000,
                         "p99_ms": pct(latencies, 99) * 1000,
+                        "first_p99_ms": pct(first, 99) * 1000,
                         "documents_per_client_per_s": share,
                     }
                 )
@@ -100,6 +113,7 @@ def scenario(
             "askers' CPU (share of a core)",
             "grant p50 ms",
             "p99 ms",
+            "first grant p99 ms",
             "documents per client per s (budget 10/s)",
         ]
     )
@@ -113,6 +127,7 @@ def scenario(
             r["loader_cpu_share"],
             r["p50_ms"],
             r["p99_ms"],
+            r["first_p99_ms"],
             RATE / r["clients"],
         )
     write_results(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -20,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from protocol import paths
 from protocol.errors import ErrorBody, ErrorCode, error_body
 from server import api, bootstrap
-from server.auth import Authenticator
+from server.auth import CACHE_SECONDS, Authenticator
 from server.config import Settings
 from server.db import harvests, hosts, jobs, lifecycle, pausing, stats
 from server.db.pool import create_pool
@@ -118,7 +119,12 @@ def _lifespan(
                 asyncio.create_task(_promote(state), name="docgate-promote"),
                 asyncio.create_task(_create_jobs(state), name="docgate-job-creation"),
                 asyncio.create_task(_watch_loop(metrics), name="docgate-loop-lag"),
+                asyncio.create_task(_refresh_keys(state), name="docgate-key-cache"),
             ]
+            # What was built to start (the app, its routes and models, the settings) lives as long
+            # as the process: out of the collector's sight, a full collection under load walks
+            # only what requests made, not every object of the app again.
+            gc.freeze()
             try:
                 yield
             finally:
@@ -198,6 +204,18 @@ async def _create_jobs(state: GateState) -> None:
             log.exception("creating a job's tasks failed")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(state.creation.wait(), CREATION_POLL)
+
+
+async def _refresh_keys(state: GateState) -> None:
+    """Keep the keys of working clients looked up, all in one query a round (server.auth)."""
+    while True:
+        await asyncio.sleep(CACHE_SECONDS / 4)
+        try:
+            await state.auth.refresh()
+        except DatabaseUnavailable:
+            pass  # housekeeping says so; the keys run out and are looked up one by one
+        except Exception:
+            log.exception("refreshing the key cache failed")
 
 
 async def _watch_loop(metrics: Metrics, every: float = 0.05) -> None:

@@ -4,6 +4,10 @@ any gate, and its leases go back to pending without spending an attempt."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
 from conftest import Gate, start_gate
 
 
@@ -97,3 +101,47 @@ async def test_the_command_line_lists_revokes_and_rotates(gate: Gate) -> None:
     assert "revoked" in cli("list").stdout
     bad = cli("revoke", "not-an-id")
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "uuid" in bad.stderr
+
+
+async def test_the_key_cache_is_renewed_in_one_query_that_drops_revoked_keys(
+    gate: Gate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gate renews its cached look-ups in one query before they run out: a working client's
+    key is kept without a look-up in its requests' way, and a key revoked on another gate is
+    refused there from that renewal on. Control: before the renewal, the revoked key is still
+    taken from the cache."""
+    import time
+
+    from server import auth
+
+    kept, doomed = await gate.register("kept"), await gate.register("doomed")
+    async for second in start_gate(gate.dsn, gate.settings):
+        for key in (kept, doomed):
+            assert (await second.http.post("/api/v1/clients/heartbeat", headers=key)).status_code == 200
+        client_id = (await gate.sql("SELECT client_id::text FROM clients WHERE client_name = 'doomed'"))[0][0]
+        assert (await gate.http.delete(f"/api/v1/clients/{client_id}", headers=gate.admin)).status_code == 200
+        assert (
+            await second.http.post("/api/v1/clients/heartbeat", headers=doomed)
+        ).status_code == 200  # control
+        authenticator = second.transport.app.state.gate.auth  # type: ignore[attr-defined]
+        soon = time.monotonic() + 1.0  # both look-ups near their end
+        authenticator._cache = {d: (p, soon) for d, (p, _) in authenticator._cache.items()}
+        queries: list[int] = []
+        monkeypatch.setattr(auth.clients, "find_keys", counting(auth.clients.find_keys, queries))
+        await authenticator.refresh()
+        assert queries == [2], queries
+        (left,) = authenticator._cache.values()
+        assert left[0].client_name == "kept" and left[1] > time.monotonic() + auth.CACHE_SECONDS / 2
+        refused = await second.http.post("/api/v1/clients/heartbeat", headers=doomed)
+        assert (refused.status_code, refused.json()["code"]) == (401, "unauthorized")
+        assert (await second.http.post("/api/v1/clients/heartbeat", headers=kept)).status_code == 200
+
+
+def counting(real: Any, calls: list[int]) -> Any:
+    """`real`, noting how many keys each call looks up."""
+
+    async def counted(pool: object, digests: list[bytes]) -> object:
+        calls.append(len(digests))
+        return await real(pool, digests)
+
+    return counted
