@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, one run each (~2 minutes)")
     parser.add_argument("--only", nargs="+", choices=SCENARIOS, help="run just these scenarios")
     parser.add_argument("--repeat", type=int, help="runs per measurement (default 3; 1 with --quick)")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (the processes' logs)")
     args = parser.parse_args()
     # Every driver (HTTP load, SQL floor, pgqueuer) runs on uvloop, as the gate does.
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
@@ -49,7 +50,10 @@ def main() -> None:
                 module.scenario(pg, procs, work, quick=args.quick, repeat=repeat, state=state)
                 print(f"=== {name}: {time.monotonic() - began:.0f} s", flush=True)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print(f"the work folder, logs included, is kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     parts = [(RESULTS / f"{name}.md").read_text() for name in SCENARIOS if (RESULTS / f"{name}.md").exists()]
     (RESULTS / "summary.md").write_text("\n".join(parts))
     print(f"\nall done in {time.monotonic() - started:.0f} s; results in {RESULTS}")

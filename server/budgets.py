@@ -178,11 +178,7 @@ class Budgets:
         key = (client_id, session_id)
         renew = False
         for report in body.hosts:
-            state = self.hosts.setdefault(report.host, HostAtGate())
-            held = state.clients.get(key)
-            if held is None:
-                held = state.clients[key] = Held(address, now)
-            held.seen, held.address, held.cap = now, address, report.politeness
+            state = self._asking(key, report, address, now)
             state.seen += Seen(report.ok, report.throttled, report.errors, report.blocked)
             if report.retry_after:
                 state.retry_after = max(report.retry_after, state.retry_after or 0.0)
@@ -192,7 +188,7 @@ class Budgets:
         if renew:
             await self.renewed()
         now = time.monotonic()
-        answers = [self._grant(key, report.host, now) for report in body.hosts]
+        answers = [self._grant(key, report, address, now) for report in body.hosts]
         valid = min((until for _, until in answers), default=now + db.ACTIVE_SECONDS) - now
         return wire.GrantReply(
             grants=[grant for grant, _ in answers],
@@ -200,9 +196,23 @@ class Budgets:
             valid_seconds=max(0.0, valid),
         )
 
-    def _grant(self, key: tuple[UUID, str], host: str, now: float) -> tuple[wire.HostGrant, float]:
+    def _asking(self, key: tuple[UUID, str], report: wire.HostReport, address: str, now: float) -> HostAtGate:
+        """The host's state here, with this client recorded as asking now."""
+        state = self.hosts.setdefault(report.host, HostAtGate())
+        held = state.clients.get(key)
+        if held is None:
+            held = state.clients[key] = Held(address, now)
+        held.seen, held.address, held.cap = now, address, report.politeness
+        return state
+
+    def _grant(
+        self, key: tuple[UUID, str], report: wire.HostReport, address: str, now: float
+    ) -> tuple[wire.HostGrant, float]:
         """The client's share of the gate's slice; no await from reading the others to recording it."""
-        state = self.hosts[host]
+        # Recorded again: a request that waited long for a renewal (a saturated gate) may find
+        # its host left meanwhile, with its clients; a host new again has no slice to grant from.
+        state = self._asking(key, report, address, now)
+        host = report.host
         me = state.clients[key]
         until = min(now + db.ACTIVE_SECONDS, state.until)
         state.count(now)

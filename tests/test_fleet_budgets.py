@@ -316,3 +316,30 @@ def test_control_a_tally_that_forgets_new_grants_overshoots(monkeypatch: pytest.
     monkeypatch.setattr(budgets.HostAtGate, "count_in", forgetful)
     peak, _, _ = one_gate_churn(monkeypatch, clients=600, steps=3000)
     assert peak > 31, f"the forgetful tally peaked at only {peak:.2f}"
+
+
+def test_a_grant_that_waited_past_its_host_being_left_answers_nothing_instead_of_failing() -> None:
+    """A saturated gate: a grant request waits for a renewal longer than ACTIVE_SECONDS, and the
+    renewal leaves the host (no client of it asked in time). The request is answered (nothing to
+    grant from: rate 0, valid 0 s), not failed with a 500. Control: the host is really gone from
+    the gate's memory while the request waits."""
+    from protocol import hosts as wire
+    from server import budgets
+    from server.db import hosts as db
+
+    gate = budgets.Budgets(None, db.Defaults(30.0, 32))  # type: ignore[arg-type]
+    gate.hosts["registry.example"] = budgets.HostAtGate(
+        fleet=db.Slice(30.0, 32), until=float("inf"), stale=False
+    )
+    left: list[bool] = []
+
+    async def renewal_that_leaves_the_host() -> None:
+        gate.hosts.pop("registry.example")
+        left.append("registry.example" not in gate.hosts)
+
+    gate.renewed = renewal_that_leaves_the_host  # type: ignore[method-assign]
+    trouble = wire.GrantRequest(hosts=[wire.HostReport(host="registry.example", errors=1)])
+    reply = asyncio.run(gate.grants(UUID(int=1), "s", trouble, "10.0.0.1"))
+    assert left == [True]
+    (grant,) = reply.grants
+    assert (grant.requests_per_second, grant.max_connections, reply.valid_seconds) == (0.0, 0, 0.0)
