@@ -50,9 +50,17 @@ class Connection:
             await self._writer.wait_closed()
 
     async def request(self, method: str, target: str, body: Any = None) -> tuple[int, Any]:
-        """Send one request; return the status and the decoded JSON body (None when empty)."""
+        """Send one request; return the status and the decoded JSON body (None when empty, or
+        when an error answer is not JSON: a proxy's own page)."""
         status, data = await self.raw(method, target, body)
-        return status, (json.loads(data) if data else None)
+        if not data:
+            return status, None
+        try:
+            return status, json.loads(data)
+        except ValueError:
+            if status < 400:
+                raise
+            return status, None
 
     async def raw(self, method: str, target: str, body: Any = None) -> tuple[int, bytes]:
         """Send one request; return the status and the body's bytes."""
