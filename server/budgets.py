@@ -4,8 +4,10 @@ Each gate holds, per host its clients work on, a slice of the host's budget reco
 PostgreSQL (`host_slices`) and renewed about twice a second for all its hosts in one
 transaction (server.db.hosts.renew_slices). A client's grant request is answered from the
 gate's memory: an equal share of the gate's slice among the gate's clients working on the
-host, but no more than the other clients' grants still valid leave. A request waits for a
-renewal only when the gate has no current slice of the host yet, when it reports trouble (so
+host, but no more than the other clients' grants still valid leave. Clients ask about once a
+second; those whose every host is shared by db.CROWD or more clients at this gate, every 2 s
+(db.CROWDED_REFRESH_SECONDS: still within ACTIVE_SECONDS, so they stay counted). A request
+waits for a renewal only when the gate has no current slice of the host yet, when it reports trouble (so
 that its own answer, and the next one anyone gets, carry the back-off), or after an operator
 changed the host here.
 
@@ -190,9 +192,10 @@ class Budgets:
         now = time.monotonic()
         answers = [self._grant(key, report, address, now) for report in body.hosts]
         valid = min((until for _, until in answers), default=now + db.ACTIVE_SECONDS) - now
+        crowded = bool(body.hosts) and all(self.hosts[r.host].tally.clients >= db.CROWD for r in body.hosts)
         return wire.GrantReply(
             grants=[grant for grant, _ in answers],
-            refresh_seconds=db.REFRESH_SECONDS,
+            refresh_seconds=db.CROWDED_REFRESH_SECONDS if crowded else db.REFRESH_SECONDS,
             valid_seconds=max(0.0, valid),
         )
 

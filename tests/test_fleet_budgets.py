@@ -343,3 +343,31 @@ def test_a_grant_that_waited_past_its_host_being_left_answers_nothing_instead_of
     assert left == [True]
     (grant,) = reply.grants
     assert (grant.requests_per_second, grant.max_connections, reply.valid_seconds) == (0.0, 0, 0.0)
+
+
+def test_clients_of_a_crowded_host_are_told_to_ask_half_as_often() -> None:
+    """A host shared by 100 or more clients at a gate: its clients are told to ask every 2 s (still
+    within the 3 s they stay counted). Controls: a host of 10 clients, and a client that also
+    works on an uncrowded host, keep asking every second."""
+    from protocol import hosts as wire
+    from server import budgets
+    from server.db import hosts as db
+
+    gate = budgets.Budgets(None, db.Defaults(30.0, 32))  # type: ignore[arg-type]
+    for name in ("crowded.example", "quiet.example"):
+        gate.hosts[name] = budgets.HostAtGate(fleet=db.Slice(30.0, 32), until=float("inf"), stale=False)
+
+    def ask(i: int, *names: str) -> wire.GrantReply:
+        body = wire.GrantRequest(hosts=[wire.HostReport(host=n, ok=1) for n in names])
+        return asyncio.run(gate.grants(UUID(int=i + 1), f"s{i}", body, "10.0.0.1"))
+
+    refreshes = [ask(i, "crowded.example").refresh_seconds for i in range(db.CROWD + 20)]
+    assert set(refreshes[: db.CROWD - 1]) == {db.REFRESH_SECONDS}
+    assert (
+        set(refreshes[db.CROWD :]) == {db.CROWDED_REFRESH_SECONDS}
+        and db.CROWDED_REFRESH_SECONDS < db.ACTIVE_SECONDS
+    )
+    assert {ask(1000 + i, "quiet.example").refresh_seconds for i in range(10)} == {db.REFRESH_SECONDS}
+    assert ask(0, "crowded.example", "quiet.example").refresh_seconds == db.REFRESH_SECONDS
+    shares = [ask(i, "crowded.example").grants[0].requests_per_second or 0.0 for i in range(db.CROWD + 20)]
+    assert sum(shares) <= 30 + 1e-6

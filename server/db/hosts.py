@@ -25,6 +25,12 @@ from server.domain.budget import Rate, Seen
 log = logging.getLogger("docgate.gate")
 ACTIVE_SECONDS = 3.0  # a client that asked within this long counts towards a host's share
 REFRESH_SECONDS = 1.0  # how often a client asks
+# A host shared by this many clients at one gate: its clients ask half as often. A share of a
+# share changes little from one second to the next, and 1,000 clients asking once a second
+# are 1,000 grants a second; within ACTIVE_SECONDS still, so they stay counted and their
+# grants valid between two asks. Trouble is told at once whatever the interval.
+CROWD = 100
+CROWDED_REFRESH_SECONDS = 2.0
 SLICE_SECONDS = 5.0  # how long a gate's slice counts after it was renewed
 
 ENSURE = "INSERT INTO hosts (host) SELECT unnest($1::text[]) ON CONFLICT (host) DO NOTHING"
