@@ -19,21 +19,15 @@ VALUES ($1, $2, $3, $4)
 RETURNING client_id, client_name, client_host
 """
 
-FIND_BY_KEY = """
-SELECT 'admin' AS role, NULL::uuid AS client_id, NULL AS client_name
-FROM admin_keys WHERE key_hash = $1
-UNION ALL
-SELECT 'client', client_id, client_name FROM clients WHERE api_key_hash = $1 AND revoked_at IS NULL
-LIMIT 1
-"""
-
-# The same for many keys at once: the gate's cache of look-ups renewed in one query.
+# Who owns each of the keys (by hash) still valid: one key at a request, or a gate's whole
+# cache of look-ups renewed at once. An admin key comes first, should a hash be both.
 FIND_BY_KEYS = """
 SELECT key_hash, 'admin' AS role, NULL::uuid AS client_id, NULL AS client_name
 FROM admin_keys WHERE key_hash = ANY($1::bytea[])
 UNION ALL
 SELECT api_key_hash, 'client', client_id, client_name FROM clients
 WHERE api_key_hash = ANY($1::bytea[]) AND revoked_at IS NULL
+ORDER BY role  -- 'admin' before 'client'
 """
 
 TOUCH = """
@@ -133,18 +127,17 @@ async def rotate_key(pool: Pool, client_id: UUID, key_hash: bytes) -> tuple[UUID
 
 
 async def find_key(pool: Pool, key_hash: bytes) -> KeyOwner | None:
-    async with connection(pool) as conn:
-        record = await conn.fetchrow(FIND_BY_KEY, key_hash)
-    if record is None:
-        return None
-    return KeyOwner(record["role"], record["client_id"], record["client_name"])
+    return (await find_keys(pool, [key_hash])).get(key_hash)
 
 
 async def find_keys(pool: Pool, key_hashes: list[bytes]) -> dict[bytes, KeyOwner]:
     """The owners of those of the keys that are still valid (a key left out was revoked)."""
     async with connection(pool) as conn:
         records = await conn.fetch(FIND_BY_KEYS, key_hashes)
-    return {bytes(r["key_hash"]): KeyOwner(r["role"], r["client_id"], r["client_name"]) for r in records}
+    owners: dict[bytes, KeyOwner] = {}
+    for r in records:
+        owners.setdefault(bytes(r["key_hash"]), KeyOwner(r["role"], r["client_id"], r["client_name"]))
+    return owners
 
 
 async def heartbeat(
