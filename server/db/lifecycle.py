@@ -360,7 +360,7 @@ FORGET_ENDED = "DELETE FROM ended_sessions WHERE ended_at < now() - interval '1 
 
 REAP = f"""
 WITH expired AS (
-    SELECT task_id FROM tasks
+    SELECT task_id, lease_expires_at FROM tasks
     WHERE status = 'assigned' AND lease_expires_at <= now()
     ORDER BY lease_expires_at
     LIMIT 1000
@@ -379,10 +379,14 @@ WITH expired AS (
         lease_expires_at = NULL, session_id = NULL, updated_at = now()
     FROM expired e
     WHERE t.task_id = e.task_id
-    RETURNING t.task_id, t.assigned_to, t.lease_token, t.status
+    RETURNING t.task_id, t.assigned_to, t.lease_token, t.status, e.lease_expires_at AS ran_out
 ), logged AS (
+    -- The event keeps when the lease ran out: an audit can tell a lease reaped early.
     INSERT INTO task_events (task_id, event, client_id, lease_token, detail)
-    SELECT task_id, 'expired', assigned_to, lease_token, status FROM reaped
+    SELECT task_id, 'expired', assigned_to, lease_token,
+           status || ' (lease ran out ' ||
+           to_char(ran_out AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') || ')'
+    FROM reaped
 )
 SELECT count(*) FROM reaped
 """

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from harness import BUCKET, Run
+from harness import BUCKET, HELD, Run
 
 from conftest import run_aside
 from docgate.origin import content_for, size_for
@@ -35,6 +35,12 @@ SELECT count(*) FROM documents d WHERE NOT EXISTS (
       AND d.doc_id::bigint >= (t.params->>'start_id')::bigint
       AND d.doc_id::bigint < (t.params->>'start_id')::bigint + (t.params->>'count')::bigint
 )
+"""
+# Leases the reaper took back before they ran out: its event keeps when the lease ran out, and
+# its `at` is the reaping transaction's now().
+REAPED_EARLY = """
+SELECT count(*) FROM task_events
+WHERE event = 'expired' AND substring(detail from 'ran out ([^)]+)')::timestamptz > at
 """
 
 
@@ -60,6 +66,7 @@ def _fetch(dsn: str) -> dict[str, list[asyncpg.Record]]:
                     "SELECT task_id::text, lease_token::text FROM tasks WHERE status = 'completed'"
                 ),
                 "leases": await conn.fetch("SELECT count(*) FROM task_events WHERE event = 'leased'"),
+                "reaped_early": await conn.fetch(REAPED_EARLY),
                 "documents": await conn.fetch(
                     "SELECT doc_id, storage_key, sha256, size, version_id FROM documents"
                 ),
@@ -125,9 +132,21 @@ def check(run: Run, s3: Any) -> list[Figure]:
     figure("lies accepted", accepted, "= 0", accepted == 0)
     figure("recorded documents that no task contains", outside, "= 0", outside == 0)
 
+    early = db["reaped_early"][0][0]
+    figure("leases taken back before they ran out", early, "= 0", early == 0)
+    # A fault can cost at most the leases a client holds (a crash of PostgreSQL or of a gate, each
+    # client's): claims past one a task are bounded by the faults fired, not by the run's length,
+    # which the machine's load sets (the faults fire every few seconds however long it takes).
     leases = db["leases"][0][0]
     claims = leases / total if total else 0.0
-    figure("claims per task", round(claims, 3), "≤ 1.5", claims <= 1.5)
+    fired = sum(run.fired.values())
+    spare = HELD * fired / total if total else 0.0
+    figure(
+        f"claims per task ({fired} faults, {HELD} leases a client)",
+        round(claims, 3),
+        f"≤ 1 + {round(spare, 2)}",
+        claims <= 1 + spare,
+    )
 
     docs = db["documents"]
     low, high = run.plan.size
@@ -165,7 +184,8 @@ def check(run: Run, s3: Any) -> list[Figure]:
     figure("writers killed mid-upload", run.fired.get("kill_writer", 0), "(reported)", True)
 
     p99 = _p99(run.loop_lag)
-    figure("gate event-loop stall p99 (s)", p99, "< 0.1", p99 < 0.1)
+    # The bucket's upper bound: 0.1 means 99 % of the 50 ms timers woke at most 100 ms late.
+    figure("gate event-loop stall p99 (s)", p99, "≤ 0.1", p99 <= 0.1)
     return figures
 
 

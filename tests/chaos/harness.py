@@ -50,6 +50,7 @@ FAULTS = (
     "reset_storage",
     "kill_writer",
 )
+HELD = 4  # the leases a chaos client holds at most (--max-tasks)
 S3_ENV = {"AWS_ACCESS_KEY_ID": "chaos", "AWS_SECRET_ACCESS_KEY": "chaos", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
@@ -286,7 +287,7 @@ class Cluster:
                 "--concurrency",
                 "8",
                 "--max-tasks",
-                "4",
+                str(HELD),
             ),
             log,
             self.s3_env,

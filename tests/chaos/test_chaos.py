@@ -85,7 +85,7 @@ def test_full_seed_loses_nothing(cluster_for, seed: int) -> None:  # type: ignor
 # Each broken variant, and the invariant the checker must then report broken.
 CONTROLS = [
     ("no-fence", None, ("zombie",), "stale-token writes accepted"),
-    ("eager-reaper", None, ("kill_client",), "claims per task"),
+    ("eager-reaper", None, ("kill_client",), "leases taken back before they ran out"),
     ("no-reaper", None, ("kill_client",), "tasks unfinished"),
     ("blocking", None, ("kill_client",), "event-loop stall"),
     ("temp-key", "temp-key", ("kill_client",), "recorded keys naming a temporary file"),
