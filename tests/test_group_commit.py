@@ -1,4 +1,4 @@
-"""Small documents are made durable by a shared barrier (one syncfs(2) for many writes), and
+"""Small documents are made durable a batch at a time (one syncfs(2) for many writes), and
 never reported before it: a model of a power cut checks every put against what was on disk.
 
 The model: only what a finished sync saw survives a power cut. `syncfs` is replaced by a
@@ -7,7 +7,7 @@ snapshot of the store (every file's name and bytes) taken when a sync runs. Then
   hold it whole: the final name never points at bytes that had not reached the disk;
 - when `put` returns (the document may be reported to the gate from then on), the last
   finished snapshot must hold the final name with the document's bytes.
-The negative controls skip one barrier each and must be caught.
+The negative controls skip one of a batch's two syncs each and must be caught.
 """
 
 from __future__ import annotations
@@ -70,16 +70,16 @@ async def put_many(root: Path, monkeypatch: pytest.MonkeyPatch, skip: str | None
 
     monkeypatch.setattr(local, "_publish", publish)
     store = LocalStorage(root)
-    assert store.barrier is not None
-    if skip is not None:  # a negative control: one of the two barriers left out
+    assert store.group_commit is not None
+    if skip is not None:  # a negative control: one of a batch's two syncs left out
         real = store._durable
         calls = threading.local()
 
-        def durable(what: str) -> None:
+        def durable() -> OSError | None:
             calls.n = getattr(calls, "n", 0) + 1
             if (skip == "data") == (calls.n % 2 == 1):
-                return
-            real(what)
+                return None
+            return real()
 
         monkeypatch.setattr(store, "_durable", durable)
 
@@ -101,7 +101,7 @@ async def test_small_documents_are_durable_before_they_are_linked_and_before_put
 ) -> None:
     model = await put_many(tmp_path / "store", monkeypatch, skip=None)
     assert model.violations == []
-    # The barrier is shared: far fewer syncs than the two per document an fsync each would cost.
+    # Syncs are shared: far fewer than the two per document an fsync each would cost.
     assert model.syncs < 200, model.syncs
 
 
@@ -134,3 +134,38 @@ async def test_a_failed_sync_fails_the_writes_it_covered(
         await store.close()
     # Nothing under the final name: the write failed before publication.
     assert not (tmp_path / "store" / "0" / "1.bin").exists()
+
+
+async def test_a_batch_fails_only_its_own_documents(tmp_path: Path) -> None:
+    """Documents committed together: one already stored, one over its size limit, one put given
+    up on mid-batch. Each of the first two fails alone; the one given up on is still written
+    whole; the rest are stored; no temp file is left."""
+    from storage import PutOptions
+    from storage.errors import AlreadyStored, TooLarge
+
+    root = tmp_path / "store"
+    store = LocalStorage(root)
+    try:
+        await store.put("0/5.bin", from_bytes(b"first"))
+        datas = {i: os.urandom(200 + i) for i in range(40)}
+
+        async def one(i: int) -> object:
+            limit = PutOptions(max_size=10) if i == 7 else None
+            return await store.put(f"0/{i}.bin", from_bytes(datas[i]), limit)
+
+        tasks = [asyncio.create_task(one(i)) for i in range(40)]
+        await asyncio.sleep(0)
+        tasks[9].cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        await store.close()
+    assert isinstance(results[5], AlreadyStored)
+    assert isinstance(results[7], TooLarge)
+    assert isinstance(results[9], asyncio.CancelledError)
+    failed = {i for i, r in enumerate(results) if isinstance(r, BaseException)}
+    assert failed == {5, 7, 9}
+    assert (root / "0" / "5.bin").read_bytes() == b"first"
+    assert not (root / "0" / "7.bin").exists()
+    for i in set(range(40)) - {5, 7}:
+        assert (root / "0" / f"{i}.bin").read_bytes() == datas[i], i
+    assert [p.name for p in (root / "0").iterdir() if p.name.startswith(local.TMP_PREFIX)] == []
