@@ -52,6 +52,12 @@ from benchmarks.lib import (
 PARALLEL = 16
 TIME = "/usr/bin/time"  # GNU time (Debian's `time` package)
 TOOLS = ("docgate", "docgate-each", "docgate-2p", "aria2c", "wget2", "curl", "fsync-copy")
+COLOURS = ["tab:blue", "tab:cyan", "tab:purple", "tab:gray", "tab:gray", "tab:gray", "tab:olive", "tab:red"]
+# DATA_PLANE_BASELINE=<git ref>: one more tool, `docgate-base`, the client as it was at that ref
+# (a git worktree; the gate stays this one), run interleaved with the others: before and after
+# in the same run. DATA_PLANE_KINDS=small (or large) runs one size only.
+BASELINE = "DATA_PLANE_BASELINE"
+REPO = Path(__file__).resolve().parent.parent
 # docgate-each: the same client with LOCAL_SYNC=each (an fsync of every file and folder, as
 # before the shared barrier): the baseline its batched durability is measured against.
 SYNC_EACH = {"LOCAL_SYNC": "each"}
@@ -106,7 +112,9 @@ class Measured:
     max_rss_mb: float
 
 
-def run_measured(argv: list[str], log: Path, env: dict[str, str] | None = None) -> Measured:
+def run_measured(
+    argv: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> Measured:
     """Run to exit under GNU time: wall seconds, CPU seconds (user + system), peak RSS.
 
     GNU time forks the tool from its own small process; a child forked (or
@@ -119,6 +127,7 @@ def run_measured(argv: list[str], log: Path, env: dict[str, str] | None = None) 
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=os.environ | (env or {}),
+            cwd=cwd,
         ).returncode
     if code != 0:
         raise RuntimeError(f"{argv[0]} exited with {code}; see {log}")
@@ -242,8 +251,10 @@ def run_docgate(
     profile: Path | None = None,
     env: dict[str, str] | None = None,
     processes: int = 1,
+    cwd: Path | None = None,
 ) -> tuple[Measured, dict[str, float]]:
-    """One docgate client run against a fresh gate; with `profile`, under py-spy (not timed)."""
+    """One docgate client run against a fresh gate; with `profile`, under py-spy (not timed);
+    with `cwd`, the client of the source tree there (`python -m` imports from its folder)."""
     dsn = pg.fresh("bench_data")
     try:
         with running_gate(procs, dsn, work, log=work / "gate.log") as gate:
@@ -290,7 +301,9 @@ def run_docgate(
                         stdin=subprocess.DEVNULL,
                         check=True,
                     )
-            measured = run_measured(argv, work / "client.log", env) if profile is None else Measured(0, 0, 0)
+            measured = (
+                run_measured(argv, work / "client.log", env, cwd) if profile is None else Measured(0, 0, 0)
+            )
             others = meter.stop()
         asyncio.run(check_recorded(dsn, origin))
     finally:
@@ -304,12 +317,41 @@ def scenario(
     root = work / "origin"
     root.mkdir(parents=True)
     kinds = {"small": (1_000 if quick else 10_000, 10 << 10), "large": (4 if quick else 20, 50 << 20)}
+    only = os.environ.get("DATA_PLANE_KINDS", "").strip()
+    kinds = {k: v for k, v in kinds.items() if k == only} if only else kinds
+    baseline = os.environ.get(BASELINE, "").strip()
+    tools = (*TOOLS, "docgate-base") if baseline else TOOLS
+    tree = work / "baseline"
+    if baseline:
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(tree), baseline],
+            cwd=REPO,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    try:
+        _measure(pg, procs, work, root, kinds, tools, tree, repeat)
+    finally:
+        if baseline:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO, check=False)
+
+
+def _measure(
+    pg: Postgres,
+    procs: Processes,
+    work: Path,
+    root: Path,
+    kinds: dict[str, tuple[int, int]],
+    tools: tuple[str, ...],
+    tree: Path,
+    repeat: int,
+) -> None:
     origins = {kind: make_files(root, kind, n, size) for kind, (n, size) in kinds.items()}
     for path in (work, root, *root.rglob("*")):
         if path.is_dir():
             path.chmod(0o755)  # nginx's workers run as nobody
     base = start_nginx(procs, root)
-    runs: dict[str, dict[str, list[Measured]]] = {kind: {t: [] for t in TOOLS} for kind in kinds}
+    runs: dict[str, dict[str, list[Measured]]] = {kind: {t: [] for t in tools} for kind in kinds}
     side: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
     profiles: dict[str, str] = {}
     for kind, (count, _) in kinds.items():
@@ -319,7 +361,7 @@ def scenario(
             "".join(f'url = "{base}/{kind}/{i}.bin"\n' for i in range(1, count + 1))
         )
         for _ in range(repeat):
-            for tool in TOOLS:
+            for tool in tools:
                 out = work / "out"
                 shutil.rmtree(out, ignore_errors=True)
                 out.mkdir()
@@ -327,7 +369,17 @@ def scenario(
                     env = SYNC_EACH if tool == "docgate-each" else None
                     processes = 2 if tool == "docgate-2p" else 1
                     measured, others = run_docgate(
-                        pg, procs, work, base, kind, count, origins[kind], out, env=env, processes=processes
+                        pg,
+                        procs,
+                        work,
+                        base,
+                        kind,
+                        count,
+                        origins[kind],
+                        out,
+                        env=env,
+                        processes=processes,
+                        cwd=tree if tool == "docgate-base" else None,
                     )
                     if tool == "docgate":
                         side[kind].append(others)
@@ -354,7 +406,7 @@ def scenario(
             for k, text in profiles.items()
         )
     )
-    report(kinds, runs, side, repeat)
+    report(kinds, runs, side, repeat, tools)
 
 
 def report(
@@ -362,12 +414,13 @@ def report(
     runs: dict[str, dict[str, list[Measured]]],
     side: dict[str, list[dict[str, float]]],
     repeat: int,
+    tools: tuple[str, ...] = TOOLS,
 ) -> None:
     table = Table(["documents", "tool", "docs/s", "MB/s", "CPU s", "peak RSS MB", "docgate / tool"])
     rates: dict[str, dict[str, float]] = {}
     for kind, (count, size) in kinds.items():
-        rates[kind] = {t: median([count / m.seconds for m in runs[kind][t]]) for t in TOOLS}
-        for tool in TOOLS:
+        rates[kind] = {t: median([count / m.seconds for m in runs[kind][t]]) for t in tools}
+        for tool in tools:
             ms = runs[kind][tool]
             table.add(
                 f"{count:,} × {size >> 10:,} KB",
@@ -385,14 +438,10 @@ def report(
             median([s["gate"] for s in side[kind]]),
             median([s["postgres"] for s in side[kind]]),
         )
-    fig, axes = figure(2)
+    fig, axes = figure(len(kinds))
     for ax, (kind, (count, size)) in zip(axes[0], kinds.items(), strict=True):
-        values = [rates[kind][t] * (1 if kind == "small" else size / 1e6) for t in TOOLS]
-        ax.bar(
-            TOOLS,
-            values,
-            color=["tab:blue", "tab:cyan", "tab:purple", "tab:gray", "tab:gray", "tab:gray", "tab:olive"],
-        )
+        values = [rates[kind][t] * (1 if kind == "small" else size / 1e6) for t in tools]
+        ax.bar(tools, values, color=COLOURS[: len(tools)])
         ax.set_title(f"{count:,} documents of {size >> 10:,} KB")
         ax.set_ylabel("documents/s" if kind == "small" else "MB/s")
     write_results(
@@ -418,5 +467,10 @@ def report(
             "docgate-each is the same client with LOCAL_SYNC=each (an fsync of every file and folder, "
             "as before the shared barrier): the baseline for the batched durability.",
             "Where the client's time goes: data_plane.profile.txt (py-spy).",
+            *(
+                [f"docgate-base is the client at {os.environ.get(BASELINE)} (the gate is this one)."]
+                if "docgate-base" in tools
+                else []
+            ),
         ],
     )

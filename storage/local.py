@@ -1,10 +1,11 @@
 """Local disk: temp file in the destination folder, made durable, published, folder made durable.
 
-Durability is a group commit (`GroupCommit`). Small documents are written a batch at a time:
-each temp file written and closed, one ``syncfs(2)`` of the store's filesystem, each published,
-a second ``syncfs`` for the new names, and only then does ``put`` return. So a document is
-durable before it is reported, as with an fsync of each file and folder, at two filesystem
-syncs and one trip to a thread per batch instead of two fsyncs and a thread per document.
+Durability is a group commit (`GroupCommit`). Small documents are written in rounds: a temp
+file written and closed, a ``syncfs(2)`` of the store's filesystem, the file published under
+its name, another ``syncfs`` for the name, and only then does ``put`` return. So a document is
+durable before it is reported, as with an fsync of each file and folder, at one filesystem sync
+and one trip to a thread per round (each sync serves two rounds' documents) instead of two
+fsyncs and a thread per document.
 Large documents (and systems without syncfs, and LOCAL_SYNC=each) fsync their own file and
 folder.
 
@@ -85,19 +86,20 @@ class _Small:
 
 
 class GroupCommit:
-    """Small documents written, made durable and published a batch at a time, in one trip to a
-    thread per batch: every temp file of the batch is written and closed, one ``syncfs(2)``
-    makes their bytes durable, each is linked to its final name, a second ``syncfs`` makes the
-    names durable, and only then is every put of the batch told. While a batch runs, the next
-    one gathers. No thread waits for a sync on a writer's behalf and no writer wakes alone: one
-    wake-up of the event loop per batch, where a thread per document waiting for a shared sync
-    cost two thread switches per document and most of the client's kernel time."""
+    """Small documents written, made durable and published in rounds, one trip to a thread and
+    one ``syncfs(2)`` per round. A round links the documents the previous round's sync made
+    durable to their final names, writes and closes the temp files of the documents that came
+    since, then syncs once: that one sync makes the new names durable (their puts are told) and
+    the new bytes durable (they are linked next round). So every document is linked only after
+    a sync that began after its bytes were written, and told only after a sync that began after
+    its name was linked; and one sync serves two batches. While a round runs, the next gathers.
+    No thread waits for a sync on a writer's behalf: one wake-up of the event loop per round,
+    where a thread per document waiting for a shared sync cost two thread switches a document."""
 
     def __init__(self, store: LocalStorage) -> None:
         self._store = store
-        self._gathering: list[_Small] = []
-        # One batch at a time: two in flight (one writing while the other syncs) measured no
-        # faster on 10 KB documents and cost twice the syncs.
+        self._gathering: list[_Small] = []  # came since the last round began
+        self._written: list[_Small] = []  # temp files written before the last finished sync
         self._running: asyncio.Task[None] | None = None
 
     async def put(self, final: Path, data: bytes, encoder: Encoder, options: PutOptions) -> None:
@@ -105,86 +107,81 @@ class GroupCommit:
         self._gathering.append(small)
         if self._running is None:
             self._running = asyncio.create_task(self._drain())
-        await asyncio.shield(small.done)  # a put given up on is still written with its batch
+        await asyncio.shield(small.done)  # a put given up on is still written with its round
 
     async def _drain(self) -> None:
-        batch: list[_Small] = []
+        fresh: list[_Small] = []
+        linking: list[_Small] = []
         try:
-            while self._gathering:
-                batch, self._gathering = self._gathering, []
+            while self._gathering or self._written:
+                fresh, self._gathering = self._gathering, []
+                linking, self._written = self._written, []
                 try:
-                    size = sum(len(s.data) for s in batch)
-                    await self._store._blocking(partial(self._commit, batch), size, "write")
+                    size = sum(len(s.data) for s in fresh)
+                    await self._store._blocking(partial(self._round, linking, fresh), size, "write")
                 except Exception as exc:  # the deadline passed (or the thread pool is gone)
-                    for small in batch:
+                    # The thread may still finish the round: what it leaves, the sweep removes.
+                    for small in (*linking, *fresh):
                         small.error = small.error or exc
-                for small in batch:
-                    if small.done.done():
-                        continue
-                    if small.error is None:
-                        small.done.set_result(None)
-                    else:
-                        small.done.set_exception(small.error)
-                        small.done.exception()  # retrieved here: its put may have been cancelled
+                self._written = [s for s in fresh if s.error is None]
+                _tell([s for s in fresh if s.error is not None])
+                _tell(linking)
+                fresh, linking = [], []
         finally:
             self._running = None
-            for small in batch:  # the drain itself cancelled (the loop closing): no put waits for ever
-                if not small.done.done():
-                    small.done.set_exception(
-                        StorageUnavailable(f"the write of {small.final.name} was cut off")
-                    )
-                    small.done.exception()
+            for small in (*linking, *fresh, *self._written):  # the drain cancelled: the loop closing
+                small.error = small.error or StorageUnavailable(
+                    f"the write of {small.final.name} was cut off"
+                )
+            _tell([*linking, *fresh, *self._written])
+            self._written = []
 
-    def _commit(self, batch: list[_Small]) -> None:
-        """The batch, in a worker thread: each document's trouble is its own, a failed sync
-        every document's that it covered."""
-        store = self._store
-        for small in batch:
+    def _round(self, linking: list[_Small], fresh: list[_Small]) -> None:
+        """One round, in a worker thread: each document's trouble is its own, a failed sync that
+        of every document it covered."""
+        for small in linking:
+            assert small.tmp is not None
+            try:
+                sha = small.encoder.digest.hexdigest()
+                _publish(small.tmp, small.final, sha, small.options.overwrite, sync_folder=False)
+            except Exception as exc:
+                small.error = exc
+                _discard_path(small.tmp)
+        for small in fresh:
             try:
                 body = small.encoder.feed(small.data) + small.encoder.finish()
                 small.encoder.digest.check(small.options.expected_sha256)
                 small.tmp = small.final.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}"
-                with store._create(small.tmp) as handle:
+                with self._store._create(small.tmp) as handle:
                     handle.write(body)
+                small.data = b""  # written: its bytes need not wait in memory for the next round
             except OSError as exc:
                 small.error = StorageUnavailable(f"cannot write {small.final.name}: {exc.strerror}")
                 _discard_path(small.tmp)
             except Exception as exc:
                 small.error = exc
                 _discard_path(small.tmp)
-        # Its bytes on disk before its name exists: a crash never leaves the final name on a
-        # file whose data had not reached the disk.
-        written = [s for s in batch if s.error is None]
-        if written and not self._durable(written):
+        covered = [s for s in (*linking, *fresh) if s.error is None]
+        if not covered:
             return
-        for small in written:
-            assert small.tmp is not None
-            try:
-                _publish(
-                    small.tmp,
-                    small.final,
-                    small.encoder.digest.hexdigest(),
-                    small.options.overwrite,
-                    sync_folder=False,
-                )
-            except Exception as exc:
-                small.error = exc
-                _discard_path(small.tmp)
-        # Then the names made durable, before any of them can be reported.
-        published = [s for s in written if s.error is None]
-        if published:
-            self._durable(published)
-
-    def _durable(self, batch: list[_Small]) -> bool:
-        """One sync for the batch; False (each document failed) when it failed."""
         error = self._store._durable()
-        if error is None:
-            return True
-        for small in batch:
-            small.error = StorageUnavailable(f"cannot make {small.final.name} durable: {error.strerror}")
-            if small.tmp is not None:
-                _discard_path(small.tmp)
-        return False
+        if error is not None:
+            for small in covered:
+                small.error = StorageUnavailable(f"cannot make {small.final.name} durable: {error.strerror}")
+                if small in fresh:
+                    _discard_path(small.tmp)  # not linked: nothing under its name
+
+
+def _tell(smalls: list[_Small]) -> None:
+    """Tell each waiting put how its document ended."""
+    for small in smalls:
+        if small.done.done():
+            continue
+        if small.error is None:
+            small.done.set_result(None)
+        else:
+            small.done.set_exception(small.error)
+            small.done.exception()  # retrieved here: its put may have been given up on
 
 
 def _syncfs(root: Path) -> OSError | None:
