@@ -131,7 +131,7 @@ FLAGS: dict[str, str] = {
     "storage": "store URL: file:///path, s3://bucket/prefix, b2://bucket/prefix, gate, mirror:A,B",
     "poll_interval": "seconds between lease attempts when the gate has no work (default 5)",
     "heartbeat_interval": "seconds between heartbeats, at most a third of the lease (default 60)",
-    "concurrency": "documents in flight (default 32)",
+    "concurrency": "downloads at once (default 32); as many more documents may be storing",
     "max_tasks": "tasks held at once (default 2)",
     "processes": "client processes, each with its own session, --concurrency and --max-tasks (default 1; "
     "one Python process uses one core)",

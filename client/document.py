@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import logging
 import random
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -27,7 +28,7 @@ from client.sources import DocRef
 from protocol import v1
 from protocol.failures import FailureCode
 from storage import PutOptions, Storage, StorageError
-from storage.base import Fence
+from storage.base import Fence, from_bytes
 from storage.errors import (
     AlreadyStored,
     KeyRefused,
@@ -41,6 +42,18 @@ from storage.keys import document_key
 
 log = logging.getLogger("docgate.client")
 STORAGE_RETRY_SECONDS = (0.5, 1.0, 2.0, 4.0, 8.0)  # then the document counts as failed transiently
+# A document up to this size is read whole and stored after its download has let go of the
+# host's connection slot: its storage (a group commit's two syncs, an S3 PUT) then never holds a
+# download's place. Larger ones stream from the origin into the store.
+READ_WHOLE = 256 << 10
+
+
+@dataclass(frozen=True)
+class _Read:
+    """A small document's body, read whole, to be stored once the download is over."""
+
+    data: bytes
+    options: PutOptions
 
 
 @dataclass(frozen=True)
@@ -120,12 +133,15 @@ class DocumentStep:
             return await self._skipped(run, ref, existing)
         captured: list[v1.Capture | None] = [None]
 
-        async def sink(body: Body) -> v1.StoredDocument:
+        async def sink(body: Body) -> v1.StoredDocument | _Read:
             options = replace(found, content_type=body.content_type, compress=compress)
             captured[0] = body.capture  # the answer these bytes came in
             chunks = await bodies.checked(body, ref.ext, run.work.rules)
             if run.warc is None:
-                return await self.store.put(key, chunks, options)
+                head, rest = await _head(chunks, READ_WHOLE)
+                if rest is None:
+                    return _Read(head, options)
+                return await self.store.put(key, _chained(head, rest), options)
             chunks, spooled = await run.warc.tee(chunks)
             try:
                 stored = await self.store.put(key, chunks, options)
@@ -136,7 +152,12 @@ class DocumentStep:
             return stored
 
         try:
-            stored = await self.fetcher.fetch(ref.url, sink, bodies.asked(run.work.rules))
+            got = await self.fetcher.fetch(ref.url, sink, bodies.asked(run.work.rules))
+            stored = (
+                got
+                if not isinstance(got, _Read)
+                else await self.store.put(key, from_bytes(got.data), got.options)
+            )
         except AlreadyStored:
             again = await self.store.verified(key, found)
             if again is None:
@@ -199,3 +220,20 @@ class DocumentStep:
                 run.warc.drop(spooled)
             raise
         return hasher.hexdigest(), body.capture, spooled
+
+
+async def _head(chunks: AsyncIterator[bytes], size: int) -> tuple[bytes, AsyncIterator[bytes] | None]:
+    """The body's first `size` bytes or more, and what follows (None: the body ended there)."""
+    head = bytearray()
+    stream = aiter(chunks)
+    async for chunk in stream:
+        head += chunk
+        if len(head) > size:
+            return bytes(head), stream
+    return bytes(head), None
+
+
+async def _chained(head: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield head
+    async for chunk in rest:
+        yield chunk

@@ -1,9 +1,10 @@
 """The client's work loop: lease tasks, run each (client.steps) side by side, heartbeat.
 
 One `Worker` per process. Tasks run side by side (up to --max-tasks); their documents share
-one pool of --concurrency slots. A task's run is its own (client.run.TaskRun, folded from each
-step's outcome); the worker keeps only what spans tasks: the leases held, the heartbeat, and
-a pause in leasing while the store keeps failing.
+one pool of slots (twice --concurrency: downloads, and small documents storing after theirs).
+A task's run is its own (client.run.TaskRun, folded from each step's outcome); the worker
+keeps only what spans tasks: the leases held, the heartbeat, and a pause in leasing while the
+store keeps failing.
 """
 
 from __future__ import annotations
@@ -55,7 +56,10 @@ class Worker:
         self.fetcher = fetcher
         self.sources = sources
         self.stats = stats
-        self.slots = asyncio.Semaphore(config.concurrency)
+        # Twice --concurrency documents in flight: the downloads themselves are held to
+        # --concurrency by the fetcher's connections, and as many more may be storing (a small
+        # document is stored after its download is over: client.document.READ_WHOLE).
+        self.slots = asyncio.Semaphore(2 * config.concurrency)
         self.runs: dict[UUID, asyncio.Task[None]] = {}
         self.task_runs: dict[UUID, TaskRun] = {}
         self.stopping = asyncio.Event()
