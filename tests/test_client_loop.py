@@ -9,6 +9,7 @@ catches what it should.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
@@ -188,3 +189,52 @@ async def test_a_long_storage_outage_hands_tasks_back_without_spending_attempts(
         "SELECT min(at) AS at FROM task_events WHERE event = 'leased' AND at > $1", handed[0]["first"]
     )
     assert (next_lease["at"] - handed[0]["first"]).total_seconds() >= 1
+
+
+class HeldStorage(LocalStorage):
+    """Local storage that holds the first document's put until a second put has begun."""
+
+    def __init__(self, root: Path, patience: float) -> None:
+        super().__init__(root)
+        self.patience = patience
+        self.second: Any = None
+        self.puts = 0
+        self.overlapped = False
+
+    async def put(self, key: str, chunks: Any, options: Any = None) -> Any:
+        import asyncio
+
+        if self.second is None:
+            self.second = asyncio.Event()
+        self.puts += 1
+        if self.puts == 1:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.patience):
+                    await self.second.wait()
+                    self.overlapped = True
+        else:
+            self.second.set()
+        return await super().put(key, chunks, options)
+
+
+@pytest.mark.parametrize("read_whole", [256 << 10, 0], ids=["small-read-whole", "control-streamed"])
+async def test_a_small_document_storing_holds_no_download_place(
+    gate: Gate, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read_whole: int
+) -> None:
+    """One download at a time (--concurrency 1): while the first document is still being stored,
+    the second is downloaded and stored beside it, since a small document is stored after its
+    download has let go of the connection. The control streams every body into the store inside
+    its download (READ_WHOLE 0): the second download then waits for the first store, which gives
+    up waiting for it."""
+    monkeypatch.setattr("client.document.READ_WHOLE", read_whole)
+    origin = Origin(tmp_path, "--size", "2048")
+    key = (await gate.register("held"))["X-API-Key"]
+    await id_range_job(gate, origin.url + "/doc/{id}.bin", 2, chunk_size=2)
+    store = HeldStorage(tmp_path / "store", patience=5 if read_whole == 0 else 60)
+    try:
+        async with in_process_worker(gate, key, store, concurrency=1, max_tasks=1) as worker:
+            await worker.run()
+    finally:
+        origin.stop()
+    assert worker.stats.stored == 2
+    assert store.overlapped == (read_whole > 0)
