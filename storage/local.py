@@ -155,11 +155,12 @@ class GroupCommit:
                 with self._store._create(small.tmp) as handle:
                     handle.write(body)
                 small.data = b""  # written: its bytes need not wait in memory for the next round
-            except OSError as exc:
-                small.error = StorageUnavailable(f"cannot write {small.final.name}: {exc.strerror}")
-                _discard_path(small.tmp)
             except Exception as exc:
-                small.error = exc
+                small.error = (
+                    StorageUnavailable(f"cannot write {small.final.name}: {exc.strerror}")
+                    if isinstance(exc, OSError)
+                    else exc
+                )
                 _discard_path(small.tmp)
         covered = [s for s in (*linking, *fresh) if s.error is None]
         if not covered:
@@ -409,8 +410,7 @@ def _fsync_dir(folder: Path) -> None:
 def _discard(handle: BinaryIO, tmp: Path) -> None:
     with contextlib.suppress(OSError):
         handle.close()
-    with contextlib.suppress(OSError):
-        tmp.unlink(missing_ok=True)
+    _discard_path(tmp)
 
 
 def _discard_path(tmp: Path | None) -> None:
