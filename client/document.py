@@ -14,10 +14,11 @@ import contextlib
 import hashlib
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 from client import bodies
 from client.config import ClientConfig
@@ -46,6 +47,7 @@ STORAGE_RETRY_SECONDS = (0.5, 1.0, 2.0, 4.0, 8.0)  # then the document counts as
 # host's connection slot: its storage (a group commit's two syncs, an S3 PUT) then never holds a
 # download's place. Larger ones stream from the origin into the store.
 READ_WHOLE = 256 << 10
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,20 @@ class _Read:
 
     data: bytes
     options: PutOptions
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    """A small document read whole, its download over, to be stored (DocumentStep.keep). The
+    origin has served it: the task steps store it even when the task is stopped meanwhile (a
+    pause, a shutdown), so that stop never costs the origin a second request for it."""
+
+    ref: DocRef
+    key: str
+    found: PutOptions  # the put's options for a look at what the store holds
+    data: bytes
+    options: PutOptions
+    capture: v1.Capture | None
 
 
 @dataclass(frozen=True)
@@ -84,14 +100,23 @@ class DocumentStep:
         except StorageError:
             return set()
 
-    async def run(self, run: TaskRun, ref: DocRef, absent: bool = False) -> Outcome:
-        """`absent`: the store was just seen to hold nothing for it (DocumentStep.absent)."""
+    async def run(self, run: TaskRun, ref: DocRef, absent: bool = False) -> Outcome | Downloaded:
+        """`absent`: the store was just seen to hold nothing for it (DocumentStep.absent). A
+        small document comes back `Downloaded`, for `keep` to store."""
+        return await self._sorted(ref, partial(self._store, run, ref, absent))
+
+    async def keep(self, run: TaskRun, got: Downloaded) -> Outcome:
+        """Store a document read whole; storage trouble retries the put, not the download."""
+        return await self._sorted(got.ref, partial(self._put, run, got))
+
+    async def _sorted(self, ref: DocRef, step: Callable[[], Awaitable[T]]) -> T | Outcome:
+        """The step's result, retried over a short storage outage; what fails, as an outcome."""
 
         def failed(code: FailureCode, reason: str, permanent: bool, storage: bool = False) -> Outcome:
             return Outcome.failed(Failure(ref, code, reason), permanent=permanent, storage=storage)
 
         try:
-            return await self._store_retrying(run, ref, absent)
+            return await self._retrying(ref, step)
         except DocumentFailed as exc:
             return failed(exc.code, exc.reason, exc.permanent)
         except TooLarge:
@@ -105,13 +130,13 @@ class DocumentStep:
         except StorageError as exc:
             return failed(FailureCode.STORAGE, f"storage: {exc.message}", False, storage=True)
 
-    async def _store_retrying(self, run: TaskRun, ref: DocRef, absent: bool) -> Outcome:
+    async def _retrying(self, ref: DocRef, step: Callable[[], Awaitable[T]]) -> T:
         """Ride out a short storage outage (resets, stalls) instead of handing the task back at once:
         a hand-back spends one of the task's attempts, and a client that hands back every task it
         leases during an outage would spend the whole queue's."""
         for delay in (*STORAGE_RETRY_SECONDS, None):
             try:
-                return await self._store(run, ref, absent)
+                return await step()
             except (StorageUnavailable, StorageTimeout) as exc:
                 if delay is None or self.stopping.is_set():
                     raise
@@ -121,7 +146,7 @@ class DocumentStep:
                 await asyncio.sleep(delay * random.uniform(0.5, 1.0))
         raise AssertionError("unreachable")
 
-    async def _store(self, run: TaskRun, ref: DocRef, absent: bool) -> Outcome:
+    async def _store(self, run: TaskRun, ref: DocRef, absent: bool) -> Outcome | Downloaded:
         compress = self.config.compress == "gzip"
         key = self.key(run, ref)
         fence = Fence(str(run.task.task_id), str(run.task.lease_token))
@@ -153,20 +178,27 @@ class DocumentStep:
 
         try:
             got = await self.fetcher.fetch(ref.url, sink, bodies.asked(run.work.rules))
-            stored = (
-                got
-                if not isinstance(got, _Read)
-                else await self.store.put(key, from_bytes(got.data), got.options)
-            )
-        except AlreadyStored:
-            again = await self.store.verified(key, found)
-            if again is None:
-                raise
-            return await self._skipped(run, ref, again)
-        report = v1.DocumentReport.of_stored(
-            ref.doc_id, stored, url=ref.url, status=v1.DocumentStatus.STORED, capture=captured[0]
-        )
-        return Outcome(Kind.STORED, ref, report, size=stored.size)
+        except AlreadyStored as exc:
+            return await self._already(run, ref, key, found, exc)
+        if isinstance(got, _Read):
+            return Downloaded(ref, key, found, got.data, got.options, captured[0])
+        return _stored(ref, got, captured[0])
+
+    async def _put(self, run: TaskRun, got: Downloaded) -> Outcome:
+        try:
+            stored = await self.store.put(got.key, from_bytes(got.data), got.options)
+        except AlreadyStored as exc:
+            return await self._already(run, got.ref, got.key, got.found, exc)
+        return _stored(got.ref, stored, got.capture)
+
+    async def _already(
+        self, run: TaskRun, ref: DocRef, key: str, found: PutOptions, refused: AlreadyStored
+    ) -> Outcome:
+        """Another writer stored it first: what it stored, read back, or the refusal again."""
+        again = await self.store.verified(key, found)
+        if again is None:
+            raise refused
+        return await self._skipped(run, ref, again)
 
     async def _skipped(self, run: TaskRun, ref: DocRef, stored: v1.StoredDocument) -> Outcome:
         """In storage, but no record vouches for it: the store read it back and hashed it (a
@@ -220,6 +252,13 @@ class DocumentStep:
                 run.warc.drop(spooled)
             raise
         return hasher.hexdigest(), body.capture, spooled
+
+
+def _stored(ref: DocRef, stored: v1.StoredDocument, capture: v1.Capture | None) -> Outcome:
+    report = v1.DocumentReport.of_stored(
+        ref.doc_id, stored, url=ref.url, status=v1.DocumentStatus.STORED, capture=capture
+    )
+    return Outcome(Kind.STORED, ref, report, size=stored.size)
 
 
 async def _head(chunks: AsyncIterator[bytes], size: int) -> tuple[bytes, AsyncIterator[bytes] | None]:

@@ -8,9 +8,10 @@ process's counters (client.progress.Stats) change there and nowhere else.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from client.download import BLOCKS
 from client.progress import Stats
@@ -86,6 +87,20 @@ class TaskRun:
     warc: WarcRecorder | None = None  # --warc: the WARC records of what this attempt stored
     listing: v1.ListingReport | None = None  # a search's: what its results said (total, cap)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    settling: set[asyncio.Task[None]] = field(default_factory=set)  # see settle
+
+    async def settle(self, step: Coroutine[Any, Any, None]) -> None:
+        """Run `step` to its end even if the caller is cancelled meanwhile (a pause, a stop):
+        the hand-back waits for it (settled) before it reports."""
+        task = asyncio.ensure_future(step)
+        self.settling.add(task)
+        task.add_done_callback(_settled_one)
+        task.add_done_callback(self.settling.discard)
+        await asyncio.shield(task)
+
+    async def settled(self) -> None:
+        if self.settling:
+            await asyncio.wait(set(self.settling))
 
     @property
     def task(self) -> v1.LeasedTask:
@@ -124,6 +139,13 @@ class TaskRun:
         return v1.Counts(
             documents_downloaded=self.stored, documents_failed=self.failed, documents_skipped=self.skipped
         )
+
+
+def _settled_one(task: asyncio.Task[None]) -> None:
+    """A step settled after its caller was cancelled: its error is the task's (a lost lease,
+    found again by the hand-back's report), not one to log as never retrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 def fitting(reports: list[v1.DocumentReport], most: int, *, last: bool = False) -> int:

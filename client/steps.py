@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 from client.config import ClientConfig
-from client.document import DocumentStep
+from client.document import DocumentStep, Downloaded
 from client.download import DocumentFailed
 from client.errors import ClientError, GateUnavailable, TaskGone
 from client.gate import GateAPI
@@ -145,9 +145,16 @@ class TaskSteps:
             child.add_done_callback(lambda _: self.slots.release())
 
     async def _fetch(self, run: TaskRun, ref: DocRef, absent: bool) -> None:
-        run.fold(await self.document.run(run, ref, absent))
+        got = await self.document.run(run, ref, absent)
+        if isinstance(got, Downloaded):  # stored and counted even if the task is stopped meanwhile
+            await run.settle(self._keep(run, got))
+        else:
+            run.fold(got)
         if len(run.pending) >= REPORT_BATCH:
             await self.report(run)
+
+    async def _keep(self, run: TaskRun, got: Downloaded) -> None:
+        run.fold(await self.document.keep(run, got))
 
     def _reportable(self, run: TaskRun, ref: DocRef) -> bool:
         """A doc_id the gate would refuse can be neither stored nor reported: failed, unreported.
@@ -266,6 +273,7 @@ class TaskSteps:
         the task back (retryable; a pause's without spending the attempt)."""
         try:
             async with asyncio.timeout(HAND_BACK_SECONDS):
+                await run.settled()  # what was downloaded whole is stored, then reported
                 await self.report(run)
                 if run.paused_by_gate:
                     reason = "its job was paused at the gate; what was not fetched is given back unfetched"

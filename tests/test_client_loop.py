@@ -238,3 +238,63 @@ async def test_a_small_document_storing_holds_no_download_place(
         origin.stop()
     assert worker.stats.stored == 2
     assert store.overlapped == (read_whole > 0)
+
+
+class GatedStorage(LocalStorage):
+    """Local storage whose puts wait until `opened` is set; `waiting` counts the puts held."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.opened: Any = None
+        self.waiting = 0
+
+    async def put(self, key: str, chunks: Any, options: Any = None) -> Any:
+        import asyncio
+
+        if self.opened is None:
+            self.opened = asyncio.Event()
+        self.waiting += 1
+        await self.opened.wait()
+        return await super().put(key, chunks, options)
+
+
+@pytest.mark.parametrize("settled", [True, False], ids=["settled", "control-cancelled"])
+async def test_a_stop_stores_what_was_downloaded_whole(
+    gate: Gate, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settled: bool
+) -> None:
+    """Stopped with no grace while four small documents, their downloads over, wait for their
+    store: each is still stored and reported before the task goes back, so the origin is never
+    asked for it twice. The control lets the stop cancel them with the task: none is recorded."""
+    import asyncio
+
+    from client.run import TaskRun
+
+    if not settled:
+
+        async def cancelled_with_the_task(self: TaskRun, step: Any) -> None:
+            await step
+
+        monkeypatch.setattr(TaskRun, "settle", cancelled_with_the_task)
+    origin = Origin(tmp_path, "--size", "2048")
+    key = (await gate.register("stopped"))["X-API-Key"]
+    await id_range_job(gate, origin.url + "/doc/{id}.bin", 8, chunk_size=8)
+    store = GatedStorage(tmp_path / "store")
+    try:
+        async with in_process_worker(gate, key, store, concurrency=2, grace=0) as worker:
+            running = asyncio.create_task(worker.run())
+            deadline = time.monotonic() + 60
+            while store.waiting < 4:  # two downloads at a time, twice that many documents in hand
+                assert time.monotonic() < deadline and not running.done()
+                await asyncio.sleep(0.05)
+            worker.stopping.set()
+            await asyncio.sleep(0.5)  # the stop has cancelled the task by now
+            store.opened.set()
+            await asyncio.wait_for(running, 60)
+        served = origin.stats()["documents_served"]
+    finally:
+        origin.stop()
+    assert served == 4  # no fifth download began: the four held every place
+    (row,) = await gate.sql("SELECT count(*) AS n FROM documents")
+    assert row["n"] == (4 if settled else 0)
+    (task,) = await gate.sql("SELECT status, last_error_code FROM tasks")
+    assert (task["status"], task["last_error_code"]) == ("pending", "client_stopped")
