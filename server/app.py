@@ -110,7 +110,7 @@ def _lifespan(
             )
             app.state.gate = state
             state.wakeup.start(
-                partial(lifecycle.any_leasable, pool, state.spread), settings.poll_fallback_seconds
+                partial(lifecycle.leasable, pool, state.spread), settings.poll_fallback_seconds
             )
             state.budgets.start()
             background = [

@@ -1,11 +1,16 @@
 """Wake long-polling lease requests when PostgreSQL announces new tasks (LISTEN/NOTIFY).
 
 Some work becomes leasable without a notification (a retry's backoff runs
-out, the reaper frees an expired lease) and a notification can be lost with
-the listener's connection. So while anyone waits, one probe per gate asks
-every `interval` seconds whether anything is leasable and wakes the waiters
-if so: the fallback costs one indexed query per interval, not one lease
-attempt per waiting client.
+out, the reaper frees an expired lease, a task ends and its host has room
+for one more) and a notification can be lost with the listener's connection.
+So while anyone waits, one probe per gate asks every `interval` seconds how
+many tasks could be leased now, counting no further than the waiters, and
+wakes that many of them, longest waiting first: the fallback costs one query
+per interval, and a lease attempt per task there is room for, not one per
+waiting client. (A fleet bigger than its hosts' room keeps hundreds of idle
+clients waiting while tasks end one by one; waking them all for each would
+cost hundreds of lease attempts a second that find nothing.) A notification
+wakes everyone: it says new work came, in any amount.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,32 +32,54 @@ class TaskWakeup:
     def __init__(self, dsn: str) -> None:
         self._dsn = dsn
         self._event = asyncio.Event()
-        self._waiting = 0
+        self._queue: deque[asyncio.Future[None]] = deque()  # the waiters, longest waiting first
         self._runners: list[asyncio.Task[None]] = []
 
     def current(self) -> asyncio.Event:
         """Take this before trying to lease, so a notification in between is not missed."""
         return self._event
 
-    async def wait(self, event: asyncio.Event, seconds: float) -> bool:
-        """Wait up to `seconds` for `event` (taken with current()); True if it fired."""
-        self._waiting += 1
+    def join(self) -> asyncio.Future[None]:
+        """A place in the queue of waiters, kept over several waits (leave it when done)."""
+        place: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(place)
+        return place
+
+    def leave(self, place: asyncio.Future[None]) -> None:
+        if not place.done():
+            place.cancel()
+            self._queue.remove(place)
+
+    async def wait(self, event: asyncio.Event, place: asyncio.Future[None], seconds: float) -> bool:
+        """Wait up to `seconds` for `event` (taken with current()) or a wake of this waiter's
+        `place` alone (wake); True if either came."""
+        everyone = asyncio.ensure_future(event.wait())
         try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), seconds)
+            await asyncio.wait((place, everyone), timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            self._waiting -= 1
-        return event.is_set()
+            everyone.cancel()
+        return event.is_set() or place.done()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
 
     def fire(self) -> None:
+        """Wake every waiter."""
         event, self._event = self._event, asyncio.Event()
         event.set()
+
+    def wake(self, count: int) -> None:
+        """Wake the `count` longest waiting."""
+        for _ in range(min(count, len(self._queue))):
+            self._queue.popleft().set_result(None)
 
     def _on_notify(self, *_: Any) -> None:
         self.fire()
 
-    def start(self, leasable: Callable[[], Awaitable[bool]], interval: float) -> None:
-        """Listen for notifications, and probe with `leasable` every `interval` while anyone waits."""
+    def start(self, leasable: Callable[[int], Awaitable[int]], interval: float) -> None:
+        """Listen for notifications, and probe every `interval` while anyone waits: `leasable(n)`
+        says how many tasks could be leased now, counting no further than `n`."""
         self._runners = [
             asyncio.create_task(self._listen_forever(), name="docgate-listen"),
             asyncio.create_task(self._probe_forever(leasable, interval), name="docgate-probe"),
@@ -64,18 +92,18 @@ class TaskWakeup:
                 await runner
         self._runners = []
 
-    async def _probe_forever(self, leasable: Callable[[], Awaitable[bool]], interval: float) -> None:
+    async def _probe_forever(self, leasable: Callable[[int], Awaitable[int]], interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            if not self._waiting:
+            waiting = len(self._queue)
+            if not waiting:
                 continue
             try:
-                found = await leasable()
+                room = await leasable(waiting)
             except Exception as exc:  # the waiters' own lease attempt will report the outage
                 log.debug("leasable probe failed: %s", exc)
-                found = True
-            if found:
-                self.fire()
+                room = waiting
+            self.wake(room)
 
     async def _listen_forever(self) -> None:
         while True:

@@ -720,3 +720,53 @@ def test_a_jobs_host_is_named_as_the_client_names_its_budget(url: str) -> None:
     from protocol.hosts import host_key
 
     assert host_key(url) == client_host_key(URL(url))
+
+
+@pytest.mark.parametrize("wake", ["as-many-as-room", "control-everyone"])
+async def test_tasks_ending_on_a_full_host_wake_as_many_waiters_as_there_is_room(
+    db_dsn: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, wake: str
+) -> None:
+    """A fleet bigger than its hosts' room: one host with room for 3 tasks in flight, all 3 out,
+    20 clients long-polling. Two of the tasks end (an ending sends no notification): the
+    gate's probe finds room for 2 and wakes 2 waiters, who lease them; the other 18 go on
+    waiting without a lease attempt each. The control wakes every waiter on room, as a plain
+    broadcast would: about 20 attempts to hand out 2 tasks."""
+    if wake == "control-everyone":
+        from server.wakeup import TaskWakeup
+
+        monkeypatch.setattr(TaskWakeup, "wake", lambda self, count: self.fire() if count else None)
+    settings = gate_settings(
+        storage_url=str(tmp_path / "store"), host_connections=3, host_tasks_per_connection=1,
+        poll_fallback_seconds=0.3,
+    )  # fmt: skip
+    async for gate in start_gate(db_dsn, settings):
+        await _job_on(gate, "http://full.example", 30)
+        holder = await gate.register("holder")
+        r = await gate.lease(holder, max_tasks=3)
+        assert r.status_code == 200 and len(r.json()["tasks"]) == 3, r.text
+        clients = [await gate.register(f"waiter-{i}") for i in range(20)]
+        waiting = [asyncio.create_task(gate.lease(c, wait=10)) for c in clients]
+        await asyncio.sleep(1.5)  # each has tried once, and waits: the host is full
+        assert not any(w.done() for w in waiting)
+        before = await lease_attempts(gate)
+        for done in r.json()["tasks"][:2]:
+            body = {"task_id": done["task_id"], "lease_token": done["lease_token"], "documents": []}
+            answer = await gate.http.post("/api/v1/tasks/complete", headers=holder, json=body)
+            assert answer.status_code == 200, answer.text
+        deadline = time.monotonic() + 8
+        while sum(w.done() for w in waiting) < 2:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # three more probes: the host is full again
+        attempts = await lease_attempts(gate) - before
+        codes = [w.result().status_code for w in waiting if w.done()]
+        if wake == "control-everyone":
+            # Twenty lease statements at once also overshoot the host's room (each counts the
+            # tasks in flight as its snapshot saw them), so more than 2 may be leased here.
+            assert attempts >= len(clients) and len(codes) >= 2, (attempts, codes)
+        else:
+            assert codes == [200, 200]
+            assert attempts <= 4, attempts  # the two woken, and a spare for a probe's race
+        for w in waiting:
+            w.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)

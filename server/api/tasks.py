@@ -100,12 +100,16 @@ async def _woken(state: GateState, request: Request, wake: asyncio.Event, deadli
     The client is checked every POLL_FALLBACK_SECONDS without touching the
     database, so a long-poll whose client left ends then instead of leasing
     work nobody will receive."""
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or await request.is_disconnected():
-            return False
-        if await state.wakeup.wait(wake, min(remaining, state.settings.poll_fallback_seconds)):
-            return True
+    place = state.wakeup.join()
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or await request.is_disconnected():
+                return False
+            if await state.wakeup.wait(wake, place, min(remaining, state.settings.poll_fallback_seconds)):
+                return True
+    finally:
+        state.wakeup.leave(place)
 
 
 @router.get(

@@ -477,14 +477,22 @@ SELECT count(*) FROM handed
 _ROOM_OF_J = room_left(
     host="j.host", load=host_load("j.host"), connections=host_connections("j.host", "$1"), per_connection="$2"
 )
-ANY_LEASABLE = f"""
+# How many tasks could be leased now, counted no further than $3: the due tasks of no job, and
+# each open job's room on its host (jobs sharing a host count its room each: an over-count wakes
+# a waiter too many, never one too few).
+LEASABLE = f"""
 WITH RECURSIVE {OPEN_JOBS}
-SELECT EXISTS (
-    SELECT 1 FROM tasks WHERE job_id IS NULL AND status = 'pending' AND due AND run_after <= now()
-) OR EXISTS (
-    SELECT 1 FROM jobs j
-    WHERE NOT paused AND job_id IN (SELECT job_id FROM open_jobs) AND {_ROOM_OF_J} > 0
-)
+SELECT least($3::int, (
+    SELECT count(*) FROM (
+        SELECT 1 FROM tasks WHERE job_id IS NULL AND status = 'pending' AND due AND run_after <= now()
+        LIMIT $3::int
+    ) direct
+) + (
+    SELECT coalesce(sum(least(room, $3::int)), 0) FROM (
+        SELECT {_ROOM_OF_J} AS room FROM jobs j
+        WHERE NOT paused AND job_id IN (SELECT job_id FROM open_jobs)
+    ) rooms
+))::int
 """
 
 # Tasks whose run_after has come, into the leasable index, oldest due first, in batches of $1.
@@ -522,9 +530,10 @@ class Spread:
     tasks_per_connection: int
 
 
-async def any_leasable(pool: Pool, spread: Spread) -> bool:
+async def leasable(pool: Pool, spread: Spread, most: int) -> int:
+    """How many tasks could be leased now, counted no further than `most`."""
     async with connection(pool) as conn:
-        return bool(await conn.fetchval(ANY_LEASABLE, spread.connections, spread.tasks_per_connection))
+        return int(await conn.fetchval(LEASABLE, spread.connections, spread.tasks_per_connection, most))
 
 
 async def lease_tasks(
