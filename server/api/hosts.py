@@ -12,6 +12,7 @@ from protocol import paths
 from server.db import hosts as db
 from server.db import pausing
 from server.deps import AdminDep, PrincipalDep, SessionHeader, StateDep
+from server.state import GateState
 
 router = APIRouter()
 HostPath = Annotated[str, Path(pattern=wire.HOST_KEY_PATTERN, max_length=262)]
@@ -28,13 +29,20 @@ async def grants(
     session_id: SessionHeader = None,
 ) -> wire.GrantReply:
     """This client's share of each host's budget, given what it saw since it last asked."""
-    client_id = principal.client_id or NO_CLIENT
-    state.metrics.count_host_reports(body.hosts)
     address = request.client.host if request.client else ""  # after a trusted proxy's forwarding
+    return await answer_grants(state, principal.client_id, session_id, body, address)
+
+
+async def answer_grants(
+    state: GateState, client_id: UUID | None, session_id: str | None, body: wire.GrantRequest, address: str
+) -> wire.GrantReply:
+    """The grants route's answer (also given by server.app.GrantFastPath, which skips the
+    framework's routing for a well-formed request)."""
+    state.metrics.count_host_reports(body.hosts)
     with state.metrics.grant_latency.time():
-        reply = await state.budgets.grants(client_id, session_id or "", body, address[:64])
+        reply = await state.budgets.grants(client_id or NO_CLIENT, session_id or "", body, address[:64])
         if body.tasks and state.budgets.any_job_paused:  # none is, most of the time: no query
-            reply.paused_task_ids = await pausing.paused_tasks(state.pool, body.tasks, principal.client_id)
+            reply.paused_task_ids = await pausing.paused_tasks(state.pool, body.tasks, client_id)
     return reply
 
 
