@@ -158,13 +158,15 @@ def liar() -> None:
         else:
             log.warning("LIE ACCEPTED (%s)", what)
 
-    async def progress(self: GateAPI, task: Any, counts: Any, docs: Any) -> Any:
+    # Whatever else the client passes (a WARC, a listing) goes through as it came: a wrapper
+    # that named fewer arguments failed every report with a TypeError before it could lie.
+    async def progress(self: GateAPI, task: Any, counts: Any, *rest: Any, **named: Any) -> Any:
         await lie(self, task, counts)
-        return await real(self, task, counts, docs)
+        return await real(self, task, counts, *rest, **named)
 
-    async def complete(self: GateAPI, task: Any, counts: Any, docs: Any, summary: Any) -> Any:
+    async def complete(self: GateAPI, task: Any, counts: Any, *rest: Any, **named: Any) -> Any:
         await lie(self, task, counts)
-        return await real_complete(self, task, counts, docs, summary)
+        return await real_complete(self, task, counts, *rest, **named)
 
     GateAPI.progress, GateAPI.complete = progress, complete  # type: ignore[method-assign]
 
