@@ -330,7 +330,7 @@ class GrantFastPath:
     app, body and all, which answers it, and its errors, as every route. An error met while
     answering is answered by the app's own handlers."""
 
-    PATH = paths.PREFIX + paths.HOST_GRANTS
+    PATH = _GRANTS_ROUTE.path
 
     def __init__(self, app: ASGIApp, gate: FastAPI) -> None:
         self.app = app

@@ -60,10 +60,6 @@ class TaskWakeup:
             everyone.cancel()
         return event.is_set() or place.done()
 
-    @property
-    def waiting(self) -> int:
-        return len(self._queue)
-
     def fire(self) -> None:
         """Wake every waiter."""
         event, self._event = self._event, asyncio.Event()
