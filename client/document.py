@@ -17,8 +17,7 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from functools import partial
-from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from client import bodies
 from client.config import ClientConfig
@@ -40,6 +39,9 @@ from storage.errors import (
     WriteRefused,
 )
 from storage.keys import document_key
+
+if TYPE_CHECKING:  # warcio is imported only by clients that write WARC
+    from client.warc import Spool
 
 log = logging.getLogger("docgate.client")
 STORAGE_RETRY_SECONDS = (0.5, 1.0, 2.0, 4.0, 8.0)  # then the document counts as failed transiently
@@ -160,20 +162,24 @@ class DocumentStep:
 
         async def sink(body: Body) -> v1.StoredDocument | _Read:
             options = replace(found, content_type=body.content_type, compress=compress)
-            captured[0] = body.capture  # the answer these bytes came in
-            chunks = await bodies.checked(body, ref.ext, run.work.rules)
             if run.warc is None:
+                chunks = await bodies.checked(body, ref.ext, run.work.rules)
                 head, rest = await _head(chunks, READ_WHOLE)
                 if rest is None:
+                    captured[0] = body.captured()  # the answer these bytes came in
                     return _Read(head, options)
-                return await self.store.put(key, _chained(head, rest), options)
-            chunks, spooled = await run.warc.tee(chunks)
+                stored = await self.store.put(key, _chained(head, rest), options)
+                captured[0] = body.captured()
+                return stored
+            spool = await run.warc.tee(body)  # the bytes as transferred, under the decoded ones
             try:
+                chunks = await bodies.checked(body, ref.ext, run.work.rules)
                 stored = await self.store.put(key, chunks, options)
             except BaseException:
-                run.warc.drop(spooled)
+                run.warc.drop(spool)
                 raise
-            run.warc.add(ref.doc_id, ref.url, body.capture, spooled)
+            run.warc.add(ref.doc_id, ref.url, body, spool)
+            captured[0] = body.captured()
             return stored
 
         try:
@@ -208,12 +214,13 @@ class DocumentStep:
         its WARC record), so no document is recorded without one."""
         capture = None
         if self.config.verify_existing == "fetch" or run.warc is not None:
-            served, capture, spooled = await self.fetcher.fetch(
+            served, body, spool = await self.fetcher.fetch(
                 ref.url, partial(self._origin_copy, run, ref), bodies.asked(run.work.rules)
             )
+            capture = body.captured()
             if served != stored.sha256:
-                if run.warc is not None and spooled is not None:
-                    run.warc.drop(spooled)
+                if run.warc is not None and spool is not None:
+                    run.warc.drop(spool)
                 raise DocumentFailed(
                     FailureCode.STORE_DIFFERS,
                     f"the store holds other bytes at {stored.storage_key} (sha256 {stored.sha256[:12]}…) "
@@ -221,26 +228,21 @@ class DocumentStep:
                     "fetch it again",
                     permanent=True,
                 )
-            if run.warc is not None and spooled is not None:
-                run.warc.add(ref.doc_id, ref.url, capture, spooled)
+            if run.warc is not None and spool is not None:
+                run.warc.add(ref.doc_id, ref.url, body, spool)
         report = v1.DocumentReport.of_stored(
             ref.doc_id, stored, url=ref.url, status=v1.DocumentStatus.SKIPPED, capture=capture
         )
         return Outcome(Kind.SKIPPED, ref, report)
 
-    async def _origin_copy(
-        self, run: TaskRun, ref: DocRef, body: Body
-    ) -> tuple[str, v1.Capture | None, Path | None]:
-        """What the origin serves: its sha256, the capture of the answer, and (--warc) its bytes
-        spooled for the WARC record."""
-        chunks = await bodies.checked(body, ref.ext, run.work.rules)
-        spooled = None
-        if run.warc is not None:
-            chunks, spooled = await run.warc.tee(chunks)
+    async def _origin_copy(self, run: TaskRun, ref: DocRef, body: Body) -> tuple[str, Body, Spool | None]:
+        """What the origin serves: its sha256, the answer (its capture), and (with a WARC) its
+        bytes as transferred, spooled for the WARC record."""
+        spool = await run.warc.tee(body) if run.warc is not None else None
         hasher, size = hashlib.sha256(), 0
         limit = self.config.max_document_size
         try:
-            async for chunk in chunks:
+            async for chunk in await bodies.checked(body, ref.ext, run.work.rules):
                 size += len(chunk)
                 if size > limit:
                     raise DocumentFailed(
@@ -248,10 +250,10 @@ class DocumentStep:
                     )
                 await asyncio.to_thread(hasher.update, chunk)
         except BaseException:
-            if run.warc is not None and spooled is not None:
-                run.warc.drop(spooled)
+            if run.warc is not None and spool is not None:
+                run.warc.drop(spool)
             raise
-        return hasher.hexdigest(), body.capture, spooled
+        return hasher.hexdigest(), body, spool
 
 
 def _stored(ref: DocRef, stored: v1.StoredDocument, capture: v1.Capture | None) -> Outcome:

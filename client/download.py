@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import hashlib
 import ipaddress
 import random
 import time
@@ -48,6 +49,7 @@ BLOCKS = frozenset({FailureCode.BLOCKED, FailureCode.WRONG_TYPE, FailureCode.EMP
 MAX_RETRY_AFTER = 300.0
 READ_CHUNK = 1 << 20
 READ_BUFFER = 1 << 20  # per connection; aiohttp's default 64 KiB cut large bodies into many small reads
+INLINE_HASH = 256 << 10  # a transferred chunk larger than this is hashed in a thread, off the loop
 
 
 class DocumentFailed(Exception):
@@ -78,13 +80,62 @@ class Asked:
     cap: Cap | None = None
 
 
+@dataclass
+class Wire:
+    """The exchange as it went over the wire, for a WARC record of it: the request line and the
+    headers sent, the status line and the headers received (in their order and case), and the
+    body as transferred (transfer coding undone, Content-Encoding kept). An encoded body's sha256
+    and size are counted as it streams (the document's are of the decoded bytes); `copy` (a
+    WARC's spool) is given every transferred chunk, `done` is awaited once the body has ended."""
+
+    request: tuple[str, list[tuple[str, str]]]
+    status: str
+    headers: list[tuple[str, str]]
+    encoding: str = ""  # the Content-Encoding undone ("" when the body is the document as is)
+    size: int = 0
+    digest: Any = None  # hashlib's sha256 of the transferred bytes, for an encoded body
+    copy: Callable[[bytes], Awaitable[None]] | None = None
+    done: Callable[[], Awaitable[None]] | None = None
+
+    async def counted(self, raw: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in raw:
+                self.size += len(chunk)
+                if self.digest is not None:
+                    if len(chunk) > INLINE_HASH:
+                        await asyncio.to_thread(self.digest.update, chunk)
+                    else:
+                        self.digest.update(chunk)
+                if self.copy is not None:
+                    await self.copy(chunk)
+                yield chunk
+        finally:
+            if self.done is not None:
+                await self.done()
+
+    def transferred(self) -> dict[str, Any]:
+        """The capture's fields for the body as transferred, when it is not the document's bytes."""
+        if not self.encoding or self.digest is None:
+            return {}
+        return {"transfer_sha256": self.digest.hexdigest(), "transfer_size": self.size}
+
+
 @dataclass(frozen=True)
 class Body:
-    chunks: AsyncIterator[bytes]
+    chunks: AsyncIterator[bytes]  # the document: the body with its Content-Encoding undone
     content_type: str | None
     length: int | None
+    wire: Wire  # what went over the wire (client.warc records it)
     url: str = ""  # where it came from, after redirects
     capture: v1.Capture | None = None  # how: redirects, status, headers, server, when
+
+    def captured(self) -> v1.Capture | None:
+        """The capture once the body has been read: with the transferred bytes' sha256 and size
+        when they differ from the document's."""
+        extra = self.wire.transferred()
+        if self.capture is None or not extra:
+            return self.capture
+        return self.capture.model_copy(update=extra)
 
 
 class Fetcher:
@@ -290,7 +341,8 @@ class Fetcher:
 
     def _body(self, reply: aiohttp.ClientResponse, redirects: list[v1.Redirect]) -> Body:
         encoding = reply.headers.get("Content-Encoding", "identity").strip().lower()
-        chunks: AsyncIterator[bytes] = reply.content.iter_chunked(READ_CHUNK)
+        wire = _wire(reply, encoding if encoding in WBITS else "")
+        chunks: AsyncIterator[bytes] = wire.counted(reply.content.iter_chunked(READ_CHUNK))
         if encoding in WBITS:
             chunks = inflated(chunks, WBITS[encoding])
         elif encoding not in ("", "identity"):
@@ -301,7 +353,8 @@ class Fetcher:
             )
         length = reply.content_length if encoding in ("", "identity") else None
         url = str(reply.url)
-        return Body(chunks, reply.headers.get("Content-Type"), length, url, _capture(reply, url, redirects))
+        capture = _capture(reply, url, redirects)
+        return Body(chunks, reply.headers.get("Content-Type"), length, wire, url, capture)
 
     async def text(self, url: str, asked: Asked = Asked()) -> tuple[str, str]:
         """A listing page as text, and the URL it came from after redirects (relative links
@@ -432,6 +485,21 @@ def _capture(reply: aiohttp.ClientResponse, url: str, redirects: list[v1.Redirec
         return v1.Capture.of_headers(reply.headers, **fields)
     except pydantic.ValidationError:  # odd headers are not worth the document: keep the rest
         return v1.Capture.model_validate(fields)
+
+
+def _wire(reply: aiohttp.ClientResponse, encoding: str) -> Wire:
+    """The exchange as sent and received (the body's bytes are counted as they stream)."""
+    sent = reply.request_info
+    line = f"{sent.method} {sent.url.raw_path_qs or '/'} HTTP/1.1"
+    version = f"HTTP/{reply.version.major}.{reply.version.minor}" if reply.version else "HTTP/1.1"
+    received = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in reply.raw_headers]
+    return Wire(
+        request=(line, list(sent.headers.items())),
+        status=f"{version} {reply.status} {reply.reason or ''}".rstrip(),
+        headers=received,
+        encoding=encoding,
+        digest=hashlib.sha256() if encoding else None,
+    )
 
 
 def _options() -> dict[str, Any]:

@@ -187,10 +187,13 @@ class TaskSteps:
                 batch = run.pending[:size]
                 await self.gate.progress(run.task, run.counts(), batch, await self._warc(run, batch))
                 del run.pending[:size]
+                if run.warc is not None:
+                    run.warc.sent()
 
     async def _warc(self, run: TaskRun, batch: list[v1.DocumentReport]) -> v1.WarcReport | None:
-        """--warc: the WARC of the batch's stored documents, stored before the report that
-        records them (a store that fails it costs the WARC, not the documents: said in the log)."""
+        """With a WARC: the WARC of the batch's stored documents, stored before the report that
+        records them (a store that fails it costs the WARC, not the documents: said in the log);
+        the batch's report sent again (its answer lost) gets the same WARC."""
         if run.warc is None:
             return None
         stored = [str(d.doc_id) for d in batch if d.status is not v1.DocumentStatus.FAILED]
@@ -226,6 +229,8 @@ class TaskSteps:
             warc = await self._warc(run, run.pending)
             await self.gate.complete(task, run.counts(), run.pending, self._summary(run), warc, run.listing)
             run.pending.clear()
+            if run.warc is not None:
+                run.warc.sent()
         log.info(
             "task %s completed (lease %s): %s stored, %s skipped, %s failed",
             task.task_id, task.lease_token, run.stored, run.skipped, run.failed,

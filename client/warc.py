@@ -1,19 +1,27 @@
-"""WARC output (`--warc`): the capture of every document a report holds, as archivists read it.
+"""WARC output (a job's `warc`, or `--warc`): the capture of every document a report holds, as
+archivists read it.
 
 Each report a task attempt sends (a progress report, the completion) carries one gzipped WARC
 file (ISO 28500, WARC/1.1, written with warcio): a `warcinfo` record naming docgate, its
-version and the operator's contact, then for each stored document a `request` record (what
-was asked: method, URL, the headers sent) and a `response` record (the status line, the
-headers as the origin sent them and the document's bytes), each with WARC-Date (when the
-answer came), WARC-Target-URI (the URL the bytes came from, after redirects), WARC-IP-Address,
-and sha256 WARC-Block-Digest and WARC-Payload-Digest (WARC 1.1 allows any algorithm; warcio's
-default is sha1). The payload is the document as stored, so the response record's payload
-sha256 is the document's recorded sha256; when the origin sent it content-encoded (gzip), the
-record holds the decoded bytes and the original header moves to X-Docgate-Content-Encoding.
+version and the operator's contact, then for each stored document a `request` record (the
+request line and the headers sent) and a `response` record holding the HTTP response as
+received: its status line, its headers in their order and case, and the body as transferred —
+with its Content-Encoding kept, so a replay tool shows what the origin sent. The transfer
+coding (chunked) is undone and its header left out, the practice pywb's issue #584 describes
+("decode the data and remove the Transfer-Encoding header"); the WARC-Payload-Digest is then of
+the entity body, as WARC 1.1 §5.9 defines the payload (iipc/warc-specifications#22; warcio#74).
+Each record has WARC-Date (when the answer came), WARC-Target-URI (the URL the bytes came from,
+after redirects), WARC-IP-Address, and sha256 block and payload digests (WARC 1.1 allows any
+algorithm; warcio's default is sha1).
+
+The stored document is the decoded body: for an answer sent as is, the payload digest is the
+document's recorded sha256; for a content-encoded one, it is the recorded `transfer_sha256`.
 
 The file is written to a spool folder off the event loop, then stored write-once in the
-client's store under `warc/<job>/<task>-<attempt>-<n>.warc.gz` and reported with the
-documents it holds, in the same fenced write: a WARC is recorded whole or not at all.
+client's store (through the gate with `--storage gate`) under
+`warc/<job>/<task>-<attempt>-<n>.warc.gz`, fenced by the task's lease, and reported with the
+documents it holds, in the same fenced write: a WARC is recorded whole or not at all. A report
+sent again (its answer lost) carries the WARC it was sealed with.
 """
 
 from __future__ import annotations
@@ -28,23 +36,21 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http import HTTPStatus
 from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import urlsplit
 
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.timeutils import datetime_to_iso_date
 from warcio.utils import Digester
 from warcio.warcwriter import WARCWriter
 
+from client.download import Body, Wire
 from protocol import v1
 from protocol.version import VERSION
 from storage import PutOptions, Storage
-from storage.base import CHUNK
+from storage.base import CHUNK, Fence
 
 SPOOL_PREFIX = "docgate-warc-"
-HOP_BY_HOP = {"transfer-encoding", "connection", "keep-alive"}
 
 
 class Sha256Writer(WARCWriter):  # type: ignore[misc]
@@ -57,12 +63,32 @@ class Sha256Writer(WARCWriter):  # type: ignore[misc]
 
 @dataclass
 class _Pending:
-    """One document waiting to go into a WARC: its capture and its bytes (spooled)."""
+    """One document waiting to go into a WARC: its capture, the exchange, and the body as
+    transferred (spooled)."""
 
     doc_id: str
     url: str
     capture: v1.Capture
+    wire: Wire
     payload: Path
+
+
+@dataclass
+class Spool:
+    """A body's transferred bytes, written to a file (in a thread) as they stream."""
+
+    path: Path
+    handle: BinaryIO | None
+    threads: ThreadPoolExecutor
+
+    async def write(self, chunk: bytes) -> None:
+        if self.handle is not None:
+            await asyncio.get_running_loop().run_in_executor(self.threads, self.handle.write, chunk)
+
+    async def close(self) -> None:
+        handle, self.handle = self.handle, None
+        if handle is not None:
+            await asyncio.get_running_loop().run_in_executor(self.threads, handle.close)
 
 
 @dataclass
@@ -75,37 +101,41 @@ class WarcRecorder:
     agent: str  # the User-Agent the requests were sent with (it names the operator)
     spool: Path
     threads: ThreadPoolExecutor
+    fence: Fence | None = None  # the task's lease: the WARC is stored under it, as its documents
     pending: dict[str, _Pending] = field(default_factory=dict)
     sealed: int = 0
+    unsent: v1.WarcReport | None = None  # the last WARC sealed, until its report is taken
 
-    async def tee(self, chunks: AsyncIterator[bytes]) -> tuple[AsyncIterator[bytes], Path]:
-        """The same chunks, also written to a spool file (in a thread) for the WARC record."""
+    async def tee(self, body: Body) -> Spool:
+        """Spool the body as it is transferred, for its WARC record (the document step reads
+        the decoded chunks; these are the bytes under them)."""
         path = self.spool / f"{SPOOL_PREFIX}{uuid.uuid4().hex}"
         loop = asyncio.get_running_loop()
         handle: BinaryIO = await loop.run_in_executor(self.threads, path.open, "xb")
+        spool = Spool(path, handle, self.threads)
+        body.wire.copy, body.wire.done = spool.write, spool.close
+        return spool
 
-        async def copied() -> AsyncIterator[bytes]:
-            try:
-                async for chunk in chunks:
-                    await loop.run_in_executor(self.threads, handle.write, chunk)
-                    yield chunk
-            finally:
-                await loop.run_in_executor(self.threads, handle.close)
-
-        return copied(), path
-
-    def add(self, doc_id: str, url: str, capture: v1.Capture | None, payload: Path) -> None:
+    def add(self, doc_id: str, url: str, body: Body, spool: Spool) -> None:
+        """The document is stored: its exchange goes into the next WARC sealed."""
+        capture = body.captured()
         if capture is None:  # nothing to say how it was fetched: no record (and no spool kept)
-            self.threads.submit(_unlink, payload)
+            self.drop(spool)
             return
-        self.pending[doc_id] = _Pending(doc_id, url, capture, payload)
+        self.pending[doc_id] = _Pending(doc_id, url, capture, body.wire, spool.path)
 
-    def drop(self, payload: Path) -> None:
-        self.threads.submit(_unlink, payload)
+    def drop(self, spool: Spool) -> None:
+        handle, spool.handle = spool.handle, None
+        if handle is not None:
+            self.threads.submit(handle.close)
+        self.threads.submit(_unlink, spool.path)
 
     async def seal(self, doc_ids: list[str]) -> v1.WarcReport | None:
         """Write these documents' records into one WARC, store it, and say what it is (None when
-        none of them has a record waiting)."""
+        none of them has a record waiting). The same documents sealed again (their report is sent
+        again) get the same WARC."""
+        if self.unsent is not None and set(map(str, self.unsent.doc_ids)) <= set(doc_ids):
+            return self.unsent
         batch = [self.pending.pop(d) for d in doc_ids if d in self.pending]
         if not batch:
             return None
@@ -116,18 +146,23 @@ class WarcRecorder:
         loop = asyncio.get_running_loop()
         path = await loop.run_in_executor(self.threads, self._write, name, batch)
         try:
-            stored = await self.store.put(key, _read(path, loop, self.threads), PutOptions())
+            stored = await self.store.put(key, _read(path, loop, self.threads), PutOptions(fence=self.fence))
         finally:
             self.threads.submit(_unlink, path)
             for item in batch:
                 self.threads.submit(_unlink, item.payload)
-        return v1.WarcReport(
+        self.unsent = v1.WarcReport(
             storage_key=stored.storage_key,
             sha256=stored.sha256,
             size=stored.size,
             records=1 + 2 * len(batch),
             doc_ids=[item.doc_id for item in batch],
         )
+        return self.unsent
+
+    def sent(self) -> None:
+        """The report carrying the last WARC sealed was taken: the next seal writes a new one."""
+        self.unsent = None
 
     def close(self) -> None:
         for item in self.pending.values():
@@ -150,7 +185,7 @@ class WarcRecorder:
             }
             writer.write_record(writer.create_warcinfo_record(name, info))
             for item in batch:
-                _write_exchange(writer, item, self.agent)
+                _write_exchange(writer, item)
             out.flush()
             os.fsync(out.fileno())
         return path
@@ -162,8 +197,8 @@ def _contact(agent: str) -> str:
     return agent[start + 2 : agent.find(")", start)] if start >= 0 and ")" in agent[start:] else ""
 
 
-def _write_exchange(writer: Sha256Writer, item: _Pending, agent: str) -> None:
-    capture = item.capture
+def _write_exchange(writer: Sha256Writer, item: _Pending) -> None:
+    capture, wire = item.capture, item.wire
     target = capture.final_url or item.url
     date = datetime_to_iso_date(
         (capture.fetched_at or datetime.now(UTC)).replace(tzinfo=None), use_micros=True
@@ -171,28 +206,16 @@ def _write_exchange(writer: Sha256Writer, item: _Pending, agent: str) -> None:
     common = {"WARC-Target-URI": target, "WARC-Date": date}
     if capture.server_ip:
         common["WARC-IP-Address"] = capture.server_ip
-    host = _host(target)
-    request_headers = StatusAndHeaders(
-        f"GET {_path(target)} HTTP/1.1",
-        [("Host", host), ("User-Agent", agent), ("Accept-Encoding", "gzip, deflate")],
-        is_http_request=True,
-    )
+    line, sent = wire.request
+    request_headers = StatusAndHeaders(line, sent, is_http_request=True)
     request = writer.create_warc_record(
         target, "request", payload=_empty(), length=0, http_headers=request_headers, warc_headers_dict=common
     )
-    headers = []
-    for name, value in capture.response_headers.items():
-        if name in HOP_BY_HOP:
-            continue
-        if name == "content-encoding":
-            name = "x-docgate-content-encoding"  # the payload below is the decoded document
-        if name == "content-length":
-            continue  # set below to the payload's length
-        headers.append((name, value))
+    # As received, but for the transfer coding, which is undone in the payload below.
+    headers = [(name, value) for name, value in wire.headers if name.lower() != "transfer-encoding"]
+    protocol, _, status = wire.status.partition(" ")
+    response_headers = StatusAndHeaders(status, headers, protocol=protocol)
     size = item.payload.stat().st_size
-    headers.append(("Content-Length", str(size)))
-    status = capture.http_status or 200
-    response_headers = StatusAndHeaders(f"{status} {_reason(status)}", headers, protocol="HTTP/1.1")
     with item.payload.open("rb") as payload:
         response = writer.create_warc_record(
             target,
@@ -209,21 +232,6 @@ def _write_exchange(writer: Sha256Writer, item: _Pending, agent: str) -> None:
 
 def _empty() -> Any:
     return io.BytesIO(b"")
-
-
-def _host(url: str) -> str:
-    return urlsplit(url).netloc
-
-
-def _path(url: str) -> str:
-    parts = urlsplit(url)
-    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-
-
-def _reason(status: int) -> str:
-    with contextlib.suppress(ValueError):
-        return HTTPStatus(status).phrase
-    return ""
 
 
 async def _read(

@@ -18,6 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 from client.config import ClientConfig
@@ -35,6 +36,10 @@ from protocol import v1
 from protocol.errors import ErrorCode
 from protocol.failures import FailureCode
 from storage import Storage
+from storage.base import Fence
+
+if TYPE_CHECKING:
+    from client.warc import WarcRecorder
 
 log = logging.getLogger("docgate.client")
 STORAGE_PAUSE_SECONDS, STORAGE_PAUSE_MAX = 10.0, 300.0  # no leasing while the store keeps failing
@@ -67,9 +72,10 @@ class Worker:
         self.storage_pauses = 0  # tasks handed back in a row because the store failed
         self.leasing_resumes_at = 0.0  # monotonic time; no lease before it
         self.heartbeat_every = config.heartbeat_interval
-        # --warc: WARC files are written here (a spool folder of this process) before they are stored.
-        self.warc_spool = Path(tempfile.mkdtemp(prefix="docgate-warc-")) if config.warc else None
-        self.warc_threads = ThreadPoolExecutor(2, thread_name_prefix="warc") if config.warc else None
+        # WARC files (a job's `warc`, or --warc) are written here (a spool folder of this process,
+        # made when the first task asks for one) before they are stored.
+        self.warc_spool: Path | None = None
+        self.warc_threads: ThreadPoolExecutor | None = None
         document = DocumentStep(config, store, fetcher, self.stopping)
         self.steps = TaskSteps(config, gate, document, self.slots)
         fetcher.limiter.held = lambda: list(self.runs)  # asked about with every grant
@@ -90,6 +96,17 @@ class Worker:
             if self.warc_threads is not None and self.warc_spool is not None:
                 self.warc_threads.shutdown(wait=True)
                 shutil.rmtree(self.warc_spool, ignore_errors=True)
+
+    def _warc_recorder(self, task: v1.LeasedTask) -> WarcRecorder:
+        from client.warc import WarcRecorder  # warcio is imported by clients that write WARC only
+
+        if self.warc_spool is None or self.warc_threads is None:
+            self.warc_spool = Path(tempfile.mkdtemp(prefix="docgate-warc-"))
+            self.warc_threads = ThreadPoolExecutor(2, thread_name_prefix="warc")
+        fence = Fence(str(task.task_id), str(task.lease_token))
+        return WarcRecorder(
+            self.store, task, self.fetcher.user_agent, self.warc_spool, self.warc_threads, fence
+        )
 
     async def _lease_loop(self) -> None:
         while not self.stopping.is_set():
@@ -167,12 +184,8 @@ class Worker:
         run = TaskRun(work, self.stats)
         if task.user_agent and not self.fetcher.user_agent_fixed:  # the gate's, unless --user-agent
             self.fetcher.user_agent = task.user_agent
-        if self.warc_spool is not None and self.warc_threads is not None:
-            from client.warc import WarcRecorder
-
-            run.warc = WarcRecorder(
-                self.store, task, self.fetcher.user_agent, self.warc_spool, self.warc_threads
-            )
+        if self.config.warc or work.rules.warc:
+            run.warc = self._warc_recorder(task)
         self.task_runs[task.task_id] = run
         self.runs[task.task_id] = asyncio.create_task(self._run_task(run), name=f"task-{task.task_id}")
         self.stats.tasks_held = len(self.runs)

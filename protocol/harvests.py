@@ -29,7 +29,7 @@ from protocol.base import (
     SourceName,
     no_nul,
 )
-from protocol.params import ProfileTaskParams
+from protocol.params import Politeness, ProfileTaskParams, handed_down
 from protocol.sources import DateFields
 
 MAX_WINDOWS = 200_000  # windows one call may create (10 years of days × 50 values is 182,500)
@@ -126,6 +126,14 @@ class HarvestCreate(Request):
     collection: CollectionName | None = Field(
         default=None, description="the collection its documents go to (default: the profile's)"
     )
+    politeness: Politeness | None = Field(
+        default=None, description="The same as params.politeness: the job's own budget per host."
+    )
+    warc: bool | None = Field(
+        default=None, description="The same as params.warc: a WARC of every document's capture."
+    )
+
+    _handed_down = model_validator(mode="after")(handed_down)
 
     @model_validator(mode="after")
     def _fields(self) -> HarvestCreate:

@@ -93,7 +93,7 @@ class Politeness(Request):
 class ContentRules(Request):
     """What the params of every built-in source may also say: what a 200 must look like to be
     stored as the document (otherwise it is a block: not stored, counted against the host, the
-    document tried again later), and the job's politeness."""
+    document tried again later), the job's politeness, and whether it keeps WARC."""
 
     expect_content_type: (
         Annotated[list[MediaRange], Field(min_length=1, max_length=MAX_MEDIA_TYPES)] | None
@@ -131,6 +131,12 @@ class ContentRules(Request):
         "counted as blocks and tried again later, not failed as missing.",
     )
     politeness: Politeness | None = None
+    warc: bool | None = Field(
+        default=None,
+        description="Write a WARC of every document's request and response as transferred "
+        "(client.warc), in whatever store the client writes to; a client's --warc writes them for "
+        "every task.",
+    )
 
     @model_validator(mode="after")
     def _sizes(self) -> ContentRules:
@@ -146,6 +152,20 @@ class ContentRules(Request):
         return ContentRules.model_validate(
             self.model_dump(include=set(ContentRules.model_fields), exclude_none=True), strict=False
         )
+
+
+def handed_down(job: Any) -> Any:
+    """A job's settings given beside its params (`politeness`, `warc`) go into its params, which
+    every task of the job carries; given in both, they must agree."""
+    for name in ("politeness", "warc"):
+        value = getattr(job, name)
+        if value is None:
+            continue
+        if getattr(job.params, name) is not None and getattr(job.params, name) != value:
+            raise ValueError(f"{name} and params.{name} disagree: give one")
+        setattr(job.params, name, value)
+        setattr(job, name, None)
+    return job
 
 
 class IdRangeParams(ContentRules):

@@ -19,6 +19,7 @@ TASK_COMPLETE_BATCH = "/tasks/complete/batch"
 TASK_PROGRESS = "/tasks/{task_id}/progress"
 TASK_FAIL = "/tasks/{task_id}/fail"
 TASK_DISCOVERED = "/tasks/{task_id}/discovered"
+TASK_WARC = "/tasks/{task_id}/warc/{name}"  # PUT under the lease: a WARC file of the task's
 TASK = "/tasks/{task_id}"
 # jobs
 JOB_PAUSE = "/jobs/{job_id}/pause"

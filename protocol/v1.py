@@ -194,6 +194,14 @@ class Capture(Request):
     server_ip: Annotated[str, StringConstraints(max_length=45)] | None = None
     server_port: Annotated[int, Field(ge=0, le=65_535)] | None = None
     client_version: Annotated[str, StringConstraints(max_length=100), AfterValidator(printable)] | None = None
+    transfer_sha256: Sha256Hex | None = Field(
+        default=None,
+        description="the sha256 of the body as transferred, when it came content-encoded (gzip): "
+        "the WARC response record's payload digest; the document's sha256 is of the decoded bytes",
+    )
+    transfer_size: Annotated[int, Field(ge=0, le=MAX_SIZE)] | None = Field(
+        default=None, description="the size of the body as transferred, when it came content-encoded"
+    )
 
     @field_validator("server_ip")
     @classmethod
@@ -552,15 +560,11 @@ class JobCreate(Request):
     politeness: Politeness | None = Field(
         default=None, description="The same as params.politeness: the job's own budget per host."
     )
+    warc: bool | None = Field(
+        default=None, description="The same as params.warc: a WARC of every document's capture."
+    )
 
-    @model_validator(mode="after")
-    def _politeness(self) -> JobCreate:
-        if self.politeness is not None:
-            if self.params.politeness is not None and self.params.politeness != self.politeness:
-                raise ValueError("politeness and params.politeness disagree: give one")
-            self.params.politeness = self.politeness
-            self.politeness = None
-        return self
+    _handed_down = model_validator(mode="after")(handed_down)
 
 
 class FailedDocument(Reply):
@@ -677,6 +681,10 @@ class Document(StoredDocument):
     date: str | None = Field(default=None, description="the answer's Date header")
     content_length: str | None = None
     content_encoding: str | None = None
+    transfer_sha256: str | None = Field(
+        default=None, description="content-encoded: the sha256 of the body as transferred (sha256 is decoded)"
+    )
+    transfer_size: int | None = Field(default=None, description="content-encoded: its size as transferred")
     fetched_at: datetime | None = Field(default=None, description="by the client's clock")
     recorded_at: datetime | None = Field(default=None, description="by the gate's clock (= stored_at)")
     server_ip: str | None = None
@@ -708,6 +716,7 @@ class ExportedDocument(Reply):
     attempt: int | None = None
     task_id: UUID | None = None
     warc_key: str | None = None
+    transfer_sha256: str | None = None
 
 
 class DocumentPage(Reply):

@@ -18,7 +18,7 @@ import httpx
 
 from protocol import paths, v1
 from protocol.errors import ErrorCode, parse_error
-from storage.base import Chunks, Deadline, ObjectInfo, PutOptions, Storage, StoredObject
+from storage.base import Chunks, Deadline, Fence, ObjectInfo, PutOptions, Storage, StoredObject
 from storage.errors import (
     AlreadyStored,
     ChecksumMismatch,
@@ -35,6 +35,7 @@ from storage.errors import (
 from storage.keys import check_key
 
 C = ErrorCode
+WARC_PREFIX = "warc/"  # a task's WARC files (client.warc): uploaded under its lease, not by doc_id
 # What each of the gate's error codes means to a store; a code not listed is a refusal this
 # store cannot fix (WriteRefused), and a reply without a code (a proxy's page) is judged by its
 # status: 5xx and 429 StorageUnavailable, anything else WriteRefused.
@@ -77,6 +78,8 @@ class GateStorage(Storage):
 
     async def put(self, key: str, chunks: Chunks, options: PutOptions | None = None) -> StoredObject:
         options = options or PutOptions()
+        if options.doc_id is None and key.startswith(WARC_PREFIX) and options.fence is not None:
+            return await self._put_warc(key, chunks, options, options.fence)
         if options.doc_id is None:
             raise KeyRefused("the gate stores documents by doc_id: PutOptions.doc_id is required")
         # The gate derives the key from doc_id and ext (and its own shard size); `key` is checked
@@ -109,6 +112,18 @@ class GateStorage(Storage):
             if isinstance(exc.__context__, TooLarge):
                 raise exc.__context__ from None
             raise
+        return StoredObject.model_validate_json(reply.content)
+
+    async def _put_warc(self, key: str, chunks: Chunks, options: PutOptions, fence: Fence) -> StoredObject:
+        """A task's WARC file (client.warc), under the task's lease: the gate names its key from
+        the task's job and the file's name, as the report will."""
+        name = check_key(key).rsplit("/", 1)[-1]
+        headers = {paths.LEASE_HEADER: fence.lease_token}
+        if options.expected_sha256:
+            headers[paths.SHA256_HEADER] = options.expected_sha256
+        body = _limited(chunks, options.max_size) if options.max_size is not None else chunks
+        path = paths.url(paths.TASK_WARC, task_id=fence.task_id, name=name)
+        reply = await self._send("PUT", path, headers=headers, content=body)
         return StoredObject.model_validate_json(reply.content)
 
     async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:

@@ -17,12 +17,18 @@ from server.db import documents as db
 from server.db import lifecycle
 from server.db.lifecycle import Caller
 from server.deps import AdminDep, PrincipalDep, StateDep
-from server.errors import LeaseRequired, PayloadTooLarge, UnsupportedEncoding, UploadInterrupted
+from server.errors import (
+    LeaseRequired,
+    PayloadTooLarge,
+    UnsupportedEncoding,
+    UploadInterrupted,
+    WrongStorageKey,
+)
 from server.state import GateState
 from storage import PutOptions
 from storage.base import Fence
 from storage.errors import ObjectMissing
-from storage.keys import document_key
+from storage.keys import check_key, document_key
 
 router = APIRouter()
 DocIdPath = Annotated[str, Path(pattern=v1.DOC_ID_PATTERN)]
@@ -127,6 +133,45 @@ async def upload_document(
     except ClientDisconnect:
         # The uploader went away mid-body: nothing was published, and no one is
         # left to read an answer; say so without logging a server error.
+        raise UploadInterrupted() from None
+    return JSONResponse(stored.model_dump(), status_code=201)
+
+
+# A task's WARC file: <task>-<attempt>-<n>.warc.gz (client.warc names them so).
+WarcName = Annotated[str, Path(pattern=r"^[0-9a-f-]{36}-[0-9]{1,6}-[0-9]{1,9}\.warc\.gz$")]
+
+
+@router.put(paths.TASK_WARC, response_model=v1.StoredDocument, status_code=201)
+async def upload_warc(
+    task_id: UUID,
+    name: WarcName,
+    request: Request,
+    state: StateDep,
+    principal: PrincipalDep,
+    x_lease_token: Annotated[UUID | None, Header(alias=paths.LEASE_HEADER)] = None,
+    x_content_sha256: Sha256Header = None,
+) -> JSONResponse:
+    """A WARC file of the task a client holds the lease of (`--storage gate`), stored write-once
+    under warc/<its job>/<name>, as its report will name it; fenced like the task's documents."""
+    if x_lease_token is None:
+        raise LeaseRequired()
+    task = await lifecycle.check_lease(state.pool, task_id, x_lease_token, Caller(principal.owner))
+    if not name.startswith(f"{task_id}-"):
+        raise WrongStorageKey(f"a WARC of task {task_id} is named {task_id}-…, not {name!r}")
+    key = f"warc/{task['job_id'] or 'no-job'}/{name}"
+    settings = state.settings
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > settings.max_upload_bytes:
+        raise PayloadTooLarge(f"WARC larger than MAX_UPLOAD_BYTES ({settings.max_upload_bytes} bytes)")
+    options = PutOptions(
+        content_type="application/warc",
+        max_size=settings.max_upload_bytes,
+        expected_sha256=x_content_sha256,
+        fence=Fence(str(task_id), str(x_lease_token)),
+    )
+    try:
+        stored = await state.store.put(check_key(key), request.stream(), options)
+    except ClientDisconnect:
         raise UploadInterrupted() from None
     return JSONResponse(stored.model_dump(), status_code=201)
 

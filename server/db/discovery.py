@@ -7,12 +7,13 @@ from typing import Any
 from uuid import UUID
 
 from protocol import sources, v1
+from protocol.params import ContentRules, merged
 from server.db.lifecycle import FENCE, Caller, classify_refusal
 from server.db.pool import Pool, transaction
 from server.errors import LeaseLost, Unprocessable
 
 SEARCH = f"""
-SELECT t.task_id, t.job_id, t.priority, t.collection, s.profile FROM tasks t
+SELECT t.task_id, t.job_id, t.priority, t.collection, t.params, s.profile FROM tasks t
 LEFT JOIN sources s ON s.name = t.source
 WHERE {FENCE.replace("task_id = $1", "t.task_id = $1")}
 FOR SHARE OF t
@@ -49,7 +50,12 @@ async def discovered(
             r["doc_id"] for r in await conn.fetch(FIRST_TIME, list(items), task_id, search["collection"])
         }
         queued = [items[d] for d in items if d in fresh]
-        rules = profile.rules.model_dump(mode="json", exclude_none=True)
+        # The profile's rules under the search's own (a job's politeness, its warc): what its
+        # documents' tasks carry.
+        own = _rules(search["params"])
+        rules = (merged(profile, own) if own is not None else profile.rules).model_dump(
+            mode="json", exclude_none=True
+        )
         size = profile.spread_chunk_size
         chunks = [queued[i : i + size] for i in range(0, len(queued), size)]
         for chunk in chunks:
@@ -76,5 +82,15 @@ def _profile(value: Any) -> sources.SourceProfile | None:
         return None
     try:
         return sources.SourceProfile.model_validate(value)
+    except ValueError:
+        return None
+
+
+def _rules(value: Any) -> ContentRules | None:
+    """The content rules a search task's params set (None: unreadable, the profile's apply)."""
+    try:
+        return ContentRules.model_validate(
+            {k: v for k, v in (value or {}).items() if k in ContentRules.model_fields}, strict=False
+        )
     except ValueError:
         return None

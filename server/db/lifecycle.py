@@ -294,6 +294,7 @@ SELECT {TASK_COLUMNS} FROM failed
 
 # The task an upload through the gate belongs to, if its lease is current: the same fence, read-only.
 CURRENT_LEASE = f"SELECT task_id, source, params, collection FROM tasks WHERE {FENCE}"
+CURRENT_TASK = f"SELECT task_id, job_id, attempts, collection FROM tasks WHERE {FENCE}"
 
 # A heartbeat extends only the leases of the calling process (session), so a
 # client restarted under the same key never keeps its dead predecessor's
@@ -738,6 +739,15 @@ async def check_upload(pool: Pool, task_id: UUID, lease_token: UUID, caller: Cal
         raise LeaseLost(f"lease on task {task_id} is not current; the upload was refused")
     check_in_task(task, [doc_id])
     return str(task["collection"])
+
+
+async def check_lease(pool: Pool, task_id: UUID, lease_token: UUID, caller: Caller) -> Any:
+    """The task whose current lease this is (LeaseLost when it is not): its job and collection."""
+    async with connection(pool) as conn:
+        task = await conn.fetchrow(CURRENT_TASK, task_id, lease_token, caller.owner, caller.session_id)
+    if task is None:
+        raise LeaseLost(f"lease on task {task_id} is not current; the upload was refused")
+    return task
 
 
 async def extend_leases(

@@ -72,6 +72,8 @@ CAPTURED = {
     "server_ip": "j.c->>'server_ip'",
     "server_port": "(j.c->>'server_port')::int",
     "client_version": "j.c->>'client_version'",
+    "transfer_sha256": "j.c->>'transfer_sha256'",
+    "transfer_size": "(j.c->>'transfer_size')::bigint",
 }
 
 # Set later by the gate, not by the write that records the document.
