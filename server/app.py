@@ -39,6 +39,7 @@ from storage import Storage, StorageError
 
 log = logging.getLogger("docgate.gate")
 UPLOAD = paths.PREFIX + paths.DOCUMENT_RAW  # the route of document uploads (server/api/documents.py)
+WARC_UPLOAD = paths.PREFIX + paths.TASK_WARC  # a task's WARC files, uploaded under its lease
 PROMOTE_EVERY = 0.25  # seconds between promotions of tasks come due
 CREATION_POLL = 2.0  # seconds between looks for jobs another gate left half created
 
@@ -53,7 +54,9 @@ def create_app(settings: Settings, dsn: str, *, apply_migrations: bool = True) -
     app.include_router(ui_router)
     app.add_middleware(GrantFastPath, gate=app)  # innermost: inside the body limit
     # Document uploads stream to storage under their own limit (MAX_UPLOAD_BYTES).
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, streamed=[("PUT", UPLOAD)])
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_body_bytes, streamed=[("PUT", UPLOAD), ("PUT", WARC_UPLOAD)]
+    )
     app.add_middleware(Observe, metrics=metrics)
     app.add_exception_handler(DocgateError, _error)
     app.add_exception_handler(StorageError, _error)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +92,49 @@ def docgate(*args: str) -> list[str]:
 def postgres_running(pgdata: Path) -> bool:
     out = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True, check=True).stdout
     return any(f"postgres -D {pgdata} " in line + " " for line in out.splitlines())
+
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+@contextlib.contextmanager
+def nginx_serving(tmp: Path, http: str, probe: str) -> Iterator[str]:
+    """Debian's nginx on a free port of 127.0.0.1, `http` inside its http block (a `server`
+    block whose `listen` is `{listen}`), until the block ends; yields its base URL once `probe`
+    (a path) answers 200. Skipped where nginx is missing, failed in CI."""
+    import pytest
+
+    if not Path(NGINX).exists():
+        if os.environ.get("CI"):
+            pytest.fail("nginx is not installed; `make test` installs it")
+        pytest.skip("nginx is not installed (make test installs it when run as root)")
+    from conftest import free_port
+
+    port = free_port()
+    config = tmp / "origin.conf"
+    body = http.replace("{listen}", f"127.0.0.1:{port}")
+    config.write_text(f"worker_processes 1;\nevents {{ worker_connections 64; }}\nhttp {{\n{body}\n}}\n")
+    pid = tmp / "origin.pid"
+    proc = subprocess.Popen(
+        [NGINX, "-c", str(config), "-e", str(tmp / "origin-error.log"), "-g", f"daemon off; pid {pid};"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(base + probe, timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "nginx did not come up"
+                time.sleep(0.1)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGQUIT)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

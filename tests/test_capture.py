@@ -8,31 +8,27 @@ old paths answer `301` (`return 301`) to the new ones, as a registry that moved 
 
 from __future__ import annotations
 
-import base64
 import csv
 import email.utils
-import hashlib
 import io
 import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import httpx
 import markupsafe
 import pytest
 
 from cluster import Cluster, Origin
-from conftest import free_port
-from processes import CLEAN_ENV, REPO, docgate
+from processes import CLEAN_ENV, REPO, docgate, nginx_serving
 from protocol.version import VERSION
+from warc_checks import check_warcs
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -41,10 +37,6 @@ MTIME = 1_700_000_000  # 2023-11-14T22:13:20Z, set on every file
 
 @pytest.fixture
 def nginx_origin(tmp_path: Path) -> Iterator[tuple[str, int, Path]]:
-    if not Path(NGINX).exists():
-        if os.environ.get("CI"):
-            pytest.fail("nginx is not installed; `make test` installs it")
-        pytest.skip("nginx is not installed (make test installs it when run as root)")
     root = tmp_path / "www"
     (root / "files").mkdir(parents=True)
     for i in range(1, 6):
@@ -53,47 +45,20 @@ def nginx_origin(tmp_path: Path) -> Iterator[tuple[str, int, Path]]:
         os.utime(path, (MTIME, MTIME))
     for path in (tmp_path, root, root / "files", *root.glob("files/*")):
         path.chmod(0o755 if path.is_dir() else 0o644)  # nginx's workers run as nobody
-    port = free_port()
-    config = tmp_path / "origin.conf"
-    config.write_text(
-        f"""
-worker_processes 1;
-events {{ worker_connections 64; }}
-http {{
+    http = f"""
     log_format agents '$http_user_agent';
     access_log {tmp_path / "access.log"} agents;
     server {{
-        listen 127.0.0.1:{port};
+        listen {{listen}};
         root {root};
         default_type application/pdf;
         location /old/ {{ return 301 /moved$uri; }}
         location /moved/ {{ rewrite ^/moved/old/(.*)$ /files/$1 redirect; }}
         location /files/ {{ }}
     }}
-}}
 """
-    )
-    pid = tmp_path / "origin.pid"
-    proc = subprocess.Popen(
-        [NGINX, "-c", str(config), "-e", str(tmp_path / "origin-error.log"), "-g", f"daemon off; pid {pid};"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/files/1.pdf", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            assert time.monotonic() < deadline, "nginx did not come up"
-            time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}", port, root
-    proc.send_signal(signal.SIGQUIT)
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
+    with nginx_serving(tmp_path, http, "/files/1.pdf") as base:
+        yield base, int(base.rsplit(":", 1)[1]), root
 
 
 @pytest.fixture
@@ -217,63 +182,6 @@ def export(cluster: Cluster, job: str, fmt: str) -> str:
     assert out.returncode == 0, out.stderr
     assert "5 documents exported" in out.stderr
     return out.stdout
-
-
-def warcio(*args: str) -> subprocess.CompletedProcess[str]:
-    """warcio's own command line (the Webrecorder library's checker and indexer)."""
-    return subprocess.run(
-        [sys.executable, "-m", "warcio.cli", *args], capture_output=True, text=True, timeout=120
-    )
-
-
-def check_warcs(cluster: Cluster) -> dict[str, dict[str, Any]]:
-    """Every recorded WARC is whole in the store with its recorded sha256, passes `warcio check`
-    and `warcio index`, and holds a request and a response for each document it names, whose
-    payload sha256 is the document's recorded sha256. Returns the response records by doc_id."""
-    from warcio.archiveiterator import ArchiveIterator
-
-    # WARCs first: a report the gate was still taking when its client died may commit between
-    # the two reads, and a WARC is recorded in the same write as its documents.
-    warcs = cluster.sql("SELECT * FROM warc_files ORDER BY storage_key")
-    documents = {r["doc_id"]: r for r in cluster.sql("SELECT * FROM documents")}
-    responses: dict[str, dict[str, Any]] = {}
-    paths = [str(cluster.store / w["storage_key"]) for w in warcs]
-    if paths:  # warcio's checker and indexer, once over every file
-        checked = warcio("check", "-v", *paths)
-        assert checked.returncode == 0, checked.stdout + checked.stderr
-        assert "digest fail" not in checked.stdout
-        assert checked.stdout.count("digest pass") == sum(w["records"] for w in warcs)
-        index = [
-            json.loads(line)
-            for line in warcio("index", "-f", "warc-type,filename", *paths).stdout.splitlines()
-        ]
-    for warc in warcs:
-        path = cluster.store / warc["storage_key"]
-        data = path.read_bytes()
-        assert hashlib.sha256(data).hexdigest() == warc["sha256"] and len(data) == warc["size"]
-        mine = [i["warc-type"] for i in index if i["filename"] == path.name]
-        assert mine == ["warcinfo"] + ["request", "response"] * len(warc["doc_ids"])
-        assert warc["records"] == len(mine)
-        with path.open("rb") as f:
-            records = list(ArchiveIterator(f))
-            info = records[0]
-        for record in records[1:]:
-            if record.rec_type != "response":
-                continue
-            uri = record.rec_headers.get_header("WARC-Target-URI")
-            doc_id = next(d for d in warc["doc_ids"] if documents[d]["final_url"] == uri)
-            responses[doc_id] = {
-                "ip": record.rec_headers.get_header("WARC-IP-Address"),
-                "payload_digest": record.rec_headers.get_header("WARC-Payload-Digest"),
-                "status": record.http_headers.get_statuscode(),
-                "etag": record.http_headers.get_header("etag"),
-            }
-        for doc_id in warc["doc_ids"]:
-            assert documents[doc_id]["warc_key"] == warc["storage_key"]
-            digest = base64.b32encode(bytes.fromhex(documents[doc_id]["sha256"])).decode()
-            assert responses[doc_id]["payload_digest"] == f"sha256:{digest}"
-        assert info.rec_type == "warcinfo"
-    return responses
 
 
 def test_warc_files_pass_warcio_and_hold_every_document(

@@ -1,0 +1,73 @@
+"""What every WARC the gate has recorded must be: whole, valid by warcio's own checker, and
+holding exactly the documents it names, with their digests."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import subprocess
+import sys
+from typing import Any
+
+from cluster import Cluster
+
+
+def warcio(*args: str) -> subprocess.CompletedProcess[str]:
+    """warcio's own command line (the Webrecorder library's checker and indexer)."""
+    return subprocess.run(
+        [sys.executable, "-m", "warcio.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def check_warcs(cluster: Cluster) -> dict[str, dict[str, Any]]:
+    """Every recorded WARC is whole in the store with its recorded sha256, passes `warcio check`
+    and `warcio index`, and holds a request and a response for each document it names, whose
+    payload sha256 is the document's recorded sha256 (its transfer_sha256 when it came
+    content-encoded). Returns the response records by doc_id."""
+    from warcio.archiveiterator import ArchiveIterator
+
+    # WARCs first: a report the gate was still taking when its client died may commit between
+    # the two reads, and a WARC is recorded in the same write as its documents.
+    warcs = cluster.sql("SELECT * FROM warc_files ORDER BY storage_key")
+    documents = {r["doc_id"]: r for r in cluster.sql("SELECT * FROM documents")}
+    responses: dict[str, dict[str, Any]] = {}
+    paths = [str(cluster.store / w["storage_key"]) for w in warcs]
+    if paths:  # warcio's checker and indexer, once over every file
+        checked = warcio("check", "-v", *paths)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert "digest fail" not in checked.stdout
+        assert checked.stdout.count("digest pass") == sum(w["records"] for w in warcs)
+        index = [
+            json.loads(line)
+            for line in warcio("index", "-f", "warc-type,filename", *paths).stdout.splitlines()
+        ]
+    for warc in warcs:
+        path = cluster.store / warc["storage_key"]
+        data = path.read_bytes()
+        assert hashlib.sha256(data).hexdigest() == warc["sha256"] and len(data) == warc["size"]
+        mine = [i["warc-type"] for i in index if i["filename"] == path.name]
+        assert mine == ["warcinfo"] + ["request", "response"] * len(warc["doc_ids"])
+        assert warc["records"] == len(mine)
+        with path.open("rb") as f:
+            records = list(ArchiveIterator(f))
+            info = records[0]
+        for record in records[1:]:
+            if record.rec_type != "response":
+                continue
+            uri = record.rec_headers.get_header("WARC-Target-URI")
+            doc_id = next(d for d in warc["doc_ids"] if documents[d]["final_url"] == uri)
+            responses[doc_id] = {
+                "ip": record.rec_headers.get_header("WARC-IP-Address"),
+                "payload_digest": record.rec_headers.get_header("WARC-Payload-Digest"),
+                "status": record.http_headers.get_statuscode(),
+                "etag": record.http_headers.get_header("etag"),
+            }
+        for doc_id in warc["doc_ids"]:
+            assert documents[doc_id]["warc_key"] == warc["storage_key"]
+            # The payload is the body as transferred: the document's bytes unless it came encoded.
+            payload = documents[doc_id]["transfer_sha256"] or documents[doc_id]["sha256"]
+            digest = base64.b32encode(bytes.fromhex(payload)).decode()
+            assert responses[doc_id]["payload_digest"] == f"sha256:{digest}"
+        assert info.rec_type == "warcinfo"
+    return responses
