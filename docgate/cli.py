@@ -96,6 +96,10 @@ def _parser() -> argparse.ArgumentParser:
     index.add_argument("job_id", help="the job's id")
     index.add_argument("--output", help="write here instead of standard output")
     index.set_defaults(run=run_warc_index)
+    pack = warc.add_parser("pack", help="a job's WARC files as one WACZ (index, pages, datapackage)")
+    pack.add_argument("job_id", help="the job's id")
+    pack.add_argument("--output", help="the WACZ file to write (default: <job>.wacz here)")
+    pack.set_defaults(run=run_warc_pack)
 
     key = sub.add_parser("admin-key", help="admin key maintenance").add_subparsers(required=True)
     reset = key.add_parser("reset", help="replace every stored admin key with a new one")
@@ -294,6 +298,36 @@ def run_warc_index(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise DocgateError(f"--output {args.output}: {exc.strerror}") from None
     print(f"job {job_id}: {files} WARC files indexed", file=sys.stderr)
+    return 0
+
+
+def run_warc_pack(args: argparse.Namespace) -> int:
+    """The job's WARC files, read from the gate's store (STORAGE_URL), as one WACZ
+    (docgate.wacz): streaming, in bounded memory, each file checked against its record."""
+    from docgate.wacz import pack
+    from server.db.pool import Pool
+
+    job_id = _job_id(args.job_id)
+    output = Path(args.output or f"{job_id}.wacz")
+    if not output.parent.is_dir():
+        raise DocgateError(f"--output {output}: no folder {output.parent}")
+    store = Settings.load().open_store()
+
+    async def work(pool: Pool) -> Any:
+        try:
+            return await pack(pool, store, job_id, output)
+        finally:
+            await store.close()
+
+    try:
+        packed = with_pool(work)
+    except OSError as exc:
+        raise DocgateError(f"--output {output}: {exc.strerror}") from None
+    print(
+        f"job {job_id}: {packed.warcs} WARC files, {packed.records} records indexed, "
+        f"{packed.pages} pages, in {output}",
+        file=sys.stderr,
+    )
     return 0
 
 

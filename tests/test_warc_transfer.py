@@ -14,6 +14,8 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -305,3 +307,113 @@ def test_warc_is_a_job_setting_its_tasks_carry() -> None:
     spread = merged(profile, own)
     assert spread.warc is True and spread.min_size == 10
     assert profile.rules.warc is None  # the control: the profile alone keeps no WARC
+
+
+def wacz_validate(path: Path) -> subprocess.CompletedProcess[str]:
+    """py-wacz's own validator (Webrecorder's WACZ library): the datapackage (Frictionless), every
+    file listed, every file's sha256, the datapackage digest."""
+    return subprocess.run(
+        [sys.executable, "-m", "wacz", "validate", "-f", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def replay(wacz: Path, url: str) -> Any:
+    """What a replay tool does to find a URL in a WACZ: its SURT key looked up in index.idx, that
+    gzip block of index.cdx.gz read, the line's WARC record read at its offset in archive/."""
+    import gzip as gz
+    import io
+    import json
+    import zipfile
+
+    from surt import surt
+    from warcio.archiveiterator import ArchiveIterator
+
+    key = surt(url)
+    with zipfile.ZipFile(wacz) as z:
+        blocks = [line.split(" ", 2) for line in z.read("indexes/index.idx").decode().splitlines()]
+        blocks = [b for b in blocks if not b[0].startswith("!")]
+        chosen = [b for b in blocks if b[0] <= key][-1]  # the last block starting at or before it
+        where = json.loads(chosen[2])
+        data = z.read("indexes/index.cdx.gz")[where["offset"] : where["offset"] + where["length"]]
+        lines = [line.split(" ", 2) for line in gz.decompress(data).decode().splitlines()]
+        entry = next(json.loads(f) for k, _, f in lines if k == key and '"status"' in f)
+        archive = z.read("archive/" + entry["filename"])
+    start, length = int(entry["offset"]), int(entry["length"])
+    record = next(iter(ArchiveIterator(io.BytesIO(archive[start : start + length]))))
+    assert record.rec_type == "response"
+    return record
+
+
+def test_a_jobs_wacz_passes_the_validator_and_replays_what_the_origin_sent(
+    tmp_path: Path, db_dsn: str, gzip_origin: str
+) -> None:
+    """`docgate warc pack JOB`: py-wacz's validator passes it, and a document found through its
+    index is nginx's gzip answer, decoding to the stored document. Controls: a WARC in the store
+    that is not the one recorded stops the pack (no WACZ written); a WACZ with one byte of a WARC
+    changed fails the validator."""
+    import zipfile
+
+    from processes import CLEAN_ENV, REPO, docgate
+
+    cluster = Cluster(tmp_path, db_dsn)
+    env = CLEAN_ENV | {"DATABASE_URL": cluster.dsn, "STORAGE_URL": str(cluster.store)}
+    try:
+        job_id = job(cluster, gzip_origin + "/onthefly/{id}.pdf", 6, warc=True)
+        cluster.client("archivist", "--exit-when-idle")
+        assert cluster.wait_clients() == [0]
+        docs = {str(i): cluster.get(f"/api/v1/documents/{i}") for i in range(1, 7)}
+        output = tmp_path / "job.wacz"
+        packed = subprocess.run(docgate("warc", "pack", job_id, "--output", str(output)), cwd=REPO,
+                                env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert packed.returncode == 0, packed.stderr
+        assert "6 pages" in packed.stderr, packed.stderr
+        checked = wacz_validate(output)
+        assert "Validation succeeded" in checked.stdout and "failed" not in checked.stdout, checked.stdout
+        for doc_id, doc in docs.items():
+            record = replay(output, doc["final_url"])
+            stored = (cluster.store / doc["storage_key"]).read_bytes()
+            assert record.http_headers.get_header("Content-Encoding") == "gzip"
+            _, sent = as_sent(f"{gzip_origin}/onthefly/{doc_id}.pdf")
+            replayed = record.raw_stream.read()
+            assert replayed == sent and gzip.decompress(replayed) == stored  # the origin's bytes
+        with zipfile.ZipFile(output) as z:
+            names = z.namelist()
+            pages = z.read("pages/pages.jsonl").decode().splitlines()
+            stored_whole = all(
+                i.compress_type == zipfile.ZIP_STORED
+                for i in z.infolist()
+                if i.filename.startswith("archive/")
+            )
+        assert stored_whole and {"datapackage.json", "datapackage-digest.json", "indexes/index.idx"} <= set(
+            names
+        )
+        assert len(pages) == 7 and '"format": "json-pages-1.0"' in pages[0]
+
+        # The control for the validator: one byte of a WARC changed, the datapackage as it was.
+        bad = tmp_path / "bad.wacz"
+        with zipfile.ZipFile(output) as src, zipfile.ZipFile(bad, "w") as dst:
+            changed = False
+            for info in src.infolist():
+                data = src.read(info)
+                if info.filename.startswith("archive/") and not changed:
+                    data, changed = data[:-1] + bytes([data[-1] ^ 1]), True
+                dst.writestr(info, data)
+        failed = wacz_validate(bad)  # (py-wacz exits 0 either way: its verdict is in its output)
+        assert "Validation failed" in failed.stdout and "Validation succeeded" not in failed.stdout
+
+        # The control for the pack: a WARC in the store that is not the one recorded.
+        (key,) = cluster.sql("SELECT storage_key FROM warc_files ORDER BY storage_key LIMIT 1")[0]
+        tampered = cluster.store / key
+        tampered.chmod(0o644)
+        tampered.write_bytes(tampered.read_bytes() + b"\0")
+        again = tmp_path / "again.wacz"
+        refused = subprocess.run(docgate("warc", "pack", job_id, "--output", str(again)), cwd=REPO,
+                                 env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    finally:
+        cluster.stop()
+    assert refused.returncode == 2 and "is not the WARC recorded" in refused.stderr, refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1  # one line, no traceback
+    assert not again.exists() and not list(tmp_path.glob("again.wacz*"))
