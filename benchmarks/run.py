@@ -21,7 +21,7 @@ from benchmarks.lib import RESULTS, postgres, processes
 
 SCENARIOS = (
     "control_plane", "creation", "backlog", "dashboard", "busy", "data_plane", "many_clients", "grants",
-    "export", "harvest", "fleet",
+    "export", "harvest", "fleet", "wacz",
 )  # fmt: skip
 
 

@@ -14,19 +14,29 @@ import contextlib
 import hashlib
 import logging
 import random
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import TYPE_CHECKING, TypeVar
+from typing import IO, TYPE_CHECKING, TypeVar
 
 from client import bodies
 from client.config import ClientConfig
-from client.download import Body, DocumentFailed, Fetcher
+from client.download import (
+    NOT_MODIFIED,
+    WARC_IDENTICAL,
+    WARC_NOT_MODIFIED,
+    Body,
+    DocumentFailed,
+    Fetcher,
+    Revisit,
+)
 from client.errors import LeaseLost
 from client.run import Failure, Kind, Outcome, TaskRun
 from client.sources import DocRef
 from protocol import v1
 from protocol.failures import FailureCode
+from protocol.params import Seen
 from storage import PutOptions, Storage, StorageError
 from storage.base import Fence, from_bytes
 from storage.errors import (
@@ -38,10 +48,11 @@ from storage.errors import (
     TooLarge,
     WriteRefused,
 )
-from storage.keys import document_key
+from storage.keys import document_key, unversioned, version_key
 
 if TYPE_CHECKING:  # warcio is imported only by clients that write WARC
     from client.warc import Spool
+
 
 log = logging.getLogger("docgate.client")
 STORAGE_RETRY_SECONDS = (0.5, 1.0, 2.0, 4.0, 8.0)  # then the document counts as failed transiently
@@ -105,7 +116,69 @@ class DocumentStep:
     async def run(self, run: TaskRun, ref: DocRef, absent: bool = False) -> Outcome | Downloaded:
         """`absent`: the store was just seen to hold nothing for it (DocumentStep.absent). A
         small document comes back `Downloaded`, for `keep` to store."""
+        if ref.seen is not None:
+            return await self._sorted(ref, partial(self._revisit, run, ref, ref.seen))
         return await self._sorted(ref, partial(self._store, run, ref, absent))
+
+    async def _revisit(self, run: TaskRun, ref: DocRef, seen: Seen) -> Outcome:
+        """A recorded document fetched again, asked conditionally (its ETag, its Last-Modified).
+        A 304, or the same bytes, is `unchanged` (a WARC revisit record); other bytes are the
+        next version, stored beside the first (storage.keys.version_key); a 404/410 fails it,
+        and the gate marks it withdrawn."""
+        conditional = {}
+        if seen.etag:
+            conditional["If-None-Match"] = seen.etag
+        if seen.last_modified:
+            conditional["If-Modified-Since"] = seen.last_modified
+        key = version_key(unversioned(seen.storage_key)[0], seen.version + 1)
+        fence = Fence(str(run.task.task_id), str(run.task.lease_token))
+        found = PutOptions(
+            max_size=self.config.max_document_size, doc_id=ref.doc_id, ext=ref.ext, fence=fence
+        )
+
+        async def sink(body: Body) -> Outcome:
+            spool = await run.warc.tee(body) if run.warc is not None else None
+            try:
+                held = _Held(self.config.max_document_size)
+                if body.status != NOT_MODIFIED:
+                    async for chunk in await bodies.checked(body, ref.ext, run.work.rules):
+                        await held.add(chunk)
+                if body.status == NOT_MODIFIED or held.sha256() == seen.sha256:
+                    return self._unchanged(run, ref, seen, body, spool)
+                options = replace(
+                    found, content_type=body.content_type, compress=self.config.compress == "gzip"
+                )
+                stored = await self.store.put(key, held.chunks(), options)
+            except BaseException:
+                if run.warc is not None and spool is not None:
+                    run.warc.drop(spool)
+                raise
+            finally:
+                held.close()
+            if run.warc is not None and spool is not None:
+                run.warc.add(ref.doc_id, ref.url, body, spool)
+            report = v1.DocumentReport.of_stored(
+                ref.doc_id, stored, url=ref.url, status=v1.DocumentStatus.STORED, capture=body.captured()
+            ).model_copy(update={"version": seen.version + 1})
+            return Outcome(Kind.STORED, ref, report, size=stored.size)
+
+        return await self.fetcher.fetch(ref.url, sink, bodies.asked(run.work.rules), conditional=conditional)
+
+    def _unchanged(self, run: TaskRun, ref: DocRef, seen: Seen, body: Body, spool: Spool | None) -> Outcome:
+        if run.warc is not None:
+            profile = WARC_NOT_MODIFIED if body.status == NOT_MODIFIED else WARC_IDENTICAL
+            digest = (
+                None
+                if body.status == NOT_MODIFIED
+                else (body.wire.transferred().get("transfer_sha256") or seen.sha256)
+            )
+            revisit = Revisit(profile, ref.url, seen.fetched_at, digest)
+            run.warc.add_revisit(ref.doc_id, ref.url, body, revisit, spool)
+        report = v1.DocumentReport(
+            doc_id=ref.doc_id, storage_key=seen.storage_key, sha256=seen.sha256, size=seen.size, url=ref.url,
+            status=v1.DocumentStatus.UNCHANGED, capture=body.captured(),
+        )  # fmt: skip
+        return Outcome(Kind.SKIPPED, ref, report)
 
     async def keep(self, run: TaskRun, got: Downloaded) -> Outcome:
         """Store a document read whole; storage trouble retries the put, not the download."""
@@ -254,6 +327,49 @@ class DocumentStep:
                 run.warc.drop(spool)
             raise
         return hasher.hexdigest(), body, spool
+
+
+class _Held:
+    """A revisit's body, held until its sha256 says whether it is a new version: in memory up to
+    READ_WHOLE, in a temporary file (written in a thread) beyond; at most `limit` bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.digest = hashlib.sha256()
+        self.head = bytearray()
+        self.spill: IO[bytes] | None = None
+        self.size = 0
+
+    async def add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise DocumentFailed(
+                FailureCode.TOO_LARGE, f"over --max-document-size ({self.limit})", permanent=True
+            )
+        self.digest.update(chunk)
+        if self.spill is None and len(self.head) + len(chunk) <= READ_WHOLE:
+            self.head += chunk
+            return
+        if self.spill is None:
+            self.spill = await asyncio.to_thread(tempfile.TemporaryFile)
+            await asyncio.to_thread(self.spill.write, bytes(self.head))
+            self.head = bytearray()
+        await asyncio.to_thread(self.spill.write, chunk)
+
+    def sha256(self) -> str:
+        return self.digest.hexdigest()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        if self.spill is None:
+            yield bytes(self.head)
+            return
+        await asyncio.to_thread(self.spill.seek, 0)
+        while block := await asyncio.to_thread(self.spill.read, 1 << 20):
+            yield block
+
+    def close(self) -> None:
+        if self.spill is not None:
+            self.spill.close()
 
 
 def _stored(ref: DocRef, stored: v1.StoredDocument, capture: v1.Capture | None) -> Outcome:

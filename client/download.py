@@ -22,7 +22,7 @@ import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import urlencode
@@ -45,6 +45,7 @@ RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 # error rate (server/domain/budget.py: sporadic errors are not throttling).
 THROTTLED = 429
 MAX_REDIRECTS = 5
+NOT_MODIFIED = 304
 BLOCKS = frozenset({FailureCode.BLOCKED, FailureCode.WRONG_TYPE, FailureCode.EMPTY_PAGE})
 MAX_RETRY_AFTER = 300.0
 READ_CHUNK = 1 << 20
@@ -120,6 +121,23 @@ class Wire:
         return {"transfer_sha256": self.digest.hexdigest(), "transfer_size": self.size}
 
 
+# A revisit record's profiles (WARC 1.1 §6.7.2, §6.7.3).
+WARC_IDENTICAL = "http://netpreserve.org/warc/1.1/revisit/identical-payload-digest"
+WARC_NOT_MODIFIED = "http://netpreserve.org/warc/1.1/revisit/server-not-modified"
+
+
+@dataclass(frozen=True)
+class Revisit:
+    """What a WARC revisit record says (client.warc writes it): the same payload as the capture
+    it refers to (identical-payload-digest, with that payload's sha256), or a 304
+    (server-not-modified)."""
+
+    profile: str
+    refers_to_uri: str
+    refers_to_date: str | None
+    digest: str | None
+
+
 @dataclass(frozen=True)
 class Body:
     chunks: AsyncIterator[bytes]  # the document: the body with its Content-Encoding undone
@@ -128,6 +146,7 @@ class Body:
     wire: Wire  # what went over the wire (client.warc records it)
     url: str = ""  # where it came from, after redirects
     capture: v1.Capture | None = None  # how: redirects, status, headers, server, when
+    status: int = 200  # 304: not modified since the conditional request's version (no body)
 
     def captured(self) -> v1.Capture | None:
         """The capture once the body has been read: with the transferred bytes' sha256 and size
@@ -209,10 +228,13 @@ class Fetcher:
         method: str = "GET",
         form: bytes | None = None,
         session: aiohttp.ClientSession | None = None,
+        conditional: dict[str, str] | None = None,
     ) -> T:
         """Fetch url (retrying) and hand its body to sink; sink's result is returned. `form`: a
-        form-encoded body to POST (a 301/302/303 turns it into a GET, as browsers do)."""
-        request = _Request(method, form, session or self.session, self.user_agent)
+        form-encoded body to POST (a 301/302/303 turns it into a GET, as browsers do).
+        `conditional`: If-None-Match / If-Modified-Since to send; a 304 then reaches the sink
+        as a Body of status 304 and no bytes."""
+        request = _Request(method, form, session or self.session, self.user_agent, conditional or {})
         for attempt in range(self.retries + 1):
             # A paused host (the gate's, or a Retry-After) is waited out before the attempt's clock.
             with contextlib.suppress(ValueError):
@@ -258,7 +280,9 @@ class Fetcher:
                             target = target.join(_parsed(reply.headers["Location"]))
                             request = request.redirected(reply.status)
                             continue
-                        return await self._deliver(host, reply, sink, asked, redirects)
+                        return await self._deliver(
+                            host, reply, sink, asked, redirects, bool(request.conditional)
+                        )
                 except Refused as exc:
                     raise DocumentFailed(FailureCode.REFUSED, f"refused: {exc}", permanent=True) from None
                 except aiohttp.InvalidURL as exc:
@@ -290,8 +314,11 @@ class Fetcher:
         sink: Callable[[Body], Awaitable[T]],
         asked: Asked,
         redirects: list[v1.Redirect],
+        conditional: bool = False,
     ) -> T:
         try:
+            if conditional and reply.status == NOT_MODIFIED:  # the version the request named
+                return await sink(replace(self._body(reply, redirects), status=NOT_MODIFIED))
             if reply.status in asked.block_statuses:
                 raise DocumentFailed(
                     FailureCode.BLOCKED,
@@ -399,9 +426,10 @@ class _Request:
     form: bytes | None
     session: aiohttp.ClientSession
     agent: str
+    conditional: dict[str, str] = field(default_factory=dict)
 
     def send(self, target: URL) -> Any:
-        headers = {"User-Agent": self.agent}
+        headers = {"User-Agent": self.agent} | self.conditional
         if self.form is not None:
             headers["Content-Type"] = "application/x-www-form-urlencoded"
         return self.session.request(
@@ -411,7 +439,7 @@ class _Request:
     def redirected(self, status: int) -> _Request:
         """After a redirect: a 301/302/303 turns a POST into a GET without the form, as browsers do."""
         if status in (301, 302, 303) and self.method != "GET":
-            return _Request("GET", None, self.session, self.agent)
+            return _Request("GET", None, self.session, self.agent, self.conditional)
         return self
 
 

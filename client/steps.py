@@ -134,10 +134,11 @@ class TaskSteps:
         refs = [ref for ref in refs if self._reportable(run, ref)]
         if not refs:
             return
-        known = await self.gate.known([r.doc_id for r in refs], run.task.collection)
-        absent = await self.document.absent(run, [r for r in refs if r.doc_id not in known])
+        fresh = [r for r in refs if r.seen is None]  # a revisit's are recorded: fetched again
+        known = await self.gate.known([r.doc_id for r in fresh], run.task.collection) if fresh else set()
+        absent = await self.document.absent(run, [r for r in fresh if r.doc_id not in known])
         for ref in refs:
-            if ref.doc_id in known:  # already recorded at the gate: not fetched again
+            if ref.seen is None and ref.doc_id in known:  # already recorded at the gate: not fetched again
                 run.fold(Outcome(Kind.SKIPPED, ref))
                 continue
             await self.slots.acquire()

@@ -27,6 +27,7 @@ sent again (its answer lost) carries the WARC it was sealed with.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import io
 import os
@@ -44,7 +45,7 @@ from warcio.timeutils import datetime_to_iso_date
 from warcio.utils import Digester
 from warcio.warcwriter import WARCWriter
 
-from client.download import Body, Wire
+from client.download import WARC_NOT_MODIFIED, Body, Revisit, Wire
 from protocol import v1
 from protocol.version import VERSION
 from storage import PutOptions, Storage
@@ -64,13 +65,14 @@ class Sha256Writer(WARCWriter):  # type: ignore[misc]
 @dataclass
 class _Pending:
     """One document waiting to go into a WARC: its capture, the exchange, and the body as
-    transferred (spooled)."""
+    transferred (spooled), or what a revisit record says instead."""
 
     doc_id: str
     url: str
     capture: v1.Capture
     wire: Wire
-    payload: Path
+    payload: Path | None
+    revisit: Revisit | None = None
 
 
 @dataclass
@@ -124,6 +126,14 @@ class WarcRecorder:
             return
         self.pending[doc_id] = _Pending(doc_id, url, capture, body.wire, spool.path)
 
+    def add_revisit(self, doc_id: str, url: str, body: Body, revisit: Revisit, spool: Spool | None) -> None:
+        """A revisit found the document as recorded: a revisit record, no payload."""
+        if spool is not None:
+            self.drop(spool)
+        capture = body.captured()
+        if capture is not None:
+            self.pending[doc_id] = _Pending(doc_id, url, capture, body.wire, None, revisit)
+
     def drop(self, spool: Spool) -> None:
         handle, spool.handle = spool.handle, None
         if handle is not None:
@@ -150,7 +160,8 @@ class WarcRecorder:
         finally:
             self.threads.submit(_unlink, path)
             for item in batch:
-                self.threads.submit(_unlink, item.payload)
+                if item.payload is not None:
+                    self.threads.submit(_unlink, item.payload)
         self.unsent = v1.WarcReport(
             storage_key=stored.storage_key,
             sha256=stored.sha256,
@@ -166,7 +177,8 @@ class WarcRecorder:
 
     def close(self) -> None:
         for item in self.pending.values():
-            self.threads.submit(_unlink, item.payload)
+            if item.payload is not None:
+                self.threads.submit(_unlink, item.payload)
         self.pending = {}
 
     def _write(self, name: str, batch: list[_Pending]) -> Path:
@@ -215,6 +227,11 @@ def _write_exchange(writer: Sha256Writer, item: _Pending) -> None:
     headers = [(name, value) for name, value in wire.headers if name.lower() != "transfer-encoding"]
     protocol, _, status = wire.status.partition(" ")
     response_headers = StatusAndHeaders(status, headers, protocol=protocol)
+    concurrent = {"WARC-Concurrent-To": request.rec_headers.get_header("WARC-Record-ID")}
+    if item.revisit is not None or item.payload is None:
+        writer.write_record(request)
+        writer.write_record(_revisit(writer, target, item.revisit, response_headers, common | concurrent))
+        return
     size = item.payload.stat().st_size
     with item.payload.open("rb") as payload:
         response = writer.create_warc_record(
@@ -223,11 +240,29 @@ def _write_exchange(writer: Sha256Writer, item: _Pending) -> None:
             payload=payload,
             length=size,
             http_headers=response_headers,
-            warc_headers_dict=common
-            | {"WARC-Concurrent-To": request.rec_headers.get_header("WARC-Record-ID")},
+            warc_headers_dict=common | concurrent,
         )
         writer.write_record(request)
         writer.write_record(response)
+
+
+def _revisit(
+    writer: Sha256Writer,
+    target: str,
+    revisit: Revisit | None,
+    headers: StatusAndHeaders,
+    warc: dict[str, str],
+) -> Any:
+    """The revisit record: the answer's status line and headers, no payload, and what it refers to."""
+    said = revisit or Revisit(WARC_NOT_MODIFIED, target, None, None)
+    fields = warc | {"WARC-Profile": said.profile, "WARC-Refers-To-Target-URI": said.refers_to_uri}
+    if said.refers_to_date:
+        fields["WARC-Refers-To-Date"] = said.refers_to_date
+    if said.digest:
+        fields["WARC-Payload-Digest"] = "sha256:" + base64.b32encode(bytes.fromhex(said.digest)).decode()
+    return writer.create_warc_record(
+        target, "revisit", payload=_empty(), length=0, http_headers=headers, warc_headers_dict=fields
+    )
 
 
 def _empty() -> Any:

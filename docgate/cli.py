@@ -91,6 +91,10 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--output", help="write here instead of standard output")
     export.set_defaults(run=run_export)
 
+    revisit = sub.add_parser("revisit", help="fetch a job's recorded documents again (versions, withdrawals)")
+    revisit.add_argument("job_id", help="the job's id")
+    revisit.set_defaults(run=run_revisit)
+
     warc = sub.add_parser("warc", help="the WARC files clients wrote (--warc)").add_subparsers(required=True)
     index = warc.add_parser("index", help="a job's WARC files as one sorted CDXJ index (cdxj-indexer)")
     index.add_argument("job_id", help="the job's id")
@@ -298,6 +302,22 @@ def run_warc_index(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise DocgateError(f"--output {args.output}: {exc.strerror}") from None
     print(f"job {job_id}: {files} WARC files indexed", file=sys.stderr)
+    return 0
+
+
+def run_revisit(args: argparse.Namespace) -> int:
+    """Queue the job's recorded documents to be fetched again (server/db/revisits.py)."""
+    from server.db import revisits
+    from server.db.pool import Pool
+
+    job_id = _job_id(args.job_id)
+    max_attempts = Settings.load().max_attempts
+
+    async def work(pool: Pool) -> Any:
+        return await revisits.start(pool, job_id, max_attempts)
+
+    started = with_pool(work)
+    print(f"job {job_id}: {started.documents} documents to revisit, in {started.tasks_created} tasks")
     return 0
 
 

@@ -191,3 +191,16 @@ HeaderName = Annotated[
     str, StringConstraints(min_length=1, max_length=MAX_HEADER_NAME), AfterValidator(printable)
 ]
 HeaderValue = Annotated[str, StringConstraints(max_length=MAX_HEADER_VALUE), AfterValidator(no_nul)]
+
+
+# Durations as the API takes them: 90s, 30m, 6h, 3d.
+DURATION_PATTERN = r"^([1-9][0-9]{0,5})(s|m|h|d)$"
+UNITS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400}
+Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN)]
+
+
+def seconds(duration: str) -> int:
+    """`6h` → 21600 (s, m, h, d)."""
+    found = re.fullmatch(DURATION_PATTERN, duration)
+    assert found is not None, duration  # checked by Duration
+    return int(found[1]) * UNITS[found[2]]

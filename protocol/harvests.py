@@ -12,7 +12,6 @@ halves down to one day, then by `split_by`'s values; what still exceeds the cap 
 
 from __future__ import annotations
 
-import re
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -23,31 +22,22 @@ from protocol.base import (
     MAX_ATTEMPTS_BOUND,
     MAX_PRIORITY,
     CollectionName,
+    Duration,
     JsonObject,
     Reply,
     Request,
     SourceName,
     no_nul,
 )
-from protocol.params import Politeness, ProfileTaskParams, handed_down
+from protocol.params import Politeness, ProfileTaskParams, Revisit, handed_down
 from protocol.sources import DateFields
 
 MAX_WINDOWS = 200_000  # windows one call may create (10 years of days × 50 values is 182,500)
 MAX_VALUES = 1_000
-DURATION_PATTERN = r"^([1-9][0-9]{0,5})(s|m|h|d)$"
-UNITS = {"s": 1, "m": 60, "h": 3_600, "d": 86_400}
 EARLIEST = date(1900, 1, 1)
 
 
-def seconds(duration: str) -> int:
-    """`6h` → 21600 (s, m, h, d)."""
-    found = re.fullmatch(DURATION_PATTERN, duration)
-    assert found is not None, duration  # checked by Duration
-    return int(found[1]) * UNITS[found[2]]
-
-
 Day = Annotated[date, Field(strict=False)]
-Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN)]
 FieldValue = Annotated[str, StringConstraints(max_length=2_000), AfterValidator(no_nul)]
 FieldName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")]
 WindowState = Literal["pending", "searching", "split", "complete", "short", "over_cap", "failed", "cancelled"]
@@ -132,6 +122,7 @@ class HarvestCreate(Request):
     warc: bool | None = Field(
         default=None, description="The same as params.warc: a WARC of every document's capture."
     )
+    revisit: Revisit | None = Field(default=None, description="fetch its documents again every so often")
 
     _handed_down = model_validator(mode="after")(handed_down)
 

@@ -18,8 +18,11 @@ from protocol.base import (
     MAX_CONTENT_TYPE,
     MAX_DOCUMENTS_PER_TASK,
     MAX_JOB_COUNT,
+    MAX_SIZE,
     MAX_URL,
+    SHA256_PATTERN,
     DocId,
+    Duration,
     Request,
     WireUUID,
     no_nul,
@@ -192,10 +195,31 @@ class IdRangeTaskParams(ContentRules):
         return self
 
 
+class Seen(Request):
+    """What a revisit knows of a document: its current version as recorded, for a conditional
+    request (If-None-Match, If-Modified-Since) and to tell changed bytes from the same ones."""
+
+    version: Annotated[int, Field(ge=1, le=1_000_000)]
+    sha256: Annotated[str, StringConstraints(pattern=SHA256_PATTERN)]
+    size: Annotated[int, Field(ge=0, le=MAX_SIZE)]
+    storage_key: Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+    etag: Annotated[str, StringConstraints(max_length=1000)] | None = None
+    last_modified: Annotated[str, StringConstraints(max_length=1000)] | None = None
+    fetched_at: Annotated[str, StringConstraints(max_length=40)] | None = None
+
+
 class UrlItem(Request):
     doc_id: DocId
     url: HttpUrl
     ext: Ext | None = None
+    seen: Seen | None = Field(default=None, description="a revisit's: the document as last recorded")
+
+
+class Revisit(Request):
+    """Fetch a job's recorded documents again every `every` (90s, 30m, 6h, 30d): conditional
+    requests, a new version where the bytes changed, `withdrawn` where the origin answers 404/410."""
+
+    every: Duration
 
 
 class UrlsTaskParams(ContentRules):
@@ -204,6 +228,7 @@ class UrlsTaskParams(ContentRules):
     urls: Annotated[list[UrlItem], Field(min_length=1, max_length=MAX_DOCUMENTS_PER_TASK)]
     ext: Ext = ""
     found_by: WireUUID | None = Field(default=None, description="the search task that found these documents")
+    revisit: bool = Field(default=False, description="its documents are recorded: fetch them again")
 
 
 class ListingRules(ContentRules):

@@ -50,6 +50,7 @@ class DocumentStatus(StrEnum):
     STORED = "stored"
     SKIPPED = "skipped"
     FAILED = "failed"
+    UNCHANGED = "unchanged"  # a revisit found the recorded version still served (304, or the same bytes)
 
 
 class ClientStatus(StrEnum):
@@ -265,13 +266,18 @@ class DocumentReport(Request):
         description="why it failed, from one table (protocol/failures.py); `error` says it in words",
     )
     capture: Capture | None = Field(default=None, description="how it was fetched (stored documents)")
+    version: Annotated[int, Field(ge=2, le=1_000_000)] | None = Field(
+        default=None, description="a revisit's new version of a recorded document (its versioned key)"
+    )
 
     @model_validator(mode="after")
     def _stored_has_proof(self) -> DocumentReport:
-        if self.status is DocumentStatus.STORED and (
+        if self.status in (DocumentStatus.STORED, DocumentStatus.UNCHANGED) and (
             self.storage_key is None or self.sha256 is None or self.size is None
         ):
-            raise ValueError("a stored document needs storage_key, sha256 and size")
+            raise ValueError(f"a {self.status} document needs storage_key, sha256 and size")
+        if self.version is not None and self.status is not DocumentStatus.STORED:
+            raise ValueError("only a stored document has a new version")
         return self
 
     @classmethod
@@ -563,6 +569,7 @@ class JobCreate(Request):
     warc: bool | None = Field(
         default=None, description="The same as params.warc: a WARC of every document's capture."
     )
+    revisit: Revisit | None = Field(default=None, description="fetch its documents again every so often")
 
     _handed_down = model_validator(mode="after")(handed_down)
 
@@ -632,6 +639,8 @@ class Job(Reply):
     )
     runs: int = Field(default=0, description="a harvest's runs so far")
     next_run_at: datetime | None = Field(default=None, description="a repeating harvest's next run")
+    revisit: dict[str, Any] | None = Field(default=None, description="how often its documents are revisited")
+    next_revisit_at: datetime | None = Field(default=None, description="its next revisit")
 
 
 # ---- documents
@@ -693,6 +702,44 @@ class Document(StoredDocument):
     client_version: str | None = None
     attempt: int | None = Field(default=None, description="the task's attempt that fetched it")
     warc_key: str | None = Field(default=None, description="the WARC file holding its request and response")
+    version: int = Field(default=1, description="its current version (GET …/versions lists them all)")
+    revisited_at: datetime | None = Field(default=None, description="when a revisit last found it served")
+    withdrawn_at: datetime | None = Field(
+        default=None, description="when a revisit found it gone (404/410): its bytes are kept"
+    )
+
+
+class DocumentVersion(Reply):
+    """One version of a document: what was stored, when it was fetched and recorded."""
+
+    version: int
+    current: bool
+    storage_key: str
+    sha256: str
+    size: int
+    content_type: str | None = None
+    compressed: bool = False
+    version_id: str | None = Field(default=None, description="the object's version in a versioned store")
+    fetched_at: datetime | None = None
+    recorded_at: datetime
+    superseded_at: datetime | None = Field(default=None, description="when a later version replaced it")
+    etag: str | None = None
+    last_modified: str | None = None
+    transfer_sha256: str | None = None
+    warc_key: str | None = None
+
+
+class DocumentVersions(Reply):
+    doc_id: str
+    collection: str = ""
+    withdrawn_at: datetime | None = None
+    versions: list[DocumentVersion] = Field(description="oldest first; the last is the current one")
+
+
+class RevisitStarted(Reply):
+    job_id: UUID
+    documents: int = Field(description="documents queued to be fetched again")
+    tasks_created: int
 
 
 class ExportedDocument(Reply):

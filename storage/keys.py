@@ -8,7 +8,10 @@ they are sharded by hash: ``h<first 3 hex digits of sha256(doc_id)>/<doc_id><ext
 (4,096 shards), e.g. ``report-7.pdf`` with ``.pdf`` → ``h3a1/report-7.pdf.pdf``.
 The ``h`` keeps hash shards apart from numeric ones.
 
-A compressed document's key ends in ``<ext>.gz``. A key never starts with
+A compressed document's key ends in ``<ext>.gz``. A revisit's later versions of a document
+(version 2, 3, …) are stored beside its first, in a folder named for it:
+``73/3697692.tzb.v2/3697692.tzb``; the first keeps its key for ever (keys are written once).
+A key never starts with
 ``/``, never contains ``..`` or ``.``, and its parts use only ``[A-Za-z0-9._-]``,
 so no key can leave the store's root.
 """
@@ -66,6 +69,27 @@ def document_key(
 COLLECTION = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 
+def version_key(key: str, version: int) -> str:
+    """Where version `version` (2 or later) of the document first stored at `key` goes."""
+    if version < 2:
+        return key
+    folder, _, name = key.rpartition("/")
+    return f"{folder}/{name}.v{version}/{name}" if folder else f"{name}.v{version}/{name}"
+
+
+def unversioned(key: str) -> tuple[str, int]:
+    """The key of a document's first version and which version `key` is (1 for a plain key)."""
+    parts = key.split("/")
+    if len(parts) >= 3 and parts[-2].startswith(parts[-1] + ".v"):
+        number = parts[-2][len(parts[-1]) + 2 :]
+        if VERSION.fullmatch(number):
+            return "/".join([*parts[:-2], parts[-1]]), int(number)
+    return key, 1
+
+
+VERSION = re.compile(r"[2-9]|[1-9][0-9]{1,6}")
+
+
 def check_collection(collection: str) -> str:
     if not COLLECTION.fullmatch(collection):
         raise KeyRefused(f"collection {collection[:70]!r} must be lower case letters, digits, - and _")
@@ -74,6 +98,7 @@ def check_collection(collection: str) -> str:
 
 def collection_of(key: str) -> str:
     """The collection a document key is under ('' for `<shard>/<id><ext>`)."""
+    key = unversioned(key)[0]
     return key.split("/", 1)[0] if key.count("/") == 2 else ""
 
 

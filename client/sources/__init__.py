@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from client.download import Fetcher
 from protocol import v1
+from protocol.params import Seen
 
 if TYPE_CHECKING:
     from client.work import Work
@@ -33,6 +34,7 @@ class DocRef:
     doc_id: str
     url: str
     ext: str = ""
+    seen: Seen | None = None  # a revisit's: the document as last recorded
 
 
 # Which of these doc_ids the gate has recorded in a collection (GateAPI.known).

@@ -26,4 +26,4 @@ class UrlsSource:
             ext = item.ext
             if ext is None:
                 ext = posixpath.splitext(urlsplit(item.url).path)[1]
-            yield DocRef(str(item.doc_id), item.url, ext or params.ext)
+            yield DocRef(str(item.doc_id), item.url, ext or params.ext, item.seen)

@@ -14,7 +14,7 @@ from protocol import paths, v1
 from server.auth import Principal
 from server.config import UploadGzip
 from server.db import documents as db
-from server.db import lifecycle
+from server.db import lifecycle, revisits
 from server.db.lifecycle import Caller
 from server.deps import AdminDep, PrincipalDep, StateDep
 from server.errors import (
@@ -51,22 +51,38 @@ async def get_document(
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
 async def read_document(
-    doc_id: DocIdPath, state: StateDep, _: AdminDep, collection: CollectionQuery = ""
+    doc_id: DocIdPath,
+    state: StateDep,
+    _: AdminDep,
+    collection: CollectionQuery = "",
+    version: Annotated[int | None, Query(ge=1, le=1_000_000)] = None,
 ) -> StreamingResponse:
-    """The stored bytes; a compressed document is sent with Content-Encoding: gzip."""
+    """The stored bytes (of `version`, else the current one); a compressed document is sent
+    with Content-Encoding: gzip."""
     doc = await db.get_document(state.pool, doc_id, collection)
+    stored: v1.Document | v1.DocumentVersion = doc
+    if version is not None and version != doc.version:
+        stored = await revisits.version_of(state.pool, doc_id, version, collection)
     # The recorded version, on a versioned store: never what a late writer put at the key after it.
-    info = await state.store.stat(doc.storage_key, doc.version_id)
+    info = await state.store.stat(stored.storage_key, stored.version_id)
     if info is None:
-        raise ObjectMissing(f"document {doc_id} is recorded at {doc.storage_key} but missing from storage")
-    headers = {"Content-Length": str(info.size), paths.SHA256_HEADER: doc.sha256}
-    if doc.compressed:
+        raise ObjectMissing(f"document {doc_id} is recorded at {stored.storage_key} but missing from storage")
+    headers = {"Content-Length": str(info.size), paths.SHA256_HEADER: stored.sha256}
+    if stored.compressed:
         headers["Content-Encoding"] = "gzip"
     return StreamingResponse(
-        await started(state.store.open(doc.storage_key, doc.version_id)),
+        await started(state.store.open(stored.storage_key, stored.version_id)),
         headers=headers,
-        media_type=doc.content_type or "application/octet-stream",
+        media_type=stored.content_type or "application/octet-stream",
     )
+
+
+@router.get(paths.DOCUMENT_VERSIONS, response_model=v1.DocumentVersions)
+async def document_versions(
+    doc_id: DocIdPath, state: StateDep, _: AdminDep, collection: CollectionQuery = ""
+) -> v1.DocumentVersions:
+    """Every version of the document, oldest first (each readable: …/raw?version=N)."""
+    return await revisits.versions(state.pool, doc_id, collection)
 
 
 async def started(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

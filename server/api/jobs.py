@@ -12,7 +12,7 @@ from pydantic import Discriminator, Tag
 from protocol import harvests, paths, v1
 from protocol.sources import BUILT_IN
 from server.api.tasks import check_selectors, json_reply
-from server.db import coverage, documents, lifecycle, pausing
+from server.db import coverage, documents, lifecycle, pausing, revisits
 from server.db import harvests as harvest_db
 from server.db import jobs as db
 from server.deps import AdminDep, StateDep
@@ -102,6 +102,13 @@ async def extend_job(job_id: UUID, state: StateDep, _: AdminDep) -> v1.JobCreate
     """A new run of a harvest from the day after its last searched day to today."""
     created = await harvest_db.extend(state.pool, job_id)
     return created
+
+
+@router.post(paths.JOB_REVISIT, response_model=v1.RevisitStarted)
+async def revisit_job(job_id: UUID, state: StateDep, _: AdminDep) -> v1.RevisitStarted:
+    """Fetch the job's recorded documents again now: conditional requests, a new version where
+    the bytes changed, `withdrawn` where the origin answers 404/410 (server/db/revisits.py)."""
+    return await revisits.start(state.pool, job_id, state.settings.max_attempts)
 
 
 @router.get("/jobs/{job_id}", response_model=v1.Job)

@@ -11,10 +11,10 @@ from protocol.failures import FailureCode
 from protocol.params import SOURCE_PARAMS
 from server.db import sources
 from server.db.pool import Connection, Pool, connection
-from server.domain.record import DOCUMENT, EXPORTED, RECORD, Recording, record_args
+from server.domain.record import DOCUMENT, EXPORTED, RECORD, VERSION, Recording, record_args, version_args
 from server.domain.record import EXPORT_COLUMNS as EXPORT_COLUMNS  # the export's, for docgate export
 from server.domain.reports import Reports, check_in_task
-from server.errors import DocumentNotFound, JobNotFound, WrongStorageKey
+from server.errors import DocumentNotFound, JobNotFound, Unprocessable, WrongStorageKey
 from storage.keys import collection_of, document_key
 
 RECORD_FAILURES = """
@@ -56,22 +56,19 @@ async def record(conn: Connection, task: Any, reports: Reports) -> None:
                 + document_key(str(d.doc_id), "", collection=collection).rsplit("/", 1)[0]
                 + "/<doc_id><ext>"
             )
-    if recorded:
-        await conn.execute(
-            RECORD,
-            *record_args(
-                Recording(
-                    source=task["source"],
-                    task_id=task["task_id"],
-                    job_id=task["job_id"],
-                    client_id=task["assigned_to"],
-                    found_by=_found_by(task),
-                    collection=collection,
-                    attempt=task["attempts"],
-                ),
-                recorded,
-            ),
-        )
+    by = Recording(
+        source=task["source"],
+        task_id=task["task_id"],
+        job_id=task["job_id"],
+        client_id=task["assigned_to"],
+        found_by=_found_by(task),
+        collection=collection,
+        attempt=task["attempts"],
+    )
+    first = [d for d in recorded if d.status is not v1.DocumentStatus.UNCHANGED and d.version is None]
+    if first:
+        await conn.execute(RECORD, *record_args(by, first))
+    await _revisited(conn, task, by, recorded, failed)
     if reports.warc is not None:
         await _record_warc(conn, task, reports.warc, reports.warc_url, collection)
     if failed:
@@ -84,6 +81,54 @@ async def record(conn: Connection, task: Any, reports: Reports) -> None:
             [d.error for d in failed],
             [d.code or FailureCode.OTHER for d in failed],
         )
+
+
+# A revisit found these as recorded (the same sha256 at the same key): seen again, now, with the
+# validators the origin gave this time (a file touched has a new ETag for the same bytes: the
+# next revisit's If-None-Match names it, and is answered 304).
+UNCHANGED = """
+UPDATE documents d SET revisited_at = now(), withdrawn_at = NULL, etag = coalesce(u.etag, d.etag),
+                       last_modified = coalesce(u.last_modified, d.last_modified)
+FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+     AS u(doc_id, sha256, storage_key, etag, last_modified)
+WHERE d.collection = $1 AND d.doc_id = u.doc_id AND d.sha256 = u.sha256 AND d.storage_key = u.storage_key
+"""
+# A revisit's 404 or 410: the document is withdrawn (since the first time it was seen gone); its
+# bytes and record stay.
+WITHDRAWN = """
+UPDATE documents SET withdrawn_at = coalesce(withdrawn_at, now()), revisited_at = now()
+WHERE collection = $1 AND doc_id = ANY($2::text[])
+"""
+GONE = (FailureCode.NOT_FOUND, FailureCode.GONE)
+
+
+async def _revisited(
+    conn: Connection,
+    task: Any,
+    by: Recording,
+    recorded: list[v1.DocumentReport],
+    failed: list[v1.DocumentReport],
+) -> None:
+    """What a revisit found: new versions, documents as they were, documents gone. Only a
+    revisit task's reports touch documents already recorded."""
+    if not (task["params"] or {}).get("revisit"):
+        if any(d.version is not None or d.status is v1.DocumentStatus.UNCHANGED for d in recorded):
+            raise Unprocessable(f"task {task['task_id']} is not a revisit: it reports no versions")
+        return
+    unchanged = [d for d in recorded if d.status is v1.DocumentStatus.UNCHANGED]
+    if unchanged:
+        ids = [str(d.doc_id) for d in unchanged]
+        headers = [d.capture.response_headers if d.capture else {} for d in unchanged]
+        await conn.execute(
+            UNCHANGED, by.collection, ids, [d.sha256 for d in unchanged], [d.storage_key for d in unchanged],
+            [h.get("etag") for h in headers], [h.get("last-modified") for h in headers],
+        )  # fmt: skip
+    for doc in recorded:
+        if doc.version is not None:
+            await conn.execute(VERSION, *version_args(by.collection, by, doc))
+    gone = [str(d.doc_id) for d in failed if d.code in GONE]
+    if gone:
+        await conn.execute(WITHDRAWN, by.collection, gone)
 
 
 RECORD_WARC = """

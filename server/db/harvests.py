@@ -22,9 +22,10 @@ from uuid import UUID
 
 from protocol import harvests as wire
 from protocol import v1
+from protocol.base import seconds
 from protocol.hosts import host_key
 from protocol.sources import SourceProfile
-from server.db import sources
+from server.db import revisits, sources
 from server.db.pool import Connection, Pool, transaction
 from server.errors import IdempotencyConflict, InvalidHarvest, JobNotFound, JobTooLarge, SourceNotFound
 
@@ -109,8 +110,8 @@ def _spec(body: wire.HarvestCreate) -> dict[str, Any]:
     )
     if body.repeat is not None:
         spec["repeat"] |= {
-            "every_seconds": wire.seconds(body.repeat.every),
-            "lookback_seconds": wire.seconds(body.repeat.lookback),
+            "every_seconds": seconds(body.repeat.every),
+            "lookback_seconds": seconds(body.repeat.lookback),
         }
     return spec
 
@@ -237,6 +238,7 @@ async def create_harvest(
                     f"({existing['job_id']}); use a new key for new work"
                 )
             return v1.JobCreated(job_id=existing["job_id"], tasks_created=existing["tasks_created"]), False
+        await revisits.schedule(conn, job_id, body.revisit)
         if len(cuts) > background_over:
             return v1.JobCreated(job_id=job_id, tasks_created=0, creating=True), True
         created = await _insert(conn, job_id, 1, spec, profile, cuts, counted=True)

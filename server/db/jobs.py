@@ -8,7 +8,7 @@ from uuid import UUID
 
 from protocol import v1
 from protocol.hosts import host_key
-from server.db import harvests, stats
+from server.db import harvests, revisits, stats
 from server.db.pool import Connection, Pool, connection, transaction
 from server.errors import IdempotencyConflict, JobNotFound
 
@@ -150,6 +150,7 @@ async def create_job(
                 creating=existing["creating"],
             )
             return repeat, False
+        await revisits.schedule(conn, job_id, body.revisit)
         if background:
             return v1.JobCreated(job_id=job_id, tasks_created=0, creating=True), True
         job = await conn.fetchrow(GET_JOB, job_id)
@@ -267,6 +268,8 @@ async def get_job(pool: Pool, job_id: UUID) -> v1.Job:
                 "harvest",
                 "runs",
                 "next_run_at",
+                "revisit",
+                "next_revisit_at",
             )  # fmt: skip
         },
         counts=counts,

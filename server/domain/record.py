@@ -76,8 +76,8 @@ CAPTURED = {
     "transfer_size": "(j.c->>'transfer_size')::bigint",
 }
 
-# Set later by the gate, not by the write that records the document.
-BY_GATE = ("stored_at", "warc_key")
+# Set later by the gate, not by the write that records the document (a revisit sets the last three).
+BY_GATE = ("stored_at", "warc_key", "version", "revisited_at", "withdrawn_at")
 
 COLUMNS = (*FROM_TASK, *(r.name for r in REPORTED), *CAPTURED, *BY_GATE)
 
@@ -111,6 +111,48 @@ def record_args(by: Recording, recorded: list[v1.DocumentReport]) -> list[Any]:
         *([r.value(d) for d in recorded] for r in REPORTED),
         [d.capture.model_dump_json() if d.capture else None for d in recorded],
     ]
+
+
+def _version() -> str:
+    """A revisit's new version of a recorded document ($1 collection, $2 doc_id, $3 its version,
+    then the task's recording, the REPORTED values and the capture as JSON): the current row,
+    if it is the version before, moves whole to document_versions, and the row takes the new
+    one. Two revisits racing to record the same version record one."""
+    n = iter(range(4, 100))
+    task = {name: f"${next(n)}" for name in ("task_id", "client_id", "attempt")}
+    reported = {r.name: f"${next(n)}::{r.sql_type}" for r in REPORTED if r.name != "doc_id"}
+    capture = f"${next(n)}::text::jsonb"
+    kept = ", ".join(VERSION_COLUMNS)
+    sets = [f"{k} = {v}" for k, v in {**task, **reported, **CAPTURED}.items()]
+    sets += ["version = $3", "stored_at = now()", "revisited_at = now()", "withdrawn_at = NULL"]
+    sets += ["warc_key = NULL"]
+    return (
+        "WITH old AS (SELECT * FROM documents WHERE collection = $1 AND doc_id = $2 AND version = $3 - 1\n"
+        "             FOR UPDATE),\n"
+        f"kept AS (INSERT INTO document_versions ({kept}, recorded_at)\n"
+        f"         SELECT {kept}, stored_at FROM old ON CONFLICT DO NOTHING RETURNING 1)\n"
+        f"UPDATE documents d SET {', '.join(sets)}\n"
+        f"FROM (SELECT {capture} AS c) j\n"
+        "WHERE d.collection = $1 AND d.doc_id = $2 AND d.version = $3 - 1 AND EXISTS (SELECT 1 FROM kept)"
+    )
+
+
+# What a superseded version keeps (document_versions), under the same names as in documents.
+VERSION_COLUMNS = (
+    "collection", "doc_id", "version", "storage_key", "storage_url", "sha256", "size", "content_type",
+    "compressed", "version_id", "fetched_at", "task_id", "client_id", "http_status", "etag",
+    "last_modified", "transfer_sha256", "warc_key",
+)  # fmt: skip
+VERSION = _version()
+
+
+def version_args(collection: str, by: Recording, doc: v1.DocumentReport) -> list[Any]:
+    """VERSION's parameters."""
+    return [
+        collection, str(doc.doc_id), doc.version, by.task_id, by.client_id, by.attempt,
+        *(r.value(doc) for r in REPORTED if r.name != "doc_id"),
+        doc.capture.model_dump_json() if doc.capture else None,
+    ]  # fmt: skip
 
 
 # The API's and the export's names for columns stored under another (or in another table).

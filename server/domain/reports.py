@@ -11,7 +11,7 @@ from protocol.scope import TaskScope
 from server.errors import NotInTask, WrongStorageKey
 from storage import names_a_store
 from storage.errors import KeyRefused
-from storage.keys import GZIP_EXT, collection_of, document_key, ext_of
+from storage.keys import GZIP_EXT, collection_of, document_key, ext_of, unversioned
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,14 @@ def split_reports(
 
 
 def _recorded(doc: v1.DocumentReport, shard_size: int, store_url: str) -> v1.DocumentReport:
-    doc_id, key = str(doc.doc_id), doc.storage_key or ""
+    doc_id, full = str(doc.doc_id), doc.storage_key or ""
+    # A new version goes beside the first (storage.keys.version_key); an unchanged one names
+    # the key of whichever version is current.
+    key, version = unversioned(full)
+    if doc.status is not v1.DocumentStatus.UNCHANGED and version != (doc.version or 1):
+        raise WrongStorageKey(
+            f"storage_key {full!r} is not the key of version {doc.version or 1} of doc_id {doc_id!r}"
+        )
     ext = ext_of(key, doc_id)
     try:
         expected = document_key(
@@ -72,9 +79,9 @@ def _recorded(doc: v1.DocumentReport, shard_size: int, store_url: str) -> v1.Doc
             f"storage_key {key!r} is not the key for doc_id {doc_id!r}: expected {expected!r} "
             f"(<doc_id // {shard_size}>/<doc_id><ext>{gz})"
         )
-    url = doc.storage_url or f"{store_url.rstrip('/')}/{key}"
-    if not names_a_store(url) or not url.endswith("/" + key) and url != f"gate:{key}":
-        raise WrongStorageKey(f"storage_url must be a store URL ending in /{key}")
+    url = doc.storage_url or f"{store_url.rstrip('/')}/{full}"
+    if not names_a_store(url) or not url.endswith("/" + full) and url != f"gate:{full}":
+        raise WrongStorageKey(f"storage_url must be a store URL ending in /{full}")
     return doc if doc.storage_url == url else doc.model_copy(update={"storage_url": url})
 
 
