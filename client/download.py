@@ -46,6 +46,7 @@ RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 THROTTLED = 429
 MAX_REDIRECTS = 5
 NOT_MODIFIED = 304
+HOP_BODY = 64 << 10  # of a redirect's body, kept for its WARC record (they are a line of HTML)
 BLOCKS = frozenset({FailureCode.BLOCKED, FailureCode.WRONG_TYPE, FailureCode.EMPTY_PAGE})
 MAX_RETRY_AFTER = 300.0
 READ_CHUNK = 1 << 20
@@ -139,6 +140,18 @@ class Revisit:
 
 
 @dataclass(frozen=True)
+class Hop:
+    """A redirect followed on the way to the document: the exchange and its (small) body as
+    received, for the WARC (a replay of the URL asked for finds the redirect)."""
+
+    url: str
+    wire: Wire
+    body: bytes
+    fetched_at: datetime
+    server_ip: str | None = None
+
+
+@dataclass(frozen=True)
 class Body:
     chunks: AsyncIterator[bytes]  # the document: the body with its Content-Encoding undone
     content_type: str | None
@@ -147,6 +160,7 @@ class Body:
     url: str = ""  # where it came from, after redirects
     capture: v1.Capture | None = None  # how: redirects, status, headers, server, when
     status: int = 200  # 304: not modified since the conditional request's version (no body)
+    hops: tuple[Hop, ...] = ()  # the redirects followed, in order
 
     def captured(self) -> v1.Capture | None:
         """The capture once the body has been read: with the transferred bytes' sha256 and size
@@ -264,6 +278,7 @@ class Fetcher:
     ) -> T:
         target = _parsed(url)
         redirects: list[v1.Redirect] = []
+        hops: list[Hop] = []
         for _ in range(MAX_REDIRECTS + 1):
             # The URL object judged is the one requested: no second parse to disagree with the guard.
             try:
@@ -277,6 +292,7 @@ class Fetcher:
                         self._record(host, reply)
                         if reply.status in REDIRECTS and "Location" in reply.headers:
                             redirects.append(_redirect(target, reply.status))
+                            hops.append(await _hop(reply, target))
                             target = target.join(_parsed(reply.headers["Location"]))
                             request = request.redirected(reply.status)
                             continue
@@ -315,10 +331,11 @@ class Fetcher:
         asked: Asked,
         redirects: list[v1.Redirect],
         conditional: bool = False,
+        hops: list[Hop] | None = None,
     ) -> T:
         try:
             if conditional and reply.status == NOT_MODIFIED:  # the version the request named
-                return await sink(replace(self._body(reply, redirects), status=NOT_MODIFIED))
+                return await sink(replace(self._body(reply, redirects, hops), status=NOT_MODIFIED))
             if reply.status in asked.block_statuses:
                 raise DocumentFailed(
                     FailureCode.BLOCKED,
@@ -332,7 +349,7 @@ class Fetcher:
                     permanent=False,
                 )
             self._check_status(reply)
-            return await sink(self._body(reply, redirects))
+            return await sink(self._body(reply, redirects, hops))
         except DocumentFailed as exc:
             if exc.blocked:  # the host's budget hears of block pages too
                 self.limiter.record(host, "blocked")
@@ -366,7 +383,9 @@ class Fetcher:
             of_status(reply.status), f"HTTP {reply.status} {reply.reason or ''}".strip(), permanent=True
         )
 
-    def _body(self, reply: aiohttp.ClientResponse, redirects: list[v1.Redirect]) -> Body:
+    def _body(
+        self, reply: aiohttp.ClientResponse, redirects: list[v1.Redirect], hops: list[Hop] | None = None
+    ) -> Body:
         encoding = reply.headers.get("Content-Encoding", "identity").strip().lower()
         wire = _wire(reply, encoding if encoding in WBITS else "")
         chunks: AsyncIterator[bytes] = wire.counted(reply.content.iter_chunked(READ_CHUNK))
@@ -381,7 +400,9 @@ class Fetcher:
         length = reply.content_length if encoding in ("", "identity") else None
         url = str(reply.url)
         capture = _capture(reply, url, redirects)
-        return Body(chunks, reply.headers.get("Content-Type"), length, wire, url, capture)
+        return Body(
+            chunks, reply.headers.get("Content-Type"), length, wire, url, capture, hops=tuple(hops or ())
+        )
 
     async def text(self, url: str, asked: Asked = Asked()) -> tuple[str, str]:
         """A listing page as text, and the URL it came from after redirects (relative links
@@ -486,20 +507,20 @@ class Browser:
             self.fetcher.limiter.record(host_key(_parsed(url)), "blocked")
 
 
+async def _hop(reply: aiohttp.ClientResponse, target: URL) -> Hop:
+    """A redirect as received: its exchange and up to HOP_BODY bytes of its body."""
+    ip = _peer(reply)[0]
+    body = await reply.content.read(HOP_BODY)
+    return Hop(str(target), _wire(reply, ""), body, datetime.now(UTC), ip)
+
+
 def _redirect(target: URL, status: int) -> v1.Redirect:
     return v1.Redirect(url=v1.clip(str(target), v1.MAX_URL) or "", status=status)
 
 
 def _capture(reply: aiohttp.ClientResponse, url: str, redirects: list[v1.Redirect]) -> v1.Capture:
     """The capture record of an answer: status, headers, the server's address, when it came."""
-    ip, port = None, None
-    # The socket's peer: the address actually connected to (the guard may have had several).
-    # A small answer read whole with its headers has already released its connection, so the
-    # response's protocol (aiohttp keeps it) is asked when the connection is gone.
-    carrier = reply.connection or getattr(reply, "_protocol", None)
-    with contextlib.suppress(AttributeError, TypeError, ValueError, IndexError):
-        peer = carrier.transport.get_extra_info("peername")  # type: ignore[union-attr]
-        ip, port = str(ipaddress.ip_address(peer[0])), int(peer[1])
+    ip, port = _peer(reply)
     fields: dict[str, Any] = {
         "final_url": v1.clip(url, v1.MAX_URL),
         "redirects": redirects[: v1.MAX_REDIRECTS],
@@ -513,6 +534,17 @@ def _capture(reply: aiohttp.ClientResponse, url: str, redirects: list[v1.Redirec
         return v1.Capture.of_headers(reply.headers, **fields)
     except pydantic.ValidationError:  # odd headers are not worth the document: keep the rest
         return v1.Capture.model_validate(fields)
+
+
+def _peer(reply: aiohttp.ClientResponse) -> tuple[str | None, int | None]:
+    """The socket's peer: the address actually connected to (the guard may have had several).
+    A small answer read whole with its headers has already released its connection, so the
+    response's protocol (aiohttp keeps it) is asked when the connection is gone."""
+    carrier = reply.connection or getattr(reply, "_protocol", None)
+    with contextlib.suppress(AttributeError, TypeError, ValueError, IndexError):
+        peer = carrier.transport.get_extra_info("peername")  # type: ignore[union-attr]
+        return str(ipaddress.ip_address(peer[0])), int(peer[1])
+    return None, None
 
 
 def _wire(reply: aiohttp.ClientResponse, encoding: str) -> Wire:

@@ -45,7 +45,7 @@ from warcio.timeutils import datetime_to_iso_date
 from warcio.utils import Digester
 from warcio.warcwriter import WARCWriter
 
-from client.download import WARC_NOT_MODIFIED, Body, Revisit, Wire
+from client.download import WARC_NOT_MODIFIED, Body, Hop, Revisit, Wire
 from protocol import v1
 from protocol.version import VERSION
 from storage import PutOptions, Storage
@@ -73,6 +73,11 @@ class _Pending:
     wire: Wire
     payload: Path | None
     revisit: Revisit | None = None
+    hops: tuple[Hop, ...] = ()  # the redirects followed to it: a request and a response each
+
+    @property
+    def records(self) -> int:
+        return 2 * (1 + len(self.hops))
 
 
 @dataclass
@@ -124,7 +129,7 @@ class WarcRecorder:
         if capture is None:  # nothing to say how it was fetched: no record (and no spool kept)
             self.drop(spool)
             return
-        self.pending[doc_id] = _Pending(doc_id, url, capture, body.wire, spool.path)
+        self.pending[doc_id] = _Pending(doc_id, url, capture, body.wire, spool.path, hops=body.hops)
 
     def add_revisit(self, doc_id: str, url: str, body: Body, revisit: Revisit, spool: Spool | None) -> None:
         """A revisit found the document as recorded: a revisit record, no payload."""
@@ -132,7 +137,7 @@ class WarcRecorder:
             self.drop(spool)
         capture = body.captured()
         if capture is not None:
-            self.pending[doc_id] = _Pending(doc_id, url, capture, body.wire, None, revisit)
+            self.pending[doc_id] = _Pending(doc_id, url, capture, body.wire, None, revisit, body.hops)
 
     def drop(self, spool: Spool) -> None:
         handle, spool.handle = spool.handle, None
@@ -166,7 +171,7 @@ class WarcRecorder:
             storage_key=stored.storage_key,
             sha256=stored.sha256,
             size=stored.size,
-            records=1 + 2 * len(batch),
+            records=1 + sum(item.records for item in batch),
             doc_ids=[item.doc_id for item in batch],
         )
         return self.unsent
@@ -209,7 +214,31 @@ def _contact(agent: str) -> str:
     return agent[start + 2 : agent.find(")", start)] if start >= 0 and ")" in agent[start:] else ""
 
 
+def _write_hop(writer: Sha256Writer, hop: Hop) -> None:
+    """A redirect followed: its request, and its response as received (status, headers, body)."""
+    date = datetime_to_iso_date(hop.fetched_at.replace(tzinfo=None), use_micros=True)
+    common = {"WARC-Target-URI": hop.url, "WARC-Date": date}
+    if hop.server_ip:
+        common["WARC-IP-Address"] = hop.server_ip
+    line, sent = hop.wire.request
+    request = writer.create_warc_record(
+        hop.url, "request", payload=_empty(), length=0,
+        http_headers=StatusAndHeaders(line, sent, is_http_request=True), warc_headers_dict=common,
+    )  # fmt: skip
+    headers = [(n, v) for n, v in hop.wire.headers if n.lower() != "transfer-encoding"]
+    protocol, _, status = hop.wire.status.partition(" ")
+    response = writer.create_warc_record(
+        hop.url, "response", payload=io.BytesIO(hop.body), length=len(hop.body),
+        http_headers=StatusAndHeaders(status, headers, protocol=protocol),
+        warc_headers_dict=common | {"WARC-Concurrent-To": request.rec_headers.get_header("WARC-Record-ID")},
+    )  # fmt: skip
+    writer.write_record(request)
+    writer.write_record(response)
+
+
 def _write_exchange(writer: Sha256Writer, item: _Pending) -> None:
+    for hop in item.hops:
+        _write_hop(writer, hop)
     capture, wire = item.capture, item.wire
     target = capture.final_url or item.url
     date = datetime_to_iso_date(

@@ -345,7 +345,10 @@ class WarcReport(Request):
     storage_key: Annotated[str, StringConstraints(pattern=WARC_KEY_PATTERN)]
     sha256: Sha256Hex
     size: Annotated[int, Field(ge=1, le=MAX_SIZE)]
-    records: Annotated[int, Field(ge=1, le=1 + 2 * MAX_DOCUMENTS_PER_REPORT)]
+    records: Annotated[int, Field(ge=1, le=1 + 2 * (1 + MAX_REDIRECTS) * MAX_DOCUMENTS_PER_REPORT)] = Field(
+        description="a warcinfo, then per document a request and a response (or revisit), and the same "
+        "for each redirect followed to it"
+    )
     doc_ids: Annotated[list[DocId], Field(min_length=1, max_length=MAX_DOCUMENTS_PER_REPORT)]
 
 

@@ -227,6 +227,10 @@ def test_warc_files_pass_warcio_and_hold_every_document(
         entry = entries[doc["final_url"]]
         assert entry["status"] == "200" and entry["filename"] == warc[0], entry
         assert entry["digest"] == responses[doc_id]["payload_digest"], entry
+        # The redirects followed are in the index too, as nginx answered them: a replay of the
+        # URL asked for finds its 301, then the 302, then the document.
+        assert [entries[r["url"]]["status"] for r in doc["redirects"]] == ["301", "302"]
+        assert doc["redirects"][0]["url"] == doc["url"]
 
 
 def test_a_client_killed_mid_task_leaves_no_incomplete_warc_recorded(tmp_path: Path, db_dsn: str) -> None:

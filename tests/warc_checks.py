@@ -52,33 +52,45 @@ def check_warcs(cluster: Cluster) -> dict[str, dict[str, Any]]:
         data = path.read_bytes()
         assert hashlib.sha256(data).hexdigest() == warc["sha256"] and len(data) == warc["size"]
         mine = [i["warc-type"] for i in index if i["filename"] == path.name]
-        assert mine[0] == "warcinfo" and len(mine) == 1 + 2 * len(warc["doc_ids"]), mine
-        assert mine[1::2] == ["request"] * len(warc["doc_ids"])
+        # A warcinfo, then per document a request and a response (or a revisit), after the same
+        # for each redirect followed to it.
+        hops = {d: documents[d]["redirects"] or [] for d in warc["doc_ids"]}
+        assert mine[0] == "warcinfo" and len(mine) >= 1 + 2 * len(warc["doc_ids"]), mine
+        assert mine[1::2] == ["request"] * ((len(mine) - 1) // 2) and len(mine) % 2 == 1, mine
         assert set(mine[2::2]) <= {"response", "revisit"}, mine
         assert warc["records"] == len(mine)
         with path.open("rb") as f:
             records = list(ArchiveIterator(f))
             info = records[0]
         revisits: dict[str, Any] = {}
+        followed: set[str] = set()
+        answered: set[str] = set()  # the documents whose response this WARC holds
         for record in records[1:]:
             if record.rec_type not in ("response", "revisit"):
                 continue
             uri = record.rec_headers.get_header("WARC-Target-URI")
+            status = record.http_headers.get_statuscode()
+            redirected = [
+                d for d, rs in hops.items() if any(r["url"] == uri and str(r["status"]) == status for r in rs)
+            ]
+            if redirected:  # a redirect followed to a document, as it was answered
+                assert record.http_headers.get_header("Location"), uri
+                followed.update(redirected)
+                continue
             doc_id = next((d for d in warc["doc_ids"] if documents[d]["final_url"] == uri), None)
-            assert doc_id is not None, (
-                uri,
-                warc["doc_ids"],
-                [documents[d]["final_url"] for d in warc["doc_ids"]],
-            )
+            assert doc_id is not None, (uri, warc["doc_ids"])
             if record.rec_type == "revisit":  # a revisit found it as recorded: no payload
                 revisits[doc_id] = record.rec_headers.get_header("WARC-Refers-To-Target-URI")
                 continue
+            answered.add(doc_id)
             responses[doc_id] = {
                 "ip": record.rec_headers.get_header("WARC-IP-Address"),
                 "payload_digest": record.rec_headers.get_header("WARC-Payload-Digest"),
                 "status": record.http_headers.get_statuscode(),
                 "etag": record.http_headers.get_header("etag"),
             }
+        # Every document that came through redirects has them recorded in this, its WARC.
+        assert {d for d in answered if hops.get(d)} <= followed
         for doc_id in warc["doc_ids"]:
             if doc_id in revisits:
                 assert revisits[doc_id] == documents[doc_id]["url"]
