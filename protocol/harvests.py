@@ -29,7 +29,7 @@ from protocol.base import (
     SourceName,
     no_nul,
 )
-from protocol.params import Politeness, ProfileTaskParams, Revisit, handed_down
+from protocol.params import JobSettings, ProfileTaskParams
 from protocol.sources import DateFields
 
 MAX_WINDOWS = 200_000  # windows one call may create (10 years of days × 50 values is 182,500)
@@ -95,7 +95,7 @@ class Repeat(Request):
     lookback: Duration = "3d"
 
 
-class HarvestCreate(Request):
+class HarvestCreate(JobSettings):
     """A harvest job: a stored profile's search, once per window of `partition`."""
 
     source: SourceName = Field(description="a stored source profile (PUT /api/v1/sources/{name})")
@@ -116,15 +116,6 @@ class HarvestCreate(Request):
     collection: CollectionName | None = Field(
         default=None, description="the collection its documents go to (default: the profile's)"
     )
-    politeness: Politeness | None = Field(
-        default=None, description="The same as params.politeness: the job's own budget per host."
-    )
-    warc: bool | None = Field(
-        default=None, description="The same as params.warc: a WARC of every document's capture."
-    )
-    revisit: Revisit | None = Field(default=None, description="fetch its documents again every so often")
-
-    _handed_down = model_validator(mode="after")(handed_down)
 
     @model_validator(mode="after")
     def _fields(self) -> HarvestCreate:

@@ -171,6 +171,28 @@ def handed_down(job: Any) -> Any:
     return job
 
 
+class Revisit(Request):
+    """Fetch a job's recorded documents again every `every` (90s, 30m, 6h, 30d): conditional
+    requests, a new version where the bytes changed, `withdrawn` where the origin answers 404/410."""
+
+    every: Duration
+
+
+class JobSettings(Request):
+    """What a job says beside its params: settings every one of its tasks carries in them
+    (`politeness`, `warc`: see `handed_down`), and its revisits."""
+
+    politeness: Politeness | None = Field(
+        default=None, description="The same as params.politeness: the job's own budget per host."
+    )
+    warc: bool | None = Field(
+        default=None, description="The same as params.warc: a WARC of every document's capture."
+    )
+    revisit: Revisit | None = Field(default=None, description="fetch its documents again every so often")
+
+    _handed_down = model_validator(mode="after")(handed_down)
+
+
 class IdRangeParams(ContentRules):
     url_template: UrlTemplate
     start_id: StartId
@@ -213,13 +235,6 @@ class UrlItem(Request):
     url: HttpUrl
     ext: Ext | None = None
     seen: Seen | None = Field(default=None, description="a revisit's: the document as last recorded")
-
-
-class Revisit(Request):
-    """Fetch a job's recorded documents again every `every` (90s, 30m, 6h, 30d): conditional
-    requests, a new version where the bytes changed, `withdrawn` where the origin answers 404/410."""
-
-    every: Duration
 
 
 class UrlsTaskParams(ContentRules):

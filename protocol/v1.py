@@ -554,7 +554,7 @@ class DiscoveredReply(Reply):
     tasks_created: int
 
 
-class JobCreate(Request):
+class JobCreate(JobSettings):
     """An id_range job. Its tasks carry {url_template, start_id, count, ext}; with
     only_missing, ids already recorded are left out and tasks carry {url_template, ids, ext}."""
 
@@ -566,15 +566,6 @@ class JobCreate(Request):
     idempotency_key: IdempotencyKey | None = None
     only_missing: bool = False
     collection: CollectionName = Field(default="", description="the registry its documents belong to")
-    politeness: Politeness | None = Field(
-        default=None, description="The same as params.politeness: the job's own budget per host."
-    )
-    warc: bool | None = Field(
-        default=None, description="The same as params.warc: a WARC of every document's capture."
-    )
-    revisit: Revisit | None = Field(default=None, description="fetch its documents again every so often")
-
-    _handed_down = model_validator(mode="after")(handed_down)
 
 
 class FailedDocument(Reply):

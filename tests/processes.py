@@ -132,9 +132,14 @@ def nginx_serving(tmp: Path, http: str, probe: str) -> Iterator[str]:
                 time.sleep(0.1)
         yield base
     finally:
-        proc.send_signal(signal.SIGQUIT)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_nginx(proc)
+
+
+def stop_nginx(proc: subprocess.Popen[Any]) -> None:
+    """nginx's graceful stop (SIGQUIT: workers finish their requests), killed after 15 s."""
+    proc.send_signal(signal.SIGQUIT)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)

@@ -25,7 +25,7 @@ import pytest
 
 from cluster import ADMIN, Origin
 from conftest import free_port
-from processes import CLEAN_ENV, REPO, GateProcess, docgate
+from processes import CLEAN_ENV, REPO, GateProcess, docgate, stop_nginx
 
 EXAMPLE = REPO / "nginx.conf.example"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -196,12 +196,7 @@ def front(tmp_path: Path, db_dsn: str) -> Iterator[Front]:
             assert time.monotonic() < deadline, "nginx did not come up"
             time.sleep(0.2)
     yield Front(url, cert, gates, store, tmp_path, f"http://127.0.0.1:{http_port}")
-    nginx.send_signal(signal.SIGQUIT)
-    try:
-        nginx.wait(15)
-    except subprocess.TimeoutExpired:
-        nginx.kill()
-        nginx.wait(5)
+    stop_nginx(nginx)
     for gate in gates:
         gate.stop()
 
