@@ -36,7 +36,7 @@ from client.run import Failure, Kind, Outcome, TaskRun
 from client.sources import DocRef
 from protocol import v1
 from protocol.failures import FailureCode
-from protocol.params import Seen
+from protocol.params import Seen, UrlsTaskParams
 from storage import PutOptions, Storage, StorageError
 from storage.base import Fence, from_bytes
 from storage.errors import (
@@ -116,19 +116,42 @@ class DocumentStep:
     async def run(self, run: TaskRun, ref: DocRef, absent: bool = False) -> Outcome | Downloaded:
         """`absent`: the store was just seen to hold nothing for it (DocumentStep.absent). A
         small document comes back `Downloaded`, for `keep` to store."""
+        if ref.seen is not None and _task(run).verify:
+            return await self._sorted(ref, partial(self._check, run, ref, ref.seen))
         if ref.seen is not None:
             return await self._sorted(ref, partial(self._revisit, run, ref, ref.seen))
         return await self._sorted(ref, partial(self._store, run, ref, absent))
+
+    async def _check(self, run: TaskRun, ref: DocRef, seen: Seen) -> Outcome:
+        """Another client's document, checked (server/db/verify.py): what the origin serves and
+        what the store holds at its key, both hashed; nothing is stored."""
+        served, body, _ = await self.fetcher.fetch(
+            ref.url, partial(self._origin_copy, run, ref), bodies.asked(run.work.rules)
+        )
+        fence = Fence(str(run.task.task_id), str(run.task.lease_token))
+        options = PutOptions(
+            max_size=self.config.max_document_size, doc_id=ref.doc_id, ext=ref.ext, fence=fence
+        )
+        held = await self.store.verified(seen.storage_key, options)
+        report = v1.DocumentReport(
+            doc_id=ref.doc_id, storage_key=seen.storage_key, sha256=served, url=ref.url,
+            status=v1.DocumentStatus.CHECKED, capture=body.captured(),
+            stored_sha256=held.sha256 if held is not None else None,
+        )  # fmt: skip
+        return Outcome(Kind.SKIPPED, ref, report)
 
     async def _revisit(self, run: TaskRun, ref: DocRef, seen: Seen) -> Outcome:
         """A recorded document fetched again, asked conditionally (its ETag, its Last-Modified).
         A 304, or the same bytes, is `unchanged` (a WARC revisit record); other bytes are the
         next version, stored beside the first (storage.keys.version_key); a 404/410 fails it,
         and the gate marks it withdrawn."""
+        # A restore (its recorder was quarantined): the object at its key may not be what its
+        # record says, so it is fetched whole and stored anew whatever its sha256.
+        restore = _task(run).restore
         conditional = {}
-        if seen.etag:
+        if seen.etag and not restore:
             conditional["If-None-Match"] = seen.etag
-        if seen.last_modified:
+        if seen.last_modified and not restore:
             conditional["If-Modified-Since"] = seen.last_modified
         key = version_key(unversioned(seen.storage_key)[0], seen.version + 1)
         fence = Fence(str(run.task.task_id), str(run.task.lease_token))
@@ -143,7 +166,7 @@ class DocumentStep:
                 if body.status != NOT_MODIFIED:
                     async for chunk in await bodies.checked(body, ref.ext, run.work.rules):
                         await held.add(chunk)
-                if body.status == NOT_MODIFIED or held.sha256() == seen.sha256:
+                if body.status == NOT_MODIFIED or held.sha256() == seen.sha256 and not restore:
                     return self._unchanged(run, ref, seen, body, spool)
                 options = replace(
                     found, content_type=body.content_type, compress=self.config.compress == "gzip"
@@ -327,6 +350,15 @@ class DocumentStep:
                 run.warc.drop(spool)
             raise
         return hasher.hexdigest(), body, spool
+
+
+def _task(run: TaskRun) -> UrlsTaskParams:
+    """A urls task's params (a revisit's, a restore's, a check's); other sources' as none of them."""
+    params = run.work.params
+    return params if isinstance(params, UrlsTaskParams) else _PLAIN
+
+
+_PLAIN = UrlsTaskParams.model_construct(urls=[], revisit=False, restore=False, verify=False)
 
 
 class _Held:

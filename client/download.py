@@ -297,7 +297,7 @@ class Fetcher:
                             request = request.redirected(reply.status)
                             continue
                         return await self._deliver(
-                            host, reply, sink, asked, redirects, bool(request.conditional)
+                            host, reply, sink, asked, redirects, bool(request.conditional), hops
                         )
                 except Refused as exc:
                     raise DocumentFailed(FailureCode.REFUSED, f"refused: {exc}", permanent=True) from None

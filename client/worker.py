@@ -184,7 +184,8 @@ class Worker:
         run = TaskRun(work, self.stats)
         if task.user_agent and not self.fetcher.user_agent_fixed:  # the gate's, unless --user-agent
             self.fetcher.user_agent = task.user_agent
-        if self.config.warc or work.rules.warc:
+        checks = getattr(work.params, "verify", False)  # a check stores nothing: no capture of it
+        if (self.config.warc or work.rules.warc) and not checks:
             run.warc = self._warc_recorder(task)
         self.task_runs[task.task_id] = run
         self.runs[task.task_id] = asyncio.create_task(self._run_task(run), name=f"task-{task.task_id}")

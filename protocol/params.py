@@ -140,6 +140,12 @@ class ContentRules(Request):
         "(client.warc), in whatever store the client writes to; a client's --warc writes them for "
         "every task.",
     )
+    verify_sample: Annotated[float, Field(gt=0, le=1)] | None = Field(
+        default=None,
+        description="The share of each client's documents the gate has fetched again by another "
+        "client to check them (0.01: 1 %; server/db/verify.py); a client that loses disputes is "
+        "quarantined.",
+    )
 
     @model_validator(mode="after")
     def _sizes(self) -> ContentRules:
@@ -160,7 +166,7 @@ class ContentRules(Request):
 def handed_down(job: Any) -> Any:
     """A job's settings given beside its params (`politeness`, `warc`) go into its params, which
     every task of the job carries; given in both, they must agree."""
-    for name in ("politeness", "warc"):
+    for name in ("politeness", "warc", "verify_sample"):
         value = getattr(job, name)
         if value is None:
             continue
@@ -180,7 +186,7 @@ class Revisit(Request):
 
 class JobSettings(Request):
     """What a job says beside its params: settings every one of its tasks carries in them
-    (`politeness`, `warc`: see `handed_down`), and its revisits."""
+    (`politeness`, `warc`, `verify_sample`: see `handed_down`), and its revisits."""
 
     politeness: Politeness | None = Field(
         default=None, description="The same as params.politeness: the job's own budget per host."
@@ -189,6 +195,10 @@ class JobSettings(Request):
         default=None, description="The same as params.warc: a WARC of every document's capture."
     )
     revisit: Revisit | None = Field(default=None, description="fetch its documents again every so often")
+    verify_sample: Annotated[float, Field(gt=0, le=1)] | None = Field(
+        default=None,
+        description="The same as params.verify_sample: other clients check a share of each one's.",
+    )
 
     _handed_down = model_validator(mode="after")(handed_down)
 
@@ -244,6 +254,12 @@ class UrlsTaskParams(ContentRules):
     ext: Ext = ""
     found_by: WireUUID | None = Field(default=None, description="the search task that found these documents")
     revisit: bool = Field(default=False, description="its documents are recorded: fetch them again")
+    restore: bool = Field(
+        default=False, description="a revisit that stores every document anew (its recorder was quarantined)"
+    )
+    verify: bool = Field(
+        default=False, description="check other clients' documents: fetch, compare, store nothing"
+    )
 
 
 class ListingRules(ContentRules):

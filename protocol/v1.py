@@ -51,12 +51,14 @@ class DocumentStatus(StrEnum):
     SKIPPED = "skipped"
     FAILED = "failed"
     UNCHANGED = "unchanged"  # a revisit found the recorded version still served (304, or the same bytes)
+    CHECKED = "checked"  # a check of another client's document: what the origin serves, what the store holds
 
 
 class ClientStatus(StrEnum):
     ACTIVE = "active"
     STALE = "stale"
     REVOKED = "revoked"
+    QUARANTINED = "quarantined"  # its documents disagreed with other clients' fetches (server/db/verify.py)
 
 
 # ---- tasks
@@ -269,6 +271,10 @@ class DocumentReport(Request):
     version: Annotated[int, Field(ge=2, le=1_000_000)] | None = Field(
         default=None, description="a revisit's new version of a recorded document (its versioned key)"
     )
+    stored_sha256: Sha256Hex | None = Field(
+        default=None,
+        description="a check's: the sha256 of the object the store holds at storage_key (none: no object)",
+    )
 
     @model_validator(mode="after")
     def _stored_has_proof(self) -> DocumentReport:
@@ -278,6 +284,8 @@ class DocumentReport(Request):
             raise ValueError(f"a {self.status} document needs storage_key, sha256 and size")
         if self.version is not None and self.status is not DocumentStatus.STORED:
             raise ValueError("only a stored document has a new version")
+        if self.status is DocumentStatus.CHECKED and self.sha256 is None:
+            raise ValueError("a checked document needs the sha256 the origin served")
         return self
 
     @classmethod
@@ -520,6 +528,12 @@ class ClientInfo(Reply):
     docs_per_minute: float | None
     revoked_at: datetime | None = None
     max_leases: int | None = None
+    checks_passed: int = Field(default=0, description="its documents other clients' fetches agreed with")
+    checks_failed: int = Field(default=0, description="disputes over its documents it lost")
+    last_good_check_at: datetime | None = None
+    quarantined_at: datetime | None = Field(
+        default=None, description="its key suspended and its documents since its last good check stored anew"
+    )
 
 
 class Goodbye(Reply):

@@ -26,7 +26,7 @@ from protocol.hosts import GrantRequest
 from server import api, bootstrap
 from server.auth import CACHE_SECONDS, Authenticator
 from server.config import Settings
-from server.db import harvests, hosts, jobs, lifecycle, pausing, revisits, stats
+from server.db import harvests, hosts, jobs, lifecycle, pausing, revisits, stats, verify
 from server.db.pool import create_pool
 from server.errors import DatabaseUnavailable, DocgateError, status_and_code
 from server.metrics import Metrics
@@ -175,6 +175,7 @@ async def _housekeeping(state: GateState) -> None:
                 pass  # a repeating harvest's run: one gate starts each (the job's row lock)
             while await revisits.start_due(state.pool, state.settings.max_attempts) is not None:
                 pass  # a job's revisit, as its schedule says (server/db/revisits.py)
+            await verify.queue_due(state.pool)  # other clients' checks of a job's sample
             rounds += 1
             if rounds % 60 == 0:
                 await hosts.forget(state.pool)

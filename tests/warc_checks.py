@@ -54,7 +54,7 @@ def check_warcs(cluster: Cluster) -> dict[str, dict[str, Any]]:
         mine = [i["warc-type"] for i in index if i["filename"] == path.name]
         # A warcinfo, then per document a request and a response (or a revisit), after the same
         # for each redirect followed to it.
-        hops = {d: documents[d]["redirects"] or [] for d in warc["doc_ids"]}
+        hops = {d: json.loads(documents[d]["redirects"] or "[]") for d in warc["doc_ids"]}
         assert mine[0] == "warcinfo" and len(mine) >= 1 + 2 * len(warc["doc_ids"]), mine
         assert mine[1::2] == ["request"] * ((len(mine) - 1) // 2) and len(mine) % 2 == 1, mine
         assert set(mine[2::2]) <= {"response", "revisit"}, mine

@@ -46,12 +46,13 @@ WHERE event = 'cancelled' AND client_id = $1 AND at >= $2
 LIST = """
 SELECT c.client_id, c.client_name, c.client_host, c.created_at, c.last_heartbeat_at,
        c.docs_per_minute,
-       CASE WHEN c.revoked_at IS NOT NULL THEN 'revoked'
+       CASE WHEN c.quarantined_at IS NOT NULL THEN 'quarantined'
+            WHEN c.revoked_at IS NOT NULL THEN 'revoked'
             WHEN c.last_heartbeat_at > now() - make_interval(secs => $1::float8)
             THEN 'active' ELSE 'stale' END AS status,
        (SELECT count(*) FROM tasks t
         WHERE t.assigned_to = c.client_id AND t.status = 'assigned') AS tasks_held,
-       c.revoked_at, c.max_leases
+       c.revoked_at, c.max_leases, c.checks_passed, c.checks_failed, c.last_good_check_at, c.quarantined_at
 FROM clients c
 ORDER BY c.created_at
 LIMIT $2

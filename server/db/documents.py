@@ -9,7 +9,7 @@ from uuid import UUID
 from protocol import v1
 from protocol.failures import FailureCode
 from protocol.params import SOURCE_PARAMS
-from server.db import sources
+from server.db import sources, verify
 from server.db.pool import Connection, Pool, connection
 from server.domain.record import DOCUMENT, EXPORTED, RECORD, VERSION, Recording, record_args, version_args
 from server.domain.record import EXPORT_COLUMNS as EXPORT_COLUMNS  # the export's, for docgate export
@@ -69,6 +69,11 @@ async def record(conn: Connection, task: Any, reports: Reports) -> None:
     if first:
         await conn.execute(RECORD, *record_args(by, first))
     await _revisited(conn, task, by, recorded, failed)
+    stored = [str(d.doc_id) for d in recorded if d.status is v1.DocumentStatus.STORED]
+    await verify.sample(conn, task, by, stored)  # a job's verify_sample: checked by other clients
+    if reports.checked:
+        check_in_task(task, [str(d.doc_id) for d in reports.checked], (), await profile_of(conn, task))
+        await verify.judge(conn, task, reports.checked, task["max_attempts"])
     if reports.warc is not None:
         await _record_warc(conn, task, reports.warc, reports.warc_url, collection)
     if failed:

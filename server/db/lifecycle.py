@@ -109,6 +109,9 @@ OPEN_JOBS = """open_jobs(job_id) AS (
     FROM open_jobs o WHERE o.job_id IS NOT NULL
 )"""
 
+# A task some clients may not lease: a check of their own documents (server/db/verify.py).
+NOT_EXCLUDED = "(exclude_clients IS NULL OR $2::uuid IS NULL OR NOT $2::uuid = ANY(exclude_clients))"
+
 LEASE = f"""
 WITH RECURSIVE {OPEN_JOBS}, cap AS (SELECT {CAP.format(owner="$2", default="$5")} AS n
 ), held AS (
@@ -129,7 +132,7 @@ WITH RECURSIVE {OPEN_JOBS}, cap AS (SELECT {CAP.format(owner="$2", default="$5")
     -- tasks_waiting until housekeeping promotes it (PROMOTE), so a backlog in back-off costs
     -- the lease nothing.
     SELECT task_id, priority, task_seq FROM tasks
-    WHERE job_id IS NULL AND status = 'pending' AND due AND run_after <= now()
+    WHERE job_id IS NULL AND status = 'pending' AND due AND run_after <= now() AND {NOT_EXCLUDED}
     ORDER BY priority DESC, task_seq
     LIMIT (SELECT n FROM room)
     FOR UPDATE SKIP LOCKED
@@ -166,7 +169,7 @@ WITH RECURSIVE {OPEN_JOBS}, cap AS (SELECT {CAP.format(owner="$2", default="$5")
               ORDER BY priority DESC, created_at, job_id) j
         CROSS JOIN LATERAL (
             SELECT task_id, priority, task_seq FROM tasks
-            WHERE job_id = j.job_id AND status = 'pending' AND due AND run_after <= now()
+            WHERE job_id = j.job_id AND status = 'pending' AND due AND run_after <= now() AND {NOT_EXCLUDED}
             ORDER BY priority DESC, task_seq
             LIMIT (SELECT n FROM room)
             FOR UPDATE SKIP LOCKED

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from protocol import v1
@@ -23,9 +23,10 @@ class Reports:
     failed: list[v1.DocumentReport]
     warc: v1.WarcReport | None = None
     warc_url: str = ""  # where the WARC is, in the gate's naming of the store
+    checked: list[v1.DocumentReport] = field(default_factory=list)  # a check task's (server/db/verify.py)
 
     def __bool__(self) -> bool:
-        return bool(self.recorded or self.failed or self.warc)
+        return bool(self.recorded or self.failed or self.warc or self.checked)
 
 
 NO_REPORTS = Reports([], [])
@@ -41,6 +42,8 @@ def split_reports(
     for doc in documents:
         if doc.status is v1.DocumentStatus.FAILED:
             reports.failed.append(doc)
+        elif doc.status is v1.DocumentStatus.CHECKED:
+            reports.checked.append(doc)
         elif doc.storage_key is not None and doc.sha256 is not None and doc.size is not None:
             reports.recorded.append(_recorded(doc, shard_size, store_url))
     if warc is not None:
