@@ -21,7 +21,7 @@ from benchmarks.lib import RESULTS, postgres, processes
 
 SCENARIOS = (
     "control_plane", "creation", "backlog", "dashboard", "busy", "data_plane", "many_clients", "grants",
-    "export", "harvest", "fleet", "wacz",
+    "export", "harvest", "fleet", "wacz", "verification",
 )  # fmt: skip
 
 
