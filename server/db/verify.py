@@ -60,6 +60,13 @@ VALUES ($1, 'urls', $2, $3, $4, $5, $6, $7) RETURNING task_id
 """
 QUEUED = "UPDATE verifications SET state = 'queued', task_id = $2 WHERE verification_id = ANY($1::bigint[])"
 NOTIFY = "SELECT pg_notify('docgate_tasks', '')"
+# A check task that ended without judging a document of it (its fetch failed: the origin gone,
+# a block): that check cannot be had, and counts against no one.
+UNJUDGED = """
+UPDATE verifications v SET state = 'unsettled', settled_at = now()
+FROM tasks t
+WHERE v.state = 'queued' AND t.task_id = v.task_id AND t.status IN ('completed', 'failed', 'cancelled')
+"""
 
 OPEN = """
 SELECT * FROM verifications WHERE task_id = $1 AND state = 'queued' AND doc_id = ANY($2::text[])
@@ -111,6 +118,7 @@ async def sample(conn: Connection, task: Any, by: Recording, doc_ids: list[str])
 async def queue_due(pool: Pool) -> int:
     """Pending checks into tasks (housekeeping, on any gate: SKIP LOCKED keeps them apart)."""
     async with transaction(pool) as conn:
+        await conn.execute(UNJUDGED)
         rows = await conn.fetch(PENDING)
         groups: dict[tuple[Any, ...], list[Any]] = {}
         for row in rows:
