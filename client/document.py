@@ -101,6 +101,12 @@ class DocumentStep:
             collection=run.task.collection,
         )
 
+    def found(self, run: TaskRun, ref: DocRef) -> PutOptions:
+        """The put's options for this document of the task, under its lease (for a look at what
+        the store holds, and, with its content type, for the put)."""
+        fence = Fence(str(run.task.task_id), str(run.task.lease_token))
+        return PutOptions(max_size=self.config.max_document_size, doc_id=ref.doc_id, ext=ref.ext, fence=fence)
+
     async def absent(self, run: TaskRun, refs: list[DocRef]) -> set[str]:
         """The doc_ids of `refs` that the store holds nothing for, in one look for the batch
         (so each needs no look of its own before it is fetched). Trouble: none known absent."""
@@ -128,10 +134,7 @@ class DocumentStep:
         served, body, _ = await self.fetcher.fetch(
             ref.url, partial(self._origin_copy, run, ref), bodies.asked(run.work.rules)
         )
-        fence = Fence(str(run.task.task_id), str(run.task.lease_token))
-        options = PutOptions(
-            max_size=self.config.max_document_size, doc_id=ref.doc_id, ext=ref.ext, fence=fence
-        )
+        options = self.found(run, ref)
         held = await self.store.verified(seen.storage_key, options)
         report = v1.DocumentReport(
             doc_id=ref.doc_id, storage_key=seen.storage_key, sha256=served, url=ref.url,
@@ -154,10 +157,7 @@ class DocumentStep:
         if seen.last_modified and not restore:
             conditional["If-Modified-Since"] = seen.last_modified
         key = version_key(unversioned(seen.storage_key)[0], seen.version + 1)
-        fence = Fence(str(run.task.task_id), str(run.task.lease_token))
-        found = PutOptions(
-            max_size=self.config.max_document_size, doc_id=ref.doc_id, ext=ref.ext, fence=fence
-        )
+        found = self.found(run, ref)
 
         async def sink(body: Body) -> Outcome:
             spool = await run.warc.tee(body) if run.warc is not None else None
@@ -247,10 +247,7 @@ class DocumentStep:
     async def _store(self, run: TaskRun, ref: DocRef, absent: bool) -> Outcome | Downloaded:
         compress = self.config.compress == "gzip"
         key = self.key(run, ref)
-        fence = Fence(str(run.task.task_id), str(run.task.lease_token))
-        found = PutOptions(
-            max_size=self.config.max_document_size, doc_id=ref.doc_id, ext=ref.ext, fence=fence
-        )
+        found = self.found(run, ref)
         existing = None if absent else await self.store.verified(key, found)
         if existing is not None:
             return await self._skipped(run, ref, existing)

@@ -25,6 +25,10 @@ from server.errors import DocumentNotFound, JobNotFound
 
 SCHEDULE = "UPDATE jobs SET revisit = $2, next_revisit_at = $3 WHERE job_id = $1"
 
+# A recorded document's ext, from its key (`<shard>/<id><ext>[.gz]`, the last part of a version's).
+_NAME_EXT = "substr(regexp_replace(d.storage_key, '^.*/', ''), length(d.doc_id) + 1)"
+EXT_OF = rf"CASE WHEN d.compressed THEN regexp_replace({_NAME_EXT}, '\.gz$', '') ELSE {_NAME_EXT} END"
+
 # The job's recorded documents with a URL, in tasks of its chunk size (each item says what was
 # seen last), carrying the job's content rules and its warc as every task of the job does.
 QUEUE = """
@@ -34,10 +38,7 @@ WITH docs AS (
                'version', d.version, 'sha256', d.sha256, 'size', d.size, 'storage_key', d.storage_key,
                'etag', d.etag, 'last_modified', d.last_modified,
                'fetched_at', to_char(d.fetched_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'))) AS seen,
-           CASE WHEN d.compressed
-                THEN regexp_replace(substr(regexp_replace(d.storage_key, '^.*/', ''), length(d.doc_id) + 1),
-                                    '\\.gz$', '')
-                ELSE substr(regexp_replace(d.storage_key, '^.*/', ''), length(d.doc_id) + 1) END AS ext,
+           {ext} AS ext,
            (row_number() OVER (ORDER BY d.doc_id) - 1) / $2::bigint AS grp
     FROM documents d
     WHERE d.job_id = $1 AND d.url IS NOT NULL
@@ -53,7 +54,9 @@ WHERE j.job_id = $1
 GROUP BY d.grp, j.job_id, j.priority, j.max_attempts, j.collection, j.params
 """
 # What every task of a job carries from its params (as server.db.jobs.TASK_EXTRAS).
-QUEUE = QUEUE.format(extras=", ".join(f"'{k}', j.params->'{k}'" for k in v1.ContentRules.model_fields))
+QUEUE = QUEUE.format(
+    ext=EXT_OF, extras=", ".join(f"'{k}', j.params->'{k}'" for k in v1.ContentRules.model_fields)
+)
 ADD_TOTAL = (
     "UPDATE jobs SET tasks_total = tasks_total + $2, tasks_created = tasks_created + $2 WHERE job_id = $1"
 )

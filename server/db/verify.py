@@ -31,6 +31,7 @@ from uuid import UUID
 
 from protocol import v1
 from server.db.pool import Connection, Pool, transaction
+from server.db.revisits import EXT_OF
 from server.domain.record import Recording
 
 log = logging.getLogger("docgate.gate")
@@ -86,15 +87,12 @@ UPDATE clients SET quarantined_at = now(), revoked_at = coalesce(revoked_at, now
 WHERE client_id = $1 AND quarantined_at IS NULL RETURNING last_good_check_at
 """
 # What it recorded since its last good check, fetched and stored anew by others.
-RESTORE = """
+RESTORE = f"""
 WITH docs AS (
     SELECT d.job_id, d.collection, d.doc_id, d.url,
            jsonb_build_object('version', d.version, 'sha256', d.sha256, 'size', d.size,
                               'storage_key', d.storage_key) AS seen,
-           CASE WHEN d.compressed
-                THEN regexp_replace(substr(regexp_replace(d.storage_key, '^.*/', ''), length(d.doc_id) + 1),
-                                    '\\.gz$', '')
-                ELSE substr(regexp_replace(d.storage_key, '^.*/', ''), length(d.doc_id) + 1) END AS ext,
+           {EXT_OF} AS ext,
            (row_number() OVER (PARTITION BY d.job_id, d.collection ORDER BY d.doc_id) - 1) / 100 AS grp
     FROM documents d
     WHERE d.client_id = $1 AND d.url IS NOT NULL AND d.stored_at > coalesce($2, '-infinity'::timestamptz)
