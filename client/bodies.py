@@ -25,6 +25,9 @@ be gone next time.
 from __future__ import annotations
 
 import fnmatch
+import functools
+import hashlib
+import re
 from collections.abc import AsyncIterator
 
 from selectolax.lexbor import LexborHTMLParser
@@ -166,3 +169,17 @@ async def checked(body: Body, ext: str, rules: ContentRules) -> AsyncIterator[by
 def _under(size: int, most: int | None) -> None:
     if most is not None and size > most:
         raise _block(f"a block: over the task's max_size ({most} bytes)")
+
+
+@functools.cache
+def _varying(pattern: str) -> re.Pattern[bytes]:
+    return re.compile(pattern.encode())
+
+
+def normalized(data: bytes | bytearray, varies: list[str]) -> str:
+    """The sha256 of a document with the parts its job says vary (params.varies) blanked: what
+    two fetches of it agree on (server/db/verify.py compares a check's two sides by it)."""
+    text = bytes(data)
+    for pattern in varies:
+        text = _varying(pattern).sub(b"", text)
+    return hashlib.sha256(text).hexdigest()

@@ -59,6 +59,17 @@ def _regex(value: str) -> str:
     return value
 
 
+def _varying(value: str) -> str:
+    """A part of a document that differs from fetch to fetch, as a regular expression over its
+    bytes (read as UTF-8 text: `Generated [0-9:T-]+`, `name="token" value="[^"]*"`)."""
+    no_nul(value)
+    try:
+        re.compile(value.encode())
+    except re.error as exc:
+        raise ValueError(f"varies: {value!r} is not a regular expression: {exc}") from None
+    return value
+
+
 # A host name as the gate compares it (lower case, IDNA's ASCII form); `*.` in front for any
 # subdomain. What a search task's documents may be on besides its listing's host.
 HOST_PATTERN = r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
@@ -83,6 +94,7 @@ MAX_PATTERNS = 20
 BytePattern = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 Status = Annotated[int, Field(ge=100, le=599)]
 BlockSelector = Annotated[str, StringConstraints(min_length=1, max_length=500)]
+VaryingPart = Annotated[str, StringConstraints(min_length=1, max_length=300), AfterValidator(_varying)]
 
 
 class Politeness(Request):
@@ -146,6 +158,18 @@ class ContentRules(Request):
         "client to check them (0.01: 1 %; server/db/verify.py); a client that loses disputes is "
         "quarantined.",
     )
+    verify_disputes: Annotated[int, Field(ge=1, le=1_000)] | None = Field(
+        default=None,
+        description="Disputes a client may lose (a check's majority finding its document wrong) "
+        "before it is quarantined; 3 by default.",
+    )
+    varies: bool | Annotated[list[VaryingPart], Field(min_length=1, max_length=MAX_PATTERNS)] | None = Field(
+        default=None,
+        description="The documents differ from fetch to fetch, so a check compares them by this "
+        "rule and not byte for byte: regular expressions naming the parts that vary (a timestamp, "
+        "a session token), blanked on both sides before comparing; or `true`: only that the store "
+        "holds the bytes recorded (what the origin serves is not compared).",
+    )
 
     @model_validator(mode="after")
     def _sizes(self) -> ContentRules:
@@ -166,7 +190,7 @@ class ContentRules(Request):
 def handed_down(job: Any) -> Any:
     """A job's settings given beside its params (`politeness`, `warc`) go into its params, which
     every task of the job carries; given in both, they must agree."""
-    for name in ("politeness", "warc", "verify_sample"):
+    for name in ("politeness", "warc", "verify_sample", "verify_disputes"):
         value = getattr(job, name)
         if value is None:
             continue
@@ -198,6 +222,9 @@ class JobSettings(Request):
     verify_sample: Annotated[float, Field(gt=0, le=1)] | None = Field(
         default=None,
         description="The same as params.verify_sample: other clients check a share of each one's.",
+    )
+    verify_disputes: Annotated[int, Field(ge=1, le=1_000)] | None = Field(
+        default=None, description="The same as params.verify_disputes: disputes lost before quarantine."
     )
 
     _handed_down = model_validator(mode="after")(handed_down)

@@ -275,6 +275,14 @@ class DocumentReport(Request):
         default=None,
         description="a check's: the sha256 of the object the store holds at storage_key (none: no object)",
     )
+    normalized_sha256: Sha256Hex | None = Field(
+        default=None,
+        description="a check's, for a job whose documents vary (params.varies lists the parts): the "
+        "sha256 of what the origin served with those parts blanked",
+    )
+    stored_normalized_sha256: Sha256Hex | None = Field(
+        default=None, description="the same of the object the store holds (a check's)"
+    )
 
     @model_validator(mode="after")
     def _stored_has_proof(self) -> DocumentReport:

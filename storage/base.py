@@ -272,18 +272,27 @@ class Storage(ABC):
 
 
 async def digest_of(
-    store: Storage, key: str, max_size: int | None = None, version_id: str | None = None
+    store: Storage,
+    key: str,
+    max_size: int | None = None,
+    version_id: str | None = None,
+    keep: bytearray | None = None,
 ) -> Digest:
     """sha256 and size of the original document at `key` (that version of it, on a versioned
     store; a .gz object is inflated first, and must be one whole gzip stream); past `max_size`
-    original bytes, TooLarge."""
+    original bytes, TooLarge. `keep` gathers the original bytes too."""
     digest = Digest(max_size)
     inflate = zlib.decompressobj(31) if key.endswith(GZIP_EXT) else None
     async for chunk in store.open(key, version_id):
         data = inflate.decompress(chunk) if inflate else chunk
         await asyncio.to_thread(digest.update, data)
+        if keep is not None:
+            keep += data
     if inflate is not None:
-        digest.update(inflate.flush())
+        rest = inflate.flush()
+        digest.update(rest)
+        if keep is not None:
+            keep += rest
         if not inflate.eof or inflate.unused_data:
             raise CorruptGzip(f"{key} is not one whole gzip stream")
     return digest

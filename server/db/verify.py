@@ -15,17 +15,26 @@ Judging (in the check's fenced report):
   says who was wrong: the recorder (`lied`), or the first checker (`mistaken`); all three apart
   (a document that varies per fetch) is `unsettled` and counts against no one.
 
-A client that loses QUARANTINE_AFTER disputes is quarantined: its key suspended (it stops on
-every gate within the key cache's bound, as a revoked key), its leases handed back, and every
-document it recorded since its last good check queued again as a `restore` revisit: fetched
-and stored anew, as a new version, by other clients. Its record stays for the operator
-(`GET /api/v1/clients`, the dashboard): `quarantined`, with its checks passed and failed.
+A check task carries the job's content rules (what a block page looks like, its politeness) and
+is kept from the recorder's host too: every client registered with the same `client_host`.
+A document the job says `varies` from fetch to fetch is compared by that rule: its varying parts
+blanked on both sides (`normalized_sha256`), or (`varies: true`) only that the store holds the
+bytes recorded.
+
+A document the majority finds wrong is stored anew at once (a `restore` revisit by another
+client, itself checked), whoever recorded it. A client that loses the job's `verify_disputes`
+(3 by default) is quarantined: its key suspended (it stops on every gate within the key cache's
+bound, as a revoked key), its leases handed back, every document it recorded since its last good
+check stored anew by others (their open checks `superseded`), and every one it recorded before
+that checked (a liar that lies on some documents passes some checks). Its record stays for the
+operator (`GET /api/v1/clients`, the dashboard): `quarantined`, with its checks passed and failed.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -35,8 +44,13 @@ from server.db.revisits import EXT_OF
 from server.domain.record import Recording
 
 log = logging.getLogger("docgate.gate")
-QUARANTINE_AFTER = 3  # disputes lost
+QUARANTINE_AFTER = 3  # disputes lost, unless the job's verify_disputes says otherwise
 PER_TASK = 100
+# What a check or a restore carries of its job's params: its content rules, not its sampling
+# (a check stores nothing; a restore is checked whole, RESTORED_SAMPLE).
+RULES = tuple(k for k in v1.ContentRules.model_fields if k != "verify_sample")
+RESTORED_SAMPLE = 1.0
+_JOB_RULES = ", ".join(f"'{k}', j.params->'{k}'" for k in RULES)
 
 # The documents of this write to check: the job's share of them ($4, its tasks' verify_sample; a
 # hash of the doc_id under it), all of them for a client that lost a dispute before.
@@ -51,9 +65,17 @@ WHERE d.collection = $1 AND d.doc_id = ANY($2::text[]) AND d.task_id = $3 AND d.
 
 # Pending checks, a client's at a time, as tasks of the job that neither it nor any checker of
 # a document in them may lease.
-PENDING = """
-SELECT v.*, j.priority, j.max_attempts FROM verifications v JOIN jobs j ON j.job_id = v.job_id
+PENDING = f"""
+SELECT v.*, j.priority, j.max_attempts, jsonb_strip_nulls(jsonb_build_object({_JOB_RULES})) AS rules
+FROM verifications v JOIN jobs j ON j.job_id = v.job_id
 WHERE v.state = 'pending' ORDER BY v.verification_id LIMIT 1000 FOR UPDATE OF v SKIP LOCKED
+"""
+# The clients a check of these clients' documents is kept from: they, and every client
+# registered on the same host as one of them.
+HOSTMATES = """
+SELECT array_agg(c.client_id ORDER BY c.client_id) FROM clients c
+WHERE c.client_id = ANY($1::uuid[]) OR c.client_host IN (
+    SELECT client_host FROM clients WHERE client_id = ANY($1::uuid[]) AND client_host IS NOT NULL)
 """
 QUEUE = """
 INSERT INTO tasks (job_id, source, params, max_documents, priority, max_attempts, collection, exclude_clients)
@@ -73,6 +95,7 @@ OPEN = """
 SELECT * FROM verifications WHERE task_id = $1 AND state = 'queued' AND doc_id = ANY($2::text[])
 FOR UPDATE
 """
+STATE = "SELECT state FROM verifications WHERE verification_id = $1"
 SETTLE = "UPDATE verifications SET state = $2, opinions = $3, settled_at = now() WHERE verification_id = $1"
 AGAIN = "UPDATE verifications SET state = 'pending', opinions = $2, task_id = NULL WHERE verification_id = $1"
 PASSED = """
@@ -86,7 +109,8 @@ QUARANTINE = """
 UPDATE clients SET quarantined_at = now(), revoked_at = coalesce(revoked_at, now())
 WHERE client_id = $1 AND quarantined_at IS NULL RETURNING last_good_check_at
 """
-# What it recorded since its last good check, fetched and stored anew by others.
+# Documents a client recorded, fetched and stored anew by others (each as a new version; a
+# restore's documents are all checked in turn): `{which}` says which of them.
 RESTORE = f"""
 WITH docs AS (
     SELECT d.job_id, d.collection, d.doc_id, d.url,
@@ -95,14 +119,42 @@ WITH docs AS (
            {EXT_OF} AS ext,
            (row_number() OVER (PARTITION BY d.job_id, d.collection ORDER BY d.doc_id) - 1) / 100 AS grp
     FROM documents d
-    WHERE d.client_id = $1 AND d.url IS NOT NULL AND d.stored_at > coalesce($2, '-infinity'::timestamptz)
+    WHERE d.client_id = $1 AND d.url IS NOT NULL AND {{which}}
 )
 INSERT INTO tasks (job_id, source, params, max_documents, priority, max_attempts, collection, exclude_clients)
 SELECT d.job_id, 'urls',
        jsonb_build_object('revisit', true, 'restore', true, 'urls', jsonb_agg(jsonb_build_object(
-           'doc_id', d.doc_id, 'url', d.url, 'ext', d.ext, 'seen', d.seen) ORDER BY d.doc_id)),
-       count(*), 0, $3, d.collection, ARRAY[$1::uuid]
-FROM docs d GROUP BY d.job_id, d.collection, d.grp
+           'doc_id', d.doc_id, 'url', d.url, 'ext', d.ext, 'seen', d.seen) ORDER BY d.doc_id))
+       || jsonb_strip_nulls(jsonb_build_object({_JOB_RULES}))
+       || jsonb_build_object('verify_sample', {RESTORED_SAMPLE}::float8),
+       count(*), 0, $3, d.collection, $2::uuid[]
+FROM docs d LEFT JOIN jobs j ON j.job_id = d.job_id
+GROUP BY d.job_id, d.collection, d.grp, j.params
+"""
+_LIED = """EXISTS (SELECT 1 FROM verifications v WHERE v.collection = d.collection AND v.doc_id = d.doc_id
+                   AND v.version = d.version AND v.state = 'lied')"""
+# Since its last good check ($4), less what a lost dispute restores already.
+RESTORE_SINCE = RESTORE.format(which=f"d.stored_at > coalesce($4, '-infinity'::timestamptz) AND NOT {_LIED}")
+# The one document a lost dispute found wrong, if the record is still that version of it.
+RESTORE_ONE = RESTORE.format(which="d.collection = $4 AND d.doc_id = $5 AND d.version = $6")
+# The open checks of what a quarantine restores: their verdict would change nothing.
+SUPERSEDE = """
+UPDATE verifications v SET state = 'superseded', settled_at = now()
+FROM documents d
+WHERE v.recorded_by = $1 AND v.state IN ('pending', 'queued') AND d.collection = v.collection
+  AND d.doc_id = v.doc_id AND d.version = v.version AND d.client_id = $1
+  AND d.stored_at > coalesce($2, '-infinity'::timestamptz)
+"""
+# Everything a quarantined client recorded up to its last good check ($2), checked (what was
+# checked already stays judged).
+CHECK_EARLIER = """
+INSERT INTO verifications (collection, doc_id, version, job_id, url, storage_key, size, claimed_sha256,
+                           recorded_by)
+SELECT d.collection, d.doc_id, d.version, d.job_id, d.url, d.storage_key, d.size, d.sha256, d.client_id
+FROM documents d
+WHERE d.client_id = $1 AND d.url IS NOT NULL AND d.job_id IS NOT NULL AND d.stored_at <= $2
+  AND NOT EXISTS (SELECT 1 FROM verifications v WHERE v.collection = d.collection
+                  AND v.doc_id = d.doc_id AND v.version = d.version)
 """
 
 
@@ -125,12 +177,13 @@ async def queue_due(pool: Pool) -> int:
             groups.setdefault((row["job_id"], row["collection"], excluded), []).append(row)
         created = 0
         for (job_id, collection, excluded), group in groups.items():
+            kept_from = await conn.fetchval(HOSTMATES, [UUID(c) for c in excluded])
             for start in range(0, len(group), PER_TASK):
                 part = group[start : start + PER_TASK]
-                params = {"verify": True, "urls": [_item(r) for r in part]}
+                params = {**_json(part[0]["rules"]), "verify": True, "urls": [_item(r) for r in part]}
                 task_id = await conn.fetchval(
                     QUEUE, job_id, params, len(part), part[0]["priority"], part[0]["max_attempts"] or 5,
-                    collection, [UUID(c) for c in excluded],
+                    collection, kept_from,
                 )  # fmt: skip
                 await conn.execute(QUEUED, [r["verification_id"] for r in part], task_id)
                 created += 1
@@ -152,59 +205,115 @@ def _item(row: Any) -> dict[str, Any]:
     return {"doc_id": row["doc_id"], "url": row["url"], "ext": ext, "seen": seen}
 
 
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
 def _opinions(value: Any) -> list[dict[str, Any]]:
-    return list(json.loads(value) if isinstance(value, str) else value or [])
+    return list(_json(value) or [])
 
 
 async def judge(conn: Connection, task: Any, checked: list[v1.DocumentReport], max_attempts: int) -> None:
     """Weigh a check task's reports (inside its fenced write)."""
-    if not (task["params"] or {}).get("verify") or task["assigned_to"] is None:
+    params = task["params"] or {}
+    if not params.get("verify") or task["assigned_to"] is None:
         return
+    rule = Rule(params.get("varies"), params.get("verify_disputes") or QUARANTINE_AFTER, max_attempts)
     said = {str(d.doc_id): d for d in checked}
     for row in await conn.fetch(OPEN, task["task_id"], list(said)):
+        if await conn.fetchval(STATE, row["verification_id"]) != "queued":
+            continue  # superseded since, by a quarantine judged earlier in this report
         report = said[row["doc_id"]]
         opinion = {"client_id": str(task["assigned_to"]), "sha256": report.sha256,
-                   "stored_sha256": report.stored_sha256}  # fmt: skip
+                   "stored_sha256": report.stored_sha256, "normalized_sha256": report.normalized_sha256,
+                   "stored_normalized_sha256": report.stored_normalized_sha256}  # fmt: skip
         opinions = [*_opinions(row["opinions"]), opinion]
         claimed = row["claimed_sha256"]
-        if len(opinions) == 1:
-            if _agrees(opinion, claimed):
-                await conn.execute(SETTLE, row["verification_id"], "agreed", opinions)
-                await conn.execute(PASSED, row["recorded_by"])
-            else:  # a dispute: a third fetch, by a client that is neither
-                await conn.execute(AGAIN, row["verification_id"], opinions)
-            continue
-        first, second = opinions[0], opinions[1]
-        if _agrees(second, claimed) and not _agrees(first, claimed):
-            await conn.execute(SETTLE, row["verification_id"], "mistaken", opinions)
-            await conn.execute(PASSED, row["recorded_by"])
-            await _lost(conn, UUID(first["client_id"]), max_attempts)
-        elif not _agrees(second, claimed) and second["sha256"] == first["sha256"]:
-            await conn.execute(SETTLE, row["verification_id"], "lied", opinions)
-            await _lost(conn, row["recorded_by"], max_attempts)
-        else:
-            await conn.execute(SETTLE, row["verification_id"], "unsettled", opinions)
+        await _settle(conn, row, opinions, rule.agrees(opinion, claimed), rule)
 
 
-def _agrees(opinion: dict[str, Any], claimed: str) -> bool:
-    """The origin serves the recorded bytes and the store holds them."""
-    return bool(opinion["sha256"] == claimed and opinion.get("stored_sha256") == claimed)
+async def _settle(
+    conn: Connection, row: Any, opinions: list[dict[str, Any]], verdict: bool | None, rule: Rule
+) -> None:
+    """One check's outcome, with the latest opinion's verdict. A second opinion comes only after
+    a first that disagreed, so the two together are a majority either way."""
+    check = row["verification_id"]
+    if verdict is None:  # the checker could not compare by the rule
+        await conn.execute(SETTLE, check, "unsettled", opinions)
+    elif len(opinions) == 1 and verdict:
+        await conn.execute(SETTLE, check, "agreed", opinions)
+        await conn.execute(PASSED, row["recorded_by"])
+    elif len(opinions) == 1:  # a dispute: a third fetch, by a client that is neither
+        await conn.execute(AGAIN, check, opinions)
+    elif verdict:  # the first checker was wrong
+        await conn.execute(SETTLE, check, "mistaken", opinions)
+        await conn.execute(PASSED, row["recorded_by"])
+        await _lost(conn, UUID(opinions[0]["client_id"]), rule)
+    elif rule.view(opinions[0]) == rule.view(opinions[1]):  # the recorder was: its document anew
+        await conn.execute(SETTLE, check, "lied", opinions)
+        kept_from = await conn.fetchval(HOSTMATES, [row["recorded_by"]])
+        await conn.execute(
+            RESTORE_ONE, row["recorded_by"], kept_from, rule.max_attempts,
+            row["collection"], row["doc_id"], row["version"],
+        )  # fmt: skip
+        await conn.execute(NOTIFY)
+        await _lost(conn, row["recorded_by"], rule)
+    else:  # the checkers saw different things: a document that varies in ways no rule names
+        await conn.execute(SETTLE, check, "unsettled", opinions)
 
 
-async def _lost(conn: Connection, client_id: UUID, max_attempts: int) -> None:
+@dataclass(frozen=True)
+class Rule:
+    """How a job's checks are weighed: its `varies` (None: byte for byte; a list: those parts
+    blanked, `normalized_sha256`; True: only what the store holds), and its disputes before
+    quarantine."""
+
+    varies: bool | list[str] | None
+    disputes: int
+    max_attempts: int
+
+    def agrees(self, opinion: dict[str, Any], claimed: str) -> bool | None:
+        """The store holds the recorded bytes, and the origin serves them (by the rule); None:
+        the checker could not tell (the parts that vary could not be blanked on both sides)."""
+        if opinion.get("stored_sha256") != claimed:
+            return False
+        if self.varies is True or opinion["sha256"] == claimed:
+            return True
+        if not self.varies:
+            return False
+        normalized, stored = opinion.get("normalized_sha256"), opinion.get("stored_normalized_sha256")
+        if normalized is None or stored is None:
+            return None
+        return bool(normalized == stored)
+
+    def view(self, opinion: dict[str, Any]) -> tuple[Any, ...]:
+        """What a checker saw, as two checkers who saw the same would both say it."""
+        if self.varies is True:
+            return (opinion.get("stored_sha256"),)
+        origin = opinion.get("normalized_sha256") if self.varies else None
+        return opinion.get("stored_sha256"), origin or opinion["sha256"]
+
+
+async def _lost(conn: Connection, client_id: UUID, rule: Rule) -> None:
     row = await conn.fetchrow(FAILED, client_id)
-    if row is None or row["quarantined_at"] is not None or row["checks_failed"] < QUARANTINE_AFTER:
+    if row is None or row["quarantined_at"] is not None or row["checks_failed"] < rule.disputes:
         return
     quarantined = await conn.fetchrow(QUARANTINE, client_id)
     if quarantined is None:
         return
     from server.db import lifecycle  # (lifecycle records reports through documents, which come here)
 
+    good = quarantined["last_good_check_at"]
     handed = await lifecycle.hand_back_client(conn, client_id)
-    status = await conn.execute(RESTORE, client_id, quarantined["last_good_check_at"], max_attempts)
+    kept_from = await conn.fetchval(HOSTMATES, [client_id])
+    superseded = await conn.execute(SUPERSEDE, client_id, good)
+    restores = await conn.execute(RESTORE_SINCE, client_id, kept_from, rule.max_attempts, good)
+    checks = await conn.execute(CHECK_EARLIER, client_id, good) if good is not None else "INSERT 0 0"
     await conn.execute(NOTIFY)
     log.warning(
         "client %s quarantined: %d disputes lost; %d leases handed back, %s tasks to store its "
-        "documents since its last good check anew",
-        client_id, QUARANTINE_AFTER, handed, status.split()[-1],
+        "documents since its last good check anew (%s open checks of them superseded), %s "
+        "documents before it to check",
+        client_id, row["checks_failed"], handed, restores.split()[-1], superseded.split()[-1],
+        checks.split()[-1],
     )  # fmt: skip
