@@ -341,9 +341,13 @@ class DocumentStep:
         store's metadata is no proof: whoever can write the store can set it), and with
         --verify-existing fetch it is compared with what the origin serves, before it is reported
         as skipped. With --warc it is fetched and compared too: that fetch is its capture (and
-        its WARC record), so no document is recorded without one."""
+        its WARC record), so no document is recorded without one; and in a job with
+        verify_sample, whose store other, untrusted clients write to."""
         capture = None
-        if self.config.verify_existing == "fetch" or run.warc is not None:
+        # In a job whose clients are checked (verify_sample) the store is written by clients the
+        # gate does not trust: an object no record vouches for may be a liar's.
+        untrusted = run.work.rules.verify_sample is not None
+        if self.config.verify_existing == "fetch" or run.warc is not None or untrusted:
             served, body, spool = await self.fetcher.fetch(
                 ref.url, partial(self._origin_copy, run, ref), bodies.asked(run.work.rules)
             )

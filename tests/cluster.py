@@ -82,8 +82,9 @@ class Cluster:
         assert r.status_code == 200, r.text
         return r.json()
 
-    def register(self, name: str) -> str:
-        return str(self.post("/api/v1/clients/register", {"client_name": name})["api_key"])
+    def register(self, name: str, host: str | None = None) -> str:
+        body = {"client_name": name} | ({"client_host": host} if host else {})
+        return str(self.post("/api/v1/clients/register", body)["api_key"])
 
     def job(self, origin: Origin, start_id: int, count: int, chunk_size: int = 100, ext: str = ".bin") -> str:
         body = {

@@ -12,36 +12,46 @@ honest clients' checks of each other are the control: they agree, and no honest 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
 from cluster import Cluster, Origin
+from processes import nginx_serving
+from server.db import verify
 from storage.keys import document_key
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 COUNT = 30
 
 
-def lie(cluster: Cluster, key: str, origin: Origin) -> dict[str, Any]:
-    """Lease one task and complete it with lies; what was claimed, by doc_id."""
+KINDS = ("other bytes", "never stored", "cut short")
+
+
+def lie(cluster: Cluster, key: str, kinds: tuple[str, ...] = KINDS) -> dict[str, Any]:
+    """Lease one task (an id_range's) and complete it with lies, each document one of `kinds` in
+    turn; what was claimed, by doc_id."""
     headers = {"X-API-Key": key, "X-Session-Id": "liar-1"}
     leased = httpx.post(f"{cluster.url}/api/v1/tasks/request", headers=headers, json={}, timeout=30)
     assert leased.status_code == 200, leased.text
     task = leased.json()
     ids = [str(task["params"]["start_id"] + i) for i in range(task["params"]["count"])]
+    template, ext = task["params"]["url_template"], task["params"]["ext"]
     documents, claims = [], {}
     for n, doc_id in enumerate(ids):
-        url = f"{origin.url}/doc/{doc_id}.bin"
+        url = template.replace("{id}", doc_id)
         truth = httpx.get(url, timeout=30).content
-        storage_key = document_key(doc_id, ".bin")
+        storage_key = document_key(doc_id, ext)
         path = cluster.store / storage_key
         path.parent.mkdir(parents=True, exist_ok=True)
-        kind = ("other bytes", "never stored", "cut short")[n % 3]
+        kind = kinds[n % len(kinds)]
         if kind == "other bytes":
             data = b"planted " + truth[8:]
             path.write_bytes(data)
@@ -74,7 +84,7 @@ def test_a_liar_among_honest_clients_is_caught_quarantined_and_its_documents_sto
                        "ext": ".bin"},
         })["job_id"]  # fmt: skip
         liar_key = cluster.register("liar")
-        claims = lie(cluster, liar_key, origin)
+        claims = lie(cluster, liar_key)
         for name in ("honest-a", "honest-b"):
             cluster.client(name, "--concurrency", "4")
         deadline = time.monotonic() + 240
@@ -141,7 +151,7 @@ def test_without_checks_the_liars_documents_stay_recorded(tmp_path: Path, db_dsn
             "params": {"url_template": f"{origin.url}/doc/{{id}}.bin", "start_id": 1, "count": COUNT,
                        "ext": ".bin"},
         })["job_id"]  # fmt: skip
-        claims = lie(cluster, cluster.register("liar"), origin)
+        claims = lie(cluster, cluster.register("liar"))
         cluster.client("honest-a", "--exit-when-idle")
         assert cluster.wait_clients() == [0]
         docs = cluster.sql("SELECT doc_id, sha256 FROM documents WHERE job_id = $1", uuid.UUID(job))
@@ -156,3 +166,174 @@ def test_without_checks_the_liars_documents_stay_recorded(tmp_path: Path, db_dsn
     wrong = [r["doc_id"] for r in docs if r["sha256"] != hashlib.sha256(truths[r["doc_id"]]).hexdigest()]
     assert checks == 0 and liar["quarantined_at"] is None
     assert len(wrong) == sum(1 for kind in claims.values() if kind != "cut short") > 0
+
+
+def settled(cluster: Cluster, job: str, count: int, deadline: float = 240) -> None:
+    """Wait until the job's `count` documents are recorded and no check or task of it is open."""
+    stop = time.monotonic() + deadline
+    while True:
+        docs = cluster.sql("SELECT count(*) FROM documents WHERE job_id = $1", uuid.UUID(job))[0][0]
+        open_checks = cluster.sql(
+            "SELECT count(*) FROM verifications WHERE job_id = $1 AND state IN ('pending', 'queued')",
+            uuid.UUID(job),
+        )[0][0]
+        open_tasks = cluster.sql(
+            "SELECT count(*) FROM tasks WHERE job_id = $1 AND status IN ('pending', 'assigned')",
+            uuid.UUID(job),
+        )[0][0]
+        if docs == count and open_checks == 0 and open_tasks == 0:
+            return
+        assert time.monotonic() < stop, (docs, open_checks, open_tasks)
+        time.sleep(0.5)
+
+
+def test_checks_are_kept_from_the_recorders_host_and_carry_the_jobs_rules(
+    tmp_path: Path, db_dsn: str
+) -> None:
+    """A liar and an honest client on one host (`client_host` rack-1), two honest clients on
+    others: no check of the liar's documents goes to its host mate, and (verify_disputes 1) it
+    is quarantined at its first lost dispute."""
+    origin = Origin(tmp_path, "--size", "2000")
+    cluster = Cluster(tmp_path, db_dsn)
+    try:
+        job = cluster.post("/api/v1/jobs", {
+            "source": "id_range", "chunk_size": 10, "verify_sample": 1.0, "verify_disputes": 1,
+            "params": {"url_template": f"{origin.url}/doc/{{id}}.bin", "start_id": 1, "count": COUNT,
+                       "ext": ".bin", "min_size": 100},
+        })["job_id"]  # fmt: skip
+        liar_key = cluster.register("liar", host="rack-1")
+        claims = lie(cluster, liar_key, kinds=("other bytes",))
+        for name, host in (("mate", "rack-1"), ("far-a", "rack-2"), ("far-b", "rack-3")):
+            cluster.client(name, "--concurrency", "4", key=cluster.register(name, host=host))
+        settled(cluster, job, COUNT)
+        ids = {r["client_name"]: str(r["client_id"]) for r in cluster.sql("SELECT * FROM clients")}
+        checks = cluster.sql(
+            "SELECT doc_id, opinions FROM verifications WHERE recorded_by = $1", uuid.UUID(ids["liar"])
+        )
+        tasks = cluster.sql("SELECT exclude_clients, params FROM tasks WHERE (params->>'verify')::boolean")
+        liar = next(c for c in cluster.get("/api/v1/clients")["clients"] if c["client_name"] == "liar")
+        lost = cluster.sql(
+            "SELECT count(*), min(settled_at) FROM verifications WHERE state = 'lied' AND recorded_by = $1",
+            uuid.UUID(ids["liar"]),
+        )[0]
+    finally:
+        cluster.stop()
+        origin.stop()
+    assert len(claims) == 10 and len(checks) == 10
+    liars = {r["doc_id"] for r in checks}
+    for check in checks:
+        opinions = json.loads(check["opinions"])
+        assert opinions and not {o["client_id"] for o in opinions} & {ids["liar"], ids["mate"]}, opinions
+
+    def theirs(task: Any) -> set[str]:  # (a restored document is version 2, another's)
+        return {u["doc_id"] for u in json.loads(task["params"])["urls"] if u["seen"]["version"] == 1}
+
+    checking = [t for t in tasks if theirs(t) & liars]
+    assert checking
+    for task in checking:
+        params = json.loads(task["params"])
+        assert {ids["liar"], ids["mate"]} <= {str(c) for c in task["exclude_clients"]}  # its host too
+        assert params["verify_disputes"] == 1 and params["min_size"] == 100  # the job's rules
+    assert liar["status"] == "quarantined" and lost[0] >= 1
+    # verify_disputes 1: quarantined in the very transaction that settled its first lost dispute.
+    assert liar["quarantined_at"] == lost[1].isoformat().replace("+00:00", "Z")
+
+
+def ssi_pages(tmp_path: Path, count: int, first: int) -> Path:
+    """HTML pages whose every answer differs: nginx's SSI writes the request's id and time in them
+    (`<!--# echo var="request_id" -->`, https://nginx.org/en/docs/http/ngx_http_ssi_module.html)."""
+    root = tmp_path / "www"
+    (root / "pages").mkdir(parents=True, exist_ok=True)
+    for i in range(first, first + count):
+        (root / "pages" / f"{i}.html").write_text(
+            f"<html><body><h1>Decision {i}</h1><p>{'The court rules. ' * 40}</p>"
+            '<footer>Served <!--# echo var="request_id" --> at <!--# echo var="msec" --></footer>'
+            "</body></html>\n"
+        )
+    for path in (tmp_path, root, root / "pages", *root.glob("pages/*")):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return root
+
+
+def test_documents_that_vary_per_fetch_are_compared_by_the_jobs_rule(tmp_path: Path, db_dsn: str) -> None:
+    """Pages that differ on every fetch (a request id and a time in their footer). With `varies`
+    naming that part, honest clients' checks agree and a liar's other bytes are still caught;
+    the control: the same pages without `varies` are all `unsettled` (never agreed, and nobody
+    blamed)."""
+    root = ssi_pages(tmp_path, 20, 1)
+    ssi_pages(tmp_path, 10, 101)
+    http = f"""
+    access_log off;
+    server {{ listen {{listen}}; root {root}; location /pages/ {{ ssi on; }} }}
+"""
+    with nginx_serving(tmp_path, http, "/pages/1.html") as base:
+        two = [httpx.get(f"{base}/pages/1.html", timeout=10).content for _ in range(2)]
+        assert two[0] != two[1] and b"<!--#" not in two[0]  # the peer: every answer its own
+        cluster = Cluster(tmp_path, db_dsn)
+        try:
+
+            def job(start: int, count: int, **rules: Any) -> str:
+                return str(cluster.post("/api/v1/jobs", {
+                    "source": "id_range", "chunk_size": 10, "verify_sample": 1.0,
+                    "params": {"url_template": f"{base}/pages/{{id}}.html", "start_id": start,
+                               "count": count, "ext": ".html", **rules},
+                })["job_id"])  # fmt: skip
+
+            varying = job(1, 20, varies=["Served [0-9a-f]{32} at [0-9.]+"])
+            claims = lie(cluster, cluster.register("liar"), kinds=("other bytes",))
+            for name in ("honest-a", "honest-b", "honest-c"):
+                cluster.client(name, "--concurrency", "4")
+            settled(cluster, varying, 20)
+            plain = job(101, 10)
+            settled(cluster, plain, 10)
+
+            def states(job_id: str) -> dict[str, int]:
+                rows = cluster.sql(
+                    "SELECT state, count(*) FROM verifications WHERE job_id = $1 GROUP BY state",
+                    uuid.UUID(job_id),
+                )
+                return dict(rows)  # type: ignore[arg-type]
+
+            by_rule, byte_for_byte = states(varying), states(plain)
+            normalized = cluster.sql(
+                "SELECT opinions FROM verifications WHERE job_id = $1 AND state = 'lied'", uuid.UUID(varying)
+            )
+            clients = {c["client_name"]: c for c in cluster.get("/api/v1/clients")["clients"]}
+        finally:
+            cluster.stop()
+    assert len(claims) == 10
+    # The honest clients' 10 documents (and the 10 restored) agree by the rule; the liar's 10
+    # lost, or (after the third, its quarantine) were superseded by their restores.
+    assert by_rule.get("lied", 0) >= 3 and by_rule.get("agreed", 0) >= 20, by_rule
+    assert by_rule.get("lied", 0) + by_rule.get("superseded", 0) == 10, by_rule
+    assert set(by_rule) <= {"lied", "agreed", "superseded"}, by_rule
+    assert all(o["normalized_sha256"] for row in normalized for o in json.loads(row["opinions"]))
+    assert clients["liar"]["status"] == "quarantined"
+    assert byte_for_byte == {"unsettled": 10}, byte_for_byte  # the control
+    assert all(clients[n]["checks_failed"] == 0 for n in ("honest-a", "honest-b", "honest-c"))
+
+
+@pytest.mark.parametrize("disputes", [1, 2, 5])
+async def test_verify_disputes_is_how_many_lost_disputes_quarantine(db_dsn: str, disputes: int) -> None:
+    """A client is quarantined at its `verify_disputes`-th lost dispute, not one sooner."""
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        client = await conn.fetchval(
+            "INSERT INTO clients (client_name, api_key_hash) VALUES ('c', $1) RETURNING client_id",
+            os.urandom(32),
+        )
+        rule = verify.Rule(varies=None, disputes=disputes, max_attempts=5)
+        quarantined_after = []
+        for lost in range(1, 7):
+            async with conn.transaction():
+                await verify._lost(conn, client, rule)
+            if await conn.fetchval(
+                "SELECT quarantined_at IS NOT NULL FROM clients WHERE client_id = $1", client
+            ):
+                quarantined_after.append(lost)
+        revoked = await conn.fetchval(
+            "SELECT revoked_at IS NOT NULL FROM clients WHERE client_id = $1", client
+        )
+    finally:
+        await conn.close()
+    assert quarantined_after[0] == disputes and revoked

@@ -69,7 +69,10 @@ async def record(conn: Connection, task: Any, reports: Reports) -> None:
     if first:
         await conn.execute(RECORD, *record_args(by, first))
     await _revisited(conn, task, by, recorded, failed)
-    stored = [str(d.doc_id) for d in recorded if d.status is v1.DocumentStatus.STORED]
+    # What this write records (found in the store, too: a liar could report its lies so).
+    stored = [
+        str(d.doc_id) for d in recorded if d.status in (v1.DocumentStatus.STORED, v1.DocumentStatus.SKIPPED)
+    ]
     await verify.sample(conn, task, by, stored)  # a job's verify_sample: checked by other clients
     if reports.checked:
         check_in_task(task, [str(d.doc_id) for d in reports.checked], (), await profile_of(conn, task))

@@ -135,8 +135,10 @@ _LIED = """EXISTS (SELECT 1 FROM verifications v WHERE v.collection = d.collecti
                    AND v.version = d.version AND v.state = 'lied')"""
 # Since its last good check ($4), less what a lost dispute restores already.
 RESTORE_SINCE = RESTORE.format(which=f"d.stored_at > coalesce($4, '-infinity'::timestamptz) AND NOT {_LIED}")
-# The one document a lost dispute found wrong, if the record is still that version of it.
-RESTORE_ONE = RESTORE.format(which="d.collection = $4 AND d.doc_id = $5 AND d.version = $6")
+# The documents lost disputes found wrong, where the record is still that version of them.
+RESTORE_FOUND = RESTORE.format(
+    which="(d.collection, d.doc_id, d.version) IN (SELECT * FROM unnest($4::text[], $5::text[], $6::int[]))"
+)
 # The open checks of what a quarantine restores: their verdict would change nothing.
 SUPERSEDE = """
 UPDATE verifications v SET state = 'superseded', settled_at = now()
@@ -220,6 +222,7 @@ async def judge(conn: Connection, task: Any, checked: list[v1.DocumentReport], m
         return
     rule = Rule(params.get("varies"), params.get("verify_disputes") or QUARANTINE_AFTER, max_attempts)
     said = {str(d.doc_id): d for d in checked}
+    wrong: dict[UUID, list[Any]] = {}  # the documents found wrong, by who recorded them
     for row in await conn.fetch(OPEN, task["task_id"], list(said)):
         if await conn.fetchval(STATE, row["verification_id"]) != "queued":
             continue  # superseded since, by a quarantine judged earlier in this report
@@ -229,14 +232,24 @@ async def judge(conn: Connection, task: Any, checked: list[v1.DocumentReport], m
                    "stored_normalized_sha256": report.stored_normalized_sha256}  # fmt: skip
         opinions = [*_opinions(row["opinions"]), opinion]
         claimed = row["claimed_sha256"]
-        await _settle(conn, row, opinions, rule.agrees(opinion, claimed), rule)
+        if await _settle(conn, row, opinions, rule.agrees(opinion, claimed), rule):
+            wrong.setdefault(row["recorded_by"], []).append(row)
+    for recorder, rows in wrong.items():  # stored anew, by others
+        kept_from = await conn.fetchval(HOSTMATES, [recorder])
+        await conn.execute(
+            RESTORE_FOUND, recorder, kept_from, max_attempts, [r["collection"] for r in rows],
+            [r["doc_id"] for r in rows], [r["version"] for r in rows],
+        )  # fmt: skip
+    if wrong:
+        await conn.execute(NOTIFY)
 
 
 async def _settle(
     conn: Connection, row: Any, opinions: list[dict[str, Any]], verdict: bool | None, rule: Rule
-) -> None:
-    """One check's outcome, with the latest opinion's verdict. A second opinion comes only after
-    a first that disagreed, so the two together are a majority either way."""
+) -> bool:
+    """One check's outcome, with the latest opinion's verdict; True when it finds the document
+    wrong. A second opinion comes only after a first that disagreed, so the two together are a
+    majority either way."""
     check = row["verification_id"]
     if verdict is None:  # the checker could not compare by the rule
         await conn.execute(SETTLE, check, "unsettled", opinions)
@@ -249,17 +262,13 @@ async def _settle(
         await conn.execute(SETTLE, check, "mistaken", opinions)
         await conn.execute(PASSED, row["recorded_by"])
         await _lost(conn, UUID(opinions[0]["client_id"]), rule)
-    elif rule.view(opinions[0]) == rule.view(opinions[1]):  # the recorder was: its document anew
+    elif rule.view(opinions[0]) == rule.view(opinions[1]):  # the recorder was
         await conn.execute(SETTLE, check, "lied", opinions)
-        kept_from = await conn.fetchval(HOSTMATES, [row["recorded_by"]])
-        await conn.execute(
-            RESTORE_ONE, row["recorded_by"], kept_from, rule.max_attempts,
-            row["collection"], row["doc_id"], row["version"],
-        )  # fmt: skip
-        await conn.execute(NOTIFY)
         await _lost(conn, row["recorded_by"], rule)
+        return True
     else:  # the checkers saw different things: a document that varies in ways no rule names
         await conn.execute(SETTLE, check, "unsettled", opinions)
+    return False
 
 
 @dataclass(frozen=True)

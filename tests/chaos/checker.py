@@ -18,16 +18,22 @@ from typing import Any
 
 import asyncpg
 from harness import BUCKET, HELD, Run
+from variants import BYTE_LIARS
 
 from conftest import run_aside
 from docgate.origin import content_for, size_for
-from storage.keys import document_key
+from storage.keys import document_key, unversioned
 from storage.s3 import STAGING
 
 ACK = re.compile(r"task ([0-9a-f-]{36}) completed \(lease ([0-9a-f-]{36})\)")
 STALE_REFUSED = re.compile(r"POST /api/v1/tasks/\S+ 409 ")
 LIE_REFUSED = re.compile(r"LIE refused")
 LIE_ACCEPTED = re.compile(r"LIE ACCEPTED")
+BYTE_LIE = re.compile(r"BYTE LIE (\S+) ")
+# A task's kind: the job's own, a check of documents others recorded, or a restore of documents
+# a check found wrong or a quarantined client recorded (server/db/verify.py).
+KIND = """CASE WHEN (params->>'verify')::boolean THEN 'check'
+                WHEN (params->>'restore')::boolean THEN 'restore' ELSE 'job' END"""
 # Documents no task contains: what a lying client would have planted (chaos jobs are id ranges).
 OUTSIDE_EVERY_TASK = """
 SELECT count(*) FROM documents d WHERE NOT EXISTS (
@@ -57,7 +63,16 @@ def _fetch(dsn: str) -> dict[str, list[asyncpg.Record]]:
         conn = await asyncpg.connect(dsn, timeout=30)
         try:
             return {
-                "statuses": await conn.fetch("SELECT status, count(*) FROM tasks GROUP BY status"),
+                "statuses": await conn.fetch(
+                    f"SELECT status, count(*) FROM tasks WHERE {KIND} = 'job' GROUP BY status"
+                ),
+                "kinds": await conn.fetch(
+                    f"SELECT {KIND} AS kind, status, count(*) FROM tasks GROUP BY 1, 2"
+                ),
+                "clients": await conn.fetch(
+                    "SELECT client_name, quarantined_at, checks_passed, checks_failed FROM clients"
+                ),
+                "checks": await conn.fetch("SELECT state, count(*) FROM verifications GROUP BY state"),
                 "completions": await conn.fetch(
                     "SELECT task_id::text, count(*) AS n, max(lease_token::text) AS token "
                     "FROM task_events WHERE event = 'completed' GROUP BY task_id"
@@ -71,6 +86,10 @@ def _fetch(dsn: str) -> dict[str, list[asyncpg.Record]]:
                     "SELECT doc_id, storage_key, sha256, size, version_id FROM documents"
                 ),
                 "outside": await conn.fetch(OUTSIDE_EVERY_TASK),
+                "unrecorded": await conn.fetch(
+                    "SELECT f.code, count(DISTINCT f.doc_id) FROM document_failures f WHERE NOT EXISTS "
+                    "(SELECT 1 FROM documents d WHERE d.doc_id = f.doc_id) GROUP BY f.code"
+                ),
             }
         finally:
             await conn.close()
@@ -88,12 +107,8 @@ def check(run: Run, s3: Any) -> list[Figure]:
         figures.append(Figure(name, value, bound, holds))
 
     figure("tasks", total, f"= {run.tasks_created}", total == run.tasks_created)
-    figure(
-        "tasks unfinished (pending/assigned)",
-        statuses.get("pending", 0) + statuses.get("assigned", 0),
-        "= 0",
-        statuses.get("pending", 0) + statuses.get("assigned", 0) == 0,
-    )
+    unfinished = sum(r["count"] for r in db["kinds"] if r["status"] in ("pending", "assigned"))
+    figure("tasks unfinished (pending/assigned; checks and restores too)", unfinished, "= 0", unfinished == 0)
     figure("tasks failed for good", statuses.get("failed", 0), "(reported)", True)
 
     events = {r["task_id"]: r for r in db["completions"]}
@@ -127,10 +142,12 @@ def check(run: Run, s3: Any) -> list[Figure]:
     told = sum(len(LIE_REFUSED.findall(t)) + len(LIE_ACCEPTED.findall(t)) for t in logs)
     accepted = sum(len(LIE_ACCEPTED.findall(t)) for t in logs)
     outside = db["outside"][0][0]
-    if run.plan.liars:
+    if "liar" in run.plan.liars:
         figure("lies told by the liar clients", told, "≥ 1", told >= 1)
     figure("lies accepted", accepted, "= 0", accepted == 0)
     figure("recorded documents that no task contains", outside, "= 0", outside == 0)
+
+    figures += _check_figures(run, db, logs)
 
     early = db["reaped_early"][0][0]
     figure("leases taken back before they ran out", early, "= 0", early == 0)
@@ -138,9 +155,10 @@ def check(run: Run, s3: Any) -> list[Figure]:
     # client's): claims past one a task are bounded by the faults fired, not by the run's length,
     # which the machine's load sets (the faults fire every few seconds however long it takes).
     leases = db["leases"][0][0]
-    claims = leases / total if total else 0.0
+    tasks = sum(r["count"] for r in db["kinds"])  # checks and restores are leased too
+    claims = leases / tasks if tasks else 0.0
     fired = sum(run.fired.values())
-    spare = HELD * fired / total if total else 0.0
+    spare = HELD * fired / tasks if tasks else 0.0
     figure(
         f"claims per task ({fired} faults, {HELD} leases a client)",
         round(claims, 3),
@@ -151,7 +169,8 @@ def check(run: Run, s3: Any) -> list[Figure]:
     docs = db["documents"]
     low, high = run.plan.size
     temp_keys = sum(1 for d in docs if STAGING in d["storage_key"] or "tmp" in d["storage_key"].lower())
-    wrong_keys = sum(1 for d in docs if d["storage_key"] != document_key(d["doc_id"], ".bin"))
+    # A document stored anew is a version beside the first (storage.keys.version_key).
+    wrong_keys = sum(1 for d in docs if unversioned(d["storage_key"])[0] != document_key(d["doc_id"], ".bin"))
 
     def verify(doc: asyncpg.Record) -> str:
         try:
@@ -169,6 +188,7 @@ def check(run: Run, s3: Any) -> list[Figure]:
     with ThreadPoolExecutor(8) as pool:
         verdicts = list(pool.map(verify, docs))
     figure("documents recorded", len(docs), "(reported)", True)
+    figures += _unrecorded_figures(run, db)
     for verdict in ("missing", "not whole", "not the origin's bytes"):
         n = verdicts.count(verdict)
         figure(f"recorded documents {verdict} in storage", n, "= 0", n == 0)
@@ -187,6 +207,49 @@ def check(run: Run, s3: Any) -> list[Figure]:
     # The bucket's upper bound: 0.1 means 99 % of the 50 ms timers woke at most 100 ms late.
     figure("gate event-loop stall p99 (s)", p99, "≤ 0.1", p99 <= 0.1)
     return figures
+
+
+def _unrecorded_figures(run: Run, db: dict[str, list[asyncpg.Record]]) -> list[Figure]:
+    """Every document is recorded, or failed for a reason a client gave: a byte liar's bytes at a
+    key no record vouches for are refused (store_differs), never recorded as they are."""
+    failed = {r["code"]: r["count"] for r in db["unrecorded"]}
+    missing = run.tasks_created * run.plan.chunk - len(db["documents"]) - sum(failed.values())
+    out = [Figure("documents neither recorded nor failed", missing, "= 0", missing == 0)]
+    for code, n in sorted(failed.items()):
+        out.append(Figure(f"documents failed, not recorded ({code})", n, "(reported)", True))
+    return out
+
+
+def _check_figures(run: Run, db: dict[str, list[asyncpg.Record]], logs: list[str]) -> list[Figure]:
+    """The byte liars: each lied (its kind's lies logged), each was quarantined, no other client
+    was, and no check is left open. That no wrong document stays recorded is the storage
+    read-back's figures."""
+    plan = run.plan
+    first_liar = plan.clients - len(plan.liars)
+    liars = {f"chaos-{first_liar + n}": kind for n, kind in enumerate(plan.liars) if kind in BYTE_LIARS}
+    told: dict[str, int] = defaultdict(int)
+    for text in logs:
+        for kind in BYTE_LIE.findall(text):
+            told[kind] += 1
+    clients = {r["client_name"]: r for r in db["clients"]}
+    checks = {r["state"]: r["count"] for r in db["checks"]}
+    kinds: dict[str, int] = defaultdict(int)
+    for r in db["kinds"]:
+        kinds[r["kind"]] += r["count"]
+    out = [Figure(f"byte lies told ({kind})", told[kind], "≥ 1", told[kind] >= 1) for kind in liars.values()]
+    caught = sum(1 for name in liars if clients.get(name) and clients[name]["quarantined_at"])
+    wrongly = sorted(n for n, r in clients.items() if r["quarantined_at"] and n not in liars)
+    out += [
+        Figure("byte liars quarantined", caught, f"= {len(liars)}", caught == len(liars)),
+        Figure("other clients quarantined", len(wrongly), "= 0", not wrongly),
+        Figure("checks left open", checks.get("pending", 0) + checks.get("queued", 0), "= 0",
+               checks.get("pending", 0) + checks.get("queued", 0) == 0),
+    ]  # fmt: skip
+    for state in ("agreed", "lied", "mistaken", "unsettled", "superseded"):
+        out.append(Figure(f"checks {state}", checks.get(state, 0), "(reported)", True))
+    out.append(Figure("check tasks", kinds["check"], "(reported)", True))
+    out.append(Figure("restore tasks", kinds["restore"], "(reported)", True))
+    return out
 
 
 def _version_figures(s3: Any, docs: list[Any], versioned: bool) -> list[Figure]:

@@ -70,7 +70,10 @@ class Plan:
     client_variant: str | None = None
     sweep: bool = True
     spare_first: bool = False  # never kill gate 0 or client 0 (the soak watches their memory)
-    liars: int = 0  # the last `liars` clients run the `liar` variant (they lie while they work)
+    # The last len(liars) clients run these variants (variants.py: `liar` sends reports the gate
+    # must refuse; the byte liars lie about documents' bytes, which only checks find out).
+    liars: tuple[str, ...] = ()
+    verify_sample: float | None = None  # the job's: other clients check this share of each one's
     dialect: str = "s3"  # "b2": Backblaze B2's (tests/b2_dialect.py) between the stores and the faults
 
 
@@ -266,7 +269,7 @@ class Cluster:
         self.run.client_logs.append(log)
         self.clients[i] = self._spawn(
             _command(
-                "liar" if i >= self.plan.clients - self.plan.liars else self.plan.client_variant,
+                self.variant_of(i),
                 "client",
                 "--api-url",
                 self._gate_url(i),
@@ -293,6 +296,11 @@ class Cluster:
             self.s3_env,
         )
 
+    def variant_of(self, i: int) -> str | None:
+        liars = self.plan.liars
+        first_liar = self.plan.clients - len(liars)
+        return liars[i - first_liar] if i >= first_liar else self.plan.client_variant
+
     # ---- the job and its end
 
     def create_job(self, start_id: int = 1) -> None:
@@ -307,6 +315,8 @@ class Cluster:
                 "ext": ".bin",
             },
         }
+        if self.plan.verify_sample:
+            body["verify_sample"] = self.plan.verify_sample
         r = httpx.post(
             self._gate_url(0) + "/api/v1/jobs", headers={"X-API-Key": ADMIN}, json=body, timeout=60
         )
@@ -316,9 +326,12 @@ class Cluster:
     def unfinished(self) -> int | None:
         async def count() -> int:
             conn = await asyncpg.connect(self.dsn, timeout=5)
-            try:
+            try:  # checks not yet gathered into tasks are work to do too (server/db/verify.py)
                 return int(
-                    await conn.fetchval("SELECT count(*) FROM tasks WHERE status IN ('pending', 'assigned')")
+                    await conn.fetchval(
+                        "SELECT (SELECT count(*) FROM tasks WHERE status IN ('pending', 'assigned'))"
+                        " + (SELECT count(*) FROM verifications WHERE state IN ('pending', 'queued'))"
+                    )
                 )
             finally:
                 await conn.close()
@@ -355,7 +368,8 @@ class Cluster:
         if victim is None:
             return False
         i, proc = victim
-        os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # (a quarantined liar has stopped)
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
         self.start_client(i)
         return True
@@ -365,7 +379,8 @@ class Cluster:
         if victim is None:
             return False
         i, proc = victim
-        os.killpg(proc.pid, signal.SIGSTOP)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGSTOP)
         self.stopped[i] = time.monotonic() + self.plan.lease_seconds + 3
         return True
 
@@ -433,7 +448,8 @@ class Cluster:
             if now >= when:
                 proc = self.clients[i]
                 assert proc is not None
-                os.killpg(proc.pid, signal.SIGCONT)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGCONT)
                 del self.stopped[i]
         for i, when in list(self.gates_down.items()):
             if now >= when:
@@ -544,8 +560,9 @@ class Cluster:
     def stop_clients(self) -> None:
         for proc in self.clients:
             if proc is not None and proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGCONT)
-                os.killpg(proc.pid, signal.SIGTERM)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGCONT)
+                    os.killpg(proc.pid, signal.SIGTERM)
         for proc in self.clients:
             if proc is not None:
                 try:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from checker import check, table, violations
 from harness import Cluster, Plan, dump
+from variants import BYTE_LIARS
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]
 RESULTS = Path(os.environ.get("CHAOS_RESULTS", "/tmp/docgate-chaos"))
@@ -50,7 +51,9 @@ def judged(cluster: Cluster) -> list[str]:
 @pytest.mark.chaos_full  # make chaos: the suite's time goes to the B2 seed below (same faults)
 @pytest.mark.timeout(400)
 def test_quick_seed_loses_nothing(cluster_for) -> None:  # type: ignore[no-untyped-def]
-    plan = Plan(seed=7, tasks=300, clients=4, lease_seconds=5, fault_gap=(1.5, 3.0), deadline=200, liars=1)
+    plan = Plan(
+        seed=7, tasks=300, clients=4, lease_seconds=5, fault_gap=(1.5, 3.0), deadline=200, liars=("liar",)
+    )
     cluster = cluster_for(plan)
     assert judged(cluster) == []
     assert cluster.run.finished
@@ -67,7 +70,7 @@ def test_a_b2_seed_loses_nothing(cluster_for) -> None:  # type: ignore[no-untype
     needed from 210 s to more than 320."""
     plan = Plan(
         seed=21, tasks=100, clients=3, lease_seconds=8, fault_gap=(2.0, 4.0), deadline=480, dialect="b2",
-        liars=1,
+        liars=("liar",),
     )  # fmt: skip
     cluster = cluster_for(plan)
     assert judged(cluster) == []
@@ -79,12 +82,17 @@ def test_a_b2_seed_loses_nothing(cluster_for) -> None:  # type: ignore[no-untype
 @pytest.mark.timeout(420)
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_full_seed_loses_nothing(cluster_for, seed: int) -> None:  # type: ignore[no-untyped-def]
-    plan = Plan(seed=seed, liars=2)
+    """8 clients, 4 of them liars: one sends reports the gate must refuse, and one of each byte
+    liar (variants.py). With 5 % of each client's documents checked by others, every byte liar
+    must be quarantined, no honest client, and no wrong document left recorded at the end."""
+    plan = Plan(seed=seed, liars=FULL_LIARS, verify_sample=0.05)
     cluster = cluster_for(plan)
     assert judged(cluster) == []
     assert cluster.run.finished and cluster.run.seconds < 300
     assert set(cluster.run.fired) == set(plan.faults)
 
+
+FULL_LIARS = ("liar", *BYTE_LIARS)
 
 # Each broken variant, and the invariant the checker must then report broken.
 CONTROLS = [
@@ -95,6 +103,11 @@ CONTROLS = [
     ("temp-key", "temp-key", ("kill_client",), "recorded keys naming a temporary file"),
     (None, "overwrite", ("kill_client",), "recorded documents not whole"),
     ("no-membership", "liar", ("kill_client",), "lies accepted"),
+    # Byte liars in a job without verify_sample: nothing checks them, and what they lied about
+    # stays recorded: the storage read-back must say so, each in its own words.
+    (None, "wrong-bytes", ("kill_client",), "not the origin's bytes"),
+    (None, "phantom", ("kill_client",), "missing in storage"),
+    (None, "cut-short", ("kill_client",), "not whole"),
 ]
 
 
@@ -151,3 +164,15 @@ def test_an_honest_variant_passes(cluster_for) -> None:  # type: ignore[no-untyp
         client_variant="honest",
     )
     assert judged(cluster_for(plan)) == []
+
+
+@pytest.mark.chaos_full
+@pytest.mark.timeout(300)
+def test_the_checker_catches_an_unchecked_byte_liar(cluster_for) -> None:  # type: ignore[no-untyped-def]
+    """A byte liar among honest clients in a job without verify_sample: it is never quarantined,
+    and its lies stay recorded; the checker must report both."""
+    plan = Plan(seed=14, tasks=150, clients=4, gates=1, lease_seconds=4, faults=("kill_client",),
+                fault_gap=(3.0, 5.0), deadline=60, liars=("wrong-bytes",))  # fmt: skip
+    found = judged(cluster_for(plan))
+    assert any("byte liars quarantined" in v for v in found), found
+    assert any("not the origin's bytes" in v for v in found), found

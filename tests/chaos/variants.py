@@ -11,6 +11,13 @@ Each variant patches one guarantee away, then runs `docgate` as usual:
 - temp-key: the client records a staging key for every 25th document and the gate accepts it
   (give it to both the gate and the client)
 - overwrite: the client overwrites every 20th document after recording it (no write-once fence)
+- liar: the client also sends reports the gate must refuse (documents outside its task, reports
+  on tasks it does not hold)
+- wrong-bytes, phantom, cut-short: the client lies about the bytes of a third of its documents
+  (their doc_id a multiple of 3), with reports the gate cannot tell from true ones: it stores
+  other bytes and reports their sha256; it reports documents it never fetched nor stored; it
+  stores the first half and reports the whole document's sha256 and size. Only other clients'
+  checks (a job's verify_sample) find them out.
 - honest: nothing is patched (the control of the controls)
 """
 
@@ -171,8 +178,81 @@ def liar() -> None:
     GateAPI.progress, GateAPI.complete = progress, complete  # type: ignore[method-assign]
 
 
+def _lies_about(key: str) -> str | None:
+    """The doc_id of a document key (a version's too) when it is one a byte liar lies about."""
+    doc_id = key.rsplit("/", 1)[-1].split(".")[0]
+    return doc_id if doc_id.isdigit() and int(doc_id) % 3 == 0 else None
+
+
+def _byte_liar(kind: str, written: Any, whole: bool) -> None:
+    """A store whose put, for the documents it lies about, writes `written(data)` instead, and
+    reports the sha256 and size of what it wrote, or (`whole`) of the document it was given."""
+    import hashlib
+    import logging
+
+    from storage.base import from_bytes
+    from storage.s3 import S3Storage
+
+    log = logging.getLogger("docgate.client.liar")
+    real = S3Storage.put
+
+    async def put(self: S3Storage, key: str, chunks: Any, options: Any = None) -> Any:
+        doc_id = _lies_about(key)
+        if doc_id is None:
+            return await real(self, key, chunks, options)
+        data = b"".join([bytes(chunk) async for chunk in chunks])
+        stored = await real(self, key, from_bytes(written(data)), options)
+        log.warning("BYTE LIE %s %s", kind, doc_id)
+        if not whole:
+            return stored
+        return stored.model_copy(update={"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)})
+
+    S3Storage.put = put  # type: ignore[method-assign]
+
+
+def wrong_bytes() -> None:
+    _byte_liar("wrong-bytes", lambda data: b"planted " + data[8:], whole=False)
+
+
+def cut_short() -> None:
+    _byte_liar("cut-short", lambda data: data[: len(data) // 2], whole=True)
+
+
+def phantom() -> None:
+    """Reports a third of its documents stored, with a made-up sha256, and never fetches them."""
+    import hashlib
+    import logging
+
+    from client.document import DocumentStep
+    from client.run import Kind, Outcome
+    from protocol import v1
+
+    log = logging.getLogger("docgate.client.liar")
+    real = DocumentStep.run
+
+    async def run(self: DocumentStep, task: Any, ref: Any, absent: bool = False) -> Any:
+        if ref.seen is not None or _lies_about(f"{ref.doc_id}{ref.ext}") is None:
+            return await real(self, task, ref, absent)
+        key = self.key(task, ref)
+        made_up = v1.StoredDocument(
+            storage_key=key, storage_url=self.store.url_for(key),
+            sha256=hashlib.sha256(b"never fetched " + ref.doc_id.encode()).hexdigest(), size=4096,
+        )  # fmt: skip
+        log.warning("BYTE LIE phantom %s", ref.doc_id)
+        report = v1.DocumentReport.of_stored(
+            ref.doc_id, made_up, url=ref.url, status=v1.DocumentStatus.STORED
+        )
+        return Outcome(Kind.STORED, ref, report, size=made_up.size)
+
+    DocumentStep.run = run  # type: ignore[method-assign]
+
+
+BYTE_LIARS = ("wrong-bytes", "phantom", "cut-short")
 VARIANTS = {
     "liar": liar,
+    "wrong-bytes": wrong_bytes,
+    "phantom": phantom,
+    "cut-short": cut_short,
     "no-membership": no_membership,
     "no-fence": no_fence,
     "eager-reaper": eager_reaper,
