@@ -342,7 +342,8 @@ class DocumentStep:
         --verify-existing fetch it is compared with what the origin serves, before it is reported
         as skipped. With --warc it is fetched and compared too: that fetch is its capture (and
         its WARC record), so no document is recorded without one; and in a job with
-        verify_sample, whose store other, untrusted clients write to."""
+        verify_sample, whose store other, untrusted clients write to. Other bytes than the
+        origin's are not the document: it is stored beside them, as its version 2."""
         capture = None
         # In a job whose clients are checked (verify_sample) the store is written by clients the
         # gate does not trust: an object no record vouches for may be a liar's.
@@ -355,13 +356,17 @@ class DocumentStep:
             if served != stored.sha256:
                 if run.warc is not None and spool is not None:
                     run.warc.drop(spool)
-                raise DocumentFailed(
-                    FailureCode.STORE_DIFFERS,
-                    f"the store holds other bytes at {stored.storage_key} (sha256 {stored.sha256[:12]}…) "
-                    f"than the origin serves ({served[:12]}…); not recorded: remove the object to "
-                    "fetch it again",
-                    permanent=True,
+                # Not the document (a liar's, an interrupted older tool's): never recorded. The
+                # key is written once, so the origin's bytes go beside it, as version 2.
+                log.warning(
+                    "document %s: %s holds other bytes (sha256 %s…) than the origin serves (%s…), "
+                    "and no record vouches for them; storing the document beside them as version 2",
+                    ref.doc_id, stored.storage_key, stored.sha256[:12], served[:12],
+                )  # fmt: skip
+                found = Seen(
+                    version=1, sha256=stored.sha256, size=stored.size, storage_key=stored.storage_key
                 )
+                return await self._revisit(run, ref, found)
             if run.warc is not None and spool is not None:
                 run.warc.add(ref.doc_id, ref.url, body, spool)
         report = v1.DocumentReport.of_stored(

@@ -337,3 +337,59 @@ async def test_verify_disputes_is_how_many_lost_disputes_quarantine(db_dsn: str,
     finally:
         await conn.close()
     assert quarantined_after[0] == disputes and revoked
+
+
+@pytest.mark.parametrize("untrusted", [True, False])
+def test_bytes_no_record_vouches_for_are_never_recorded_as_the_document(
+    tmp_path: Path, db_dsn: str, untrusted: bool
+) -> None:
+    """A key holding bytes that are not the origin's and that no record vouches for (a liar's
+    write that never got recorded): in a job with verify_sample the client compares them with
+    the origin and stores the document beside them, as version 2, leaving them be. The control:
+    in a job without checks (and the default --verify-existing hash), they are recorded as found."""
+    origin = Origin(tmp_path, "--size", "2000")
+    cluster = Cluster(tmp_path, db_dsn)
+    planted = cluster.store / document_key("5", ".bin")
+    planted.parent.mkdir(parents=True, exist_ok=True)
+    planted.write_bytes(b"planted by a liar that never reported it")
+    try:
+
+        def params(start: int, count: int) -> dict[str, Any]:
+            return {
+                "url_template": f"{origin.url}/doc/{{id}}.bin",
+                "start_id": start,
+                "count": count,
+                "ext": ".bin",
+            }
+
+        body: dict[str, Any] = {"source": "id_range", "chunk_size": 10, "params": params(1, 10)}
+        if untrusted:
+            body["verify_sample"] = 0.01
+        job = cluster.post("/api/v1/jobs", body)["job_id"]
+        cluster.client("honest-a", "--exit-when-idle")
+        assert cluster.wait_clients() == [0]
+        doc = cluster.sql("SELECT * FROM documents WHERE job_id = $1 AND doc_id = '5'", uuid.UUID(job))[0]
+        truth = httpx.get(f"{origin.url}/doc/5.bin", timeout=30).content
+        cluster.post("/api/v1/jobs", {"source": "id_range", "params": params(50, 1)})
+        headers = {"X-API-Key": cluster.register("liar")}
+        leased = httpx.post(
+            f"{cluster.url}/api/v1/tasks/request", headers=headers, json={}, timeout=30
+        ).json()
+        wrong = httpx.post(f"{cluster.url}/api/v1/tasks/complete", headers=headers, timeout=30, json={
+            "task_id": leased["task_id"], "lease_token": leased["lease_token"], "documents": [{
+                "doc_id": "50", "storage_key": "0/50.bin.v2/50.bin", "sha256": "0" * 64, "size": 1,
+                "version": 3}]})  # fmt: skip
+        fifty = cluster.sql("SELECT * FROM documents WHERE doc_id = '50'")
+    finally:
+        cluster.stop()
+        origin.stop()
+    assert planted.read_bytes() == b"planted by a liar that never reported it"  # left be
+    if untrusted:
+        assert doc["version"] == 2 and doc["storage_key"] == "0/5.bin.v2/5.bin"
+        assert (cluster.store / doc["storage_key"]).read_bytes() == truth
+        assert doc["sha256"] == hashlib.sha256(truth).hexdigest()
+    else:  # the control: what the default trusts
+        assert doc["version"] == 1 and doc["sha256"] == hashlib.sha256(planted.read_bytes()).hexdigest()
+    # A version that is not its key's: refused, with its code, and nothing recorded.
+    assert wrong.status_code == 422 and wrong.json()["code"], wrong.text
+    assert "is not the key of version 3" in wrong.json()["detail"] and not fifty

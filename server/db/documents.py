@@ -65,9 +65,20 @@ async def record(conn: Connection, task: Any, reports: Reports) -> None:
         collection=collection,
         attempt=task["attempts"],
     )
-    first = [d for d in recorded if d.status is not v1.DocumentStatus.UNCHANGED and d.version is None]
+    revisit = bool((task["params"] or {}).get("revisit"))
+    beside = [] if revisit else _beside(recorded)
+    first = [
+        d
+        for d in recorded
+        if d.status is not v1.DocumentStatus.UNCHANGED and (d.version is None or not revisit)
+    ]
     if first:
         await conn.execute(RECORD, *record_args(by, first))
+    if beside:
+        await conn.execute(
+            BESIDE, collection, [str(d.doc_id) for d in beside], [d.version for d in beside],
+            [d.storage_key for d in beside], task["task_id"],
+        )  # fmt: skip
     await _revisited(conn, task, by, recorded, failed)
     # What this write records (found in the store, too: a liar could report its lies so).
     stored = [
@@ -89,6 +100,22 @@ async def record(conn: Connection, task: Any, reports: Reports) -> None:
             [d.error for d in failed],
             [d.code or FailureCode.OTHER for d in failed],
         )
+
+
+# First records beside a key that holds bytes no record vouches for and that are not the
+# document (client.document: DocumentStep._skipped): recorded at their version key, as that version.
+BESIDE = """
+UPDATE documents d SET version = u.version
+FROM unnest($2::text[], $3::int[], $4::text[]) AS u(doc_id, version, storage_key)
+WHERE d.collection = $1 AND d.doc_id = u.doc_id AND d.task_id = $5 AND d.storage_key = u.storage_key
+  AND d.version = 1
+"""
+
+
+def _beside(recorded: list[v1.DocumentReport]) -> list[v1.DocumentReport]:
+    """A first record's version (not a revisit's), at that version's own key (check_in_task
+    refuses a version at any other)."""
+    return [d for d in recorded if d.version is not None]
 
 
 # A revisit found these as recorded (the same sha256 at the same key): seen again, now, with the
@@ -120,8 +147,8 @@ async def _revisited(
     """What a revisit found: new versions, documents as they were, documents gone. Only a
     revisit task's reports touch documents already recorded."""
     if not (task["params"] or {}).get("revisit"):
-        if any(d.version is not None or d.status is v1.DocumentStatus.UNCHANGED for d in recorded):
-            raise Unprocessable(f"task {task['task_id']} is not a revisit: it reports no versions")
+        if any(d.status is v1.DocumentStatus.UNCHANGED for d in recorded):
+            raise Unprocessable(f"task {task['task_id']} is not a revisit: nothing of it is unchanged")
         return
     unchanged = [d for d in recorded if d.status is v1.DocumentStatus.UNCHANGED]
     if unchanged:
