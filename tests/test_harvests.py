@@ -321,3 +321,60 @@ def test_a_harvest_through_a_captcha_wall(tmp_path: Path, db_dsn: str) -> None:
     finally:
         cluster.stop()
         registry.stop()
+
+
+def test_a_harvest_archived_checked_and_revisited(tmp_path: Path, db_dsn: str) -> None:
+    """A whole registry (detail pages, RTF originals) harvested with the archive's settings on the
+    job: `warc` (every WARC passes warcio's check and holds each document's exchange),
+    `verify_sample: 1.0` (every document fetched again by the other client: all agree), then a
+    revisit of the unchanged registry (every document `unchanged`, no new version)."""
+    from docgate.registry import profile
+    from warc_checks import check_warcs
+
+    n = 200
+    config = RegistryConfig(documents=n, years=1)
+    registry = Origin(tmp_path, "--registry", "--decisions", str(n), "--years", "1")
+    cluster = Cluster(tmp_path, db_dsn)
+    try:
+        p = profile(registry.url)
+        p.pop("politeness")
+        p["search"]["fields"]["PagingInfo.ItemsPerPage"] = "100"
+        p["results"]["page_size"] = 100
+        put_profile(cluster, "reg", p)
+        job = harvest(cluster, config, warc=True, verify_sample=1.0)
+        for name in ("r0", "r1"):
+            cluster.client(name, "--concurrency", "8")
+        cov = wait_settled(cluster, job)
+        assert cov["complete"] and cov["totals"]["stored"] == n, cov["totals"]
+
+        def quiet() -> None:  # no check, restore or revisit of the job left to do
+            deadline = time.monotonic() + 240
+            while True:
+                open_ = cluster.sql(
+                    "SELECT (SELECT count(*) FROM verifications WHERE state IN ('pending', 'queued'))"
+                    " + (SELECT count(*) FROM tasks WHERE status IN ('pending', 'assigned'))"
+                )[0][0]
+                if open_ == 0:
+                    return
+                assert time.monotonic() < deadline, open_
+                time.sleep(0.5)
+
+        quiet()
+        checks = dict(cluster.sql("SELECT state, count(*) FROM verifications GROUP BY state"))
+        responses = check_warcs(cluster)
+        rtf_before = registry.stats()["rtf"]
+        cluster.post(f"/api/v1/jobs/{job}/revisit")
+        deadline = time.monotonic() + 240
+        while cluster.sql("SELECT count(*) FROM documents WHERE revisited_at IS NOT NULL")[0][0] < n:
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        quiet()
+        versions = cluster.sql("SELECT max(version), count(*) FROM documents")[0]
+        rtf_fetched = registry.stats()["rtf"] - rtf_before
+    finally:
+        cluster.stop()
+        registry.stop()
+    assert checks == {"agreed": n}, checks  # each document checked by the other client, and right
+    assert len(responses) == n  # a WARC response record for every document
+    assert tuple(versions) == (1, n)  # nothing changed: no new version
+    assert rtf_fetched == n  # the revisit asked for each original once

@@ -86,6 +86,10 @@ def _fetch(dsn: str) -> dict[str, list[asyncpg.Record]]:
                     "SELECT doc_id, storage_key, sha256, size, version_id FROM documents"
                 ),
                 "outside": await conn.fetch(OUTSIDE_EVERY_TASK),
+                "beside": await conn.fetch(
+                    "SELECT count(*) FROM documents d WHERE d.version > 1 AND NOT EXISTS (SELECT 1 FROM "
+                    "document_versions v WHERE v.collection = d.collection AND v.doc_id = d.doc_id)"
+                ),
                 "unrecorded": await conn.fetch(
                     "SELECT f.code, count(DISTINCT f.doc_id) FROM document_failures f WHERE NOT EXISTS "
                     "(SELECT 1 FROM documents d WHERE d.doc_id = f.doc_id) GROUP BY f.code"
@@ -210,11 +214,15 @@ def check(run: Run, s3: Any) -> list[Figure]:
 
 
 def _unrecorded_figures(run: Run, db: dict[str, list[asyncpg.Record]]) -> list[Figure]:
-    """Every document is recorded, or failed for a reason a client gave: a byte liar's bytes at a
-    key no record vouches for are refused (store_differs), never recorded as they are."""
+    """Every document is recorded, or failed for a reason a client gave. A byte liar's bytes at a
+    key no record vouches for are never recorded as they are: the document goes beside them."""
     failed = {r["code"]: r["count"] for r in db["unrecorded"]}
     missing = run.tasks_created * run.plan.chunk - len(db["documents"]) - sum(failed.values())
-    out = [Figure("documents neither recorded nor failed", missing, "= 0", missing == 0)]
+    beside = db["beside"][0][0]
+    out = [
+        Figure("documents neither recorded nor failed", missing, "= 0", missing == 0),
+        Figure("documents stored beside bytes no record vouches for", beside, "(reported)", True),
+    ]
     for code, n in sorted(failed.items()):
         out.append(Figure(f"documents failed, not recorded ({code})", n, "(reported)", True))
     return out
