@@ -41,6 +41,18 @@ def harvest_profile(registry: Origin, cap: int | None, **changes: Any) -> dict[s
     return p | changes
 
 
+def originals_profile(registry: Origin) -> dict[str, Any]:
+    """The seed's registry's profile as shipped, less its politeness, pages of 100: detail
+    pages, then RTF originals (two requests a decision)."""
+    from docgate.registry import profile
+
+    p = profile(registry.url)
+    p.pop("politeness")
+    p["search"]["fields"]["PagingInfo.ItemsPerPage"] = "100"
+    p["results"]["page_size"] = 100
+    return p
+
+
 def put_profile(cluster: Cluster, name: str, profile: dict[str, Any]) -> None:
     r = httpx.put(f"{cluster.url}/api/v1/sources/{name}", headers=cluster.admin, json=profile, timeout=30)
     assert r.status_code in (200, 201), r.text
@@ -207,18 +219,12 @@ def test_a_repeating_harvest_fetches_only_what_is_new(tmp_path: Path, db_dsn: st
     300 decisions are registered today; the next run stores exactly those 300 and fetches
     nothing else of the registry's documents (detail pages and RTF originals counted at the
     registry), and its own ledger line says so."""
-    from docgate.registry import profile
-
     n = 500
     config = RegistryConfig(documents=n, years=1)
     registry = Origin(tmp_path, "--registry", "--decisions", str(n), "--years", "1")
     cluster = Cluster(tmp_path, db_dsn)
     try:
-        p = profile(registry.url)
-        p.pop("politeness")
-        p["search"]["fields"]["PagingInfo.ItemsPerPage"] = "100"
-        p["results"]["page_size"] = 100
-        put_profile(cluster, "reg", p)  # detail pages, RTF originals: two requests a decision
+        put_profile(cluster, "reg", originals_profile(registry))
         job = harvest(cluster, config, repeat={"every": "2s", "lookback": "3d"})
         cluster.client("r0", "--concurrency", "16")
         first = wait_settled(cluster, job, run=1)
@@ -328,7 +334,6 @@ def test_a_harvest_archived_checked_and_revisited(tmp_path: Path, db_dsn: str) -
     job: `warc` (every WARC passes warcio's check and holds each document's exchange),
     `verify_sample: 1.0` (every document fetched again by the other client: all agree), then a
     revisit of the unchanged registry (every document `unchanged`, no new version)."""
-    from docgate.registry import profile
     from warc_checks import check_warcs
 
     n = 200
@@ -336,11 +341,7 @@ def test_a_harvest_archived_checked_and_revisited(tmp_path: Path, db_dsn: str) -
     registry = Origin(tmp_path, "--registry", "--decisions", str(n), "--years", "1")
     cluster = Cluster(tmp_path, db_dsn)
     try:
-        p = profile(registry.url)
-        p.pop("politeness")
-        p["search"]["fields"]["PagingInfo.ItemsPerPage"] = "100"
-        p["results"]["page_size"] = 100
-        put_profile(cluster, "reg", p)
+        put_profile(cluster, "reg", originals_profile(registry))
         job = harvest(cluster, config, warc=True, verify_sample=1.0)
         for name in ("r0", "r1"):
             cluster.client(name, "--concurrency", "8")
