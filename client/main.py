@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from client.config import ClientConfig, parse_config
 from client.download import Fetcher
-from client.errors import ClientError, ConfigError, GateUnavailable
+from client.errors import ClientError, ConfigError
 from client.gate import GateAPI
 from client.guard import Policy
 from client.progress import ProgressView, Stats
@@ -104,7 +104,10 @@ async def run(config: ClientConfig) -> int:
         fetcher.user_agent, fetcher.user_agent_fixed = config.user_agent, True
     stats = Stats()
     try:
-        await _reach(gate, config.api_url)
+        try:
+            await gate.check()
+        except ClientError as exc:
+            raise ConfigError(f"cannot use the gate at {config.api_url} (--api-url): {exc.message}") from None
         await _probe(store)
         with contextlib.suppress(StorageError):
             swept = await store.sweep(3600)
@@ -138,24 +141,6 @@ async def run(config: ClientConfig) -> int:
 
 
 PROBE_RETRY_SECONDS = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
-GATE_RETRY_SECONDS = (1.0, 2.0, 4.0, 8.0)
-
-
-async def _reach(gate: GateAPI, url: str) -> None:
-    """Reach the gate and prove the key before leasing anything. A refusal (a bad key, not a
-    gate at all) stops the client at once; a gate that does not answer (restarting, behind a
-    proxy that is) is waited out 15 s, so a fleet started beside its gates does not quit."""
-    for delay in (*GATE_RETRY_SECONDS, None):
-        try:
-            await gate.check()
-            return
-        except GateUnavailable as exc:
-            if delay is None:
-                raise ConfigError(f"cannot use the gate at {url} (--api-url): {exc.message}") from None
-            log.warning("the gate does not answer (%s); trying again in %.0f s", exc.message, delay)
-            await asyncio.sleep(delay)
-        except ClientError as exc:
-            raise ConfigError(f"cannot use the gate at {url} (--api-url): {exc.message}") from None
 
 
 async def _probe(store: Storage) -> None:

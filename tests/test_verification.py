@@ -192,7 +192,8 @@ def test_checks_are_kept_from_the_recorders_host_and_carry_the_jobs_rules(
 ) -> None:
     """A liar and an honest client on one host (`client_host` rack-1), two honest clients on
     others: no check of the liar's documents goes to its host mate, and (verify_disputes 1) it
-    is quarantined at its first lost dispute."""
+    is quarantined at its first lost dispute. The mate registers after the liar's checks may
+    have been queued: a host is kept out at lease time, whoever registers on it later."""
     origin = Origin(tmp_path, "--size", "2000")
     cluster = Cluster(tmp_path, db_dsn)
     try:
@@ -210,7 +211,9 @@ def test_checks_are_kept_from_the_recorders_host_and_carry_the_jobs_rules(
         checks = cluster.sql(
             "SELECT doc_id, opinions FROM verifications WHERE recorded_by = $1", uuid.UUID(ids["liar"])
         )
-        tasks = cluster.sql("SELECT exclude_clients, params FROM tasks WHERE (params->>'verify')::boolean")
+        tasks = cluster.sql(
+            "SELECT exclude_clients, exclude_hosts, params FROM tasks WHERE (params->>'verify')::boolean"
+        )
         liar = next(c for c in cluster.get("/api/v1/clients")["clients"] if c["client_name"] == "liar")
         lost = cluster.sql(
             "SELECT count(*), min(settled_at) FROM verifications WHERE state = 'lied' AND recorded_by = $1",
@@ -232,7 +235,7 @@ def test_checks_are_kept_from_the_recorders_host_and_carry_the_jobs_rules(
     assert checking
     for task in checking:
         params = json.loads(task["params"])
-        assert {ids["liar"], ids["mate"]} <= {str(c) for c in task["exclude_clients"]}  # its host too
+        assert ids["liar"] in {str(c) for c in task["exclude_clients"]} and "rack-1" in task["exclude_hosts"]
         assert params["verify_disputes"] == 1 and params["min_size"] == 100  # the job's rules
     assert liar["status"] == "quarantined" and lost[0] >= 1
     # verify_disputes 1: quarantined in the very transaction that settled its first lost dispute.
@@ -393,3 +396,60 @@ def test_bytes_no_record_vouches_for_are_never_recorded_as_the_document(
     # A version that is not its key's: refused, with its code, and nothing recorded.
     assert wrong.status_code == 422 and wrong.json()["code"], wrong.text
     assert "is not the key of version 3" in wrong.json()["detail"] and not fifty
+
+
+@pytest.mark.parametrize("modified", ["after the record", "before the record"])
+def test_a_document_the_origin_changed_after_its_record_is_no_ones_fault(
+    tmp_path: Path, db_dsn: str, modified: str
+) -> None:
+    """A registry corrects 3 of 10 documents after an honest client recorded them; two other
+    clients check them and both see the new edition, which nginx says (Last-Modified) is newer
+    than the record: `changed`, stored anew as version 2, and the recorder loses nothing. The
+    control: the same new bytes under a Last-Modified older than the record are a lie."""
+    root = tmp_path / "www"
+    (root / "files").mkdir(parents=True)
+    for i in range(1, 11):
+        (root / "files" / f"{i}.pdf").write_bytes(f"%PDF-1.4 decision {i}, edition 1\n".encode() * 60)
+    for path in (tmp_path, root, root / "files", *root.glob("files/*")):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    http = f"server {{ listen {{listen}}; root {root}; default_type application/pdf; access_log off; }}"
+    with nginx_serving(tmp_path, http, "/files/1.pdf") as base:
+        cluster = Cluster(tmp_path, db_dsn)
+        try:
+            job = cluster.post("/api/v1/jobs", {
+                "source": "id_range", "chunk_size": 10, "verify_sample": 1.0,
+                "params": {"url_template": f"{base}/files/{{id}}.pdf", "start_id": 1, "count": 10,
+                           "ext": ".pdf"},
+            })["job_id"]  # fmt: skip
+            recorder = cluster.client("recorder", "--concurrency", "4")
+            deadline = time.monotonic() + 120
+            while cluster.sql("SELECT count(*) FROM documents")[0][0] < 10:
+                assert time.monotonic() < deadline
+                time.sleep(0.3)
+            recorder.terminate()
+            recorder.wait(30)
+            time.sleep(1.1)  # Last-Modified counts whole seconds
+            for i in (2, 5, 8):  # corrected at the registry
+                path = root / "files" / f"{i}.pdf"
+                path.write_bytes(f"%PDF-1.4 decision {i}, edition 2 (corrected)\n".encode() * 60)
+                if modified == "before the record":
+                    os.utime(path, (1_700_000_000, 1_700_000_000))
+            for name in ("checker-a", "checker-b"):
+                cluster.client(name, "--concurrency", "4")
+            settled(cluster, job, 10)
+            states = dict(cluster.sql("SELECT state, count(*) FROM verifications GROUP BY state"))
+            docs = {r["doc_id"]: r for r in cluster.sql("SELECT * FROM documents")}
+            first = next(
+                c for c in cluster.get("/api/v1/clients")["clients"] if c["client_name"] == "recorder"
+            )
+        finally:
+            cluster.stop()
+    corrected = {d: (root / "files" / f"{d}.pdf").read_bytes() for d in ("2", "5", "8")}
+    for doc_id, truth in corrected.items():  # every correction stored, as version 2, either way
+        assert docs[doc_id]["version"] == 2 and docs[doc_id]["sha256"] == hashlib.sha256(truth).hexdigest()
+    if modified == "after the record":
+        assert states == {"agreed": 10, "changed": 3}, states  # (7, and the 3 stored anew)
+        assert first["checks_failed"] == 0 and first["status"] != "quarantined"
+    else:  # the control: nothing vouches for the new bytes being newer than the record
+        assert states == {"agreed": 10, "lied": 3}, states
+        assert first["checks_failed"] == 3 and first["status"] == "quarantined"

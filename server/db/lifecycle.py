@@ -109,8 +109,11 @@ OPEN_JOBS = """open_jobs(job_id) AS (
     FROM open_jobs o WHERE o.job_id IS NOT NULL
 )"""
 
-# A task some clients may not lease: a check of their own documents (server/db/verify.py).
-NOT_EXCLUDED = "(exclude_clients IS NULL OR $2::uuid IS NULL OR NOT $2::uuid = ANY(exclude_clients))"
+# A task some clients may not lease: a check of their own documents, nor a client on their hosts
+# (server/db/verify.py; the caller's host looked up once, an InitPlan).
+NOT_EXCLUDED = """(exclude_clients IS NULL OR $2::uuid IS NULL OR NOT (
+    $2::uuid = ANY(exclude_clients) OR coalesce(
+        exclude_hosts && (SELECT array_agg(client_host) FROM clients WHERE client_id = $2::uuid), false)))"""
 
 LEASE = f"""
 WITH RECURSIVE {OPEN_JOBS}, cap AS (SELECT {CAP.format(owner="$2", default="$5")} AS n

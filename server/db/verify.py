@@ -12,8 +12,10 @@ Judging (in the check's fenced report):
 - the origin's sha256 and the stored object's are both the recorded one: `agreed`, a good
   check for the client that recorded it;
 - otherwise a third fetch is queued, by a client that is neither; then the majority of the three
-  says who was wrong: the recorder (`lied`), or the first checker (`mistaken`); all three apart
-  (a document that varies per fetch) is `unsettled` and counts against no one.
+  says who was wrong: the recorder (`lied`), or the first checker (`mistaken`); both checkers
+  told the same Last-Modified, later than the record, saw a new edition (`changed`: no one's
+  fault); the checkers apart (a document that varies per fetch) is `unsettled` and counts
+  against no one.
 
 A check task carries the job's content rules (what a block page looks like, its politeness) and
 is kept from the recorder's host too: every client registered with the same `client_host`.
@@ -35,6 +37,8 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from datetime import datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 from uuid import UUID
 
@@ -70,16 +74,17 @@ SELECT v.*, j.priority, j.max_attempts, jsonb_strip_nulls(jsonb_build_object({_J
 FROM verifications v JOIN jobs j ON j.job_id = v.job_id
 WHERE v.state = 'pending' ORDER BY v.verification_id LIMIT 1000 FOR UPDATE OF v SKIP LOCKED
 """
-# The clients a check of these clients' documents is kept from: they, and every client
-# registered on the same host as one of them.
-HOSTMATES = """
-SELECT array_agg(c.client_id ORDER BY c.client_id) FROM clients c
-WHERE c.client_id = ANY($1::uuid[]) OR c.client_host IN (
-    SELECT client_host FROM clients WHERE client_id = ANY($1::uuid[]) AND client_host IS NOT NULL)
+# The hosts a check of these clients' documents is kept from (tasks.exclude_hosts): theirs, as
+# registered (client_host); the lease statement keeps the task from every client on them,
+# registered before or after.
+HOSTS = """
+SELECT coalesce(array_agg(DISTINCT client_host) FILTER (WHERE client_host IS NOT NULL), '{}')
+FROM clients WHERE client_id = ANY($1::uuid[])
 """
 QUEUE = """
-INSERT INTO tasks (job_id, source, params, max_documents, priority, max_attempts, collection, exclude_clients)
-VALUES ($1, 'urls', $2, $3, $4, $5, $6, $7) RETURNING task_id
+INSERT INTO tasks (job_id, source, params, max_documents, priority, max_attempts, collection, exclude_clients,
+                   exclude_hosts)
+VALUES ($1, 'urls', $2, $3, $4, $5, $6, $7, $8) RETURNING task_id
 """
 QUEUED = "UPDATE verifications SET state = 'queued', task_id = $2 WHERE verification_id = ANY($1::bigint[])"
 NOTIFY = "SELECT pg_notify('docgate_tasks', '')"
@@ -121,13 +126,14 @@ WITH docs AS (
     FROM documents d
     WHERE d.client_id = $1 AND d.url IS NOT NULL AND {{which}}
 )
-INSERT INTO tasks (job_id, source, params, max_documents, priority, max_attempts, collection, exclude_clients)
+INSERT INTO tasks (job_id, source, params, max_documents, priority, max_attempts, collection, exclude_clients,
+                   exclude_hosts)
 SELECT d.job_id, 'urls',
        jsonb_build_object('revisit', true, 'restore', true, 'urls', jsonb_agg(jsonb_build_object(
            'doc_id', d.doc_id, 'url', d.url, 'ext', d.ext, 'seen', d.seen) ORDER BY d.doc_id))
        || jsonb_strip_nulls(jsonb_build_object({_JOB_RULES}))
        || jsonb_build_object('verify_sample', {RESTORED_SAMPLE}::float8),
-       count(*), 0, $3, d.collection, $2::uuid[]
+       count(*), 0, $3, d.collection, ARRAY[$1::uuid], $2::text[]
 FROM docs d LEFT JOIN jobs j ON j.job_id = d.job_id
 GROUP BY d.job_id, d.collection, d.grp, j.params
 """
@@ -179,13 +185,14 @@ async def queue_due(pool: Pool) -> int:
             groups.setdefault((row["job_id"], row["collection"], excluded), []).append(row)
         created = 0
         for (job_id, collection, excluded), group in groups.items():
-            kept_from = await conn.fetchval(HOSTMATES, [UUID(c) for c in excluded])
+            clients = [UUID(c) for c in excluded]
+            hosts = await conn.fetchval(HOSTS, clients)
             for start in range(0, len(group), PER_TASK):
                 part = group[start : start + PER_TASK]
                 params = {**_json(part[0]["rules"]), "verify": True, "urls": [_item(r) for r in part]}
                 task_id = await conn.fetchval(
                     QUEUE, job_id, params, len(part), part[0]["priority"], part[0]["max_attempts"] or 5,
-                    collection, kept_from,
+                    collection, clients, hosts,
                 )  # fmt: skip
                 await conn.execute(QUEUED, [r["verification_id"] for r in part], task_id)
                 created += 1
@@ -229,15 +236,16 @@ async def judge(conn: Connection, task: Any, checked: list[v1.DocumentReport], m
         report = said[row["doc_id"]]
         opinion = {"client_id": str(task["assigned_to"]), "sha256": report.sha256,
                    "stored_sha256": report.stored_sha256, "normalized_sha256": report.normalized_sha256,
-                   "stored_normalized_sha256": report.stored_normalized_sha256}  # fmt: skip
+                   "stored_normalized_sha256": report.stored_normalized_sha256,
+                   "last_modified": _last_modified(report)}  # fmt: skip
         opinions = [*_opinions(row["opinions"]), opinion]
         claimed = row["claimed_sha256"]
         if await _settle(conn, row, opinions, rule.agrees(opinion, claimed), rule):
             wrong.setdefault(row["recorded_by"], []).append(row)
     for recorder, rows in wrong.items():  # stored anew, by others
-        kept_from = await conn.fetchval(HOSTMATES, [recorder])
+        hosts = await conn.fetchval(HOSTS, [recorder])
         await conn.execute(
-            RESTORE_FOUND, recorder, kept_from, max_attempts, [r["collection"] for r in rows],
+            RESTORE_FOUND, recorder, hosts, max_attempts, [r["collection"] for r in rows],
             [r["doc_id"] for r in rows], [r["version"] for r in rows],
         )  # fmt: skip
     if wrong:
@@ -262,6 +270,9 @@ async def _settle(
         await conn.execute(SETTLE, check, "mistaken", opinions)
         await conn.execute(PASSED, row["recorded_by"])
         await _lost(conn, UUID(opinions[0]["client_id"]), rule)
+    elif rule.view(opinions[0]) == rule.view(opinions[1]) and _modified_since(opinions, row["created_at"]):
+        await conn.execute(SETTLE, check, "changed", opinions)  # the origin's doing: no one lost
+        return True
     elif rule.view(opinions[0]) == rule.view(opinions[1]):  # the recorder was
         await conn.execute(SETTLE, check, "lied", opinions)
         await _lost(conn, row["recorded_by"], rule)
@@ -269,6 +280,27 @@ async def _settle(
     else:  # the checkers saw different things: a document that varies in ways no rule names
         await conn.execute(SETTLE, check, "unsettled", opinions)
     return False
+
+
+def _last_modified(report: v1.DocumentReport) -> str | None:
+    return report.capture.response_headers.get("last-modified") if report.capture else None
+
+
+def _modified_since(opinions: list[dict[str, Any]], recorded: datetime) -> bool:
+    """Both checkers were told by the origin the same Last-Modified, after the document was
+    recorded (the check's creation, the gate's clock): what they saw is a new edition, not the
+    recorder's lie. Neither the recorder nor one checker can make this so; an origin that sends
+    the time of each answer as its Last-Modified tells two checkers apart, and is not believed."""
+    if len({o.get("last_modified") for o in opinions}) != 1:
+        return False
+    for opinion in opinions:
+        try:
+            modified = parsedate_to_datetime(opinion.get("last_modified") or "")
+        except (TypeError, ValueError):
+            return False
+        if modified.tzinfo is None or modified <= recorded:
+            return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -314,9 +346,9 @@ async def _lost(conn: Connection, client_id: UUID, rule: Rule) -> None:
 
     good = quarantined["last_good_check_at"]
     handed = await lifecycle.hand_back_client(conn, client_id)
-    kept_from = await conn.fetchval(HOSTMATES, [client_id])
+    hosts = await conn.fetchval(HOSTS, [client_id])
     superseded = await conn.execute(SUPERSEDE, client_id, good)
-    restores = await conn.execute(RESTORE_SINCE, client_id, kept_from, rule.max_attempts, good)
+    restores = await conn.execute(RESTORE_SINCE, client_id, hosts, rule.max_attempts, good)
     checks = await conn.execute(CHECK_EARLIER, client_id, good) if good is not None else "INSERT 0 0"
     await conn.execute(NOTIFY)
     log.warning(

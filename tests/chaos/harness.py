@@ -51,6 +51,7 @@ FAULTS = (
     "kill_writer",
 )
 HELD = 4  # the leases a chaos client holds at most (--max-tasks)
+RESTART_SECONDS = 5  # deploy/docgate-client.service: RestartSec=5
 S3_ENV = {"AWS_ACCESS_KEY_ID": "chaos", "AWS_SECRET_ACCESS_KEY": "chaos", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
@@ -113,6 +114,7 @@ class Cluster:
         self.gates: list[GateProcess | None] = [None] * plan.gates
         self.clients: list[subprocess.Popen[Any] | None] = [None] * plan.clients
         self.stopped: dict[int, float] = {}  # client -> when to SIGCONT
+        self.exited: dict[int, float] = {}  # client that exited by itself -> when to start it again
         self.gates_down: dict[int, float] = {}  # gate -> when to restart
         self.pg = Postgres(tmp / "pg")
         self.dsn = self.run.dsn = self.pg.dsn
@@ -442,8 +444,16 @@ class Cluster:
         writer.stdout.close()
 
     def tick(self) -> None:
-        """Wake zombies and restart gates whose time has come."""
+        """Wake zombies and restart gates whose time has come; a client that exited by itself (it
+        found its gate down at start, its key was suspended) is started again RESTART_SECONDS
+        later, as deploy/docgate-client.service does (Restart=always)."""
         now = time.monotonic()
+        for i, proc in enumerate(self.clients):
+            if proc is not None and proc.poll() is not None and i not in self.stopped:
+                when = self.exited.setdefault(i, now + RESTART_SECONDS)
+                if now >= when:
+                    del self.exited[i]
+                    self.start_client(i)
         for i, when in list(self.stopped.items()):
             if now >= when:
                 proc = self.clients[i]

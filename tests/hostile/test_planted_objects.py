@@ -4,7 +4,8 @@ The store holds, before the client runs: document 1 exactly as the origin serves
 planted (other bytes) under metadata that claims the origin's sha256 — what anyone who can write
 the bucket could leave. Document 3 is not there. With the default `--verify-existing hash` the
 client reads each object back and hashes it, so a record never carries a sha256 the bytes do not
-have; with `fetch` it also compares with the origin, and the planted object is never recorded.
+have; with `fetch` it also compares with the origin: the planted object is never recorded, and
+the document is stored beside it (the key is written once), as its version 2.
 """
 
 from __future__ import annotations
@@ -59,7 +60,10 @@ async def test_an_unvouched_object_is_verified(gate: Gate, origin: Any, tmp_path
     async with in_process_worker(gate, key, store, retries=0, timeout=10, verify_existing=mode) as worker:
         await asyncio.wait_for(worker.run(), 60)
 
-    rows = {r["doc_id"]: r["sha256"] for r in await gate.sql("SELECT doc_id, sha256 FROM documents")}
+    records = {
+        r["doc_id"]: r for r in await gate.sql("SELECT doc_id, sha256, storage_key, version FROM documents")
+    }
+    rows = {doc_id: r["sha256"] for doc_id, r in records.items()}
     assert (
         rows["1"] == hashlib.sha256(body_of(1)).hexdigest()
         and rows["3"] == hashlib.sha256(body_of(3)).hexdigest()
@@ -68,8 +72,11 @@ async def test_an_unvouched_object_is_verified(gate: Gate, origin: Any, tmp_path
         # Recorded as what it is, never under the sha256 its metadata claims; the origin is spared.
         assert rows["2"] == hashlib.sha256(PLANTED).hexdigest()
         assert served == Counter({3: 1})
-    else:
-        assert "2" not in rows
-        (failure,) = await gate.sql("SELECT doc_id, error FROM document_failures")
-        assert failure["doc_id"] == "2" and "other bytes" in failure["error"]
-        assert served == Counter({1: 1, 2: 1, 3: 1})
+    else:  # fetched to compare, then again to be stored beside the planted bytes, left be
+        beside = records["2"]
+        assert (beside["version"], beside["storage_key"]) == (2, "0/2.txt.v2/2.txt")
+        assert beside["sha256"] == hashlib.sha256(body_of(2)).hexdigest()
+        assert (root / beside["storage_key"]).read_bytes() == body_of(2)
+        assert (root / "0" / "2.txt").read_bytes() == PLANTED
+        assert await gate.sql("SELECT doc_id FROM document_failures") == []
+        assert served == Counter({1: 1, 2: 2, 3: 1})
