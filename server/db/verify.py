@@ -18,12 +18,13 @@ Judging (in the check's fenced report):
   against no one.
 
 A check task carries the job's content rules (what a block page looks like, its politeness) and
-is kept from the recorder's host too: every client registered with the same `client_host`.
+is kept from the recorder's host too (`tasks.exclude_hosts`: any client whose `client_host` is
+one of them, checked at lease time).
 A document the job says `varies` from fetch to fetch is compared by that rule: its varying parts
 blanked on both sides (`normalized_sha256`), or (`varies: true`) only that the store holds the
 bytes recorded.
 
-A document the majority finds wrong is stored anew at once (a `restore` revisit by another
+A document the majority finds wrong (or `changed`) is stored anew at once (a `restore` revisit by another
 client, itself checked), whoever recorded it. A client that loses the job's `verify_disputes`
 (3 by default) is quarantined: its key suspended (it stops on every gate within the key cache's
 bound, as a revoked key), its leases handed back, every document it recorded since its last good
