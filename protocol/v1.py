@@ -544,6 +544,20 @@ class ClientInfo(Reply):
     )
 
 
+class ClientDetail(ClientInfo):
+    """`GET /api/v1/clients/{client_id}`: the client, and what other clients' checks made of it."""
+
+    checks: dict[str, int] = Field(
+        description="checks of its documents by state: agreed, lied (it lost), mistaken (a checker "
+        "did), changed (the origin's new edition), unsettled, superseded, pending, queued"
+    )
+    documents_recorded: int = Field(description="documents whose current record it wrote")
+    documents_being_restored: int = Field(
+        description="of its documents, those other clients are storing anew now (after a lost "
+        "dispute, or its quarantine)"
+    )
+
+
 class Goodbye(Reply):
     """`DELETE /api/v1/session`: the process's leases handed back; nothing more is leased to it."""
 

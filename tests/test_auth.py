@@ -20,6 +20,7 @@ ADMIN_ONLY = [
     ("GET", "/api/v1/tasks", None),
     ("GET", "/api/v1/tasks/status", None),
     ("GET", "/api/v1/clients", None),
+    ("GET", "/api/v1/clients/00000000-0000-4000-8000-000000000004", None),
     ("POST", "/api/v1/clients/register", {"client_name": "sneaky"}),
     ("POST", "/api/v1/tasks/00000000-0000-4000-8000-000000000001/cancel", None),
     ("POST", "/api/v1/tasks/00000000-0000-4000-8000-000000000002/retry", None),

@@ -104,6 +104,8 @@ def test_a_liar_among_honest_clients_is_caught_quarantined_and_its_documents_sto
             time.sleep(0.5)
         clients = {c["client_name"]: c for c in cluster.get("/api/v1/clients")["clients"]}
         states = dict(cluster.sql("SELECT state, count(*) FROM verifications GROUP BY state"))
+        one = cluster.get(f"/api/v1/clients/{liar['client_id']}")
+        unknown = httpx.get(f"{cluster.url}/api/v1/clients/{uuid.uuid4()}", headers=cluster.admin, timeout=30)
         while True:  # its key suspended on every gate within the key cache's bound
             refused = httpx.post(
                 f"{cluster.url}/api/v1/tasks/request", headers={"X-API-Key": liar_key}, timeout=30
@@ -125,6 +127,10 @@ def test_a_liar_among_honest_clients_is_caught_quarantined_and_its_documents_sto
     liar = clients["liar"]
     assert liar["status"] == "quarantined" and liar["checks_failed"] >= 3
     assert refused.status_code == 401  # its key suspended
+    # The one client's view: what the checks made of its documents, none of which it still holds.
+    assert one["status"] == "quarantined" and one["checks"].get("lied", 0) >= 3, one
+    assert one["documents_recorded"] == 0 and one["documents_being_restored"] == 0, one
+    assert (unknown.status_code, unknown.json()["code"]) == (404, "client_not_found")
     assert states.get("lied", 0) >= 3 and states.get("mistaken", 0) == 0
     for name in ("honest-a", "honest-b"):  # the control: honest clients agree with each other
         assert clients[name]["checks_failed"] == 0 and clients[name]["quarantined_at"] is None

@@ -82,6 +82,12 @@ async def rotate_key(client_id: UUID, state: StateDep, _: AdminDep) -> v1.Client
     return v1.ClientRegistered(client_id=client_id, client_name=name, client_host=host, api_key=key)
 
 
+@router.get(paths.CLIENT, response_model=v1.ClientDetail)
+async def get_client(client_id: UUID, state: StateDep, _: AdminDep) -> v1.ClientDetail:
+    """One client: its status (`quarantined` among them), and its checks by state."""
+    return await db.get_client(state.pool, client_id, state.settings.client_stale_seconds)
+
+
 @router.get("/clients", response_model=v1.ClientList)
 async def list_clients(
     state: StateDep,

@@ -43,7 +43,7 @@ SELECT DISTINCT task_id FROM task_events
 WHERE event = 'cancelled' AND client_id = $1 AND at >= $2
 """
 
-LIST = """
+_CLIENTS = """
 SELECT c.client_id, c.client_name, c.client_host, c.created_at, c.last_heartbeat_at,
        c.docs_per_minute,
        CASE WHEN c.quarantined_at IS NOT NULL THEN 'quarantined'
@@ -54,8 +54,16 @@ SELECT c.client_id, c.client_name, c.client_host, c.created_at, c.last_heartbeat
         WHERE t.assigned_to = c.client_id AND t.status = 'assigned') AS tasks_held,
        c.revoked_at, c.max_leases, c.checks_passed, c.checks_failed, c.last_good_check_at, c.quarantined_at
 FROM clients c
-ORDER BY c.created_at
-LIMIT $2
+"""
+LIST = _CLIENTS + "ORDER BY c.created_at LIMIT $2"
+ONE = _CLIENTS + "WHERE c.client_id = $2"
+# What other clients' checks made of its documents, and what of them is being stored anew
+# (server/db/verify.py).
+CHECKS = "SELECT state, count(*) FROM verifications WHERE recorded_by = $1 GROUP BY state"
+RECORDED = "SELECT count(*) FROM documents WHERE client_id = $1"
+RESTORING = """
+SELECT coalesce(sum(max_documents), 0) FROM tasks
+WHERE status IN ('pending', 'assigned') AND (params->>'restore')::boolean AND $1 = ANY(exclude_clients)
 """
 
 ADMIN_KEY_LOCK = 0x61646D696E  # "admin"
@@ -155,6 +163,20 @@ async def heartbeat(
         leases_extended=len(expiries),
         lease_expires_at=min(expiries) if expiries else None,
         cancelled_task_ids=cancelled,
+    )
+
+
+async def get_client(pool: Pool, client_id: UUID, stale_seconds: float) -> v1.ClientDetail:
+    async with connection(pool) as conn:
+        record = await conn.fetchrow(ONE, stale_seconds, client_id)
+        if record is None:
+            raise ClientNotFound(f"client {client_id} not found")
+        checks = {r["state"]: r["count"] for r in await conn.fetch(CHECKS, client_id)}
+        recorded = await conn.fetchval(RECORDED, client_id)
+        restoring = await conn.fetchval(RESTORING, client_id)
+    return v1.ClientDetail.model_validate(
+        dict(record)
+        | {"checks": checks, "documents_recorded": recorded, "documents_being_restored": restoring}
     )
 
 
