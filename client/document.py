@@ -176,7 +176,7 @@ class DocumentStep:
             conditional["If-None-Match"] = seen.etag
         if seen.last_modified and not restore:
             conditional["If-Modified-Since"] = seen.last_modified
-        key = version_key(unversioned(seen.storage_key)[0], seen.version + 1)
+        first = unversioned(seen.storage_key)[0]
         found = self.found(run, ref)
 
         async def sink(body: Body) -> Outcome:
@@ -191,7 +191,7 @@ class DocumentStep:
                 options = replace(
                     found, content_type=body.content_type, compress=self.config.compress == "gzip"
                 )
-                stored = await self._put_version(key, held, options)
+                stored, version = await self._put_version(first, seen.version + 1, held, options)
             except BaseException:
                 if run.warc is not None and spool is not None:
                     run.warc.drop(spool)
@@ -202,25 +202,32 @@ class DocumentStep:
                 run.warc.add(ref.doc_id, ref.url, body, spool)
             report = v1.DocumentReport.of_stored(
                 ref.doc_id, stored, url=ref.url, status=v1.DocumentStatus.STORED, capture=body.captured()
-            ).model_copy(update={"version": seen.version + 1})
+            ).model_copy(update={"version": version})
             return Outcome(Kind.STORED, ref, report, size=stored.size)
 
         return await self.fetcher.fetch(ref.url, sink, bodies.asked(run.work.rules), conditional=conditional)
 
-    async def _put_version(self, key: str, held: _Held, options: PutOptions) -> v1.StoredDocument:
-        """A new version stored at its key; if another revisit or restore stored it first, the
-        version it stored, read back, when it holds these bytes; else this document fails here
-        (a version is written once)."""
-        try:
-            return await self.store.put(key, held.chunks(), options)
-        except AlreadyStored:
-            pass
-        again = await self.store.verified(key, options)
-        if again is not None and again.sha256 == held.sha256():
-            return again
+    async def _put_version(
+        self, first: str, version: int, held: _Held, options: PutOptions
+    ) -> tuple[v1.StoredDocument, int]:
+        """The next version stored at its key (storage.keys.version_key), and its number. If
+        another revisit or restore stored that version first, it is the one when it holds these
+        bytes; a key holding other bytes (a writer that lost its lease before it reported them:
+        no record vouches for them) is passed over for the next, VERSION_SKIPS times at most."""
+        for number in range(version, version + VERSION_SKIPS + 1):
+            key = version_key(first, number)
+            try:
+                return await self.store.put(key, held.chunks(), options), number
+            except AlreadyStored:
+                pass
+            again = await self.store.verified(key, options)
+            if again is not None and again.sha256 == held.sha256():
+                return again, number
+            log.warning("%s holds other bytes than the origin serves now; trying the next version", key)
         raise DocumentFailed(
             FailureCode.STORE_DIFFERS,
-            f"{key} holds other bytes than the origin serves now; the version is written once",
+            f"versions {version} to {version + VERSION_SKIPS} of {first} hold other bytes than the "
+            "origin serves now; a version is written once",
             permanent=True,
         )
 
@@ -406,6 +413,9 @@ def _task(run: TaskRun) -> UrlsTaskParams:
 
 
 _PLAIN = UrlsTaskParams.model_construct(urls=[], revisit=False, restore=False, verify=False)
+
+
+VERSION_SKIPS = 3  # version keys holding bytes no record vouches for, passed over (_put_version)
 
 
 class _Held:

@@ -340,8 +340,8 @@ def test_a_harvest_archived_checked_and_revisited(tmp_path: Path, db_dsn: str) -
     config = RegistryConfig(documents=n, years=1)
     registry = Origin(tmp_path, "--registry", "--decisions", str(n), "--years", "1")
     cluster = Cluster(tmp_path, db_dsn)
-    try:
-        put_profile(cluster, "reg", originals_profile(registry))
+    try:  # the profile's own rules reach the checks of what its tasks recorded
+        put_profile(cluster, "reg", originals_profile(registry) | {"verify_disputes": 7})
         job = harvest(cluster, config, warc=True, verify_sample=1.0)
         for name in ("r0", "r1"):
             cluster.client(name, "--concurrency", "8")
@@ -362,6 +362,9 @@ def test_a_harvest_archived_checked_and_revisited(tmp_path: Path, db_dsn: str) -
 
         quiet()
         checks = dict(cluster.sql("SELECT state, count(*) FROM verifications GROUP BY state"))
+        disputes = cluster.sql(
+            "SELECT DISTINCT params->>'verify_disputes' FROM tasks WHERE (params->>'verify')::boolean"
+        )
         responses = check_warcs(cluster)
         rtf_before = registry.stats()["rtf"]
         cluster.post(f"/api/v1/jobs/{job}/revisit")
@@ -376,6 +379,7 @@ def test_a_harvest_archived_checked_and_revisited(tmp_path: Path, db_dsn: str) -
         cluster.stop()
         registry.stop()
     assert checks == {"agreed": n}, checks  # each document checked by the other client, and right
+    assert [r[0] for r in disputes] == ["7"]  # the profile's rule, carried by every check
     assert len(responses) == n  # a WARC response record for every document
     assert tuple(versions) == (1, n)  # nothing changed: no new version
     assert rtf_fetched == n  # the revisit asked for each original once

@@ -354,13 +354,17 @@ def test_bytes_no_record_vouches_for_are_never_recorded_as_the_document(
 ) -> None:
     """A key holding bytes that are not the origin's and that no record vouches for (a liar's
     write that never got recorded): in a job with verify_sample the client compares them with
-    the origin and stores the document beside them, as version 2, leaving them be. The control:
+    the origin and stores the document beside them, leaving them be: as version 2, or, that key
+    holding such bytes too, version 3. The control:
     in a job without checks (and the default --verify-existing hash), they are recorded as found."""
     origin = Origin(tmp_path, "--size", "2000")
     cluster = Cluster(tmp_path, db_dsn)
     planted = cluster.store / document_key("5", ".bin")
     planted.parent.mkdir(parents=True, exist_ok=True)
     planted.write_bytes(b"planted by a liar that never reported it")
+    # and its version 2 too (a liar that lost its lease on a restore before reporting it)
+    (cluster.store / "0" / "5.bin.v2").mkdir()
+    (cluster.store / "0" / "5.bin.v2" / "5.bin").write_bytes(b"planted again")
     try:
 
         def params(start: int, count: int) -> dict[str, Any]:
@@ -394,7 +398,7 @@ def test_bytes_no_record_vouches_for_are_never_recorded_as_the_document(
         origin.stop()
     assert planted.read_bytes() == b"planted by a liar that never reported it"  # left be
     if untrusted:
-        assert doc["version"] == 2 and doc["storage_key"] == "0/5.bin.v2/5.bin"
+        assert doc["version"] == 3 and doc["storage_key"] == "0/5.bin.v3/5.bin"  # (2 passed over)
         assert (cluster.store / doc["storage_key"]).read_bytes() == truth
         assert doc["sha256"] == hashlib.sha256(truth).hexdigest()
     else:  # the control: what the default trusts

@@ -55,7 +55,17 @@ PER_TASK = 100
 # (a check stores nothing; a restore is checked whole, RESTORED_SAMPLE).
 RULES = tuple(k for k in v1.ContentRules.model_fields if k != "verify_sample")
 RESTORED_SAMPLE = 1.0
-_JOB_RULES = ", ".join(f"'{k}', j.params->'{k}'" for k in RULES)
+
+
+# The rules the document was recorded under: its task's, over its job's, over its source
+# profile's (a harvest's search task reads them from its profile: `varies` among them).
+def _rules_in(params: str) -> str:
+    pairs = ", ".join(f"'{k}', {params}->'{k}'" for k in RULES)
+    return f"jsonb_strip_nulls(jsonb_build_object({pairs}))"
+
+
+RULES_OF_DOCUMENT = f"{_rules_in('s.profile')} || {_rules_in('j.params')} || {_rules_in('t.params')}"
+RECORDED_UNDER = "LEFT JOIN tasks t ON t.task_id = d.task_id LEFT JOIN sources s ON s.name = t.source"
 
 # The documents of this write to check: the job's share of them ($4, its tasks' verify_sample; a
 # hash of the doc_id under it), all of them for a client that lost a dispute before.
@@ -71,8 +81,10 @@ WHERE d.collection = $1 AND d.doc_id = ANY($2::text[]) AND d.task_id = $3 AND d.
 # Pending checks, a client's at a time, as tasks of the job that neither it nor any checker of
 # a document in them may lease.
 PENDING = f"""
-SELECT v.*, j.priority, j.max_attempts, jsonb_strip_nulls(jsonb_build_object({_JOB_RULES})) AS rules
+SELECT v.*, j.priority, j.max_attempts, {RULES_OF_DOCUMENT} AS rules
 FROM verifications v JOIN jobs j ON j.job_id = v.job_id
+LEFT JOIN documents d ON d.collection = v.collection AND d.doc_id = v.doc_id AND d.version = v.version
+{RECORDED_UNDER}
 WHERE v.state = 'pending' ORDER BY v.verification_id LIMIT 1000 FOR UPDATE OF v SKIP LOCKED
 """
 # The hosts a check of these clients' documents is kept from (tasks.exclude_hosts): theirs, as
@@ -122,9 +134,9 @@ WITH docs AS (
     SELECT d.job_id, d.collection, d.doc_id, d.url,
            jsonb_build_object('version', d.version, 'sha256', d.sha256, 'size', d.size,
                               'storage_key', d.storage_key) AS seen,
-           {EXT_OF} AS ext,
+           {EXT_OF} AS ext, {RULES_OF_DOCUMENT} AS rules,
            (row_number() OVER (PARTITION BY d.job_id, d.collection ORDER BY d.doc_id) - 1) / 100 AS grp
-    FROM documents d
+    FROM documents d LEFT JOIN jobs j ON j.job_id = d.job_id {RECORDED_UNDER}
     WHERE d.client_id = $1 AND d.url IS NOT NULL AND {{which}}
 )
 INSERT INTO tasks (job_id, source, params, max_documents, priority, max_attempts, collection, exclude_clients,
@@ -132,11 +144,10 @@ INSERT INTO tasks (job_id, source, params, max_documents, priority, max_attempts
 SELECT d.job_id, 'urls',
        jsonb_build_object('revisit', true, 'restore', true, 'urls', jsonb_agg(jsonb_build_object(
            'doc_id', d.doc_id, 'url', d.url, 'ext', d.ext, 'seen', d.seen) ORDER BY d.doc_id))
-       || jsonb_strip_nulls(jsonb_build_object({_JOB_RULES}))
-       || jsonb_build_object('verify_sample', {RESTORED_SAMPLE}::float8),
+       || d.rules || jsonb_build_object('verify_sample', {RESTORED_SAMPLE}::float8),
        count(*), 0, $3, d.collection, ARRAY[$1::uuid], $2::text[]
-FROM docs d LEFT JOIN jobs j ON j.job_id = d.job_id
-GROUP BY d.job_id, d.collection, d.grp, j.params
+FROM docs d
+GROUP BY d.job_id, d.collection, d.grp, d.rules
 """
 _LIED = """EXISTS (SELECT 1 FROM verifications v WHERE v.collection = d.collection AND v.doc_id = d.doc_id
                    AND v.version = d.version AND v.state = 'lied')"""
@@ -183,9 +194,10 @@ async def queue_due(pool: Pool) -> int:
         for row in rows:
             opinions = _opinions(row["opinions"])
             excluded = tuple(sorted({str(row["recorded_by"]), *(o["client_id"] for o in opinions)}))
-            groups.setdefault((row["job_id"], row["collection"], excluded), []).append(row)
+            rules = json.dumps(_json(row["rules"]), sort_keys=True)  # (its recording task's)
+            groups.setdefault((row["job_id"], row["collection"], excluded, rules), []).append(row)
         created = 0
-        for (job_id, collection, excluded), group in groups.items():
+        for (job_id, collection, excluded, _), group in groups.items():
             clients = [UUID(c) for c in excluded]
             hosts = await conn.fetchval(HOSTS, clients)
             for start in range(0, len(group), PER_TASK):
