@@ -98,11 +98,12 @@ def temp_key() -> None:
 
     progress, complete = GateAPI.progress, GateAPI.complete
 
-    async def progress_(self: GateAPI, task: Any, counts: Any, docs: Any) -> Any:
-        return await progress(self, task, counts, staged(docs))
+    # Whatever else the client passes (a summary, a WARC, a listing) goes through as it came.
+    async def progress_(self: GateAPI, task: Any, counts: Any, docs: Any, *rest: Any, **named: Any) -> Any:
+        return await progress(self, task, counts, staged(docs), *rest, **named)
 
-    async def complete_(self: GateAPI, task: Any, counts: Any, docs: Any, summary: Any) -> Any:
-        return await complete(self, task, counts, staged(docs), summary)
+    async def complete_(self: GateAPI, task: Any, counts: Any, docs: Any, *rest: Any, **named: Any) -> Any:
+        return await complete(self, task, counts, staged(docs), *rest, **named)
 
     GateAPI.progress, GateAPI.complete = progress_, complete_  # type: ignore[method-assign]
 
