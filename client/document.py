@@ -370,10 +370,10 @@ class DocumentStep:
                     "and no record vouches for them; storing the document beside them as version 2",
                     ref.doc_id, stored.storage_key, stored.sha256[:12], served[:12],
                 )  # fmt: skip
-                found = Seen(
+                beside = Seen(
                     version=1, sha256=stored.sha256, size=stored.size, storage_key=stored.storage_key
                 )
-                return await self._revisit(run, ref, found)
+                return await self._revisit(run, ref, beside)
             if run.warc is not None and spool is not None:
                 run.warc.add(ref.doc_id, ref.url, body, spool)
         report = v1.DocumentReport.of_stored(

@@ -17,8 +17,9 @@ Judging (in the check's fenced report):
   fault); the checkers apart (a document that varies per fetch) is `unsettled` and counts
   against no one.
 
-A check task carries the job's content rules (what a block page looks like, its politeness) and
-is kept from the recorder's host too (`tasks.exclude_hosts`: any client whose `client_host` is
+A check task carries the rules its documents were recorded under (their task's, job's and source
+profile's: what a block page looks like, politeness, `varies`) and is kept from the recorder's
+host too (`tasks.exclude_hosts`: any client whose `client_host` is
 one of them, checked at lease time).
 A document the job says `varies` from fetch to fetch is compared by that rule: its varying parts
 blanked on both sides (`normalized_sha256`), or (`varies: true`) only that the store holds the
